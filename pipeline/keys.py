@@ -1,0 +1,125 @@
+"""Stable keys, seeded randomness, pseudonyms, splits and shards.
+
+Contract (changing anything here changes every corpus ever built):
+
+* Keys come from identity, never from arrival order, ``hash()``, wall time
+  or the machine.  All digests are SHA-256 (``hashlib``) or HMAC-SHA256.
+* :func:`rng` returns a fresh ``numpy.random.Generator`` seeded from
+  ``(seed, key, purpose)``; every random choice in radvqa uses its own one.
+* :func:`pseudonym` maps identifying text (a source-relative path, a patient
+  id) to a keyed HMAC-SHA256 digest, so the corpus never carries the text.
+* :func:`assign_split` maps a patient key to a split by thresholding a keyed
+  uniform number against cumulative fractions.  A patient's split depends on
+  its key and the fractions only: adding patients never moves others.
+* :func:`plan_shards` range-partitions sorted keys into contiguous shards
+  (TFDS style), so shard membership is a function of the key set only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+#: Used when neither the environment nor the recipe sets a pseudonym key.
+DEFAULT_PSEUDONYM_KEY = "radvqa-default-pseudonym-key"
+PSEUDONYM_KEY_ENV = "RADVQA_PSEUDONYM_KEY"
+KEY_HEX_CHARS = 20
+
+
+def digest(*parts: object) -> str:
+    """SHA-256 hex digest of ``parts`` joined unambiguously (length-prefixed)."""
+    h = hashlib.sha256()
+    for part in parts:
+        data = str(part).encode("utf-8")
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def stable_key(*parts: object, n: int = KEY_HEX_CHARS) -> str:
+    """Short stable identifier (hex) derived from ``parts``."""
+    return digest(*parts)[:n]
+
+
+def rng(seed: int, key: str, purpose: str) -> np.random.Generator:
+    """A generator seeded from ``(seed, key, purpose)`` and nothing else."""
+    d = hashlib.sha256(f"{int(seed)}\x1f{key}\x1f{purpose}".encode()).digest()
+    return np.random.Generator(np.random.PCG64(int.from_bytes(d[:16], "big")))
+
+
+def unit_interval(seed: int, key: str, purpose: str) -> float:
+    """A uniform number in [0, 1) derived from ``(seed, key, purpose)``."""
+    d = hashlib.sha256(f"{int(seed)}\x1f{key}\x1f{purpose}".encode()).digest()
+    return int.from_bytes(d[:8], "big") / 2.0**64
+
+
+def resolve_pseudonym_key(recipe_key: str | None = None) -> tuple[str, bool]:
+    """Return ``(key, is_default)``; the environment wins over the recipe."""
+    key = os.environ.get(PSEUDONYM_KEY_ENV) or recipe_key
+    if key:
+        return key, False
+    return DEFAULT_PSEUDONYM_KEY, True
+
+
+def warn_if_default_key(is_default: bool) -> None:
+    if is_default:
+        warnings.warn(
+            f"pseudonyms use the built-in default key; set ${PSEUDONYM_KEY_ENV} "
+            "(or the recipe's privacy.pseudonym_key) for real data",
+            stacklevel=2,
+        )
+
+
+def pseudonym(key: str, kind: str, text: str, n: int = KEY_HEX_CHARS) -> str:
+    """Keyed HMAC-SHA256 pseudonym of ``text`` within namespace ``kind``."""
+    mac = hmac.new(key.encode("utf-8"), f"{kind}\x1f{text}".encode(), hashlib.sha256)
+    return mac.hexdigest()[:n]
+
+
+def assign_split(patient_key: str, fractions: Mapping[str, float], seed: int) -> str:
+    """Split of a patient: keyed uniform number against cumulative fractions.
+
+    ``fractions`` is iterated in the order given (recipes list train first).
+    """
+    total = float(sum(fractions.values()))
+    if total <= 0 or any(v < 0 for v in fractions.values()):
+        raise ValueError(f"splits: fractions must be >= 0 and sum > 0, got {dict(fractions)}")
+    u = unit_interval(seed, patient_key, "split")
+    acc = 0.0
+    names = list(fractions)
+    for name in names:
+        acc += fractions[name] / total
+        if u < acc:
+            return name
+    return names[-1]
+
+
+def plan_shards(keys: Iterable[str], items_per_shard: int) -> list[list[str]]:
+    """Range-partition the sorted ``keys`` into contiguous, near-equal shards."""
+    ordered = sorted(set(keys))
+    if not ordered:
+        return []
+    if items_per_shard < 1:
+        raise ValueError(f"items_per_shard must be >= 1, got {items_per_shard}")
+    n = math.ceil(len(ordered) / items_per_shard)
+    bounds = [round(i * len(ordered) / n) for i in range(n + 1)]
+    return [ordered[bounds[i] : bounds[i + 1]] for i in range(n)]
+
+
+def shard_name(split: str, index: int, count: int, ext: str = "parquet") -> str:
+    """``<split>-SSSSS-of-NNNNN.<ext>`` (Hugging Face / TFDS naming)."""
+    return f"{split}-{index:05d}-of-{count:05d}.{ext}"
+
+
+def choose(gen: np.random.Generator, items: Sequence, k: int) -> list:
+    """``k`` distinct items drawn without replacement, in draw order."""
+    if k > len(items):
+        raise ValueError(f"cannot choose {k} of {len(items)} items")
+    idx = gen.choice(len(items), size=k, replace=False)
+    return [items[int(i)] for i in idx]
