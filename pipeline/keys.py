@@ -108,7 +108,7 @@ def plan_shards(keys: Iterable[str], items_per_shard: int) -> list[list[str]]:
     if items_per_shard < 1:
         raise ValueError(f"items_per_shard must be >= 1, got {items_per_shard}")
     n = math.ceil(len(ordered) / items_per_shard)
-    bounds = [round(i * len(ordered) / n) for i in range(n + 1)]
+    bounds = [i * len(ordered) // n for i in range(n + 1)]
     return [ordered[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 

@@ -1,0 +1,152 @@
+"""Volume geometry and canonical orientation.
+
+Conventions (see ``docs/conventions.md``):
+
+* Physical space is DICOM LPS, millimetres.
+* Arrays are indexed ``[i, j, k]`` (never ITK's ``[k, j, i]``).
+* ``Geometry.direction`` is the 3x3 matrix, row-major, whose column ``c`` is
+  the LPS unit vector of array axis ``c``; voxel ``(i, j, k)`` sits at
+  ``origin + D @ (i*si, j*sj, k*sk)``.
+* The *canonical* orientation has ``D = I``: ``i`` toward the patient's left,
+  ``j`` toward posterior, ``k`` toward superior.  :func:`canonicalise` brings
+  any axis-aligned volume there by a transpose and flips only (no
+  interpolation), so the same volume stored as DICOM, as NIfTI in RAS or as
+  NIfTI in any other axis order gives the same array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.errors import CaseError
+
+#: Largest off-axis direction cosine accepted as axis-aligned.
+AXIS_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sampling grid of a 3D array indexed ``[i, j, k]``."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != 3 or any(int(n) < 1 for n in self.shape):
+            raise ValueError(f"Geometry.shape must be 3 positive ints, got {self.shape}")
+        if len(self.spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in self.spacing):
+            raise ValueError(f"Geometry.spacing must be 3 finite values > 0, got {self.spacing}")
+        if len(self.origin) != 3 or not all(np.isfinite(o) for o in self.origin):
+            raise ValueError(f"Geometry.origin must be 3 finite values, got {self.origin}")
+        if len(self.direction) != 9 or not all(np.isfinite(d) for d in self.direction):
+            raise ValueError(f"Geometry.direction must be 9 finite values, got {self.direction}")
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(np.prod(self.spacing))
+
+    def index_to_lps(self, index) -> np.ndarray:
+        """LPS position (mm) of (possibly fractional) voxel indices ``[..., 3]``."""
+        idx = np.asarray(index, dtype=np.float64)
+        return np.asarray(self.origin) + (idx * np.asarray(self.spacing)) @ self.matrix.T
+
+    def is_canonical(self) -> bool:
+        return bool(np.allclose(self.matrix, np.eye(3), atol=AXIS_TOLERANCE))
+
+
+def axis_permutation(direction, tol: float = AXIS_TOLERANCE) -> tuple[list[int], list[bool]]:
+    """Signed permutation taking a direction matrix to the identity.
+
+    Returns ``(source_axis, flipped)``: canonical axis ``a`` is source axis
+    ``source_axis[a]``, reversed when ``flipped[a]``.
+
+    Raises
+    ------
+    CaseError
+        ``geometry.non_orthogonal`` when the columns are not orthonormal,
+        ``geometry.oblique`` when an axis is more than ``tol`` off the nearest
+        patient axis (found matrix in the message).
+    """
+    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    rounded = np.array2string(d, precision=4, separator=", ").replace("\n", "")
+    if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+        raise CaseError(
+            "read", "geometry.non_orthogonal",
+            f"direction: columns are not orthonormal: found {rounded}, expected an "
+            "orthonormal matrix",
+        )
+    source_axis = [-1, -1, -1]
+    flipped = [False, False, False]
+    for c in range(3):
+        a = int(np.argmax(np.abs(d[:, c])))
+        off = np.delete(np.abs(d[:, c]), a)
+        if off.max() > tol or source_axis[a] != -1:
+            raise CaseError(
+                "read", "geometry.oblique",
+                f"direction: axis {c} is oblique: found {rounded}, expected a signed "
+                f"permutation within {tol:g}",
+            )
+        source_axis[a] = c
+        flipped[a] = bool(d[a, c] < 0)
+    return source_axis, flipped
+
+
+def canonicalise(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
+    """Reorder ``array`` (``[i, j, k]`` in ``geometry``) to the canonical orientation.
+
+    Only transposes and flips: voxel values are never interpolated.  The
+    result is C-contiguous.
+    """
+    if array.shape != tuple(geometry.shape):
+        raise ValueError(f"array shape {array.shape} != geometry shape {geometry.shape}")
+    source_axis, flipped = axis_permutation(geometry.direction)
+    out = np.transpose(array, source_axis)
+    flips = tuple(a for a in range(3) if flipped[a])
+    if flips:
+        out = np.flip(out, axis=flips)
+    # The new voxel (0, 0, 0) is the source voxel at the far end of each flipped axis.
+    first = [0, 0, 0]
+    for a in range(3):
+        if flipped[a]:
+            first[source_axis[a]] = geometry.shape[source_axis[a]] - 1
+    origin = geometry.index_to_lps(first)
+    canon = Geometry(
+        shape=tuple(int(n) for n in out.shape),
+        spacing=tuple(float(geometry.spacing[source_axis[a]]) for a in range(3)),
+        origin=tuple(float(x) for x in origin),
+    )
+    return np.ascontiguousarray(out), canon
+
+
+def geometry_mismatches(
+    found: Geometry, expected: Geometry, *, spacing_rtol: float = 1e-3, origin_frac: float = 0.1
+) -> list[str]:
+    """Fields in which two grids differ, as ``field: found X != expected Y`` strings.
+
+    Origins may differ by ``origin_frac`` of a voxel (rounding in headers).
+    """
+    out = []
+    if tuple(found.shape) != tuple(expected.shape):
+        out.append(f"shape {tuple(found.shape)} != image shape {tuple(expected.shape)}")
+    if not np.allclose(found.spacing, expected.spacing, rtol=spacing_rtol, atol=1e-5):
+        out.append(
+            f"spacing {_fmt(found.spacing)} != image spacing {_fmt(expected.spacing)}"
+        )
+    tol = origin_frac * min(expected.spacing)
+    if np.max(np.abs(np.subtract(found.origin, expected.origin))) > tol:
+        out.append(f"origin {_fmt(found.origin)} != image origin {_fmt(expected.origin)}")
+    if not np.allclose(found.matrix, expected.matrix, atol=AXIS_TOLERANCE):
+        out.append(f"direction {_fmt(found.direction)} != image direction {_fmt(expected.direction)}")
+    return out
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"

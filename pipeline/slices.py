@@ -1,0 +1,196 @@
+"""Slice extraction: display orientation, windows, normalisation, selection.
+
+All functions take canonical volumes (``[i, j, k]``, i→L, j→P, k→S) and
+return 2D arrays in the radiological display convention
+(``docs/conventions.md``):
+
+========= ======= =============================== ==============================
+plane     normal  rows (top → bottom)             columns (left → right)
+========= ======= =============================== ==============================
+axial     k       anterior → posterior            patient right → patient left
+coronal   j       superior → inferior             patient right → patient left
+sagittal  i       superior → inferior             anterior → posterior
+========= ======= =============================== ==============================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+PLANES = ("axial", "coronal", "sagittal")
+PLANE_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
+
+#: CT window presets (Hounsfield units): name -> (center, width).
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "soft_tissue": (40.0, 400.0),
+    "abdomen": (60.0, 400.0),
+    "liver": (80.0, 150.0),
+    "mediastinum": (50.0, 350.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+
+
+@dataclass(frozen=True)
+class Window:
+    """A display window: intensities ``[center - width/2, center + width/2]`` → 0..255."""
+
+    name: str
+    center: float
+    width: float
+
+    def __post_init__(self) -> None:
+        if not self.width > 0:
+            raise ValueError(f"Window {self.name!r}: width must be > 0, got {self.width}")
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "center": float(self.center), "width": float(self.width)}
+
+
+def ct_window(name: str) -> Window:
+    try:
+        center, width = CT_WINDOWS[name]
+    except KeyError as err:
+        raise ValueError(f"unknown CT window {name!r}; known: {sorted(CT_WINDOWS)}") from err
+    return Window(name, center, width)
+
+
+def mr_window(volume: np.ndarray, low: float = 0.5, high: float = 99.5) -> Window:
+    """Percentile window of an MR volume over its non-zero voxels.
+
+    The name records the percentiles (``mr_p0.5-99.5``); center and width the
+    intensities they gave, so the mapping is reproducible from the row alone.
+    """
+    values = volume[volume > 0]
+    if values.size == 0:
+        values = volume.ravel()
+    lo, hi = np.percentile(values, [low, high])
+    lo, hi = float(lo), float(hi)
+    if hi <= lo:
+        hi = lo + 1.0
+    return Window(f"mr_p{low:g}-{high:g}", (lo + hi) / 2.0, hi - lo)
+
+
+def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
+    """Linear window to ``uint8``: ``round(255 * (v - lower) / width)``, clipped."""
+    lower = window.center - window.width / 2.0
+    scaled = (np.asarray(values, dtype=np.float64) - lower) * 255.0 / window.width
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def display_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """The 2D slice ``index`` of ``plane`` in display orientation (a view when possible)."""
+    if plane == "axial":
+        return volume[:, :, index].T
+    if plane == "coronal":
+        return volume[:, index, :].T[::-1]
+    if plane == "sagittal":
+        return volume[index, :, :].T[::-1]
+    raise ValueError(f"plane must be one of {PLANES}, got {plane!r}")
+
+
+def display_spacing(spacing: Sequence[float], plane: str) -> tuple[float, float]:
+    """``(dx, dy)``: mm per pixel along the displayed columns and rows."""
+    si, sj, sk = (float(s) for s in spacing)
+    return {"axial": (si, sj), "coronal": (si, sk), "sagittal": (sj, sk)}[plane]
+
+
+def display_to_index(plane: str, index: int, x, y, shape: Sequence[int]) -> np.ndarray:
+    """Canonical voxel indices ``(i, j, k)`` of display pixel coordinates ``(x, y)``.
+
+    ``x``/``y`` may be fractional (e.g. centroids); returns ``[..., 3]`` floats.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    nk = shape[2]
+    c = np.full_like(x, float(index))
+    if plane == "axial":
+        return np.stack([x, y, c], axis=-1)
+    if plane == "coronal":
+        return np.stack([x, c, nk - 1 - y], axis=-1)
+    if plane == "sagittal":
+        return np.stack([c, x, nk - 1 - y], axis=-1)
+    raise ValueError(f"plane must be one of {PLANES}, got {plane!r}")
+
+
+def structure_areas(mask: np.ndarray, plane: str) -> np.ndarray:
+    """Pixel count of ``mask`` on every slice of ``plane`` (length = slices)."""
+    axis = PLANE_AXIS[plane]
+    other = tuple(a for a in range(3) if a != axis)
+    return mask.sum(axis=other, dtype=np.int64)
+
+
+def select_slices(
+    masks: Mapping[str, np.ndarray],
+    plane: str,
+    *,
+    min_area_px: int = 1,
+    max_per_structure: int = 3,
+    max_per_volume: int | None = None,
+    strategy: str = "spread",
+    structures: Sequence[str] | None = None,
+) -> list[int]:
+    """Deterministic slice choice for one plane.
+
+    For every structure (sorted by name; ``structures`` restricts them), the
+    candidate slices are those where its area is at least ``min_area_px``;
+    ``strategy`` ``spread`` takes ``max_per_structure`` of them at evenly
+    spaced quantiles, ``largest`` the ones of largest area (ties: lower
+    index).  The union is returned sorted; ``max_per_volume`` thins it to
+    evenly spaced members.  No randomness: the same masks give the same slices.
+    """
+    if strategy not in ("spread", "largest"):
+        raise ValueError(f"strategy must be 'spread' or 'largest', got {strategy!r}")
+    chosen: set[int] = set()
+    names = sorted(masks) if structures is None else sorted(set(structures) & set(masks))
+    for name in names:
+        areas = structure_areas(masks[name], plane)
+        candidates = np.flatnonzero(areas >= max(1, min_area_px))
+        if candidates.size == 0:
+            continue
+        if strategy == "largest":
+            order = sorted(candidates.tolist(), key=lambda s: (-int(areas[s]), s))
+            picked = order[:max_per_structure]
+        else:
+            picked = _spread(candidates.tolist(), max_per_structure)
+        chosen.update(int(s) for s in picked)
+    result = sorted(chosen)
+    if max_per_volume is not None and len(result) > max_per_volume:
+        result = _spread(result, max_per_volume)
+    return result
+
+
+def _spread(items: list[int], k: int) -> list[int]:
+    """``k`` members of sorted ``items`` at quantiles ``(q + 0.5) / k``."""
+    if k <= 0:
+        return []
+    if len(items) <= k:
+        return list(items)
+    n = len(items)
+    return [items[min(n - 1, int((q + 0.5) * n / k))] for q in range(k)]
+
+
+def resample(volume: np.ndarray, spacing, target, *, nearest: bool) -> np.ndarray:
+    """Resample a canonical array to ``target`` spacing (``None`` entries keep the axis).
+
+    Linear interpolation for images, nearest neighbour for masks (SimpleITK);
+    the grid keeps its first voxel centre and extent.
+    """
+    import SimpleITK as sitk
+
+    new_spacing = [float(t) if t else float(s) for s, t in zip(spacing, target)]
+    size = [max(1, int(round(n * s / t))) for n, s, t in zip(volume.shape, spacing, new_spacing)]
+    src = volume.astype(np.uint8) if nearest else volume.astype(np.float32)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(src, (2, 1, 0))))
+    image.SetSpacing([float(s) for s in spacing])
+    out = sitk.Resample(
+        image, size, sitk.Transform(), sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear,
+        (0.0, 0.0, 0.0), new_spacing, (1, 0, 0, 0, 1, 0, 0, 0, 1),
+        0.0 if nearest else float(volume.min()), image.GetPixelID(),
+    )
+    arr = np.transpose(sitk.GetArrayFromImage(out), (2, 1, 0))
+    return arr.astype(bool) if nearest else arr.astype(np.float32)

@@ -1,0 +1,157 @@
+"""DICOM series and ITK readers: ordering, rescale, geometry and clear rejections."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from pipeline.errors import CaseError
+from pipeline.readers import read_dicom_series, read_mask, read_volume
+from tests.dicom_factory import as_pairs, ramp_volume, write_series
+
+VOL = ramp_volume()
+
+
+def test_series_is_ordered_by_position_not_by_name_or_instance_number(tmp_path):
+    nk = VOL.shape[2]
+    names = [f"{n}.dcm" for n in ("zz", "aa", "mm", "bb")]
+    write_series(tmp_path / "dicom", VOL, names=names, instance_numbers=[3, 1, 4, 2])
+    vol = read_dicom_series(as_pairs(tmp_path / "dicom", tmp_path))
+    assert vol.modality == "CT"
+    assert np.array_equal(vol.array, VOL)  # rescale applied: values are HU again
+    assert vol.geometry.shape == VOL.shape
+    assert np.allclose(vol.geometry.spacing, (0.8, 0.9, 2.0))
+    assert np.allclose(vol.geometry.origin, (-100.0, -80.0, 40.0))
+    assert nk == 4
+
+
+def test_feet_first_stack_and_flipped_rows_give_the_same_canonical_volume(tmp_path):
+    # Rows run posterior->anterior (column cosine -y) and slices are listed top-down.
+    flipped = VOL[:, ::-1, :]
+    nj = VOL.shape[1]
+    origin = (-100.0, -80.0 + (nj - 1) * 0.9, 40.0)
+    write_series(
+        tmp_path / "dicom", flipped, origin=origin,
+        orientations=[(1, 0, 0, 0, -1, 0)] * VOL.shape[2],
+    )
+    vol = read_dicom_series(as_pairs(tmp_path / "dicom", tmp_path))
+    assert np.array_equal(vol.array, VOL)
+    assert np.allclose(vol.geometry.origin, (-100.0, -80.0, 40.0))
+
+
+def test_rescale_slope_and_intercept_are_applied(tmp_path):
+    write_series(tmp_path / "d", VOL, slope=2.0, intercept=-2048.0)
+    vol = read_dicom_series(as_pairs(tmp_path / "d", tmp_path))
+    assert np.allclose(vol.array, np.round((VOL + 2048) / 2) * 2 - 2048)
+
+
+def test_the_largest_series_is_chosen_and_headers_are_allow_listed(tmp_path):
+    write_series(tmp_path / "d", VOL, series="main", extra={"BodyPartExamined": "CHEST",
+                                                           "InstitutionName": "Secret Hospital"})
+    write_series(tmp_path / "d", VOL[:, :, :2], series="scout", names=["x1.dcm", "x2.dcm"])
+    vol = read_dicom_series(as_pairs(tmp_path / "d", tmp_path))
+    assert vol.geometry.shape == VOL.shape
+    assert vol.header == {"Modality": "CT", "BodyPartExamined": "CHEST"}
+
+
+def _positions(steps):
+    z, out = 40.0, []
+    for s in [0.0, *steps]:
+        z += s
+        out.append((-100.0, -80.0, z))
+    return out
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason, fragment",
+    [
+        ({"positions": _positions([2.0, 2.0, 3.0])}, "dicom.irregular_spacing", "slice step found 3.000 mm"),
+        ({"positions": _positions([2.0, 0.0, 2.0])}, "dicom.duplicate_position", "expected distinct positions"),
+        ({"orientations": [(1, 0, 0, 0, 1, 0)] * 3 + [(1, 0, 0, 0, 0, 1)]}, "dicom.orientation_varies",
+         "ImageOrientationPatient"),
+        ({"positions": [(-100.0, -80.0 + 0.5 * k, 40.0 + 2 * k) for k in range(4)]}, "dicom.gantry_tilt",
+         "in-plane"),
+        ({"modality": "US"}, "dicom.unsupported_modality", "Modality (0008,0060): found 'US'"),
+    ],
+    ids=["irregular-spacing", "duplicate-position", "orientation-varies", "gantry-tilt", "not-ct-or-mr"],
+)
+def test_inconsistent_series_are_rejected_with_field_and_values(tmp_path, kwargs, reason, fragment):
+    write_series(tmp_path / "dicom", VOL, **kwargs)
+    with pytest.raises(CaseError) as err:
+        read_dicom_series(as_pairs(tmp_path / "dicom", tmp_path))
+    assert err.value.reason == reason
+    assert fragment in err.value.message
+    assert err.value.path.startswith("dicom/")
+
+
+def test_non_dicom_files_only_is_a_clear_rejection(tmp_path):
+    (tmp_path / "dicom").mkdir()
+    (tmp_path / "dicom" / "notes.dcm").write_text("not dicom")
+    with pytest.raises(CaseError) as err:
+        read_dicom_series(as_pairs(tmp_path / "dicom", tmp_path))
+    assert err.value.reason == "dicom.no_images"
+    assert "dicom/notes.dcm" in err.value.message
+
+
+def _write_nifti(path, canon, spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0), ras=True):
+    arr = canon[::-1, ::-1, :] if ras else canon
+    img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(arr, (2, 1, 0))))
+    img.SetSpacing(spacing)
+    if ras:
+        first = (origin[0] + (canon.shape[0] - 1) * spacing[0],
+                 origin[1] + (canon.shape[1] - 1) * spacing[1], origin[2])
+        img.SetOrigin(first)
+        img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    else:
+        img.SetOrigin(origin)
+    sitk.WriteImage(img, str(path))
+
+
+def test_nifti_in_ras_reads_back_canonical(tmp_path):
+    _write_nifti(tmp_path / "ct.nii.gz", VOL.astype(np.int16))
+    vol = read_volume(str(tmp_path / "ct.nii.gz"), "ct.nii.gz", "CT")
+    assert np.array_equal(vol.array, VOL)
+    assert np.allclose(vol.geometry.origin, (0, 0, 0))
+
+
+@pytest.mark.parametrize(
+    "mask_kwargs, values, reason, fragment",
+    [
+        ({"spacing": (1.0, 1.0, 3.0)}, (0, 1), "mask.geometry_mismatch", "spacing (1, 1, 3) != image spacing"),
+        ({"origin": (5.0, 0.0, 0.0)}, (0, 1), "mask.geometry_mismatch", "origin"),
+        ({}, (0, 1, 2), "mask.not_binary", "values: found {0, 1, 2}"),
+    ],
+    ids=["spacing", "origin", "not-binary"],
+)
+def test_bad_masks_are_rejected_naming_the_field(tmp_path, mask_kwargs, values, reason, fragment):
+    _write_nifti(tmp_path / "ct.nii.gz", VOL.astype(np.int16))
+    image = read_volume(str(tmp_path / "ct.nii.gz"), "ct.nii.gz", "CT")
+    mask = (np.arange(VOL.size).reshape(VOL.shape) % len(values)).astype(np.uint8)
+    _write_nifti(tmp_path / "m.nii.gz", mask, **mask_kwargs)
+    with pytest.raises(CaseError) as err:
+        read_mask(str(tmp_path / "m.nii.gz"), "segmentations/m.nii.gz", image.geometry)
+    assert err.value.reason == reason
+    assert fragment in err.value.message
+    assert err.value.path == "segmentations/m.nii.gz"
+
+
+def test_mask_with_255_is_binary(tmp_path):
+    _write_nifti(tmp_path / "ct.nii.gz", VOL.astype(np.int16))
+    image = read_volume(str(tmp_path / "ct.nii.gz"), "ct.nii.gz", "CT")
+    _write_nifti(tmp_path / "m.nii.gz", (VOL > 0).astype(np.uint8) * 255)
+    mask, _ = read_mask(str(tmp_path / "m.nii.gz"), "m", image.geometry)
+    assert np.array_equal(mask, VOL > 0)
+
+
+def test_nan_volume_is_rejected(tmp_path):
+    bad = VOL.copy()
+    bad[1, 1, 1] = np.nan
+    _write_nifti(tmp_path / "mr.nii.gz", bad)
+    with pytest.raises(CaseError, match="found 1 NaN/inf values"):  # ITK would read it as 0
+        read_volume(str(tmp_path / "mr.nii.gz"), "mr.nii.gz", "MR")
+
+
+def test_voxel_limit(tmp_path):
+    _write_nifti(tmp_path / "ct.nii.gz", VOL.astype(np.int16))
+    with pytest.raises(CaseError) as err:
+        read_volume(str(tmp_path / "ct.nii.gz"), "ct.nii.gz", "CT", max_voxels=10)
+    assert err.value.reason == "volume.too_large"

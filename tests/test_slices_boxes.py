@@ -1,0 +1,166 @@
+"""Display orientation, windows, slice selection, boxes, components and laterality."""
+
+import numpy as np
+import pytest
+
+from pipeline.boxes import body_midline, count_components, laterality, mask_box, slice_boxes, structure_stats
+from pipeline.geometry import Geometry
+from pipeline.imaging import encode_png, png_size
+from pipeline.slices import (
+    Window,
+    apply_window,
+    ct_window,
+    display_slice,
+    display_spacing,
+    display_to_index,
+    mr_window,
+    select_slices,
+)
+
+SHAPE = (10, 12, 8)  # i: right->left, j: anterior->posterior, k: inferior->superior
+
+
+def marker(i, j, k):
+    v = np.zeros(SHAPE, dtype=np.int16)
+    v[i, j, k] = 1
+    return v
+
+
+@pytest.mark.parametrize(
+    "plane, index, voxel, pixel",
+    [
+        # Patient's right (i=0), anterior (j=0) -> top-left of an axial image.
+        ("axial", 3, (0, 0, 3), (0, 0)),
+        ("axial", 3, (9, 11, 3), (11, 9)),  # left-posterior -> bottom-right (row, col)
+        # Coronal: superior (k=7) at the top, patient's right on the left.
+        ("coronal", 4, (0, 4, 7), (0, 0)),
+        ("coronal", 4, (9, 4, 0), (7, 9)),
+        # Sagittal: superior at the top, anterior on the left.
+        ("sagittal", 2, (2, 0, 7), (0, 0)),
+        ("sagittal", 2, (2, 11, 0), (7, 11)),
+    ],
+    ids=["axial-RA", "axial-LP", "coronal-RS", "coronal-LI", "sagittal-AS", "sagittal-PI"],
+)
+def test_radiological_display_convention(plane, index, voxel, pixel):
+    img = display_slice(marker(*voxel), plane, index)
+    assert tuple(np.argwhere(img)[0]) == pixel
+    # display_to_index inverts the mapping.
+    row, col = pixel
+    assert tuple(display_to_index(plane, index, col, row, SHAPE)) == tuple(float(v) for v in voxel)
+
+
+def test_display_spacing():
+    assert display_spacing((0.7, 0.8, 3.0), "axial") == (0.7, 0.8)
+    assert display_spacing((0.7, 0.8, 3.0), "coronal") == (0.7, 3.0)
+    assert display_spacing((0.7, 0.8, 3.0), "sagittal") == (0.8, 3.0)
+
+
+@pytest.mark.parametrize(
+    "value, expected", [(-1000, 0), (-160, 0), (40, 128), (240, 255), (3000, 255), (-60, 64)],
+    ids=["air", "lower-edge", "center", "upper-edge", "bone", "quarter"],
+)
+def test_soft_tissue_window(value, expected):
+    assert apply_window(np.array([value]), ct_window("soft_tissue"))[0] == expected
+
+
+def test_unknown_window_names_the_choices():
+    with pytest.raises(ValueError, match="unknown CT window 'lungs'.*'lung'"):
+        ct_window("lungs")
+    with pytest.raises(ValueError, match="width must be > 0"):
+        Window("x", 0, 0)
+
+
+def test_mr_window_uses_percentiles_of_the_foreground():
+    vol = np.zeros((10, 10, 10), np.float32)
+    vol[2:8, 2:8, 2:8] = np.linspace(100, 1100, 216).reshape(6, 6, 6)
+    w = mr_window(vol, 0.0, 100.0)
+    assert w.name == "mr_p0-100"
+    assert w.center - w.width / 2 == pytest.approx(100)
+    assert w.center + w.width / 2 == pytest.approx(1100)
+
+
+def test_select_slices_spread_largest_and_caps():
+    masks = {"a": np.zeros(SHAPE, bool), "b": np.zeros(SHAPE, bool)}
+    for k, area in enumerate([0, 1, 5, 9, 9, 5, 1, 0]):
+        masks["a"][:area, 0, k] = True
+    masks["b"][0:3, 5, 6] = True
+    assert select_slices(masks, "axial", min_area_px=5, max_per_structure=2) == [3, 5]
+    assert select_slices(masks, "axial", min_area_px=5, max_per_structure=2, strategy="largest") == [3, 4]
+    assert select_slices(masks, "axial", min_area_px=1, max_per_structure=9) == [1, 2, 3, 4, 5, 6]
+    assert select_slices(masks, "axial", min_area_px=1, max_per_structure=9, max_per_volume=2) == [2, 5]
+    assert select_slices(masks, "axial", min_area_px=100) == []
+
+
+@pytest.mark.parametrize(
+    "rows, cols, box",
+    [((2, 5), (3, 7), (3, 2, 7, 5)), ((0, 1), (0, 1), (0, 0, 1, 1)), ((9, 12), (7, 10), (7, 9, 10, 12))],
+    ids=["inner", "corner-pixel", "touches-far-edges"],
+)
+def test_mask_box_is_tight_with_exclusive_maxima(rows, cols, box):
+    m = np.zeros((12, 10), bool)
+    m[rows[0]:rows[1], cols[0]:cols[1]] = True
+    assert mask_box(m) == box
+    x0, y0, x1, y1 = box
+    assert m[y0:y1, x0:x1].sum() == m.sum()
+
+
+def test_empty_mask_has_no_box():
+    assert mask_box(np.zeros((4, 4), bool)) is None
+    assert count_components(np.zeros((4, 4), bool)) == 0
+
+
+def test_components_use_8_connectivity():
+    m = np.zeros((6, 6), bool)
+    m[0, 0] = m[1, 1] = True  # diagonal neighbours: one component
+    m[4:6, 4:6] = True
+    assert count_components(m) == 2
+
+
+@pytest.mark.parametrize(
+    "i_min, i_max, centroid, expected",
+    [(0, 10, 5.0, "right"), (60, 70, 65.0, "left"), (40, 60, 50.0, "midline"),
+     (45, 60, 52.0, "midline"), (30, 80, 62.0, "midline")],
+    ids=["right", "left", "centred", "near-midline", "spans-midline"],
+)
+def test_laterality_from_patient_coordinates(i_min, i_max, centroid, expected):
+    assert laterality(i_min, i_max, centroid, 49.5, 1.0) == expected
+
+
+def test_slice_boxes_and_structure_stats_on_a_phantom():
+    # A body of air-free tissue, a "liver" on the patient's right, a "spleen" on the left.
+    vol = np.full((40, 30, 6), -1000, np.float32)
+    vol[2:38, 3:27, :] = 40
+    liver = np.zeros(vol.shape, bool)
+    liver[4:14, 5:15, 1:5] = True
+    spleen = np.zeros(vol.shape, bool)
+    spleen[28:34, 18:24, 2:4] = True
+    geom = Geometry(vol.shape, (1.5, 1.2, 4.0), (-30.0, -20.0, 100.0))
+    mid = body_midline(vol, "CT")
+    assert np.allclose(mid, 19.5)
+    boxes = {b["label"]: b for b in slice_boxes({"liver": liver, "spleen": spleen}, "axial", 2, geom, mid)}
+    assert (boxes["liver"]["x_min"], boxes["liver"]["y_min"], boxes["liver"]["x_max"],
+            boxes["liver"]["y_max"]) == (4, 5, 14, 15)
+    assert boxes["liver"]["area_px"] == 100
+    assert boxes["liver"]["area_mm2"] == pytest.approx(100 * 1.5 * 1.2)
+    assert boxes["liver"]["laterality"] == "right"
+    assert boxes["spleen"]["laterality"] == "left"
+    assert boxes["liver"]["centroid_lps"] == pytest.approx([-30 + 8.5 * 1.5, -20 + 9.5 * 1.2, 108.0])
+    stats = structure_stats("liver", liver, geom, mid)
+    assert stats["box3d"] == [4, 5, 1, 14, 15, 5]
+    assert stats["volume_ml"] == pytest.approx(400 * 1.5 * 1.2 * 4.0 / 1000)
+    assert stats["laterality"] == "right"
+    assert structure_stats("none", np.zeros(vol.shape, bool), geom, mid) is None
+
+
+def test_png_encoder_round_trips_through_pillow():
+    from io import BytesIO
+
+    from PIL import Image
+
+    gray = (np.arange(35 * 17) % 256).astype(np.uint8).reshape(17, 35)
+    data = encode_png(gray)
+    assert png_size(data) == (35, 17)
+    assert np.array_equal(np.asarray(Image.open(BytesIO(data))), gray)
+    rgb = np.stack([gray, gray[::-1], 255 - gray], axis=-1)
+    assert np.array_equal(np.asarray(Image.open(BytesIO(encode_png(rgb)))), rgb)
+    assert encode_png(gray) == data
