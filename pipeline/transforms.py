@@ -1,0 +1,106 @@
+"""The thin Beam shell: DoFns and PTransforms around :mod:`pipeline.units`.
+
+Shape of the build (element shape after each labelled step)::
+
+    PlanUnits          Unit                          (small: case paths and keys)
+    SpreadUnits        Unit                          (Reshuffle: units only, no pixels)
+    ExtractSlices      (Unit, [record], report)      writes images/ and structures/ shards
+                       + dead_letters: dict
+    RenderQuestions    report                        writes qa/ shard and the unit's receipt
+                       + dead_letters: dict
+    CollectDeadLetters [dict]                         (small rows only)
+    WriteDeadLetters   -                             dead_letters/dead_letters.jsonl
+
+No pixel data crosses a shuffle: each unit's images are encoded, written and
+dropped inside ``ExtractSlices``; ``RenderQuestions`` fuses with it.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+
+from pipeline import shards
+from pipeline.units import UNITS_DIR, BuildContext, Unit, extract_unit, render_unit
+
+DEAD = "dead_letters"
+DEAD_LETTERS_FILE = "dead_letters/dead_letters.jsonl"
+NAMESPACE = "radvqa"
+
+
+class ExtractUnitFn(beam.DoFn):
+    """Unit -> (unit, records, report); dead letters on the ``dead_letters`` tag."""
+
+    def __init__(self, ctx: BuildContext):
+        self._ctx = ctx
+        self._cases = Metrics.counter(NAMESPACE, "cases")
+        self._rejected = Metrics.counter(NAMESPACE, "cases_rejected")
+        self._images = Metrics.counter(NAMESPACE, "images")
+
+    def process(self, unit: Unit):
+        records, report, dead = extract_unit(unit, self._ctx)
+        self._cases.inc(len(unit.cases))
+        self._rejected.inc(len(dead))
+        self._images.inc(len(records))
+        for letter in dead:
+            yield pvalue.TaggedOutput(DEAD, letter)
+        yield unit, records, report
+
+
+class RenderQuestionsFn(beam.DoFn):
+    """(unit, records, report) -> report; writes the qa shard and the unit receipt."""
+
+    def __init__(self, ctx: BuildContext):
+        self._ctx = ctx
+        self._qa = Metrics.counter(NAMESPACE, "qa_rows")
+
+    def process(self, element):
+        unit, records, report = element
+        report, dead = render_unit(unit, records, report, self._ctx)
+        self._qa.inc(report["rows"]["qa"])
+        shards.write_json(self._ctx.output, f"{UNITS_DIR}/{unit.unit_id}.json", report)
+        for letter in dead:
+            yield pvalue.TaggedOutput(DEAD, letter)
+        yield report
+
+
+def write_dead_letters(letters: list[dict], output: str) -> int:
+    """Write every dead letter, sorted, as JSON lines; returns how many."""
+    import json
+
+    ordered = sorted(letters, key=lambda d: (d["stage"], d["case_key"], d["source"], d["reason"]))
+    text = "".join(json.dumps(d, sort_keys=True, ensure_ascii=False) + "\n" for d in ordered)
+    shards.write_bytes(output, DEAD_LETTERS_FILE, text.encode("utf-8"))
+    return len(ordered)
+
+
+class BuildCorpus(beam.PTransform):
+    """Units -> shards on disk; returns ``{"reports": …, "dead_letters": …}``."""
+
+    def __init__(self, units: list[Unit], ctx: BuildContext, planned_dead: list[dict] = ()):
+        super().__init__()
+        self._units = list(units)
+        self._ctx = ctx
+        self._planned_dead = list(planned_dead)
+
+    def expand(self, pbegin):
+        units = (
+            pbegin
+            | "PlanUnits" >> beam.Create(self._units)
+            | "SpreadUnits" >> beam.Reshuffle()
+        )
+        extracted = units | "ExtractSlices" >> beam.ParDo(ExtractUnitFn(self._ctx)).with_outputs(
+            DEAD, main="units"
+        )
+        rendered = extracted.units | "RenderQuestions" >> beam.ParDo(
+            RenderQuestionsFn(self._ctx)
+        ).with_outputs(DEAD, main="reports")
+        planned = pbegin | "PlannedRejects" >> beam.Create(self._planned_dead)
+        dead = (planned, extracted[DEAD], rendered[DEAD]) | "MergeDeadLetters" >> beam.Flatten()
+        _ = (
+            dead
+            | "CollectDeadLetters" >> beam.combiners.ToList()
+            | "WriteDeadLetters" >> beam.Map(write_dead_letters, self._ctx.output)
+        )
+        return {"reports": rendered.reports, "dead_letters": dead}

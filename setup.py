@@ -1,0 +1,59 @@
+"""radvqa: deterministic, distributed corpus builder for radiology VQA.
+
+Templates, distractor pools, schemas and recipes live at the top of the
+repository; they ship inside the package as ``pipeline/_resources/<kind>`` so
+that ``pip install .`` (and Beam's ``--setup_file``) gives workers everything.
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+RESOURCES = ("templates", "distractor_pools", "schemas", "recipes")
+
+
+def resource_packages():
+    """Map each resource folder (and its sub-folders) to a package under pipeline._resources."""
+    packages, package_dir, package_data = [], {}, {}
+    for kind in RESOURCES:
+        root = HERE / kind
+        for folder in sorted([root, *[p for p in root.rglob("*") if p.is_dir()]]):
+            if folder.name == "__pycache__":
+                continue
+            rel = folder.relative_to(HERE)
+            name = "pipeline._resources." + ".".join(rel.parts)
+            packages.append(name)
+            package_dir[name] = str(rel)
+            package_data[name] = ["*.yaml", "*.yml", "*.json", "*.j2", "*.md"]
+    return packages, package_dir, package_data
+
+
+res_packages, res_dirs, res_data = resource_packages()
+
+setup(
+    name="radvqa",
+    version="0.1.0",
+    description="Deterministic, distributed corpus builder for radiology visual question answering",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["pipeline", *res_packages],
+    package_dir={"pipeline": "pipeline", **res_dirs},
+    package_data=res_data,
+    include_package_data=False,
+    install_requires=[
+        "apache-beam==2.77.*",
+        "pyarrow>=14,<26",
+        "numpy>=1.24",
+        "pydicom>=3.0",
+        "SimpleITK>=2.3",
+        "jinja2>=3.1",
+        "pyyaml>=6.0",
+        "jsonschema>=4.18",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "datasets>=3.0", "pillow>=10", "pydicom-data", "ruff"],
+    },
+    entry_points={"console_scripts": ["radvqa=pipeline.cli:main"]},
+)
