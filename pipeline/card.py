@@ -38,7 +38,13 @@ def card_yaml(split_rows: Mapping[str, Mapping[str, int]], files: Mapping[str, d
                 "config_name": config,
                 "features": features_for_card(SCHEMAS[config]),
                 "splits": [
-                    {"name": s, "num_examples": int(split_rows.get(config, {}).get(s, 0))}
+                    {
+                        "name": s,
+                        "num_bytes": sum(
+                            f["bytes"] for p, f in files.items() if p.startswith(f"{config}/{s}-")
+                        ),
+                        "num_examples": int(split_rows.get(config, {}).get(s, 0)),
+                    }
                     for s in splits
                 ],
             }

@@ -1,0 +1,279 @@
+"""Question generation from image records (RadVUQA-style task families).
+
+``generate_questions(image, families, pools, seed=…)`` turns one image record
+(``docs/conventions.md``) into QA rows.  Each family names a *generator* —
+the Python that decides the target and the answer from the record's facts —
+and holds paraphrase variants — the wording, rendered by sandboxed Jinja.
+
+Every choice is seeded from ``(seed, image_id, purpose)``: the target, the
+yes/no coin of closed questions, the distractors, the correct option's
+position (uniform over A–D) and the variant.  Rows do not depend on the order
+of boxes or labels in the record.
+
+Context fields available to variants (declare them in ``requires``):
+
+==================  =========================================================
+``plane``           ``axial`` / ``coronal`` / ``sagittal``
+``modality_name``   ``CT`` or ``MRI``
+``structure``       display name of the target structure
+``structure_a/_b``  the two structures of a comparison
+``box``             ``[x_min, y_min, x_max, y_max]`` in pixels (max exclusive)
+``side``            ``left`` / ``right`` (the patient's)
+``relation``        e.g. ``to the patient's left of``, ``anterior to``, ``above``
+``options``         the options of a multiple-choice question, in order
+==================  =========================================================
+
+Boxes follow the stored-image convention: x = column, y = row, minima
+inclusive, maxima exclusive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from pipeline import keys
+
+LETTERS = "ABCD"
+DEFAULT_SETTINGS = {"min_area_px": 30, "min_separation_mm": 10.0, "min_size_ratio": 1.25}
+MODALITY_NAMES = {"CT": "CT", "MR": "MRI"}
+#: LPS axis, word when the first structure's coordinate is larger, word when smaller.
+RELATIONS = {
+    0: ("to the patient's left of", "to the patient's right of"),
+    1: ("posterior to", "anterior to"),
+    2: ("above", "below"),
+}
+PLANE_AXES = {"axial": (0, 1), "coronal": (0, 2), "sagittal": (1, 2)}
+
+
+def _box_text(b: Mapping) -> str:
+    return f"[{b['x_min']}, {b['y_min']}, {b['x_max']}, {b['y_max']}]"
+
+
+def _eligible(image: Mapping, settings: Mapping) -> list[Mapping]:
+    boxes = [b for b in image["boxes"] if b["area_px"] >= settings["min_area_px"]]
+    return sorted(boxes, key=lambda b: b["label"])
+
+
+def _pick(gen: np.random.Generator, items: list):
+    return items[int(gen.integers(len(items)))] if items else None
+
+
+def _coin(gen: np.random.Generator) -> bool:
+    return bool(gen.integers(2))
+
+
+def _base(image: Mapping) -> dict:
+    return {"plane": image["plane"], "modality_name": MODALITY_NAMES.get(image["modality"], image["modality"])}
+
+
+# ------------------------------------------------------------------ generators
+# Each returns None (no eligible target) or a dict with "context" and either
+# "answer" (open/closed; optional "answer_box") or "correct" + "distractors" (MC).
+
+
+def gen_structure_identification(image, family, pools, gen, settings):
+    target = _pick(gen, _eligible(image, settings))
+    if target is None:
+        return None
+    ctx = _base(image) | {"box": _box_text(target)}
+    if family.question_type == "multiple_choice":
+        label = target["label"]
+        candidates = None if pools.known(label) else [c for c in image["case_labels"] if not pools.known(c)]
+        distractors = pools.distractors(label, 3, gen, candidates=candidates)
+        if len(distractors) < 3:
+            return None
+        return {"context": ctx, "correct": pools.display(label),
+                "distractors": [pools.display(d) for d in distractors]}
+    return {"context": ctx, "answer": pools.display(target["label"])}
+
+
+def gen_existence(image, family, pools, gen, settings):
+    present = _eligible(image, settings)
+    on_slice = {b["label"] for b in image["boxes"]}
+    regions = {pools.region_of(b["label"]) for b in present} - {None}
+    absent = sorted(c for c in image["case_labels"] if c not in on_slice)
+    near = [c for c in absent if pools.region_of(c) in regions] or absent
+    want_yes = _coin(gen)
+    if want_yes and not present:
+        want_yes = False
+    if not want_yes and not near:
+        want_yes = True
+    if want_yes and not present:
+        return None
+    label = _pick(gen, present)["label"] if want_yes else _pick(gen, near)
+    return {"context": _base(image) | {"structure": pools.display(label)},
+            "answer": "yes" if want_yes else "no"}
+
+
+def gen_laterality(image, family, pools, gen, settings):
+    if image["plane"] == "sagittal":
+        return None
+    sided = [b for b in _eligible(image, settings) if b["laterality"] in ("left", "right")]
+    target = _pick(gen, sided)
+    if target is None:
+        return None
+    ctx = _base(image) | {"structure": pools.display(target["label"])}
+    truth = target["laterality"]
+    if family.question_type == "closed":
+        yes = _coin(gen)
+        side = truth if yes else ("right" if truth == "left" else "left")
+        return {"context": ctx | {"side": side}, "answer": "yes" if yes else "no"}
+    return {"context": ctx, "answer": truth}
+
+
+def gen_relative_position(image, family, pools, gen, settings):
+    boxes = _eligible(image, settings)
+    pairs = []
+    for n, a in enumerate(boxes):
+        for b in boxes[n + 1:]:
+            if pools.related(a["label"], b["label"]):
+                continue
+            for axis in PLANE_AXES[image["plane"]]:
+                if abs(a["centroid_lps"][axis] - b["centroid_lps"][axis]) >= settings["min_separation_mm"]:
+                    pairs.append((a, b, axis))
+    choice = _pick(gen, pairs)
+    if choice is None:
+        return None
+    a, b, axis = choice
+    if _coin(gen):
+        a, b = b, a
+    larger, smaller = RELATIONS[axis]
+    truth = larger if a["centroid_lps"][axis] > b["centroid_lps"][axis] else smaller
+    yes = _coin(gen)
+    relation = truth if yes else (smaller if truth == larger else larger)
+    return {
+        "context": _base(image) | {"structure_a": pools.display(a["label"]),
+                                   "structure_b": pools.display(b["label"]), "relation": relation},
+        "answer": "yes" if yes else "no",
+    }
+
+
+def gen_size_comparison(image, family, pools, gen, settings):
+    boxes = _eligible(image, settings)
+    pairs = [
+        (a, b) for n, a in enumerate(boxes) for b in boxes[n + 1:]
+        if max(a["area_px"], b["area_px"]) >= settings["min_size_ratio"] * min(a["area_px"], b["area_px"])
+        and not pools.related(a["label"], b["label"])
+    ]
+    choice = _pick(gen, pairs)
+    if choice is None:
+        return None
+    a, b = choice if _coin(gen) else choice[::-1]
+    larger, smaller = (a, b) if a["area_px"] > b["area_px"] else (b, a)
+    if family.question_type == "closed":
+        yes = _coin(gen)
+        a, b = (larger, smaller) if yes else (smaller, larger)
+    ctx = _base(image) | {"structure_a": pools.display(a["label"]), "structure_b": pools.display(b["label"])}
+    if family.question_type == "closed":
+        return {"context": ctx, "answer": "yes" if yes else "no"}
+    return {"context": ctx, "answer": pools.display(larger["label"])}
+
+
+def gen_component_count(image, family, pools, gen, settings):
+    boxes = _eligible(image, settings)
+    multi = [b for b in boxes if b["components"] >= 2]
+    target = _pick(gen, multi) if multi and _coin(gen) else _pick(gen, boxes)
+    if target is None:
+        return None
+    return {"context": _base(image) | {"structure": pools.display(target["label"])},
+            "answer": str(int(target["components"]))}
+
+
+def gen_grounding(image, family, pools, gen, settings):
+    target = _pick(gen, _eligible(image, settings))
+    if target is None:
+        return None
+    box = [int(target[k]) for k in ("x_min", "y_min", "x_max", "y_max")]
+    return {"context": _base(image) | {"structure": pools.display(target["label"])},
+            "answer": _box_text(target), "answer_box": box}
+
+
+GENERATORS = {
+    "structure_identification": gen_structure_identification,
+    "existence": gen_existence,
+    "laterality": gen_laterality,
+    "relative_position": gen_relative_position,
+    "size_comparison": gen_size_comparison,
+    "component_count": gen_component_count,
+    "grounding": gen_grounding,
+}
+
+
+def assemble(family, made: dict, gen: np.random.Generator) -> dict:
+    """Options and answer of a generated question (MC: correct position uniform)."""
+    if family.question_type == "multiple_choice":
+        position = int(gen.integers(len(LETTERS)))
+        options = list(made["distractors"])
+        options.insert(position, made["correct"])
+        return {"options": options, "answer": LETTERS[position], "answer_text": made["correct"],
+                "answer_box": None, "context": made["context"] | {"options": options}}
+    return {"options": [], "answer": made["answer"], "answer_text": made["answer"],
+            "answer_box": made.get("answer_box"), "context": made["context"]}
+
+
+def generate_questions(
+    image: Mapping, families: Mapping, pools, *, seed: int, settings: Mapping | None = None
+) -> list[dict]:
+    """QA rows of one image record, sorted by ``qa_id`` (see module docstring)."""
+    from pipeline.templates import render
+
+    conf = DEFAULT_SETTINGS | dict(settings or {})
+    rows = []
+    for name in sorted(families):
+        family = families[name]
+        key = image["image_id"]
+        gen = keys.rng(seed, key, f"{name}/target")
+        made = GENERATORS[family.generator](image, family, pools, gen, conf)
+        if made is None:
+            continue
+        parts = assemble(family, made, keys.rng(seed, key, f"{name}/options"))
+        variant = family.variants[int(keys.rng(seed, key, f"{name}/variant").integers(len(family.variants)))]
+        rows.append({
+            "qa_id": keys.stable_key("qa", key, name),
+            "image_id": key,
+            "case_key": image["case_key"],
+            "split": image["split"],
+            "task": family.task,
+            "family": name,
+            "question_type": family.question_type,
+            "question": render(family, variant, parts["context"]),
+            "options": parts["options"],
+            "answer": parts["answer"],
+            "answer_text": parts["answer_text"],
+            "answer_box": parts["answer_box"],
+            "template_id": variant.id,
+        })
+    rows.sort(key=lambda r: r["qa_id"])
+    return rows
+
+
+def lint_records(pools) -> list[dict]:
+    """Synthetic image records that give every generator something to ask."""
+
+    def box(label, x0, y0, x1, y1, lps, side, comps=1):
+        return {"label": label, "x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1,
+                "area_px": (x1 - x0) * (y1 - y0), "area_mm2": float((x1 - x0) * (y1 - y0)),
+                "components": comps, "centroid_x": (x0 + x1) / 2, "centroid_y": (y0 + y1) / 2,
+                "centroid_lps": lps, "laterality": side}
+
+    boxes = [
+        box("liver", 5, 10, 40, 50, [-70.0, -10.0, 150.0], "right"),
+        box("spleen", 70, 30, 85, 50, [80.0, 40.0, 150.0], "left"),
+        box("kidney_left", 60, 55, 72, 70, [55.0, 55.0, 150.0], "left"),
+        box("colon", 10, 60, 90, 80, [0.0, 20.0, 150.0], "midline", comps=2),
+        box("aorta", 48, 50, 54, 56, [10.0, 40.0, 150.0], "midline"),
+    ]
+    labels = sorted({b["label"] for b in boxes} | {"stomach", "pancreas", "gallbladder", "kidney_right"})
+    out = []
+    for plane in ("axial", "coronal"):
+        out.append({"image_id": keys.stable_key("lint", plane), "case_key": "0" * 20, "split": "train",
+                    "modality": "CT", "plane": plane, "slice_index": 10, "width": 96, "height": 96,
+                    "boxes": boxes, "case_labels": labels})
+    user = [box("organ_a", 5, 5, 30, 30, [-50.0, 0.0, 0.0], "right"),
+            box("organ_b", 60, 5, 90, 30, [50.0, 0.0, 0.0], "left")]
+    out.append({"image_id": keys.stable_key("lint", "user"), "case_key": "1" * 20, "split": "train",
+                "modality": "MR", "plane": "axial", "slice_index": 3, "width": 96, "height": 96,
+                "boxes": user, "case_labels": ["organ_a", "organ_b", "organ_c", "organ_d"]})
+    return out
