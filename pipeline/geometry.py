@@ -12,6 +12,10 @@ Conventions (see ``docs/conventions.md``):
   any axis-aligned volume there by a transpose and flips only (no
   interpolation), so the same volume stored as DICOM, as NIfTI in RAS or as
   NIfTI in any other axis order gives the same array.
+* Canonical grids are quantised (spacing to float32 — what NIfTI's pixdim
+  holds —, origin to 1e-4 mm): a NIfTI header stores float32 and a DICOM
+  header decimal strings, and the same grid must give the same numbers
+  downstream.
 """
 
 from __future__ import annotations
@@ -120,8 +124,8 @@ def canonicalise(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geo
     origin = geometry.index_to_lps(first)
     canon = Geometry(
         shape=tuple(int(n) for n in out.shape),
-        spacing=tuple(float(geometry.spacing[source_axis[a]]) for a in range(3)),
-        origin=tuple(float(x) for x in origin),
+        spacing=tuple(float(np.float32(geometry.spacing[source_axis[a]])) for a in range(3)),
+        origin=tuple(round(float(x), 4) + 0.0 for x in origin),
     )
     return np.ascontiguousarray(out), canon
 

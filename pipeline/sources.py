@@ -125,8 +125,9 @@ def discover_cases(
         raise FileNotFoundError(f"--input: {root} is not a directory")
     entries = sorted(os.listdir(root))
     names = set(entries)
-    if detect_layout(names) is not None:
-        folders = ["."]
+    root_kind = detect_layout(names)
+    if root_kind == "multilabel" or (root_kind is not None and "segmentations" in names):
+        folders = ["."]  # the input folder is itself one case
     else:
         folders = [e for e in entries if os.path.isdir(os.path.join(root, e)) and not e.startswith(".")]
     meta = read_meta_table(root) if folders != ["."] else {}
