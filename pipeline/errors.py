@@ -29,6 +29,6 @@ class CaseError(Exception):
     def __reduce__(self):  # keep picklable across Beam workers
         return (type(self), (self.stage, self.reason, self.message, self.path))
 
-    def with_path(self, path: str) -> "CaseError":
+    def with_path(self, path: str) -> CaseError:
         """The same error, naming ``path`` if it named no file yet."""
         return self if self.path else CaseError(self.stage, self.reason, self.message, path)

@@ -72,7 +72,7 @@ class SliceSettings:
             raise ValueError(f"slices.mr_percentiles: found {self.mr_percentiles}, expected 0<=lo<hi<=100")
 
     @classmethod
-    def from_recipe(cls, section: Mapping) -> "SliceSettings":
+    def from_recipe(cls, section: Mapping) -> SliceSettings:
         sel = section.get("selection", {})
         resample_mm = section.get("resample_mm")
         structures = sel.get("structures")

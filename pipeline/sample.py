@@ -271,7 +271,7 @@ PIL = ((1, 2, 0), (False, True, False))  # file axes: → posterior, → inferio
 
 def _write_dicom(folder: Path, p: Phantom, index: int) -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 
     folder.mkdir(parents=True, exist_ok=True)
     ni, nj, nk = p.image.shape

@@ -9,7 +9,7 @@ from pipeline.errors import ConfigError
 from pipeline.resources import resource_path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _validator(schema_name: str):
     import jsonschema
 

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from pipeline.boxes import body_midline, count_components, laterality, mask_box, slice_boxes, structure_stats
+from pipeline.boxes import (
+    body_midline,
+    count_components,
+    laterality,
+    mask_box,
+    slice_boxes,
+    structure_stats,
+)
 from pipeline.geometry import Geometry
 from pipeline.imaging import encode_png, png_size
 from pipeline.slices import (
