@@ -14,7 +14,7 @@ Rules for multiple-choice options (:meth:`Pools.distractors`):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,31 +113,19 @@ class Pools:
             tiers += [self.region_members(n) for n in self.regions[region][1]]
         chosen: list[str] = []
         for tier in tiers:
-            pool = [
-                c for c in tier
-                if c not in excluded and not self.related(answer, c)
-                and all(not self.related(c, x) for x in chosen)
-                and self.display(c).lower() not in {self.display(x).lower() for x in chosen}
-            ]
-            need = k - len(chosen)
-            if need <= 0:
+            pool = [c for c in tier if c not in excluded and not self.related(answer, c)]
+            while len(chosen) < k:
+                pool = [
+                    c for c in pool
+                    if c not in chosen and all(not self.related(c, x) for x in chosen)
+                    and self.display(c).lower() not in {self.display(x).lower() for x in chosen}
+                ]
+                if not pool:
+                    break
+                chosen.append(pool[int(gen.integers(len(pool)))])
+            if len(chosen) >= k:
                 break
-            if len(pool) <= need:
-                chosen.extend(pool)
-            else:
-                picks = gen.choice(len(pool), size=need, replace=False)
-                chosen.extend(pool[int(i)] for i in sorted(picks))
-            # a second pass guards against related picks within one draw
-            chosen = _drop_related(self, chosen)
         return chosen[:k]
-
-
-def _drop_related(pools: Pools, labels: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    for label in labels:
-        if all(not pools.related(label, x) for x in out):
-            out.append(label)
-    return out
 
 
 def load_pools(paths: Iterable[str | Path]) -> Pools:

@@ -1,0 +1,203 @@
+"""Templates (sandboxed Jinja, schema errors), pools (constrained distractors) and
+question generators (balance, uniform option positions, determinism)."""
+
+from __future__ import annotations
+
+import collections
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipeline import keys
+from pipeline.errors import CaseError, ConfigError
+from pipeline.pools import load_pools
+from pipeline.questions import generate_questions, lint_records
+from pipeline.recipes import load_recipe, resolve_entry
+from pipeline.resources import resource_dir
+from pipeline.templates import load_families, lint, render
+
+POOLS = load_pools([resource_dir("distractor_pools") / "totalsegmentator.yaml"])
+FAMILIES = load_families(resource_dir("templates") / "radvuqa")
+
+
+def _family_file(tmp_path: Path, text: str, name: str = "fam.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+BASE = """\
+family: probe
+task: anatomy
+generator: grounding
+question_type: open
+answer_format: box
+requires: [structure]
+version: 1
+variants:
+  - id: v1
+    text: "{text}"
+  - id: v2
+    text: "Where is the {{{{ structure }}}}?"
+  - id: v3
+    text: "Locate the {{{{ structure }}}}."
+"""
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("{{ ''.__class__.__mro__ }}", "SecurityError"),
+        ("{{ structure.__class__.__subclasses__() }}", "SecurityError"),
+        ("{{ missing }}", "UndefinedError"),
+    ],
+    ids=["mro", "subclasses", "undefined"],
+)
+def test_unsafe_or_undefined_templates_fail_at_render_with_file_and_variant(tmp_path, text, error):
+    # requires is checked at load for plain names; attribute chains reach render
+    src = BASE.format(text=text).replace("requires: [structure]", "requires: [structure, missing]")
+    fam = load_families(_family_file(tmp_path, src))["probe"]
+    with pytest.raises(CaseError) as err:
+        render(fam, fam.variants[0], {"structure": "liver"})
+    assert error in err.value.message and "fam.yaml" in err.value.message and "v1" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda s: s.replace("question_type: open", "question_type: essay"),
+         "fam.yaml: question_type: 'essay' is not one of"),
+        (lambda s: s.replace("version: 1\n", ""), "fam.yaml: (root): 'version' is a required property"),
+        (lambda s: s.replace("{{ structure }}?", "{{ organ }}?"),
+         "variants[1] (v2): uses ['organ'], not declared in requires"),
+        (lambda s: s.replace('"Locate the {{ structure }}."', '"Locate {% if %}"'),
+         "variants[2] (v3): line 1: template syntax error"),
+        (lambda s: s.replace("generator: grounding", "generator: nonsense"), "generator: unknown 'nonsense'"),
+        (lambda s: s.replace("  - id: v3\n    text: \"Locate the {{ structure }}.\"\n", ""),
+         "variants: [{'id': 'v1'"),
+    ],
+    ids=["bad-enum", "missing-field", "undeclared-variable", "syntax-error", "unknown-generator", "too-few-variants"],
+)
+def test_family_errors_name_file_and_field(tmp_path, mutate, message):
+    src = mutate(BASE.format(text="Box of {{ structure }}"))
+    with pytest.raises(ConfigError) as err:
+        load_families(_family_file(tmp_path, src))
+    assert message in str(err.value)
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    path = _family_file(tmp_path, "family: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_families(path)
+
+
+def test_builtin_families_lint_clean():
+    assert lint(FAMILIES, POOLS) == []
+    assert len(FAMILIES) == 10
+    assert all(len(f.variants) >= 3 for f in FAMILIES.values())
+
+
+@pytest.mark.parametrize(
+    "answer", ["liver", "kidney_left", "lung_upper_lobe_left", "liver_tumor", "vertebrae_L1", "colon"],
+)
+def test_distractors_same_region_never_related(answer):
+    for n in range(50):
+        picks = POOLS.distractors(answer, 3, keys.rng(n, answer, "d"))
+        assert len(picks) == 3 and answer not in picks
+        region = POOLS.region_of(answer)
+        assert all(POOLS.region_of(p) == region for p in picks)
+        assert not any(POOLS.related(answer, p) for p in picks)
+        assert len({POOLS.display(p) for p in picks}) == 3
+
+
+@pytest.mark.parametrize(
+    "a, b, related",
+    [("liver", "liver_tumor", True), ("kidney_left", "kidney_cyst_left", True),
+     ("kidney_left", "kidney_right", False), ("duodenum", "small_bowel", True),
+     ("lung_upper_lobe_left", "lung_nodules", False), ("liver", "spleen", False)],
+    ids=["organ-lesion", "kidney-cyst", "left-right-pair", "parent-by-display", "siblings", "unrelated"],
+)
+def test_relatedness(a, b, related):
+    assert POOLS.related(a, b) is related
+    assert POOLS.related(b, a) is related
+
+
+def test_unknown_labels_draw_from_their_own_table():
+    table = ["organ_a", "organ_b", "organ_c", "organ_d"]
+    picks = POOLS.distractors("organ_a", 3, keys.rng(0, "x", "y"), candidates=table)
+    assert sorted(picks) == ["organ_b", "organ_c", "organ_d"]
+    assert POOLS.display("renal_parenchyma_left") == "renal parenchyma left"
+
+
+def _records(n: int):
+    base = lint_records(POOLS)
+    for i in range(n):
+        r = dict(base[i % len(base)])
+        r["image_id"] = keys.stable_key("rec", i)
+        yield r
+
+
+def test_closed_answers_are_balanced_and_mc_positions_uniform():
+    answers = collections.Counter()
+    positions = collections.Counter()
+    for record in _records(1500):
+        for row in generate_questions(record, FAMILIES, POOLS, seed=3):
+            if row["question_type"] == "closed":
+                answers[row["answer"]] += 1
+            elif row["question_type"] == "multiple_choice":
+                positions[row["answer"]] += 1
+                assert row["options"]["ABCD".index(row["answer"])] == row["answer_text"]
+    assert abs(answers["yes"] / sum(answers.values()) - 0.5) < 0.03
+    total = sum(positions.values())
+    chi2 = sum((positions[c] - total / 4) ** 2 / (total / 4) for c in "ABCD")
+    assert chi2 < 16.3, positions  # p ~ 0.001 for 3 degrees of freedom
+
+
+def test_generation_is_deterministic_and_independent_of_box_order():
+    record = next(_records(1))
+    rows = generate_questions(record, FAMILIES, POOLS, seed=9)
+    shuffled = dict(record, boxes=list(reversed(record["boxes"])),
+                    case_labels=list(reversed(record["case_labels"])))
+    assert generate_questions(shuffled, FAMILIES, POOLS, seed=9) == rows
+    assert generate_questions(record, FAMILIES, POOLS, seed=10) != rows
+    assert [r["qa_id"] for r in rows] == sorted(r["qa_id"] for r in rows)
+
+
+def test_answers_follow_the_record_facts():
+    record = lint_records(POOLS)[0]  # axial: liver right, spleen left, colon 2 components
+    seen = set()
+    for seed in range(40):
+        for row in generate_questions(record, FAMILIES, POOLS, seed=seed):
+            if row["family"] == "laterality_open":
+                expected = {"liver": "right", "spleen": "left", "left kidney": "left"}
+                structure = next(k for k in expected if f"the {k} " in row["question"] + " ")
+                assert row["answer"] == expected[structure]
+                seen.add("laterality")
+            if row["family"] == "grounding_open":
+                box = next(b for b in record["boxes"] if POOLS.display(b["label"]) in row["question"])
+                assert row["answer_box"] == [box["x_min"], box["y_min"], box["x_max"], box["y_max"]]
+                seen.add("grounding")
+            if row["family"] == "component_count_open" and "colon" in row["question"]:
+                assert row["answer"] == "2"
+                seen.add("count")
+    assert seen == {"laterality", "grounding", "count"}
+
+
+def test_recipe_cannot_point_outside_its_folder(tmp_path):
+    recipe_text = (resource_dir("recipes") / "sample.yaml").read_text()
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe_text.replace("templates: [radvuqa]", "templates: [../../etc]"))
+    recipe = load_recipe(str(path))
+    with pytest.raises(ConfigError, match="must be a built-in name or a path inside"):
+        resolve_entry(recipe, "templates", "../../etc", "questions.templates[0]")
+    with pytest.raises(ConfigError, match="must be a built-in name or a path inside"):
+        resolve_entry(recipe, "templates", "/etc", "questions.templates[0]")
+
+
+def test_recipe_schema_errors_name_the_path(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text((resource_dir("recipes") / "sample.yaml").read_text().replace(
+        "planes: [axial, coronal]", "planes: [axial, oblique]"))
+    with pytest.raises(ConfigError, match=r"r.yaml: slices.planes\[1\]: 'oblique' is not one of"):
+        load_recipe(str(path))
