@@ -15,7 +15,7 @@ from pipeline.pools import load_pools
 from pipeline.questions import generate_questions, lint_records
 from pipeline.recipes import load_recipe, resolve_entry
 from pipeline.resources import resource_dir
-from pipeline.templates import load_families, lint, render
+from pipeline.templates import lint, load_families, render
 
 POOLS = load_pools([resource_dir("distractor_pools") / "totalsegmentator.yaml"])
 FAMILIES = load_families(resource_dir("templates") / "radvuqa")
