@@ -73,6 +73,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     args = ap.parse_args(argv)
 
+    import logging
+
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
     from pipeline.sample import write_sample
 
     work = tempfile.mkdtemp(prefix="radvqa-bench-")
