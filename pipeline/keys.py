@@ -123,3 +123,38 @@ def choose(gen: np.random.Generator, items: Sequence, k: int) -> list:
         raise ValueError(f"cannot choose {k} of {len(items)} items")
     idx = gen.choice(len(items), size=k, replace=False)
     return [items[int(i)] for i in idx]
+
+
+class KeyedStream:
+    """A light deterministic random stream seeded by ``(seed, key, purpose)``.
+
+    Each draw is ``sha256(prefix, counter)``: no generator state to construct,
+    about a microsecond per draw — what the 7.5M-question text path needs.
+    Offers the subset of ``numpy.random.Generator`` that radvqa's samplers use
+    (``integers(n)``, ``random()``), so either can be passed to them.
+    """
+
+    __slots__ = ("_prefix", "_n")
+
+    def __init__(self, seed: int, key: str, purpose: str):
+        self._prefix = hashlib.sha256(f"{int(seed)}\x1f{key}\x1f{purpose}".encode()).digest()
+        self._n = 0
+
+    def _u64(self) -> int:
+        self._n += 1
+        d = hashlib.sha256(self._prefix + self._n.to_bytes(8, "big")).digest()
+        return int.from_bytes(d[:8], "big")
+
+    def random(self) -> float:
+        """Uniform in [0, 1)."""
+        return (self._u64() >> 11) / float(1 << 53)
+
+    def integers(self, n: int) -> int:
+        """Uniform integer in ``[0, n)`` (rejection sampling: no modulo bias)."""
+        if n < 1:
+            raise ValueError(f"integers: n must be >= 1, got {n}")
+        limit = (1 << 64) - ((1 << 64) % n)
+        while True:
+            v = self._u64()
+            if v < limit:
+                return v % n

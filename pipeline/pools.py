@@ -18,8 +18,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.errors import ConfigError
 
 
@@ -92,7 +90,7 @@ class Pools:
         self,
         answer: str,
         k: int,
-        gen: np.random.Generator,
+        gen,
         *,
         candidates: Iterable[str] | None = None,
         exclude: Iterable[str] = (),

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
-
 from pipeline import keys
 
 LETTERS = "ABCD"
@@ -56,11 +54,11 @@ def _eligible(image: Mapping, settings: Mapping) -> list[Mapping]:
     return sorted(boxes, key=lambda b: b["label"])
 
 
-def _pick(gen: np.random.Generator, items: list):
+def _pick(gen, items: list):
     return items[int(gen.integers(len(items)))] if items else None
 
 
-def _coin(gen: np.random.Generator) -> bool:
+def _coin(gen) -> bool:
     return bool(gen.integers(2))
 
 
@@ -201,7 +199,7 @@ GENERATORS = {
 }
 
 
-def assemble(family, made: dict, gen: np.random.Generator) -> dict:
+def assemble(family, made: dict, gen) -> dict:
     """Options and answer of a generated question (MC: correct position uniform)."""
     if family.question_type == "multiple_choice":
         position = int(gen.integers(len(LETTERS)))
@@ -224,12 +222,12 @@ def generate_questions(
     for name in sorted(families):
         family = families[name]
         key = image["image_id"]
-        gen = keys.rng(seed, key, f"{name}/target")
+        gen = keys.KeyedStream(seed, key, f"{name}/target")
         made = GENERATORS[family.generator](image, family, pools, gen, conf)
         if made is None:
             continue
-        parts = assemble(family, made, keys.rng(seed, key, f"{name}/options"))
-        variant = family.variants[int(keys.rng(seed, key, f"{name}/variant").integers(len(family.variants)))]
+        parts = assemble(family, made, keys.KeyedStream(seed, key, f"{name}/options"))
+        variant = family.variants[keys.KeyedStream(seed, key, f"{name}/variant").integers(len(family.variants))]
         rows.append({
             "qa_id": keys.stable_key("qa", key, name),
             "image_id": key,

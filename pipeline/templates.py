@@ -186,4 +186,4 @@ def lint(families: Mapping[str, TemplateFamily], pools) -> list[str]:
 def _lint_rng(fam, record):
     from pipeline import keys
 
-    return keys.rng(0, record["image_id"], f"lint/{fam.family}")
+    return keys.KeyedStream(0, record["image_id"], f"lint/{fam.family}")

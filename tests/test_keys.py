@@ -64,3 +64,14 @@ def test_unit_interval_is_uniform():
     u = np.array([keys.unit_interval(3, f"k{i}", "p") for i in range(4000)])
     assert 0 <= u.min() and u.max() < 1
     assert abs(u.mean() - 0.5) < 0.02
+
+
+def test_keyed_stream_is_deterministic_and_uniform():
+    a = keys.KeyedStream(1, "k", "p")
+    b = keys.KeyedStream(1, "k", "p")
+    assert [a.integers(7) for _ in range(20)] == [b.integers(7) for _ in range(20)]
+    counts = np.bincount([keys.KeyedStream(2, f"k{i}", "p").integers(4) for i in range(8000)], minlength=4)
+    assert counts.min() > 1850 and counts.max() < 2150
+    assert 0 <= keys.KeyedStream(3, "x", "y").random() < 1
+    with pytest.raises(ValueError):
+        keys.KeyedStream(1, "k", "p").integers(0)
