@@ -83,6 +83,56 @@ STRUCTURE_FIELDS = [
     ("laterality", pa.string()),
 ]
 
+TURN = pa.struct([("from", pa.string()), ("value", pa.string())])
+METADATA = pa.struct(
+    [
+        ("content_type", pa.string()),
+        ("correct_text", pa.string()),
+        ("is_abnormal", pa.bool_()),
+        ("location", pa.string()),
+        ("modality", pa.string()),
+        ("pathology", pa.string()),
+        ("question_id", pa.string()),
+    ]
+)
+
+ALIGNMENT_FIELDS = [
+    ("image_id", pa.string()),
+    ("image", IMAGE_STRUCT),
+    ("conversations", pa.list_(TURN)),
+    ("metadata", METADATA),
+    ("split", pa.string()),
+]
+
+INSTRUCT_FIELDS = [
+    ("qa_id", pa.string()),
+    ("image_id", pa.string()),
+    ("conversations", pa.list_(TURN)),
+    ("question", pa.string()),
+    ("choices", pa.list_(pa.string())),
+    ("answer", pa.string()),
+    ("answer_text", pa.string()),
+    ("question_type", pa.string()),
+    ("task", pa.string()),
+    ("template_id", pa.string()),
+    ("metadata", METADATA),
+    ("split", pa.string()),
+]
+
+BENCHMARK_FIELDS = [
+    ("qa_id", pa.string()),
+    ("image_id", pa.string()),
+    ("image", IMAGE_STRUCT),
+    ("question", pa.string()),
+    ("choices", pa.list_(pa.string())),
+    ("answer", pa.string()),
+    ("question_type", pa.string()),
+    ("task", pa.string()),
+    ("template_id", pa.string()),
+    ("metadata", METADATA),
+    ("split", pa.string()),
+]
+
 #: Columns decoded as images by Hugging Face ``datasets``.
 IMAGE_COLUMNS = {"image"}
 
@@ -112,8 +162,15 @@ IMAGES_SCHEMA = with_hf_metadata(IMAGE_FIELDS)
 QA_SCHEMA = with_hf_metadata(QA_FIELDS)
 STRUCTURES_SCHEMA = with_hf_metadata(STRUCTURE_FIELDS)
 
+ALIGNMENT_SCHEMA = with_hf_metadata(ALIGNMENT_FIELDS)
+INSTRUCT_SCHEMA = with_hf_metadata(INSTRUCT_FIELDS)
+BENCHMARK_SCHEMA = with_hf_metadata(BENCHMARK_FIELDS)
+
 #: config name -> schema of its Parquet files.
-SCHEMAS = {"images": IMAGES_SCHEMA, "qa": QA_SCHEMA, "structures": STRUCTURES_SCHEMA}
+SCHEMAS = {
+    "images": IMAGES_SCHEMA, "qa": QA_SCHEMA, "structures": STRUCTURES_SCHEMA,
+    "alignment": ALIGNMENT_SCHEMA, "instruct": INSTRUCT_SCHEMA, "benchmark": BENCHMARK_SCHEMA,
+}
 
 
 def features_for_card(schema: pa.Schema) -> list[dict]:

@@ -23,7 +23,7 @@ from pipeline.errors import ConfigError
 from pipeline.extract import EXTRACT_VERSION, SliceSettings
 from pipeline.recipes import Recipe, load_recipe, pool_paths, template_paths
 from pipeline.sources import discover_cases
-from pipeline.units import CONFIGS, STATE_DIR, UNITS_DIR, BuildContext, Unit, plan_units
+from pipeline.units import CONFIGS, STATE_DIR, UNITS_DIR, BuildContext, plan_units
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
@@ -117,9 +117,10 @@ def sample_input(output: str, patients: int, log) -> str:
 class Progress:
     """Polls unit receipts while ``FnApiRunner.run()`` blocks; prints done/total, rate, ETA."""
 
-    def __init__(self, output: str, units: list[Unit], log, every: float = 2.0):
-        self._paths = [f"{UNITS_DIR}/{u.unit_id}.json" for u in units]
-        self._cases = [len(u.cases) for u in units]
+    def __init__(self, output: str, units: list[tuple[str, int]], log, every: float = 2.0):
+        """``units``: ``(unit_id, number of cases)`` pairs."""
+        self._paths = [f"{UNITS_DIR}/{unit_id}.json" for unit_id, _ in units]
+        self._cases = [n for _, n in units]
         self._output, self._log, self._every = output, log, every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -173,7 +174,14 @@ def build(
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.monotonic()
     recipe = load_recipe(recipe_name)
+    if recipe.section("source").get("kind", "volumes") == "tree":
+        from pipeline.build_tree import build_tree
+
+        return build_tree(recipe, output, input_dir=input_dir, seed=seed, beam_args=beam_args,
+                          max_reject_fraction=max_reject_fraction, log=log)
     seed = int(recipe.data["seed"] if seed is None else seed)
+    if not recipe.section("slices"):
+        raise ConfigError(f"{recipe.path}: slices: required for volume recipes")
     settings = SliceSettings.from_recipe(recipe.section("slices"))
     families, pools = load_questions(recipe)
     key, is_default = keys.resolve_pseudonym_key(recipe.section("privacy").get("pseudonym_key"))
@@ -239,37 +247,47 @@ def run_pipeline(units, ctx, planned_dead, beam_args, log) -> None:
     from pipeline.transforms import BuildCorpus
 
     options = beam_options(beam_args)
-    with Progress(ctx.output, units, log):
+    with Progress(ctx.output, [(u.unit_id, len(u.cases)) for u in units], log):
         pipeline = beam.Pipeline(options=options)
         _ = pipeline | "BuildCorpus" >> BuildCorpus(units, ctx, planned_dead)
         pipeline.run().wait_until_finish()
 
 
-def finalise(output, recipe, fp, seed, units, rejected, default_key) -> dict:
-    """Collect unit receipts; remove stale shards; write the card, then the manifest."""
+def collect_reports(output: str, unit_ids) -> list[dict]:
+    """Every planned unit's receipt; a missing one is a failed build."""
+    reports = []
+    for unit_id in unit_ids:
+        rel = f"{UNITS_DIR}/{unit_id}.json"
+        if not shards.exists(output, rel):
+            raise RuntimeError(f"unit {unit_id} finished without its receipt {rel}")
+        reports.append(json.loads(shards.read_bytes(output, rel)))
+    return reports
+
+
+def remove_stale(output: str, configs, planned) -> None:
+    """Delete shards of an earlier build (other shard counts) that this build did not write."""
     from apache_beam.io.filesystems import FileSystems
 
-    reports = []
-    for u in units:
-        rel = f"{UNITS_DIR}/{u.unit_id}.json"
-        if not shards.exists(output, rel):
-            raise RuntimeError(f"unit {u.unit_id} finished without its receipt {rel}")
-        reports.append(json.loads(shards.read_bytes(output, rel)))
-    files: dict[str, dict] = {}
-    for r in reports:
-        files.update(r["files"])
-    planned = set(files)
-    for config in CONFIGS:  # shards of an earlier build with other shard counts
+    for config in configs:
         match = FileSystems.match([shards.join(output, f"{config}/*.parquet")])[0]
         stale = [m.path for m in match.metadata_list if _rel(output, m.path) not in planned]
         if stale:
             FileSystems.delete(stale)
+
+
+def dead_letters_entry(output: str) -> dict:
     dead = shards.read_bytes(output, "dead_letters/dead_letters.jsonl")
-    files["dead_letters/dead_letters.jsonl"] = {
-        "sha256": hashlib.sha256(dead).hexdigest(),
-        "bytes": len(dead),
-        "rows": dead.count(b"\n"),
-    }
+    return {"sha256": hashlib.sha256(dead).hexdigest(), "bytes": len(dead), "rows": dead.count(b"\n")}
+
+
+def finalise(output, recipe, fp, seed, units, rejected, default_key) -> dict:
+    """Collect unit receipts; remove stale shards; write the card, then the manifest."""
+    reports = collect_reports(output, [u.unit_id for u in units])
+    files: dict[str, dict] = {}
+    for r in reports:
+        files.update(r["files"])
+    remove_stale(output, CONFIGS, set(files))
+    files["dead_letters/dead_letters.jsonl"] = dead_letters_entry(output)
     counts = aggregate_counts(reports, rejected)
     split_rows: dict[str, Counter] = {"images": Counter(), "structures": Counter(), "qa": Counter()}
     tasks: Counter = Counter()

@@ -12,14 +12,24 @@ CONFIG_DESCRIPTIONS = {
     "qa": "one row per question: question, options, answer, task, template; joins `images` on `image_id`",
     "images": "one row per 2D slice: PNG image, plane, window, spacing and per-structure boxes",
     "structures": "one row per structure per volume: 3D box, volume (mL), centroid, laterality",
+    "alignment": "one row per image: the image and its caption as a conversation, with metadata",
+    "instruct": "one row per question: conversation plus flat question/choices/answer; image via image_id in alignment",
+    "benchmark": "stratified test images x 9 questions, each row with its image",
 }
-DEFAULT_CONFIG = "qa"
+VOLUME_CONFIGS = ("qa", "images", "structures")
+TREE_CONFIGS = ("instruct", "alignment", "benchmark")
 
 
-def card_yaml(split_rows: Mapping[str, Mapping[str, int]], files: Mapping[str, dict]) -> dict:
-    """The card's YAML header: ``configs`` with ``data_files`` and ``dataset_info``."""
+def card_yaml(
+    split_rows: Mapping[str, Mapping[str, int]], files: Mapping[str, dict],
+    config_names=VOLUME_CONFIGS,
+) -> dict:
+    """The card's YAML header: ``configs`` with ``data_files`` and ``dataset_info``.
+
+    The first of ``config_names`` is the default config.
+    """
     configs, infos = [], []
-    for config in ("qa", "images", "structures"):
+    for config in config_names:
         splits = sorted(
             {p.split("/", 1)[1].split("-", 1)[0] for p in files if p.startswith(config + "/")},
             key=_split_order,
@@ -30,7 +40,7 @@ def card_yaml(split_rows: Mapping[str, Mapping[str, int]], files: Mapping[str, d
             "config_name": config,
             "data_files": [{"split": s, "path": f"{config}/{s}-*.parquet"} for s in splits],
         }
-        if config == DEFAULT_CONFIG:
+        if config == config_names[0]:
             entry["default"] = True
         configs.append(entry)
         infos.append(
@@ -67,10 +77,11 @@ def _split_order(name: str) -> tuple:
 def render_card(
     *, recipe: Mapping, fingerprint: str, split_rows: Mapping[str, Mapping[str, int]],
     files: Mapping[str, dict], counts: Mapping[str, Mapping], tasks: Mapping[str, int],
-    default_key: bool,
+    default_key: bool, config_names=VOLUME_CONFIGS, extra: list[str] = (),
 ) -> str:
     """Markdown dataset card with a YAML header ``datasets`` understands."""
-    header = yaml.safe_dump(card_yaml(split_rows, files), sort_keys=False, allow_unicode=True)
+    header = yaml.safe_dump(card_yaml(split_rows, files, config_names), sort_keys=False,
+                            allow_unicode=True)
     lines = [
         "---",
         header.rstrip(),
@@ -90,7 +101,7 @@ def render_card(
         "| config | split | rows | what a row is |",
         "|---|---|---|---|",
     ]
-    for config in ("qa", "images", "structures"):
+    for config in config_names:
         for split, n in sorted(split_rows.get(config, {}).items(), key=lambda kv: _split_order(kv[0])):
             lines.append(f"| `{config}` | {split} | {n} | {CONFIG_DESCRIPTIONS[config]} |")
     lines += [
@@ -99,8 +110,7 @@ def render_card(
         "",
         "```python",
         "from datasets import load_dataset",
-        'qa = load_dataset("parquet", data_files={"train": "qa/train-*.parquet"})["train"]',
-        'images = load_dataset("parquet", data_files={"train": "images/train-*.parquet"})["train"]',
+        f'rows = load_dataset("parquet", data_files={{"train": "{config_names[0]}/train-*.parquet"}})["train"]',
         "```",
         "",
         "or `load_dataset(\"path/to/this/folder\", \"qa\")` for any config named above.",
@@ -111,7 +121,8 @@ def render_card(
         "|---|---|",
     ]
     lines += [f"| {t} | {n} |" for t, n in sorted(tasks.items())]
-    lines += [
+    lines += list(extra)
+    volume_lines = [
         "",
         "## Conventions",
         "",
@@ -128,6 +139,10 @@ def render_card(
         "(center/width in HU), MR percentile windows with the intensities they gave.",
         "- Splits are by patient (keyed hash of a pseudonymous patient key): no patient appears "
         "in two splits.",
+    ]
+    if tuple(config_names) == VOLUME_CONFIGS:
+        lines += volume_lines
+    lines += [
         "",
         "## Build accounting",
         "",

@@ -188,7 +188,131 @@ def gen_grounding(image, family, pools, gen, settings):
             "answer": _box_text(target), "answer_box": box}
 
 
+# ------------------------------------------- RadImageNet-style labelled images
+# The record: image_id, case_key, split, modality, region, label; pools: LabelPools.
+
+
+def _rin_base(image, pools) -> dict:
+    m, r, label = image["modality"], image["region"], image["label"]
+    return {
+        "modality_name": MODALITY_NAMES.get(m, m),
+        "modality_long": pools.modality_display(m),
+        "region": pools.region_display(m, r),
+        "pathology": pools.display(label),
+        "is_normal": not pools.is_abnormal(label),
+    }
+
+
+def _other_regions(image, pools, k, gen) -> list[str]:
+    """``k`` other regions of the same modality (then of the others), as display names."""
+    m, r = image["modality"], image["region"]
+    same = [x for x in pools.regions(m) if x != r]
+    picks = [pools.region_display(m, x) for x in pools.draw(r, same, k, gen)] if same else []
+    if len(picks) < k:
+        mine = pools.region_display(m, r).lower()
+        others = sorted({pools.region_display(om, x) for om in sorted(pools.modalities) if om != m
+                         for x in pools.regions(om)} - {d for d in picks} - {pools.region_display(m, r)})
+        others = [o for o in others if o.lower() != mine]
+        while len(picks) < k and others:
+            picks.append(others.pop(gen.integers(len(others))))
+    return picks
+
+
+def _region_labels(image, pools) -> list[str]:
+    return list(pools.labels(image["modality"], image["region"]))
+
+
+def gen_rin_anatomy_open(image, family, pools, gen, settings):
+    ctx = _rin_base(image, pools)
+    return {"context": ctx, "answer": ctx["region"]}
+
+
+def gen_rin_anatomy_present(image, family, pools, gen, settings):
+    return {"context": _rin_base(image, pools), "answer": "yes"}
+
+
+def gen_rin_anatomy_absent(image, family, pools, gen, settings):
+    wrong = _other_regions(image, pools, 1, gen)
+    if not wrong:
+        return None
+    return {"context": _rin_base(image, pools) | {"wrong_region": wrong[0]}, "answer": "no"}
+
+
+def gen_rin_anatomy_mc(image, family, pools, gen, settings):
+    ctx = _rin_base(image, pools)
+    wrong = _other_regions(image, pools, 3, gen)
+    if len(wrong) < 3:
+        return None
+    return {"context": ctx, "correct": ctx["region"], "distractors": wrong}
+
+
+def gen_rin_abnormality(image, family, pools, gen, settings):
+    ctx = _rin_base(image, pools)
+    ask_normal = _coin(gen)  # polarity coin: yes/no stays 50/50 whatever the abnormal rate
+    abnormal = not ctx["is_normal"]
+    return {"context": ctx | {"ask_normal": ask_normal},
+            "answer": "yes" if abnormal != ask_normal else "no"}
+
+
+def gen_rin_pathology_open(image, family, pools, gen, settings):
+    ctx = _rin_base(image, pools)
+    return {"context": ctx, "answer": ctx["pathology"]}
+
+
+def gen_rin_pathology_present(image, family, pools, gen, settings):
+    return {"context": _rin_base(image, pools), "answer": "yes"}
+
+
+def gen_rin_pathology_absent(image, family, pools, gen, settings):
+    label = image["label"]
+    candidates = [x for x in _region_labels(image, pools) if pools.is_abnormal(x)]
+    wrong = pools.draw(label, candidates, 1, gen)
+    if not wrong:
+        return None
+    return {"context": _rin_base(image, pools) | {"wrong_pathology": pools.display(wrong[0])},
+            "answer": "no"}
+
+
+def gen_rin_pathology_mc(image, family, pools, gen, settings):
+    label = image["label"]
+    ctx = _rin_base(image, pools)
+    abnormal = [x for x in _region_labels(image, pools) if pools.is_abnormal(x)]
+    if pools.is_abnormal(label):
+        with_normal = gen.random() < float(settings.get("no_pathology_option_rate", 0.5))
+        need = 2 if with_normal else 3
+        picks = pools.draw(label, abnormal, need, gen)
+        if len(picks) < need:  # a small region: fill from the modality's other regions
+            more = sorted({x for r in pools.regions(image["modality"])
+                           for x in pools.labels(image["modality"], r) if pools.is_abnormal(x)})
+            picks += pools.draw(label, [x for x in more if x not in picks], need - len(picks), gen)
+        if len(picks) < need:
+            return None
+        distractors = [pools.display(x) for x in picks] + ([pools.normal_display] if with_normal else [])
+    else:
+        picks = pools.draw(label, abnormal, 3, gen)
+        if len(picks) < 3:
+            return None
+        distractors = [pools.display(x) for x in picks]
+    return {"context": ctx, "correct": ctx["pathology"], "distractors": distractors}
+
+
+def gen_rin_caption(image, family, pools, gen, settings):
+    ctx = _rin_base(image, pools)
+    tail = "with no pathology seen" if ctx["is_normal"] else f"with {ctx['pathology']} present"
+    return {"context": ctx, "answer": f"{ctx['modality_long']} of the {ctx['region']} {tail}"}
+
+
 GENERATORS = {
+    "rin_anatomy_open": gen_rin_anatomy_open,
+    "rin_anatomy_present": gen_rin_anatomy_present,
+    "rin_anatomy_absent": gen_rin_anatomy_absent,
+    "rin_anatomy_mc": gen_rin_anatomy_mc,
+    "rin_abnormality": gen_rin_abnormality,
+    "rin_pathology_open": gen_rin_pathology_open,
+    "rin_pathology_present": gen_rin_pathology_present,
+    "rin_pathology_absent": gen_rin_pathology_absent,
+    "rin_pathology_mc": gen_rin_pathology_mc,
+    "rin_caption": gen_rin_caption,
     "structure_identification": gen_structure_identification,
     "existence": gen_existence,
     "laterality": gen_laterality,
@@ -249,6 +373,15 @@ def generate_questions(
 
 def lint_records(pools) -> list[dict]:
     """Synthetic image records that give every generator something to ask."""
+    if hasattr(pools, "modality_display"):  # labelled-tree pools
+        out = []
+        for m in sorted(pools.modalities):
+            for region in pools.regions(m)[:2]:
+                for label in (pools.labels(m, region)[0], pools.normal_label):
+                    out.append({"image_id": keys.stable_key("lint", m, region, label),
+                                "case_key": "0" * 20, "split": "test", "modality": m,
+                                "region": region, "label": label})
+        return out
 
     def box(label, x0, y0, x1, y1, lps, side, comps=1):
         return {"label": label, "x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1,

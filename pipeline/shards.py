@@ -84,7 +84,11 @@ def exists(root: str, rel: str) -> bool:
 
 def parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
     """Serialise ``rows`` (already in their final order) with the fixed options."""
-    table = pa.Table.from_pylist(rows, schema=schema)
+    return table_bytes(pa.Table.from_pylist(rows, schema=schema))
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    """Serialise an Arrow table (rows in their final order) with the fixed options."""
     row_bytes = max(1, table.nbytes // max(1, table.num_rows))
     row_group = max(1, min(table.num_rows, ROW_GROUP_BYTES // row_bytes)) if table.num_rows else 1
     buf = io.BytesIO()
@@ -93,9 +97,12 @@ def parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
 
 
 def write_parquet(root: str, rel: str, rows: list[dict], schema: pa.Schema) -> FileReceipt:
-    data = parquet_bytes(rows, schema)
-    receipt = write_bytes(root, rel, data)
-    return FileReceipt(receipt.path, receipt.sha256, receipt.bytes, len(rows))
+    return write_table(root, rel, pa.Table.from_pylist(rows, schema=schema))
+
+
+def write_table(root: str, rel: str, table: pa.Table) -> FileReceipt:
+    receipt = write_bytes(root, rel, table_bytes(table))
+    return FileReceipt(receipt.path, receipt.sha256, receipt.bytes, table.num_rows)
 
 
 def canonical_json(obj) -> bytes:

@@ -104,3 +104,67 @@ class BuildCorpus(beam.PTransform):
             | "WriteDeadLetters" >> beam.Map(write_dead_letters, self._ctx.output)
         )
         return {"reports": rendered.reports, "dead_letters": dead}
+
+
+# ------------------------------------------------------------ labelled 2D trees
+
+
+class TreeUnitFn(beam.DoFn):
+    """TreeUnit -> report; writes alignment/instruct shards and the receipt."""
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+        self._images = Metrics.counter(NAMESPACE, "images")
+        self._qa = Metrics.counter(NAMESPACE, "qa_rows")
+
+    def process(self, unit):
+        from pipeline.tree_units import run_tree_unit
+
+        report, dead = run_tree_unit(unit, self._ctx)
+        self._images.inc(report["rows"]["cases"])
+        self._qa.inc(report["rows"]["instruct"] + report["rows"]["alignment"])
+        shards.write_json(self._ctx.output, f"{UNITS_DIR}/{unit.unit_id}.json", report)
+        for letter in dead:
+            yield pvalue.TaggedOutput(DEAD, letter)
+        yield report
+
+
+class BenchmarkFn(beam.DoFn):
+    """Writes the stratified benchmark from the launcher's plan (small: ~1,000 images)."""
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+
+    def process(self, _):
+        from pipeline.tree_units import run_benchmark_unit
+
+        report = run_benchmark_unit(self._ctx)
+        shards.write_json(self._ctx.output, f"{UNITS_DIR}/benchmark.json", report)
+        yield report
+
+
+class BuildTreeCorpus(beam.PTransform):
+    """TreeUnits -> alignment, instruct and benchmark shards; dead letters written."""
+
+    def __init__(self, units, ctx, planned_dead=(), with_benchmark=True):
+        super().__init__()
+        self._units = list(units)
+        self._ctx = ctx
+        self._planned_dead = list(planned_dead)
+        self._with_benchmark = with_benchmark
+
+    def expand(self, pbegin):
+        units = pbegin | "PlanTreeUnits" >> beam.Create(self._units) | "SpreadTreeUnits" >> beam.Reshuffle()
+        rendered = units | "RenderTreeUnits" >> beam.ParDo(TreeUnitFn(self._ctx)).with_outputs(
+            DEAD, main="reports")
+        if self._with_benchmark:
+            _ = pbegin | "BenchmarkSeed" >> beam.Create([None]) | "WriteBenchmark" >> beam.ParDo(
+                BenchmarkFn(self._ctx))
+        planned = pbegin | "PlannedTreeRejects" >> beam.Create(self._planned_dead)
+        dead = (planned, rendered[DEAD]) | "MergeTreeDeadLetters" >> beam.Flatten()
+        _ = (
+            dead
+            | "CollectTreeDeadLetters" >> beam.combiners.ToList()
+            | "WriteTreeDeadLetters" >> beam.Map(write_dead_letters, self._ctx.output)
+        )
+        return {"reports": rendered.reports, "dead_letters": dead}

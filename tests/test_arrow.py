@@ -11,6 +11,7 @@ from pipeline.arrow import SCHEMAS, hf_feature
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 JSON_TYPES = {
     "string": {"string"}, "int32": {"integer"}, "int64": {"integer"}, "double": {"number"},
+    "bool": {"boolean"},
 }
 
 
