@@ -153,7 +153,7 @@ def load_label_pools(paths: Iterable[str | Path]) -> LabelPools:
                     "labels": {name: (v or {}).get("images") for name, v in r["labels"].items()},
                 }
         overrides.update(data.get("display_overrides") or {})
-        for n, group in enumerate(data.get("synonym_groups") or []):
+        for group in data.get("synonym_groups") or []:
             for label in group:
                 synonyms[label] |= set(group) - {label}
     for m in modalities.values():

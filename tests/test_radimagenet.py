@@ -1,0 +1,280 @@
+"""Recipe radimagenet-vqa: PNG checks, label pools, per-image question sets,
+distractor constraints, balance, benchmark composition and stratification,
+and the end-to-end build (determinism, CSV splits, dead letters, datasets)."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import keys
+from pipeline.build import build
+from pipeline.build_tree import load_tree_questions
+from pipeline.errors import CaseError
+from pipeline.imaging import encode_png
+from pipeline.questions import generate_questions
+from pipeline.radimagenet import TreeImage, check_png, load_label_pools, select_benchmark, write_tree
+from pipeline.recipes import load_recipe
+from pipeline.resources import resource_dir
+
+RECIPE = load_recipe("radimagenet-vqa")
+FAMILIES, POOLS = load_tree_questions(RECIPE)
+SETTINGS = RECIPE.section("questions")["settings"]
+PNG = encode_png(np.arange(64, dtype=np.uint8).reshape(8, 8))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _bomb() -> bytes:
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr)
+            + _chunk(b"IDAT", zlib.compress(b"\0" * 10_000)) + _chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize(
+    "data, reason, fragment",
+    [
+        (PNG[:-20], "image.unreadable", "truncated"),
+        (PNG[:40] + bytes([PNG[40] ^ 0xFF]) + PNG[41:], "image.unreadable", "CRC mismatch"),
+        (b"GIF89a" + PNG[6:], "image.unreadable", "signature"),
+        (_bomb(), "image.too_large", "decompression bomb guard"),
+        (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0))
+         + _chunk(b"IDAT", zlib.compress(b"\0" * 20)) + _chunk(b"IEND", b""),
+         "image.unreadable", "inflated to 20 bytes, expected 72"),
+    ],
+    ids=["truncated", "bad-crc", "not-png", "decompression-bomb", "short-data"],
+)
+def test_bad_pngs_are_rejected_with_the_field(data, reason, fragment):
+    with pytest.raises(CaseError) as err:
+        check_png(data, max_pixels=1_000_000)
+    assert err.value.reason == reason
+    assert fragment in err.value.message
+
+
+def test_good_png_passes():
+    assert check_png(PNG) == (8, 8)
+
+
+def test_label_wording():
+    assert POOLS.display("normal") == "no pathology seen"
+    assert POOLS.display("achilles_pathology_") == "achilles pathology"
+    assert POOLS.display("pituatary_lesion") == "pituatary lesion"  # source spelling kept
+    assert POOLS.related("soft_tissue_fluid", "soft_tissue_fluid_collection")
+    assert POOLS.resolve_region("MR", "ankle foot") == "ankle_foot"
+
+
+def _image(modality="MR", region="knee", label="acl_pathology", n=0, split="train"):
+    k = keys.stable_key("img", modality, region, label, n)
+    return {"image_id": k, "case_key": k, "split": split, "modality": modality, "region": region,
+            "label": label}
+
+
+def test_nine_questions_and_a_caption_per_image():
+    rows = generate_questions(_image(), FAMILIES, POOLS, seed=1, settings=SETTINGS)
+    by_family = {r["family"]: r for r in rows}
+    assert sorted(by_family) == sorted([
+        "anatomy_open", "anatomy_closed_present", "anatomy_closed_absent", "anatomy_mc",
+        "abnormality_closed", "pathology_open", "pathology_closed_present",
+        "pathology_closed_absent", "pathology_mc", "caption"])
+    assert by_family["anatomy_open"]["answer"] == "knee"
+    assert by_family["anatomy_closed_present"]["answer"] == "yes"
+    assert by_family["anatomy_closed_absent"]["answer"] == "no"
+    assert "knee" not in by_family["anatomy_closed_absent"]["question"]
+    assert by_family["pathology_open"]["answer"] == "ACL pathology"
+    assert by_family["caption"]["answer"] == "magnetic resonance imaging of the knee with ACL pathology present"
+    types = collections.Counter(r["question_type"] for r in rows if r["task"] != "caption")
+    assert types == {"closed": 5, "multiple_choice": 2, "open": 2}
+
+
+def test_normal_images_are_worded_as_no_pathology_seen():
+    rows = {r["family"]: r for r in generate_questions(_image(label="normal"), FAMILIES, POOLS, seed=2,
+                                                        settings=SETTINGS)}
+    assert rows["pathology_open"]["answer"] == "no pathology seen"
+    assert rows["pathology_mc"]["answer_text"] == "no pathology seen"
+    assert rows["caption"]["answer"].endswith("of the knee with no pathology seen")
+    present = rows["pathology_closed_present"]
+    assert present["answer"] == "yes" and "no pathology seen" not in present["question"]
+
+
+@pytest.mark.parametrize("modality, region, label", [
+    ("MR", "knee", "meniscal_abnormality"), ("MR", "ankle_foot", "soft_tissue_fluid"),
+    ("MR", "hip", "chondral_pathology"), ("CT", "chest", "nodule"), ("MR", "brain", "acute_infarct")])
+def test_distractor_constraints(modality, region, label):
+    region_labels = {POOLS.display(x) for x in POOLS.labels(modality, region)}
+    modality_regions = {POOLS.region_display(modality, r) for r in POOLS.regions(modality)}
+    all_regions = {POOLS.region_display(m, r) for m in POOLS.modalities for r in POOLS.regions(m)}
+    for n in range(60):
+        rows = {r["family"]: r for r in generate_questions(_image(modality, region, label, n), FAMILIES,
+                                                            POOLS, seed=3, settings=SETTINGS)}
+        mc = rows["pathology_mc"]
+        wrong = [o for o in mc["options"] if o != mc["answer_text"]]
+        assert len(set(mc["options"])) == 4
+        assert all(o in region_labels for o in wrong), wrong  # same region ("no pathology seen" included)
+        assert not any(POOLS.related(label, x) for x in POOLS.labels(modality, region)
+                       if POOLS.display(x) in wrong)  # never a synonym of the answer
+        neg = rows["pathology_closed_absent"]["question"]
+        assert POOLS.display(label) not in neg
+        amc = rows["anatomy_mc"]
+        others = [o for o in amc["options"] if o != amc["answer_text"]]
+        if len(modality_regions) >= 4:
+            assert set(others) <= modality_regions - {POOLS.region_display(modality, region)}
+        else:
+            assert set(others) <= all_regions
+    # CT has two regions here: anatomy options fill from the other modality's regions.
+
+
+def test_no_pathology_option_rate_and_balance_and_uniform_positions():
+    with_normal = abnormal_mc = 0
+    answers = collections.Counter()
+    positions = collections.Counter()
+    rng = np.random.default_rng(0)
+    triples = [(m, r, lab) for m in POOLS.modalities for r in POOLS.regions(m) for lab in POOLS.labels(m, r)]
+    for n in range(3000):
+        m, r, lab = triples[int(rng.integers(len(triples)))]
+        for row in generate_questions(_image(m, r, lab, n), FAMILIES, POOLS, seed=5, settings=SETTINGS):
+            if row["question_type"] == "closed":
+                answers[row["answer"]] += 1
+            if row["question_type"] == "multiple_choice":
+                positions[row["answer"]] += 1
+            if row["family"] == "pathology_mc" and lab != "normal":
+                abnormal_mc += 1
+                with_normal += "no pathology seen" in row["options"]
+    assert abs(with_normal / abnormal_mc - SETTINGS["no_pathology_option_rate"]) < 0.04
+    assert abs(answers["yes"] / sum(answers.values()) - 0.5) < 0.02
+    total = sum(positions.values())
+    assert max(abs(positions[c] / total - 0.25) for c in "ABCD") < 0.02
+
+
+def _tree_images(n):
+    out = []
+    for i in range(n):
+        m, r, lab = [("MR", "knee", "acl_pathology"), ("MR", "knee", "normal"), ("CT", "chest", "nodule"),
+                     ("MR", "brain", "edema")][i % 4 if i % 10 else 3]
+        k = keys.stable_key("t", i)
+        out.append(TreeImage(k, f"{m}/{r}/{lab}/{i}.png", m, r, lab, "test" if i % 3 else "train"))
+    return out
+
+
+def test_benchmark_plan_is_stratified_deterministic_and_test_only():
+    images = _tree_images(400)
+    plan = select_benchmark(images, 100, seed=1)
+    assert plan == select_benchmark(list(reversed(images)), 100, seed=1)
+    assert sum(q for _, q, _ in plan) == 100
+    strata = collections.Counter(f"{i.modality}/{i.region}/{i.label}" for i in images if i.split == "test")
+    total = sum(strata.values())
+    for s, q, cands in plan:
+        assert all(c.split == "test" for c in cands)
+        assert abs(q - 100 * strata[s] / total) <= 1
+    assert len(plan) == len(strata)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tree")
+    write_tree(root, 900, load_label_pools([resource_dir("distractor_pools") / "radimagenet.yaml"]),
+               with_csv=True)
+    # broken inputs: an unreadable PNG, a decompression bomb, a file outside the layout
+    knee = next((root / "MR" / "knee").iterdir())
+    (knee / "broken.png").write_bytes(PNG[:30])
+    (knee / "bomb.png").write_bytes(_bomb())
+    (root / "MR" / "knee" / "stray.png").write_bytes(PNG)
+    return root
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and ".radvqa" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tree):
+    out = tmp_path_factory.mktemp("rin-out")
+    result = build("radimagenet-vqa", str(out), input_dir=str(tree), log=lambda m: None)
+    return out, result
+
+
+def test_build_accounts_for_every_image(built):
+    out, result = built
+    m = result.manifest
+    assert m["counts"]["discover"]["rejected_by_reason"] == {"source.not_in_layout": 1}
+    assert m["counts"]["discover"]["excluded_by_recipe"] == {"excluded_modality_US": 1}
+    assert m["counts"]["read"]["rejected_by_reason"] == {"image.too_large": 1, "image.unreadable": 1}
+    for c in m["counts"].values():
+        assert c["inputs"] == c["accepted"] + c["rejected"]
+    letters = [json.loads(x) for x in (out / "dead_letters" / "dead_letters.jsonl").read_text().splitlines()]
+    assert sorted(d["reason"] for d in letters) == ["image.too_large", "image.unreadable", "source.not_in_layout"]
+    assert all(d["source"].startswith("MR/knee/") for d in letters)
+    images = m["counts"]["read"]["accepted"]
+    instruct = sum(pq.ParquetFile(out / p).metadata.num_rows for p in m["files"] if p.startswith("instruct/"))
+    alignment = sum(pq.ParquetFile(out / p).metadata.num_rows for p in m["files"] if p.startswith("alignment/"))
+    assert instruct == 9 * images and alignment == images
+
+
+def test_csv_splits_are_followed(built, tree):
+    out, _ = built
+    rows = pq.read_table(out / "alignment", columns=["split"]).column("split").to_pylist()
+    counts = collections.Counter(rows)
+    # write_tree's CSVs put 80/10/10 of the images in train/val/test by index
+    assert counts["train"] > 6 * counts["test"] and counts["validation"] > 0 and counts["test"] > 0
+
+
+def test_benchmark_composition_and_disjointness(built):
+    out, result = built
+    bench = pq.read_table(out / "benchmark").to_pylist()
+    n_images = len({r["image_id"] for r in bench})
+    types = collections.Counter(r["question_type"] for r in bench)
+    assert types == {"multiple_choice": 2 * n_images, "closed": 5 * n_images, "open": 2 * n_images}
+    assert n_images == result.manifest["benchmark"]["images"] > 50
+    train_ids = set(pq.read_table(out / "alignment", filters=[("split", "=", "train")],
+                                  columns=["image_id"]).column("image_id").to_pylist())
+    assert not train_ids & {r["image_id"] for r in bench}
+    for r in bench:
+        if r["question_type"] == "multiple_choice":
+            assert r["choices"][ord(r["answer"]) - 65] == r["metadata"]["correct_text"]
+        else:
+            assert r["choices"] is None
+
+
+def test_images_pass_through_byte_for_byte(built, tree):
+    out, _ = built
+    stored = {hashlib.sha256(r["image"]["bytes"]).hexdigest()
+              for r in pq.read_table(out / "alignment", columns=["image"]).to_pylist()}
+    source = {hashlib.sha256(p.read_bytes()).hexdigest() for p in tree.rglob("*.png")
+              if p.parts[-4:-3] != ("US",) and p.name not in ("broken.png", "bomb.png", "stray.png")}
+    assert stored == source
+
+
+def test_tree_build_is_byte_reproducible_and_loads(tmp_path, built, tree):
+    from datasets import load_dataset
+    from PIL import Image
+
+    out, _ = built
+    again = tmp_path / "again"
+    build("radimagenet-vqa", str(again), input_dir=str(tree), log=lambda m: None,
+          beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    assert _digests(out) == _digests(again)
+    bench = load_dataset(str(out), "benchmark", split="test")
+    assert isinstance(bench[0]["image"], Image.Image)
+    instruct = load_dataset(str(out), "instruct", split="validation")
+    row = instruct[0]
+    assert row["conversations"][0]["from"] == "human" and row["conversations"][0]["value"].startswith("<image>\n")
+    # file names never reach the corpus: scan every config's cells and Parquet metadata
+    stems = {p.stem for p in tree.rglob("*.png")}
+    for path in out.rglob("*.parquet"):
+        table = pq.read_table(path)
+        text = json.dumps(table.drop_columns([c for c in ("image",) if c in table.column_names]).to_pylist())
+        text += json.dumps([r["path"] for r in table.column("image").to_pylist()]) if "image" in table.column_names else ""
+        text += str(pq.ParquetFile(path).metadata.metadata)
+        assert not any(stem in text for stem in stems), path
+    for name in ("manifest.json", "README.md"):
+        assert not any(stem in (out / name).read_text() for stem in stems)
