@@ -75,12 +75,11 @@ class PeakRSS:
 
 def plain_loop(tree: str, out: str, n_images: int | None) -> tuple[float, int]:
     """Single process: discover, plan, then run every unit in turn (no Beam)."""
-    from pipeline import keys
+    from pipeline import keys, shards
     from pipeline.build_tree import load_tree_questions
     from pipeline.radimagenet import discover_tree
     from pipeline.recipes import load_recipe
     from pipeline.tree_units import TreeContext, plan_lines, plan_tree_units, run_tree_unit
-    from pipeline import shards
 
     recipe = load_recipe("radimagenet-vqa")
     families, pools = load_tree_questions(recipe)

@@ -21,7 +21,13 @@ from pipeline.build_tree import load_tree_questions
 from pipeline.errors import CaseError
 from pipeline.imaging import encode_png
 from pipeline.questions import generate_questions
-from pipeline.radimagenet import TreeImage, check_png, load_label_pools, select_benchmark, write_tree
+from pipeline.radimagenet import (
+    TreeImage,
+    check_png,
+    load_label_pools,
+    select_benchmark,
+    write_tree,
+)
 from pipeline.recipes import load_recipe
 from pipeline.resources import resource_dir
 
