@@ -41,6 +41,7 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/run.py
+	$(PY) bench/radimagenet_scale.py --images 750000 --loop-images 150000
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
