@@ -152,10 +152,10 @@ class Progress:
             last = (units, cases)
             elapsed = time.monotonic() - self._start
             rate = cases / elapsed if elapsed > 0 else 0.0
-            eta = (total - cases) / rate if rate > 0 else float("nan")
+            eta = f"{(total - cases) / rate:.0f} s" if rate > 0 else "-"
             self._log(
                 f"  progress: {cases}/{total} cases in {units}/{len(self._paths)} units, "
-                f"{rate:.2f} cases/s, ETA {eta:.0f} s"
+                f"{rate:.2f} cases/s, ETA {eta}"
             )
 
 
@@ -174,6 +174,11 @@ def build(
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.monotonic()
     recipe = load_recipe(recipe_name)
+    if recipe.section("source").get("kind") == "volume_qa":
+        from pipeline.build_volumes import build_volume_qa
+
+        return build_volume_qa(recipe, output, input_dir=input_dir, seed=seed, layout=layout,
+                               beam_args=beam_args, max_reject_fraction=max_reject_fraction, log=log)
     if recipe.section("source").get("kind", "volumes") == "tree":
         from pipeline.build_tree import build_tree
 

@@ -15,6 +15,7 @@ CONFIG_DESCRIPTIONS = {
     "alignment": "one row per image: the image and its caption as a conversation, with metadata",
     "instruct": "one row per question: conversation plus flat question/choices/answer; image via image_id in alignment",
     "benchmark": "stratified test images x 9 questions, each row with its image",
+    "volumes": "one row per volume: .npy bytes at the target shape, original/target spacing, 3D boxes",
 }
 VOLUME_CONFIGS = ("qa", "images", "structures")
 TREE_CONFIGS = ("instruct", "alignment", "benchmark")
@@ -22,7 +23,7 @@ TREE_CONFIGS = ("instruct", "alignment", "benchmark")
 
 def card_yaml(
     split_rows: Mapping[str, Mapping[str, int]], files: Mapping[str, dict],
-    config_names=VOLUME_CONFIGS,
+    config_names=VOLUME_CONFIGS, schemas: Mapping | None = None,
 ) -> dict:
     """The card's YAML header: ``configs`` with ``data_files`` and ``dataset_info``.
 
@@ -46,7 +47,7 @@ def card_yaml(
         infos.append(
             {
                 "config_name": config,
-                "features": features_for_card(SCHEMAS[config]),
+                "features": features_for_card((schemas or SCHEMAS)[config]),
                 "splits": [
                     {
                         "name": s,
@@ -78,9 +79,10 @@ def render_card(
     *, recipe: Mapping, fingerprint: str, split_rows: Mapping[str, Mapping[str, int]],
     files: Mapping[str, dict], counts: Mapping[str, Mapping], tasks: Mapping[str, int],
     default_key: bool, config_names=VOLUME_CONFIGS, extra: list[str] = (),
+    schemas: Mapping | None = None,
 ) -> str:
     """Markdown dataset card with a YAML header ``datasets`` understands."""
-    header = yaml.safe_dump(card_yaml(split_rows, files, config_names), sort_keys=False,
+    header = yaml.safe_dump(card_yaml(split_rows, files, config_names, schemas), sort_keys=False,
                             allow_unicode=True)
     lines = [
         "---",

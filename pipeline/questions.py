@@ -188,6 +188,8 @@ def gen_grounding(image, family, pools, gen, settings):
             "answer": _box_text(target), "answer_box": box}
 
 
+from pipeline.questions3d import GENERATORS_3D  # noqa: E402  (after the shared helpers)
+
 # ------------------------------------------- RadImageNet-style labelled images
 # The record: image_id, case_key, split, modality, region, label; pools: LabelPools.
 
@@ -313,6 +315,7 @@ GENERATORS = {
     "rin_pathology_absent": gen_rin_pathology_absent,
     "rin_pathology_mc": gen_rin_pathology_mc,
     "rin_caption": gen_rin_caption,
+    **GENERATORS_3D,
     "structure_identification": gen_structure_identification,
     "existence": gen_existence,
     "laterality": gen_laterality,
@@ -342,31 +345,39 @@ def generate_questions(
     from pipeline.templates import render
 
     conf = DEFAULT_SETTINGS | dict(settings or {})
+    key = image["image_id"] if "image_id" in image else image["volume_id"]
     rows = []
     for name in sorted(families):
         family = families[name]
-        key = image["image_id"]
         gen = keys.KeyedStream(seed, key, f"{name}/target")
         made = GENERATORS[family.generator](image, family, pools, gen, conf)
         if made is None:
             continue
-        parts = assemble(family, made, keys.KeyedStream(seed, key, f"{name}/options"))
-        variant = family.variants[keys.KeyedStream(seed, key, f"{name}/variant").integers(len(family.variants))]
-        rows.append({
-            "qa_id": keys.stable_key("qa", key, name),
-            "image_id": key,
-            "case_key": image["case_key"],
-            "split": image["split"],
-            "task": family.task,
-            "family": name,
-            "question_type": family.question_type,
-            "question": render(family, variant, parts["context"]),
-            "options": parts["options"],
-            "answer": parts["answer"],
-            "answer_text": parts["answer_text"],
-            "answer_box": parts["answer_box"],
-            "template_id": variant.id,
-        })
+        many = isinstance(made, list)
+        for n, item in enumerate(made if many else [made]):
+            suffix = f"/{n}" if many else ""
+            parts = assemble(family, item, keys.KeyedStream(seed, key, f"{name}/options{suffix}"))
+            pick = keys.KeyedStream(seed, key, f"{name}/variant{suffix}").integers(len(family.variants))
+            variant = family.variants[pick]
+            row = {
+                "qa_id": keys.stable_key("qa", key, name, n) if many else keys.stable_key("qa", key, name),
+                "image_id": key,
+                "case_key": image["case_key"],
+                "split": image["split"],
+                "task": family.task,
+                "family": name,
+                "question_type": family.question_type,
+                "question": render(family, variant, parts["context"]),
+                "options": parts["options"],
+                "answer": parts["answer"],
+                "answer_text": parts["answer_text"],
+                "answer_box": parts["answer_box"],
+                "template_id": variant.id,
+            }
+            for extra in ("value", "unit", "tolerance", "subtask", "balance"):
+                if extra in item:
+                    row["answer_" + extra if extra in ("value", "unit", "tolerance") else extra] = item[extra]
+            rows.append(row)
     rows.sort(key=lambda r: r["qa_id"])
     return rows
 

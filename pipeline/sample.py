@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,8 +115,17 @@ def _tube(X, Y, Z, centre_xy, radius, z_range):
         Z >= z_range[0]) & (Z <= z_range[1])
 
 
-def make_phantom(index: int, seed: int = 0) -> Phantom:
-    """Phantom number ``index`` (pure and deterministic)."""
+def make_phantom(
+    index: int, seed: int = 0, *, lesions: Mapping[str, float] | None = None,
+    modality: str | None = None, timepoint: int = 0,
+) -> Phantom:
+    """Phantom number ``index`` (pure and deterministic).
+
+    ``lesions`` overrides which lesions are present and scales their radius
+    (``{"liver_tumor": 1.3}``); the anatomy depends on ``index`` only, so the
+    timepoints of one longitudinal patient share it.  ``timepoint`` changes the
+    noise; ``modality`` overrides the CT/MR rule.
+    """
     g = keys.rng(seed, f"phantom/{index}", "anatomy")
     ni = nj = 96 + 2 * int(g.integers(-4, 5))
     nk = 56 + int(g.integers(-3, 4))
@@ -178,7 +188,8 @@ def make_phantom(index: int, seed: int = 0) -> Phantom:
         m = np.broadcast_to(shapes[name], label.shape) & np.broadcast_to(inner, label.shape) & (label == 0)
         label[m] = n
         masks[name] = m
-    for lesion in lesions_of(index):
+    present = dict(lesions) if lesions is not None else {name: 1.0 for name in lesions_of(index)}
+    for lesion, scale in sorted(present.items()):
         organ, radius = {
             "liver_tumor": ("liver", (14.0, 22.0)),
             "lung_nodules": ("lung_lower_lobe_right" if index % 2 else "lung_upper_lobe_left", (7.0, 10.0)),
@@ -188,9 +199,9 @@ def make_phantom(index: int, seed: int = 0) -> Phantom:
         organ_idx = np.argwhere(masks[organ])
         centre_vox = organ_idx[len(organ_idx) // 2]  # a voxel inside the organ, deterministic
         c = ((centre_vox[0] - ci) * s_xy, (centre_vox[1] - cj) * s_xy, centre_vox[2] * 5.0)
-        r = g.uniform(*radius)
+        r = keys.rng(seed, f"phantom/{index}/{lesion}", "radius").uniform(*radius) * scale
         masks[lesion] = _ellipsoid(X, Y, Z, c, (r, r, r)) & masks[organ]
-    modality = modality_of(index)
+    modality = modality or modality_of(index)
     table = CT_HU if modality == "CT" else MR_SIGNAL
     if modality == "CT":
         image = np.full(label.shape, -1000.0, dtype=np.float32)
@@ -203,9 +214,9 @@ def make_phantom(index: int, seed: int = 0) -> Phantom:
     for name in ORGANS:
         key = "lung" if name.startswith("lung_") else "vertebra" if name.startswith("vertebrae") else name
         image[masks[name]] = table[key]
-    for lesion in lesions_of(index):
+    for lesion in present:
         image[masks[lesion]] = table[lesion]
-    noise = keys.rng(seed, f"phantom/{index}", "noise").normal(0.0, 8.0, label.shape)
+    noise = keys.rng(seed, f"phantom/{index}/t{timepoint}", "noise").normal(0.0, 8.0, label.shape)
     if modality == "CT":
         image = np.round(image + noise).astype(np.float32)
     else:
@@ -390,6 +401,49 @@ def write_sample(output_dir: str | Path, n_patients: int = 10, seed: int = 0) ->
         f"Sample version {SAMPLE_VERSION}, seed {seed}.\n"
     )
     return sorted(names)
+
+
+#: Scripted lesion timelines (presence per timepoint, radius scale when present):
+#: appears then grows, persists then resolves, resolves then recurs, never present.
+TIMELINES = (
+    (0.0, 1.0, 1.3),
+    (1.0, 1.0, 0.0),
+    (1.0, 0.0, 1.0),
+    (0.0, 0.0, 0.0),
+)
+
+
+def longitudinal_lesions(patient: int, timepoint: int) -> dict[str, float]:
+    """Lesions of ``patient`` at ``timepoint``: each lesion follows one scripted timeline,
+    rotated per patient so every lesion type meets every timeline."""
+    out = {}
+    for n, lesion in enumerate(LESIONS):
+        scale = TIMELINES[(n + patient) % len(TIMELINES)][timepoint % 3]
+        if scale:
+            out[lesion] = scale
+    return out
+
+
+def write_longitudinal_sample(output_dir: str | Path, n_patients: int = 4, timepoints: int = 3,
+                              seed: int = 0) -> list[str]:
+    """CT patients with ``timepoints`` studies each (TotalSegmentator layout) and a
+    ``meta.csv`` giving ``patient_id`` and ``study_order``; lesions follow
+    :data:`TIMELINES`."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = ["image_id;patient_id;study_order;age;gender;institute;study_type"]
+    names = []
+    for p in range(n_patients):
+        for t in range(timepoints):
+            phantom = make_phantom(p, seed, lesions=longitudinal_lesions(p, t), modality="CT",
+                                   timepoint=t)
+            name = f"p{p + 1:03d}t{t + 1}"
+            write_case(phantom, out / name, "totalseg")
+            names.append(name)
+            rows.append(f"{name};PAT-L{p + 1:03d};{t + 1};{50 + p};{'mf'[p % 2]};"
+                        "Phantom General Hospital;ct chest abdomen")
+    (out / "meta.csv").write_text("\n".join(rows) + "\n")
+    return names
 
 
 def main(argv=None) -> int:

@@ -168,3 +168,80 @@ class BuildTreeCorpus(beam.PTransform):
             | "WriteTreeDeadLetters" >> beam.Map(write_dead_letters, self._ctx.output)
         )
         return {"reports": rendered.reports, "dead_letters": dead}
+
+
+# ------------------------------------------------------- volume-level (3D-RAD)
+
+
+class ExtractVolumesFn(beam.DoFn):
+    """VolumeUnit -> (unit, facts, report); writes the unit's volumes shard."""
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+
+    def process(self, unit):
+        from pipeline.volume_units import extract_volume_unit
+
+        records, report, dead = extract_volume_unit(unit, self._ctx)
+        for letter in dead:
+            yield pvalue.TaggedOutput(DEAD, letter)
+        yield unit, records, report
+
+
+class RenderVolumeQAFn(beam.DoFn):
+    """(unit, facts, report) + balancing thresholds -> report; writes qa shard and receipt."""
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+
+    def process(self, element, thresholds):
+        from pipeline.volume_units import render_volume_unit
+
+        unit, records, report = element
+        report = render_volume_unit(unit, records, report, self._ctx, dict(thresholds))
+        shards.write_json(self._ctx.output, f"{UNITS_DIR}/{unit.unit_id}.json", report)
+        yield report
+
+
+def _thresholds(candidate_lists):
+    from pipeline.volume_qa import balance_thresholds
+
+    flat = [tuple(c) for lst in candidate_lists for c in lst]
+    return list(balance_thresholds(flat).items())
+
+
+class BuildVolumeCorpus(beam.PTransform):
+    """Patient units -> volumes and qa shards, existence balanced over the whole corpus.
+
+    The balancing thresholds are a side input computed from every unit's small
+    existence candidates (split, finding, answer, keyed u): exact 50/50 per
+    finding and split, independent of shards, bundles and workers.
+    """
+
+    def __init__(self, units, ctx, planned_dead=()):
+        super().__init__()
+        self._units = list(units)
+        self._ctx = ctx
+        self._planned_dead = list(planned_dead)
+
+    def expand(self, pbegin):
+        from pipeline.volume_units import existence_candidates
+
+        ctx = self._ctx
+        units = pbegin | "PlanVolumeUnits" >> beam.Create(self._units) | "SpreadVolumeUnits" >> beam.Reshuffle()
+        extracted = units | "ExtractVolumes" >> beam.ParDo(ExtractVolumesFn(ctx)).with_outputs(
+            DEAD, main="units")
+        thresholds = (
+            extracted.units
+            | "ExistenceCandidates" >> beam.Map(
+                lambda e: existence_candidates(e[1], ctx.families, ctx.pools, ctx.seed, ctx.qa_settings))
+            | "CollectCandidates" >> beam.combiners.ToList()
+            | "BalanceThresholds" >> beam.Map(_thresholds)
+        )
+        reports = extracted.units | "RenderVolumeQuestions" >> beam.ParDo(
+            RenderVolumeQAFn(ctx), thresholds=beam.pvalue.AsSingleton(thresholds))
+        planned = pbegin | "PlannedVolumeRejects" >> beam.Create(self._planned_dead)
+        dead = (planned, extracted[DEAD]) | "MergeVolumeDeadLetters" >> beam.Flatten()
+        _ = (dead | "CollectVolumeDeadLetters" >> beam.combiners.ToList()
+             | "WriteVolumeDeadLetters" >> beam.Map(write_dead_letters, ctx.output))
+        return {"reports": reports, "dead_letters": dead}

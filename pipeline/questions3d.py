@@ -1,0 +1,156 @@
+"""3D-RAD-style volume-level question generators.
+
+Records are volume facts (see :func:`pipeline.volume_units.volume_record`):
+``volume_id, case_key, patient_key, split, study_order, modality, structures``
+(``label, volume_ml, mean_hu``), ``lesions`` (:func:`pipeline.volume_qa.lesion_facts`),
+``findings`` (the recipe's finding labels) with ``present`` and ``history``
+(presence in the patient's earlier studies, oldest first).
+
+Generators may return a list: one question per target (e.g. per finding).
+Numeric answers carry ``value``, ``unit`` and ``tolerance``.  Existence
+questions carry ``balance = (finding, u)`` for the exact, shard-independent
+yes/no balancing of :func:`pipeline.volume_qa.balance_thresholds`.
+"""
+
+from __future__ import annotations
+
+from pipeline import keys
+from pipeline.volume_qa import HU_TOLERANCE, TEMPORAL_CLASSES, VOLUME_TOLERANCE, temporal_label
+
+APPEARANCES = ("hypodense", "hyperdense", "isodense", "calcified")
+
+
+def _kind(pools, label: str) -> str:
+    """The lesion's kind word (tumor, nodule, cyst …) without its organ."""
+    return pools.display(label).split()[-1]
+
+
+def _unique_kind_lesions(record, pools):
+    kinds = [_kind(pools, les["label"]) for les in record["lesions"]]
+    return [les for les in record["lesions"] if kinds.count(_kind(pools, les["label"])) == 1]
+
+
+def _base(record) -> dict:
+    return {"modality_name": {"CT": "CT", "MR": "MRI"}.get(record["modality"], record["modality"])}
+
+
+def gen_anomaly_presence(record, family, pools, gen, settings):
+    abnormal = bool(record["lesions"])
+    ask_normal = bool(gen.integers(2))  # polarity coin keeps yes/no at 50 %
+    return {"context": _base(record) | {"ask_normal": ask_normal},
+            "answer": "yes" if abnormal != ask_normal else "no", "subtask": "presence"}
+
+
+def gen_anomaly_which(record, family, pools, gen, settings):
+    if not record["lesions"]:
+        return None
+    target = record["lesions"][gen.integers(len(record["lesions"]))]
+    present = {les["label"] for les in record["lesions"]}
+    pool = sorted({pools.display(f) for f in record["findings"] if f not in present}
+                  | set(settings.get("extra_findings", ())))
+    present_words = {w for p in present for w in pools.display(p).split()}
+    pool = [p for p in pool if not set(p.split()) & present_words - {"left", "right"}]
+    picks = []
+    while len(picks) < 3 and pool:
+        picks.append(pool.pop(gen.integers(len(pool))))
+    if len(picks) < 3:
+        return None
+    return {"context": _base(record), "correct": pools.display(target["label"]),
+            "distractors": picks, "subtask": "which"}
+
+
+def gen_observation_location(record, family, pools, gen, settings):
+    lesions = [les for les in _unique_kind_lesions(record, pools) if les["organ"]]
+    if not lesions:
+        return None
+    les = lesions[gen.integers(len(lesions))]
+    return {"context": _base(record) | {"kind": _kind(pools, les["label"])},
+            "answer": pools.display(les["organ"]), "subtask": "location"}
+
+
+def gen_observation_appearance(record, family, pools, gen, settings):
+    lesions = [les for les in _unique_kind_lesions(record, pools) if les["density"]]
+    if not lesions:
+        return None
+    les = lesions[gen.integers(len(lesions))]
+    wrong = [a for a in APPEARANCES if a != les["density"]]
+    return {"context": _base(record) | {"kind": _kind(pools, les["label"]),
+                                        "organ": pools.display(les["organ"])},
+            "correct": les["density"], "distractors": wrong, "subtask": "appearance"}
+
+
+def gen_computation(record, family, pools, gen, settings):
+    """Up to four numeric questions: organ volume, lesion size, lesion diameter, mean HU."""
+    out = []
+    organs = [s for s in record["structures"] if not pools.is_lesion(s["label"])]
+    if organs:
+        s = organs[gen.integers(len(organs))]
+        v = s["volume_ml"]
+        out.append({"context": _base(record) | {"structure": pools.display(s["label"]), "quantity": "volume"},
+                    "answer": f"{v:.1f} mL", "value": v, "unit": "mL",
+                    "tolerance": round(VOLUME_TOLERANCE * v, 3), "subtask": "volume"})
+        s = organs[gen.integers(len(organs))]
+        out.append({"context": _base(record) | {"structure": pools.display(s["label"]), "quantity": "attenuation"},
+                    "answer": f"{s['mean_hu']:.0f} HU", "value": s["mean_hu"], "unit": "HU",
+                    "tolerance": HU_TOLERANCE, "subtask": "mean_hu"})
+    lesions = [les for les in _unique_kind_lesions(record, pools) if les["organ"]]
+    if lesions:
+        les = lesions[gen.integers(len(lesions))]
+        ctx = _base(record) | {"structure": f"{_kind(pools, les['label'])} in the {pools.display(les['organ'])}"}
+        step = max(record["spacing_mm"][:2])
+        out.append({"context": ctx | {"quantity": "size"},
+                    "answer": f"{les['long_mm']:.1f} x {les['short_mm']:.1f} mm", "value": les["long_mm"],
+                    "unit": "mm", "tolerance": round(step, 3), "subtask": "lesion_size"})
+        out.append({"context": ctx | {"quantity": "diameter"},
+                    "answer": f"{les['max_diameter_mm']:.1f} mm", "value": les["max_diameter_mm"],
+                    "unit": "mm", "tolerance": round(max(record["spacing_mm"]), 3), "subtask": "diameter"})
+    return out or None
+
+
+def gen_existence3d(record, family, pools, gen, settings):
+    out = []
+    for finding in record["findings"]:
+        present = finding in record["present"]
+        u = keys.unit_interval(0, record["volume_id"], f"existence/{finding}")
+        out.append({"context": _base(record) | {"finding": pools.display(finding)},
+                    "answer": "yes" if present else "no", "subtask": finding,
+                    "balance": (finding, u)})
+    return out
+
+
+def _temporal(record, family, pools, gen, settings, longitudinal: bool):
+    if not record["history_orders"]:
+        return None
+    out = []
+    rate = float(settings.get("temporal_no_abnormality_rate", 0.25))
+    for finding in record["findings"]:
+        seq = [*record["history"][finding], int(finding in record["present"])]
+        label = temporal_label(seq)
+        if label == "No abnormality" and keys.unit_interval(0, record["volume_id"], f"temporal/{finding}") >= rate:
+            continue
+        ctx = _base(record) | {"finding": pools.display(finding),
+                               "sequence": "[" + ", ".join(str(x) for x in seq[:-1]) + "]",
+                               "n_prior": len(seq) - 1}
+        out.append({"context": ctx, "correct": label,
+                    "distractors": [c for c in TEMPORAL_CLASSES if c != label], "subtask": finding})
+    return out or None
+
+
+def gen_static_temporal(record, family, pools, gen, settings):
+    return _temporal(record, family, pools, gen, settings, longitudinal=False)
+
+
+def gen_longitudinal_temporal(record, family, pools, gen, settings):
+    return _temporal(record, family, pools, gen, settings, longitudinal=True)
+
+
+GENERATORS_3D = {
+    "anomaly_presence": gen_anomaly_presence,
+    "anomaly_which": gen_anomaly_which,
+    "observation_location": gen_observation_location,
+    "observation_appearance": gen_observation_appearance,
+    "computation": gen_computation,
+    "existence3d": gen_existence3d,
+    "static_temporal": gen_static_temporal,
+    "longitudinal_temporal": gen_longitudinal_temporal,
+}
