@@ -1,0 +1,193 @@
+"""Recipe 3d-rad: computed answers against ground truth, temporal labels on a scripted
+timeline, exact existence balancing, the volumes config and byte-reproducibility."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import keys
+from pipeline.build import build
+from pipeline.geometry import Geometry
+from pipeline.sample import LESIONS, TIMELINES, longitudinal_lesions, make_phantom, write_longitudinal_sample
+from pipeline.volume_qa import (
+    axial_size,
+    balance_thresholds,
+    density,
+    keep_existence,
+    lesion_facts,
+    max_diameter,
+    temporal_label,
+)
+
+
+@pytest.mark.parametrize("n, m, dx, dy", [(12, 4, 0.7, 1.3), (5, 5, 1.0, 1.0), (1, 9, 2.0, 0.5), (3, 1, 1.0, 1.0)])
+def test_axial_size_is_exact_on_voxel_aligned_rectangles(n, m, dx, dy):
+    mask = np.zeros((20, 20, 3), bool)
+    mask[2:2 + n, 5:5 + m, 1] = True
+    long_axis, perp, k = axial_size(mask, (dx, dy, 5.0))
+    expected = math.hypot(n * dx, m * dy)
+    assert long_axis == pytest.approx(expected, abs=1e-9)
+    assert perp == pytest.approx(2 * n * dx * m * dy / expected, abs=1e-9)
+    assert k == 1
+
+
+def test_max_diameter_is_exact_on_a_box():
+    mask = np.zeros((20, 20, 20), bool)
+    mask[2:8, 3:12, 5:9] = True
+    assert max_diameter(mask, (1.0, 2.0, 3.0)) == pytest.approx(math.sqrt(6**2 + 18**2 + 12**2), abs=1e-9)
+
+
+@pytest.mark.parametrize("seq, label", [([1, 1, 1], "Refractory"), ([1, 0, 1], "Refractory"), ([1, 1, 0], "Resolved"),
+                                        ([0, 0, 1], "New"), ([0, 0, 0], "No abnormality"), ([0, 1], "New")])
+def test_temporal_labels(seq, label):
+    assert temporal_label(seq) == label
+
+
+def test_density_margin():
+    assert density(15, 60) == "hypodense"
+    assert density(100, 60) == "hyperdense"
+    assert density(65, 60) == "isodense"
+
+
+def test_balancing_is_exact_and_order_independent():
+    rng = random.Random(0)
+    cands = [("train", "f", "yes" if rng.random() < 0.2 else "no", rng.random()) for _ in range(1000)]
+    th = balance_thresholds(cands)
+    shuffled = cands[:]
+    rng.shuffle(shuffled)
+    assert balance_thresholds(shuffled) == th
+    kept = [c for c in cands if keep_existence(c[0], c[1], c[2], c[3], th)]
+    assert sum(c[2] == "yes" for c in kept) == sum(c[2] == "no" for c in kept)
+
+
+def test_lesion_facts_against_the_phantom():
+    p = make_phantom(0, lesions={"liver_tumor": 1.0}, modality="CT")
+    geom = Geometry(p.image.shape, p.spacing, p.origin)
+    organs = [n for n in p.masks if n not in LESIONS]
+    facts = lesion_facts("liver_tumor", p.masks["liver_tumor"], p.image, p.masks, geom, organs)
+    truth_ml = p.masks["liver_tumor"].sum() * np.prod(p.spacing) / 1000
+    assert facts["organ"] == "liver"
+    assert facts["volume_ml"] == pytest.approx(truth_ml, rel=0.01)
+    assert facts["density"] == "hypodense"  # 15 HU in a 60 HU liver
+    assert facts["long_mm"] >= facts["short_mm"] > 0
+    assert facts["max_diameter_mm"] >= facts["long_mm"]
+
+
+@pytest.fixture(scope="module")
+def longitudinal(tmp_path_factory):
+    root = tmp_path_factory.mktemp("long")
+    write_longitudinal_sample(root, n_patients=4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, longitudinal):
+    out = tmp_path_factory.mktemp("3drad")
+    result = build("3d-rad", str(out), input_dir=str(longitudinal), log=lambda m: None)
+    assert result.exit_code == 0
+    return out, result
+
+
+def _case_keys():
+    return {keys.pseudonym(keys.DEFAULT_PSEUDONYM_KEY, "case", f"p{p + 1:03d}t{t + 1}"): (p, t)
+            for p in range(4) for t in range(3)}
+
+
+def test_all_six_tasks_and_answer_distribution_in_manifest(built):
+    out, result = built
+    tasks = set(result.manifest["tasks"])
+    assert tasks == {"anomaly_detection", "image_observation", "medical_computation", "existence_detection",
+                     "static_temporal_diagnosis", "longitudinal_temporal_diagnosis"}
+    assert set(result.manifest["answers"]) == tasks
+    assert "## Answer distribution per task" in (out / "README.md").read_text()
+
+
+def test_temporal_answers_follow_the_scripted_timeline(built):
+    out, _ = built
+    by_case = _case_keys()
+    rows = pq.read_table(out / "qa").to_pylist()
+    checked = 0
+    for r in rows:
+        if r["task"] not in ("static_temporal_diagnosis", "longitudinal_temporal_diagnosis"):
+            continue
+        p, t = by_case[r["case_key"]]
+        finding = r["subtask"]
+        seq = [int(finding in longitudinal_lesions(p, s)) for s in range(t + 1)]
+        assert r["answer_text"] == temporal_label(seq), (p, t, finding)
+        if r["task"] == "longitudinal_temporal_diagnosis":
+            assert "[" + ", ".join(map(str, seq[:-1])) + "]" in r["question"]
+        checked += 1
+    assert checked > 20
+    assert t in (1, 2)
+    assert len(TIMELINES) == 4
+
+
+def test_computed_answers_match_ground_truth(built):
+    out, _ = built
+    by_case = _case_keys()
+    rows = [r for r in pq.read_table(out / "qa").to_pylist() if r["subtask"] == "volume"]
+    assert rows
+    from pipeline.pools import load_pools
+    from pipeline.resources import resource_dir
+
+    pools = load_pools([resource_dir("distractor_pools") / "totalsegmentator.yaml"])
+    names = {pools.display(label): label for label in pools.structures}
+    for r in rows:
+        p, t = by_case[r["case_key"]]
+        phantom = make_phantom(p, lesions=longitudinal_lesions(p, t), modality="CT", timepoint=t)
+        label = next(names[d] for d in names if f"the {d} " in r["question"] + " " or f"{d} volume" in r["question"])
+        truth = phantom.masks[label].sum() * np.prod(phantom.spacing) / 1000
+        assert r["answer_value"] == pytest.approx(truth, rel=0.01)
+        assert r["answer_unit"] == "mL" and r["answer_tolerance"] > 0
+
+
+def test_existence_is_balanced_per_finding_and_split(built):
+    out, _ = built
+    rows = [r for r in pq.read_table(out / "qa").to_pylist() if r["task"] == "existence_detection"]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["split"], r["subtask"]), []).append(r["answer"])
+    assert groups
+    for answers in groups.values():
+        assert answers.count("yes") == answers.count("no")
+
+
+def test_volumes_config_holds_loadable_npy(built):
+    out, _ = built
+    rows = pq.read_table(out / "volumes").to_pylist()
+    assert len(rows) == 12
+    for r in rows:
+        arr = np.load(io.BytesIO(r["npy"]))
+        assert arr.shape == (32, 128, 128) and arr.dtype == np.float16
+        assert 0.0 <= float(arr.min()) and float(arr.max()) <= 1.0
+        assert len(r["original_spacing_mm"]) == len(r["target_spacing_mm"]) == 3
+        for b in r["boxes3d"]:
+            k0, j0, i0, k1, j1, i1 = b["box"]
+            assert 0 <= k0 < k1 <= 32 and 0 <= j0 < j1 <= 128 and 0 <= i0 < i1 <= 128
+    patients = {}
+    for r in rows:
+        patients.setdefault(r["patient_key"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in patients.values())
+
+
+def test_3d_build_is_byte_reproducible(tmp_path, built, longitudinal):
+    out, _ = built
+    again = tmp_path / "again"
+    build("3d-rad", str(again), input_dir=str(longitudinal), log=lambda m: None,
+          beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+
+    def digests(root: Path):
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file() and ".radvqa" not in p.parts}
+
+    assert digests(out) == digests(again)
+    assert json.loads((out / "manifest.json").read_text())["answers"]
