@@ -51,9 +51,17 @@ setup(
         "jinja2>=3.1",
         "pyyaml>=6.0",
         "jsonschema>=4.18",
+        # DICOM pixel decoders: JPEG, JPEG-LS, JPEG 2000, RLE (pydicom picks them up)
+        "pylibjpeg>=2.0",
+        "pylibjpeg-openjpeg>=2.3",
+        "pylibjpeg-rle>=2.0",
+        "python-gdcm>=3.0.22",
+        # report: plots and the gallery with boxes drawn
+        "matplotlib>=3.8",
+        "pillow>=10",
     ],
     extras_require={
-        "test": ["pytest>=8", "datasets>=3.0", "pillow>=10", "pydicom-data", "ruff"],
+        "test": ["pytest>=8", "datasets>=3.0", "pandas>=2.0", "pydicom-data", "ruff"],
     },
     entry_points={"console_scripts": ["radvqa=pipeline.cli:main"]},
 )
