@@ -192,7 +192,7 @@ def _case_files(root: str, folder: str, found: set[str], kind: str):
         if image is None:
             raise CaseError(
                 "discover", "source.missing_image",
-                "entries: expected ct.nii.gz or mr.nii.gz", _rel(folder),
+                f"entries: found {sorted(found)[:8]}, expected ct.nii.gz or mr.nii.gz", _rel(folder),
             )
         modality = "CT" if ct else "MR"
         files.append(("image", _rel(folder, image)))
@@ -211,16 +211,41 @@ def _case_files(root: str, folder: str, found: set[str], kind: str):
             ("labels_json", _rel(folder, "labels.json")),
         ]
     elif kind == "dicom":
+        dicom = os.path.join(root, folder, "dicom")
+        if not os.path.isdir(dicom) or not _has_files(dicom, lambda name: True):
+            raise CaseError(
+                "discover", "dicom.no_files",
+                "dicom/: found no files, expected the DICOM files of a CT or MR series",
+                _rel(folder, "dicom"),
+            )
         files.append(("dicom", _rel(folder, "dicom")))
     if kind in ("totalseg", "dicom"):
-        if "segmentations" not in found or not os.path.isdir(os.path.join(root, folder, "segmentations")):
+        segmentations = os.path.join(root, folder, "segmentations")
+        if "segmentations" not in found or not os.path.isdir(segmentations):
             raise CaseError(
                 "discover", "source.missing_segmentations",
-                "entries: expected a segmentations/ folder of per-structure masks",
+                f"entries: found {sorted(found)[:8]}, expected a segmentations/ folder of "
+                "per-structure masks",
                 _rel(folder),
+            )
+        if not _has_files(segmentations, is_volume_file):
+            raise CaseError(
+                "discover", "source.missing_segmentations",
+                "segmentations/: found no mask files, expected one <structure>.nii.gz (or "
+                ".nrrd/.mha) per structure",
+                _rel(folder, "segmentations"),
             )
         files.append(("segmentations", _rel(folder, "segmentations")))
     return files, modality
+
+
+def _has_files(path: str, accept) -> bool:
+    """Whether ``path`` holds (at any depth) a regular, non-hidden file ``accept`` likes."""
+    for _, dirnames, filenames in os.walk(path):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(not n.startswith(".") and accept(n) for n in filenames):
+            return True
+    return False
 
 
 def read_labels_json(path: str, rel: str) -> dict[int, str]:
@@ -228,12 +253,16 @@ def read_labels_json(path: str, rel: str) -> dict[int, str]:
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise CaseError("read", "labels.unreadable", f"cannot parse JSON: {err}", rel) from err
+    except (OSError, ValueError) as err:  # JSONDecodeError, UnicodeDecodeError
+        raise CaseError(
+            "read", "labels.unreadable",
+            f"JSON: found invalid JSON ({err}), expected an object {{\"1\": \"name\", …}}", rel,
+        ) from err
     if not isinstance(raw, dict) or not raw:
         raise CaseError(
             "read", "labels.bad_format",
-            f"found {type(raw).__name__}, expected an object {{\"1\": \"name\", …}}", rel,
+            f"JSON: found {type(raw).__name__} {str(raw)[:40]}, expected a non-empty object "
+            "{\"1\": \"name\", …}", rel,
         )
     out: dict[int, str] = {}
     for k, v in raw.items():
@@ -241,7 +270,8 @@ def read_labels_json(path: str, rel: str) -> dict[int, str]:
             value = int(k)
         except ValueError as err:
             raise CaseError(
-                "read", "labels.bad_format", f"key {k!r}: expected an integer label value", rel
+                "read", "labels.bad_format", f"key {k!r}: found a non-integer key, expected an "
+                "integer label value", rel,
             ) from err
         if value <= 0 or not isinstance(v, str) or not v.strip():
             raise CaseError(
@@ -251,5 +281,6 @@ def read_labels_json(path: str, rel: str) -> dict[int, str]:
         out[value] = v.strip()
     names = list(out.values())
     if len(set(names)) != len(names):
-        raise CaseError("read", "labels.duplicate_name", f"names: found duplicates in {names}", rel)
+        raise CaseError("read", "labels.duplicate_name",
+                        f"names: found duplicates in {names}, expected each name once", rel)
     return out
