@@ -252,44 +252,72 @@ def discover_tree(
     return images, rejects, dict(stats)
 
 
-def check_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+def check_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, rel: str = "") -> tuple[int, int]:
     """Validate a PNG without trusting it; returns ``(width, height)``.
 
+    Checks the signature, every chunk's length and CRC, the IHDR fields, a
+    pixel limit (``max_pixels``, against decompression bombs: a few KB of
+    IDAT can promise gigabytes) and a full inflate of the image data, bounded
+    by the size the header promises.
+
     Raises :class:`CaseError` (``image.unreadable`` or ``image.too_large``)
-    naming the field and the values found.
+    naming the field, the value found and the value expected; ``rel`` (the
+    file relative to the input root) becomes the error's path.
     """
+
+    def fail(reason: str, message: str, cause: Exception | None = None) -> CaseError:
+        err = CaseError("read", reason, message, rel)
+        err.__cause__ = cause
+        return err
+
     if data[:8] != PNG_SIGNATURE:
-        raise CaseError("read", "image.unreadable",
-                        f"signature: found {data[:8]!r}, expected the PNG signature")
+        raise fail("image.unreadable",
+                   f"signature: found {data[:8]!r}, expected the PNG signature {PNG_SIGNATURE!r}")
     pos, width = 8, None
     idat = []
     while pos + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        name = kind.decode("latin-1")
         chunk = data[pos + 8:pos + 8 + length]
         crc = data[pos + 8 + length:pos + 12 + length]
         if len(chunk) != length or len(crc) != 4:
-            raise CaseError("read", "image.unreadable",
-                            f"chunk {kind!r}: truncated at byte {pos} (length {length})")
-        if zlib.crc32(kind + chunk) & 0xFFFFFFFF != struct.unpack(">I", crc)[0]:
-            raise CaseError("read", "image.unreadable", f"chunk {kind!r}: CRC mismatch at byte {pos}")
+            raise fail("image.unreadable",
+                       f"chunk {name!r} at byte {pos}: truncated: found {len(data) - pos - 8} bytes, "
+                       f"expected {length} + 4 (CRC)")
+        actual = zlib.crc32(kind + chunk) & 0xFFFFFFFF
+        stored = struct.unpack(">I", crc)[0]
+        if actual != stored:
+            raise fail("image.unreadable",
+                       f"chunk {name!r} at byte {pos}: CRC mismatch: found {stored:#010x}, "
+                       f"expected {actual:#010x}")
         if kind == b"IHDR":
+            if length != 13:
+                raise fail("image.unreadable", f"IHDR: found {length} bytes, expected 13")
             width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", chunk)
             if width == 0 or height == 0:
-                raise CaseError("read", "image.unreadable", f"IHDR: found {width}x{height} pixels")
+                raise fail("image.unreadable",
+                           f"IHDR: found {width}x{height} pixels, expected at least 1x1")
+            allowed = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+            if depth not in allowed.get(color, ()):
+                raise fail("image.unreadable",
+                           f"IHDR: found colour type {color} with bit depth {depth}, expected one of "
+                           f"the PNG combinations {allowed}")
             if width * height > max_pixels:
-                raise CaseError("read", "image.too_large",
-                                f"IHDR: found {width}x{height} = {width * height} pixels, expected at most "
-                                f"{max_pixels} (decompression bomb guard)")
+                raise fail("image.too_large",
+                           f"IHDR: found {width}x{height} = {width * height} pixels, expected at most "
+                           f"{max_pixels} (decompression bomb guard)")
         elif kind == b"IDAT":
+            if width is None:
+                raise fail("image.unreadable", f"chunk 'IDAT' at byte {pos}: found before IHDR, "
+                                               "expected IHDR first")
             idat.append(chunk)
         elif kind == b"IEND":
             break
         pos += 12 + length
     if width is None or not idat:
-        raise CaseError("read", "image.unreadable", "chunks: expected IHDR and IDAT")
-    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(color)
-    if channels is None:
-        raise CaseError("read", "image.unreadable", f"IHDR: colour type {color} is not valid")
+        raise fail("image.unreadable",
+                   f"chunks: found {'no IHDR' if width is None else 'no IDAT'}, expected IHDR and IDAT")
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color]
     row = 1 + math.ceil(width * channels * depth / 8)
     expected = row * height if not interlace else None
     limit = expected if expected is not None else 2 * row * height
@@ -297,10 +325,11 @@ def check_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int
         inflater = zlib.decompressobj()
         raw = inflater.decompress(b"".join(idat), limit + 1)
     except zlib.error as err:
-        raise CaseError("read", "image.unreadable", f"IDAT: cannot inflate: {err}") from err
+        raise fail("image.unreadable", f"IDAT: cannot inflate: {err}", err) from err
     if expected is not None and len(raw) != expected:
-        raise CaseError("read", "image.unreadable",
-                        f"IDAT: inflated to {len(raw)} bytes, expected {expected} for {width}x{height}")
+        raise fail("image.unreadable",
+                   f"IDAT: found {'more' if len(raw) > expected else 'less'} image data than IHDR "
+                   f"promises: inflated to {len(raw)} bytes, expected {expected} for {width}x{height}")
     return width, height
 
 
