@@ -402,24 +402,18 @@ def _legendre(n: int, degree: int) -> np.ndarray:
 
 def _separable_sum(coeffs: np.ndarray, bases: list[np.ndarray]) -> np.ndarray:
     """``sum c[p, q, ...] * B0[p] (x) B1[q] (x) ...`` in a fixed order (no BLAS)."""
+    shape = tuple(b.shape[1] for b in bases)
+    out = np.zeros(shape)
     if coeffs.ndim == 1:
-        out = np.zeros(bases[0].shape[1])
         for p, c in enumerate(coeffs):
             if c != 0.0:
-                out = out + c * bases[0][p]
+                out += c * bases[0][p]
         return out
-    out = None
+    tmp = np.empty(shape)  # reused: one full-size temporary however many terms
     for p in range(coeffs.shape[0]):
-        if not coeffs[p].any():
-            continue
-        inner = _separable_sum(coeffs[p], bases[1:])
-        term = np.multiply.outer(bases[0][p], inner)
-        if out is None:
-            out = term
-        else:
-            out += term
-    if out is None:
-        out = np.zeros(tuple(b.shape[1] for b in bases))
+        if coeffs[p].any():
+            np.multiply.outer(bases[0][p], _separable_sum(coeffs[p], bases[1:]), out=tmp)
+            out += tmp
     return out
 
 
@@ -442,7 +436,7 @@ def bias_field(shape: tuple[int, ...], amplitude: float, degree: int,
     total_degree = sum(np.indices(coeffs.shape))
     coeffs[(total_degree == 0) | (total_degree > degree)] = 0.0
     s = _separable_sum(coeffs, [_legendre(n, degree) for n in shape])
-    peak = float(np.abs(s).max())
+    peak = max(float(s.max()), -float(s.min()))
     if peak == 0.0:
         return np.ones(shape, dtype=np.float64)
     s *= amplitude / peak
