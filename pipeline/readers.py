@@ -44,8 +44,9 @@ class Volume:
     modality: str
     header: dict = field(default_factory=dict)
     content_sha256: str = ""
-    #: What the reader left out, for the build summary: ``{note: [relative path: why, …]}``
-    #: (DICOM files that are not images of the chosen series).
+    #: What the reader left out or assumed, for the build summary:
+    #: ``{note: ["relative path: why", …]}`` (DICOM files that are not images of the
+    #: chosen series, files read without a file meta header).
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -517,6 +518,10 @@ def read_dicom_series(
         notes["dicom_files_skipped"] = skipped
     if ignored:
         notes["dicom_series_ignored"] = ignored
+    inferred = [f"{f.rel}: no file meta header, read as {_syntax(f)[1]}"
+                for f in chosen if f.inferred_syntax]
+    if inferred:
+        notes["dicom_transfer_syntax_inferred"] = inferred
     combined = hashlib.sha256("".join(digests).encode()).hexdigest()
     return Volume(volume[0], volume[1], volume[2], volume[3], combined, notes)
 
@@ -541,7 +546,8 @@ def _parse_dicom_file(path: str, rel: str, data: bytes) -> _File | str:
     except Exception as err:  # pydicom raises many types for malformed files
         raise CaseError(
             "read", "dicom.unreadable",
-            f"file: pydicom cannot parse it: {type(err).__name__}: {err}; expected a DICOM file",
+            f"file: found data pydicom cannot parse ({type(err).__name__}: {_one_line(err)}), "
+            "expected a DICOM file",
             rel,
         ) from err
     if len(ds) == 0:
@@ -671,6 +677,13 @@ def _assemble_series(files: list[_File], *, max_voxels: int | None):
             first.rel,
         )
     for f in files:
+        if f.modality != first.modality:
+            raise CaseError(
+                "read", "dicom.inconsistent_slices",
+                f"Modality (0008,0060): found {f.modality!r}, expected {first.modality!r} as in "
+                f"{first.rel} (same SeriesInstanceUID)",
+                f.rel,
+            )
         _check_pixel_format(f)
     planes = [p for f in files for p in _planes_of(f)]
     if len(planes) < 2:
