@@ -282,6 +282,9 @@ def _no_meta_native(case: Path):
         data = (case / "dicom" / "CT_small_0.dcm").read_bytes()
         assert data[128:132] != b"DICM" and data[:4] == b"\x08\x00\x05\x00"  # really bare
         np.testing.assert_array_equal(volume.array[:, :, 0], stored_hu("CT_small.dcm"))
+        assert volume.notes["dicom_transfer_syntax_inferred"] == [
+            f"{case.name}/dicom/CT_small_{k}.dcm: no file meta header, read as Implicit VR Little "
+            "Endian" for k in range(3)]
 
     return check
 
@@ -593,6 +596,10 @@ CASES = [
     BadInput("dicom-two-series-same-size", _two_equal_series,
              rejected(R, "dicom.ambiguous_series", "SeriesInstanceUID (0020,000E): found 2 series",
                       "dicom")),
+    BadInput("dicom-mixed-modality-in-series",
+             lambda c: factory_case(c, per_slice=[{}, {}, {"Modality": "OT"}, {}]),
+             rejected(R, "dicom.inconsistent_slices", "Modality (0008,0060): found 'OT'",
+                      "dicom/slice002.dcm")),
     BadInput("dicom-irregular-spacing", lambda c: factory_case(c, positions=_positions([2.0, 2.0, 3.0])),
              rejected(R, "dicom.irregular_spacing", "slice step found 3.000 mm", "dicom/slice003.dcm")),
     BadInput("dicom-duplicate-position", lambda c: factory_case(c, positions=_positions([2.0, 0.0, 2.0])),
