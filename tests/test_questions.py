@@ -48,19 +48,26 @@ variants:
 @pytest.mark.parametrize(
     "text, error",
     [
-        ("{{ ''.__class__.__mro__ }}", "SecurityError"),
-        ("{{ structure.__class__.__subclasses__() }}", "SecurityError"),
-        ("{{ missing }}", "UndefinedError"),
+        ("{{ ''.__class__.__mro__ }}", "line 1: the attribute .__class__ is not allowed in templates"),
+        ("{{ structure.__class__.__subclasses__() }}",
+         "line 1: the call structure.__class__.__subclasses__(...) is not allowed in templates"),
     ],
-    ids=["mro", "subclasses", "undefined"],
+    ids=["mro", "subclasses"],
 )
-def test_unsafe_or_undefined_templates_fail_at_render_with_file_and_variant(tmp_path, text, error):
-    # requires is checked at load for plain names; attribute chains reach render
-    src = BASE.format(text=text).replace("requires: [structure]", "requires: [structure, missing]")
+def test_unsafe_templates_are_rejected_at_load_with_file_variant_and_line(tmp_path, text, error):
+    # more cases, and the sandbox behind this check: tests/test_template_safety.py
+    with pytest.raises(ConfigError) as err:
+        load_families(_family_file(tmp_path, BASE.format(text=text)))
+    assert f"fam.yaml: variants[0] (v1): {error}" in str(err.value)
+
+
+def test_undefined_values_fail_at_render_with_file_and_variant(tmp_path):
+    # declared in requires, so the load accepts it; the context lacks it
+    src = BASE.format(text="{{ missing }}").replace("requires: [structure]", "requires: [structure, missing]")
     fam = load_families(_family_file(tmp_path, src))["probe"]
     with pytest.raises(CaseError) as err:
         render(fam, fam.variants[0], {"structure": "liver"})
-    assert error in err.value.message and "fam.yaml" in err.value.message and "v1" in err.value.message
+    assert "UndefinedError" in err.value.message and "fam.yaml" in err.value.message and "v1" in err.value.message
 
 
 @pytest.mark.parametrize(
@@ -70,7 +77,7 @@ def test_unsafe_or_undefined_templates_fail_at_render_with_file_and_variant(tmp_
          "fam.yaml: question_type: 'essay' is not one of"),
         (lambda s: s.replace("version: 1\n", ""), "fam.yaml: (root): 'version' is a required property"),
         (lambda s: s.replace("{{ structure }}?", "{{ organ }}?"),
-         "variants[1] (v2): uses ['organ'], not declared in requires"),
+         "variants[1] (v2): line 1: the variable 'organ' is not allowed in templates (not declared in requires"),
         (lambda s: s.replace('"Locate the {{ structure }}."', '"Locate {% if %}"'),
          "variants[2] (v3): line 1: template syntax error"),
         (lambda s: s.replace("generator: grounding", "generator: nonsense"), "generator: unknown 'nonsense'"),
