@@ -8,6 +8,10 @@ import json
 from pipeline.errors import ConfigError
 from pipeline.resources import resource_path
 
+#: jsonschema quotes the offending value in its messages; a whole list of variants
+#: or a long text says nothing more than its first characters.
+MAX_MESSAGE_CHARS = 300
+
 
 @functools.cache
 def _validator(schema_name: str):
@@ -27,13 +31,25 @@ def json_path(path) -> str:
     return out or "(root)"
 
 
+def _order(error) -> list[tuple]:
+    # list positions in numeric order (variants[2] before variants[10]), keys by name
+    return [(0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in error.absolute_path]
+
+
+def _shorten(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]} ... ({len(message):,} characters)"
+
+
 def validate(instance, schema_name: str, source: str) -> None:
     """Raise :class:`ConfigError` ``"<source>: <path>: <message>"`` for the first error.
 
-    Errors are ordered by path so the message does not depend on dict order.
+    Errors are ordered by path so the message does not depend on dict order; the
+    message is cut at :data:`MAX_MESSAGE_CHARS`.
     """
-    errors = sorted(_validator(schema_name).iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
+    errors = sorted(_validator(schema_name).iter_errors(instance), key=_order)
     if errors:
         err = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(f"{source}: {json_path(err.absolute_path)}: {err.message}{more}")
+        raise ConfigError(f"{source}: {json_path(err.absolute_path)}: {_shorten(err.message)}{more}")
