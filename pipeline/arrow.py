@@ -12,7 +12,7 @@ import json
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 WINDOW = pa.struct([("name", pa.string()), ("center", pa.float64()), ("width", pa.float64())])
@@ -64,6 +64,7 @@ QA_FIELDS = [
     ("answer", pa.string()),
     ("answer_text", pa.string()),
     ("answer_box", pa.list_(pa.int32())),
+    ("question_box", pa.list_(pa.int32())),
     ("template_id", pa.string()),
 ]
 
@@ -101,6 +102,9 @@ ALIGNMENT_FIELDS = [
     ("image", IMAGE_STRUCT),
     ("conversations", pa.list_(TURN)),
     ("metadata", METADATA),
+    ("modality", pa.string()),
+    ("region", pa.string()),
+    ("label", pa.string()),
     ("split", pa.string()),
 ]
 
@@ -166,11 +170,19 @@ ALIGNMENT_SCHEMA = with_hf_metadata(ALIGNMENT_FIELDS)
 INSTRUCT_SCHEMA = with_hf_metadata(INSTRUCT_FIELDS)
 BENCHMARK_SCHEMA = with_hf_metadata(BENCHMARK_FIELDS)
 
-#: config name -> schema of its Parquet files.
+#: config name -> schema of its Parquet files (``qa3d``: the ``qa`` config of volume-level
+#: corpora; ``volumes``: theirs too — defined in :mod:`pipeline.volume_units`).
 SCHEMAS = {
     "images": IMAGES_SCHEMA, "qa": QA_SCHEMA, "structures": STRUCTURES_SCHEMA,
     "alignment": ALIGNMENT_SCHEMA, "instruct": INSTRUCT_SCHEMA, "benchmark": BENCHMARK_SCHEMA,
 }
+
+
+def all_schemas() -> dict:
+    """Every config schema, including the volume-level ones (imported lazily)."""
+    from pipeline.volume_units import QA3D_SCHEMA, VOLUMES_SCHEMA
+
+    return SCHEMAS | {"volumes": VOLUMES_SCHEMA, "qa3d": QA3D_SCHEMA}
 
 
 def features_for_card(schema: pa.Schema) -> list[dict]:

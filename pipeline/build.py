@@ -1,7 +1,15 @@
-"""The launcher: plan, run the Beam pipeline, finalise manifest and card.
+"""The launcher: plan, run the Beam pipeline, finalise dead letters, audit, card, manifest.
 
-Everything configurable is read and validated here, before any worker
-starts; workers receive a pickled :class:`~pipeline.units.BuildContext`.
+Everything configurable is read and validated here, before any worker starts; workers
+receive a pickled :class:`~pipeline.units.BuildContext` and small unit descriptors.
+
+A build reuses whatever an earlier build into the same output left that is still valid
+(:mod:`pipeline.state`): cases whose fingerprint is unchanged are copied from their
+stored shards instead of being read and decoded again, units whose plan is unchanged keep
+their pixel shards, and units whose questions are unchanged too are skipped.  So an
+interrupted build rerun with the same arguments resumes, and ``radvqa regenerate`` after
+editing a template or a pool re-renders only the questions — each giving the same bytes
+as a fresh build.
 """
 
 from __future__ import annotations
@@ -9,26 +17,42 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pipeline import __version__, keys, shards
+from pipeline import __version__, keys, shards, state
 from pipeline.arrow import SCHEMA_VERSION
 from pipeline.card import render_card
-from pipeline.errors import ConfigError
-from pipeline.extract import EXTRACT_VERSION, SliceSettings
+from pipeline.errors import BuildFailed, ConfigError
+from pipeline.kinds import get_kind, kind_name
 from pipeline.recipes import Recipe, load_recipe, pool_paths, template_paths
-from pipeline.sources import discover_cases
-from pipeline.units import CONFIGS, STATE_DIR, UNITS_DIR, BuildContext, plan_units
+from pipeline.units import (
+    DEAD_LETTERS_FILE,
+    DEAD_UNITS_DIR,
+    PLAN_DIR,
+    STATE_DIR,
+    UNITS_DIR,
+    BuildContext,
+    PlannedCase,
+    UnitRef,
+    case_fingerprint,
+    jsonl,
+    sort_dead,
+    stat_identity,
+    write_plan,
+)
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
 LAST_RUN = f"{STATE_DIR}/last_run.json"
 DEFAULT_RUNNER = "FnApiRunner"
+QA_VERSION = "2"
 
 
 @dataclass
@@ -41,24 +65,7 @@ class BuildResult:
     notes: list[str] = field(default_factory=list)
 
 
-def load_questions(recipe: Recipe):
-    """Template families (filtered by the recipe) and pools, validated."""
-    from pipeline.pools import load_pools
-    from pipeline.templates import load_families
-
-    families = {}
-    for path in template_paths(recipe):
-        families.update(load_families(path))
-    wanted = recipe.section("questions").get("families")
-    if wanted:
-        missing = sorted(set(wanted) - set(families))
-        if missing:
-            raise ConfigError(
-                f"{recipe.path}: questions.families: {missing} not found among {sorted(families)}"
-            )
-        families = {k: families[k] for k in wanted}
-    pools = load_pools(pool_paths(recipe))
-    return families, pools
+# ------------------------------------------------------------------------ fingerprints
 
 
 def _file_digest(paths) -> str:
@@ -77,13 +84,8 @@ def _file_digest(paths) -> str:
 def fingerprint(recipe: Recipe, seed: int) -> str:
     """Recipe, seed, template and pool contents and stage versions (not input data)."""
     return keys.digest(
-        json.dumps(recipe.data, sort_keys=True),
-        seed,
-        _file_digest(template_paths(recipe)),
-        _file_digest(pool_paths(recipe)),
-        EXTRACT_VERSION,
-        SCHEMA_VERSION,
-        __version__,
+        json.dumps(recipe.data, sort_keys=True), seed, _file_digest(template_paths(recipe)),
+        _file_digest(pool_paths(recipe)), SCHEMA_VERSION, QA_VERSION, __version__,
     )
 
 
@@ -96,29 +98,14 @@ def beam_options(beam_args: Sequence[str]):
     return PipelineOptions(args)
 
 
-def sample_input(output: str, patients: int, log) -> str:
-    """Write (or reuse) the built-in phantoms under ``OUTPUT/.radvqa/sample-input``."""
-    from pipeline import sample
-
-    if "://" in output:
-        raise ConfigError("--input is required when --output is not a local folder")
-    root = os.path.join(output, STATE_DIR, "sample-input")
-    stamp = os.path.join(root, ".radvqa-sample")
-    want = f"{sample.SAMPLE_VERSION}:{patients}"
-    if os.path.isfile(stamp) and open(stamp).read() == want:
-        return root
-    log(f"writing the built-in sample ({patients} synthetic patients) to {root}")
-    sample.write_sample(root, n_patients=patients)
-    with open(stamp, "w") as f:
-        f.write(want)
-    return root
+# ---------------------------------------------------------------------------- progress
 
 
 class Progress:
-    """Polls unit receipts while ``FnApiRunner.run()`` blocks; prints done/total, rate, ETA."""
+    """Polls unit receipts while the runner blocks (``FnApiRunner.run()`` exposes no
+    metrics mid-run); prints cases done / total, rate and ETA."""
 
     def __init__(self, output: str, units: list[tuple[str, int]], log, every: float = 2.0):
-        """``units``: ``(unit_id, number of cases)`` pairs."""
         self._paths = [f"{UNITS_DIR}/{unit_id}.json" for unit_id, _ in units]
         self._cases = [n for _, n in units]
         self._output, self._log, self._every = output, log, every
@@ -153,10 +140,89 @@ class Progress:
             elapsed = time.monotonic() - self._start
             rate = cases / elapsed if elapsed > 0 else 0.0
             eta = f"{(total - cases) / rate:.0f} s" if rate > 0 else "-"
-            self._log(
-                f"  progress: {cases}/{total} cases in {units}/{len(self._paths)} units, "
-                f"{rate:.2f} cases/s, ETA {eta}"
-            )
+            self._log(f"  progress: {cases}/{total} cases in {units}/{len(self._paths)} units, "
+                      f"{rate:.2f} cases/s, ETA {eta}")
+
+
+# ------------------------------------------------------------------------------ running
+
+
+class _Watchdog:
+    """Turns a dead worker into an error instead of a hang.
+
+    When a ``multi_processing`` worker dies, Beam's worker handler thread raises, but the
+    runner's main loop keeps waiting for it forever.  The watchdog sees that thread's
+    exception (``threading.excepthook``) and interrupts the main thread, so the launcher
+    can clean up and retry.
+    """
+
+    def __init__(self):
+        self.errors: list[str] = []
+        self._previous = None
+
+    def __enter__(self):
+        self._previous = threading.excepthook
+
+        def hook(args):
+            self.errors.append(f"{args.exc_type.__name__}: {args.exc_value}")
+            if threading.current_thread() is not threading.main_thread():
+                os.kill(os.getpid(), signal.SIGINT)
+
+        threading.excepthook = hook
+        return self
+
+    def __exit__(self, *exc):
+        threading.excepthook = self._previous
+
+
+def _kill_workers() -> int:
+    """SIGKILL this process's remaining Beam SDK worker subprocesses (Linux /proc)."""
+    me, killed = os.getpid(), 0
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != me:
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+            if b"sdk_worker" in cmd:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+        except (OSError, ValueError, IndexError):
+            continue
+    return killed
+
+
+def run_pipeline(refs: list[UnitRef], ctx: BuildContext, beam_args, log) -> None:
+    """Run the Beam pipeline once; raises :class:`BuildFailed` when it fails."""
+    import apache_beam as beam
+
+    from pipeline.transforms import BuildCorpus
+
+    options = beam_options(beam_args)
+    todo = [(r.unit_id, r.n_cases) for r in refs if r.mode != "done"]
+    with Progress(ctx.output, todo, log), _Watchdog() as watchdog:
+        try:
+            pipeline = beam.Pipeline(options=options)
+            _ = pipeline | "BuildCorpus" >> BuildCorpus(refs, ctx)
+            pipeline.run().wait_until_finish()
+        except KeyboardInterrupt:
+            if not watchdog.errors:
+                raise
+            _kill_workers()
+            raise BuildFailed("a worker died: " + "; ".join(watchdog.errors[:3])) from None
+        except Exception as err:  # noqa: BLE001 — the runner wraps any worker error
+            _kill_workers()
+            text = str(err).strip().splitlines()
+            raise BuildFailed(f"{type(err).__name__}: {text[-1] if text else ''}") from err
+
+
+# ------------------------------------------------------------------------------- build
 
 
 def build(
@@ -168,195 +234,260 @@ def build(
     layout: str | None = None,
     beam_args: Sequence[str] = (),
     max_reject_fraction: float = 0.05,
+    retries: int = 1,
     log=None,
 ) -> BuildResult:
-    """Build a corpus; see the README's user guide."""
+    """Build (or incrementally rebuild) a corpus; see the README's user guide."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.monotonic()
     recipe = load_recipe(recipe_name)
-    if recipe.section("source").get("kind") == "volume_qa":
-        from pipeline.build_volumes import build_volume_qa
-
-        return build_volume_qa(recipe, output, input_dir=input_dir, seed=seed, layout=layout,
-                               beam_args=beam_args, max_reject_fraction=max_reject_fraction, log=log)
-    if recipe.section("source").get("kind", "volumes") == "tree":
-        from pipeline.build_tree import build_tree
-
-        return build_tree(recipe, output, input_dir=input_dir, seed=seed, beam_args=beam_args,
-                          max_reject_fraction=max_reject_fraction, log=log)
+    kind = get_kind(_kind(recipe))
     seed = int(recipe.data["seed"] if seed is None else seed)
-    if not recipe.section("slices"):
-        raise ConfigError(f"{recipe.path}: slices: required for volume recipes")
-    settings = SliceSettings.from_recipe(recipe.section("slices"))
-    families, pools = load_questions(recipe)
-    key, is_default = keys.resolve_pseudonym_key(recipe.section("privacy").get("pseudonym_key"))
+    prep = kind.prepare(recipe)
+    pkey, is_default = keys.resolve_pseudonym_key(recipe.section("privacy").get("pseudonym_key"))
     if is_default:
         log(f"warning: pseudonyms use the built-in default key; set ${keys.PSEUDONYM_KEY_ENV}")
     output = output.rstrip("/") or "/"
     if "://" not in output:
         output = os.path.abspath(output)
+    given_input = input_dir
     if input_dir is None:
-        input_dir = sample_input(output, recipe.section("source").get("sample_patients", 10), log)
-    input_root = os.path.abspath(input_dir)
-    cases, rejected = discover_cases(
-        input_root, pseudonym_key=key, layout=layout or recipe.section("source").get("layout", "auto")
-    )
-    if not cases and not rejected:
-        raise ConfigError(f"--input: {input_dir}: found no case folders (empty input)")
-    fractions = recipe.section("splits")["fractions"]
-    units = plan_units(cases, fractions, seed, recipe.section("shards")["cases_per_shard"])
+        input_dir = kind.sample_input(output, recipe, log)
+    root = os.path.abspath(input_dir) if "://" not in input_dir else input_dir
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"--input: {input_dir} is not a directory")
+    cases, rejects, stats = kind.discover(
+        root, recipe, pkey, seed, layout or recipe.section("source").get("layout", "auto"), prep)
+    if not cases and not rejects:
+        raise ConfigError(f"--input: {input_dir}: found no {kind.case_noun} (empty input)")
+    planned = kind.plan(cases, recipe, seed, prep)
+    sdigest = kind.settings_digest(prep["settings"])
+    fps = {kind.case_key(c): case_fingerprint(
+        kind.name, kind.version, sdigest, kind.case_json(c),
+        stat_identity(root, kind.case_paths(c)))[:32] for c in cases}
     fp = fingerprint(recipe, seed)
-    ctx = BuildContext(
-        output=output,
-        input_root=input_root,
-        settings=settings,
-        families=families,
-        pools=pools,
-        seed=seed,
-        qa_settings=dict(recipe.section("questions").get("settings") or {}),
-        fingerprint=fp,
-    )
-    planned_dead = [
-        {"case_key": keys.pseudonym(key, "case", r.source), "source": r.source,
-         "stage": "discover", "reason": r.reason, "error_type": "CaseError", "message": r.message}
-        for r in rejected
-    ]
-    log(
-        f"radvqa build: recipe {recipe.name}, {len(cases)} cases "
-        f"({len(rejected)} rejected at discovery) in {len(units)} units -> {output}"
-    )
-    from apache_beam.io.filesystems import FileSystems
-
-    for u in units:  # every planned unit runs now: stale receipts must not count as done
-        path = shards.join(output, f"{UNITS_DIR}/{u.unit_id}.json")
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
-    run_pipeline(units, ctx, planned_dead, beam_args, log)
-    manifest = finalise(output, recipe, fp, seed, units, rejected, is_default)
+    qa_settings = dict(recipe.section("questions").get("settings") or {})
+    qa_fp = keys.digest(fp, kind.name, json.dumps(sorted(fps.items())),
+                        json.dumps([(s, i, n, [kind.case_key(c) for c in m]) for s, i, n, m in planned]))
+    shards.write_json(output, state.BUILD_FILE, {
+        "recipe": recipe_name if not os.path.exists(recipe_name) else os.path.abspath(recipe_name),
+        "input": os.path.abspath(given_input) if given_input and "://" not in given_input else given_input,
+        "seed": seed, "layout": layout})
+    _clean_temporaries(output, kind)
+    log(f"radvqa build: recipe {recipe.name} ({kind.name}), {len(cases)} cases "
+        f"({len(rejects)} rejected at discovery) in {len(planned)} units -> {output}")
+    ctx = None
+    attempts = 0
+    run_id = uuid.uuid4().hex
+    for attempt in range(retries + 1):
+        attempts = attempt + 1
+        refs, units, n_stored = _plan_units(output, kind, planned, fps, qa_fp)
+        extras = kind.before_run(output, recipe, seed, units, cases, prep) | {"run_id": run_id}
+        ctx = BuildContext(kind=kind.name, output=output, input_root=root,
+                           settings=prep["settings"], families=prep["families"],
+                           pools=prep["pools"], seed=seed, qa_settings=qa_settings,
+                           qa_fp=qa_fp, extras=extras)
+        _log_plan(refs, n_stored, log)
+        try:
+            run_pipeline(refs, ctx, beam_args, log)
+            break
+        except BuildFailed as err:
+            if attempt >= retries:
+                raise BuildFailed(
+                    f"{err}; the pipeline failed {attempts} time(s). Rerun the same command to "
+                    "resume: finished units are kept.") from err
+            log(f"attempt {attempts} failed ({err}); retrying — finished units are kept")
+    manifest = finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx,
+                        is_default, attempts)
+    state.delete_tree(output, PLAN_DIR)
+    state.delete_tree(output, state.PREVIOUS_DIR)
     seconds = time.monotonic() - started
     discover = manifest["counts"]["discover"]["inputs"]
-    rejected_cases = sum(
-        manifest["counts"][s]["rejected"] for s in ("discover", "read", "extract")
-    )
+    rejected_cases = sum(manifest["counts"][s]["rejected"] for s in ("discover", "read", "extract")
+                         if s in manifest["counts"])
     fraction = rejected_cases / discover if discover else 0.0
     exit_code = 0 if fraction <= max_reject_fraction else 3
-    shards.write_json(output, LAST_RUN, {"seconds": round(seconds, 3), "units": len(units)})
-    result = BuildResult(output, manifest, seconds, fraction, exit_code)
+    audit_result = manifest.get("audit", {})
+    if audit_result.get("on") == "fail" and audit_result.get("verdict") == "fail":
+        exit_code = exit_code or 4
+    shards.write_json(output, LAST_RUN, {"seconds": round(seconds, 3), "units": len(refs),
+                                         "attempts": attempts})
     log(summary_table(manifest, seconds, fraction, max_reject_fraction))
-    return result
+    return BuildResult(output, manifest, seconds, fraction, exit_code)
 
 
-def run_pipeline(units, ctx, planned_dead, beam_args, log) -> None:
-    import apache_beam as beam
+def regenerate(output: str, *, recipe: str | None = None, input_dir: str | None = None,
+               beam_args: Sequence[str] = (), max_reject_fraction: float = 0.05, log=None
+               ) -> BuildResult:
+    """Rebuild the corpus in ``output`` with its last build's arguments (after editing
+    templates, pools or split settings): stored pixels are reused, questions re-rendered."""
+    args = state.read_build_args(output)
+    return build(recipe or args["recipe"], output, input_dir=input_dir or args["input"],
+                 seed=args.get("seed"), layout=args.get("layout"), beam_args=beam_args,
+                 max_reject_fraction=max_reject_fraction, log=log)
 
-    from pipeline.transforms import BuildCorpus
 
-    options = beam_options(beam_args)
-    with Progress(ctx.output, [(u.unit_id, len(u.cases)) for u in units], log):
-        pipeline = beam.Pipeline(options=options)
-        _ = pipeline | "BuildCorpus" >> BuildCorpus(units, ctx, planned_dead)
-        pipeline.run().wait_until_finish()
+def _kind(recipe: Recipe) -> str:
+    try:
+        return kind_name(recipe.section("source").get("kind"))
+    except ValueError as err:
+        raise ConfigError(f"{recipe.path}: {err}") from err
 
 
-def collect_reports(output: str, unit_ids) -> list[dict]:
+def _clean_temporaries(output: str, kind) -> None:
+    """Remove temporary files a killed worker may have left (never under a final name)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    folders = [*kind.configs, UNITS_DIR, PLAN_DIR, "dead_letters", DEAD_UNITS_DIR, "report", ""]
+    for folder in folders:
+        pattern = f"{folder}/*{shards.TMP_MARK}*" if folder else f"*{shards.TMP_MARK}*"
+        found = FileSystems.match([shards.join(output, pattern)])[0].metadata_list
+        if found:
+            FileSystems.delete([m.path for m in found])
+
+
+def _plan_units(output: str, kind, planned, fps, qa_fp: str):
+    """Refs (with proposed modes) and plan files for every unit; sources that another unit
+    would overwrite are moved aside first."""
+    receipts = state.load_receipts(output)
+    index = state.StoredIndex.load(output, receipts, kind.stored_configs)
+    units = []
+    for split, i, n, members in planned:
+        ref = UnitRef(split, i, n, len(members))
+        cases = []
+        for c in members:
+            key = kind.case_key(c)
+            s = index.lookup(key, fps[key])
+            cases.append(PlannedCase(c, fps[key], dict(s.locations) if s else None,
+                                     s.content if s else ""))
+        units.append([ref, cases])
+    # Which files does this run write?  Stored rows read from one of them by another unit
+    # must be moved aside before the run.
+    writes = {ref.shard(c): ref.unit_id for ref, _ in units
+              for c in (*kind.pixel_configs, *kind.text_configs)}
+    hazards = set()
+    for ref, cases in units:
+        for pc in cases:
+            for path, _ in (pc.stored or {}).values():
+                if writes.get(path, ref.unit_id) != ref.unit_id:
+                    hazards.add(path)
+    if hazards:
+        entries = []
+        for name, receipt in receipts.items():
+            got = state.sources_of(receipt, kind.stored_configs) if name != "benchmark.json" else None
+            if got:
+                entries.append({"cases": got[0], "locations": got[1]})
+        moved = state.move_aside(output, hazards, entries)
+        for _, cases in units:
+            for n, pc in enumerate(cases):
+                if pc.stored and any(p in moved for p, _ in pc.stored.values()):
+                    cases[n] = PlannedCase(pc.case, pc.fp, {
+                        c: (moved.get(p, p), sha) for c, (p, sha) in pc.stored.items()}, pc.content)
+    refs = []
+    n_stored = sum(1 for _, cases in units for pc in cases if pc.stored)
+    for ref, cases in units:
+        mode = _propose(ref, cases, receipts, kind, qa_fp)
+        ref = UnitRef(ref.split, ref.index, ref.count, ref.n_cases, mode)
+        write_plan(output, ref, cases, kind)
+        if mode != "done":
+            for rel in (ref.receipt,):
+                if shards.exists(output, rel):
+                    from apache_beam.io.filesystems import FileSystems
+
+                    FileSystems.delete([shards.join(output, rel)])
+        refs.append(ref)
+    return refs, [(r, [pc.case for pc in cases]) for r, (_, cases) in zip(refs, units)], n_stored
+
+
+def _propose(ref: UnitRef, cases, receipts, kind, qa_fp: str) -> str:
+    """``done`` / ``keep`` / ``build`` from the unit's last receipts (workers verify)."""
+    from pipeline.units import plan_digest
+
+    digest = plan_digest(cases, kind)
+    full = receipts.get(f"{ref.unit_id}.json")
+    if full and full.get("planned") == digest and full.get("qa_fp") == qa_fp:
+        return "done"  # the worker verifies every file
+    ext = receipts.get(f"{ref.unit_id}.extract.json")
+    if kind.pixel_configs and ext and ext.get("planned") == digest:
+        return "keep"
+    return "build"
+
+
+def _log_plan(refs, n_stored: int, log) -> None:
+    modes = Counter(r.mode for r in refs)
+    log(f"  units: {modes.get('build', 0)} to build, {modes.get('keep', 0)} with stored pixels, "
+        f"{modes.get('done', 0)} unchanged; {n_stored} case(s) stored by an earlier build")
+
+
+# ---------------------------------------------------------------------------- finalise
+
+
+def collect_receipts(output: str, refs: Sequence[UnitRef]) -> list[dict]:
     """Every planned unit's receipt; a missing one is a failed build."""
-    reports = []
-    for unit_id in unit_ids:
-        rel = f"{UNITS_DIR}/{unit_id}.json"
-        if not shards.exists(output, rel):
-            raise RuntimeError(f"unit {unit_id} finished without its receipt {rel}")
-        reports.append(json.loads(shards.read_bytes(output, rel)))
-    return reports
+    out = []
+    for ref in refs:
+        if not shards.exists(output, ref.receipt):
+            raise BuildFailed(f"unit {ref.unit_id} finished without its receipt {ref.receipt}")
+        out.append(json.loads(shards.read_bytes(output, ref.receipt)))
+    return out
 
 
-def remove_stale(output: str, configs, planned) -> None:
-    """Delete shards of an earlier build (other shard counts) that this build did not write."""
+def _remove_stale(output: str, configs, keep: set[str]) -> None:
+    """Delete shards of an earlier build (other splits or shard counts) not in this one."""
     from apache_beam.io.filesystems import FileSystems
 
     for config in configs:
         match = FileSystems.match([shards.join(output, f"{config}/*.parquet")])[0]
-        stale = [m.path for m in match.metadata_list if _rel(output, m.path) not in planned]
+        stale = [m.path for m in match.metadata_list if state.rel_path(output, m.path) not in keep]
         if stale:
             FileSystems.delete(stale)
 
 
-def dead_letters_entry(output: str) -> dict:
-    dead = shards.read_bytes(output, "dead_letters/dead_letters.jsonl")
-    return {"sha256": hashlib.sha256(dead).hexdigest(), "bytes": len(dead), "rows": dead.count(b"\n")}
+def _remove_stale_state(output: str, refs: Sequence[UnitRef]) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    live = {r.unit_id for r in refs}
+    for folder in (UNITS_DIR, DEAD_UNITS_DIR):
+        for m in FileSystems.match([shards.join(output, f"{folder}/*")])[0].metadata_list:
+            name = m.path.rsplit("/", 1)[1]
+            unit = name.split(".", 1)[0]
+            if unit not in live and unit != "benchmark":
+                FileSystems.delete([m.path])
 
 
-def finalise(output, recipe, fp, seed, units, rejected, default_key) -> dict:
-    """Collect unit receipts; remove stale shards; write the card, then the manifest."""
-    reports = collect_reports(output, [u.unit_id for u in units])
-    files: dict[str, dict] = {}
-    for r in reports:
-        files.update(r["files"])
-    remove_stale(output, CONFIGS, set(files))
-    files["dead_letters/dead_letters.jsonl"] = dead_letters_entry(output)
-    counts = aggregate_counts(reports, rejected)
-    split_rows: dict[str, Counter] = {"images": Counter(), "structures": Counter(), "qa": Counter()}
-    tasks: Counter = Counter()
-    unknown: set[str] = set()
-    inputs = {}
-    split_cases: dict[str, Counter] = {}
-    for r in reports:
-        for config, n in (("images", r["rows"]["images"]), ("structures", r["rows"]["structures"]),
-                          ("qa", r["rows"]["qa"])):
-            split_rows[config][r["split"]] += n
-        split_cases.setdefault(r["split"], Counter())["cases"] += r["rows"]["cases"]
-        tasks.update(r["tasks"])
-        unknown.update(r["labels_unknown_to_pools"])
-        inputs.update(r["inputs"])
-    card = render_card(
-        recipe=recipe.data, fingerprint=fp, split_rows=split_rows, files=files,
-        counts=counts, tasks=tasks, default_key=default_key,
-    )
-    receipt = shards.write_bytes(output, CARD, card.encode("utf-8"))
-    files[CARD] = receipt.as_dict()
-    manifest = {
-        "radvqa_manifest": 1,
-        "recipe": {"name": recipe.name, "content": recipe.data},
-        "seed": seed,
-        "fingerprint": fp,
-        "versions": versions(),
-        "inputs": {
-            "cases": len(inputs),
-            "fingerprint": keys.digest(*(f"{k}:{v}" for k, v in sorted(inputs.items()))),
-        },
-        "splits": {
-            s: {"cases": split_cases.get(s, Counter())["cases"], "images": split_rows["images"][s],
-                "qa": split_rows["qa"][s], "shards": sum(1 for u in units if u.split == s)}
-            for s in recipe.section("splits")["fractions"]
-        },
-        "counts": counts,
-        "tasks": dict(sorted(tasks.items())),
-        "labels_unknown_to_pools": sorted(unknown),
-        "files": dict(sorted(files.items())),
-    }
-    shards.write_json(output, MANIFEST, manifest)
-    return manifest
+def merge_dead_letters(output: str, refs: Sequence[UnitRef], rejects: list[dict]) -> dict:
+    """``dead_letters/dead_letters.jsonl`` from discovery rejects and every unit's parts;
+    returns the file entries of the merged file and of the parts (all operator-only)."""
+    letters = list(rejects)
+    files = {}
+    for ref in refs:
+        for stage in ("extract", "qa"):
+            rel = ref.dead_part(stage)
+            if shards.exists(output, rel):
+                data = shards.read_bytes(output, rel)
+                part = [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
+                letters += part
+                files[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                              "rows": len(part)}
+    receipt = shards.write_bytes(output, DEAD_LETTERS_FILE, jsonl(sort_dead(letters)))
+    files[DEAD_LETTERS_FILE] = receipt.as_dict() | {"rows": len(letters)}
+    return files
 
 
-def _rel(output: str, path: str) -> str:
-    return path[len(output):].lstrip("/")
-
-
-def aggregate_counts(reports: list[dict], rejected) -> dict:
-    """Per stage ``{inputs, accepted, rejected, rejected_by_reason}``, summed over units."""
-    discover_reasons = Counter(r.reason for r in rejected)
-    n_cases = sum(r["counts"]["read"]["inputs"] for r in reports)
-    counts = {
-        "discover": {
-            "inputs": n_cases + len(rejected),
-            "accepted": n_cases,
-            "rejected": len(rejected),
-            "rejected_by_reason": dict(sorted(discover_reasons.items())),
-        }
-    }
+def aggregate_counts(receipts: list[dict], rejects: list[dict], stats: dict) -> dict:
+    """Per stage ``{inputs, accepted, rejected, rejected_by_reason}``; checks the balance."""
+    n_cases = sum(r["counts"]["read"]["inputs"] for r in receipts)
+    counts = {"discover": {
+        "inputs": n_cases + len(rejects), "accepted": n_cases, "rejected": len(rejects),
+        "rejected_by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
+    }}
+    excluded = {k: v for k, v in sorted(stats.items()) if k.startswith("excluded")}
+    if excluded:
+        counts["discover"]["excluded_by_recipe"] = excluded
     for stage in ("read", "extract", "qa"):
         total = {"inputs": 0, "accepted": 0, "rejected": 0}
         reasons: Counter = Counter()
-        for r in reports:
+        for r in receipts:
             c = r["counts"][stage]
             for k in total:
                 total[k] += c[k]
@@ -368,10 +499,102 @@ def aggregate_counts(reports: list[dict], rejected) -> dict:
     return counts
 
 
+def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, default_key,
+             attempts) -> dict:
+    """Collect receipts; merge dead letters; audit; write the card, report and manifest."""
+    from pipeline.audit import audit, merge
+
+    receipts = collect_receipts(output, refs)
+    finish = None
+    if kind.finish is not None and ctx.extras.get("benchmark"):
+        from pipeline.tree_units import BENCHMARK_RECEIPT
+
+        finish = json.loads(shards.read_bytes(output, BENCHMARK_RECEIPT))
+    files: dict[str, dict] = {}
+    for r in receipts:
+        files.update(r["files"])
+    if finish:
+        files.update(finish["files"])
+    _remove_stale(output, kind.configs, set(files))
+    _remove_stale_state(output, refs)
+    files.update(merge_dead_letters(output, refs, rejects))
+    counts = aggregate_counts(receipts, rejects, stats)
+    split_rows: dict[str, Counter] = {c: Counter() for c in kind.configs}
+    split_cases: dict[str, Counter] = {}
+    tasks: Counter = Counter()
+    unknown: set[str] = set()
+    for r in receipts:
+        for rel, info in r["files"].items():
+            split_rows[rel.split("/", 1)[0]][r["split"]] += info["rows"] or 0
+        c = split_cases.setdefault(r["split"], Counter())
+        c["cases"] += r["rows"]["cases"]
+        c["images"] += r["rows"].get("images", 0)
+        c["qa"] += r["rows"].get("qa", 0)
+        tasks.update(r["tasks"])
+        unknown.update(r.get("labels_unknown_to_pools", []))
+    if finish:
+        split_rows["benchmark"]["test"] = finish["rows"]["benchmark"]
+    audit_result = audit(merge([r["audit"] for r in receipts] + ([finish["audit"]] if finish else [])),
+                         recipe.section("audit"))
+    extras = dict(ctx.extras) | {"finish": finish,
+                                 "pools_added": list(getattr(prep["pools"], "added", ()) or ())}
+    kind_fields, card_lines, _ = kind.manifest_extras(output, receipts, extras)
+    card = render_card(
+        recipe=recipe.data, fingerprint=fp, split_rows=split_rows, files=files, counts=counts,
+        tasks=tasks, default_key=default_key, config_names=kind.configs, extra=card_lines,
+        schemas=kind.schemas, kind=kind.name, audit=audit_result)
+    files[CARD] = shards.write_bytes(output, CARD, card.encode("utf-8")).as_dict()
+    inputs = {k: v[1] for r in receipts for k, v in r["cases"].items()}
+    manifest = {
+        "radvqa_manifest": 2,
+        "kind": kind.name,
+        "recipe": {"name": recipe.name, "content": recipe.data},
+        "seed": seed,
+        "fingerprint": fp,
+        "versions": versions(),
+        "inputs": {"cases": len(inputs),
+                   "fingerprint": keys.digest(*(f"{k}:{v}" for k, v in sorted(inputs.items())))},
+        "splits": {
+            s: {"cases": split_cases.get(s, Counter())["cases"],
+                "images": split_cases.get(s, Counter())["images"],
+                "qa": split_cases.get(s, Counter())["qa"],
+                "shards": sum(1 for r in refs if r.split == s)}
+            for s in recipe.section("splits")["fractions"]
+        },
+        "counts": counts,
+        "tasks": dict(sorted(tasks.items())),
+        "labels_unknown_to_pools": sorted(unknown) + sorted(
+            "/".join(t) for t in extras["pools_added"]),
+        "audit": audit_result,
+        **kind_fields,
+        "build": _build_section(receipts, attempts, ctx.extras.get("run_id")),
+        "files": dict(sorted(files.items())),
+    }
+    shards.write_json(output, MANIFEST, manifest)
+    return manifest
+
+
+def _build_section(receipts: list[dict], attempts: int, run_id: str | None) -> dict:
+    """How this build ran: what it reused.  The one part of the manifest that differs
+    between a fresh build and an incremental one (every other byte is the same)."""
+    kept, done, stored, extracted = [], [], 0, 0
+    for r in receipts:
+        if r.get("run") != run_id:
+            done.append(r["unit"])
+            continue
+        if r.get("kept"):
+            kept.append(r["unit"])
+        stored += r["reuse"]["stored_cases"]
+        extracted += r["reuse"]["extracted_cases"]
+    return {"units_skipped": sorted(done), "units_kept_pixels": sorted(kept),
+            "cases_copied_from_stored_shards": stored, "cases_extracted": extracted,
+            "attempts": attempts}
+
+
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"radvqa": __version__, "schema": SCHEMA_VERSION, "extract": EXTRACT_VERSION}
+    out = {"radvqa": __version__, "schema": SCHEMA_VERSION, "qa": QA_VERSION}
     for dist in ("apache-beam", "numpy", "pyarrow", "pydicom", "SimpleITK", "jinja2"):
         try:
             out[dist] = version(dist)
@@ -387,22 +610,29 @@ def summary_table(manifest: dict, seconds: float, fraction: float, limit: float)
         rows.append(f"{stage:<10} {c['inputs']:>6}  {c['accepted']:>8}  {c['rejected']:>8}  {reasons}")
     rows.append("")
     for split, s in manifest["splits"].items():
-        rows.append(
-            f"{split:<10} {s['cases']:>4} cases  {s['images']:>6} images  {s['qa']:>7} QA  "
-            f"{s['shards']} shard(s)"
-        )
+        rows.append(f"{split:<10} {s['cases']:>6} cases  {s['images']:>7} images  {s['qa']:>8} QA  "
+                    f"{s['shards']} shard(s)")
     size = sum(f["bytes"] for f in manifest["files"].values())
     rows.append("")
-    rows.append(
-        f"tasks: {', '.join(f'{k}={v}' for k, v in manifest['tasks'].items()) or '-'}"
-    )
-    rows.append(
-        f"{len(manifest['files'])} files, {size / 1e6:.1f} MB, {seconds:.1f} s; rejected "
-        f"{fraction:.1%} of cases (limit {limit:.0%})"
-    )
+    rows.append(f"tasks: {', '.join(f'{k}={v}' for k, v in manifest['tasks'].items()) or '-'}")
+    b = manifest["build"]
+    rows.append(f"reused: {len(b['units_skipped'])} unit(s) skipped, {len(b['units_kept_pixels'])} "
+                f"kept their pixels, {b['cases_copied_from_stored_shards']} case(s) copied from "
+                f"stored shards, {b['cases_extracted']} extracted")
+    rows.append(f"{len(manifest['files'])} files, {size / 1e6:.1f} MB, {seconds:.1f} s; rejected "
+                f"{fraction:.1%} of cases (limit {limit:.0%})")
     if manifest["labels_unknown_to_pools"]:
-        rows.append(
-            "labels unknown to the pools (distractors drawn from their own label table): "
-            + ", ".join(manifest["labels_unknown_to_pools"])
-        )
+        rows.append("labels unknown to the pools (distractors drawn from their own label table): "
+                    + ", ".join(manifest["labels_unknown_to_pools"][:20]))
+    if "answers" in manifest:
+        from pipeline.volume_units import answer_lines
+
+        rows += answer_lines(manifest["answers"])
+    if "benchmark" in manifest:
+        bench = manifest["benchmark"]
+        rows.append(f"benchmark: {bench['images']} images, {bench['rows']} QA {bench['composition']}")
+    if "audit" in manifest:
+        from pipeline.audit import summary_lines
+
+        rows += [""] + summary_lines(manifest["audit"])
     return "\n".join(rows)

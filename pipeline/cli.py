@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from pipeline.errors import ConfigError
+from pipeline.errors import BuildFailed, ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +29,16 @@ def _parser() -> argparse.ArgumentParser:
         help="exit with status 3 when more cases than this are rejected (default 0.05)",
     )
 
+    b.add_argument("--retries", type=int, default=1,
+                   help="rerun the pipeline this many times after a failure (finished units are kept)")
+
+    g = sub.add_parser("regenerate", help="rebuild a corpus after editing templates, pools or "
+                                          "splits: stored pixels reused, questions re-rendered")
+    g.add_argument("--output", required=True, help="the corpus folder of an earlier build")
+    g.add_argument("--recipe", help="recipe (default: the one of the last build)")
+    g.add_argument("--input", help="input folder (default: the one of the last build)")
+    g.add_argument("--max-reject-fraction", type=float, default=0.05)
+
     s = sub.add_parser("sample", help="write the built-in synthetic sample inputs")
     s.add_argument("--output", required=True)
     s.add_argument("--patients", type=int, default=10)
@@ -36,13 +46,16 @@ def _parser() -> argparse.ArgumentParser:
 
     lint = sub.add_parser("lint", help="validate a recipe's templates and pools, render every variant")
     lint.add_argument("--recipe", default="sample")
+    _export_parser(sub)
+    r = sub.add_parser("report", help="rebuild DIR/report/index.html from a built corpus alone")
+    r.add_argument("corpus", metavar="DIR", help="a corpus written by radvqa build")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.verb != "build":
+    if extra and args.verb not in ("build", "regenerate"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     # Beam's GCP extras log this on import even though nothing here uses BigQuery.
@@ -54,7 +67,14 @@ def main(argv: list[str] | None = None) -> int:
             result = build(
                 args.recipe, args.output, input_dir=args.input, seed=args.seed,
                 layout=args.layout, beam_args=extra, max_reject_fraction=args.max_reject_fraction,
+                retries=args.retries,
             )
+            return result.exit_code
+        if args.verb == "regenerate":
+            from pipeline.build import regenerate
+
+            result = regenerate(args.output, recipe=args.recipe, input_dir=args.input,
+                                beam_args=extra, max_reject_fraction=args.max_reject_fraction)
             return result.exit_code
         if args.verb == "sample":
             from pipeline.sample import write_sample
@@ -64,22 +84,34 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.verb == "lint":
             return _lint(args.recipe)
+        if args.verb == "export":
+            return _export(args)
+        if args.verb == "report":
+            return _report(args.corpus)
     except ConfigError as err:
         print(f"radvqa {args.verb}: error: {err}", file=sys.stderr)
         return 2
     except FileNotFoundError as err:
         print(f"radvqa {args.verb}: error: {err}", file=sys.stderr)
         return 2
+    except BuildFailed as err:
+        print(f"radvqa {args.verb}: error: {err}", file=sys.stderr)
+        return 1
     return 1
 
 
 def _lint(recipe_name: str) -> int:
-    from pipeline.build import load_questions
+    from pipeline.kinds import get_kind, kind_name
     from pipeline.recipes import load_recipe
     from pipeline.templates import lint
 
     recipe = load_recipe(recipe_name)
-    families, pools = load_questions(recipe)
+    try:
+        kind = get_kind(kind_name(recipe.section("source").get("kind")))
+    except ValueError as err:
+        raise ConfigError(f"{recipe.path}: {err}") from err
+    prep = kind.prepare(recipe)
+    families, pools = prep["families"], prep["pools"]
     problems = lint(families, pools)
     for problem in problems:
         print(problem)
@@ -89,6 +121,55 @@ def _lint(recipe_name: str) -> int:
         f"{len(problems)} problem(s)"
     )
     return 1 if problems else 0
+
+
+def _export_parser(sub) -> None:
+    from pipeline.exports import BOX_STYLES, DEFAULT_BOXES, FORMATS
+
+    e = sub.add_parser(
+        "export", help="convert a built corpus to llava / sharegpt (LLaMA-Factory) / vlmevalkit files",
+        description="Convert a built corpus (read shard by shard; dead letters are never read).")
+    e.add_argument("corpus", metavar="CORPUS_DIR", help="a corpus written by radvqa build")
+    e.add_argument("--format", required=True, choices=FORMATS,
+                   help="llava: JSON + images/; sharegpt: LLaMA-Factory JSON + dataset_info.json + "
+                        "images/; vlmevalkit: MCQ / Y/N / VQA TSVs of the test set (2D corpora only)")
+    e.add_argument("--output", required=True, help="export folder (new or empty)")
+    e.add_argument("--splits", help="comma-separated splits (default: all for llava/sharegpt, "
+                                    "test for vlmevalkit)")
+    e.add_argument("--boxes", choices=list(BOX_STYLES),
+                   help="box convention: pixel (as stored), qwen2.5-vl (absolute pixels, "
+                        '{"bbox_2d": [...]}), internvl (0-1000, <box>[[...]]</box>); default: '
+                        + ", ".join(f"{k} for {f}" for f, k in DEFAULT_BOXES.items()))
+    e.add_argument("--captions", action="store_true",
+                   help="tree corpora: also export the alignment captions (llava/sharegpt)")
+    e.add_argument("--name", help="file prefix (default: radvqa_<recipe name>)")
+
+
+def _export(args) -> int:
+    from pipeline.exports import ExportError, export_corpus
+
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
+    try:
+        result = export_corpus(
+            args.corpus, args.output, args.format, splits=splits, boxes=args.boxes,
+            captions=args.captions, name=args.name,
+            log=lambda m: print(m, file=sys.stderr, flush=True))
+    except ExportError as err:
+        print(f"radvqa export: error: {err}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0
+
+
+def _report(corpus: str) -> int:
+    import time
+
+    from pipeline.report import write_report
+
+    started = time.monotonic()
+    path = write_report(corpus, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"radvqa report: wrote {path} in {time.monotonic() - started:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":

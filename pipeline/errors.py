@@ -16,6 +16,10 @@ class ConfigError(ValueError):
     """Invalid recipe, template family or distractor pool."""
 
 
+class BuildFailed(RuntimeError):
+    """The pipeline failed on every attempt (a worker died, or an error outside cases)."""
+
+
 class CaseError(Exception):
     """A case that cannot be turned into corpus rows."""
 

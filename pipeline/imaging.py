@@ -49,3 +49,32 @@ def png_size(data: bytes) -> tuple[int, int]:
     if data[:8] != _SIGNATURE or data[12:16] != b"IHDR":
         raise ValueError("not a PNG file (bad signature or missing IHDR)")
     return struct.unpack(">II", data[16:24])
+
+
+#: PNG chunks kept when images pass through: critical chunks and ancillary chunks that
+#: change how pixels display but carry no free text.  Text (tEXt, zTXt, iTXt), time
+#: (tIME), EXIF (eXIf), ICC profiles (named by free text), and private chunks are dropped.
+PNG_KEEP = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB",
+                      b"sBIT", b"bKGD", b"pHYs", b"hIST"})
+
+
+def strip_png_metadata(data: bytes) -> bytes:
+    """``data`` without the chunks outside :data:`PNG_KEEP`; pixel data (IDAT) untouched.
+
+    Returns the very same bytes when there is nothing to drop.  Expects a PNG already
+    validated (signature, chunk lengths and CRCs — see ``radimagenet.check_png``).
+    """
+    if data[:8] != _SIGNATURE:
+        raise ValueError("not a PNG file (bad signature)")
+    pos, parts, dropped = 8, [_SIGNATURE], False
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 12 + length
+        if kind in PNG_KEEP:
+            parts.append(data[pos:end])
+        else:
+            dropped = True
+        pos = end
+        if kind == b"IEND":
+            break
+    return b"".join(parts) if dropped else data

@@ -75,6 +75,7 @@ def gen_structure_identification(image, family, pools, gen, settings):
     target = _pick(gen, _eligible(image, settings))
     if target is None:
         return None
+    box = [int(target[k]) for k in ("x_min", "y_min", "x_max", "y_max")]
     ctx = _base(image) | {"box": _box_text(target)}
     if family.question_type == "multiple_choice":
         label = target["label"]
@@ -83,8 +84,8 @@ def gen_structure_identification(image, family, pools, gen, settings):
         if len(distractors) < 3:
             return None
         return {"context": ctx, "correct": pools.display(label),
-                "distractors": [pools.display(d) for d in distractors]}
-    return {"context": ctx, "answer": pools.display(target["label"])}
+                "distractors": [pools.display(d) for d in distractors], "question_box": box}
+    return {"context": ctx, "answer": pools.display(target["label"]), "question_box": box}
 
 
 def gen_existence(image, family, pools, gen, settings):
@@ -304,6 +305,9 @@ def gen_rin_caption(image, family, pools, gen, settings):
     return {"context": ctx, "answer": f"{ctx['modality_long']} of the {ctx['region']} {tail}"}
 
 
+#: Generators whose closed questions carry ``balance`` marks (:mod:`pipeline.balance`).
+BALANCED_GENERATORS = frozenset({"existence3d"})
+
 GENERATORS = {
     "rin_anatomy_open": gen_rin_anatomy_open,
     "rin_anatomy_present": gen_rin_anatomy_present,
@@ -372,6 +376,7 @@ def generate_questions(
                 "answer": parts["answer"],
                 "answer_text": parts["answer_text"],
                 "answer_box": parts["answer_box"],
+                "question_box": item.get("question_box"),
                 "template_id": variant.id,
             }
             for extra in ("value", "unit", "tolerance", "subtask", "balance"):
@@ -382,8 +387,11 @@ def generate_questions(
     return rows
 
 
-def lint_records(pools) -> list[dict]:
-    """Synthetic image records that give every generator something to ask."""
+def lint_records(pools, generator: str | None = None) -> list[dict]:
+    """Synthetic records that give every generator something to ask: labelled-tree
+    images, volume facts (for the volume-level generators) or slice records."""
+    if generator in GENERATORS_3D:
+        return _volume_lint_records()
     if hasattr(pools, "modality_display"):  # labelled-tree pools
         out = []
         for m in sorted(pools.modalities):
@@ -418,4 +426,27 @@ def lint_records(pools) -> list[dict]:
     out.append({"image_id": keys.stable_key("lint", "user"), "case_key": "1" * 20, "split": "train",
                 "modality": "MR", "plane": "axial", "slice_index": 3, "width": 96, "height": 96,
                 "boxes": user, "case_labels": ["organ_a", "organ_b", "organ_c", "organ_d"]})
+    return out
+
+
+def _volume_lint_records() -> list[dict]:
+    findings = ["liver_tumor", "lung_nodules", "kidney_cyst_left", "kidney_cyst_right"]
+    structures = [{"label": "liver", "volume_ml": 1510.2, "mean_hu": 58.1},
+                  {"label": "spleen", "volume_ml": 210.7, "mean_hu": 44.9},
+                  {"label": "kidney_left", "volume_ml": 160.3, "mean_hu": 30.2}]
+    tumor = {"label": "liver_tumor", "organ": "liver", "voxels": 420, "volume_ml": 21.3,
+             "long_mm": 41.2, "short_mm": 30.5, "axial_k": 30, "max_diameter_mm": 44.0,
+             "mean_hu": 15.2, "organ_mean_hu": 60.1, "density": "hypodense"}
+    out = []
+    for order, lesions in ((1, []), (2, [tumor])):
+        volume_id = keys.stable_key("lint-volume", order)
+        present = sorted({les["label"] for les in lesions} & set(findings))
+        out.append({
+            "volume_id": volume_id, "image_id": volume_id, "case_key": "0" * 20,
+            "patient_key": "1" * 20, "split": "train", "study_order": order, "modality": "CT",
+            "spacing_mm": [0.8, 0.8, 2.0], "structures": structures, "lesions": lesions,
+            "findings": findings, "present": present,
+            "history_orders": [1] if order == 2 else [],
+            "history": {f: [0] for f in findings} if order == 2 else {f: [] for f in findings},
+        })
     return out

@@ -14,7 +14,6 @@ yes/no balancing of :func:`pipeline.volume_qa.balance_thresholds`.
 
 from __future__ import annotations
 
-from pipeline import keys
 from pipeline.volume_qa import HU_TOLERANCE, TEMPORAL_CLASSES, VOLUME_TOLERANCE, temporal_label
 
 APPEARANCES = ("hypodense", "hyperdense", "isodense", "calcified")
@@ -111,10 +110,9 @@ def gen_existence3d(record, family, pools, gen, settings):
     out = []
     for finding in record["findings"]:
         present = finding in record["present"]
-        u = keys.unit_interval(0, record["volume_id"], f"existence/{finding}")
         out.append({"context": _base(record) | {"finding": pools.display(finding)},
                     "answer": "yes" if present else "no", "subtask": finding,
-                    "balance": (finding, u)})
+                    "balance": (f"existence/{finding}", gen.random())})
     return out
 
 
@@ -126,7 +124,7 @@ def _temporal(record, family, pools, gen, settings, longitudinal: bool):
     for finding in record["findings"]:
         seq = [*record["history"][finding], int(finding in record["present"])]
         label = temporal_label(seq)
-        if label == "No abnormality" and keys.unit_interval(0, record["volume_id"], f"temporal/{finding}") >= rate:
+        if label == "No abnormality" and gen.random() >= rate:
             continue
         ctx = _base(record) | {"finding": pools.display(finding),
                                "sequence": "[" + ", ".join(str(x) for x in seq[:-1]) + "]",

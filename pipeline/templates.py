@@ -36,9 +36,11 @@ untrusted code, in three layers:
    tests, every arithmetic operator intercepted (``*``, ``**`` … raise
    ``SecurityError``), and every filter or ``+`` result capped at
    :data:`MAX_RENDERED_CHARS`.
-3. **Output bound**: rendering streams and stops as soon as the text exceeds
-   :data:`MAX_RENDERED_CHARS` — :class:`CaseError` ``template.too_long`` naming
-   file and variant; any other failure is ``template.render_error``.
+3. **Output bound**: a rendered text longer than :data:`MAX_RENDERED_CHARS` is
+   :class:`CaseError` ``template.too_long`` naming file and variant.  Without a
+   loop, output is bounded by the text and its capped expressions, so it is
+   checked after rendering; a variant with a loop is streamed and stopped at the
+   bound.  Any other failure is ``template.render_error``.
 
 :func:`lint` additionally renders each variant against contexts from the
 generators.
@@ -487,8 +489,13 @@ def environment():
 
 @functools.lru_cache(maxsize=4096)
 def _compiled(text: str, requires: tuple[str, ...]):
-    """Compile ``text`` after :func:`check_template`; nothing unchecked is ever compiled."""
-    return environment().from_string(check_template(text, requires))
+    """``(template, has_loop)`` for ``text`` after :func:`check_template`; nothing
+    unchecked is ever compiled."""
+    from jinja2 import nodes
+
+    tree = check_template(text, requires)
+    has_loop = next(tree.find_all(nodes.For), None) is not None
+    return environment().from_string(tree), has_loop
 
 
 def _compile_checked(text: str, requires: tuple[str, ...], where: str):
@@ -576,29 +583,35 @@ def render(family: TemplateFamily, variant: Variant, context: Mapping) -> str:
     Raises :class:`CaseError` (stage ``qa``): ``template.rejected`` for a variant
     that fails :func:`check_template` (only families built without
     :func:`load_family_file`), ``template.too_long`` once the text passes
-    :data:`MAX_RENDERED_CHARS` (rendering streams, so it stops there),
+    :data:`MAX_RENDERED_CHARS` (a variant with a loop is streamed and stops there),
     ``template.render_error`` for anything else it raises, ``template.empty``.
     """
     from jinja2 import TemplateError
 
     where = f"{family.source}: variant {variant.id}"
     try:
-        template = _compiled(variant.text, tuple(family.requires))
+        template, has_loop = _compiled(variant.text, tuple(family.requires))
     except (TemplateError, TemplateRejected) as err:
         raise CaseError("qa", "template.rejected", f"{where}: {err}") from err
-    pieces: list[str] = []
-    size = 0
     try:
-        for piece in template.generate(**context):
-            size += len(piece)
-            if size > MAX_RENDERED_CHARS:
+        if has_loop:  # the only construct whose output the whitelist does not bound: stream
+            pieces: list[str] = []
+            size = 0
+            for piece in template.generate(**context):
+                size += len(piece)
+                if size > MAX_RENDERED_CHARS:
+                    raise OutputLimitExceeded(f"rendered text passed {MAX_RENDERED_CHARS:,} characters")
+                pieces.append(piece)
+            text = "".join(pieces)
+        else:  # bounded by the text and its capped expressions: render (faster), then check
+            text = template.render(**context)
+            if len(text) > MAX_RENDERED_CHARS:
                 raise OutputLimitExceeded(f"rendered text passed {MAX_RENDERED_CHARS:,} characters")
-            pieces.append(piece)
     except OutputLimitExceeded as err:
         raise CaseError("qa", "template.too_long", f"{where}: {err}") from err
     except Exception as err:  # a template is user configuration: whatever it raises is its fault
         raise CaseError("qa", "template.render_error", f"{where}: {type(err).__name__}: {err}") from err
-    out = " ".join("".join(pieces).split())
+    out = " ".join(text.split())
     if not out:
         raise CaseError("qa", "template.empty", f"{where}: rendered empty")
     return out
@@ -613,11 +626,10 @@ def lint(families: Mapping[str, TemplateFamily], pools) -> list[str]:
     from pipeline.questions import DEFAULT_SETTINGS, GENERATORS, assemble, lint_records
 
     problems = []
-    records = lint_records(pools)
     for fam in families.values():
         contexts = []
         try:
-            for record in records:
+            for record in lint_records(pools, fam.generator):
                 gen = _lint_rng(fam, record)
                 made = GENERATORS[fam.generator](record, fam, pools, gen, DEFAULT_SETTINGS)
                 for item in made if isinstance(made, list) else [made] if made is not None else []:

@@ -151,35 +151,3 @@ def lesion_facts(
             facts["organ_mean_hu"] = round(organ_hu, 3)
             facts["density"] = density(mean_hu, organ_hu)
     return facts
-
-
-def balance_thresholds(candidates: Sequence[tuple[str, str, str, float]]) -> dict:
-    """Exact yes/no balancing of existence candidates, shard-independent.
-
-    ``candidates``: ``(split, finding, answer, u)`` with ``u`` a keyed uniform
-    number of the question.  For each (split, finding) the minority answer is
-    kept whole and the majority is kept where ``u`` is among its ``n_minority``
-    smallest: returns ``{(split, finding): (majority answer, threshold u)}``;
-    a question is dropped when it has the majority answer and ``u > threshold``.
-    """
-    groups: dict[tuple[str, str], dict[str, list[float]]] = {}
-    for split, finding, answer, u in candidates:
-        groups.setdefault((split, finding), {"yes": [], "no": []})[answer].append(u)
-    out = {}
-    for key, by in sorted(groups.items()):
-        n_yes, n_no = len(by["yes"]), len(by["no"])
-        if n_yes == n_no:
-            continue
-        major = "yes" if n_yes > n_no else "no"
-        n_min = min(n_yes, n_no)
-        ranked = sorted(by[major])
-        out[key] = (major, ranked[n_min - 1] if n_min else -1.0)
-    return out
-
-
-def keep_existence(split: str, finding: str, answer: str, u: float, thresholds: Mapping) -> bool:
-    rule = thresholds.get((split, finding))
-    if rule is None:
-        return True
-    major, threshold = rule
-    return answer != major or u <= threshold

@@ -1,34 +1,45 @@
-"""Work units for volume-level (3D-RAD-style) corpora.
+"""Corpus kind ``volumes`` (3D-RAD style): whole CT volumes → volume-level questions.
 
-A unit holds whole patients — every study of a patient lands in the same
-unit, so temporal questions see the patient's history without a shuffle.
-Extraction reads each case (the same readers as slice extraction), computes
-volume facts (:mod:`pipeline.volume_qa`), and writes the unit's ``volumes``
-shard: each volume resampled to the recipe's target shape, windowed to
-[0, 1], stored as ``.npy`` bytes with its original and target spacing and
-its 3D boxes on the target grid.  Only the small facts leave the worker.
+A unit holds whole patients — every study of a patient lands in the same unit, so the
+temporal questions see the patient's history without a shuffle.  Extraction reads each
+case (the same readers as slice extraction), computes its facts (:mod:`pipeline.volume_qa`:
+structure volumes and mean HU, lesion host organ, size, diameter and density) and writes
+the ``volumes`` shard: each volume resampled to the recipe's target shape, windowed to
+[0, 1] and stored as ``.npy`` bytes, with its original and target spacing, its 3D boxes on
+the target grid and its facts.  Questions are rendered from the facts (the rows without
+``npy``), existence balanced across the corpus.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline import keys, shards
+from pipeline import keys
+from pipeline.arrow import with_hf_metadata
 from pipeline.boxes import mask_box
-from pipeline.errors import CaseError
 from pipeline.extract import load_case
 from pipeline.slices import apply_window, ct_window, mr_window, resample
 from pipeline.sources import CaseSource
-from pipeline.volume_qa import keep_existence, lesion_facts
+from pipeline.units import CaseResult
+from pipeline.volume_qa import lesion_facts
 
-VOLUME_QA_VERSION = "1"
+VOLUME_QA_VERSION = "2"
 BOX3D = pa.struct([("label", pa.string()), ("box", pa.list_(pa.int32()))])
+STRUCTURE_FACTS = pa.struct([("label", pa.string()), ("volume_ml", pa.float64()),
+                             ("mean_hu", pa.float64())])
+LESION_FACTS = pa.struct([
+    ("label", pa.string()), ("organ", pa.string()), ("voxels", pa.int64()),
+    ("volume_ml", pa.float64()), ("long_mm", pa.float64()), ("short_mm", pa.float64()),
+    ("axial_k", pa.int32()), ("max_diameter_mm", pa.float64()), ("mean_hu", pa.float64()),
+    ("organ_mean_hu", pa.float64()), ("density", pa.string()),
+])
 VOLUME_FIELDS = [
     ("volume_id", pa.string()),
     ("case_key", pa.string()),
@@ -42,6 +53,8 @@ VOLUME_FIELDS = [
     ("target_spacing_mm", pa.list_(pa.float64())),
     ("window", pa.string()),
     ("boxes3d", pa.list_(BOX3D)),
+    ("structures", pa.list_(STRUCTURE_FACTS)),
+    ("lesions", pa.list_(LESION_FACTS)),
 ]
 QA3D_FIELDS = [
     ("qa_id", pa.string()),
@@ -61,53 +74,230 @@ QA3D_FIELDS = [
     ("answer_tolerance", pa.float64()),
     ("template_id", pa.string()),
 ]
+VOLUMES_SCHEMA = with_hf_metadata(VOLUME_FIELDS)
+QA3D_SCHEMA = with_hf_metadata(QA3D_FIELDS)
 
 
 @dataclass(frozen=True)
-class VolumeUnit:
-    split: str
-    index: int
-    count: int
-    cases: tuple[CaseSource, ...]  # sorted by (patient key, study order, case key)
+class VolumeSettings:
+    """How volumes are stored (the recipe's ``volumes`` section)."""
 
-    @property
-    def unit_id(self) -> str:
-        return f"{self.split}-{self.index:05d}-of-{self.count:05d}"
-
-    def shard(self, config: str) -> str:
-        return f"{config}/{keys.shard_name(self.split, self.index, self.count)}"
-
-
-@dataclass(frozen=True)
-class VolumeContext:
-    output: str
-    input_root: str
-    families: Mapping
-    pools: object
-    seed: int
-    findings: tuple[str, ...]
-    target_shape: tuple[int, int, int]  # stored array (k, j, i)
+    target_shape: tuple[int, int, int] = (32, 128, 128)  # stored array (k, j, i)
     window: str = "soft_tissue"
     dtype: str = "float16"
-    qa_settings: Mapping = field(default_factory=dict)
-    fingerprint: str = ""
     max_voxels: int = 64_000_000
 
+    def __post_init__(self) -> None:
+        if len(self.target_shape) != 3 or min(self.target_shape) < 1:
+            raise ValueError(f"volumes.target_shape: found {self.target_shape}, expected 3 sizes >= 1")
+        ct_window(self.window)
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"volumes.dtype: found {self.dtype!r}, expected float16 or float32")
 
-def plan_patient_units(cases, fractions, seed, patients_per_shard) -> list[VolumeUnit]:
-    """Split by patient; range-partition each split's patients; keep a patient's studies together."""
-    by_split: dict[str, dict[str, list[CaseSource]]] = {s: {} for s in fractions}
-    for case in cases:
-        split = keys.assign_split(case.patient_key, fractions, seed)
-        by_split[split].setdefault(case.patient_key, []).append(case)
-    units = []
-    for split, patients in by_split.items():
-        groups = keys.plan_shards(patients, patients_per_shard)
-        for index, group in enumerate(groups):
-            members = sorted((c for p in group for c in patients[p]),
-                             key=lambda c: (c.patient_key, c.study_order, c.key))
-            units.append(VolumeUnit(split, index, len(groups), tuple(members)))
-    return units
+
+class VolumesKind:
+    name = "volumes"
+    version = VOLUME_QA_VERSION
+    pixel_configs = ("volumes",)
+    payload_configs = ("volumes",)
+    stored_configs = ("volumes",)
+    text_configs = ("qa",)
+    configs = ("qa", "volumes")
+    key_column = {"volumes": "case_key"}
+    stored_columns: dict = {}
+    heavy_columns = frozenset({"npy"})
+    case_noun = "case folders"
+    balanced = True
+    schemas = {"volumes": VOLUMES_SCHEMA, "qa": QA3D_SCHEMA}
+
+    # -- launcher ----------------------------------------------------------------------
+    @staticmethod
+    def prepare(recipe) -> dict:
+        from pipeline.errors import ConfigError
+        from pipeline.kinds import load_questions
+
+        vol, source = recipe.section("volumes"), recipe.section("source")
+        try:
+            settings = VolumeSettings(
+                target_shape=tuple(int(x) for x in vol.get("target_shape", (32, 128, 128))),
+                window=vol.get("window", "soft_tissue"), dtype=vol.get("dtype", "float16"),
+                max_voxels=int(source.get("max_voxels", 64_000_000)))
+        except ValueError as err:
+            raise ConfigError(f"{recipe.path}: {err}") from err
+        families, pools = load_questions(recipe)
+        return {"settings": settings, "families": families, "pools": pools,
+                "per_shard": int(recipe.section("shards").get("patients_per_shard", 8))}
+
+    @staticmethod
+    def sample_input(output: str, recipe, log) -> str:
+        from pipeline import sample
+        from pipeline.kinds import phantom_input
+
+        n = int(recipe.section("source").get("sample_patients", 4))
+        return phantom_input(output, "sample-longitudinal", f"{sample.SAMPLE_VERSION}:{n}", log,
+                             lambda root: sample.write_longitudinal_sample(root, n_patients=n))
+
+    @staticmethod
+    def discover(root: str, recipe, key: str, seed: int, layout: str, prep: dict):
+        from pipeline.kinds import discover_volume_cases
+
+        cases, rejects = discover_volume_cases(root, key, layout)
+        return cases, rejects, {"patients": len({c.patient_key for c in cases})}
+
+    @staticmethod
+    def plan(cases, recipe, seed: int, prep: dict):
+        """By patient: all studies of a patient in one unit, ordered by study."""
+        from pipeline.units import plan_split_shards
+
+        fractions = recipe.section("splits")["fractions"]
+        return plan_split_shards(
+            cases, lambda c: keys.assign_split(c.patient_key, fractions, seed), list(fractions),
+            prep["per_shard"], group_of=lambda c: c.patient_key,
+            order=lambda c: (c.patient_key, c.study_order, c.key))
+
+    @staticmethod
+    def before_run(output, recipe, seed, units, cases, prep) -> dict:
+        return {}
+
+    finish = None
+
+    @staticmethod
+    def manifest_extras(output, receipts, extras) -> tuple[dict, list[str], list[str]]:
+        """The per-task answer distribution: in the manifest, the card and the summary."""
+        answers: dict[str, Counter] = {}
+        for r in receipts:
+            for task, dist in r.get("answers", {}).items():
+                answers.setdefault(task, Counter()).update(dist)
+        out = {t: dict(sorted(c.items())) for t, c in sorted(answers.items())}
+        card = ["", "## Answer distribution per task", "", "| task | answers |", "|---|---|"]
+        card += [f"| {t} | " + ", ".join(f"{a}: {n}" for a, n in d.items()) + " |"
+                 for t, d in out.items()]
+        card += ["", "`volumes` rows hold `.npy` bytes (`numpy.load(io.BytesIO(row['npy']))`), "
+                 "shape `[k, j, i]` (axial slices inferior to superior, each in display "
+                 "orientation), windowed to [0, 1]; `boxes3d` are `[k0, j0, i0, k1, j1, i1]` on "
+                 "that grid, maxima exclusive; `structures` and `lesions` hold the facts the "
+                 "answers were computed from (mL, mm, HU). Numeric answers carry `answer_value`, "
+                 "`answer_unit` and `answer_tolerance` for grading."]
+        return {"answers": out}, card, answer_lines(out)
+
+    # -- cases -------------------------------------------------------------------------
+    @staticmethod
+    def case_key(case: CaseSource) -> str:
+        return case.key
+
+    @staticmethod
+    def case_source(case: CaseSource) -> str:
+        return case.source
+
+    @staticmethod
+    def case_json(case: CaseSource) -> dict:
+        return dataclasses.asdict(case)
+
+    @staticmethod
+    def case_from_json(d: Mapping) -> CaseSource:
+        return CaseSource(**{**d, "files": tuple(tuple(f) for f in d["files"])})
+
+    @staticmethod
+    def case_paths(case: CaseSource) -> list[str]:
+        return [path for _, path in case.files]
+
+    @staticmethod
+    def settings_digest(settings: VolumeSettings) -> str:
+        return keys.digest(repr(settings))
+
+    @staticmethod
+    def extract_case(case: CaseSource, split: str, ctx) -> CaseResult:
+        s: VolumeSettings = ctx.settings
+        volume, masks, digest, notes = load_case(case, ctx.input_root, s.max_voxels)
+        facts = volume_facts(volume, masks, ctx.pools)
+        npy, target_spacing, boxes, window = volume_array(
+            volume.array, masks, volume.geometry.spacing, s.target_shape, s.window,
+            volume.modality, s.dtype)
+        row = {
+            "volume_id": keys.stable_key("volume", case.key), "case_key": case.key,
+            "patient_key": case.patient_key, "split": split, "study_order": case.study_order,
+            "modality": volume.modality, "npy": npy, "shape": list(s.target_shape),
+            "original_spacing_mm": [float(x) for x in reversed(volume.geometry.spacing)],
+            "target_spacing_mm": target_spacing, "window": window.name, "boxes3d": boxes,
+            **facts,
+        }
+        return CaseResult({"volumes": [row]}, digest, notes)
+
+    @staticmethod
+    def table(config: str, rows: list[dict]) -> pa.Table:
+        return pa.Table.from_pylist(rows, schema=VOLUMES_SCHEMA)
+
+    @staticmethod
+    def sort_table(config: str, table: pa.Table) -> pa.Table:
+        return table.sort_by([("volume_id", "ascending")])
+
+    @staticmethod
+    def records(payload: Mapping[str, pa.Table], split: str, ctx=None) -> list[dict]:
+        findings = tuple((ctx.qa_settings if ctx else {}).get("findings", ()))
+        records = [volume_record(row, findings) for row in payload["volumes"].to_pylist()]
+        records.sort(key=lambda r: (r["patient_key"], r["study_order"], r["case_key"]))
+        attach_history(records)
+        return records
+
+    @staticmethod
+    def candidates(records, ctx) -> list[tuple]:
+        from pipeline.balance import question_candidates
+
+        return question_candidates(records, ctx)
+
+    @staticmethod
+    def render(ref, records: list[dict], payload, ctx, thresholds):
+        from pipeline.audit import partial_counts
+        from pipeline.balance import keep_question
+        from pipeline.questions import generate_questions
+
+        rows = []
+        for r in records:
+            for row in generate_questions(r, ctx.families, ctx.pools, seed=ctx.seed,
+                                          settings=ctx.qa_settings):
+                if not keep_question(row, thresholds):
+                    continue
+                rows.append({
+                    "qa_id": row["qa_id"], "volume_id": r["volume_id"], "case_key": r["case_key"],
+                    "split": r["split"], "task": row["task"], "subtask": row.get("subtask", ""),
+                    "family": row["family"], "question_type": row["question_type"],
+                    "question": row["question"], "options": row["options"],
+                    "answer": row["answer"], "answer_text": row["answer_text"],
+                    "answer_value": row.get("answer_value"), "answer_unit": row.get("answer_unit"),
+                    "answer_tolerance": row.get("answer_tolerance"),
+                    "template_id": row["template_id"],
+                })
+        rows.sort(key=lambda x: x["qa_id"])
+        tasks: Counter = Counter()
+        dist: dict[str, Counter] = {}
+        for row in rows:
+            tasks[row["task"]] += 1
+            answer = "<numeric>" if row["answer_value"] is not None else row["answer_text"]
+            dist.setdefault(row["task"], Counter())[answer] += 1
+        info = {
+            "records": len(records),
+            "rows": {"cases": len(records), "volumes": len(records), "images": len(records),
+                     "qa": len(rows)},
+            "tasks": dict(sorted(tasks.items())),
+            "answers": {t: dict(sorted(c.items())) for t, c in sorted(dist.items())},
+            "labels_unknown_to_pools": [],
+            "audit": partial_counts("qa", rows),
+        }
+        return {"qa": pa.Table.from_pylist(rows, schema=QA3D_SCHEMA)}, info, []
+
+
+KIND = VolumesKind()
+
+
+def answer_lines(answers) -> list[str]:
+    """The per-task answer distribution as summary lines."""
+    lines = ["", "answer distribution per task:"]
+    for task, dist in answers.items():
+        total = sum(dist.values())
+        top = sorted(dist.items(), key=lambda kv: (-kv[1], kv[0]))[:6]
+        lines.append(f"  {task:<32} {total:>6}  "
+                     + ", ".join(f"{a}: {c / total:.0%}" for a, c in top))
+    return lines
 
 
 def volume_array(image: np.ndarray, masks: Mapping[str, np.ndarray], spacing, target_shape,
@@ -132,25 +322,32 @@ def volume_array(image: np.ndarray, masks: Mapping[str, np.ndarray], spacing, ta
     return buf.getvalue(), [float(t) for t in (target[2], target[1], target[0])], boxes, window
 
 
-def volume_record(case: CaseSource, split: str, volume, masks, pools, findings) -> dict:
-    """Facts of one volume for question generation (small; no pixels)."""
+def volume_facts(volume, masks, pools) -> dict:
+    """Structure and lesion facts of one volume (small; no pixels)."""
     image, geometry = volume.array, volume.geometry
     organs = [label for label in sorted(masks) if not pools.is_lesion(label)]
-    structures = []
-    for label in organs:
-        m = masks[label]
-        structures.append({"label": label,
-                           "volume_ml": round(int(m.sum()) * geometry.voxel_volume_mm3 / 1000.0, 6),
-                           "mean_hu": round(float(image[m].mean()), 3)})
+    structures = [
+        {"label": label,
+         "volume_ml": round(int(masks[label].sum()) * geometry.voxel_volume_mm3 / 1000.0, 6),
+         "mean_hu": round(float(image[masks[label]].mean()), 3)}
+        for label in organs
+    ]
     lesions = [lesion_facts(label, masks[label], image, masks, geometry, organs)
                for label in sorted(masks) if pools.is_lesion(label)]
+    return {"structures": structures, "lesions": lesions}
+
+
+def volume_record(row: Mapping, findings) -> dict:
+    """The facts of one ``volumes`` row as a question-generation record."""
+    lesions = list(row["lesions"])
     return {
-        "volume_id": keys.stable_key("volume", case.key),
-        "case_key": case.key, "patient_key": case.patient_key, "split": split,
-        "study_order": case.study_order, "modality": volume.modality,
-        "spacing_mm": [float(s) for s in geometry.spacing],
-        "structures": structures, "lesions": lesions,
-        "findings": list(findings), "present": sorted({les["label"] for les in lesions} & set(findings)),
+        "volume_id": row["volume_id"], "case_key": row["case_key"],
+        "patient_key": row["patient_key"], "split": row["split"],
+        "study_order": row["study_order"], "modality": row["modality"],
+        "spacing_mm": [float(s) for s in reversed(row["original_spacing_mm"])],
+        "structures": list(row["structures"]), "lesions": lesions,
+        "findings": list(findings),
+        "present": sorted({les["label"] for les in lesions} & set(findings)),
     }
 
 
@@ -162,108 +359,3 @@ def attach_history(records: list[dict]) -> None:
         r["history_orders"] = [p["study_order"] for p in earlier]
         r["history"] = {f: [int(f in p["present"]) for p in earlier] for f in r["findings"]}
         seen.setdefault(r["patient_key"], []).append(r)
-
-
-def extract_volume_unit(unit: VolumeUnit, ctx: VolumeContext):
-    """Read every case of ``unit``; write its ``volumes`` shard; return facts, report, dead letters."""
-    from pipeline.units import _internal, _stage_counts, dead_letter
-
-    rows, records, dead = [], [], []
-    rejected: Counter = Counter()
-    inputs = {}
-    for case in unit.cases:
-        try:
-            volume, masks, digest, _ = load_case(case, ctx.input_root, ctx.max_voxels)
-            record = volume_record(case, unit.split, volume, masks, ctx.pools, ctx.findings)
-            npy, target_spacing, boxes, window = volume_array(
-                volume.array, masks, volume.geometry.spacing, ctx.target_shape, ctx.window,
-                volume.modality, ctx.dtype)
-        except CaseError as err:
-            dead.append(dead_letter(case, err))
-            rejected[err.reason] += 1
-            continue
-        except Exception as exc:  # never crash the build on one case
-            err = _internal("extract", exc)
-            dead.append(dead_letter(case, err))
-            rejected[err.reason] += 1
-            continue
-        inputs[case.key] = digest
-        records.append(record)
-        rows.append({
-            "volume_id": record["volume_id"], "case_key": case.key, "patient_key": case.patient_key,
-            "split": unit.split, "study_order": case.study_order, "modality": volume.modality,
-            "npy": npy, "shape": list(ctx.target_shape),
-            "original_spacing_mm": [float(s) for s in reversed(volume.geometry.spacing)],
-            "target_spacing_mm": target_spacing, "window": window.name, "boxes3d": boxes,
-        })
-    attach_history(records)
-    rows.sort(key=lambda r: r["volume_id"])
-    receipt = shards.write_parquet(ctx.output, unit.shard("volumes"), rows, VOLUMES_SCHEMA)
-    report = {
-        "unit": unit.unit_id, "split": unit.split, "files": {receipt.path: receipt.as_dict()},
-        "inputs": dict(sorted(inputs.items())),
-        "counts": {"read": _stage_counts(len(unit.cases), rejected)},
-        "rows": {"cases": len(records), "volumes": len(rows)},
-    }
-    return records, report, dead
-
-
-def existence_candidates(records: list[dict], families, pools, seed, settings):
-    """``(split, finding, answer, u)`` of every existence question the records would get."""
-    from pipeline.questions import generate_questions
-
-    out = []
-    wanted = {k: f for k, f in families.items() if f.generator == "existence3d"}
-    for r in records:
-        for row in generate_questions(r, wanted, pools, seed=seed, settings=settings):
-            finding, u = row["balance"]
-            out.append((r["split"], finding, row["answer"], u))
-    return out
-
-
-def render_volume_unit(unit: VolumeUnit, records: list[dict], report: dict, ctx: VolumeContext,
-                       thresholds: Mapping):
-    """All six tasks for the unit's volumes, existence balanced; writes the ``qa`` shard."""
-    from pipeline.questions import generate_questions
-
-    rows = []
-    for r in records:
-        for row in generate_questions(r, ctx.families, ctx.pools, seed=ctx.seed, settings=ctx.qa_settings):
-            if "balance" in row:
-                finding, u = row["balance"]
-                if not keep_existence(r["split"], finding, row["answer"], u, thresholds):
-                    continue
-            rows.append({
-                "qa_id": row["qa_id"], "volume_id": r["volume_id"], "case_key": r["case_key"],
-                "split": r["split"], "task": row["task"], "subtask": row.get("subtask", ""),
-                "family": row["family"], "question_type": row["question_type"],
-                "question": row["question"], "options": row["options"], "answer": row["answer"],
-                "answer_text": row["answer_text"], "answer_value": row.get("answer_value"),
-                "answer_unit": row.get("answer_unit"), "answer_tolerance": row.get("answer_tolerance"),
-                "template_id": row["template_id"],
-            })
-    rows.sort(key=lambda x: x["qa_id"])
-    receipt = shards.write_parquet(ctx.output, unit.shard("qa"), rows, QA3D_SCHEMA)
-    report = dict(report)
-    report["files"] = dict(report["files"]) | {receipt.path: receipt.as_dict()}
-    report["rows"] = dict(report["rows"]) | {"qa": len(rows)}
-    tasks = Counter()
-    dist: dict[str, Counter] = {}
-    for row in rows:
-        tasks[row["task"]] += 1
-        answer = "<numeric>" if row["answer_value"] is not None else row["answer_text"]
-        dist.setdefault(row["task"], Counter())[answer] += 1
-    report["tasks"] = dict(sorted(tasks.items()))
-    report["answers"] = {t: dict(sorted(c.items())) for t, c in sorted(dist.items())}
-    report["fingerprint"] = ctx.fingerprint
-    return report
-
-
-def _schema(fields):
-    from pipeline.arrow import with_hf_metadata
-
-    return with_hf_metadata(fields)
-
-
-VOLUMES_SCHEMA = _schema(VOLUME_FIELDS)
-QA3D_SCHEMA = _schema(QA3D_FIELDS)

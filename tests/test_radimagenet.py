@@ -17,9 +17,9 @@ import pytest
 
 from pipeline import keys
 from pipeline.build import build
-from pipeline.build_tree import load_tree_questions
 from pipeline.errors import CaseError
 from pipeline.imaging import encode_png
+from pipeline.kinds import load_questions
 from pipeline.questions import generate_questions
 from pipeline.radimagenet import (
     TreeImage,
@@ -32,7 +32,7 @@ from pipeline.recipes import load_recipe
 from pipeline.resources import resource_dir
 
 RECIPE = load_recipe("radimagenet-vqa")
-FAMILIES, POOLS = load_tree_questions(RECIPE)
+FAMILIES, POOLS = load_questions(RECIPE, pools_loader=load_label_pools)
 SETTINGS = RECIPE.section("questions")["settings"]
 PNG = encode_png(np.arange(64, dtype=np.uint8).reshape(8, 8))
 

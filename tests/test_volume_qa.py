@@ -15,14 +15,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import keys
+from pipeline.balance import keep, thresholds
 from pipeline.build import build
 from pipeline.geometry import Geometry
-from pipeline.sample import LESIONS, TIMELINES, longitudinal_lesions, make_phantom, write_longitudinal_sample
+from pipeline.sample import (
+    LESIONS,
+    TIMELINES,
+    longitudinal_lesions,
+    make_phantom,
+    write_longitudinal_sample,
+)
 from pipeline.volume_qa import (
     axial_size,
-    balance_thresholds,
     density,
-    keep_existence,
     lesion_facts,
     max_diameter,
     temporal_label,
@@ -61,11 +66,11 @@ def test_density_margin():
 def test_balancing_is_exact_and_order_independent():
     rng = random.Random(0)
     cands = [("train", "f", "yes" if rng.random() < 0.2 else "no", rng.random()) for _ in range(1000)]
-    th = balance_thresholds(cands)
+    th = thresholds(cands)
     shuffled = cands[:]
     rng.shuffle(shuffled)
-    assert balance_thresholds(shuffled) == th
-    kept = [c for c in cands if keep_existence(c[0], c[1], c[2], c[3], th)]
+    assert thresholds(shuffled) == th
+    kept = [c for c in cands if keep(c[0], c[1], c[2], c[3], th)]
     assert sum(c[2] == "yes" for c in kept) == sum(c[2] == "no" for c in kept)
 
 

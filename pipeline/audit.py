@@ -1,0 +1,268 @@
+"""Shortcut audit: blind baselines that never see an image, per config, split, task and
+question type, reported against chance.
+
+A VQA corpus is worth training on only if the image is needed to answer it.  Each unit
+counts what the baselines need while it renders (:func:`partial_counts`: small tables
+keyed by question text, option text and answer position — never rows), the launcher
+merges the units' counts (:func:`merge`) and scores every baseline on every split
+(:func:`audit`), learning on ``train`` and scoring on the split itself:
+
+``question_majority``
+    For each exact question text, the answer most often given to it on train; texts
+    unseen on train fall back to the group's most frequent train answer.  What a
+    language model memorising the training questions would get.
+``answer_position``
+    Multiple choice: always the letter most often correct on train.
+``frequent_option``
+    Multiple choice: the option whose text is offered most often on train.
+``longest_option``
+    Multiple choice: the longest option (the first one on ties).
+``often_correct_option``
+    Multiple choice: the option whose text is correct most often, relative to how often
+    it is offered, on train.
+
+Chance is ``1 / number of options`` for multiple choice, ``1/2`` for yes/no; for open
+questions the reference is the *answer prior* (the most frequent train answer of the
+group): a blind model always reaches it, so what is audited is how much the question
+text adds to it.  ``excess_pp`` is the best baseline minus chance in percentage points.
+Verdicts: ``ok`` within ``margin_pp``; otherwise ``warn``, or ``fail`` when the excess
+exceeds ``fail_pp`` and is statistically clear (the lower end of a 95 % Wilson
+interval of the baseline's accuracy is above chance + ``margin_pp``).  Small groups are
+reported with their interval, never silently passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+LETTERS = "ABCD"
+BASELINES = ("question_majority", "answer_position", "frequent_option", "longest_option",
+             "often_correct_option")
+DEFAULTS = {"margin_pp": 3.0, "fail_pp": 10.0, "min_questions": 30, "on": "warn"}
+SEP = "\x1f"
+
+
+def _h(text: str) -> str:
+    """Short texts as they are; longer ones as a 16-hex digest (keeps unit counts small
+    when texts are unique, e.g. questions that quote a box)."""
+    if len(text) <= 16:
+        return text
+    return "#" + hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def _group_key(config: str, split: str, task: str, qtype: str) -> str:
+    return SEP.join((config, split, task, qtype))
+
+
+def _split_key(key: str) -> tuple[str, str, str, str]:
+    config, split, task, qtype = key.split(SEP)
+    return config, split, task, qtype
+
+
+def _add(table: dict, key, n: int = 1) -> None:
+    table[key] = table.get(key, 0) + n
+
+
+def partial_counts(config: str, rows: Iterable[Mapping]) -> dict:
+    """Counts of one unit's QA rows (dicts with split, task, question_type, question,
+    options, answer); mergeable with :func:`merge`, JSON-serialisable."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        _count_row(out, config, r["split"], r["task"], r["question_type"], r["question"],
+                   r.get("options") or [], r["answer"])
+    return out
+
+
+def partial_counts_columns(config: str, table) -> dict:
+    """:func:`partial_counts` for an Arrow table (``choices`` or ``options`` column)."""
+    opt_col = "choices" if "choices" in table.column_names else "options"
+    cols = [table[c].to_pylist() for c in ("split", "task", "question_type", "question",
+                                            opt_col, "answer")]
+    out: dict[str, dict] = {}
+    for split, task, qtype, question, options, answer in zip(*cols):
+        _count_row(out, config, split, task, qtype, question, options or [], answer)
+    return out
+
+
+def _count_row(out, config, split, task, qtype, question, options, answer) -> None:
+    g = out.setdefault(_group_key(config, split, task, qtype), {
+        "n": 0, "answers": {}, "question_answer": {}, "positions": {}, "offered": {},
+        "correct": {}, "longest_correct": 0, "option_sets": {}})
+    g["n"] += 1
+    answer_h = _h(answer)
+    _add(g["answers"], answer_h)
+    _add(g["question_answer"], _h(question) + SEP + answer_h)
+    if qtype == "multiple_choice" and options:
+        pos = LETTERS.index(answer) if answer in LETTERS else -1
+        _add(g["positions"], answer)
+        hashed = [_h(o) for o in options]
+        for o in hashed:
+            _add(g["offered"], o)
+        if 0 <= pos < len(options):
+            _add(g["correct"], hashed[pos])
+            longest = max(range(len(options)), key=lambda i: (len(options[i]), -i))
+            g["longest_correct"] += int(longest == pos)
+            _add(g["option_sets"], SEP.join([*hashed, str(pos)]))
+
+
+def merge(parts: Iterable[Mapping]) -> dict:
+    """Sum the units' partial counts."""
+    out: dict[str, dict] = {}
+    for part in parts:
+        for key, g in part.items():
+            m = out.setdefault(key, {"n": 0, "answers": {}, "question_answer": {}, "positions": {},
+                                     "offered": {}, "correct": {}, "longest_correct": 0,
+                                     "option_sets": {}})
+            m["n"] += g["n"]
+            m["longest_correct"] += g["longest_correct"]
+            for field in ("answers", "question_answer", "positions", "offered", "correct",
+                          "option_sets"):
+                for k, v in g[field].items():
+                    _add(m[field], k, v)
+    return out
+
+
+def entropy_bits(counts: Mapping[str, int]) -> float:
+    n = sum(counts.values())
+    if not n:
+        return 0.0
+    return -sum(c / n * math.log2(c / n) for c in counts.values() if c)
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion ``k / n``."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _argmax(counts: Mapping[str, int]) -> str | None:
+    if not counts:
+        return None
+    return max(sorted(counts), key=lambda k: counts[k])
+
+
+def _baselines(train: Mapping | None, test: Mapping, qtype: str) -> dict:
+    """Accuracy of each baseline learned on ``train`` and scored on ``test``."""
+    n = test["n"]
+    out = dict.fromkeys(BASELINES)
+    if not n:
+        return out
+    train = train or {"answers": {}, "question_answer": {}, "positions": {}, "offered": {},
+                      "correct": {}}
+    prior = _argmax(train["answers"])
+    # question majority: per text the most frequent train answer
+    per_text: dict[str, Counter] = {}
+    for k, v in train["question_answer"].items():
+        text, answer = k.rsplit(SEP, 1)
+        per_text.setdefault(text, Counter())[answer] += v
+    majority = {t: _argmax(c) for t, c in per_text.items()}
+    hits = 0
+    for k, v in test["question_answer"].items():
+        text, answer = k.rsplit(SEP, 1)
+        guess = majority.get(text, prior)
+        hits += v * (guess == answer)
+    out["question_majority"] = hits / n
+    if qtype == "multiple_choice" and test["option_sets"]:
+        n_mc = sum(test["option_sets"].values())
+        letter = _argmax(train["positions"])
+        out["answer_position"] = test["positions"].get(letter, 0) / n_mc if letter else None
+        out["longest_option"] = test["longest_correct"] / n_mc
+        offered, correct = train["offered"], train["correct"]
+        freq_hits = rate_hits = 0.0
+        for k, v in test["option_sets"].items():
+            *options, pos = k.split(SEP)
+            pos = int(pos)
+            freq_hits += v * _pick_share(options, pos, lambda o: offered.get(o, 0))
+            rate_hits += v * _pick_share(
+                options, pos, lambda o: correct.get(o, 0) / offered[o] if offered.get(o) else 0.0)
+        out["frequent_option"] = freq_hits / n_mc
+        out["often_correct_option"] = rate_hits / n_mc
+    return out
+
+
+def _pick_share(options, pos, score) -> float:
+    """Credit of picking the best-scoring option: 1/k when k options tie at the top."""
+    scores = [score(o) for o in options]
+    best = max(scores)
+    top = [i for i, s in enumerate(scores) if s == best]
+    return (pos in top) / len(top)
+
+
+def audit(merged: Mapping, settings: Mapping | None = None) -> dict:
+    """Score every group of the merged counts; returns the manifest's ``audit`` section."""
+    conf = DEFAULTS | dict(settings or {})
+    margin, fail_pp = float(conf["margin_pp"]), float(conf["fail_pp"])
+    groups = []
+    for key in sorted(merged, key=lambda k: _split_key(k)):
+        config, split, task, qtype = _split_key(key)
+        g = merged[key]
+        train = merged.get(_group_key(config, "train", task, qtype))
+        base = _baselines(train, g, qtype)
+        if qtype == "multiple_choice":
+            sizes = [len(k.split(SEP)) - 1 for k in g["option_sets"]] or [len(LETTERS)]
+            chance, reference = 1.0 / max(sizes), "uniform"
+        elif qtype == "closed":
+            chance, reference = 0.5, "uniform"
+        else:
+            prior = _argmax(train["answers"]) if train else None
+            chance = g["answers"].get(prior, 0) / g["n"] if prior else 0.0
+            reference = "prior"
+        scored = {k: v for k, v in base.items() if v is not None}
+        best_name = max(sorted(scored), key=lambda k: scored[k]) if scored else None
+        best = scored.get(best_name, 0.0) if best_name else 0.0
+        excess = 100.0 * (best - chance)
+        low, high = wilson(best * g["n"], g["n"])
+        if excess <= margin:
+            verdict = "ok"
+        elif excess > fail_pp and low * 100.0 > 100.0 * chance + margin:
+            verdict = "fail"
+        else:
+            verdict = "warn"
+        yes = g["answers"].get("yes", 0) + g["answers"].get("no", 0)
+        groups.append({
+            "config": config, "split": split, "task": task, "question_type": qtype,
+            "n": g["n"], "chance": round(chance, 4), "reference": reference,
+            "answer_entropy_bits": round(entropy_bits(g["answers"]), 4),
+            "max_entropy_bits": round(math.log2(len(g["answers"])) if g["answers"] else 0.0, 4),
+            "distinct_answers": len(g["answers"]),
+            "yes_rate": round(g["answers"].get("yes", 0) / yes, 4) if qtype == "closed" and yes else None,
+            "baselines": {k: (round(v, 4) if v is not None else None) for k, v in base.items()},
+            "best_baseline": best_name,
+            "interval": [round(low, 4), round(high, 4)],
+            "excess_pp": round(excess, 2),
+            "verdict": verdict,
+        })
+    audited = [g for g in groups if g["split"] != "train"]
+    worst = "ok"
+    for g in audited:
+        if g["n"] < int(conf["min_questions"]) and g["verdict"] != "fail":
+            continue
+        if g["verdict"] == "fail" or (g["verdict"] == "warn" and worst == "ok"):
+            worst = g["verdict"]
+    return {"margin_pp": margin, "fail_pp": fail_pp, "min_questions": int(conf["min_questions"]),
+            "on": conf["on"], "verdict": worst, "groups": groups}
+
+
+def summary_lines(result: Mapping, splits: Iterable[str] = ("test",)) -> list[str]:
+    """A short text table of the audited groups (for the build summary)."""
+    wanted = set(splits)
+    lines = [f"shortcut audit (blind baselines vs chance; margin {result['margin_pp']:g} pp): "
+             f"{result['verdict']}"]
+    for g in result["groups"]:
+        if g["split"] not in wanted:
+            continue
+        best = g["best_baseline"] or "-"
+        acc = g["baselines"].get(best) if g["best_baseline"] else None
+        lines.append(
+            f"  {g['config']:<9} {g['split']:<10} {g['task']:<28} {g['question_type']:<15} "
+            f"n={g['n']:<7} chance {100 * g['chance']:5.1f}%  best {best:<20} "
+            f"{100 * (acc or 0):5.1f}%  {g['excess_pp']:+6.1f} pp  {g['verdict']}")
+    return lines
