@@ -115,6 +115,7 @@ def load_case(case: CaseSource, root: str, max_voxels: int) -> tuple[Volume, dic
                              max_voxels=max_voxels)
         if case.layout == "multilabel":
             volume = _infer_modality(volume, root, case)
+    notes.update(volume.notes)  # files skipped, series ignored, transfer syntaxes inferred
     digests.append(volume.content_sha256)
     masks: dict[str, np.ndarray] = {}
     if case.layout == "multilabel":
@@ -225,8 +226,9 @@ def extract_case(
     if not images:
         raise CaseError(
             "extract", "slices.none_selected",
-            f"selection: no {'/'.join(settings.planes)} slice has a structure of at least "
-            f"{settings.min_area_px} px (structures: {', '.join(case_labels[:6])})",
+            f"selection: found no {'/'.join(settings.planes)} slice with a structure of at least "
+            f"{settings.min_area_px} px (structures: {', '.join(case_labels[:6])}), expected at "
+            "least one",
         )
     images.sort(key=lambda r: r["image_id"])
     structures.sort(key=lambda r: r["label"])
