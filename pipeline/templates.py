@@ -588,11 +588,10 @@ def render(family: TemplateFamily, variant: Variant, context: Mapping) -> str:
     """
     from jinja2 import TemplateError
 
-    where = f"{family.source}: variant {variant.id}"
     try:
-        template, has_loop = _compiled(variant.text, tuple(family.requires))
+        template, has_loop = _compiled(variant.text, family.requires)
     except (TemplateError, TemplateRejected) as err:
-        raise CaseError("qa", "template.rejected", f"{where}: {err}") from err
+        raise CaseError("qa", "template.rejected", f"{family.source}: variant {variant.id}: {err}") from err
     try:
         if has_loop:  # the only construct whose output the whitelist does not bound: stream
             pieces: list[str] = []
@@ -608,12 +607,12 @@ def render(family: TemplateFamily, variant: Variant, context: Mapping) -> str:
             if len(text) > MAX_RENDERED_CHARS:
                 raise OutputLimitExceeded(f"rendered text passed {MAX_RENDERED_CHARS:,} characters")
     except OutputLimitExceeded as err:
-        raise CaseError("qa", "template.too_long", f"{where}: {err}") from err
+        raise CaseError("qa", "template.too_long", f"{family.source}: variant {variant.id}: {err}") from err
     except Exception as err:  # a template is user configuration: whatever it raises is its fault
-        raise CaseError("qa", "template.render_error", f"{where}: {type(err).__name__}: {err}") from err
+        raise CaseError("qa", "template.render_error", f"{family.source}: variant {variant.id}: {type(err).__name__}: {err}") from err
     out = " ".join(text.split())
     if not out:
-        raise CaseError("qa", "template.empty", f"{where}: rendered empty")
+        raise CaseError("qa", "template.empty", f"{family.source}: variant {variant.id}: rendered empty")
     return out
 
 
@@ -626,10 +625,11 @@ def lint(families: Mapping[str, TemplateFamily], pools) -> list[str]:
     from pipeline.questions import DEFAULT_SETTINGS, GENERATORS, assemble, lint_records
 
     problems = []
+    records = lint_records(pools)
     for fam in families.values():
         contexts = []
         try:
-            for record in lint_records(pools, fam.generator):
+            for record in records:
                 gen = _lint_rng(fam, record)
                 made = GENERATORS[fam.generator](record, fam, pools, gen, DEFAULT_SETTINGS)
                 for item in made if isinstance(made, list) else [made] if made is not None else []:
