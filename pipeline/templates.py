@@ -625,11 +625,10 @@ def lint(families: Mapping[str, TemplateFamily], pools) -> list[str]:
     from pipeline.questions import DEFAULT_SETTINGS, GENERATORS, assemble, lint_records
 
     problems = []
-    records = lint_records(pools)
     for fam in families.values():
         contexts = []
         try:
-            for record in records:
+            for record in lint_records(pools, fam.generator):
                 gen = _lint_rng(fam, record)
                 made = GENERATORS[fam.generator](record, fam, pools, gen, DEFAULT_SETTINGS)
                 for item in made if isinstance(made, list) else [made] if made is not None else []:
