@@ -61,7 +61,13 @@ setup(
         "pillow>=10",
     ],
     extras_require={
-        "test": ["pytest>=8", "datasets>=3.0", "pandas>=2.0", "pydicom-data", "ruff"],
+        "test": [
+            "pytest>=8", "datasets>=3.0", "pandas>=2.0", "pydicom-data", "ruff",
+            # tests/test_packaging.py: build the --setup_file sdist as Beam's stager does
+            # (python -m build --no-isolation) and pip-install it offline (bdist_wheel);
+            # Python >= 3.12 virtualenvs come without setuptools
+            "build>=1.0", "setuptools>=61", "wheel>=0.40",
+        ],
     },
     entry_points={"console_scripts": ["radvqa=pipeline.cli:main"]},
 )
