@@ -23,11 +23,14 @@ venv: $(VENV)/.installed-test
 build-corpus: $(VENV)/.installed
 	$(VENV)/bin/radvqa build --recipe $(RECIPE) --output $(OUT)
 
-## Debian tools the tests use (dcm2niix); needs root or sudo.
+## Debian tools the tests use (dcm2niix; chromium renders the report); needs root or sudo.
 system-deps:
 	@command -v dcm2niix >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dcm2niix; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
 ## Real third-party test data (pyradiomics sdist data/), cached under .cache/.
 testdata: $(VENV)/.installed-test
