@@ -152,26 +152,53 @@ class _Watchdog:
 
     When a ``multi_processing`` worker dies, Beam's worker handler thread raises, but the
     runner's main loop keeps waiting for it forever.  The watchdog sees that thread's
-    exception (``threading.excepthook``) and interrupts the main thread, so the launcher
-    can clean up and retry.
+    exception (``threading.excepthook``) and interrupts the main thread — again every
+    two seconds until the launcher acknowledges, since an interrupt can land in code that
+    swallows it — so the launcher can clean up and retry.
     """
 
-    def __init__(self):
+    def __init__(self, every: float = 2.0):
         self.errors: list[str] = []
+        self.acknowledged = threading.Event()
+        self._lock = threading.Lock()
+        self._every = every
         self._previous = None
+        self._nagger: threading.Thread | None = None
 
     def __enter__(self):
         self._previous = threading.excepthook
 
         def hook(args):
             self.errors.append(f"{args.exc_type.__name__}: {args.exc_value}")
-            if threading.current_thread() is not threading.main_thread():
-                os.kill(os.getpid(), signal.SIGINT)
+            if threading.current_thread() is not threading.main_thread() and self._nagger is None:
+                self._nagger = threading.Thread(target=self._nag, daemon=True)
+                self._nagger.start()
 
         threading.excepthook = hook
         return self
 
+    def _nag(self) -> None:
+        while True:
+            with self._lock:
+                if self.acknowledged.is_set():
+                    return
+                os.kill(os.getpid(), signal.SIGINT)
+            self.acknowledged.wait(self._every)
+
+    def acknowledge(self) -> None:
+        """Stop interrupting; drop an interrupt already on its way (main thread only)."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            with self._lock:
+                self.acknowledged.set()
+            if self._nagger is not None:
+                self._nagger.join()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
     def __exit__(self, *exc):
+        with self._lock:
+            self.acknowledged.set()
         threading.excepthook = self._previous
 
 
@@ -214,6 +241,7 @@ def run_pipeline(refs: list[UnitRef], ctx: BuildContext, beam_args, log) -> None
         except KeyboardInterrupt:
             if not watchdog.errors:
                 raise
+            watchdog.acknowledge()
             _kill_workers()
             raise BuildFailed("a worker died: " + "; ".join(watchdog.errors[:3])) from None
         except Exception as err:  # noqa: BLE001 — the runner wraps any worker error
@@ -540,7 +568,7 @@ def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, de
                                  "pools_added": list(getattr(prep["pools"], "added", ()) or ())}
     kind_fields, card_lines, _ = kind.manifest_extras(output, receipts, extras)
     card = render_card(
-        recipe=recipe.data, fingerprint=fp, split_rows=split_rows, files=files, counts=counts,
+        recipe=public_recipe(recipe.data) | {"seed": seed}, fingerprint=fp, split_rows=split_rows, files=files, counts=counts,
         tasks=tasks, default_key=default_key, config_names=kind.configs, extra=card_lines,
         schemas=kind.schemas, kind=kind.name, audit=audit_result)
     files[CARD] = shards.write_bytes(output, CARD, card.encode("utf-8")).as_dict()
@@ -548,7 +576,7 @@ def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, de
     manifest = {
         "radvqa_manifest": 2,
         "kind": kind.name,
-        "recipe": {"name": recipe.name, "content": recipe.data},
+        "recipe": {"name": recipe.name, "content": public_recipe(recipe.data)},
         "seed": seed,
         "fingerprint": fp,
         "versions": versions(),
@@ -570,8 +598,24 @@ def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, de
         "build": _build_section(receipts, attempts, ctx.extras.get("run_id")),
         "files": dict(sorted(files.items())),
     }
+    # The report reads the corpus (manifest included), then takes its place in the manifest.
+    shards.write_json(output, MANIFEST, manifest)
+    from pipeline.report import REPORT, write_report
+
+    write_report(output)
+    data = shards.read_bytes(output, REPORT)
+    files[REPORT] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "rows": None}
+    manifest["files"] = dict(sorted(files.items()))
     shards.write_json(output, MANIFEST, manifest)
     return manifest
+
+
+def public_recipe(data: dict) -> dict:
+    """The recipe as published in the manifest: a pseudonym key is a secret, never copied."""
+    out = json.loads(json.dumps(data))
+    if (out.get("privacy") or {}).get("pseudonym_key"):
+        out["privacy"]["pseudonym_key"] = "<redacted>"
+    return out
 
 
 def _build_section(receipts: list[dict], attempts: int, run_id: str | None) -> dict:

@@ -1,0 +1,263 @@
+"""Incremental builds and faults: regenerate after editing templates, pools or splits; resume
+an interrupted build; retry after a failing DoFn or a killed worker.  Every case ends with
+the same bytes as a clean build of the same recipe (only the manifest's ``build`` section,
+which says what was reused, differs)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import units
+from pipeline.build import build, regenerate
+from pipeline.errors import BuildFailed
+from pipeline.resources import resource_dir
+from pipeline.sample import write_sample
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = {"log": lambda m: None}
+
+
+def corpus_digest(root: Path) -> dict[str, str]:
+    """sha256 of every corpus file (build state excluded; the manifest without ``build``)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if not p.is_file() or rel.startswith(".radvqa/"):
+            continue
+        data = p.read_bytes()
+        if rel == "manifest.json":
+            m = json.loads(data)
+            m.pop("build")
+            data = json.dumps(m, sort_keys=True).encode()
+        out[rel] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def sample_input(tmp_path_factory):
+    root = tmp_path_factory.mktemp("input")
+    write_sample(root, n_patients=6)
+    return root
+
+
+def _recipe_dir(tmp_path: Path, cases_per_shard: int = 2) -> Path:
+    """A user's recipe folder: the sample recipe with its own copies of templates and pools."""
+    d = tmp_path / "recipe"
+    shutil.copytree(resource_dir("templates") / "radvuqa", d / "tpl")
+    shutil.copy(resource_dir("distractor_pools") / "totalsegmentator.yaml", d / "pool.yaml")
+    text = (resource_dir("recipes") / "sample.yaml").read_text()
+    text = text.replace("templates: [radvuqa]", "templates: [tpl]")
+    text = text.replace("pools: [totalsegmentator]", "pools: [pool.yaml]")
+    text = text.replace("cases_per_shard: 3", f"cases_per_shard: {cases_per_shard}")
+    (d / "my.yaml").write_text(text)
+    return d
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new))
+
+
+def _stamps(root: Path, config: str) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (root / config).glob("*.parquet")}
+
+
+def test_regenerate_after_template_and_pool_edits_matches_a_fresh_build(tmp_path, sample_input):
+    recipe = _recipe_dir(tmp_path)
+    out = tmp_path / "out"
+    first = build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), **QUIET)
+    assert first.manifest["build"]["cases_extracted"] == 6
+    images_before = _stamps(out, "images")
+    _edit(recipe / "tpl" / "existence_closed.yaml", "Is the {{ structure }}", "Can you see the {{ structure }}")
+    _edit(recipe / "pool.yaml", "display: spleen", "display: splenic organ")
+    again = regenerate(str(out), **QUIET)
+    b = again.manifest["build"]
+    assert b["cases_extracted"] == 0 and b["cases_copied_from_stored_shards"] == 0
+    unit_ids = sorted(p.split("/", 1)[1].removesuffix(".parquet")
+                      for p in again.manifest["files"] if p.startswith("images/"))
+    assert sorted(b["units_kept_pixels"]) == unit_ids
+    assert _stamps(out, "images") == images_before  # pixel shards not rewritten
+    qa = pq.read_table(out / "qa").to_pylist()
+    assert any(r["question"].startswith("Can you see the") for r in qa)
+    assert any("splenic organ" in r["question"] + " ".join(r["options"]) + r["answer_text"] for r in qa)
+    fresh = tmp_path / "fresh"
+    build(str(recipe / "my.yaml"), str(fresh), input_dir=str(sample_input), **QUIET)
+    assert corpus_digest(out) == corpus_digest(fresh)
+    # nothing changed since: every unit is skipped, the corpus stays the same
+    third = regenerate(str(out), **QUIET)
+    assert sorted(third.manifest["build"]["units_skipped"]) == unit_ids
+    assert corpus_digest(out) == corpus_digest(fresh)
+    assert not (out / units.PLAN_DIR).exists()  # plans name source files: removed when done
+
+
+def test_split_change_copies_stored_rows_instead_of_decoding(tmp_path, sample_input):
+    recipe = _recipe_dir(tmp_path)
+    out = tmp_path / "out"
+    build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), **QUIET)
+    _edit(recipe / "my.yaml", "fractions: {train: 0.7, validation: 0.15, test: 0.15}",
+          "fractions: {train: 0.4, validation: 0.2, test: 0.4}")
+    again = regenerate(str(out), **QUIET)
+    b = again.manifest["build"]
+    assert b["cases_extracted"] == 0 and b["cases_copied_from_stored_shards"] == 6
+    fresh = tmp_path / "fresh"
+    build(str(recipe / "my.yaml"), str(fresh), input_dir=str(sample_input), **QUIET)
+    assert corpus_digest(out) == corpus_digest(fresh)
+    assert not (out / ".radvqa" / "previous").exists()
+
+
+def test_an_edited_input_case_is_extracted_again_and_only_it(tmp_path, sample_input):
+    recipe = _recipe_dir(tmp_path)
+    inp = tmp_path / "in"
+    shutil.copytree(sample_input, inp)
+    out = tmp_path / "out"
+    build(str(recipe / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    mask = inp / "s0002" / "segmentations" / "spleen.nii.gz"
+    os.utime(mask, ns=(mask.stat().st_atime_ns, mask.stat().st_mtime_ns + 10**9))
+    again = build(str(recipe / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    assert again.manifest["build"]["cases_extracted"] == 1
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, inp))
+
+
+def _fresh(tmp_path, recipe, inp, name="fresh"):
+    fresh = tmp_path / name
+    build(str(recipe / "my.yaml"), str(fresh), input_dir=str(inp), **QUIET)
+    return fresh
+
+
+def test_a_dofn_failing_on_its_first_attempt_is_retried(tmp_path, sample_input, monkeypatch):
+    recipe = _recipe_dir(tmp_path)
+    real = units.extract_unit
+    failed = []
+
+    def flaky(ref, ctx, kind):
+        if ref.unit_id.startswith("train-00001") and not failed:
+            failed.append(ref.unit_id)
+            raise RuntimeError("injected failure on the first attempt")
+        return real(ref, ctx, kind)
+
+    monkeypatch.setattr(units, "extract_unit", flaky)
+    out = tmp_path / "out"
+    result = build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), retries=1,
+                   beam_args=["--direct_running_mode=in_memory"], **QUIET)
+    assert failed and result.manifest["build"]["attempts"] == 2
+    monkeypatch.setattr(units, "extract_unit", real)
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, sample_input))
+
+
+def test_without_retries_the_failure_is_reported_and_a_rerun_resumes(tmp_path, sample_input, monkeypatch):
+    recipe = _recipe_dir(tmp_path)
+    real = units.extract_unit
+
+    def broken(ref, ctx, kind):
+        if ref.unit_id.startswith("train-00001"):
+            raise RuntimeError("disk on fire")
+        return real(ref, ctx, kind)
+
+    monkeypatch.setattr(units, "extract_unit", broken)
+    out = tmp_path / "out"
+    with pytest.raises(BuildFailed, match="disk on fire.*Rerun the same command to resume"):
+        build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), retries=0,
+              beam_args=["--direct_running_mode=in_memory"], **QUIET)
+    monkeypatch.setattr(units, "extract_unit", real)
+    result = build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), **QUIET)
+    assert result.manifest["build"]["cases_extracted"] < 6  # finished units were kept
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, sample_input))
+
+
+def _final_files_are_complete(out: Path) -> int:
+    """Every file under a final name parses completely (Parquet) or as JSON; count them."""
+    n = 0
+    for p in out.rglob("*"):
+        if not p.is_file() or units.STATE_DIR + "/sample" in p.as_posix() or ".tmp-" in p.name:
+            continue
+        if p.suffix == ".parquet":
+            pq.read_table(p)
+        elif p.suffix == ".json":
+            json.loads(p.read_text())
+        n += 1
+    return n
+
+
+def test_a_killed_build_resumes_to_the_same_bytes(tmp_path, sample_input):
+    """Kill the launcher and its workers (SIGKILL to the process group) once the first
+    unit is finished; nothing partial stands under a final name; the rerun resumes."""
+    recipe = _recipe_dir(tmp_path, cases_per_shard=1)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "pipeline.cli", "build", "--recipe", str(recipe / "my.yaml"),
+            "--input", str(sample_input), "--output", str(out),
+            "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    proc = subprocess.Popen(args, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    receipts = out / units.UNITS_DIR
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(p.name.endswith(".json") and ".extract" not in p.name for p in receipts.glob("*.json")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the build finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert _final_files_are_complete(out) > 0
+    assert not (out / "manifest.json").exists()
+    result = build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), **QUIET)
+    b = result.manifest["build"]
+    assert b["units_skipped"] or b["units_kept_pixels"]
+    assert b["cases_extracted"] < 6
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, sample_input))
+
+
+def test_a_killed_worker_is_detected_and_the_build_retried(tmp_path, sample_input):
+    """In multi_processing mode Beam would wait forever for a dead worker; the watchdog
+    turns it into a failure, the launcher retries, and the result is a clean build's."""
+    recipe = _recipe_dir(tmp_path, cases_per_shard=1)
+    out = tmp_path / "out"
+    killed = []
+
+    def assassin():
+        deadline = time.monotonic() + 240
+        receipts = out / units.UNITS_DIR
+        while time.monotonic() < deadline:
+            if any(receipts.glob("*.extract.json")):
+                for pid in _worker_pids():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=assassin, daemon=True)
+    thread.start()
+    result = build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), retries=2,
+                   beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+                   **QUIET)
+    thread.join(timeout=5)
+    assert killed, "no worker was killed"
+    assert result.manifest["build"]["attempts"] >= 2
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, sample_input))
+
+
+def _worker_pids() -> list[int]:
+    me, out = os.getpid(), []
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if ppid == me and b"sdk_worker" in cmd:
+            out.append(pid)
+    return out[:1]
