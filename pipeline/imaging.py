@@ -59,7 +59,8 @@ PNG_KEEP = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cH
 
 
 def strip_png_metadata(data: bytes) -> bytes:
-    """``data`` without the chunks outside :data:`PNG_KEEP`; pixel data (IDAT) untouched.
+    """``data`` without the chunks outside :data:`PNG_KEEP` and without anything after
+    ``IEND`` (tools append text there too); pixel data (IDAT) untouched.
 
     Returns the very same bytes when there is nothing to drop.  Expects a PNG already
     validated (signature, chunk lengths and CRCs — see ``radimagenet.check_png``).
@@ -77,4 +78,6 @@ def strip_png_metadata(data: bytes) -> bytes:
         pos = end
         if kind == b"IEND":
             break
+    if pos < len(data):
+        dropped = True  # bytes after IEND, or a cut-off chunk header
     return b"".join(parts) if dropped else data

@@ -42,6 +42,19 @@ SPLIT_CSV = {"train": "RadiologyAI_train.csv", "validation": "RadiologyAI_val.cs
 IMAGE_SUFFIXES = (".png",)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DEFAULT_MAX_PIXELS = 50_000_000
+#: Top-level folders the recipe does not select are counted by name only when the name is a
+#: DICOM modality code (PS3.3 C.7.3.1.1.1); any other folder counts as
+#: ``excluded_modality_other``: the counts reach the manifest, the card and the report, and
+#: a stray folder's name may identify someone.
+MODALITY_CODES = frozenset({
+    "AR", "AS", "ASMT", "AU", "BDUS", "BI", "BMD", "CD", "CF", "CP", "CR", "CS", "CT", "DD",
+    "DF", "DG", "DM", "DOC", "DS", "DX", "EC", "ECG", "EPS", "ES", "FA", "FID", "FS", "GM",
+    "HC", "HD", "IO", "IOL", "IVOCT", "IVUS", "KER", "KO", "LEN", "LP", "LS", "MA", "MG",
+    "MR", "MS", "NM", "OAM", "OCT", "OP", "OPM", "OPR", "OPT", "OPV", "OSS", "OT", "PLAN",
+    "PR", "PT", "PX", "REG", "RESP", "RF", "RG", "RTDOSE", "RTIMAGE", "RTPLAN", "RTRECORD",
+    "RTSTRUCT", "RWV", "SEG", "SM", "SMR", "SR", "SRF", "ST", "STAIN", "TG", "US", "VA",
+    "VF", "XA", "XC",
+})
 
 
 # --------------------------------------------------------------------------- pools
@@ -224,7 +237,8 @@ def discover_tree(
             continue
         modality = {"MRI": "MR"}.get(modality_dir.upper(), modality_dir.upper())
         if modality not in wanted:
-            stats[f"excluded_modality_{modality}"] += sum(len(f) for _, _, f in os.walk(mpath))
+            name = modality if modality in MODALITY_CODES else "other"
+            stats[f"excluded_modality_{name}"] += sum(len(f) for _, _, f in os.walk(mpath))
             continue
         for dirpath, dirnames, filenames in os.walk(mpath):
             dirnames.sort()

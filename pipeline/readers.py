@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,11 @@ from pipeline.geometry import Geometry, canonicalise, geometry_mismatches
 
 #: DICOM attributes allowed to reach the corpus (no free text, no identifiers).
 HEADER_ALLOW_LIST = ("Modality", "BodyPartExamined")
+#: An allow-listed value passes only as a plain DICOM code string (VR CS: uppercase letters,
+#: digits, space, underscore; at most 16 characters).  Anything else — free text, lower
+#: case, a person name (``^``), several values — is dropped: scanners write site and
+#: operator text into BodyPartExamined, and a value that is not a code is not needed.
+HEADER_CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_POSITION_RTOL = 0.01  # slice steps may vary by 1 % before a series is irregular
 
@@ -754,10 +760,24 @@ def _assemble_series(files: list[_File], *, max_voxels: int | None):
         canon, cgeom = canonicalise(array, geometry)
     except CaseError as err:
         raise err.with_path(first.rel) from None
-    ds0 = first.ds
-    header = {k: str(ds0.get(k, "")) for k in HEADER_ALLOW_LIST if ds0.get(k, "") != ""}
+    header = allowed_header(first.ds)
     header["Modality"] = modality
     return canon, cgeom, modality, header
+
+
+def allowed_header(ds) -> dict[str, str]:
+    """The :data:`HEADER_ALLOW_LIST` attributes of ``ds`` whose value is a plain code string
+    (:data:`HEADER_CODE_STRING`, padding removed); every other value is dropped."""
+    header = {}
+    for keyword in HEADER_ALLOW_LIST:
+        element = ds.get(keyword)
+        value = getattr(element, "value", element)
+        if not isinstance(value, str):  # absent, empty, binary or multi-valued
+            continue
+        value = value.strip(" \x00")
+        if HEADER_CODE_STRING.fullmatch(value):
+            header[keyword] = value
+    return header
 
 
 def _photometric(ds) -> str:
