@@ -25,10 +25,19 @@ Chance is ``1 / number of options`` for multiple choice, ``1/2`` for yes/no; for
 questions the reference is the *answer prior* (the most frequent train answer of the
 group): a blind model always reaches it, so what is audited is how much the question
 text adds to it.  ``excess_pp`` is the best baseline minus chance in percentage points.
-Verdicts: ``ok`` within ``margin_pp``; otherwise ``warn``, or ``fail`` when the excess
-exceeds ``fail_pp`` and is statistically clear (the lower end of a 95 % Wilson
-interval of the baseline's accuracy is above chance + ``margin_pp``).  Small groups are
-reported with their interval, never silently passed.
+A recipe may declare a task's chance (``audit.chance``) when the question itself leaves
+fewer answers than it offers — e.g. a longitudinal question that gives the prior history.
+
+Verdicts weigh evidence, not noise: a group is ``ok`` when its best baseline is within
+``margin_pp`` of chance, or when the excess is not statistically clear — the lower end of
+the 95 % Wilson interval of the baseline's accuracy is not above chance + ``margin_pp``
+(on a few dozen questions one standard error is several points).  Otherwise it is
+``warn``, or ``fail`` when the excess also exceeds ``fail_pp``.  Every group reports its
+point estimate, interval and ``within_margin``.  The corpus
+verdict is the worst of the groups that decide it: every split but ``train`` (or the
+recipe's ``audit.splits`` and ``audit.configs``) with at least ``min_questions``
+questions — smaller groups are reported with their interval, and decide only when they
+fail.
 """
 
 from __future__ import annotations
@@ -41,7 +50,8 @@ from collections.abc import Iterable, Mapping
 LETTERS = "ABCD"
 BASELINES = ("question_majority", "answer_position", "frequent_option", "longest_option",
              "often_correct_option")
-DEFAULTS = {"margin_pp": 3.0, "fail_pp": 10.0, "min_questions": 30, "on": "warn"}
+DEFAULTS = {"margin_pp": 3.0, "fail_pp": 10.0, "min_questions": 100, "on": "warn",
+            "chance": {}, "configs": None, "splits": None}
 SEP = "\x1f"
 
 
@@ -206,7 +216,9 @@ def audit(merged: Mapping, settings: Mapping | None = None) -> dict:
         g = merged[key]
         train = merged.get(_group_key(config, "train", task, qtype))
         base = _baselines(train, g, qtype)
-        if qtype == "multiple_choice":
+        if task in conf["chance"]:
+            chance, reference = float(conf["chance"][task]), "declared"
+        elif qtype == "multiple_choice":
             sizes = [len(k.split(SEP)) - 1 for k in g["option_sets"]] or [len(LETTERS)]
             chance, reference = 1.0 / max(sizes), "uniform"
         elif qtype == "closed":
@@ -220,9 +232,10 @@ def audit(merged: Mapping, settings: Mapping | None = None) -> dict:
         best = scored.get(best_name, 0.0) if best_name else 0.0
         excess = 100.0 * (best - chance)
         low, high = wilson(best * g["n"], g["n"])
-        if excess <= margin:
+        clear = low * 100.0 > 100.0 * chance + margin  # the excess is not sampling noise
+        if excess <= margin or not clear:
             verdict = "ok"
-        elif excess > fail_pp and low * 100.0 > 100.0 * chance + margin:
+        elif excess > fail_pp:
             verdict = "fail"
         else:
             verdict = "warn"
@@ -238,17 +251,22 @@ def audit(merged: Mapping, settings: Mapping | None = None) -> dict:
             "best_baseline": best_name,
             "interval": [round(low, 4), round(high, 4)],
             "excess_pp": round(excess, 2),
+            "within_margin": excess <= margin,
             "verdict": verdict,
         })
-    audited = [g for g in groups if g["split"] != "train"]
     worst = "ok"
-    for g in audited:
-        if g["n"] < int(conf["min_questions"]) and g["verdict"] != "fail":
+    for g in groups:
+        g["decides"] = bool(
+            (g["split"] in conf["splits"] if conf["splits"] else g["split"] != "train")
+            and (g["config"] in conf["configs"] if conf["configs"] else True)
+            and (g["n"] >= int(conf["min_questions"]) or g["verdict"] == "fail"))
+        if not g["decides"]:
             continue
         if g["verdict"] == "fail" or (g["verdict"] == "warn" and worst == "ok"):
             worst = g["verdict"]
     return {"margin_pp": margin, "fail_pp": fail_pp, "min_questions": int(conf["min_questions"]),
-            "on": conf["on"], "verdict": worst, "groups": groups}
+            "on": conf["on"], "chance": dict(conf["chance"]), "configs": conf["configs"],
+            "splits": conf["splits"], "verdict": worst, "groups": groups}
 
 
 def summary_lines(result: Mapping, splits: Iterable[str] = ("test",)) -> list[str]:
@@ -261,8 +279,10 @@ def summary_lines(result: Mapping, splits: Iterable[str] = ("test",)) -> list[st
             continue
         best = g["best_baseline"] or "-"
         acc = g["baselines"].get(best) if g["best_baseline"] else None
+        low, high = g["interval"]
         lines.append(
             f"  {g['config']:<9} {g['split']:<10} {g['task']:<28} {g['question_type']:<15} "
             f"n={g['n']:<7} chance {100 * g['chance']:5.1f}%  best {best:<20} "
-            f"{100 * (acc or 0):5.1f}%  {g['excess_pp']:+6.1f} pp  {g['verdict']}")
+            f"{100 * (acc or 0):5.1f}% [{100 * low:4.1f}-{100 * high:5.1f}]  "
+            f"{g['excess_pp']:+6.1f} pp  {g['verdict']}")
     return lines

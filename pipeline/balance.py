@@ -1,77 +1,176 @@
-"""Exact, shard-independent answer balancing of closed questions (CLEVR/GQA-style, but
-order-free).
+"""Corpus-wide, order-free answer balancing (CLEVR/GQA-style, but shard-independent).
 
-A generator marks a closed question it wants balanced with ``balance = (group, u)``:
-``group`` names what the question text is about (e.g. ``existence/liver`` — the family
-and its target), ``u`` is a keyed uniform number of the question (a function of the
-seed, the image and the family only).  Over the whole corpus, for every ``(split,
-group)``, the answer that occurs less often is kept whole and each more frequent answer
-keeps only its questions with the smallest ``u`` — as many as the rarest answer has.
-Within every group and split, ``yes`` and ``no`` are then exactly equal, so a model that
-reads only the question cannot beat a coin on it.
+A template family declares ``balance`` (``schemas/template_family.schema.json``); its
+generated questions carry a mark ``{"mode", "group", "u", …}`` where ``u`` is a keyed
+uniform number of the question (seed, image, family — never arrival order).  Every unit
+reports its marks as small *candidates*; the rules below are a function of the multiset
+of candidates only, so any runner, shard layout or worker count gives the same corpus.
 
-The thresholds depend only on the multiset of candidates, never on the order in which
-shards, bundles or workers produced them; a group whose questions all have one answer is
-dropped whole (it could only teach a shortcut).
+``answers`` (closed and categorical open questions)
+    ``group`` is the family with the question's rendering context — everything its text
+    depends on except the paraphrase.  For every ``(split, group)`` each answer keeps as
+    many questions as the rarest answer has (those with the smallest ``u``); a group with
+    a single answer is dropped whole (its text alone would give the answer away).  The
+    kept questions of each answer are then given paraphrases by rank (``rank mod
+    variants``), so *every question text* has each of its answers equally often: a model
+    that reads only the question cannot beat chance on it, on any split.  Multiple-choice
+    families balanced this way also take their answer position from the rank.
+
+``options`` (multiple choice)
+    The correct letter is ``rank mod 4`` of the question among its family's questions in
+    the split (positions exactly uniform), and its distractors are drawn from the correct
+    answers of the other questions of the same *pool* (e.g. the same anatomical region) by
+    quota (:func:`assign_distractors`): each answer is offered as a distractor three times
+    for each time it is correct, so no option text is a better guess than another.  For
+    that, no answer may be correct in more than a quarter of its pool: the questions of an
+    over-represented answer beyond that share are dropped (smallest ``u`` kept), and a
+    pool with fewer than four distinct answers is dropped whole.  When the quotas leave
+    too few distractors for a question, the generator's own stay.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import bisect
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
-ANSWERS = ("yes", "no")
+MODES = ("none", "answers", "options")
+LETTERS = "ABCD"
 
 
-def thresholds(candidates: Iterable[Sequence]) -> dict:
-    """``{(split, group): {answer: largest u kept}}`` for the groups that need thinning.
+@dataclass
+class Rules:
+    """Balancing rules of a corpus (picklable side input)."""
 
-    ``candidates``: ``(split, group, answer, u)`` for every balanced question.
+    answers: dict = field(default_factory=dict)  # (split, group) -> {answer: [kept u]} | None
+    positions: dict = field(default_factory=dict)  # (split, family) -> [u]
+    pools: dict = field(default_factory=dict)  # (split, pool) -> {u: distractor labels} | None
+
+    def __bool__(self) -> bool:
+        return bool(self.answers or self.positions or self.pools)
+
+
+def mark(family, context: Mapping, u: float, made: Mapping) -> dict | None:
+    """The balancing mark of a generated question (``None`` when not balanced)."""
+    if family.balance == "answers":
+        ctx = {k: v for k, v in context.items() if k != "options"}
+        return {"mode": "answers", "group": family.family + "|" + json.dumps(ctx, sort_keys=True),
+                "u": u}
+    if family.balance == "options" and made.get("label") is not None:
+        return {"mode": "options", "group": family.family,
+                "pool": family.family + "|" + str(made.get("pool", "")), "label": made["label"],
+                "exclude": sorted(made.get("exclude") or ()), "u": u}
+    return None
+
+
+def candidate(split: str, m: Mapping, answer: str) -> tuple:
+    if m["mode"] == "answers":
+        return ("answers", split, m["group"], answer, float(m["u"]))
+    return ("options", split, m["group"], m["pool"], m["label"], float(m["u"]),
+            tuple(m.get("exclude") or ()))
+
+
+def rules_from(candidates: Iterable[tuple], pools_=None) -> Rules:
+    """The rules for a multiset of candidates (see the module docstring); ``pools_`` (the
+    distractor pools) supplies synonyms and parents to keep out of the options."""
+    answers: dict[tuple, dict[str, list[float]]] = {}
+    pools: dict[tuple, list[tuple[float, str]]] = {}
+    excludes: dict[float, tuple] = {}
+    for c in candidates:
+        if c[0] == "answers":
+            _, split, group, answer, u = c
+            answers.setdefault((split, group), {}).setdefault(answer, []).append(u)
+        else:
+            _, split, group, pool, label, u, exclude = c
+            pools.setdefault((split, pool), []).append((u, label))
+            excludes[u] = exclude
+    rules = Rules()
+    for key, by in answers.items():
+        if len(by) < 2:
+            rules.answers[key] = None
+            continue
+        n = min(len(v) for v in by.values())
+        rules.answers[key] = {a: sorted(v)[:n] for a, v in by.items()}
+    kept_positions: dict[tuple, list[float]] = {}
+    for (split, pool), items in sorted(pools.items()):
+        kept = cap_answers(items)
+        if kept is None:
+            rules.pools[(split, pool)] = None
+            continue
+        rules.pools[(split, pool)] = assign_distractors(kept, excludes, pools_)
+        kept_positions.setdefault((split, pool.split("|", 1)[0]), []).extend(u for u, _ in kept)
+    rules.positions = {k: sorted(v) for k, v in kept_positions.items()}
+    return rules
+
+
+def assign_distractors(kept: list[tuple[float, str]], excludes: Mapping[float, tuple], pools_=None,
+                       k: int = 3) -> dict[float, tuple[str, ...]]:
+    """Distractors for every question of a pool: ``{u: (label, …)}``.
+
+    Each answer gets a quota of ``k`` times the number of questions it answers; in ``u``
+    order every question takes the ``k`` eligible labels with the most quota left (ties
+    broken by a keyed hash of label and question), never its own answer, a synonym, parent
+    or child of it, a label excluded for it, or two related labels.  So every answer is
+    offered about ``k`` times as a distractor for each time it is correct.
     """
-    groups: dict[tuple[str, str], dict[str, list[float]]] = {}
-    for split, group, answer, u in candidates:
-        groups.setdefault((split, group), {a: [] for a in ANSWERS})[answer].append(float(u))
-    out = {}
-    for key, by in sorted(groups.items()):
-        n_min = min(len(v) for v in by.values())
-        rule = {}
-        for answer, us in sorted(by.items()):
-            if len(us) > n_min:
-                rule[answer] = sorted(us)[n_min - 1] if n_min else -1.0
-        if rule:
-            out[key] = rule
+    from pipeline import keys
+
+    counts: dict[str, int] = {}
+    for _, label in kept:
+        counts[label] = counts.get(label, 0) + 1
+    quota = {label: k * c for label, c in counts.items()}
+    labels = sorted(quota)
+    related = (pools_.related if pools_ is not None else (lambda a, b: a == b))
+    out: dict[float, tuple[str, ...]] = {}
+    for u, answer in kept:
+        excluded = set(excludes.get(u, ()))
+        order = sorted(labels, key=lambda x: (-quota[x], keys.unit_interval(0, f"{u!r}", x)))
+        chosen: list[str] = []
+        for label in order:
+            if label == answer or label in excluded or related(answer, label):
+                continue
+            if any(related(label, c) for c in chosen):
+                continue
+            chosen.append(label)
+            if len(chosen) == k:
+                break
+        for label in chosen:
+            quota[label] -= 1
+        out[u] = tuple(chosen)
     return out
 
 
-def keep(split: str, group: str, answer: str, u: float, rules: Mapping) -> bool:
-    rule = rules.get((split, group))
-    if rule is None or answer not in rule:
-        return True
-    return u <= rule[answer]
+def cap_answers(items: list[tuple[float, str]], n_options: int = 4) -> list[tuple[float, str]] | None:
+    """The questions of a pool kept so that no answer is more than ``1/n_options`` of them
+    (its questions with the smallest ``u``), sorted by ``u``; ``None`` when the pool has
+    fewer distinct answers than options.
 
-
-def keep_question(row: Mapping, rules: Mapping) -> bool:
-    """Whether a generated row survives balancing (rows without ``balance`` always do)."""
-    mark = row.get("balance")
-    if not mark:
-        return True
-    group, u = mark
-    return keep(row["split"], group, row["answer"], u, rules)
-
-
-def as_side_input(rules: Mapping) -> list:
-    """A picklable, order-stable form for a Beam side input; :func:`from_side_input` inverts."""
-    return sorted((k, sorted(v.items())) for k, v in rules.items())
-
-
-def from_side_input(items: Iterable) -> dict:
-    return {tuple(k): dict(v) for k, v in items}
+    An answer correct in more than a quarter of a pool's questions cannot be offered as a
+    distractor three times for each time it is correct, so it would be the better blind
+    guess; capping it is what makes the neighbour distractors fair.
+    """
+    by: dict[str, list[float]] = {}
+    for u, label in items:
+        by.setdefault(label, []).append(u)
+    if len(by) < n_options:
+        return None
+    counts = {label: len(us) for label, us in by.items()}
+    while True:
+        total = sum(counts.values())
+        label = max(sorted(counts), key=lambda x: counts[x])
+        allowed = (total - counts[label]) // (n_options - 1)
+        if counts[label] <= allowed:
+            break
+        counts[label] = allowed
+    return sorted((u, label) for label, us in by.items() for u in sorted(us)[:counts[label]])
 
 
 def question_candidates(records: Iterable[Mapping], ctx) -> list[tuple]:
-    """``(split, group, answer, u)`` of every balanced question the records would get."""
-    from pipeline.questions import BALANCED_GENERATORS, generate_questions
+    """Candidates of every balanced question the records would get."""
+    from pipeline.questions import generate_questions
 
-    families = {k: f for k, f in ctx.families.items() if f.generator in BALANCED_GENERATORS}
+    families = {k: f for k, f in ctx.families.items() if f.balance != "none"}
     out = []
     if not families:
         return out
@@ -79,6 +178,66 @@ def question_candidates(records: Iterable[Mapping], ctx) -> list[tuple]:
         for row in generate_questions(record, families, ctx.pools, seed=ctx.seed,
                                       settings=ctx.qa_settings):
             if row.get("balance"):
-                group, u = row["balance"]
-                out.append((row["split"], group, row["answer"], float(u)))
+                answer = row["answer_text"] if row["balance"]["mode"] == "answers" else ""
+                out.append(candidate(row["split"], row["balance"], answer))
     return out
+
+
+def apply(row: dict, rules: Rules, families: Mapping, pools) -> dict | None:
+    """The balanced form of a generated row, or ``None`` when balancing drops it.
+
+    Rows without a mark, and every row when ``rules`` is empty (no corpus-wide view, e.g.
+    ``radvqa lint``), pass unchanged apart from the internal fields being removed.
+    """
+    m = row.pop("balance", None)
+    context = row.pop("_context", None)
+    if not m or not rules:
+        return row
+    family = families[row["family"]]
+    if m["mode"] == "answers":
+        kept = rules.answers.get((row["split"], m["group"]))
+        if kept is None:
+            return None
+        us = kept.get(row["answer_text"], [])
+        rank = bisect.bisect_left(us, m["u"])
+        if rank >= len(us) or us[rank] != m["u"]:
+            return None
+        if family.question_type == "multiple_choice":  # positions by rank too: uniform per text
+            position = rank % len(row["options"])
+            options = [o for o in row["options"] if o != row["answer_text"]]
+            options.insert(position, row["answer_text"])
+            row = row | {"options": options, "answer": LETTERS[position]}
+            context = dict(context) | {"options": options}
+        return _rerender(row, family, rank % len(family.variants), context)
+    # options
+    pool = rules.pools.get((row["split"], m["pool"]))
+    if pool is None or m["u"] not in pool:
+        return None  # a pool with too few answers, or an answer over-represented in it
+    us = rules.positions.get((row["split"], m["group"]), [])
+    rank = bisect.bisect_left(us, m["u"])
+    position = rank % len(LETTERS)
+    distractors = pool[m["u"]]
+    if len(distractors) < len(LETTERS) - 1:
+        wrong = [o for o in row["options"] if o != row["answer_text"]]
+    else:
+        wrong = [pools.display(label) for label in distractors]
+    options = list(wrong)
+    options.insert(position, row["answer_text"])
+    row = row | {"options": options, "answer": LETTERS[position]}
+    context = dict(context) | {"options": options}
+    variant = next(i for i, v in enumerate(family.variants) if v.id == row["template_id"])
+    return _rerender(row, family, variant, context)
+
+
+def _rerender(row: dict, family, variant: int, context) -> dict:
+    from pipeline.templates import render
+
+    v = family.variants[variant]
+    return row | {"question": render(family, v, context), "template_id": v.id}
+
+
+def strip(row: dict) -> dict:
+    """A row without the internal balancing fields."""
+    row.pop("balance", None)
+    row.pop("_context", None)
+    return row

@@ -82,9 +82,10 @@ def _file_digest(paths) -> str:
 
 
 def fingerprint(recipe: Recipe, seed: int) -> str:
-    """Recipe, seed, template and pool contents and stage versions (not input data)."""
+    """Recipe (its pseudonym key left out: the fingerprint is published), seed, template
+    and pool contents and stage versions (not input data)."""
     return keys.digest(
-        json.dumps(recipe.data, sort_keys=True), seed, _file_digest(template_paths(recipe)),
+        json.dumps(public_recipe(recipe.data), sort_keys=True), seed, _file_digest(template_paths(recipe)),
         _file_digest(pool_paths(recipe)), SCHEMA_VERSION, QA_VERSION, __version__,
     )
 

@@ -84,7 +84,9 @@ def gen_structure_identification(image, family, pools, gen, settings):
         if len(distractors) < 3:
             return None
         return {"context": ctx, "correct": pools.display(label),
-                "distractors": [pools.display(d) for d in distractors], "question_box": box}
+                "distractors": [pools.display(d) for d in distractors], "question_box": box,
+                "label": label if pools.known(label) else None, "pool": pools.region_of(label),
+                "exclude": []}
     return {"context": ctx, "answer": pools.display(target["label"]), "question_box": box}
 
 
@@ -305,9 +307,6 @@ def gen_rin_caption(image, family, pools, gen, settings):
     return {"context": ctx, "answer": f"{ctx['modality_long']} of the {ctx['region']} {tail}"}
 
 
-#: Generators whose closed questions carry ``balance`` marks (:mod:`pipeline.balance`).
-BALANCED_GENERATORS = frozenset({"existence3d"})
-
 GENERATORS = {
     "rin_anatomy_open": gen_rin_anatomy_open,
     "rin_anatomy_present": gen_rin_anatomy_present,
@@ -346,6 +345,7 @@ def generate_questions(
     image: Mapping, families: Mapping, pools, *, seed: int, settings: Mapping | None = None
 ) -> list[dict]:
     """QA rows of one image record, sorted by ``qa_id`` (see module docstring)."""
+    from pipeline.balance import mark as balance_mark
     from pipeline.templates import render
 
     conf = DEFAULT_SETTINGS | dict(settings or {})
@@ -379,9 +379,15 @@ def generate_questions(
                 "question_box": item.get("question_box"),
                 "template_id": variant.id,
             }
-            for extra in ("value", "unit", "tolerance", "subtask", "balance"):
+            for extra in ("value", "unit", "tolerance", "subtask"):
                 if extra in item:
                     row["answer_" + extra if extra in ("value", "unit", "tolerance") else extra] = item[extra]
+            if family.balance != "none":
+                u = keys.KeyedStream(seed, key, f"{name}/balance{suffix}").random()
+                m = balance_mark(family, parts["context"], u, item)
+                if m is not None:
+                    row["balance"] = m
+                    row["_context"] = parts["context"]
             rows.append(row)
     rows.sort(key=lambda r: r["qa_id"])
     return rows

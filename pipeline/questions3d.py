@@ -41,6 +41,9 @@ def gen_anomaly_presence(record, family, pools, gen, settings):
 
 
 def gen_anomaly_which(record, family, pools, gen, settings):
+    """Which abnormality is present.  Balanced (``options``): the distractors become the
+    lesions of other volumes; the fallback draws from the recipe's absent findings and
+    ``extra_findings``."""
     if not record["lesions"]:
         return None
     target = record["lesions"][gen.integers(len(record["lesions"]))]
@@ -55,16 +58,17 @@ def gen_anomaly_which(record, family, pools, gen, settings):
     if len(picks) < 3:
         return None
     return {"context": _base(record), "correct": pools.display(target["label"]),
-            "distractors": picks, "subtask": "which"}
+            "distractors": picks, "subtask": "which", "label": target["label"],
+            "pool": "lesions", "exclude": sorted(present)}
 
 
 def gen_observation_location(record, family, pools, gen, settings):
-    lesions = [les for les in _unique_kind_lesions(record, pools) if les["organ"]]
-    if not lesions:
+    """Which organ holds the lesion, asked of volumes with exactly one lesion.  The
+    question never names the lesion's kind: "tumor" or "nodule" would give the organ away."""
+    if len(record["lesions"]) != 1 or not record["lesions"][0]["organ"]:
         return None
-    les = lesions[gen.integers(len(lesions))]
-    return {"context": _base(record) | {"kind": _kind(pools, les["label"])},
-            "answer": pools.display(les["organ"]), "subtask": "location"}
+    les = record["lesions"][0]
+    return {"context": _base(record), "answer": pools.display(les["organ"]), "subtask": "location"}
 
 
 def gen_observation_appearance(record, family, pools, gen, settings):
@@ -111,8 +115,7 @@ def gen_existence3d(record, family, pools, gen, settings):
     for finding in record["findings"]:
         present = finding in record["present"]
         out.append({"context": _base(record) | {"finding": pools.display(finding)},
-                    "answer": "yes" if present else "no", "subtask": finding,
-                    "balance": (f"existence/{finding}", gen.random())})
+                    "answer": "yes" if present else "no", "subtask": finding})
     return out
 
 
@@ -120,12 +123,9 @@ def _temporal(record, family, pools, gen, settings, longitudinal: bool):
     if not record["history_orders"]:
         return None
     out = []
-    rate = float(settings.get("temporal_no_abnormality_rate", 0.25))
     for finding in record["findings"]:
         seq = [*record["history"][finding], int(finding in record["present"])]
         label = temporal_label(seq)
-        if label == "No abnormality" and gen.random() >= rate:
-            continue
         ctx = _base(record) | {"finding": pools.display(finding),
                                "sequence": "[" + ", ".join(str(x) for x in seq[:-1]) + "]",
                                "n_prior": len(seq) - 1}

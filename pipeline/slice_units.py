@@ -143,8 +143,8 @@ class SlicesKind:
         return question_candidates(records, ctx)
 
     @staticmethod
-    def render(ref, records: list[dict], payload, ctx, thresholds: Mapping):
-        from pipeline.balance import keep_question
+    def render(ref, records: list[dict], payload, ctx, rules):
+        from pipeline.balance import apply
         from pipeline.questions import generate_questions
 
         rows: list[dict] = []
@@ -164,9 +164,9 @@ class SlicesKind:
                 dead.append(_dead(record, internal_error("qa", exc)))
                 continue
             for row in qa:
-                if not keep_question(row, thresholds):
+                row = apply(row, rules, ctx.families, ctx.pools)
+                if row is None:
                     continue
-                row.pop("balance", None)
                 rows.append(row)
                 tasks[row["task"]] += 1
             unknown.update(label for label in record["case_labels"] if not ctx.pools.known(label))

@@ -442,6 +442,7 @@ class TemplateFamily:
     variants: tuple[Variant, ...]
     version: int
     source: str
+    balance: str = "none"  # "answers" | "options" | "none" (see pipeline.balance)
 
     def __post_init__(self) -> None:
         if not self.variants:
@@ -531,7 +532,7 @@ def load_family_file(path: Path) -> TemplateFamily:
         family=data["family"], task=data["task"], generator=data["generator"],
         question_type=data["question_type"], answer_format=data["answer_format"],
         requires=requires, variants=tuple(variants), version=int(data["version"]),
-        source=str(path),
+        source=str(path), balance=data.get("balance", "none"),
     )
 
 

@@ -59,12 +59,9 @@ class RenderQuestionsFn(beam.DoFn):
         self._ctx = ctx
         self._qa = Metrics.counter(NAMESPACE, "qa_rows")
 
-    def process(self, element, rules=()):
-        from pipeline.balance import from_side_input
-
+    def process(self, element, rules=None):
         ref, extracted = element
-        receipt, dead = U.render_unit(ref, extracted, self._ctx, kind_of(self._ctx.kind),
-                                      from_side_input(rules))
+        receipt, dead = U.render_unit(ref, extracted, self._ctx, kind_of(self._ctx.kind), rules)
         self._qa.inc(receipt["rows"].get("qa", 0))
         for letter in dead:
             yield pvalue.TaggedOutput(DEAD, letter)
@@ -103,10 +100,10 @@ def _candidates(element, ctx):
     return U.unit_candidates(ref, extracted.report, ctx, kind_of(ctx.kind))
 
 
-def _rules(candidate_lists):
-    from pipeline.balance import as_side_input, thresholds
+def _rules(candidate_lists, pools):
+    from pipeline.balance import rules_from
 
-    return as_side_input(thresholds(c for lst in candidate_lists for c in lst))
+    return rules_from((c for lst in candidate_lists for c in lst), pools)
 
 
 class BuildCorpus(beam.PTransform):
@@ -132,7 +129,7 @@ class BuildCorpus(beam.PTransform):
                 extracted.units
                 | "BalanceCandidates" >> beam.Map(_candidates, ctx)
                 | "CollectCandidates" >> beam.combiners.ToList()
-                | "BalanceThresholds" >> beam.Map(_rules)
+                | "BalanceThresholds" >> beam.Map(_rules, ctx.pools)
             )
             rendered = extracted.units | "RenderQuestions" >> beam.ParDo(
                 RenderQuestionsFn(ctx), rules=beam.pvalue.AsSingleton(rules)).with_outputs(

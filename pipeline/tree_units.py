@@ -205,7 +205,7 @@ class TreeKind:
         return []
 
     @staticmethod
-    def render(ref, records: list[dict], payload, ctx, thresholds):
+    def render(ref, records: list[dict], payload, ctx, rules):
         images = payload["alignment"]["image"].to_pylist()
         align, inst, tasks = render_tree_images(records, [i["bytes"] for i in images], ctx)
         from pipeline.audit import partial_counts_columns

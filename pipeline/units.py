@@ -439,7 +439,7 @@ def unit_candidates(ref: UnitRef, report: Mapping, ctx: BuildContext, kind) -> l
 
 
 def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
-                thresholds: Mapping | None = None) -> tuple[dict, list[dict]]:
+                rules=None) -> tuple[dict, list[dict]]:
     """Render a unit's questions; writes its text shards, dead letters and receipt."""
     if extracted.done is not None:
         return extracted.done, []
@@ -448,7 +448,9 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
     if payload is None:
         payload = read_payload(ctx.output, report, kind)
     records = kind.records(payload, ref.split, ctx)
-    tables, info, dead = kind.render(ref, records, payload, ctx, thresholds or {})
+    from pipeline.balance import Rules
+
+    tables, info, dead = kind.render(ref, records, payload, ctx, rules or Rules())
     files = dict(report["pixel_files"])
     for config, table in tables.items():
         receipt = shards.write_table(ctx.output, ref.shard(config), table)

@@ -246,16 +246,17 @@ class VolumesKind:
         return question_candidates(records, ctx)
 
     @staticmethod
-    def render(ref, records: list[dict], payload, ctx, thresholds):
+    def render(ref, records: list[dict], payload, ctx, rules):
         from pipeline.audit import partial_counts
-        from pipeline.balance import keep_question
+        from pipeline.balance import apply
         from pipeline.questions import generate_questions
 
         rows = []
         for r in records:
             for row in generate_questions(r, ctx.families, ctx.pools, seed=ctx.seed,
                                           settings=ctx.qa_settings):
-                if not keep_question(row, thresholds):
+                row = apply(row, rules, ctx.families, ctx.pools)
+                if row is None:
                     continue
                 rows.append({
                     "qa_id": row["qa_id"], "volume_id": r["volume_id"], "case_key": r["case_key"],

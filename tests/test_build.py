@@ -15,7 +15,7 @@ import pytest
 
 from pipeline import keys
 from pipeline.build import build
-from pipeline.sample import USER_LABELS, form_of, make_phantom, write_sample
+from pipeline.sample import USER_LABELS, form_of, make_phantom, situs_inversus, write_sample
 from pipeline.slices import display_slice
 
 N_PATIENTS = 10
@@ -150,19 +150,27 @@ def test_boxes_are_exact_on_the_phantoms(corpus):
     assert checked > 500
 
 
-def test_laterality_follows_the_asymmetric_anatomy(corpus):
+def test_laterality_follows_the_anatomy_not_the_names(corpus):
+    """Sides come from patient coordinates: mirrored phantoms (situs inversus) have the
+    liver on the left and the spleen on the right, under the same names."""
     out, _ = corpus
-    rows = pq.read_table(out / "structures", columns=["label", "laterality", "centroid_lps"]).to_pylist()
-    sides = {}
-    for r in rows:
-        sides.setdefault(r["label"], set()).add(r["laterality"])
-    assert sides["liver"] == {"right"}
-    assert sides["spleen"] == {"left"}
-    assert sides["kidney_left"] == {"left"} and sides["kidney_right"] == {"right"}
-    assert sides["inferior_vena_cava"] == {"right"}
-    assert sides["vertebrae_L1"] == {"midline"}
+    key = keys.DEFAULT_PSEUDONYM_KEY
+    mirrored = {keys.pseudonym(key, "case", f"s{i + 1:04d}"): situs_inversus(i) for i in range(N_PATIENTS)}
+    rows = pq.read_table(out / "structures", columns=["case_key", "label", "laterality"]).to_pylist()
+    side = {(r["case_key"], r["label"]): r["laterality"] for r in rows}
+    checked = 0
+    for case, flip in mirrored.items():
+        expect = {"liver": "right", "spleen": "left", "inferior_vena_cava": "right",
+                  "kidney_left": "left", "kidney_right": "right", "vertebrae_L1": "midline"}
+        if flip:
+            expect |= {"liver": "left", "spleen": "right", "inferior_vena_cava": "left"}
+        for label, want in expect.items():
+            if (case, label) in side:
+                assert side[(case, label)] == want, (case, label, flip)
+                checked += 1
+    assert checked >= 40 and any(mirrored.values())
     # The user's renamed kidneys get their side from coordinates, not from a name.
-    assert sides["renal_parenchyma_left"] == {"left"}
+    assert {s for (c, lab), s in side.items() if lab == "renal_parenchyma_left"} == {"left"}
 
 
 def test_no_identifying_text_reaches_the_corpus(corpus):

@@ -107,7 +107,7 @@ def test_split_change_copies_stored_rows_instead_of_decoding(tmp_path, sample_in
     recipe = _recipe_dir(tmp_path)
     out = tmp_path / "out"
     build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), **QUIET)
-    _edit(recipe / "my.yaml", "fractions: {train: 0.7, validation: 0.15, test: 0.15}",
+    _edit(recipe / "my.yaml", "fractions: {train: 0.6, validation: 0.1, test: 0.3}",
           "fractions: {train: 0.4, validation: 0.2, test: 0.4}")
     again = regenerate(str(out), **QUIET)
     b = again.manifest["build"]

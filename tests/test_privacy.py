@@ -826,12 +826,6 @@ def test_the_pseudonym_key_is_never_published(world):
     assert data["privacy"]["pseudonym_key"] == "secret"  # the recipe itself is untouched
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline/build.py fingerprint() digests json.dumps(recipe.data) including "
-    "privacy.pseudonym_key, and the fingerprint is published in manifest.json and the card: "
-    "with every other input public (templates, pools, versions, seed, redacted recipe) it is an "
-    "offline oracle for guessing a weak recipe key (an environment key never enters it). Fix: "
-    "digest json.dumps(public_recipe(recipe.data), sort_keys=True) instead."))
 def test_the_published_fingerprint_does_not_depend_on_the_key(tmp_path):
     a = load_recipe(recipe_copy(tmp_path, "sample", "first-secret"))
     (tmp_path / "b").mkdir()

@@ -12,7 +12,15 @@ import pydicom
 import pytest
 
 from pipeline.extract import SliceSettings, process_case
-from pipeline.sample import FORMS, LESIONS, ORGANS, make_phantom, write_case, write_sample
+from pipeline.sample import (
+    FORMS,
+    LESIONS,
+    ORGANS,
+    make_phantom,
+    situs_inversus,
+    write_case,
+    write_sample,
+)
 from pipeline.sources import discover_cases
 
 
@@ -35,20 +43,39 @@ def test_phantom_anatomy(index):
     assert all(m.any() for m in organs), [n for n in ORGANS if not p.masks[n].any()]
     assert int(np.sum(organs, axis=0).max()) == 1  # organs are mutually exclusive
     centroid = {n: np.argwhere(p.masks[n]).mean(axis=0) for n in ORGANS}
-    assert centroid["liver"][0] < centroid["spleen"][0]  # liver on the patient's right (low i)
-    assert centroid["kidney_right"][2] < centroid["kidney_left"][2]  # right kidney lower
+    # the liver is on the patient's right (low i), the spleen on the left — mirrored in situs inversus
+    assert (centroid["liver"][0] < centroid["spleen"][0]) != situs_inversus(index)
+    assert (centroid["inferior_vena_cava"][0] < centroid["aorta"][0]) != situs_inversus(index)
+    assert centroid["kidney_left"][0] > centroid["kidney_right"][0]  # kidneys keep their side
+    assert abs(centroid["kidney_right"][2] - centroid["kidney_left"][2]) > 1.5  # one sits lower (slices)
     for lesion in (n for n in LESIONS if n in p.masks):
         assert p.masks[lesion].any()
     if "liver_tumor" in p.masks:
         assert not (p.masks["liver_tumor"] & ~p.masks["liver"]).any()
 
 
-def test_colon_has_two_limbs_on_axial_slices():
+def test_patients_vary_where_questions_should_depend_on_the_image():
+    """Mirrored organs, either kidney lower, joined or separate colon limbs, nodules on
+    either side and in different numbers — over the first twelve phantoms."""
     from pipeline.boxes import count_components
 
-    p = make_phantom(0)
-    counts = {count_components(p.masks["colon"][:, :, k]) for k in range(p.image.shape[2])}
-    assert 2 in counts
+    lower, colon, nodule_sides, nodule_counts = set(), set(), set(), set()
+    for index in range(12):
+        p = make_phantom(index, lesions={"lung_nodules": 1.0})
+        z = {n: np.argwhere(p.masks[n]).mean(axis=0)[2] for n in ("kidney_left", "kidney_right")}
+        lower.add(min(z, key=z.get))
+        counts = {count_components(p.masks["colon"][:, :, k]) for k in range(p.image.shape[2])}
+        assert 2 in counts  # the two limbs below the transverse colon
+        colon.add(1 in counts)
+        nodules = p.masks["lung_nodules"]
+        left = sum(p.masks[n] for n in ORGANS if n.startswith("lung_") and n.endswith("left"))
+        nodule_sides.add("left" if (nodules & (left > 0)).any() else "right")
+        nodule_counts.add(count_components(nodules))
+    assert sum(situs_inversus(i) for i in range(12)) == 3
+    assert lower == {"kidney_left", "kidney_right"}
+    assert colon == {True, False}
+    assert nodule_sides == {"left", "right"}
+    assert len(nodule_counts) >= 2
 
 
 def test_dicom_form_is_a_real_series_out_of_order(tmp_path):

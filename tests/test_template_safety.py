@@ -615,6 +615,8 @@ def test_no_recipe_field_names_a_file_except_the_confined_ones():
         "splits.fractions.<key>": "split names become shard file names: pattern ^[a-z][a-z0-9_]*$",
         "privacy.pseudonym_key": "an HMAC key, never opened",
         "slices.selection.structures[]": "structure labels compared with mask names",
+        "audit.configs[]": "config names compared with the corpus's configs; never opened",
+        "audit.splits[]": "split names compared with the corpus's splits; never opened",
     }
     assert _string_fields(schema) == set(classified)
 
@@ -623,7 +625,7 @@ def test_no_recipe_field_names_a_file_except_the_confined_ones():
     "old, new, message",
     [
         ("name: sample", "name: ../../tmp/x", "name: '../../tmp/x' does not match"),
-        ("{train: 0.7", "{../train: 0.7", "splits.fractions: '../train' does not match"),
+        ("{train: 0.6", "{../train: 0.6", "splits.fractions: '../train' does not match"),
     ],
     ids=["recipe-name", "split-name"],
 )

@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import math
-import random
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import keys
-from pipeline.balance import keep, thresholds
 from pipeline.build import build
 from pipeline.geometry import Geometry
 from pipeline.sample import (
@@ -61,17 +59,6 @@ def test_density_margin():
     assert density(15, 60) == "hypodense"
     assert density(100, 60) == "hyperdense"
     assert density(65, 60) == "isodense"
-
-
-def test_balancing_is_exact_and_order_independent():
-    rng = random.Random(0)
-    cands = [("train", "f", "yes" if rng.random() < 0.2 else "no", rng.random()) for _ in range(1000)]
-    th = thresholds(cands)
-    shuffled = cands[:]
-    rng.shuffle(shuffled)
-    assert thresholds(shuffled) == th
-    kept = [c for c in cands if keep(c[0], c[1], c[2], c[3], th)]
-    assert sum(c[2] == "yes" for c in kept) == sum(c[2] == "no" for c in kept)
 
 
 def test_lesion_facts_against_the_phantom():
@@ -131,7 +118,7 @@ def test_temporal_answers_follow_the_scripted_timeline(built):
         if r["task"] == "longitudinal_temporal_diagnosis":
             assert "[" + ", ".join(map(str, seq[:-1])) + "]" in r["question"]
         checked += 1
-    assert checked > 20
+    assert checked >= 12
     assert t in (1, 2)
     assert len(TIMELINES) == 4
 
@@ -155,15 +142,22 @@ def test_computed_answers_match_ground_truth(built):
         assert r["answer_unit"] == "mL" and r["answer_tolerance"] > 0
 
 
-def test_existence_is_balanced_per_finding_and_split(built):
+def test_balanced_questions_give_every_text_each_answer_equally_often(built):
+    """Existence per finding, anomaly presence, temporal classes: on every split each
+    question text has each of its answers the same number of times."""
     out, _ = built
-    rows = [r for r in pq.read_table(out / "qa").to_pylist() if r["task"] == "existence_detection"]
-    groups = {}
+    rows = pq.read_table(out / "qa").to_pylist()
+    by_text = {}
     for r in rows:
-        groups.setdefault((r["split"], r["subtask"]), []).append(r["answer"])
-    assert groups
-    for answers in groups.values():
-        assert answers.count("yes") == answers.count("no")
+        if r["task"] in ("existence_detection", "static_temporal_diagnosis",
+                         "longitudinal_temporal_diagnosis") or r["question_type"] == "closed":
+            by_text.setdefault((r["split"], r["question"]), []).append(r["answer_text"])
+    assert len(by_text) > 20
+    for answers in by_text.values():
+        counts = {a: answers.count(a) for a in set(answers)}
+        assert len(counts) >= 2 and len(set(counts.values())) == 1, counts
+    existence = [r for r in rows if r["task"] == "existence_detection"]
+    assert {r["subtask"] for r in existence} >= {"liver_tumor", "lung_nodules"}
 
 
 def test_volumes_config_holds_loadable_npy(built):
