@@ -21,10 +21,20 @@ What it never does:
   corpus size.
 
 Determinism: the same corpus gives the same bytes.  No timestamps; every
-listing is sorted, ties broken by name; figures are drawn by matplotlib's Agg
-canvas with the default style, fixed size and dpi, and no ``Software``
-metadata; gallery PNGs are encoded by Pillow.  Rows inside a shard are
-sorted by key, so a shard's head is a keyed-hash sample.
+listing is sorted, ties broken by name; figures are drawn once by matplotlib's
+Agg canvas with the default style, fixed size and dpi, on a layout computed
+from their measured labels, and encoded by Pillow without metadata, like the
+gallery PNGs.  Rows inside a shard are sorted by key, so a shard's head is a
+keyed-hash sample.
+
+Chart cache: each chart is first reduced to a :class:`Chart` (plain data:
+everything it draws), whose sha256 :meth:`~Chart.key` also covers
+:data:`CHART_VERSION`, the drawing constants and the matplotlib, Pillow and
+numpy versions.  :func:`write_report` keeps the PNG of every chart under
+``OUTPUT/.radvqa/report-cache/<key>.png`` (build state, never published) and
+deletes the entries the new report no longer uses; a chart whose key is there
+is copied, without importing matplotlib.  The cache never changes the output:
+a stored chart holds the bytes the same drawing produced.
 
 Gallery conventions: 2D boxes are stored-image pixels, ``x_min, y_min``
 inclusive, ``x_max, y_max`` exclusive; an image shown at integer scale ``s``
@@ -39,6 +49,10 @@ from __future__ import annotations
 
 import base64
 import colorsys
+import contextlib
+import functools
+import gc
+import hashlib
 import html
 import io
 import json
@@ -132,10 +146,43 @@ class Corpus:
 
     def exists(self, rel: str) -> bool:
         if self.remote:
+            from pipeline import shards
+
+            return shards.exists(self.root, rel)
+        return os.path.isfile(self.path(rel))
+
+    def read(self, rel: str) -> bytes:
+        if self.remote:
+            from pipeline import shards
+
+            return shards.read_bytes(self.root, rel)
+        with open(self.path(rel), "rb") as f:
+            return f.read()
+
+    def listdir(self, rel: str) -> list[str]:
+        """Names of the files directly in folder ``rel`` (none when it does not exist)."""
+        if self.remote:
             from apache_beam.io.filesystems import FileSystems
 
-            return FileSystems.exists(self.path(rel))
-        return os.path.isfile(self.path(rel))
+            prefix = self.path(rel).rstrip("/") + "/"
+            found = FileSystems.match([prefix + "*"])[0].metadata_list
+            return sorted(m.path[len(prefix):] for m in found if "/" not in m.path[len(prefix):])
+        try:
+            return sorted(e.name for e in os.scandir(self.path(rel)) if e.is_file())
+        except FileNotFoundError:
+            return []
+
+    def delete(self, rels: list[str]) -> None:
+        if self.remote:
+            from apache_beam.io.filesystems import FileSystems
+
+            FileSystems.delete([self.path(rel) for rel in rels])
+            return
+        for rel in rels:
+            try:
+                os.remove(self.path(rel))
+            except FileNotFoundError:
+                pass
 
     def open(self, rel: str):
         if self.remote:
@@ -219,14 +266,31 @@ def _value_counts(arr) -> Counter:
 
 
 def _group_counts(table: pa.Table, keys: list[str]) -> Counter:
-    """Counts of distinct key tuples (nulls kept as None)."""
+    """Counts of distinct key tuples (nulls kept as None).
+
+    Each key column is dictionary-encoded and the index tuples are counted with numpy:
+    Arrow's ``Table.group_by`` imports pyarrow.acero, and with it pandas (about 1 s).
+    """
     out: Counter = Counter()
     if table.num_rows == 0:
         return out
-    grouped = table.select(keys).group_by(keys).aggregate([([], "count_all")])
-    cols = [grouped.column(k).to_pylist() for k in keys]
-    for *key, n in zip(*cols, grouped.column("count_all").to_pylist()):
-        out[tuple(key)] += n
+    values, codes = [], []
+    for k in keys:
+        encoded = pc.dictionary_encode(table.column(k).combine_chunks(), null_encoding="encode")
+        values.append(encoded.dictionary.to_pylist())
+        codes.append(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64))
+    if math.prod(max(1, len(v)) for v in values) < 2 ** 62:  # one mixed-radix code per row
+        code = np.zeros(table.num_rows, np.int64)
+        for v, c in zip(values, codes):
+            code = code * max(1, len(v)) + c
+        uniq, counts = np.unique(code, return_counts=True)
+        combos = np.empty((len(uniq), len(keys)), np.int64)
+        for j in range(len(keys) - 1, -1, -1):
+            uniq, combos[:, j] = np.divmod(uniq, max(1, len(values[j])))
+    else:
+        combos, counts = np.unique(np.stack(codes, axis=1), axis=0, return_counts=True)
+    for combo, n in zip(combos.tolist(), counts.tolist()):
+        out[tuple(v[i] for v, i in zip(values, combo))] += n
     return out
 
 
@@ -278,12 +342,23 @@ def _add_hist(current, values, edges):
     return counts if current is None else current + counts
 
 
-def scan_qa(corpus: Corpus, manifest: Mapping, config: str, stats: Stats, log) -> None:
-    """Counts per split/task/question type (and subtask) and answer counts, shard by shard."""
+def scan_qa(corpus: Corpus, manifest: Mapping, config: str, stats: Stats, log,
+            pool: GalleryPool | None = None) -> None:
+    """Counts per split/task/question type (and subtask) and answer counts, shard by shard.
+
+    With the gallery's ``pool`` (of this config), the same pass collects every question about
+    a pool image into ``pool.questions``: a shard's id column is read with the statistics'
+    columns, and only shards that ask about a pool image are read again, for the rest of the
+    question columns.
+    """
+    columns = ["split", "task", "question_type", "subtask", "answer"]
     for rel in config_shards(manifest, config):
-        t = _read(corpus, rel, ["split", "task", "question_type", "subtask", "answer"])
+        pf = corpus.parquet(rel)
+        t = pf.read(columns=_present(pf, columns + ([pool.id_col] if pool else [])))
         if "subtask" not in t.column_names:
             t = t.append_column("subtask", pa.nulls(t.num_rows, pa.string()))
+        if pool is not None:
+            pool.collect(pf, t)
         for key, n in _group_counts(t, ["split", "task", "question_type", "subtask"]).items():
             stats.qa_groups[config][key] += n
         for (task, qtype, answer), n in _group_counts(t, ["task", "question_type", "answer"]).items():
@@ -434,30 +509,60 @@ QUESTION_COLUMNS = ["qa_id", "split", "task", "subtask", "question_type", "quest
                     "answer_tolerance"]
 
 
-def gallery_candidates(corpus: Corpus, manifest: Mapping, image_config: str, qa_config: str,
-                       id_col: str, pool: int) -> tuple[dict[str, str], dict[str, str], list[dict]]:
-    """The pool's image ids (id -> shard, id -> patient key when stored) and every question
-    about them, sorted by qa_id."""
+GALLERY_COLUMNS = {  # image-bearing columns the gallery shows, per corpus kind
+    "slices": ["image", "boxes", "width", "height", "modality", "plane", "slice_index", "window", "split"],
+    "tree": ["image", "metadata", "conversations", "split"],
+    "volumes": ["npy", "boxes3d", "shape", "modality", "split", "study_order"],
+}
+
+
+@dataclass
+class GalleryPool:
+    """The rows the gallery may show: the head (first ``POOL_ROWS`` rows, ``POOL_VOLUMES`` for
+    volumes) of the first non-empty shard of each split of the image-bearing config, read once
+    with every column the gallery draws; and, filled by :func:`scan_qa`, every question of
+    ``qa_config`` about them."""
+
+    qa_config: str
+    id_col: str
+    columns: list[str]  # the gallery's columns, id first
+    heads: dict[str, pa.Table]  # shard -> its head
+    where: dict[str, str]  # image id -> shard
+    patients: dict[str, str | None]  # image id -> patient key, when stored
+    questions: list[dict] = field(default_factory=list)
+
+    def collect(self, pf: pq.ParquetFile, t: pa.Table) -> None:
+        """Add the questions of one shard (``t`` holds its id column) about pool images."""
+        mask = pc.is_in(t.column(self.id_col), value_set=pa.array(sorted(self.where), pa.string()))
+        if not pc.any(mask).as_py():
+            return
+        rest = [c for c in _present(pf, QUESTION_COLUMNS) if c not in t.column_names]
+        full = t
+        for name, column in zip(rest, pf.read(columns=rest).columns):
+            full = full.append_column(name, column)
+        self.questions.extend(full.filter(mask).to_pylist())
+        self.questions.sort(key=lambda r: r["qa_id"])
+
+
+def gallery_pool(corpus: Corpus, manifest: Mapping, kind: str) -> GalleryPool | None:
+    """The gallery's pool (None without an image-bearing config); questions still empty."""
+    chosen = _image_config(manifest)
+    if chosen is None:
+        return None
+    image_config, qa_config, id_col = chosen
+    size = POOL_VOLUMES if kind == "volumes" else POOL_ROWS
+    columns = [id_col] + GALLERY_COLUMNS[kind]
+    heads: dict[str, pa.Table] = {}
     where: dict[str, str] = {}
-    patients: dict[str, str] = {}
+    patients: dict[str, str | None] = {}
     for rel in _pool_shards(manifest, image_config):
-        head = _head(corpus, rel, [id_col, "patient_key"], pool)
+        head = heads[rel] = _head(corpus, rel, columns + ["patient_key"], size)
         ids = head.column(id_col).to_pylist()
         keys = head.column("patient_key").to_pylist() if "patient_key" in head.column_names else [None] * len(ids)
         for image_id, patient in zip(ids, keys):
             where.setdefault(image_id, rel)
             patients.setdefault(image_id, patient)
-    ids = pa.array(sorted(where), pa.string())
-    rows: list[dict] = []
-    for rel in config_shards(manifest, qa_config):
-        t = _read(corpus, rel, [id_col])
-        mask = pc.is_in(t.column(id_col), value_set=ids)
-        if not pc.any(mask).as_py():
-            continue
-        full = _read(corpus, rel, [id_col] + QUESTION_COLUMNS).filter(mask)
-        rows.extend(full.to_pylist())
-    rows.sort(key=lambda r: r["qa_id"])
-    return where, patients, rows
+    return GalleryPool(qa_config, id_col, columns, heads, where, patients)
 
 
 def select_2d(rows: list[dict], id_col: str, size: int = GALLERY_SIZE,
@@ -501,13 +606,17 @@ def select_2d(rows: list[dict], id_col: str, size: int = GALLERY_SIZE,
 def _picks(rows: list[dict], need: Mapping, group: Callable, limit: int) -> list[dict]:
     """Questions of one image that fill open places: one per group first, then more."""
     picks: list[dict] = []
+    picked: set[int] = set()  # ids of the picked rows (a dict comparison per row was the cost)
     taken: Counter = Counter()
     for distinct in (True, False):
         for r in rows:
+            if len(picks) >= limit:
+                return picks
             g = group(r)
-            if len(picks) >= limit or r in picks or taken[g] >= need[g] or (distinct and taken[g]):
+            if id(r) in picked or taken[g] >= need[g] or (distinct and taken[g]):
                 continue
             picks.append(r)
+            picked.add(id(r))
             taken[g] += 1
     return picks
 
@@ -552,18 +661,18 @@ def _neg(text: str) -> tuple:
     return tuple(-ord(c) for c in text)
 
 
-def attach_rows(corpus: Corpus, items: list[GalleryItem], where: Mapping[str, str],
-                id_col: str, columns: list[str], pool: int) -> None:
-    """Fill each item's image row from the head of its shard (only those rows' pixels)."""
+def attach_rows(items: list[GalleryItem], pool: GalleryPool) -> None:
+    """Fill each item's image row from the head of its shard (only those rows converted)."""
     by_shard: dict[str, set] = defaultdict(set)
     for item in items:
-        by_shard[where[item.image_id]].add(item.image_id)
+        by_shard[pool.where[item.image_id]].add(item.image_id)
     rows: dict[str, dict] = {}
     for rel in sorted(by_shard):
-        head = _head(corpus, rel, [id_col] + columns, pool)
-        mask = pc.is_in(head.column(id_col), value_set=pa.array(sorted(by_shard[rel]), pa.string()))
+        head = pool.heads[rel]
+        head = head.select([c for c in pool.columns if c in head.column_names])
+        mask = pc.is_in(head.column(pool.id_col), value_set=pa.array(sorted(by_shard[rel]), pa.string()))
         for r in head.filter(mask).to_pylist():
-            rows[r[id_col]] = r
+            rows[r[pool.id_col]] = r
     for item in items:
         item.row = rows.get(item.image_id)
 
@@ -665,8 +774,9 @@ def draw_boxes(img, boxes: list[tuple[str, tuple[int, int, int, int]]],
 
 
 def png_bytes(img) -> bytes:
+    """PNG at zlib's default level: ``optimize`` took 5x the time for 2-3 % fewer bytes."""
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
+    img.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -682,35 +792,285 @@ def volume_slice(npy: bytes) -> tuple[np.ndarray, int]:
     return np.clip(np.rint(plane * 255.0), 0, 255).astype(np.uint8), k
 
 
-# --------------------------------------------------------------------------- plots (matplotlib)
+# --------------------------------------------------------------------------- charts (matplotlib, cached)
+
+# Part of every chart's cache key: bump it with any change to the drawing code below that can
+# change a chart's pixels (the specs, the constants below, DPI and the library versions are
+# hashed anyway).  A forgotten bump serves charts drawn by the old code.
+CHART_VERSION = 2
+CHART_RC = {"font.size": 9, "axes.titlesize": 10, "font.family": "DejaVu Sans"}
+CHART_LIBRARIES = ("matplotlib", "Pillow", "numpy")
+CACHE_DIR = ".radvqa/report-cache"  # build state: <key>.png, one per chart of the last report
+PAD_PT = 4.0  # around the figure and between panels, in points
+PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6",
+           "#9d755d", "#bab0ac", "#eeca3b"]
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One chart as plain data: ``kind`` names its drawing function in :data:`DRAW`; ``spec``
+    holds everything that function draws (values, labels as shown, titles, figure size in
+    inches), JSON-serialisable.
+
+    The spec is the whole input of the drawing: :meth:`key` hashes it, so a value drawn but
+    left out of it would let a cached chart go stale.
+    """
+
+    kind: str
+    spec: dict
+
+    def __post_init__(self):
+        if self.kind not in DRAW:
+            raise ValueError(f"chart: kind {self.kind!r} is not one of {sorted(DRAW)}")
+
+    def key(self) -> str:
+        """sha256 of the chart version, the drawing libraries' versions, the drawing constants
+        (DPI, rc, padding, palette) and the spec."""
+        payload = {"chart": CHART_VERSION, "libraries": library_versions(), "dpi": DPI,
+                   "rc": CHART_RC, "pad_pt": PAD_PT, "palette": PALETTE, "kind": self.kind,
+                   "spec": self.spec}
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries that draw and encode charts (no import needed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in CHART_LIBRARIES:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "missing"
+    return out
+
+
+class ChartCache:
+    """Chart PNGs by :meth:`Chart.key` under ``OUTPUT/.radvqa/report-cache/<key>.png``.
+
+    A hit needs neither matplotlib nor drawing.  Entries are written atomically (temporary
+    name, then rename) and read back only when whole (PNG signature and ``IEND``), so a
+    killed write is a miss, never a broken chart.  :meth:`prune` deletes every entry the
+    current report did not use: a corpus folder keeps only its current charts.  A cache that
+    cannot be read or written costs time, never the report.
+    """
+
+    def __init__(self, corpus: Corpus, log: Callable[[str], None] | None = None):
+        self.corpus = corpus
+        self.log = log or (lambda msg: None)
+        self.used: set[str] = set()
+        self.hits = 0
+        self.misses = 0
+        self._stored: set[str] | None = None
+
+    def _names(self) -> set[str]:
+        if self._stored is None:  # one listing per report, not one existence check per chart
+            try:
+                self._stored = set(self.corpus.listdir(CACHE_DIR))
+            except OSError as err:
+                self.log(f"  report cache: cannot list {CACHE_DIR}: {err}")
+                self._stored = set()
+        return self._stored
+
+    def get(self, key: str) -> bytes | None:
+        self.used.add(key)
+        name = f"{key}.png"
+        if name not in self._names():
+            self.misses += 1
+            return None
+        try:
+            data = self.corpus.read(f"{CACHE_DIR}/{name}")
+        except OSError:
+            data = b""
+        if not (data.startswith(PNG_SIGNATURE) and data.endswith(PNG_END)):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return data
+
+    def put(self, key: str, png: bytes) -> None:
+        self.used.add(key)
+        try:
+            self.corpus.write(f"{CACHE_DIR}/{key}.png", png)
+        except OSError as err:
+            self.log(f"  report cache: cannot store {key}.png: {err}")
+            return
+        self._names().add(f"{key}.png")
+
+    def prune(self) -> list[str]:
+        """Delete every cache file the charts rendered since construction did not use."""
+        keep = {f"{key}.png" for key in self.used}
+        stale = sorted(n for n in self._names() if n not in keep)
+        if stale:
+            try:
+                self.corpus.delete([f"{CACHE_DIR}/{n}" for n in stale])
+            except OSError as err:
+                self.log(f"  report cache: cannot delete stale entries: {err}")
+                return []
+            self._stored = self._names() - set(stale)
+        return stale
 
 
 class Plots:
-    """Renders matplotlib figures to PNG bytes deterministically (Agg, default style, no pyplot)."""
+    """Chart PNGs: from the cache when a chart's key is stored there, else drawn (and stored)."""
 
-    def __init__(self):
-        import matplotlib
-        import matplotlib.style
+    def __init__(self, cache: ChartCache | None = None):
+        self.cache = cache
 
-        self._mpl = matplotlib
+    def render(self, chart: Chart) -> bytes:
+        if self.cache is None:
+            return render_chart(chart)
+        key = chart.key()
+        png = self.cache.get(key)
+        if png is None:
+            png = render_chart(chart)
+            self.cache.put(key, png)
+        return png
 
-    def figure(self, width: float, height: float):
-        from matplotlib.figure import Figure
 
-        return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+def render_chart(chart: Chart) -> bytes:
+    """Draw ``chart`` once on a fixed layout and encode it as PNG (RGB, no metadata).
 
-    def render(self, draw: Callable) -> bytes:
-        """``draw(self)`` returns a figure; render it with the default style and fixed fonts."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    Matplotlib is imported here, on the first cache miss only.  The figure uses the default
+    style, :data:`CHART_RC` and the Agg canvas; axes are placed by :func:`_arrange` from the
+    measured sizes of their labels, so no layout engine draws the figure a second time.
+    """
+    import matplotlib
+    import matplotlib.style
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
 
-        with self._mpl.style.context("default"), self._mpl.rc_context(
-            {"font.size": 9, "axes.titlesize": 10, "font.family": "DejaVu Sans"}
-        ):
-            fig = draw(self)
-            FigureCanvasAgg(fig)
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-        return buf.getvalue()
+    with _collector_paused(), matplotlib.style.context("default"), matplotlib.rc_context(CHART_RC):
+        fig = Figure(figsize=tuple(chart.spec["size"]), dpi=DPI)
+        canvas = FigureCanvasAgg(fig)
+        grid = DRAW[chart.kind](fig, chart.spec)
+        _arrange(fig, canvas.get_renderer(), grid)
+        canvas.draw()
+        img = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """No cyclic garbage collection while one figure is drawn.
+
+    A figure allocates ~10^5 short-lived objects, which start full collections over every
+    live object of the process (~2·10^5 in a build, with Beam loaded): 10-15 % of a chart's
+    time.  The figure's cycles are collected once the collector runs again.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@dataclass
+class Grid:
+    """Axes of a figure on a ``rows`` × ``cols`` grid, with an optional figure title and x label."""
+
+    axes: list  # (Axes, row, column)
+    rows: int = 1
+    cols: int = 1
+    header: object = None  # Text above every panel
+    footer: object = None  # Text below every panel
+
+
+def _arrange(fig, renderer, grid: Grid) -> None:
+    """Place ``grid``'s axes: equal panels, each column and row as wide as its labels need.
+
+    What each panel needs outside its frame (tick labels, axis labels, title, a legend placed
+    right of the axes) is measured with the canvas's renderer; the measurements stay cached
+    for the single draw that follows.  Numeric ticks depend on a panel's size, so the panels
+    are measured again where they were placed, until nothing moves (at most three passes).
+    Sizes in pixels.
+    """
+    width, height = fig.bbox.width, fig.bbox.height
+    pt = fig.dpi / 72.0
+    pad = PAD_PT * pt
+    head = foot = pad
+    if grid.header is not None:
+        head += grid.header.get_window_extent(renderer).height + pad
+        grid.header.set_y(1.0 - pad / height)
+    if grid.footer is not None:
+        foot += grid.footer.get_window_extent(renderer).height + pad
+        grid.footer.set_y(pad / height)
+    placed = None
+    for _ in range(3):
+        need = [tuple(round(v, 2) for v in _outside(ax, renderer, pt, width / grid.cols))
+                for ax, _, _ in grid.axes]
+        if need == placed:
+            return
+        placed = need
+        left, right = [0.0] * grid.cols, [0.0] * grid.cols
+        top, bottom = [0.0] * grid.rows, [0.0] * grid.rows
+        for (_, r, c), (lo, ro, bo, to, _) in zip(grid.axes, need):
+            left[c], right[c] = max(left[c], lo), max(right[c], ro)
+            bottom[r], top[r] = max(bottom[r], bo), max(top[r], to)
+        panel_w = (width - 2 * pad - sum(left) - sum(right) - (grid.cols - 1) * pad) / grid.cols
+        for (_, _, c), n in zip(grid.axes, need):  # a title wider than its panel widens the margins
+            extra = (n[4] - panel_w) / 2
+            left[c], right[c] = max(left[c], extra), max(right[c], extra)
+        panel_w = max(1.0, (width - 2 * pad - sum(left) - sum(right) - (grid.cols - 1) * pad) / grid.cols)
+        panel_h = max(1.0, (height - head - foot - sum(top) - sum(bottom) - (grid.rows - 1) * pad)
+                      / grid.rows)
+        for ax, r, c in grid.axes:
+            x0 = pad + sum(left[:c]) + sum(right[:c]) + c * (panel_w + pad) + left[c]
+            y1 = height - head - sum(top[:r]) - sum(bottom[:r]) - r * (panel_h + pad) - top[r]
+            ax.set_position([x0 / width, (y1 - panel_h) / height, panel_w / width, panel_h / height])
+
+
+def _outside(ax, renderer, pt: float, cell_w: float) -> tuple[float, float, float, float, float]:
+    """Pixels ``ax`` needs left, right, below and above its frame, and its title's width."""
+    import matplotlib as mpl
+
+    rc = mpl.rcParams
+
+    def size(text):
+        if not text.get_visible() or not text.get_text():
+            return 0.0, 0.0
+        box = text.get_window_extent(renderer)
+        return box.width, box.height
+
+    def tick_labels(axis, ends_only: bool):
+        lo, hi = sorted(axis.get_view_interval())
+        eps = (hi - lo) * 1e-9
+        axis.get_majorticklabels()  # sets the labels of the current ticks
+        shown = [t.label1 for t in axis.get_major_ticks()
+                 if lo - eps <= t.get_loc() <= hi + eps and t.label1.get_visible() and t.label1.get_text()]
+        return [size(t) for t in (shown[:1] + shown[-1:] if ends_only and shown else shown)]
+
+    # x tick labels share one line height: only the outermost ones (overhang) need measuring
+    ys, xs = tick_labels(ax.yaxis, False), tick_labels(ax.xaxis, True)
+    left = max((w for w, _ in ys), default=0.0)
+    if left:
+        left += (rc["ytick.major.size"] + rc["ytick.major.pad"]) * pt
+    label_w, _ = size(ax.yaxis.label)
+    if label_w:
+        left += label_w + rc["axes.labelpad"] * pt
+    bottom = max((h for _, h in xs), default=0.0)
+    if bottom:
+        bottom += (rc["xtick.major.size"] + rc["xtick.major.pad"]) * pt
+    _, label_h = size(ax.xaxis.label)
+    if label_h:
+        bottom += label_h + rc["axes.labelpad"] * pt
+    overhang = max((w for w, _ in xs), default=0.0) / 2  # end tick labels are centred on the ends
+    left, right = max(left, overhang), overhang
+    title_w, title_h = size(ax.title)
+    top = title_h + rc["axes.titlepad"] * pt if title_h else 0.0
+    legend = ax.get_legend()
+    if legend is not None:  # placed at x = 1.01 (axes fraction) + borderaxespad, centre left
+        right = max(right, 0.01 * cell_w + legend.borderaxespad * legend.prop.get_size_in_points() * pt
+                    + legend.get_window_extent(renderer).width)
+    return left, right, bottom, top, title_w
 
 
 def _clip(text, n: int) -> str:
@@ -723,142 +1083,218 @@ def _short(text, n: int = 32) -> str:
     return _clip(text, n).replace("$", r"\$")
 
 
-def barh_figure(rows: list[tuple[str, float]], title: str, xlabel: str, fmt: str = "{:,.0f}"):
-    def draw(p: Plots):
-        fig = p.figure(9, 0.8 + 0.24 * max(1, len(rows)))
-        ax = fig.add_subplot()
-        labels = [_short(r[0], 48) for r in rows][::-1]
-        values = [r[1] for r in rows][::-1]
-        bars = ax.barh(range(len(rows)), values, color="#4c78a8")
-        ax.set_yticks(range(len(rows)), labels)
-        ax.bar_label(bars, labels=[fmt.format(v) for v in values], padding=3, fontsize=8)
-        ax.set_title(title)
-        ax.set_xlabel(xlabel)
-        ax.margins(x=0.12)
-        return fig
-    return draw
+def _plain(value):
+    """A number as a JSON-ready Python int or float (numpy scalars included)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    return float(value)
 
 
-def stacked_figure(categories: list[str], series: list[tuple[str, list[float]]], title: str,
-                   xlabel: str):
-    palette = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6",
-               "#9d755d", "#bab0ac", "#eeca3b"]
-
-    def draw(p: Plots):
-        fig = p.figure(9, 1.0 + 0.28 * max(1, len(categories)))
-        ax = fig.add_subplot()
-        left = np.zeros(len(categories))
-        for i, (name, values) in enumerate(series):
-            vals = np.asarray(values, float)[::-1]
-            ax.barh(range(len(categories)), vals, left=left, label=_short(name, 24),
-                    color=palette[i % len(palette)])
-            left += vals
-        ax.set_yticks(range(len(categories)), [_short(c, 48) for c in categories][::-1])
-        ax.set_title(title)
-        ax.set_xlabel(xlabel)
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-        return fig
-    return draw
+def barh_chart(rows: list[tuple[str, float]], title: str, xlabel: str, fmt: str = "{:,.0f}") -> Chart:
+    return Chart("barh", {"size": [9, 0.8 + 0.24 * max(1, len(rows))],
+                          "labels": [_short(r[0], 48) for r in rows],
+                          "values": [_plain(r[1]) for r in rows],
+                          "title": title, "xlabel": xlabel, "fmt": fmt})
 
 
-def shares_figure(yes_rows: list[tuple[str, float, float]], mc_rows: list[tuple[str, list[float]]],
-                  letters: list[str], config: str):
+def _draw_barh(fig, spec) -> Grid:
+    ax = fig.add_subplot()
+    n = len(spec["labels"])
+    values = spec["values"][::-1]
+    bars = ax.barh(range(n), values, color=PALETTE[0])
+    ax.set_yticks(range(n), spec["labels"][::-1])
+    ax.bar_label(bars, labels=[spec["fmt"].format(v) for v in values], padding=3, fontsize=8)
+    ax.set_title(spec["title"])
+    ax.set_xlabel(spec["xlabel"])
+    ax.margins(x=0.12)
+    return Grid([(ax, 0, 0)])
+
+
+def stacked_chart(categories: list[str], series: list[tuple[str, list[float]]], title: str,
+                  xlabel: str) -> Chart:
+    return Chart("stacked", {"size": [9, 1.0 + 0.28 * max(1, len(categories))],
+                             "categories": [_short(c, 48) for c in categories],
+                             "series": [[_short(name, 24), [_plain(v) for v in values]]
+                                        for name, values in series],
+                             "title": title, "xlabel": xlabel})
+
+
+def _draw_stacked(fig, spec) -> Grid:
+    ax = fig.add_subplot()
+    n = len(spec["categories"])
+    left = np.zeros(n)
+    for i, (name, values) in enumerate(spec["series"]):
+        vals = np.asarray(values, float)[::-1]
+        ax.barh(range(n), vals, left=left, label=name, color=PALETTE[i % len(PALETTE)])
+        left += vals
+    ax.set_yticks(range(n), spec["categories"][::-1])
+    ax.set_title(spec["title"])
+    ax.set_xlabel(spec["xlabel"])
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return Grid([(ax, 0, 0)])
+
+
+def shares_chart(yes_rows: list[tuple[str, float, float]], mc_rows: list[tuple[str, list[float]]],
+                 letters: list[str], config: str) -> Chart:
     """Closed questions: yes/no share per task; multiple choice: share of each correct letter."""
-    panels = [p for p in (("yes", yes_rows), ("mc", mc_rows)) if p[1]]
-    palette = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d"]
+    panels = []
+    if yes_rows:
+        panels.append({"names": [_short(r[0], 30) for r in yes_rows],
+                       "parts": [["yes", [_plain(r[1]) for r in yes_rows]],
+                                 ["no", [_plain(r[2]) for r in yes_rows]]],
+                       "uniform": 50, "title": f"{config}: closed, yes / no share"})
+    if mc_rows:
+        panels.append({"names": [_short(r[0], 30) for r in mc_rows],
+                       "parts": [[x, [_plain(r[1][i]) for r in mc_rows]] for i, x in enumerate(letters)],
+                       "uniform": 100.0 / max(1, len(letters)),
+                       "title": f"{config}: multiple choice, correct letter share"})
+    return Chart("shares", {"size": [10, 1.3 + 0.3 * max(len(yes_rows), len(mc_rows))],
+                            "panels": panels, "xlabel": "% of questions (dashed: uniform)"})
 
-    def draw(p: Plots):
-        fig = p.figure(10, 1.3 + 0.3 * max(len(yes_rows), len(mc_rows)))
-        for idx, (what, rows) in enumerate(panels):
-            ax = fig.add_subplot(1, len(panels), idx + 1)
-            names = [_short(r[0], 30) for r in rows][::-1]
-            parts = ([("yes", [r[1] for r in rows]), ("no", [r[2] for r in rows])] if what == "yes"
-                     else [(x, [r[1][i] for r in rows]) for i, x in enumerate(letters)])
-            left = np.zeros(len(rows))
-            for i, (name, vals) in enumerate(parts):
-                v = np.asarray(vals, float)[::-1]
-                ax.barh(range(len(rows)), v, left=left, color=palette[i % len(palette)], label=name)
-                left += v
-            ax.set_yticks(range(len(rows)), names)
+
+def _draw_shares(fig, spec) -> Grid:
+    grid = Grid([], cols=len(spec["panels"]))
+    for idx, panel in enumerate(spec["panels"]):
+        ax = fig.add_subplot(1, len(spec["panels"]), idx + 1)
+        n = len(panel["names"])
+        left = np.zeros(n)
+        for i, (name, vals) in enumerate(panel["parts"]):
+            v = np.asarray(vals, float)[::-1]
+            ax.barh(range(n), v, left=left, color=PALETTE[i % 8], label=name)
+            left += v
+        ax.set_yticks(range(n), panel["names"][::-1])
+        ax.set_xlim(0, 100)
+        ax.axvline(panel["uniform"], color="#222", lw=0.9, ls="--")
+        ax.set_title(panel["title"])
+        ax.set_xlabel(spec["xlabel"])
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+        grid.axes.append((ax, 0, idx))
+    return grid
+
+
+def answers_chart(groups: list[tuple[str, AnswerStats]]) -> Chart:
+    """One small panel per (task, question type): the top answers' shares, or a note when the
+    group's answers are open-ended (more distinct answers than half its questions)."""
+    panels = []
+    for name, st in groups:
+        top = _top(st.answers, TOP_ANSWERS)
+        distinct = len(st.answers)
+        panel = {"title": f"{_short(name, 38)} (n={st.n:,})"}
+        if st.n >= 20 and distinct > 0.5 * st.n:
+            panel["note"] = (f"open-ended:\n{distinct:,}{'+' if st.pruned else ''} distinct "
+                             f"answers\namong {st.n:,}")
+        else:
+            panel["labels"] = [_short(a, 22) for a, _ in top]
+            panel["shares"] = [100.0 * n / max(1, st.n) for _, n in top]
+        panels.append(panel)
+    return Chart("answers", {"size": [10, 2.1 * math.ceil(len(groups) / 3)], "cols": 3, "panels": panels,
+                             "xlabel": "% of the group's questions (top answers)"})
+
+
+def _draw_answers(fig, spec) -> Grid:
+    cols = spec["cols"]
+    rows = math.ceil(len(spec["panels"]) / cols)
+    grid = Grid([], rows=rows, cols=cols)
+    for idx, panel in enumerate(spec["panels"]):
+        ax = fig.add_subplot(rows, cols, idx + 1)
+        if "note" in panel:
+            ax.text(0.5, 0.5, panel["note"], ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        else:
+            n = len(panel["labels"])
+            ax.barh(range(n), panel["shares"][::-1], color=PALETTE[0])
+            ax.set_yticks(range(n), panel["labels"][::-1], fontsize=7.5)
             ax.set_xlim(0, 100)
-            ax.axvline(50 if what == "yes" else 100.0 / max(1, len(letters)), color="#222", lw=0.9, ls="--")
-            ax.set_title(f"{config}: closed, yes / no share" if what == "yes"
-                         else f"{config}: multiple choice, correct letter share")
-            ax.set_xlabel("% of questions (dashed: uniform)")
-            ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-        return fig
-    return draw
+            ax.tick_params(axis="x", labelsize=7.5)
+        ax.set_title(panel["title"], fontsize=8.5)
+        grid.axes.append((ax, idx // cols, idx % cols))
+    grid.footer = fig.supxlabel(spec["xlabel"], fontsize=8.5, va="bottom")
+    return grid
 
 
-def answers_figure(groups: list[tuple[str, AnswerStats]]):
-    """One small panel per (task, question type): the top answers' shares."""
-    ncols = 3
-    nrows = math.ceil(len(groups) / ncols)
-
-    def draw(p: Plots):
-        fig = p.figure(10, 2.1 * nrows)
-        for idx, (name, st) in enumerate(groups):
-            ax = fig.add_subplot(nrows, ncols, idx + 1)
-            top = _top(st.answers, TOP_ANSWERS)
-            distinct = len(st.answers)
-            if st.n >= 20 and distinct > 0.5 * st.n:
-                ax.text(0.5, 0.5, f"open-ended:\n{distinct:,}{'+' if st.pruned else ''} distinct "
-                        f"answers\namong {st.n:,}", ha="center", va="center", transform=ax.transAxes)
-                ax.set_xticks([])
-                ax.set_yticks([])
-            else:
-                shares = [100.0 * n / max(1, st.n) for _, n in top][::-1]
-                ax.barh(range(len(top)), shares, color="#4c78a8")
-                ax.set_yticks(range(len(top)), [_short(a, 22) for a, _ in top][::-1], fontsize=7.5)
-                ax.set_xlim(0, 100)
-                ax.tick_params(axis="x", labelsize=7.5)
-            ax.set_title(f"{_short(name, 38)} (n={st.n:,})", fontsize=8.5)
-        fig.supxlabel("% of the group's questions (top answers)", fontsize=8.5)
-        return fig
-    return draw
+def hist_chart(panels: list[tuple[np.ndarray, np.ndarray, str, str, bool]], title: str) -> Chart:
+    """Histogram panels from precomputed ``(counts, edges, xlabel, title, log_x)``, each cut to
+    its occupied range."""
+    out = []
+    for counts, edges, xlabel, sub, log_x in panels:
+        nonzero = np.flatnonzero(counts)
+        if nonzero.size:
+            first, last = int(nonzero[0]), int(nonzero[-1]) + 1
+            counts, edges = counts[first:last], edges[first:last + 1]
+        out.append({"counts": [_plain(c) for c in counts], "edges": [_plain(e) for e in edges],
+                    "xlabel": xlabel, "title": sub, "log_x": bool(log_x)})
+    return Chart("hist", {"size": [9, 3.0], "title": title, "panels": out})
 
 
-def hist_figure(panels: list[tuple[np.ndarray, np.ndarray, str, str, bool]], title: str):
-    """Histogram panels from precomputed ``(counts, edges, xlabel, title, log_x)``."""
-    def draw(p: Plots):
-        fig = p.figure(9, 3.0)
-        fig.suptitle(title, fontsize=10)
-        for idx, (counts, edges, xlabel, sub, log_x) in enumerate(panels):
-            ax = fig.add_subplot(1, len(panels), idx + 1)
-            nonzero = np.flatnonzero(counts)
-            if nonzero.size:  # show the occupied range only
-                first, last = int(nonzero[0]), int(nonzero[-1]) + 1
-                counts, edges = counts[first:last], edges[first:last + 1]
-            ax.stairs(counts, edges, fill=True, color="#4c78a8")
-            if log_x:
-                ax.set_xscale("log")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("boxes")
-            ax.set_title(sub, fontsize=9)
-        return fig
-    return draw
+def _draw_hist(fig, spec) -> Grid:
+    grid = Grid([], cols=len(spec["panels"]))
+    grid.header = fig.suptitle(spec["title"], fontsize=10, va="top")
+    for idx, panel in enumerate(spec["panels"]):
+        ax = fig.add_subplot(1, len(spec["panels"]), idx + 1)
+        ax.stairs(panel["counts"], panel["edges"], fill=True, color=PALETTE[0])
+        if panel["log_x"]:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(_log_formatter())
+            ax.xaxis.set_minor_formatter(_log_formatter())
+        ax.set_xlabel(panel["xlabel"])
+        ax.set_ylabel("boxes")
+        ax.set_title(panel["title"], fontsize=9)
+        grid.axes.append((ax, 0, idx))
+    return grid
 
 
-def scatter_figure(points: Counter, title: str, xlabel: str, ylabel: str):
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _log_formatter():
+    """Matplotlib's log-axis tick labels (``10^k``, ``c×10^k``) written as plain Unicode.
+
+    The labels are the default formatter's; only their mathtext markup is rewritten, which
+    spares building matplotlib's mathtext parser (a large share of a cold chart's time).
+    """
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    class UnicodeLogFormatter(LogFormatterSciNotation):
+        def __call__(self, x, pos=None):
+            label = super().__call__(x, pos)
+            m = re.fullmatch(r"\$\\mathdefault\{(.*)\}\$", label)
+            if not m:
+                return label
+            body = m.group(1).replace(r"\times", "×")
+            return re.sub(r"\^\{(-?\d+)\}", lambda e: e.group(1).translate(_SUPERSCRIPT), body)
+
+    return UnicodeLogFormatter()
+
+
+def scatter_chart(points: Counter, title: str, xlabel: str, ylabel: str) -> Chart:
     items = sorted(points.items(), key=lambda kv: (-kv[1], kv[0]))
+    return Chart("scatter", {"size": [6, 4.2],
+                             "points": [[_plain(x), _plain(y), _plain(n)] for (x, y), n in items],
+                             "title": title, "xlabel": xlabel, "ylabel": ylabel})
 
-    def draw(p: Plots):
-        fig = p.figure(6, 4.2)
-        ax = fig.add_subplot()
-        total = max(1, sum(points.values()))
-        xs = [k[0] for k, _ in items]
-        ys = [k[1] for k, _ in items]
-        sizes = [20 + 600 * n / total for _, n in items]
-        ax.scatter(xs, ys, s=sizes, alpha=0.6, color="#4c78a8", edgecolors="#1f3b5a")
-        for (x, y), n in items[:6]:
-            ax.annotate(f"{x:g}×{y:g} ({n:,})", (x, y), textcoords="offset points", xytext=(6, 6),
-                        fontsize=8)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.margins(0.25)
-        return fig
-    return draw
+
+def _draw_scatter(fig, spec) -> Grid:
+    ax = fig.add_subplot()
+    points = spec["points"]
+    total = max(1, sum(n for _, _, n in points))
+    ax.scatter([p[0] for p in points], [p[1] for p in points],
+               s=[20 + 600 * n / total for _, _, n in points], alpha=0.6, color=PALETTE[0],
+               edgecolors="#1f3b5a")
+    for x, y, n in points[:6]:
+        ax.annotate(f"{x:g}×{y:g} ({n:,})", (x, y), textcoords="offset points", xytext=(6, 6),
+                    fontsize=8)
+    ax.set_xlabel(spec["xlabel"])
+    ax.set_ylabel(spec["ylabel"])
+    ax.set_title(spec["title"])
+    ax.margins(0.25)
+    return Grid([(ax, 0, 0)])
+
+
+DRAW: dict[str, Callable] = {"barh": _draw_barh, "stacked": _draw_stacked, "shares": _draw_shares,
+                             "answers": _draw_answers, "hist": _draw_hist, "scatter": _draw_scatter}
 
 
 # --------------------------------------------------------------------------- HTML helpers
@@ -915,10 +1351,7 @@ def table(headers: list[str], rows: list[list], numeric: Iterable[int] = (),
 
 
 def img_tag(png: bytes, alt: str, cls: str = "plot", attrs: str = "") -> str:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as im:
-        w, h = im.size
+    w, h = png_size(png)
     return (f'<img class="{cls}" src="{data_uri(png)}" alt="{esc(alt)}" width="{w}" height="{h}"'
             f"{attrs}>")
 
@@ -1015,7 +1448,7 @@ def counts_section(manifest: Mapping, stats: Stats, kind: str, plots: Plots, qa_
                      numeric=range(1, len(splits_sorted) + 2)))
     bars = [(f"{c} / {s}", per[(c, s)]) for c in sorted(configs) for s in splits_sorted if shards_n[(c, s)]]
     if bars:
-        out.append(img_tag(plots.render(barh_figure(bars, "Rows per config and split", "rows")),
+        out.append(img_tag(plots.render(barh_chart(bars, "Rows per config and split", "rows")),
                            "bar chart: rows per config and split"))
     msplits = manifest.get("splits") or {}
     if msplits:
@@ -1051,7 +1484,7 @@ def counts_section(manifest: Mapping, stats: Stats, kind: str, plots: Plots, qa_
         out.append(table(["task", "question type"] + split_names + ["total"], rows,
                          numeric=range(2, len(split_names) + 3)))
         series = [(q, [by_tq[(t, q)] for t in tasks]) for q in qtypes]
-        out.append(img_tag(plots.render(stacked_figure(tasks, series, f"{config}: questions per task",
+        out.append(img_tag(plots.render(stacked_chart(tasks, series, f"{config}: questions per task",
                                                        "questions")),
                            f"stacked bar chart: {config} questions per task and question type"))
         subtasks = Counter()
@@ -1066,7 +1499,7 @@ def counts_section(manifest: Mapping, stats: Stats, kind: str, plots: Plots, qa_
             for (t, s, _), n in subtasks.items():
                 merged[f"{t} / {s}"] += n
             bars = sorted(merged.items(), key=lambda kv: kv[0])
-            out.append(img_tag(plots.render(barh_figure(bars, f"{config}: questions per task / subtask",
+            out.append(img_tag(plots.render(barh_chart(bars, f"{config}: questions per task / subtask",
                                                         "questions")),
                                f"bar chart: {config} questions per task and subtask"))
     out.append(region_section(stats, kind, plots))
@@ -1088,7 +1521,7 @@ def region_section(stats: Stats, kind: str, plots: Plots) -> str:
         out.append(table(["location"] + modalities + ["images", "abnormal"], rows,
                          numeric=range(1, len(modalities) + 3)))
         series = [(m, [by_loc[loc][m] for loc in locs]) for m in modalities]
-        out.append(img_tag(plots.render(stacked_figure([str(x) for x in locs], series,
+        out.append(img_tag(plots.render(stacked_chart([str(x) for x in locs], series,
                                                        "Images per location and modality", "images")),
                            "stacked bar chart: images per location and modality"))
         if stats.pathologies:
@@ -1116,7 +1549,7 @@ def region_section(stats: Stats, kind: str, plots: Plots) -> str:
                      rows, numeric=range(2, len(split_names) + 3)))
     if keys_sorted:
         series = [(s, [by[k][s] for k in keys_sorted]) for s in split_names]
-        out.append(img_tag(plots.render(stacked_figure([f"{m} {p}" for m, p in keys_sorted], series,
+        out.append(img_tag(plots.render(stacked_chart([f"{m} {p}" for m, p in keys_sorted], series,
                                                        title + " (stacked by split)", "rows")),
                            f"stacked bar chart: {title.lower()}"))
     if stats.body_parts and any(k for k in stats.body_parts):
@@ -1127,7 +1560,7 @@ def region_section(stats: Stats, kind: str, plots: Plots) -> str:
         what = "Boxes" if kind == "slices" else "3D boxes"
         out.append(f"<h3>{what} per structure label</h3>")
         top = _top(stats.box_labels, TOP_TABLE)
-        out.append(img_tag(plots.render(barh_figure(top, f"{what} per label"
+        out.append(img_tag(plots.render(barh_chart(top, f"{what} per label"
                                                     + (f" (top {TOP_TABLE})" if len(stats.box_labels) > TOP_TABLE else ""),
                                                     what)),
                            f"bar chart: {what} per structure label"))
@@ -1144,7 +1577,7 @@ def distributions_section(stats: Stats, kind: str, plots: Plots, qa_configs: lis
         ordered = sorted(groups.items(), key=lambda kv: (str(kv[0][1]), QTYPE_ORDER.get(kv[0][2], 9),
                                                           str(kv[0][2])))
         panels = [(f"{task} · {qtype}", st) for (_, task, qtype), st in ordered]
-        out.append(img_tag(plots.render(answers_figure(panels)),
+        out.append(img_tag(plots.render(answers_chart(panels)),
                            f"bar charts: {config} top answers per task and question type"))
         rows, yes_rows, mc_rows, letters = [], [], [], set()
         for (_, task, qtype), st in ordered:
@@ -1170,7 +1603,7 @@ def distributions_section(stats: Stats, kind: str, plots: Plots, qa_configs: lis
                 f"{x} {100.0 * st.answers.get(x, 0) / max(1, st.n):.1f} %" for x in letters_sorted)]
                 for t, st in mc_rows]
             out.append(table(["task", "question type", "share"], srows))
-            out.append(img_tag(plots.render(shares_figure(
+            out.append(img_tag(plots.render(shares_chart(
                 [(t, y, n) for t, y, n in yes_rows],
                 [(t, [100.0 * st.answers.get(x, 0) / max(1, st.n) for x in letters_sorted])
                  for t, st in mc_rows], letters_sorted, config)),
@@ -1185,7 +1618,7 @@ def distributions_section(stats: Stats, kind: str, plots: Plots, qa_configs: lis
         if stats.area_frac is not None:
             label = "% of the image's pixels" if kind == "slices" else "% of the volume (box extent)"
             panels.append((stats.area_frac, AREA_FRAC_EDGES, label, "relative size", True))
-        out.append(img_tag(plots.render(hist_figure(panels, "Box area histogram" if kind == "slices"
+        out.append(img_tag(plots.render(hist_chart(panels, "Box area histogram" if kind == "slices"
                                                     else "3D box extent histogram")),
                            "histograms: box areas"))
     out.append("<h3>Image sizes</h3>")
@@ -1197,7 +1630,7 @@ def distributions_section(stats: Stats, kind: str, plots: Plots, qa_configs: lis
         rows = [[f"{w} × {h}", _n(n)] for (w, h), n in _top(stats.sizes, 12)]
         out.append(table(["width × height (px)", "images"], rows, numeric=(1,)))
         if len(stats.sizes) > 1:
-                out.append(img_tag(plots.render(scatter_figure(stats.sizes, "Image sizes (marker area ∝ images)",
+                out.append(img_tag(plots.render(scatter_chart(stats.sizes, "Image sizes (marker area ∝ images)",
                                                            "width (px)", "height (px)")),
                                "scatter plot: image sizes"))
     if stats.shapes:
@@ -1485,30 +1918,23 @@ def gallery_volumes(items: list[GalleryItem]) -> list[str]:
     return figures
 
 
-def gallery_section(corpus: Corpus, manifest: Mapping, kind: str, log) -> str:
+def gallery_section(pool: GalleryPool | None, kind: str, log) -> str:
+    """The gallery from ``pool`` (its questions collected by :func:`scan_qa`)."""
     out = ['<section id="gallery"><h2>Gallery</h2>']
-    chosen = _image_config(manifest)
-    if chosen is None:
+    if pool is None:
         out.append("<p>No image-bearing config in this corpus.</p></section>")
         return "\n".join(out)
-    image_config, qa_config, id_col = chosen
     if kind == "volumes":
-        where, patients, rows = gallery_candidates(corpus, manifest, image_config, qa_config, id_col,
-                                                   POOL_VOLUMES)
-        items = select_volumes(rows, patients)
-        attach_rows(corpus, items, where, id_col,
-                    ["npy", "boxes3d", "shape", "modality", "split", "study_order"], POOL_VOLUMES)
+        items = select_volumes(pool.questions, pool.patients)
+        attach_rows(items, pool)
         figures = gallery_volumes(items)
         out.append('<p class="note">The middle axial slice of each volume (anterior at the top, the '
                    "patient's right on the left) with every 3D box that crosses it, and that volume's "
                    "questions. Volumes are taken from the first rows of the first shard of each split "
                    "(rows are in keyed-hash order), chosen to cover the tasks.</p>")
     else:
-        where, _, rows = gallery_candidates(corpus, manifest, image_config, qa_config, id_col, POOL_ROWS)
-        items = select_2d(rows, id_col)
-        columns = (["image", "boxes", "width", "height", "modality", "plane", "slice_index", "window", "split"]
-                   if kind == "slices" else ["image", "metadata", "conversations", "split"])
-        attach_rows(corpus, items, where, id_col, columns, POOL_ROWS)
+        items = select_2d(pool.questions, pool.id_col)
+        attach_rows(items, pool)
         figures = gallery_2d(items, kind, log)
         what = ("each with every stored box outlined (colour per label; boxes are drawn on the "
                 "stored pixels, ends exclusive)" if kind == "slices" else "with its caption")
@@ -1529,8 +1955,11 @@ def gallery_section(corpus: Corpus, manifest: Mapping, kind: str, log) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
-def render_report(corpus_dir: str, log=None) -> str:
-    """The report's HTML for the corpus at ``corpus_dir`` (reads; writes nothing)."""
+def render_report(corpus_dir: str, log=None, cache: ChartCache | None = None) -> str:
+    """The report's HTML for the corpus at ``corpus_dir``.
+
+    Reads the corpus; writes nothing but, when given a ``cache``, the charts it had to draw.
+    """
     log = log or (lambda msg: None)
     corpus = Corpus(corpus_dir)
     with corpus.open(MANIFEST) as f:
@@ -1539,8 +1968,9 @@ def render_report(corpus_dir: str, log=None) -> str:
     present = {p.split("/", 1)[0] for p in manifest.get("files", {}) if p.endswith(".parquet")}
     qa_configs = [c for c in QA_CONFIGS if c in present]
     stats = Stats()
+    pool = gallery_pool(corpus, manifest, kind)
     for config in qa_configs:
-        scan_qa(corpus, manifest, config, stats, log)
+        scan_qa(corpus, manifest, config, stats, log, pool if pool and config == pool.qa_config else None)
     if "images" in present:
         scan_images(corpus, manifest, stats)
     if "alignment" in present:
@@ -1548,7 +1978,7 @@ def render_report(corpus_dir: str, log=None) -> str:
     if "volumes" in present:
         scan_volumes(corpus, manifest, stats)
     log("  statistics done")
-    plots = Plots()
+    plots = Plots(cache)
     name = (manifest.get("recipe") or {}).get("name", "?")
     body = [
         header_section(manifest, kind),
@@ -1560,7 +1990,7 @@ def render_report(corpus_dir: str, log=None) -> str:
         distributions_section(stats, kind, plots, qa_configs),
         audit_section(manifest),
         dead_letters_section(manifest, read_dead_letters(corpus)),
-        gallery_section(corpus, manifest, kind, log),
+        gallery_section(pool, kind, log),
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>radvqa report — {esc(name)}</title>"
@@ -1580,7 +2010,11 @@ def write_report(corpus_dir: str, log=None) -> str:
     """
     started = time.monotonic()
     log = log or (lambda msg: None)
-    page = render_report(corpus_dir, log).encode("utf-8")
-    path = Corpus(corpus_dir).write(REPORT, page)
+    corpus = Corpus(corpus_dir)
+    cache = ChartCache(corpus, log)
+    page = render_report(corpus_dir, log, cache).encode("utf-8")
+    path = corpus.write(REPORT, page)
+    stale = cache.prune()
+    log(f"  charts: {cache.hits} from the cache, {cache.misses} drawn, {len(stale)} stale removed")
     log(f"  wrote {len(page) / 1e6:.2f} MB in {time.monotonic() - started:.1f} s")
     return path

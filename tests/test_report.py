@@ -5,7 +5,10 @@ a labelled tree (``radimagenet-vqa``) and volumes (``3d-rad``) — each with one
 bad input beside the good ones, so every corpus has a dead letter whose source
 path must never reach the report.  The pixel tests check that a box is drawn
 on the stored coordinates (ends exclusive): a report drawing boxes one pixel
-too far, or with x and y swapped, fails them.
+too far, or with x and y swapped, fails them.  The chart-cache tests check
+that a report from the cache draws nothing (and imports no matplotlib) yet
+gives the bytes of one drawn afresh, and that the cache keeps only the
+current report's charts.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -263,6 +270,47 @@ def test_audit_absent_says_not_run():
     assert "audit was not run" in Page(rep.audit_section({})).text("audit")
 
 
+def test_group_counts_keep_nulls_and_value_types():
+    t = pa.table({"a": ["x", None, "x", None, "x"], "b": [True, None, True, False, True],
+                  "n": [1, 2, 1, 2, 3]})
+    assert rep._group_counts(t, ["a", "b", "n"]) == Counter(
+        {("x", True, 1): 2, (None, None, 2): 1, (None, False, 2): 1, ("x", True, 3): 1})
+    assert rep._group_counts(t.slice(0, 0), ["a"]) == Counter()
+
+
+def _chart(**changes) -> rep.Chart:
+    spec = {"size": [9, 1.28], "labels": ["liver", "price $5"], "values": [3, 5], "title": "Boxes",
+            "xlabel": "boxes", "fmt": "{:,.0f}"}
+    return rep.Chart("barh", spec | changes)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"values": [3, 6]}, {"values": [3, 5.0001]}, {"labels": ["liver", "kidney"]}, {"title": "boxes"},
+     {"xlabel": "labels"}, {"size": [9, 1.3]}, {"fmt": "{:.1f}"}],
+    ids=["count", "float", "label", "title", "axis-label", "size", "number-format"],
+)
+def test_chart_key_changes_with_every_drawn_input(change):
+    assert _chart().key() == _chart().key()
+    assert len(_chart().key()) == 64
+    assert _chart(**change).key() != _chart().key()
+
+
+def test_chart_key_changes_with_the_chart_version_and_the_libraries(monkeypatch):
+    base = _chart().key()
+    installed = rep.library_versions()
+    monkeypatch.setattr(rep, "library_versions", lambda: installed | {"matplotlib": "0.0"})
+    assert _chart().key() != base
+    monkeypatch.undo()
+    monkeypatch.setattr(rep, "CHART_VERSION", rep.CHART_VERSION + 1)
+    assert _chart().key() != base
+
+
+def test_chart_of_an_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="kind 'pie' is not one of"):
+        rep.Chart("pie", {})
+
+
 # --------------------------------------------------------------------------- the reports
 
 
@@ -421,6 +469,104 @@ def test_tree_gallery_shows_images_with_choices_and_answers(reports):
     assert '<ol class="options" type="A">' in html and 'class="correct"' in html
     for fig in page.figures:
         assert _decode(fig["images"][0]["src"]).size[0] >= 300  # 16 px PNGs shown enlarged
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_plot_fits_its_figure(reports, kind):
+    """Axes are placed from their measured labels: nothing reaches a plot's outermost pixels,
+    so no tick label, title or legend is cut at the figure's edge."""
+    plots = [i for i in _page(reports, kind).images if i["class"] == "plot"]
+    assert len(plots) >= 6
+    for img in plots:
+        arr = np.asarray(_decode(img["src"]).convert("RGB"))
+        border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+        assert (border == 255).all(), img["alt"]
+
+
+# --------------------------------------------------------------------------- the chart cache
+
+
+def _cache(corpus: Path) -> dict[str, bytes]:
+    folder = corpus / ".radvqa" / "report-cache"
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
+
+
+def _plot_pngs(data: bytes) -> list[bytes]:
+    prefix = "data:image/png;base64,"
+    return [base64.b64decode(i["src"][len(prefix):]) for i in Page(data.decode()).images if i["class"] == "plot"]
+
+
+def _no_drawing(chart):
+    raise AssertionError(f"a {chart.kind} chart was drawn: the cache should have held it")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_second_report_takes_every_chart_from_the_cache(reports, kind, monkeypatch):
+    corpus, path, first = reports[kind]
+    cached = _cache(corpus)
+    assert set(cached.values()) == set(_plot_pngs(first))  # this report's charts, nothing else
+    assert all(re.fullmatch(r"[0-9a-f]{64}\.png", name) for name in cached), sorted(cached)
+    monkeypatch.setattr(rep, "render_chart", _no_drawing)
+    rep.write_report(str(corpus))
+    assert path.read_bytes() == first
+    assert _cache(corpus) == cached
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_cache_never_changes_the_report(reports, kind):
+    """Every chart drawn afresh (cache folder deleted) gives the bytes of the cached report."""
+    corpus, path, first = reports[kind]
+    cached = _cache(corpus)
+    shutil.rmtree(corpus / ".radvqa" / "report-cache")
+    rep.write_report(str(corpus))
+    assert path.read_bytes() == first
+    assert _cache(corpus) == cached
+
+
+def test_a_changed_chart_is_drawn_again_and_stale_entries_are_removed(reports, tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(reports["slices"][0], corpus)
+    folder = corpus / ".radvqa" / "report-cache"
+    before = _cache(corpus)
+    rows_chart = _plot_pngs(reports["slices"][2])[0]  # "rows per config and split"
+    # Leftovers: an entry of a chart no longer shown, a killed write, a truncated entry.
+    (folder / ("0" * 64 + ".png")).write_bytes(rows_chart)
+    (folder / ("1" * 64 + ".png.tmp-0123")).write_bytes(rows_chart[:50])
+    truncated = next(name for name, data in sorted(before.items()) if data != rows_chart)
+    (folder / truncated).write_bytes(before[truncated][:-12])  # no IEND: a miss, drawn again
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    shard = next(rel for rel in sorted(manifest["files"]) if rel.startswith("images/"))
+    manifest["files"][shard]["rows"] += 1  # changes the rows-per-config table and chart only
+    (corpus / "manifest.json").write_text(json.dumps(manifest))
+    drawn = []
+    draw = rep.render_chart
+    monkeypatch.setattr(rep, "render_chart", lambda chart: drawn.append(chart) or draw(chart))
+
+    rep.write_report(str(corpus))
+
+    page = (corpus / "report" / "index.html").read_bytes()
+    after = _cache(corpus)
+    assert len(drawn) == 2  # the changed chart and the truncated entry's
+    assert drawn[0].spec["title"] == "Rows per config and split"
+    assert f"{drawn[1].key()}.png" == truncated
+    assert after[truncated] == before[truncated]  # drawn again, the same bytes
+    assert len(after) == len(before) and len(set(after) - set(before)) == 1  # stale ones removed
+    assert set(after.values()) == set(_plot_pngs(page))
+    assert _plot_pngs(page)[0] != rows_chart and _plot_pngs(page)[1:] == _plot_pngs(reports["slices"][2])[1:]
+    # an uncached render (it writes nothing) gives the same page
+    monkeypatch.setattr(rep, "render_chart", draw)
+    assert rep.render_report(str(corpus)).encode("utf-8") == page
+    assert _cache(corpus) == after
+
+
+def test_a_report_from_the_cache_does_not_import_matplotlib(reports):
+    corpus, path, first = reports["volumes"]
+    code = ("import sys; from pipeline.report import write_report; write_report(sys.argv[1]); "
+            "assert 'matplotlib' not in sys.modules, 'matplotlib was imported'")
+    done = subprocess.run([sys.executable, "-c", code, str(corpus)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert path.read_bytes() == first
 
 
 def test_cli_report_rebuilds_the_page(reports, capsys):
