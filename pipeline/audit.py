@@ -5,7 +5,8 @@ A VQA corpus is worth training on only if the image is needed to answer it.  Eac
 counts what the baselines need while it renders (:func:`partial_counts`: small tables
 keyed by question text, option text and answer position — never rows), the launcher
 merges the units' counts (:func:`merge`) and scores every baseline on every split
-(:func:`audit`), learning on ``train`` and scoring on the split itself:
+(:func:`audit`), learning on ``train`` (of the same config, or the one named in
+``learn_from`` — the benchmark learns from ``instruct``) and scoring on the split itself:
 
 ``question_majority``
     For each exact question text, the answer most often given to it on train; texts
@@ -21,12 +22,15 @@ merges the units' counts (:func:`merge`) and scores every baseline on every spli
     Multiple choice: the option whose text is correct most often, relative to how often
     it is offered, on train.
 
-Chance is ``1 / number of options`` for multiple choice, ``1/2`` for yes/no; for open
+Chance is ``1 / number of options`` for multiple choice (per question, averaged),
+``1/2`` for yes/no; for open
 questions the reference is the *answer prior* (the most frequent train answer of the
 group): a blind model always reaches it, so what is audited is how much the question
 text adds to it.  ``excess_pp`` is the best baseline minus chance in percentage points.
 A recipe may declare a task's chance (``audit.chance``) when the question itself leaves
-fewer answers than it offers — e.g. a longitudinal question that gives the prior history.
+fewer answers than it offers — e.g. a longitudinal question that gives the prior history —
+and may exempt a task from the verdict with a stated reason (``audit.ignore``; the task is
+still reported, with the reason).
 
 Verdicts weigh evidence, not noise: a group is ``ok`` when its best baseline is within
 ``margin_pp`` of chance, or when the excess is not statistically clear — the lower end of
@@ -51,7 +55,7 @@ LETTERS = "ABCD"
 BASELINES = ("question_majority", "answer_position", "frequent_option", "longest_option",
              "often_correct_option")
 DEFAULTS = {"margin_pp": 3.0, "fail_pp": 10.0, "min_questions": 100, "on": "warn",
-            "chance": {}, "configs": None, "splits": None}
+            "chance": {}, "configs": None, "splits": None, "ignore": {}, "learn_from": {}}
 SEP = "\x1f"
 
 
@@ -214,13 +218,16 @@ def audit(merged: Mapping, settings: Mapping | None = None) -> dict:
     for key in sorted(merged, key=lambda k: _split_key(k)):
         config, split, task, qtype = _split_key(key)
         g = merged[key]
-        train = merged.get(_group_key(config, "train", task, qtype))
+        train = merged.get(_group_key(conf["learn_from"].get(config, config), "train", task, qtype))
         base = _baselines(train, g, qtype)
         if task in conf["chance"]:
             chance, reference = float(conf["chance"][task]), "declared"
+        elif qtype == "multiple_choice" and g["option_sets"]:
+            # per question 1 / its number of options (a CT anatomy question may offer two)
+            weighted = sum(v / (len(k.split(SEP)) - 1) for k, v in g["option_sets"].items())
+            chance, reference = weighted / sum(g["option_sets"].values()), "uniform"
         elif qtype == "multiple_choice":
-            sizes = [len(k.split(SEP)) - 1 for k in g["option_sets"]] or [len(LETTERS)]
-            chance, reference = 1.0 / max(sizes), "uniform"
+            chance, reference = 1.0 / len(LETTERS), "uniform"
         elif qtype == "closed":
             chance, reference = 0.5, "uniform"
         else:
@@ -256,6 +263,9 @@ def audit(merged: Mapping, settings: Mapping | None = None) -> dict:
         })
     worst = "ok"
     for g in groups:
+        if g["task"] in conf["ignore"]:
+            g["decides"], g["note"] = False, str(conf["ignore"][g["task"]])
+            continue
         g["decides"] = bool(
             (g["split"] in conf["splits"] if conf["splits"] else g["split"] != "train")
             and (g["config"] in conf["configs"] if conf["configs"] else True)
@@ -266,7 +276,9 @@ def audit(merged: Mapping, settings: Mapping | None = None) -> dict:
             worst = g["verdict"]
     return {"margin_pp": margin, "fail_pp": fail_pp, "min_questions": int(conf["min_questions"]),
             "on": conf["on"], "chance": dict(conf["chance"]), "configs": conf["configs"],
-            "splits": conf["splits"], "verdict": worst, "groups": groups}
+            "splits": conf["splits"], "ignore": dict(conf["ignore"]),
+            "learn_from": dict(conf["learn_from"]), "verdict": worst,
+            "groups": groups}
 
 
 def summary_lines(result: Mapping, splits: Iterable[str] = ("test",)) -> list[str]:
@@ -284,5 +296,7 @@ def summary_lines(result: Mapping, splits: Iterable[str] = ("test",)) -> list[st
             f"  {g['config']:<9} {g['split']:<10} {g['task']:<28} {g['question_type']:<15} "
             f"n={g['n']:<7} chance {100 * g['chance']:5.1f}%  best {best:<20} "
             f"{100 * (acc or 0):5.1f}% [{100 * low:4.1f}-{100 * high:5.1f}]  "
-            f"{g['excess_pp']:+6.1f} pp  {g['verdict']}")
+            f"{g['excess_pp']:+6.1f} pp  {g['verdict']}"
+            + ("" if g.get("decides", True) else "  (not deciding" + (
+                ": " + g["note"].split(":")[0] if g.get("note") else "") + ")"))
     return lines

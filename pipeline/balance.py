@@ -7,8 +7,8 @@ reports its marks as small *candidates*; the rules below are a function of the m
 of candidates only, so any runner, shard layout or worker count gives the same corpus.
 
 ``answers`` (closed and categorical open questions)
-    ``group`` is the family with the question's rendering context — everything its text
-    depends on except the paraphrase.  For every ``(split, group)`` each answer keeps as
+    ``group`` is the family with the values of the variables its text may use (the
+    family's ``requires``) — everything its text depends on except the paraphrase.  For every ``(split, group)`` each answer keeps as
     many questions as the rarest answer has (those with the smallest ``u``); a group with
     a single answer is dropped whole (its text alone would give the answer away).  The
     kept questions of each answer are then given paraphrases by rank (``rank mod
@@ -54,7 +54,9 @@ class Rules:
 def mark(family, context: Mapping, u: float, made: Mapping) -> dict | None:
     """The balancing mark of a generated question (``None`` when not balanced)."""
     if family.balance == "answers":
-        ctx = {k: v for k, v in context.items() if k != "options"}
+        # the variables the family's text may use (``requires``): questions agreeing on them
+        # share their texts, whatever else the context holds
+        ctx = {k: context[k] for k in family.requires if k in context and k != "options"}
         return {"mode": "answers", "group": family.family + "|" + json.dumps(ctx, sort_keys=True),
                 "u": u}
     if family.balance == "options" and made.get("label") is not None:
@@ -202,8 +204,12 @@ def apply(row: dict, rules: Rules, families: Mapping, pools) -> dict | None:
         rank = bisect.bisect_left(us, m["u"])
         if rank >= len(us) or us[rank] != m["u"]:
             return None
-        if family.question_type == "multiple_choice":  # positions by rank too: uniform per text
-            position = rank % len(row["options"])
+        if family.question_type == "multiple_choice":
+            # The questions sharing a text are those of one rank class (rank mod variants)
+            # across the group's answers: shifting the letter by the answer's index spreads
+            # each text's answers over distinct letters, rank by rank.
+            answer_index = sorted(kept).index(row["answer_text"])
+            position = (answer_index + rank // len(family.variants)) % len(row["options"])
             options = [o for o in row["options"] if o != row["answer_text"]]
             options.insert(position, row["answer_text"])
             row = row | {"options": options, "answer": LETTERS[position]}

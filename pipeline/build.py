@@ -310,8 +310,10 @@ def build(
     run_id = uuid.uuid4().hex
     for attempt in range(retries + 1):
         attempts = attempt + 1
-        refs, units, n_stored = _plan_units(output, kind, planned, fps, qa_fp)
-        extras = kind.before_run(output, recipe, seed, units, cases, prep) | {"run_id": run_id}
+        refs, n_stored, extras = _plan_units(
+            output, kind, planned, fps, qa_fp,
+            lambda units: kind.before_run(output, recipe, seed, units, cases, prep))
+        extras = extras | {"run_id": run_id}
         ctx = BuildContext(kind=kind.name, output=output, input_root=root,
                            settings=prep["settings"], families=prep["families"],
                            pools=prep["pools"], seed=seed, qa_settings=qa_settings,
@@ -375,9 +377,12 @@ def _clean_temporaries(output: str, kind) -> None:
             FileSystems.delete([m.path for m in found])
 
 
-def _plan_units(output: str, kind, planned, fps, qa_fp: str):
+def _plan_units(output: str, kind, planned, fps, qa_fp: str, before_run):
     """Refs (with proposed modes) and plan files for every unit; sources that another unit
-    would overwrite are moved aside first."""
+    would overwrite are moved aside first.  ``before_run(units)`` (the kind's launcher
+    step) returns extras for the context, and per-case question choices under
+    ``"case_extras"`` that go into the plan lines.  Returns ``(refs, number of stored
+    cases, extras)``."""
     receipts = state.load_receipts(output)
     index = state.StoredIndex.load(output, receipts, kind.stored_configs)
     units = []
@@ -412,9 +417,14 @@ def _plan_units(output: str, kind, planned, fps, qa_fp: str):
                 if pc.stored and any(p in moved for p, _ in pc.stored.values()):
                     cases[n] = PlannedCase(pc.case, pc.fp, {
                         c: (moved.get(p, p), sha) for c, (p, sha) in pc.stored.items()}, pc.content)
+    extras = dict(before_run([(ref, [pc.case for pc in cases]) for ref, cases in units]))
+    case_extras = extras.pop("case_extras", {})
     refs = []
     n_stored = sum(1 for _, cases in units for pc in cases if pc.stored)
     for ref, cases in units:
+        if case_extras:
+            cases = [PlannedCase(pc.case, pc.fp, pc.stored, pc.content,
+                                 case_extras.get(kind.case_key(pc.case))) for pc in cases]
         mode = _propose(ref, cases, receipts, kind, qa_fp)
         ref = UnitRef(ref.split, ref.index, ref.count, ref.n_cases, mode)
         write_plan(output, ref, cases, kind)
@@ -425,7 +435,7 @@ def _plan_units(output: str, kind, planned, fps, qa_fp: str):
 
                     FileSystems.delete([shards.join(output, rel)])
         refs.append(ref)
-    return refs, [(r, [pc.case for pc in cases]) for r, (_, cases) in zip(refs, units)], n_stored
+    return refs, n_stored, extras
 
 
 def _propose(ref: UnitRef, cases, receipts, kind, qa_fp: str) -> str:
@@ -564,7 +574,7 @@ def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, de
     if finish:
         split_rows["benchmark"]["test"] = finish["rows"]["benchmark"]
     audit_result = audit(merge([r["audit"] for r in receipts] + ([finish["audit"]] if finish else [])),
-                         recipe.section("audit"))
+                         dict(getattr(kind, "audit_defaults", {})) | recipe.section("audit"))
     extras = dict(ctx.extras) | {"finish": finish,
                                  "pools_added": list(getattr(prep["pools"], "added", ()) or ())}
     kind_fields, card_lines, _ = kind.manifest_extras(output, receipts, extras)

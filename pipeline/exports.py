@@ -18,7 +18,8 @@ Formats (``radvqa export CORPUS --format …``):
     ``dataset_dir`` (and default ``media_dir``).
 ``vlmevalkit``
     Tab-separated files in VLMEvalKit's layout for the test set (the
-    ``benchmark`` config of a tree corpus, the ``test`` split of a slices
+    ``benchmark`` config of a tree corpus (``instruct``'s test split when it has
+    none), the ``test`` split of a slices
     corpus): ``<name>_MCQ.tsv`` (``index, image, question, A, B, C, D, answer,
     category, l2-category, split, qa_id``; ``answer`` a letter), ``<name>_YN.tsv``
     (``answer`` ``Yes``/``No``, as VLMEvalKit's Y/N datasets compare it) and
@@ -815,7 +816,9 @@ def export_corpus(corpus_dir: str, output_dir: str, fmt: str, *, splits: Sequenc
     if captions and (fmt == "vlmevalkit" or corpus.kind != "tree"):
         raise ExportError(f"captions: only tree corpora have alignment captions, exported with llava or "
                           f"sharegpt (this is a {corpus.kind} corpus, format {fmt})")
-    layout = BENCHMARK if (fmt == "vlmevalkit" and corpus.kind == "tree") else LAYOUTS[corpus.kind]
+    layout = LAYOUTS[corpus.kind]
+    if fmt == "vlmevalkit" and corpus.kind == "tree" and corpus.splits(BENCHMARK.rows):
+        layout = BENCHMARK  # the stratified test set; without one, instruct's test split
     available = corpus.splits(layout.rows)
     if not available:
         raise ExportError(f"{corpus_dir}/{MANIFEST}: files: no {layout.rows}/ shards to export")

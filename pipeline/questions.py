@@ -209,11 +209,13 @@ def _rin_base(image, pools) -> dict:
 
 
 def _other_regions(image, pools, k, gen) -> list[str]:
-    """``k`` other regions of the same modality (then of the others), as display names."""
+    """Up to ``k`` other regions of the same modality, as display names; regions of the
+    other modalities only for a modality that has a single region (a CT question offering
+    MR-only regions would be answerable without the image)."""
     m, r = image["modality"], image["region"]
     same = [x for x in pools.regions(m) if x != r]
     picks = [pools.region_display(m, x) for x in pools.draw(r, same, k, gen)] if same else []
-    if len(picks) < k:
+    if not picks:
         mine = pools.region_display(m, r).lower()
         others = sorted({pools.region_display(om, x) for om in sorted(pools.modalities) if om != m
                          for x in pools.regions(om)} - {d for d in picks} - {pools.region_display(m, r)})
@@ -227,6 +229,11 @@ def _region_labels(image, pools) -> list[str]:
     return list(pools.labels(image["modality"], image["region"]))
 
 
+def _planned(image, family) -> dict | None:
+    """What the launcher planned for this image's question (:mod:`pipeline.tree_balance`)."""
+    return (image.get("assign") or {}).get(family.family)
+
+
 def gen_rin_anatomy_open(image, family, pools, gen, settings):
     ctx = _rin_base(image, pools)
     return {"context": ctx, "answer": ctx["region"]}
@@ -237,6 +244,11 @@ def gen_rin_anatomy_present(image, family, pools, gen, settings):
 
 
 def gen_rin_anatomy_absent(image, family, pools, gen, settings):
+    plan = _planned(image, family)
+    if plan:
+        return {"context": _rin_base(image, pools) | {
+            "wrong_region": pools.region_display(image["modality"], plan["wrong"])},
+            "answer": "no", "variant": plan["variant"]}
     wrong = _other_regions(image, pools, 1, gen)
     if not wrong:
         return None
@@ -245,15 +257,22 @@ def gen_rin_anatomy_absent(image, family, pools, gen, settings):
 
 def gen_rin_anatomy_mc(image, family, pools, gen, settings):
     ctx = _rin_base(image, pools)
+    plan = _planned(image, family) or {}
+    position = {"position": plan["position"]} if "position" in plan else {}
+    if "distractors" in plan:
+        return {"context": ctx, "correct": ctx["region"], **position,
+                "distractors": [pools.region_display(image["modality"], r) for r in plan["distractors"]]}
     wrong = _other_regions(image, pools, 3, gen)
-    if len(wrong) < 3:
+    if not wrong:
         return None
-    return {"context": ctx, "correct": ctx["region"], "distractors": wrong}
+    return {"context": ctx, "correct": ctx["region"], "distractors": wrong, **position}
 
 
 def gen_rin_abnormality(image, family, pools, gen, settings):
     ctx = _rin_base(image, pools)
-    ask_normal = _coin(gen)  # polarity coin: yes/no stays 50/50 whatever the abnormal rate
+    plan = _planned(image, family)
+    # polarity: planned by rank, else a coin; yes/no stays 50/50 whatever the abnormal rate
+    ask_normal = plan["ask_normal"] if plan else _coin(gen)
     abnormal = not ctx["is_normal"]
     return {"context": ctx | {"ask_normal": ask_normal},
             "answer": "yes" if abnormal != ask_normal else "no"}
@@ -264,26 +283,41 @@ def gen_rin_pathology_open(image, family, pools, gen, settings):
     return {"context": ctx, "answer": ctx["pathology"]}
 
 
+def _target(pools, label) -> dict:
+    """The label a closed pathology question asks about; ``normal`` is asked as "free of
+    pathology", the same wording whether the answer is yes or no."""
+    return {"target": pools.display(label), "target_is_normal": not pools.is_abnormal(label)}
+
+
 def gen_rin_pathology_present(image, family, pools, gen, settings):
-    return {"context": _rin_base(image, pools), "answer": "yes"}
+    return {"context": _rin_base(image, pools) | _target(pools, image["label"]), "answer": "yes"}
 
 
 def gen_rin_pathology_absent(image, family, pools, gen, settings):
+    plan = _planned(image, family)
+    if plan:
+        return {"context": _rin_base(image, pools) | _target(pools, plan["wrong"]),
+                "answer": "no", "variant": plan["variant"]}
     label = image["label"]
     candidates = [x for x in _region_labels(image, pools) if pools.is_abnormal(x)]
     wrong = pools.draw(label, candidates, 1, gen)
     if not wrong:
         return None
-    return {"context": _rin_base(image, pools) | {"wrong_pathology": pools.display(wrong[0])},
-            "answer": "no"}
+    return {"context": _rin_base(image, pools) | _target(pools, wrong[0]), "answer": "no"}
 
 
 def gen_rin_pathology_mc(image, family, pools, gen, settings):
     label = image["label"]
     ctx = _rin_base(image, pools)
+    plan = _planned(image, family) or {}
+    position = {"position": plan["position"]} if "position" in plan else {}
+    if "distractors" in plan:
+        return {"context": ctx, "correct": ctx["pathology"], **position,
+                "distractors": [pools.display(x) for x in plan["distractors"]]}
     abnormal = [x for x in _region_labels(image, pools) if pools.is_abnormal(x)]
     if pools.is_abnormal(label):
-        with_normal = gen.random() < float(settings.get("no_pathology_option_rate", 0.5))
+        rate = settings.get("no_pathology_option_rate", 0.5)
+        with_normal = gen.random() < float(0.5 if rate == "auto" else rate)
         need = 2 if with_normal else 3
         picks = pools.draw(label, abnormal, need, gen)
         if len(picks) < need:  # a small region: fill from the modality's other regions
@@ -298,7 +332,7 @@ def gen_rin_pathology_mc(image, family, pools, gen, settings):
         if len(picks) < 3:
             return None
         distractors = [pools.display(x) for x in picks]
-    return {"context": ctx, "correct": ctx["pathology"], "distractors": distractors}
+    return {"context": ctx, "correct": ctx["pathology"], "distractors": distractors, **position}
 
 
 def gen_rin_caption(image, family, pools, gen, settings):
@@ -330,9 +364,11 @@ GENERATORS = {
 
 
 def assemble(family, made: dict, gen) -> dict:
-    """Options and answer of a generated question (MC: correct position uniform)."""
+    """Options and answer of a generated question (MC: correct position uniform over the
+    question's two to four options)."""
     if family.question_type == "multiple_choice":
-        position = int(gen.integers(len(LETTERS)))
+        n = len(made["distractors"]) + 1  # two to four options
+        position = made["position"] % n if "position" in made else int(gen.integers(n))
         options = list(made["distractors"])
         options.insert(position, made["correct"])
         return {"options": options, "answer": LETTERS[position], "answer_text": made["correct"],
@@ -361,7 +397,8 @@ def generate_questions(
         for n, item in enumerate(made if many else [made]):
             suffix = f"/{n}" if many else ""
             parts = assemble(family, item, keys.KeyedStream(seed, key, f"{name}/options{suffix}"))
-            pick = keys.KeyedStream(seed, key, f"{name}/variant{suffix}").integers(len(family.variants))
+            pick = item["variant"] if "variant" in item else keys.KeyedStream(
+                seed, key, f"{name}/variant{suffix}").integers(len(family.variants))
             variant = family.variants[pick]
             row = {
                 "qa_id": keys.stable_key("qa", key, name, n) if many else keys.stable_key("qa", key, name),

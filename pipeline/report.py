@@ -1381,7 +1381,9 @@ def header_section(manifest: Mapping, kind: str) -> str:
     recipe = manifest.get("recipe", {})
     content = recipe.get("content", {}) if isinstance(recipe, Mapping) else {}
     name = recipe.get("name", "?") if isinstance(recipe, Mapping) else str(recipe)
-    files = manifest.get("files", {})
+    # the report itself is left out, so a report written during the build (before the
+    # manifest lists it) and one rebuilt later with `radvqa report` are the same bytes
+    files = {p: f for p, f in manifest.get("files", {}).items() if p != REPORT}
     size = sum(int(f.get("bytes") or 0) for f in files.values())
     versions = manifest.get("versions", {})
     meta = [
@@ -1390,7 +1392,8 @@ def header_section(manifest: Mapping, kind: str) -> str:
         ("kind", KINDS[kind]),
         ("input cases", _n(manifest.get("inputs", {}).get("cases", 0))),
         ("input fingerprint", manifest.get("inputs", {}).get("fingerprint", "?")),
-        ("files", f"{len(files):,} files, {size / 1e6:,.2f} MB (manifest.json lists each with sha256)"),
+        ("files", f"{len(files):,} files besides this report, {size / 1e6:,.2f} MB "
+                  "(manifest.json lists each with sha256)"),
         ("versions", ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))),
     ]
     desc = (content.get("description") or "").strip()

@@ -62,6 +62,7 @@ class TreeKind:
     text_configs = ("alignment", "instruct")
     configs = ("instruct", "alignment", "benchmark")
     key_column = {"alignment": "image_id"}
+    audit_defaults = {"learn_from": {"benchmark": "instruct"}}
     stored_columns = {"alignment": list(PAYLOAD_SCHEMA.names)}
     heavy_columns = frozenset({"image"})
     case_noun = "images"
@@ -114,15 +115,20 @@ class TreeKind:
 
     @staticmethod
     def before_run(output, recipe, seed, units, cases, prep) -> dict:
-        """The stratified benchmark plan (from the file list: independent of workers)."""
+        """Balanced question choices for every image (:mod:`pipeline.tree_balance`) and the
+        stratified benchmark plan — all from the file list, independent of workers."""
         from pipeline.radimagenet import select_benchmark
+        from pipeline.tree_balance import plan_tree_questions
 
+        settings = dict(recipe.section("questions").get("settings") or {})
+        extras = {"case_extras": plan_tree_questions(cases, prep["families"], prep["pools"],
+                                                     seed, settings)}
         plan = select_benchmark(cases, int(recipe.section("benchmark").get("images", 1000)), seed)
         if not plan:
-            return {"benchmark": False}
+            return extras | {"benchmark": False}
         unit_of = {c.key: ref.unit_id for ref, members in units for c in members}
         write_benchmark_plan(output, plan, unit_of)
-        return {"benchmark": True}
+        return extras | {"benchmark": True}
 
     @staticmethod
     def finish(ctx, receipts):
@@ -398,13 +404,24 @@ def run_benchmark(ctx, reports: list[dict]) -> dict:
         recs = TreeKind.records({"alignment": table}, "test")
         picked.extend(zip(recs, [i["bytes"] for i in table["image"].to_pylist()]))
     picked.sort(key=lambda x: x[0]["image_id"])
+    from pipeline.radimagenet import TreeImage as _Image
+    from pipeline.tree_balance import plan_tree_questions
+
+    # The benchmark is balanced as a population of its own: its questions are planned over
+    # its images (not the test split's), so they get ids of their own.
+    population = [_Image(r["image_id"], "", r["modality"], r["region"], r["label"], "test")
+                  for r, _ in picked]
+    assign = plan_tree_questions(population, ctx.families, ctx.pools, ctx.seed, ctx.qa_settings,
+                                 population="benchmark")
     c = _Columns()
     composition: Counter = Counter()
     for record, png in picked:
+        record = record | {"assign": assign.get(record["image_id"])}
         for row in generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
                                       settings=ctx.qa_settings):
             if row["task"] == CAPTION_TASK:
                 continue
+            row["qa_id"] = keys.stable_key("benchmark", row["qa_id"])
             composition[row["question_type"]] += 1
             c.add(qa_id=row["qa_id"], image_id=record["image_id"], image_bytes=png,
                   question=row["question"], choices=_choices(row), answer=row["answer"],

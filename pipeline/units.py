@@ -108,6 +108,7 @@ class PlannedCase:
     fp: str
     stored: Mapping[str, tuple[str, str]] | None = None
     content: str = ""  # content digest recorded when the stored rows were extracted
+    extra: Mapping | None = None  # planned question choices (the tree kind), not fingerprinted
 
 
 def plan_split_shards(items: Iterable, split_of, fractions: Sequence[str], per_shard: int, *,
@@ -193,7 +194,7 @@ def write_plan(output: str, ref: UnitRef, cases: Sequence[PlannedCase], kind) ->
     for pc in cases:
         stored = {c: list(v) for c, v in sorted(pc.stored.items())} if pc.stored else None
         lines.append(json.dumps({"case": kind.case_json(pc.case), "fp": pc.fp, "stored": stored,
-                                 "content": pc.content}, sort_keys=True))
+                                 "content": pc.content, "extra": pc.extra}, sort_keys=True))
     shards.write_bytes(output, ref.plan, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
@@ -204,7 +205,8 @@ def read_plan(output: str, ref: UnitRef, kind) -> list[PlannedCase]:
             continue
         d = json.loads(line)
         stored = {c: tuple(v) for c, v in d["stored"].items()} if d["stored"] else None
-        out.append(PlannedCase(kind.case_from_json(d["case"]), d["fp"], stored, d["content"]))
+        out.append(PlannedCase(kind.case_from_json(d["case"]), d["fp"], stored, d["content"],
+                               d.get("extra")))
     return out
 
 
@@ -298,6 +300,7 @@ class Extracted:
     dead: list[dict]
     payload: dict | None = None
     done: dict | None = None  # the verified complete receipt of a ``done`` unit
+    extras: dict | None = None  # case key -> planned question choices
 
 
 def read_stored(output: str, plan: Sequence[PlannedCase], kind, split: str):
@@ -419,7 +422,8 @@ def _build_unit(ref, ctx, kind, plan, digest) -> Extracted:
     shards.write_bytes(ctx.output, ref.dead_part("extract"), jsonl(sort_dead(dead)))
     if kind.pixel_configs:
         shards.write_json(ctx.output, ref.extract_receipt, report)
-    return Extracted(report, dead, payload)
+    extras = {kind.case_key(pc.case): pc.extra for pc in plan if pc.extra}
+    return Extracted(report, dead, payload, extras=extras or None)
 
 
 def read_payload(output: str, report: Mapping, kind) -> dict[str, pa.Table]:
@@ -448,6 +452,9 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
     if payload is None:
         payload = read_payload(ctx.output, report, kind)
     records = kind.records(payload, ref.split, ctx)
+    if extracted.extras:
+        for r in records:
+            r["assign"] = extracted.extras.get(r["case_key"])
     from pipeline.balance import Rules
 
     tables, info, dead = kind.render(ref, records, payload, ctx, rules or Rules())

@@ -136,3 +136,35 @@ def test_without_rules_rows_pass_unchanged_but_clean():
     for r in rows:
         before = {k: v for k, v in r.items() if k not in ("balance", "_context")}
         assert apply(dict(r), Rules(), FAMILIES, POOLS) == before
+
+
+def test_answer_balanced_multiple_choice_spreads_each_text_over_letters():
+    """For multiple choice balanced on its answers (3D-RAD's temporal classes), the
+    questions sharing a text get their answers on distinct letters: neither the text nor
+    the letter gives the answer away."""
+    from pipeline.kinds import load_questions as lq
+    from pipeline.questions import lint_records
+
+    families, pools = lq(load_recipe("3d-rad"))
+    static = {"static_temporal": families["static_temporal"]}
+    records = []
+    for n in range(80):
+        base = lint_records(pools, "static_temporal")[1]
+        key = keys.stable_key("vol", n)
+        history = {f: [n % 2] for f in base["findings"]}
+        present = [f for i, f in enumerate(base["findings"]) if (n // 2 + i) % 2]
+        records.append(base | {"volume_id": key, "image_id": key, "case_key": key, "split": "test",
+                               "history": history, "present": present})
+    rows = [r for rec in records for r in generate_questions(rec, static, pools, seed=3)]
+    rules = rules_from([candidate(r["split"], r["balance"], r["answer_text"]) for r in rows], pools)
+    out = [x for x in (apply(dict(r), rules, static, pools) for r in rows) if x is not None]
+    by_text = collections.defaultdict(list)
+    for r in out:
+        by_text[r["question"]].append((r["answer_text"], r["answer"]))
+    assert len(out) > 40
+    for text, pairs in by_text.items():
+        letters = collections.Counter(letter for _, letter in pairs)
+        answers = collections.Counter(a for a, _ in pairs)
+        assert len(set(answers.values())) == 1, (text, answers)
+        assert max(letters.values()) <= max(1, len(pairs) // len(answers)) + 1, (text, pairs)
+        assert len(letters) >= min(len(answers), 4), (text, pairs)

@@ -216,3 +216,16 @@ def test_sample_build_exits_3_when_too_many_cases_are_rejected(tmp_path, sample_
         ("s0002/ct.nii.gz", "read", "volume.unreadable")]
     counts = result.manifest["counts"]
     assert counts["read"]["rejected_by_reason"] == {"volume.unreadable": 1}
+
+
+def test_radvqa_report_rebuilds_the_report_of_the_build(corpus):
+    """`radvqa report DIR` gives the very bytes the build wrote and listed in the manifest."""
+    import hashlib as _h
+
+    from pipeline.cli import main
+
+    out, result = corpus
+    listed = result.manifest["files"]["report/index.html"]["sha256"]
+    assert _h.sha256((out / "report" / "index.html").read_bytes()).hexdigest() == listed
+    assert main(["report", str(out)]) == 0
+    assert _h.sha256((out / "report" / "index.html").read_bytes()).hexdigest() == listed

@@ -54,7 +54,7 @@ def _recipe_copy(base: Path, name: str, old: str, new: str) -> str:
 def slices(tmp_path_factory) -> Path:
     """The sample recipe on five phantom patients (train, validation and test)."""
     base = tmp_path_factory.mktemp("slices")
-    recipe = _recipe_copy(base, "sample", "sample_patients: 10", "sample_patients: 5")
+    recipe = _recipe_copy(base, "sample", "sample_patients: 16", "sample_patients: 5")
     build(recipe, str(base / "corpus"), beam_args=IN_MEMORY, log=lambda m: None)
     return base / "corpus"
 
@@ -82,7 +82,7 @@ def tree(tmp_path_factory) -> tuple[Path, Path]:
 def volumes(tmp_path_factory) -> Path:
     """The 3d-rad recipe on two longitudinal phantom patients."""
     base = tmp_path_factory.mktemp("volumes")
-    recipe = _recipe_copy(base, "3d-rad", "sample_patients: 4", "sample_patients: 2")
+    recipe = _recipe_copy(base, "3d-rad", "sample_patients: 12", "sample_patients: 2")
     build(recipe, str(base / "corpus"), beam_args=IN_MEMORY, log=lambda m: None)
     return base / "corpus"
 

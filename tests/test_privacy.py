@@ -528,17 +528,19 @@ def canary_png(c: Canaries, n: int, *, only_trailing: bool = False) -> bytes:
 
 
 def write_tree_inputs(root: Path, c: Canaries) -> dict:
-    """CT images in two regions, canary file names and PNG metadata; the folders
+    """CT images in two regions (four labels in one), canary file names and PNG metadata; the folders
     ``<modality>/<region>/<label>`` are labels and stay canary-free.  Plus a broken PNG and
     a file outside the layout (rejected: their paths may appear in dead_letters/ only) and a
     stray top-level folder the recipe does not select."""
     images = {}
     n = 0
-    for region, labels in (("abdomen", ("liver_lesion", "normal")), ("chest", ("nodule", "normal"))):
+    # four abdomen labels: a benchmark region needs at least as many labels as options
+    for region, labels in (("abdomen", ("liver_lesion", "renal_lesion", "splenic_lesion", "normal")),
+                           ("chest", ("nodule", "normal"))):
         for label in labels:
             d = root / "CT" / region / label
             d.mkdir(parents=True)
-            for _ in range(4):
+            for _ in range(6 if region == "abdomen" else 4):
                 name = f"{c.text(f'PNG file name (image {n})')}.png"
                 (d / name).write_bytes(canary_png(c, n, only_trailing=n % 4 == 3))
                 images[f"CT/{region}/{label}/{name}"] = n

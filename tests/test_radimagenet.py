@@ -23,6 +23,7 @@ from pipeline.kinds import load_questions
 from pipeline.questions import generate_questions
 from pipeline.radimagenet import (
     TreeImage,
+    capped_quotas,
     check_png,
     load_label_pools,
     select_benchmark,
@@ -139,7 +140,10 @@ def test_distractor_constraints(modality, region, label):
     # CT has two regions here: anatomy options fill from the other modality's regions.
 
 
-def test_no_pathology_option_rate_and_balance_and_uniform_positions():
+def test_a_numeric_no_pathology_option_rate_is_honoured_without_a_plan():
+    """A recipe may force the rate of "no pathology seen" among the options (unbalanced);
+    without the launcher's plan the generators still keep yes/no and positions even."""
+    settings = SETTINGS | {"no_pathology_option_rate": 0.3}
     with_normal = abnormal_mc = 0
     answers = collections.Counter()
     positions = collections.Counter()
@@ -147,7 +151,7 @@ def test_no_pathology_option_rate_and_balance_and_uniform_positions():
     triples = [(m, r, lab) for m in POOLS.modalities for r in POOLS.regions(m) for lab in POOLS.labels(m, r)]
     for n in range(3000):
         m, r, lab = triples[int(rng.integers(len(triples)))]
-        for row in generate_questions(_image(m, r, lab, n), FAMILIES, POOLS, seed=5, settings=SETTINGS):
+        for row in generate_questions(_image(m, r, lab, n), FAMILIES, POOLS, seed=5, settings=settings):
             if row["question_type"] == "closed":
                 answers[row["answer"]] += 1
             if row["question_type"] == "multiple_choice":
@@ -155,39 +159,78 @@ def test_no_pathology_option_rate_and_balance_and_uniform_positions():
             if row["family"] == "pathology_mc" and lab != "normal":
                 abnormal_mc += 1
                 with_normal += "no pathology seen" in row["options"]
-    assert abs(with_normal / abnormal_mc - SETTINGS["no_pathology_option_rate"]) < 0.04
+    assert abs(with_normal / abnormal_mc - settings["no_pathology_option_rate"]) < 0.04
     assert abs(answers["yes"] / sum(answers.values()) - 0.5) < 0.02
     total = sum(positions.values())
     assert max(abs(positions[c] / total - 0.25) for c in "ABCD") < 0.02
 
 
-def _tree_images(n):
-    out = []
-    for i in range(n):
-        m, r, lab = [("MR", "knee", "acl_pathology"), ("MR", "knee", "normal"), ("CT", "chest", "nodule"),
-                     ("MR", "brain", "edema")][i % 4 if i % 10 else 3]
-        k = keys.stable_key("t", i)
-        out.append(TreeImage(k, f"{m}/{r}/{lab}/{i}.png", m, r, lab, "test" if i % 3 else "train"))
+#: A test population: MR knee dominated by one label (70 %), MR hip and MR spine more even,
+#: MR ankle with as many images, CT chest, and a thin MR brain region with two labels.
+POPULATION = {
+    ("MR", "knee"): {"meniscal_abnormality": 140, "acl_pathology": 20, "mcl_pathology": 15,
+                     "normal": 15, "fracture": 10},
+    ("MR", "hip"): {"labral_pathology": 30, "normal": 25, "osseous_lesion": 20, "chondral_pathology": 25},
+    ("MR", "spine"): {"disc_pathology": 40, "normal": 30, "scoliosis": 15, "osseous_abn": 15},
+    ("MR", "ankle_foot"): {"chondral_abnormality": 60, "normal": 60, "hematoma": 40, "intra": 40},
+    ("MR", "brain"): {"edema": 30, "normal": 30},
+    ("CT", "chest"): {"nodule": 40, "normal": 30, "bronchiectasis": 20, "airspace_opacity": 10},
+}
+
+
+def _tree_images(test_share=0.75):
+    out, i = [], 0
+    for (m, r), labels in sorted(POPULATION.items()):
+        for lab, count in sorted(labels.items()):
+            for _ in range(count):
+                k = keys.stable_key("t", i)
+                split = "test" if keys.unit_interval(0, k, "s") < test_share else "train"
+                out.append(TreeImage(k, f"{m}/{r}/{lab}/{i}.png", m, r, lab, split))
+                i += 1
     return out
 
 
-def test_benchmark_plan_is_stratified_deterministic_and_test_only():
-    images = _tree_images(400)
-    plan = select_benchmark(images, 100, seed=1)
-    assert plan == select_benchmark(list(reversed(images)), 100, seed=1)
-    assert sum(q for _, q, _ in plan) == 100
-    strata = collections.Counter(f"{i.modality}/{i.region}/{i.label}" for i in images if i.split == "test")
-    total = sum(strata.values())
-    for s, q, cands in plan:
-        assert all(c.split == "test" for c in cands)
-        assert abs(q - 100 * strata[s] / total) <= 1
-    assert len(plan) == len(strata)
+@pytest.mark.parametrize("n", [60, 200, 10_000], ids=["small", "medium", "more-than-fits"])
+def test_benchmark_plan_is_stratified_capped_deterministic_and_test_only(n):
+    images = _tree_images()
+    plan = select_benchmark(images, n, seed=1)
+    assert plan == select_benchmark(list(reversed(images)), n, seed=1)
+    quota = {s: q for s, q, _ in plan}
+    assert all(c.split == "test" for _, _, cands in plan for c in cands)
+    assert all(q <= len(cands) for _, q, cands in plan)
+    assert not any(s.startswith("MR/brain/") for s in quota)  # two labels: left out
+    regions = collections.defaultdict(dict)
+    for s, q in quota.items():
+        m, r, lab = s.split("/")
+        regions[(m, r)][lab] = q
+    for (m, r), labels in regions.items():  # no label above a quarter of its region (+1 rounding)
+        assert 4 * (max(labels.values()) - 1) <= sum(labels.values()), (m, r, labels)
+    mr = {r: sum(v.values()) for (m, r), v in regions.items() if m == "MR"}
+    assert 4 * max(mr.values()) <= sum(mr.values()) + 4  # nor a region above a quarter of MR
+    total = sum(quota.values())
+    assert total <= n  # never more than asked, never more than the caps allow
+    if n == 60:
+        assert total == n
+    if n <= 200:
+        assert total >= 0.9 * n
+        knee = regions[("MR", "knee")]  # proportions kept where the cap allows
+        assert knee["meniscal_abnormality"] >= knee["fracture"]
+
+
+@pytest.mark.parametrize("total, weights, cap, expected", [
+    (100, {"a": 78, "b": 10, "c": 7, "d": 5}, 0.25, {"a": 5, "b": 5, "c": 5, "d": 5}),
+    (20, {"a": 30, "b": 30, "c": 30, "d": 30, "e": 30}, 0.25, {"a": 4, "b": 4, "c": 4, "d": 4, "e": 4}),
+    (10, {"x": 60, "y": 40}, 0.25, {"x": 5, "y": 5}),
+    (1000, {"x": 5000, "y": 3000}, 1.0, {"x": 625, "y": 375}),
+], ids=["dominant-label-capped", "even", "two-items-even-share", "uncapped-proportional"])
+def test_capped_quotas(total, weights, cap, expected):
+    assert capped_quotas(total, weights, cap, seed=0) == expected
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("tree")
-    write_tree(root, 900, load_label_pools([resource_dir("distractor_pools") / "radimagenet.yaml"]),
+    write_tree(root, 3000, load_label_pools([resource_dir("distractor_pools") / "radimagenet.yaml"]),
                with_csv=True)
     # broken inputs: an unreadable PNG, a decompression bomb, a file outside the layout
     knee = next((root / "MR" / "knee").iterdir())
@@ -213,7 +256,7 @@ def test_build_accounts_for_every_image(built):
     out, result = built
     m = result.manifest
     assert m["counts"]["discover"]["rejected_by_reason"] == {"source.not_in_layout": 1}
-    assert m["counts"]["discover"]["excluded_by_recipe"] == {"excluded_modality_US": 1}
+    assert m["counts"]["discover"]["excluded_by_recipe"] == {"excluded_modality_US": 3}  # n // 1000
     assert m["counts"]["read"]["rejected_by_reason"] == {"image.too_large": 1, "image.unreadable": 1}
     for c in m["counts"].values():
         assert c["inputs"] == c["accepted"] + c["rejected"]
@@ -240,7 +283,7 @@ def test_benchmark_composition_and_disjointness(built):
     n_images = len({r["image_id"] for r in bench})
     types = collections.Counter(r["question_type"] for r in bench)
     assert types == {"multiple_choice": 2 * n_images, "closed": 5 * n_images, "open": 2 * n_images}
-    assert n_images == result.manifest["benchmark"]["images"] > 50
+    assert n_images == result.manifest["benchmark"]["images"] > 100
     train_ids = set(pq.read_table(out / "alignment", filters=[("split", "=", "train")],
                                   columns=["image_id"]).column("image_id").to_pylist())
     assert not train_ids & {r["image_id"] for r in bench}
@@ -284,3 +327,43 @@ def test_tree_build_is_byte_reproducible_and_loads(tmp_path, built, tree):
         assert not any(stem in text for stem in stems), path
     for name in ("manifest.json", "README.md"):
         assert not any(stem in (out / name).read_text() for stem in stems)
+
+
+def test_closed_questions_pair_yes_with_no_per_text(built):
+    """Closed− asks about another image's true region or label with that image's closed+
+    paraphrase (a derangement): in the benchmark every closed anatomy and pathology text
+    is asked as often with yes as with no; in instruct, every MR anatomy text."""
+    out, _ = built
+    bench = pq.read_table(out / "benchmark").to_pylist()
+    texts = collections.defaultdict(collections.Counter)
+    for r in bench:
+        if r["question_type"] == "closed" and r["task"] in ("anatomy", "pathology"):
+            texts[r["question"]][r["answer"]] += 1
+    assert len(texts) > 20
+    for text, counts in texts.items():
+        assert counts["yes"] == counts["no"], (text, counts)
+    instruct = pq.read_table(out / "instruct").to_pylist()
+    mr = collections.defaultdict(collections.Counter)
+    for r in instruct:
+        if r["task"] == "anatomy" and r["question_type"] == "closed" and r["metadata"]["modality"] == "mri":
+            mr[(r["split"], r["question"])][r["answer"]] += 1
+    # plans come from the file list: each image rejected when read (two here) leaves its
+    # yes and the no of its partner unpaired — off by one on at most two texts each
+    assert mr and sum(abs(c["yes"] - c["no"]) for c in mr.values()) <= 2 * 2
+    assert sum(c["yes"] == c["no"] for c in mr.values()) >= len(mr) - 4
+
+
+def test_benchmark_options_are_fair(built):
+    """Every pathology option of the benchmark is correct about a quarter of the times it is
+    offered ("no pathology seen" included), and positions are even."""
+    out, _ = built
+    rows = [r for r in pq.read_table(out / "benchmark").to_pylist()
+            if r["task"] == "pathology" and r["question_type"] == "multiple_choice"]
+    correct = collections.Counter(r["metadata"]["correct_text"] for r in rows)
+    offered = collections.Counter(o for r in rows for o in r["choices"])
+    assert "no pathology seen" in correct
+    for label, c in correct.items():
+        if c >= 4:
+            assert 0.2 <= c / offered[label] <= 0.34, (label, c, offered[label])
+    positions = collections.Counter(r["answer"] for r in rows)
+    assert max(positions.values()) - min(positions.values()) <= 1

@@ -617,6 +617,8 @@ def test_no_recipe_field_names_a_file_except_the_confined_ones():
         "slices.selection.structures[]": "structure labels compared with mask names",
         "audit.configs[]": "config names compared with the corpus's configs; never opened",
         "audit.splits[]": "split names compared with the corpus's splits; never opened",
+        "audit.ignore.*": "reasons printed in the audit; never opened",
+        "audit.learn_from.*": "config names compared with the corpus's configs; never opened",
     }
     assert _string_fields(schema) == set(classified)
 

@@ -1,0 +1,164 @@
+"""Balancing by construction for labelled 2D trees (RadImageNet-VQA's nine questions).
+
+Every image gets the same nine questions, so nothing may be dropped; what the generators
+would otherwise draw at random is planned on the launcher from the file list (labels are
+known before any image is read) and handed to each image's questions:
+
+* **closed−** (``anatomy_closed_absent``, ``pathology_closed_absent``): the wrong region
+  or label an image is asked about is the true one of another image of the same split and
+  modality (and region), chosen by a *derangement* — a bijection that maps no image to
+  one with the same (or a related) answer — and the question takes the paraphrase of that
+  image's closed+ question.  So every closed question text ("Is the knee visible in the
+  image?") is asked exactly as often with answer *no* as with *yes*.
+* **multiple choice** (``anatomy_mc``, ``pathology_mc``): answer positions by rank (exactly
+  uniform per split) and distractors by quota (:func:`pipeline.balance.assign_distractors`):
+  each region or label, "no pathology seen" included, is offered three times for each
+  time it is correct, so no option text is a better blind guess.
+* **abnormality**: the polarity ("abnormal?" / "normal?") alternates by rank within the
+  normal and the abnormal images, so yes and no are exactly even.  The question's blind
+  accuracy still equals the label prior (most images are abnormal): a yes/no question on
+  an unbalanced label cannot be balanced without dropping images; the audit shows it.
+
+Everything is a function of ``(seed, image keys, labels, splits)``, never of arrival order.
+Plans come from the file list, before any image is read: an image rejected when it is read
+leaves its partners one-sided (one text off by one per rejected image).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from pipeline import keys
+from pipeline.balance import assign_distractors
+
+LETTERS = "ABCD"
+
+
+def u_of(seed: int, key: str, family: str) -> float:
+    return keys.unit_interval(seed, key, f"{family}/balance")
+
+
+def variant_of(seed: int, key: str, family: str, n_variants: int) -> int:
+    """The paraphrase :func:`pipeline.questions.generate_questions` picks for a question."""
+    return keys.KeyedStream(seed, key, f"{family}/variant").integers(n_variants)
+
+
+def derange(items: list[tuple[float, str, str]], related) -> dict[str, str]:
+    """``{key: source key}``: a bijection between ``items`` (``(u, key, answer)``) that maps
+    no item to one with the same or a related answer, where the answer counts allow
+    (no class of related answers more than half of the items); otherwise the nearest
+    valid item after it.
+
+    Answers are grouped into classes of related answers (synonyms), items laid out class
+    by class (classes in keyed order, answers and members by ``u``) and shifted by the
+    largest class's size: no item then lands in its own class.
+    """
+    answers = sorted({a for _, _, a in items})
+    parent = {a: a for a in answers}
+
+    def root(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for n, a in enumerate(answers):
+        for b in answers[n + 1:]:
+            if related(a, b):
+                parent[root(b)] = root(a)
+    classes: dict[str, list[tuple[str, float, str]]] = {}
+    for u, key, answer in items:
+        classes.setdefault(root(answer), []).append((answer, u, key))
+    order = sorted(classes, key=lambda c: keys.unit_interval(0, c, "derange"))
+    seq = [(key, answer) for c in order for answer, _, key in sorted(classes[c])]
+    n = len(seq)
+    if n < 2:
+        return {}
+    shift = max(len(v) for v in classes.values())
+    out = {}
+    for p, (key, answer) in enumerate(seq):
+        for step in range(n):
+            src_key, src_answer = seq[(p + shift + step) % n]
+            if src_answer != answer and not related(answer, src_answer):
+                out[key] = src_key
+                break
+    return out
+
+
+def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
+                        settings: Mapping, population: str | None = None) -> dict[str, dict]:
+    """Per image key, what its balanced questions ask: ``{key: {family: {...}}}``.
+
+    ``images``: :class:`pipeline.radimagenet.TreeImage`; groups are formed per split (or
+    over all images as one ``population``, e.g. the benchmark).
+    """
+    images = list(images)
+    out: dict[str, dict] = {i.key: {} for i in images}
+    split = (lambda i: population) if population else (lambda i: i.split)
+    fam = {f.generator: name for name, f in families.items()}
+
+    def related_labels(a, b):
+        return pools.related(a, b)
+
+    # closed− by derangement, paraphrase of the source's closed+ question
+    for absent, present, level in (("rin_anatomy_absent", "rin_anatomy_present", "modality"),
+                                   ("rin_pathology_absent", "rin_pathology_present", "region")):
+        if absent not in fam or present not in fam:
+            continue
+        name_a, name_p = fam[absent], fam[present]
+        n_variants = len(families[name_p].variants)
+        if len(families[name_a].variants) != n_variants:
+            continue  # paraphrases cannot be paired
+        groups: dict[tuple, list] = {}
+        for i in images:
+            g = (split(i), i.modality) if level == "modality" else (split(i), i.modality, i.region)
+            answer = i.region if level == "modality" else i.label
+            groups.setdefault(g, []).append((u_of(seed, i.key, name_a), i.key, answer))
+        for members in groups.values():
+            by_key = {k: a for _, k, a in members}
+            rel = (lambda a, b: a == b) if level == "modality" else related_labels
+            for key, src in derange(members, rel).items():
+                out[key][name_a] = {"wrong": by_key[src],
+                                    "variant": variant_of(seed, src, name_p, n_variants)}
+    # multiple choice: positions by rank, distractors by quota
+    auto_normal = str(settings.get("no_pathology_option_rate", "auto")) == "auto"
+    for gen, level in (("rin_anatomy_mc", "modality"), ("rin_pathology_mc", "region")):
+        if gen not in fam or (gen == "rin_pathology_mc" and not auto_normal):
+            continue
+        name = fam[gen]
+        by_split: dict[str, list[tuple[float, str]]] = {}
+        pools_by: dict[tuple, list[tuple[float, str]]] = {}
+        for i in images:
+            u = u_of(seed, i.key, name)
+            by_split.setdefault(split(i), []).append((u, i.key))
+            g = (split(i), i.modality) if level == "modality" else (split(i), i.modality, i.region)
+            pools_by.setdefault(g, []).append((u, i.region if level == "modality" else i.label))
+        for members in by_split.values():  # every question: its position by rank
+            for r, (_, key) in enumerate(sorted(members)):
+                out[key][name] = {"position": r}
+        key_of_u = {u_of(seed, i.key, name): i.key for i in images}
+        for members in pools_by.values():
+            if len({a for _, a in members}) < len(LETTERS):
+                continue  # too few answers in the pool: the generator's fallback draws
+            rel = (lambda a, b: a == b) if level == "modality" else related_labels
+            for u, chosen in assign_distractors(sorted(members), {}, _Related(rel)).items():
+                if len(chosen) == len(LETTERS) - 1:
+                    out[key_of_u[u]][name]["distractors"] = list(chosen)
+    # abnormality polarity: alternate by rank within normal and abnormal images
+    if "rin_abnormality" in fam:
+        name = fam["rin_abnormality"]
+        classes: dict[tuple, list[tuple[float, str]]] = {}
+        for i in images:
+            classes.setdefault((split(i), pools.is_abnormal(i.label)), []).append(
+                (u_of(seed, i.key, name), i.key))
+        for members in classes.values():
+            for r, (_, key) in enumerate(sorted(members)):
+                out[key][name] = {"ask_normal": bool(r % 2)}
+    return out
+
+
+class _Related:
+    """Adapter giving :func:`assign_distractors` a ``related`` method."""
+
+    def __init__(self, fn):
+        self.related = fn
