@@ -42,9 +42,10 @@ test: $(VENV)/.installed-test system-deps testdata
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check pipeline tests scripts bench setup.py
 
-bench: $(VENV)/.installed-test
+## Benchmarks, never tests: a table on stdout, raw timings in bench/results.json (see
+## bench/run.py).  Inputs are generated once into .cache/bench/.  About 15 min on 2 cores.
+bench: $(VENV)/.installed
 	$(PY) bench/run.py
-	$(PY) bench/radimagenet_scale.py --images 750000 --loop-images 150000
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

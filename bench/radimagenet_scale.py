@@ -1,161 +1,288 @@
 """RadImageNet-VQA at scale: a synthetic tree of N images (default 750,000) built into
 ~10N QA rows, measured.  Never run as a test.
 
-Reports, into ``bench/results_radimagenet.json`` and a printed table:
+* The tree (``pipeline.radimagenet.write_tree``: the reference label frequencies, 16x16
+  PNGs) is cached under ``.cache/bench/radimagenet-N``; writing it is timed once and is
+  not part of the build.
+* The build: ``pipeline.build.build("radimagenet-vqa", …, beam_args=[FnApiRunner,
+  multi_processing, 2 workers])`` from an empty output folder, called in a child process
+  (so that its memory is its own, and so that it can be stopped): wall time of the call
+  (launcher, pipeline, benchmark, finalisation, report), QA rows/s, output size, and the
+  peak summed RSS of the child and its Beam workers, sampled every 50 ms.  The wall time
+  is split into phases from the launcher's time-stamped log lines and the mtimes of the
+  receipts it wrote.  With ``--deadline`` the build is stopped (its process tree killed)
+  once that many seconds have passed, and the progress it had made is reported instead.
+* The plain loop: one process calling :func:`pipeline.units.process_unit` — what the
+  pipeline's ``ProcessUnitFn`` calls: read and check the PNGs, render ten questions per
+  image, write the ``alignment`` and ``instruct`` shards — unit after unit, after the same
+  launcher planning (:func:`bench.harness.launch`, timed apart).  With ``--loop-images``
+  smaller than ``--images`` the loop runs on its own cached tree of that many images,
+  written the same way (same label frequencies, same 10,000-image units): planning the
+  big tree a second time would cost minutes of ``make bench`` for no information.  The
+  benchmark config (1,000 images, written once at the end of a build) is not in the loop.
 
-* tree generation time (not part of the build);
-* the pipeline build (FnApiRunner, ``multi_processing``, 2 workers): wall time,
-  QA rows/s, peak RSS of the launcher plus its worker processes (sampled);
-* a plain single-process loop doing the same reading, checking, rendering and
-  Parquet writing with the same functions (``tree_units.run_tree_unit``), on a
-  ``--loop-images`` subset (default: all), and the pipeline's speed ratio to it.
+The ratio compared is QA rows/s of the whole build (2 workers, launcher included) to
+QA rows/s of the loop's units (1 process, launcher excluded): conservative for the
+pipeline.  Results are written to ``--json`` after each part.
 
-Usage: ``python bench/radimagenet_scale.py [--images 750000] [--loop-images N]``.
+Usage: ``python bench/radimagenet_scale.py [--images 750000] [--loop-images N]
+[--deadline SECONDS] [--json PATH]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import (  # noqa: E402 — after the path set-up above
+    ROOT,
+    RUNNERS,
+    PeakRSS,
+    cached_dir,
+    children,
+    launch,
+    machine,
+    setup_imports,
+    source_digest,
+    worker_output_to,
+)
+
+RECIPE = "radimagenet-vqa"
 
 
-class PeakRSS:
-    """Peak summed RSS of this process and all its descendants, sampled every 0.2 s."""
+def tree(n_images: int) -> tuple[Path, float | None]:
+    """The cached synthetic tree of ``n_images`` (plus the few US images it adds)."""
+    from pipeline import keys
+    from pipeline.imaging import encode_png
+    from pipeline.radimagenet import label_frequencies, load_label_pools, write_tree
+    from pipeline.resources import resource_dir
 
-    def __init__(self):
-        self.peak = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _tree(self, pid: int) -> list[int]:
-        out, todo = [], [pid]
-        while todo:
-            p = todo.pop()
-            out.append(p)
-            try:
-                with open(f"/proc/{p}/task/{p}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-            except OSError:
-                pass
-        return out
-
-    def _rss(self) -> int:
-        total = 0
-        for p in self._tree(os.getpid()):
-            try:
-                with open(f"/proc/{p}/statm") as f:
-                    total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            except OSError:
-                pass
-        return total
-
-    def _run(self):
-        while not self._stop.wait(0.2):
-            self.peak = max(self.peak, self._rss())
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
+    pool_file = resource_dir("distractor_pools") / "radimagenet.yaml"
+    stamp = (f"tree:{n_images}:{keys.digest(pool_file.read_bytes())}:"
+             f"{source_digest(write_tree, label_frequencies, load_label_pools, encode_png)}")
+    return cached_dir(f"radimagenet-{n_images}", stamp,
+                      lambda p: write_tree(p, n_images, load_label_pools([pool_file])))
 
 
-def plain_loop(tree: str, out: str, n_images: int | None) -> tuple[float, int]:
-    """Single process: discover, plan, then run every unit in turn (no Beam)."""
-    from pipeline import keys, shards
-    from pipeline.build_tree import load_tree_questions
-    from pipeline.radimagenet import discover_tree
-    from pipeline.recipes import load_recipe
-    from pipeline.tree_units import TreeContext, plan_lines, plan_tree_units, run_tree_unit
+class TimedLog:
+    """The launcher's log lines, each written to ``path`` at once with the seconds since
+    the build started (readable while the build runs, and after it is stopped)."""
 
-    recipe = load_recipe("radimagenet-vqa")
-    families, pools = load_tree_questions(recipe)
-    fr = recipe.section("splits")["fractions"]
+    def __init__(self, path: Path):
+        self.t0 = time.perf_counter()
+        self.path = path
+
+    def __call__(self, msg: str) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{time.perf_counter() - self.t0:.2f}\t{msg}\n")
+
+
+def first_line(path: Path, prefix: str) -> float | None:
+    """Seconds of the first line of a :class:`TimedLog` file starting with ``prefix``."""
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        t, _, msg = line.partition("\t")
+        if msg.lstrip().startswith(prefix):
+            return float(t)
+    return None
+
+
+def unit_receipts(output: Path) -> list[Path]:
+    return [p for p in (output / ".radvqa" / "units").glob("*.json") if p.name != "benchmark.json"]
+
+
+def phases(output: Path, started: float, planned: float | None) -> dict:
+    """Where a finished build's wall time went: planning (until the launcher logs its
+    units), units (until the last unit receipt), benchmark (its receipt), finalisation
+    (dead letters, audit, card, report, manifest)."""
+    units = max(p.stat().st_mtime for p in unit_receipts(output))
+    bench = output / ".radvqa" / "units" / "benchmark.json"
+    bench_t = bench.stat().st_mtime if bench.is_file() else units
+    end = (output / "manifest.json").stat().st_mtime
+    planned = planned or 0.0
+    return {"planning_s": round(planned, 1), "units_s": round(units - started - planned, 1),
+            "benchmark_s": round(bench_t - units, 1), "finalise_s": round(end - bench_t, 1)}
+
+
+def build_child(tree_dir: str, output: str, work: str) -> None:
+    """In the child process: the build through the API; writes ``work/build.json``."""
+    setup_imports()
+    from pipeline.build import build
+
+    work_dir, out = Path(work), Path(output)
+    log = TimedLog(work_dir / "build.log")
+    started = time.time()
+    with worker_output_to(work_dir / "workers.log"):
+        result = build(RECIPE, output, input_dir=tree_dir, log=log,
+                       beam_args=RUNNERS["2 workers"])
+    seconds = time.perf_counter() - log.t0
+    m = result.manifest
+    res = {
+        "completed": True,
+        "runner": "2 workers",
+        "seconds": round(seconds, 1),
+        "phases": phases(out, started, first_line(work_dir / "build.log", "units:")),
+        "images": m["counts"]["read"]["accepted"],
+        "qa_rows": sum(s["qa"] for s in m["splits"].values()),
+        "benchmark": {k: m["benchmark"][k] for k in ("images", "rows")} if "benchmark" in m else None,
+        "output_bytes": sum(f["bytes"] for f in m["files"].values()),
+        "exit_code": result.exit_code,
+    }
+    (work_dir / "build.json").write_text(json.dumps(res, indent=2))
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every descendant (the build child and its Beam workers)."""
+    import signal
+
+    todo, found = [pid], []
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children(p))
+    for p in found:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def progress(output: Path, log_file: Path) -> dict:
+    """How far a stopped build had come: planning time, units planned and done."""
+    plans = [p for p in (output / ".radvqa" / "plan").glob("*.jsonl")]
+    return {"planning_s": first_line(log_file, "units:"), "units_planned": len(plans),
+            "units_done": len(unit_receipts(output))}
+
+
+def measure_build(tree_dir: Path, work: Path, deadline: float | None) -> dict:
+    """The pipeline build in a child process (see the module docstring)."""
+    import multiprocessing
+
+    from bench import radimagenet_scale as this  # importable by name in the child
+
+    output = work / "corpus"
+    shutil.rmtree(output, ignore_errors=True)
+    child = multiprocessing.get_context("spawn").Process(
+        target=this.build_child, args=(str(tree_dir), str(output), str(work)))
     t0 = time.perf_counter()
-    images, _, _ = discover_tree(tree, modalities=["CT", "MR"], pools=pools,
-                                 pseudonym_key=keys.DEFAULT_PSEUDONYM_KEY, fractions=fr,
-                                 seed=recipe.data["seed"])
-    if n_images:
-        images = images[:n_images]
-    pools = pools.with_observed((i.modality, i.region, i.label) for i in images)
-    units = plan_tree_units(images, fr, recipe.section("shards")["images_per_shard"])
-    ctx = TreeContext(out, tree, families, pools, recipe.data["seed"],
-                      recipe.section("questions").get("settings") or {})
-    rows = 0
-    for unit, members in units.items():
-        shards.write_bytes(out, unit.plan, plan_lines(members))
-        report, _ = run_tree_unit(unit, ctx)
-        rows += report["rows"]["instruct"] + report["rows"]["alignment"]
-    return time.perf_counter() - t0, rows
+    child.start()
+    with PeakRSS(child.pid) as rss:
+        child.join(deadline)
+        stopped = child.is_alive()
+        if stopped:
+            got = progress(output, work / "build.log")
+            kill_tree(child.pid)
+            child.join()
+    wall = time.perf_counter() - t0
+    if stopped:
+        return {"completed": False, "deadline_s": deadline, "progress": got,
+                "peak_rss_bytes": rss.peak, "rss_samples": rss.samples,
+                "process_wall_s": round(wall, 1)}
+    if child.exitcode != 0:
+        raise RuntimeError(f"the build child exited with {child.exitcode}; see {work}/build.log")
+    res = json.loads((work / "build.json").read_text())
+    return res | {"peak_rss_bytes": rss.peak, "rss_samples": rss.samples,
+                  "process_wall_s": round(wall, 1)}
+
+
+def measure_loop(tree_dir: Path, output: Path) -> dict:
+    """The plain loop over every unit of ``tree_dir`` (see above)."""
+    from pipeline.units import process_unit
+
+    shutil.rmtree(output, ignore_errors=True)
+    planned = launch(RECIPE, tree_dir, output)
+    refs = planned.refs
+    t0, c0 = time.perf_counter(), time.process_time()
+    rows = images = 0
+    for ref in refs:
+        report, _ = process_unit(ref, planned.ctx, planned.kind)
+        rows += report["rows"]["qa"]
+        images += report["rows"]["images"]
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"tree": str(tree_dir.relative_to(ROOT)), "launcher_s": round(planned.seconds, 1),
+            "units": len(refs), "images": images, "qa_rows": rows, "seconds": round(seconds, 1),
+            "cpu_s": round(cpu, 1)}
+
+
+def measure(n_images: int, loop_images: int | None, deadline: float | None, work: Path,
+            save, log=print) -> dict:
+    """Tree, build, loop; ``save(results)`` after each part."""
+    tree_dir, gen_s = tree(n_images)
+    log(f"  radimagenet: tree of {n_images} images "
+        + ("reused from the cache" if gen_s is None else f"written in {gen_s:.0f} s"))
+    res: dict = {"images_requested": n_images, "tree": str(tree_dir.relative_to(ROOT)),
+                 "tree_generation_s": None if gen_s is None else round(gen_s, 1)}
+    log("  radimagenet: pipeline build, 2 workers"
+        + (f" (stopped after {deadline:.0f} s)" if deadline else ""))
+    built = res["build"] = measure_build(tree_dir, work, deadline)
+    shutil.rmtree(work / "corpus", ignore_errors=True)
+    save(res)
+    loop_tree, loop_gen_s = tree(loop_images) if loop_images else (tree_dir, None)
+    res["loop_tree_generation_s"] = None if loop_gen_s is None else round(loop_gen_s, 1)
+    log(f"  radimagenet: plain loop over {loop_images or n_images} images"
+        + ("" if loop_gen_s is None else f" (tree written in {loop_gen_s:.0f} s)"))
+    loop = res["plain_loop"] = measure_loop(loop_tree, work / "loop")
+    shutil.rmtree(work / "loop", ignore_errors=True)
+    res["loop_qa_rows_per_s"] = round(loop["qa_rows"] / loop["seconds"])
+    if built["completed"]:
+        res["build_qa_rows_per_s"] = round(built["qa_rows"] / built["seconds"])
+        res["ratio_to_plain_loop"] = round(res["build_qa_rows_per_s"] / res["loop_qa_rows_per_s"], 3)
+    save(res)
+    return res
+
+
+def summary(res: dict) -> str:
+    b, lp = res["build"], res["plain_loop"]
+    if b["completed"]:
+        built = [f"RadImageNet-VQA scale: {b['images']:,} images -> {b['qa_rows']:,} QA rows "
+                 f"(+ benchmark {b['benchmark']})",
+                 f"  build, 2 workers:  {b['seconds']:.1f} s {b['phases']}, "
+                 f"{res['build_qa_rows_per_s']:,} QA rows/s, output {b['output_bytes'] / 1e9:.2f} GB",
+                 f"  build / loop:      {res['ratio_to_plain_loop']:.2f}x"]
+    else:
+        built = [f"RadImageNet-VQA scale: {res['images_requested']:,} images",
+                 f"  build, 2 workers:  stopped after {b['deadline_s']:.0f} s: {b['progress']}"]
+    return "\n".join(built + [
+        f"  peak RSS:          {b['peak_rss_bytes'] / 2**30:.2f} GiB (child + workers)",
+        f"  plain loop:        {lp['images']:,} images in {lp['units']} units, "
+        f"{lp['seconds']:.1f} s, {res['loop_qa_rows_per_s']:,} QA rows/s "
+        f"(launcher {lp['launcher_s']} s, not counted)",
+        f"  tree generation:   {res['tree_generation_s'] or 'cached'} s",
+    ])
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=750_000)
-    ap.add_argument("--loop-images", type=int, default=0, help="subset for the plain loop (0 = all)")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--work", default="", help="scratch folder (default: a temporary one)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results_radimagenet.json"))
+    ap.add_argument("--images", type=int, default=750_000, help="tree size (default 750,000)")
+    ap.add_argument("--loop-images", type=int, default=0,
+                    help="images of the plain loop's own tree (default 0: the build's tree)")
+    ap.add_argument("--deadline", type=float, default=0,
+                    help="stop the build after this many seconds (default 0: never)")
+    ap.add_argument("--json", default=str(ROOT / "bench" / "results_radimagenet.json"),
+                    help="where to write the raw results")
     args = ap.parse_args(argv)
-    logging.disable(logging.WARNING)  # Beam's worker start-up chatter
+    setup_imports()
+    out = Path(args.json)
+    facts = machine()
 
-    from pipeline.build import build
-    from pipeline.radimagenet import load_label_pools, write_tree
-    from pipeline.resources import resource_dir
+    def save(res: dict) -> None:
+        out.write_text(json.dumps(res | {"machine": facts}, indent=2) + "\n")
 
-    work = args.work or tempfile.mkdtemp(prefix="radvqa-rin-")
-    tree = os.path.join(work, "tree")
+    work = Path(tempfile.mkdtemp(prefix="radvqa-bench-rin-"))
     try:
-        t0 = time.perf_counter()
-        if not os.path.isdir(tree):
-            write_tree(tree, args.images, load_label_pools([resource_dir("distractor_pools") / "radimagenet.yaml"]))
-        gen_s = time.perf_counter() - t0
-        out = os.path.join(work, "corpus")
-        shutil.rmtree(out, ignore_errors=True)
-        with PeakRSS() as rss:
-            t0 = time.perf_counter()
-            result = build("radimagenet-vqa", out, input_dir=tree, log=lambda m: None,
-                           beam_args=["--direct_running_mode=multi_processing",
-                                      f"--direct_num_workers={args.workers}"])
-            build_s = time.perf_counter() - t0
-        m = result.manifest
-        qa = sum(s["qa"] for s in m["splits"].values())
-        images = m["counts"]["read"]["accepted"]
-        size = sum(f["bytes"] for f in m["files"].values())
-        loop_s, loop_rows = plain_loop(tree, os.path.join(work, "loop"), args.loop_images or None)
-        loop_rate = loop_rows / loop_s
-        res = {
-            "images_requested": args.images, "images_built": images, "qa_rows": qa,
-            "benchmark": m.get("benchmark"), "tree_generation_s": round(gen_s, 1),
-            "build_s": round(build_s, 1), "qa_rows_per_s": round(qa / build_s),
-            "peak_rss_gib": round(rss.peak / 2**30, 2), "output_gb": round(size / 1e9, 2),
-            "workers": args.workers, "plain_loop_images": args.loop_images or images,
-            "plain_loop_s": round(loop_s, 1), "plain_loop_qa_rows_per_s": round(loop_rate),
-            "ratio_to_plain_loop": round((qa / build_s) / loop_rate, 2),
-            "cpus": os.cpu_count(),
-        }
+        res = measure(args.images, args.loop_images or None, args.deadline or None, work, save)
     finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
-    print(f"\nRadImageNet-VQA scale: {res['images_built']} images -> {res['qa_rows']} QA rows "
-          f"({res['workers']} workers, {res['cpus']} CPUs)")
-    for k in ("tree_generation_s", "build_s", "qa_rows_per_s", "peak_rss_gib", "output_gb",
-              "plain_loop_s", "plain_loop_qa_rows_per_s", "ratio_to_plain_loop"):
-        print(f"  {k:<26} {res[k]}")
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        shutil.rmtree(work, ignore_errors=True)
+    print(summary(res))
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``): measured numbers, never tests.  See ``bench/run.py``."""

@@ -1,0 +1,279 @@
+"""Per-stage throughput of the ``slices`` kind: pipeline vs a plain single-process loop.
+
+Stages, each timed over the same units (the recipe's shards) of the same phantom cases:
+
+``volumes``
+    read + canonicalise + masks: :func:`pipeline.extract.load_case` for every case of
+    every unit (the unit's plan read first, as the pipeline does).
+``slices``
+    select, window, encode PNG, boxes, and write the unit's ``images`` and ``structures``
+    shards and extract receipt: :func:`pipeline.units.extract_unit` with the kind's
+    per-case step replaced by :func:`pipeline.extract.extract_case` on the case as
+    ``load_case`` returned it, unpickled from a cache written before timing (so the
+    volumes stage is not counted twice; unpickling is a memory copy).
+``QA``
+    render questions and write the ``qa`` shards: the real ``BuildCorpus`` transform of
+    :mod:`pipeline.transforms` over units whose pixel shards are stored (``keep``), so
+    extraction only verifies the stored shards' sha256 — exactly what ``radvqa
+    regenerate`` runs after a template edit: candidates, corpus-wide balancing rules,
+    :func:`pipeline.units.render_unit`.
+
+Each stage runs three ways, all calling the same functions in the same order:
+
+* ``plain loop``: one process, a ``for`` loop over the units (the practical limit);
+* ``1 worker``: a Beam pipeline, FnApiRunner ``in_memory``;
+* ``2 workers``: FnApiRunner ``multi_processing``, ``--direct_num_workers=2``.
+
+The ``volumes`` and ``slices`` pipelines have the shape of ``BuildCorpus``' extraction
+(``Create`` → ``Reshuffle`` → one ``ParDo`` per unit); the ``QA`` pipeline is
+``BuildCorpus`` itself.  Times are wall times of the whole run, Beam's start-up included;
+Beam's fixed cost is measured separately with a no-op DoFn of the same shape.  One warm-up
+unit runs in the loop first (imports, caches), untimed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import time
+from pathlib import Path
+
+import apache_beam as beam
+
+from bench.harness import (
+    ROOT,
+    RUNNERS,
+    Launch,
+    cached_dir,
+    run_beam,
+    source_digest,
+    startup_seconds,
+)
+
+STAGES = ("volumes", "slices", "QA")
+
+
+# ------------------------------------------------------------------------ stage work
+
+
+def loaded_cases(launch: Launch, input_dir: Path) -> tuple[Path, float | None]:
+    """Every case as ``load_case`` returns it, pickled once under ``.cache/bench``: the
+    input of the isolated ``slices`` stage.  Written again when the input or any
+    ``pipeline`` module changes."""
+    from pipeline.extract import load_case
+    from pipeline.units import read_plan
+
+    ctx, kind = launch.ctx, launch.kind
+
+    def write(folder: Path) -> None:
+        for ref in launch.refs:
+            for pc in read_plan(ctx.output, ref, kind):
+                loaded = load_case(pc.case, ctx.input_root, ctx.settings.max_voxels)
+                with open(folder / f"{pc.case.key}.pkl", "wb") as f:
+                    pickle.dump(loaded, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    stamp = (input_dir / ".bench-stamp").read_text() + ":" + source_digest(
+        *sorted(p.relative_to(ROOT) for p in (ROOT / "pipeline").glob("*.py")))
+    return cached_dir(f"loaded-{input_dir.name}", stamp, write)
+
+
+class LoadedSlicesKind:
+    """The ``slices`` kind whose per-case step starts from a loaded case (see module doc)."""
+
+    def __init__(self, cache: str):
+        from pipeline.slice_units import KIND
+
+        self._kind = KIND
+        self._cache = cache
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._kind, name)
+
+    def extract_case(self, case, split: str, ctx):
+        from pipeline.extract import extract_case
+        from pipeline.units import CaseResult
+
+        with open(os.path.join(self._cache, f"{case.key}.pkl"), "rb") as f:
+            volume, masks, digest, notes = pickle.load(f)
+        images, structures = extract_case(case, split, volume, masks, ctx.settings)
+        return CaseResult({"images": images, "structures": structures}, digest, notes)
+
+
+def load_volumes(ref, ctx) -> dict:
+    """The ``volumes`` stage of one unit: its plan, then ``load_case`` for each case."""
+    from pipeline.errors import CaseError
+    from pipeline.extract import load_case
+    from pipeline.kinds import get_kind
+    from pipeline.units import read_plan
+
+    done = rejected = voxels = 0
+    for pc in read_plan(ctx.output, ref, get_kind(ctx.kind)):
+        try:
+            volume, masks, _, _ = load_case(pc.case, ctx.input_root, ctx.settings.max_voxels)
+        except CaseError:
+            rejected += 1
+            continue
+        done += 1
+        voxels += volume.array.size
+    return {"volumes": done, "rejected": rejected, "voxels": voxels}
+
+
+def extract_slices(ref, ctx, cache: str) -> dict:
+    """The ``slices`` stage of one unit (writes its pixel shards and extract receipt)."""
+    from pipeline.units import extract_unit
+
+    report = extract_unit(ref, ctx, LoadedSlicesKind(cache)).report
+    return {"slices": sum(f["rows"] for p, f in report["pixel_files"].items()
+                          if p.startswith("images/"))}
+
+
+class StageFn(beam.DoFn):
+    """UnitRef -> a small dict of counts: one stage's work on one unit."""
+
+    def __init__(self, work, *args):
+        self._work = work
+        self._args = args
+
+    def process(self, ref):
+        yield self._work(ref, *self._args)
+
+
+# ------------------------------------------------------------------------- the runs
+
+
+def _stage_pipeline(refs, work, *args):
+    def build(pipeline):
+        _ = (pipeline | "PlanUnits" >> beam.Create(refs) | "SpreadUnits" >> beam.Reshuffle()
+             | "Stage" >> beam.ParDo(StageFn(work, *args)))
+    return build
+
+
+def _loop(refs, work, *args) -> tuple[float, float, dict, list[float]]:
+    """``(wall s, CPU s, summed counts, CPU s of each unit)`` of ``work(ref, *args)`` for
+    every unit in turn; CPU time well below wall time means the machine was busy."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    totals: dict = {}
+    per_unit = []
+    for ref in refs:
+        u0 = time.process_time()
+        for k, v in work(ref, *args).items():
+            totals[k] = totals.get(k, 0) + v
+        per_unit.append(round(time.process_time() - u0, 3))
+    return time.perf_counter() - t0, time.process_time() - c0, totals, per_unit
+
+
+def two_worker_bound(unit_seconds: list[float]) -> float:
+    """The best 2-worker speedup the units' sizes allow (no start-up cost): total work
+    over the longer of two workers' shares, units placed largest first on the less loaded
+    worker.  Beam's in-process runner deals units out to its workers statically, so
+    uneven units cap the scaling below 2x."""
+    loads = [0.0, 0.0]
+    for t in sorted(unit_seconds, reverse=True):
+        loads[loads.index(min(loads))] += t
+    return sum(loads) / max(loads) if max(loads) else 0.0
+
+
+def qa_loop(refs, ctx, kind) -> tuple[float, float]:
+    """The QA stage in one process: what ``BuildCorpus`` runs, unit after unit;
+    ``(wall s, CPU s)``."""
+    from pipeline import units as U
+    from pipeline.transforms import _rules
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    extracted = [U.extract_unit(ref, ctx, kind) for ref in refs]
+    candidates = [U.unit_candidates(ref, e.report, ctx, kind) for ref, e in zip(refs, extracted)]
+    rules = _rules(candidates, ctx.pools)  # BuildCorpus' BalanceThresholds step
+    for ref, e in zip(refs, extracted):
+        e.payload = None  # as ExtractUnitFn does: rendering reads the stored shards
+        U.render_unit(ref, e, ctx, kind, rules)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _receipt_rows(ctx, refs, receipt: str, count) -> int:
+    import json
+
+    from pipeline import shards
+
+    return sum(count(json.loads(shards.read_bytes(ctx.output, getattr(r, receipt))))
+               for r in refs)
+
+
+def slice_rows(ctx, refs) -> int:
+    """Image rows the units' extract receipts record (what the slices stage wrote)."""
+    return _receipt_rows(ctx, refs, "extract_receipt", lambda r: sum(
+        f["rows"] for p, f in r["pixel_files"].items() if p.startswith("images/")))
+
+
+def qa_rows(ctx, refs) -> int:
+    """QA rows the units' receipts record (what the QA stage wrote)."""
+    return _receipt_rows(ctx, refs, "receipt", lambda r: r["rows"]["qa"])
+
+
+def _same(what: str, found: int, loop: int) -> None:
+    """The pipeline did the loop's work: same row count, or the numbers mean nothing."""
+    if found != loop:
+        raise AssertionError(f"{what}: wrote {found} rows, the plain loop {loop}")
+
+
+def measure(launch: Launch, input_dir: Path, log) -> dict:
+    """Every stage, three ways; returns raw seconds and counts per stage and runner."""
+    from pipeline.build import run_pipeline
+
+    ctx, kind, refs = launch.ctx, launch.kind, launch.refs
+    if any(r.mode != "build" for r in refs):
+        raise AssertionError(f"{ctx.output}: not an empty output folder (units to reuse)")
+    cache, cache_s = loaded_cases(launch, input_dir)
+    out: dict = {"units": len(refs), "cases": launch.n_cases,
+                 "launcher_s": round(launch.seconds, 3),
+                 "loaded_case_cache_written_s": None if cache_s is None else round(cache_s, 1),
+                 "beam_startup_s": {name: round(startup_seconds(len(refs), args), 3)
+                                    for name, args in RUNNERS.items()}}
+    quiet = lambda msg: None  # noqa: E731 — run_pipeline's progress lines
+
+    # volumes
+    load_volumes(refs[0], ctx)  # warm-up
+    log("  stage volumes: plain loop")
+    seconds, cpu, counts, per_unit = _loop(refs, load_volumes, ctx)
+    runs = {"plain loop": seconds}
+    for name, args in RUNNERS.items():
+        log(f"  stage volumes: {name}")
+        runs[name] = run_beam(_stage_pipeline(refs, load_volumes, ctx), args)
+    out["volumes"] = {"items": counts["volumes"], "unit": "volumes", "seconds": runs,
+                      "plain_loop_cpu_s": round(cpu, 3), "unit_cpu_s": per_unit,
+                      "two_worker_bound": round(two_worker_bound(per_unit), 3),
+                      "voxels": counts["voxels"]}
+
+    # slices
+    extract_slices(refs[0], ctx, str(cache))  # warm-up
+    log("  stage slices: plain loop")
+    seconds, cpu, counts, per_unit = _loop(refs, extract_slices, ctx, str(cache))
+    runs = {"plain loop": seconds}
+    for name, args in RUNNERS.items():
+        log(f"  stage slices: {name}")
+        runs[name] = run_beam(_stage_pipeline(refs, extract_slices, ctx, str(cache)), args)
+        _same(f"slices stage, {name}", slice_rows(ctx, refs), counts["slices"])
+    out["slices"] = {"items": counts["slices"], "unit": "slices", "seconds": runs,
+                     "plain_loop_cpu_s": round(cpu, 3), "unit_cpu_s": per_unit,
+                     "two_worker_bound": round(two_worker_bound(per_unit), 3)}
+
+    # QA, on the pixel shards the slices stage just wrote
+    keep = [dataclasses.replace(r, mode="keep") for r in refs]
+    qa_loop(keep[:1], ctx, kind)  # warm-up
+    log("  stage QA: plain loop")
+    seconds, cpu = qa_loop(keep, ctx, kind)
+    runs = {"plain loop": seconds}
+    rows = qa_rows(ctx, keep)
+    for name, args in RUNNERS.items():
+        log(f"  stage QA: {name}")
+        t0 = time.perf_counter()
+        run_pipeline(keep, ctx, args, quiet)
+        runs[name] = time.perf_counter() - t0
+        _same(f"QA stage, {name}", qa_rows(ctx, keep), rows)
+    out["QA"] = {"items": rows, "unit": "QA rows", "seconds": runs,
+                 "plain_loop_cpu_s": round(cpu, 3)}
+    for stage in STAGES:
+        out[stage]["seconds"] = {k: round(v, 3) for k, v in out[stage]["seconds"].items()}
+    return out
