@@ -36,6 +36,7 @@ BOX = pa.struct(
 IMAGE_FIELDS = [
     ("image_id", pa.string()),
     ("image", IMAGE_STRUCT),
+    ("image_boxed", IMAGE_STRUCT),
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("modality", pa.string()),
@@ -137,8 +138,9 @@ BENCHMARK_FIELDS = [
     ("split", pa.string()),
 ]
 
-#: Columns decoded as images by Hugging Face ``datasets``.
-IMAGE_COLUMNS = {"image"}
+#: Columns decoded as images by Hugging Face ``datasets`` (``image_boxed`` is null unless
+#: the recipe asks for boxed images).
+IMAGE_COLUMNS = {"image", "image_boxed"}
 
 
 def hf_feature(name: str, dtype: pa.DataType) -> dict:
@@ -180,9 +182,11 @@ SCHEMAS = {
 
 def all_schemas() -> dict:
     """Every config schema, including the volume-level ones (imported lazily)."""
+    from pipeline.ood import OOD3D_SCHEMA, OOD_SCHEMA
     from pipeline.volume_units import QA3D_SCHEMA, VOLUMES_SCHEMA
 
-    return SCHEMAS | {"volumes": VOLUMES_SCHEMA, "qa3d": QA3D_SCHEMA}
+    return SCHEMAS | {"volumes": VOLUMES_SCHEMA, "qa3d": QA3D_SCHEMA, "ood": OOD_SCHEMA,
+                      "ood3d": OOD3D_SCHEMA}
 
 
 def features_for_card(schema: pa.Schema) -> list[dict]:

@@ -31,6 +31,7 @@ from pipeline.arrow import SCHEMA_VERSION
 from pipeline.card import render_card
 from pipeline.errors import BuildFailed, ConfigError
 from pipeline.kinds import get_kind, kind_name
+from pipeline.ood import settings as ood_settings
 from pipeline.recipes import Recipe, load_recipe, pool_paths, template_paths
 from pipeline.units import (
     DEAD_LETTERS_FILE,
@@ -313,7 +314,7 @@ def build(
         refs, n_stored, extras = _plan_units(
             output, kind, planned, fps, qa_fp,
             lambda units: kind.before_run(output, recipe, seed, units, cases, prep))
-        extras = extras | {"run_id": run_id}
+        extras = extras | {"run_id": run_id, "ood": ood_settings(recipe.section("ood"))}
         ctx = BuildContext(kind=kind.name, output=output, input_root=root,
                            settings=prep["settings"], families=prep["families"],
                            pools=prep["pools"], seed=seed, qa_settings=qa_settings,

@@ -18,7 +18,7 @@ from pipeline import keys
 from pipeline.boxes import body_midline, slice_boxes, structure_stats
 from pipeline.errors import CaseError
 from pipeline.geometry import Geometry
-from pipeline.imaging import encode_png
+from pipeline.imaging import draw_boxes, encode_png
 from pipeline.readers import (
     Volume,
     iter_mask_files,
@@ -42,7 +42,7 @@ from pipeline.slices import (
 from pipeline.sources import CaseSource, read_labels_json
 
 #: Bump when extraction output changes for the same inputs and settings.
-EXTRACT_VERSION = "1"
+EXTRACT_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class SliceSettings:
     structures: tuple[str, ...] | None = None
     max_voxels: int = 64_000_000
     png_level: int = 6
+    boxed: bool = False  # also store each slice with its boxes drawn (image_boxed)
 
     def __post_init__(self) -> None:
         bad = [p for p in self.planes if p not in PLANES]
@@ -88,6 +89,7 @@ class SliceSettings:
             structures=tuple(structures) if structures else None,
             max_voxels=int(section.get("max_voxels", 64_000_000)),
             png_level=int(section.get("png_level", 6)),
+            boxed=bool(section.get("boxed", False)),
         )
 
 
@@ -221,7 +223,7 @@ def extract_case(
             for window in windows:
                 images.append(
                     _image_row(case, split, volume, plane, index, window, view, boxes,
-                               (dx, dy), case_labels, settings.png_level)
+                               (dx, dy), case_labels, settings.png_level, settings.boxed)
                 )
     if not images:
         raise CaseError(
@@ -236,12 +238,17 @@ def extract_case(
 
 
 def _image_row(case, split, volume, plane, index, window: Window, view, boxes, spacing,
-               case_labels, png_level) -> dict:
+               case_labels, png_level, boxed=False) -> dict:
     pixels = apply_window(view, window)
     image_id = keys.stable_key("image", case.key, plane, index, window.name)
+    drawn = None
+    if boxed:
+        drawn = {"bytes": encode_png(draw_boxes(pixels, boxes), png_level),
+                 "path": f"{image_id}-boxed.png"}
     return {
         "image_id": image_id,
         "image": {"bytes": encode_png(pixels, png_level), "path": f"{image_id}.png"},
+        "image_boxed": drawn,
         "width": int(pixels.shape[1]),
         "height": int(pixels.shape[0]),
         "modality": volume.modality,

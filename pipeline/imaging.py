@@ -81,3 +81,37 @@ def strip_png_metadata(data: bytes) -> bytes:
     if pos < len(data):
         dropped = True  # bytes after IEND, or a cut-off chunk header
     return b"".join(parts) if dropped else data
+
+
+#: Box outline colours (RGB), picked per label by a stable hash.
+BOX_COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+               (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+               (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+               (170, 255, 195))
+
+
+def box_colour(label: str) -> tuple[int, int, int]:
+    import hashlib
+
+    return BOX_COLOURS[hashlib.sha256(label.encode("utf-8")).digest()[0] % len(BOX_COLOURS)]
+
+
+def draw_boxes(gray: np.ndarray, boxes) -> np.ndarray:
+    """An RGB copy of a ``uint8`` slice with each box's outline drawn (one pixel, the
+    box's own edge pixels: columns ``x_min`` and ``x_max - 1``, rows ``y_min`` and
+    ``y_max - 1``), in a colour per label; ``boxes`` carry ``label, x_min, y_min, x_max,
+    y_max`` in pixels, maxima exclusive.  Boxes are drawn in label order."""
+    g = np.asarray(gray)
+    if g.dtype != np.uint8 or g.ndim != 2:
+        raise ValueError(f"draw_boxes: expected a 2D uint8 image, got {g.dtype} {g.shape}")
+    rgb = np.repeat(g[:, :, None], 3, axis=2)
+    for b in sorted(boxes, key=lambda b: b["label"]):
+        x0, y0, x1, y1 = int(b["x_min"]), int(b["y_min"]), int(b["x_max"]), int(b["y_max"])
+        if x1 <= x0 or y1 <= y0:
+            continue
+        colour = box_colour(b["label"])
+        rgb[y0, x0:x1] = colour
+        rgb[y1 - 1, x0:x1] = colour
+        rgb[y0:y1, x0] = colour
+        rgb[y0:y1, x1 - 1] = colour
+    return rgb

@@ -19,6 +19,7 @@ from pipeline import keys
 from pipeline.arrow import IMAGES_SCHEMA, QA_SCHEMA, STRUCTURES_SCHEMA
 from pipeline.errors import CaseError
 from pipeline.extract import EXTRACT_VERSION, SliceSettings, process_case
+from pipeline.ood import OOD_SCHEMA
 from pipeline.sources import CaseSource
 from pipeline.units import CaseResult
 
@@ -29,14 +30,15 @@ class SlicesKind:
     pixel_configs = ("images", "structures")
     payload_configs = ("images", "structures")
     stored_configs = ("images", "structures")
-    text_configs = ("qa",)
-    configs = ("qa", "images", "structures")  # the first is the default config
+    text_configs = ("qa", "ood")
+    configs = ("qa", "images", "structures", "ood")  # the first is the default config
     key_column = {"images": "case_key", "structures": "case_key"}
     stored_columns: dict = {}
     heavy_columns = frozenset({"image", "image_boxed"})
     case_noun = "case folders"
     balanced = True
-    schemas = {"images": IMAGES_SCHEMA, "structures": STRUCTURES_SCHEMA, "qa": QA_SCHEMA}
+    schemas = {"images": IMAGES_SCHEMA, "structures": STRUCTURES_SCHEMA, "qa": QA_SCHEMA,
+               "ood": OOD_SCHEMA}
 
     # -- launcher ----------------------------------------------------------------------
     @staticmethod
@@ -143,7 +145,7 @@ class SlicesKind:
         return question_candidates(records, ctx)
 
     @staticmethod
-    def render(ref, records: list[dict], payload, ctx, rules):
+    def render(ref, records: list[dict], payload, ctx, rules, report):
         from pipeline.balance import apply
         from pipeline.questions import generate_questions
 
@@ -172,6 +174,17 @@ class SlicesKind:
             unknown.update(label for label in record["case_labels"] if not ctx.pools.known(label))
         rows.sort(key=lambda r: r["qa_id"])
         from pipeline.audit import partial_counts
+        from pipeline.ood import chosen, image_rows
+        from pipeline.units import read_pixels
+
+        tables = {"qa": pa.Table.from_pylist(rows, schema=QA_SCHEMA)}
+        conf = ctx.extras.get("ood")
+        if conf and ref.split == conf["split"]:
+            ids = [r["image_id"] for r in records]
+            wanted = {i for i, _, _ in chosen(ids, conf, ctx.seed)}
+            pixels = read_pixels(ctx.output, report, "images", "image_id", "image", wanted)
+            tables["ood"] = pa.Table.from_pylist(image_rows(pixels, ref.split, conf, ctx.seed),
+                                                 schema=OOD_SCHEMA)
 
         info = {
             "records": len(records),
@@ -181,7 +194,7 @@ class SlicesKind:
             "labels_unknown_to_pools": sorted(unknown),
             "audit": partial_counts("qa", rows),
         }
-        return {"qa": pa.Table.from_pylist(rows, schema=QA_SCHEMA)}, info, dead
+        return tables, info, dead
 
 
 def _dead(record: Mapping, err: CaseError) -> dict:

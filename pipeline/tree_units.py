@@ -32,6 +32,7 @@ from pipeline.arrow import (
 )
 from pipeline.errors import CaseError
 from pipeline.imaging import strip_png_metadata
+from pipeline.ood import OOD_SCHEMA
 from pipeline.questions import LETTERS, generate_questions
 from pipeline.radimagenet import TreeImage, check_png
 from pipeline.units import PLAN_DIR, UNITS_DIR, CaseResult
@@ -59,8 +60,8 @@ class TreeKind:
     pixel_configs = ()
     payload_configs = ("alignment",)
     stored_configs = ("alignment",)
-    text_configs = ("alignment", "instruct")
-    configs = ("instruct", "alignment", "benchmark")
+    text_configs = ("alignment", "instruct", "ood")
+    configs = ("instruct", "alignment", "benchmark", "ood")
     key_column = {"alignment": "image_id"}
     audit_defaults = {"learn_from": {"benchmark": "instruct"}}
     stored_columns = {"alignment": list(PAYLOAD_SCHEMA.names)}
@@ -68,7 +69,7 @@ class TreeKind:
     case_noun = "images"
     balanced = False
     schemas = {"alignment": ALIGNMENT_SCHEMA, "instruct": INSTRUCT_SCHEMA,
-               "benchmark": BENCHMARK_SCHEMA}
+               "benchmark": BENCHMARK_SCHEMA, "ood": OOD_SCHEMA}
 
     # -- launcher ----------------------------------------------------------------------
     @staticmethod
@@ -211,9 +212,9 @@ class TreeKind:
         return []
 
     @staticmethod
-    def render(ref, records: list[dict], payload, ctx, rules):
-        images = payload["alignment"]["image"].to_pylist()
-        align, inst, tasks = render_tree_images(records, [i["bytes"] for i in images], ctx)
+    def render(ref, records: list[dict], payload, ctx, rules, report):
+        images = [i["bytes"] for i in payload["alignment"]["image"].to_pylist()]
+        align, inst, tasks = render_tree_images(records, images, ctx)
         from pipeline.audit import partial_counts_columns
 
         info = {
@@ -225,7 +226,15 @@ class TreeKind:
             "labels_unknown_to_pools": [],
             "audit": partial_counts_columns("instruct", inst),
         }
-        return {"alignment": align, "instruct": inst}, info, []
+        tables = {"alignment": align, "instruct": inst}
+        conf = ctx.extras.get("ood")
+        if conf and ref.split == conf["split"]:
+            from pipeline.ood import image_rows
+
+            by_id = {r["image_id"]: png for r, png in zip(records, images)}
+            tables["ood"] = pa.Table.from_pylist(image_rows(by_id, ref.split, conf, ctx.seed),
+                                                 schema=OOD_SCHEMA)
+        return tables, info, []
 
 
 KIND = TreeKind()

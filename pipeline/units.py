@@ -436,6 +436,24 @@ def read_payload(output: str, report: Mapping, kind) -> dict[str, pa.Table]:
     return out
 
 
+def read_pixels(output: str, report: Mapping, config: str, key_column: str, pixel_column: str,
+                wanted) -> dict[str, bytes]:
+    """``{key: bytes}`` of the pixel column of a unit's shard, for the ``wanted`` keys only."""
+    wanted = sorted(set(wanted))
+    out: dict[str, bytes] = {}
+    if not wanted:
+        return out
+    for rel in report["pixel_files"]:
+        if rel.split("/", 1)[0] != config:
+            continue
+        table = pq.read_table(io.BytesIO(shards.read_bytes(output, rel)),
+                              columns=[key_column, pixel_column])
+        table = table.filter(pa.compute.is_in(table[key_column], value_set=pa.array(wanted)))
+        for key, value in zip(table[key_column].to_pylist(), table[pixel_column].to_pylist()):
+            out[key] = value["bytes"] if isinstance(value, dict) else value
+    return out
+
+
 def unit_candidates(ref: UnitRef, report: Mapping, ctx: BuildContext, kind) -> list[tuple]:
     """Balancing candidates of a unit's questions (small tuples)."""
     records = kind.records(read_payload(ctx.output, report, kind), ref.split, ctx)
@@ -457,7 +475,7 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
             r["assign"] = extracted.extras.get(r["case_key"])
     from pipeline.balance import Rules
 
-    tables, info, dead = kind.render(ref, records, payload, ctx, rules or Rules())
+    tables, info, dead = kind.render(ref, records, payload, ctx, rules or Rules(), report)
     files = dict(report["pixel_files"])
     for config, table in tables.items():
         receipt = shards.write_table(ctx.output, ref.shard(config), table)

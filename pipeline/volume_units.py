@@ -25,6 +25,7 @@ from pipeline import keys
 from pipeline.arrow import with_hf_metadata
 from pipeline.boxes import mask_box
 from pipeline.extract import load_case
+from pipeline.ood import OOD3D_SCHEMA
 from pipeline.slices import apply_window, ct_window, mr_window, resample
 from pipeline.sources import CaseSource
 from pipeline.units import CaseResult
@@ -101,14 +102,14 @@ class VolumesKind:
     pixel_configs = ("volumes",)
     payload_configs = ("volumes",)
     stored_configs = ("volumes",)
-    text_configs = ("qa",)
-    configs = ("qa", "volumes")
+    text_configs = ("qa", "ood")
+    configs = ("qa", "volumes", "ood")
     key_column = {"volumes": "case_key"}
     stored_columns: dict = {}
     heavy_columns = frozenset({"npy"})
     case_noun = "case folders"
     balanced = True
-    schemas = {"volumes": VOLUMES_SCHEMA, "qa": QA3D_SCHEMA}
+    schemas = {"volumes": VOLUMES_SCHEMA, "qa": QA3D_SCHEMA, "ood": OOD3D_SCHEMA}
 
     # -- launcher ----------------------------------------------------------------------
     @staticmethod
@@ -246,7 +247,7 @@ class VolumesKind:
         return question_candidates(records, ctx)
 
     @staticmethod
-    def render(ref, records: list[dict], payload, ctx, rules):
+    def render(ref, records: list[dict], payload, ctx, rules, report):
         from pipeline.audit import partial_counts
         from pipeline.balance import apply
         from pipeline.questions import generate_questions
@@ -284,7 +285,17 @@ class VolumesKind:
             "labels_unknown_to_pools": [],
             "audit": partial_counts("qa", rows),
         }
-        return {"qa": pa.Table.from_pylist(rows, schema=QA3D_SCHEMA)}, info, []
+        tables = {"qa": pa.Table.from_pylist(rows, schema=QA3D_SCHEMA)}
+        conf = ctx.extras.get("ood")
+        if conf and ref.split == conf["split"]:
+            from pipeline.ood import chosen, volume_rows
+            from pipeline.units import read_pixels
+
+            wanted = {i for i, _, _ in chosen([r["volume_id"] for r in records], conf, ctx.seed)}
+            npys = read_pixels(ctx.output, report, "volumes", "volume_id", "npy", wanted)
+            tables["ood"] = pa.Table.from_pylist(volume_rows(npys, ref.split, conf, ctx.seed),
+                                                 schema=OOD3D_SCHEMA)
+        return tables, info, []
 
 
 KIND = VolumesKind()

@@ -619,6 +619,7 @@ def test_no_recipe_field_names_a_file_except_the_confined_ones():
         "audit.splits[]": "split names compared with the corpus's splits; never opened",
         "audit.ignore.*": "reasons printed in the audit; never opened",
         "audit.learn_from.*": "config names compared with the corpus's configs; never opened",
+        "ood.split": "a split name (pattern ^[a-z][a-z0-9_]*$) compared with unit splits; never opened",
     }
     assert _string_fields(schema) == set(classified)
 
