@@ -30,6 +30,7 @@ from pipeline import __version__, keys, shards, state
 from pipeline.arrow import SCHEMA_VERSION
 from pipeline.card import render_card
 from pipeline.errors import BuildFailed, ConfigError
+from pipeline.inputs import InputTree
 from pipeline.kinds import get_kind, kind_name
 from pipeline.ood import settings as ood_settings
 from pipeline.recipes import Recipe, load_recipe, pool_paths, template_paths
@@ -45,7 +46,6 @@ from pipeline.units import (
     case_fingerprint,
     jsonl,
     sort_dead,
-    stat_identity,
     write_plan,
 )
 
@@ -283,25 +283,26 @@ def build(
     given_input = input_dir
     if input_dir is None:
         input_dir = kind.sample_input(output, recipe, log)
-    root = os.path.abspath(input_dir) if "://" not in input_dir else input_dir
-    if not os.path.isdir(root):
+    tree = InputTree(input_dir)
+    root = tree.root
+    if not tree.exists():
         raise FileNotFoundError(f"--input: {input_dir} is not a directory")
     cases, rejects, stats = kind.discover(
-        root, recipe, pkey, seed, layout or recipe.section("source").get("layout", "auto"), prep)
+        tree, recipe, pkey, seed, layout or recipe.section("source").get("layout", "auto"), prep)
     if not cases and not rejects:
         raise ConfigError(f"--input: {input_dir}: found no {kind.case_noun} (empty input)")
     planned = kind.plan(cases, recipe, seed, prep)
     sdigest = kind.settings_digest(prep["settings"])
     fps = {kind.case_key(c): case_fingerprint(
         kind.name, kind.version, sdigest, kind.case_json(c),
-        stat_identity(root, kind.case_paths(c)))[:32] for c in cases}
+        tree.identity(kind.case_paths(c)))[:32] for c in cases}
     fp = fingerprint(recipe, seed)
     qa_settings = dict(recipe.section("questions").get("settings") or {})
     qa_fp = keys.digest(fp, kind.name, json.dumps(sorted(fps.items())),
                         json.dumps([(s, i, n, [kind.case_key(c) for c in m]) for s, i, n, m in planned]))
     shards.write_json(output, state.BUILD_FILE, {
         "recipe": recipe_name if not os.path.exists(recipe_name) else os.path.abspath(recipe_name),
-        "input": os.path.abspath(given_input) if given_input and "://" not in given_input else given_input,
+        "input": InputTree(given_input).root if given_input else None,
         "seed": seed, "layout": layout})
     _clean_temporaries(output, kind)
     log(f"radvqa build: recipe {recipe.name} ({kind.name}), {len(cases)} cases "

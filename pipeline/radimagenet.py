@@ -25,6 +25,7 @@ the recipe), optionally with ``RadiologyAI_{train,val,test}.csv`` (a
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import struct
@@ -192,20 +193,26 @@ class TreeImage:
     split: str
 
 
-def read_split_csvs(root: str) -> dict[str, str]:
-    """``{relative path suffix: split}`` from RadiologyAI_*.csv beside or above ``root``."""
+def read_split_csvs(root) -> dict[str, str]:
+    """``{relative path suffix: split}`` from ``RadiologyAI_*.csv`` in the input folder, or
+    in the folder above it (where RadImageNet ships them, beside ``radiology_ai/``)."""
+    from pipeline.inputs import InputTree, is_remote
+
+    tree = root if isinstance(root, InputTree) else InputTree(root)
+    parent = tree.root.rsplit("/", 1)[0] if is_remote(tree.root) else os.path.dirname(tree.root)
     table: dict[str, str] = {}
-    for where in (root, os.path.dirname(os.path.abspath(root))):
+    for where in (tree, InputTree(parent) if parent and parent != tree.root else None):
+        if where is None:
+            continue
         for split, name in SPLIT_CSV.items():
-            path = os.path.join(where, name)
-            if not os.path.isfile(path):
+            if not where.isfile(name):
                 continue
-            with open(path, encoding="utf-8-sig", newline="") as f:
-                reader = csv.DictReader(f)
-                if "filename" not in (reader.fieldnames or []):
-                    raise ConfigError(f"{path}: columns: found {reader.fieldnames}, expected 'filename'")
-                for row in reader:
-                    table[_norm(row["filename"])] = split
+            reader = csv.DictReader(io.StringIO(where.read_bytes(name).decode("utf-8-sig")))
+            if "filename" not in (reader.fieldnames or []):
+                raise ConfigError(f"{where.path(name)}: columns: found {reader.fieldnames}, "
+                                  "expected 'filename'")
+            for row in reader:
+                table[_norm(row["filename"])] = split
         if table:
             break
     return table
@@ -217,7 +224,7 @@ def _norm(path: str) -> str:
 
 
 def discover_tree(
-    root: str, *, modalities: Iterable[str], pools: LabelPools, pseudonym_key: str,
+    root, *, modalities: Iterable[str], pools: LabelPools, pseudonym_key: str,
     fractions: Mapping[str, float], seed: int,
 ) -> tuple[list[TreeImage], list[dict], dict]:
     """Walk ``root``; returns ``(images sorted by key, rejects, stats)``.
@@ -225,43 +232,40 @@ def discover_tree(
     ``stats`` counts files excluded by the recipe's modality selection and
     images whose split came from the CSVs or from the hash.
     """
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"--input: {root} is not a directory")
+    from pipeline.inputs import InputTree
+
+    tree = root if isinstance(root, InputTree) else InputTree(root)
+    if not tree.exists():
+        raise FileNotFoundError(f"--input: {tree.root} is not a directory")
     wanted = {m.upper() for m in modalities}
-    split_table = read_split_csvs(root)
+    split_table = read_split_csvs(tree)
     images, rejects = [], []
     stats: Counter = Counter()
-    for modality_dir in sorted(os.listdir(root)):
-        mpath = os.path.join(root, modality_dir)
-        if not os.path.isdir(mpath):
+    for modality_dir in tree.listdir(""):
+        if not tree.isdir(modality_dir):
             continue
         modality = {"MRI": "MR"}.get(modality_dir.upper(), modality_dir.upper())
+        files = tree.walk_files(modality_dir)
         if modality not in wanted:
             name = modality if modality in MODALITY_CODES else "other"
-            stats[f"excluded_modality_{name}"] += sum(len(f) for _, _, f in os.walk(mpath))
+            stats[f"excluded_modality_{name}"] += len(files)
             continue
-        for dirpath, dirnames, filenames in os.walk(mpath):
-            dirnames.sort()
-            rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
-            depth = rel_dir.count("/")
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                rel = f"{rel_dir}/{name}"
-                if depth != 2 or not name.lower().endswith(IMAGE_SUFFIXES):
-                    rejects.append({"source": rel, "stage": "discover", "reason": "source.not_in_layout",
-                                    "message": "path: expected <modality>/<region>/<label>/<image>.png"})
-                    continue
-                _, region_dir, label = rel_dir.split("/")
-                region = pools.resolve_region(modality, region_dir)
-                key = keys.pseudonym(pseudonym_key, "image", rel)
-                split = split_table.get(_norm(rel))
-                if split is None:
-                    split = keys.assign_split(key, fractions, seed)
-                    stats["split_by_hash"] += 1
-                else:
-                    stats["split_by_csv"] += 1
-                images.append(TreeImage(key, rel, modality, region, label, split))
+        for rel in files:
+            rel_dir, name = rel.rsplit("/", 1)
+            if rel_dir.count("/") != 2 or not name.lower().endswith(IMAGE_SUFFIXES):
+                rejects.append({"source": rel, "stage": "discover", "reason": "source.not_in_layout",
+                                "message": "path: expected <modality>/<region>/<label>/<image>.png"})
+                continue
+            _, region_dir, label = rel_dir.split("/")
+            region = pools.resolve_region(modality, region_dir)
+            key = keys.pseudonym(pseudonym_key, "image", rel)
+            split = split_table.get(_norm(rel))
+            if split is None:
+                split = keys.assign_split(key, fractions, seed)
+                stats["split_by_hash"] += 1
+            else:
+                stats["split_by_csv"] += 1
+            images.append(TreeImage(key, rel, modality, region, label, split))
     images.sort(key=lambda i: i.key)
     return images, rejects, dict(stats)
 

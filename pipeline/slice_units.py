@@ -119,7 +119,10 @@ class SlicesKind:
     # -- extraction --------------------------------------------------------------------
     @staticmethod
     def extract_case(case: CaseSource, split: str, ctx) -> CaseResult:
-        result = process_case(case, split, ctx.input_root, ctx.settings)
+        from pipeline.inputs import InputTree
+
+        with InputTree(ctx.input_root).local(SlicesKind.case_paths(case)) as root:
+            result = process_case(case, split, root, ctx.settings)
         return CaseResult({"images": result.images, "structures": result.structures},
                           result.input_sha256, result.notes)
 

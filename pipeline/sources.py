@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass, field
 
 from pipeline import keys
@@ -83,13 +82,13 @@ def detect_layout(names: set[str]) -> str | None:
     return None
 
 
-def read_meta_table(root: str) -> dict[str, tuple[str, int]]:
-    """``{case folder: (patient id, study order)}`` from ``root/meta.csv`` if present."""
-    path = os.path.join(root, META_TABLE)
-    if not os.path.isfile(path):
+def read_meta_table(root) -> dict[str, tuple[str, int]]:
+    """``{case folder: (patient id, study order)}`` from ``root/meta.csv`` if present
+    (``root``: a folder or an :class:`~pipeline.inputs.InputTree`)."""
+    tree = _tree(root)
+    if not tree.isfile(META_TABLE):
         return {}
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        text = f.read()
+    text = tree.read_bytes(META_TABLE).decode("utf-8-sig")
     dialect = ";" if text.split("\n", 1)[0].count(";") > text.split("\n", 1)[0].count(",") else ","
     reader = csv.DictReader(io.StringIO(text), delimiter=dialect)
     if not reader.fieldnames or "image_id" not in reader.fieldnames:
@@ -117,24 +116,32 @@ def read_meta_table(root: str) -> dict[str, tuple[str, int]]:
     return table
 
 
+def _tree(root):
+    from pipeline.inputs import InputTree
+
+    return root if isinstance(root, InputTree) else InputTree(root)
+
+
 def discover_cases(
-    root: str, *, pseudonym_key: str, layout: str = "auto"
+    root, *, pseudonym_key: str, layout: str = "auto"
 ) -> tuple[list[CaseSource], list[Rejected]]:
-    """Plan every case below ``root``; folders that are not cases are returned as rejected."""
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"--input: {root} is not a directory")
-    entries = sorted(os.listdir(root))
+    """Plan every case below ``root`` (a folder, a filesystem URL or an
+    :class:`~pipeline.inputs.InputTree`); folders that are not cases are returned as
+    rejected."""
+    tree = _tree(root)
+    if not tree.exists():
+        raise FileNotFoundError(f"--input: {tree.root} is not a directory")
+    entries = tree.listdir("")
     names = set(entries)
     root_kind = detect_layout(names)
     if root_kind == "multilabel" or (root_kind is not None and "segmentations" in names):
         folders = ["."]  # the input folder is itself one case
     else:
-        folders = [e for e in entries if os.path.isdir(os.path.join(root, e)) and not e.startswith(".")]
-    meta = read_meta_table(root) if folders != ["."] else {}
+        folders = [e for e in entries if tree.isdir(e) and not e.startswith(".")]
+    meta = read_meta_table(tree) if folders != ["."] else {}
     cases, rejected = [], []
     for folder in folders:
-        path = os.path.join(root, folder)
-        found = set(os.listdir(path))
+        found = set(tree.listdir(folder if folder != "." else ""))
         kind = detect_layout(found) if layout == "auto" else layout
         if kind is None:
             rejected.append(
@@ -146,7 +153,7 @@ def discover_cases(
             )
             continue
         try:
-            files, modality = _case_files(root, folder, found, kind)
+            files, modality = _case_files(tree, folder, found, kind)
         except CaseError as err:
             rejected.append(Rejected(err.path or folder, err.reason, err.message))
             continue
@@ -178,7 +185,7 @@ def _pick(found: set[str], stem: str) -> str | None:
     return None
 
 
-def _case_files(root: str, folder: str, found: set[str], kind: str):
+def _case_files(tree, folder: str, found: set[str], kind: str):
     files: list[tuple[str, str]] = []
     modality = ""
     if kind == "totalseg":
@@ -211,8 +218,8 @@ def _case_files(root: str, folder: str, found: set[str], kind: str):
             ("labels_json", _rel(folder, "labels.json")),
         ]
     elif kind == "dicom":
-        dicom = os.path.join(root, folder, "dicom")
-        if not os.path.isdir(dicom) or not _has_files(dicom, lambda name: True):
+        dicom = _rel(folder, "dicom")
+        if not tree.isdir(dicom) or not _has_files(tree, dicom, lambda name: True):
             raise CaseError(
                 "discover", "dicom.no_files",
                 "dicom/: found no files, expected the DICOM files of a CT or MR series",
@@ -220,15 +227,15 @@ def _case_files(root: str, folder: str, found: set[str], kind: str):
             )
         files.append(("dicom", _rel(folder, "dicom")))
     if kind in ("totalseg", "dicom"):
-        segmentations = os.path.join(root, folder, "segmentations")
-        if "segmentations" not in found or not os.path.isdir(segmentations):
+        segmentations = _rel(folder, "segmentations")
+        if "segmentations" not in found or not tree.isdir(segmentations):
             raise CaseError(
                 "discover", "source.missing_segmentations",
                 f"entries: found {sorted(found)[:8]}, expected a segmentations/ folder of "
                 "per-structure masks",
                 _rel(folder),
             )
-        if not _has_files(segmentations, is_volume_file):
+        if not _has_files(tree, segmentations, is_volume_file):
             raise CaseError(
                 "discover", "source.missing_segmentations",
                 "segmentations/: found no mask files, expected one <structure>.nii.gz (or "
@@ -239,13 +246,9 @@ def _case_files(root: str, folder: str, found: set[str], kind: str):
     return files, modality
 
 
-def _has_files(path: str, accept) -> bool:
-    """Whether ``path`` holds (at any depth) a regular, non-hidden file ``accept`` likes."""
-    for _, dirnames, filenames in os.walk(path):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if any(not n.startswith(".") and accept(n) for n in filenames):
-            return True
-    return False
+def _has_files(tree, rel: str, accept) -> bool:
+    """Whether folder ``rel`` holds (at any depth) a non-hidden file ``accept`` likes."""
+    return any(accept(f.rsplit("/", 1)[-1]) for f in tree.walk_files(rel))
 
 
 def read_labels_json(path: str, rel: str) -> dict[int, str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -242,12 +241,13 @@ KIND = TreeKind()
 
 def read_image(root: str, img: TreeImage, max_pixels: int) -> tuple[bytes, bytes]:
     """``(source bytes, stored bytes)``: the PNG checked, its metadata chunks removed."""
-    path = os.path.join(root, img.source)
+    from pipeline.inputs import InputTree
+
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = InputTree(root).read_bytes(img.source)
     except OSError as err:
-        raise CaseError("read", "image.unreadable", f"cannot read: {err.strerror}", img.source) from err
+        raise CaseError("read", "image.unreadable",
+                        f"cannot read: {err.strerror or type(err).__name__}", img.source) from err
     try:
         check_png(data, max_pixels=max_pixels)
     except CaseError as err:

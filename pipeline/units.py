@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import traceback
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -132,33 +131,6 @@ def plan_split_shards(items: Iterable, split_of, fractions: Sequence[str], per_s
             members = sorted((i for g in part for i in groups[g]), key=order)
             out.append((split, index, len(parts), members))
     return out
-
-
-def stat_identity(root: str, rels: Iterable[str]) -> list[tuple[str, int, int]]:
-    """``(relative path, size, mtime_ns)`` of every file at or below ``rels`` (sorted).
-
-    Cheap (no file is read): what decides whether a stored extraction is still valid,
-    like make's timestamps.  Content digests are recorded separately at extraction.
-    """
-    out = []
-    for rel in rels:
-        full = os.path.join(root, rel) if rel not in ("", ".") else root
-        if os.path.isdir(full):
-            for dirpath, dirnames, filenames in os.walk(full):
-                dirnames.sort()
-                for name in sorted(filenames):
-                    if name.startswith("."):
-                        continue
-                    p = os.path.join(dirpath, name)
-                    st = os.stat(p)
-                    out.append((os.path.relpath(p, root).replace(os.sep, "/"), st.st_size,
-                                st.st_mtime_ns))
-        elif os.path.exists(full):
-            st = os.stat(full)
-            out.append((rel, st.st_size, st.st_mtime_ns))
-        else:
-            out.append((rel, -1, -1))
-    return sorted(out)
 
 
 def case_fingerprint(kind_name: str, version: str, settings_digest: str, case_json,

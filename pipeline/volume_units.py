@@ -208,8 +208,11 @@ class VolumesKind:
 
     @staticmethod
     def extract_case(case: CaseSource, split: str, ctx) -> CaseResult:
+        from pipeline.inputs import InputTree
+
         s: VolumeSettings = ctx.settings
-        volume, masks, digest, notes = load_case(case, ctx.input_root, s.max_voxels)
+        with InputTree(ctx.input_root).local(VolumesKind.case_paths(case)) as root:
+            volume, masks, digest, notes = load_case(case, root, s.max_voxels)
         facts = volume_facts(volume, masks, ctx.pools)
         npy, target_spacing, boxes, window = volume_array(
             volume.array, masks, volume.geometry.spacing, s.target_shape, s.window,

@@ -1,0 +1,151 @@
+"""The input folder, local or remote: what discovery lists and what extraction reads.
+
+``--input`` is a local folder or any Beam filesystem URL (``gs://``, ``s3://``,
+``hdfs://``).  :class:`InputTree` gives discovery one view of either — entries of a folder,
+file sizes and modification times, small files read whole — and gives extraction local
+files: readers such as SimpleITK and pydicom need paths, so on a remote tree
+:meth:`InputTree.local` copies a case's files into a temporary folder (and removes it
+after), while a local tree is read in place.  Relative paths use ``/`` whatever the
+filesystem; nothing outside the root is ever read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+class InputTree:
+    """A read-only view of an input root (local folder or filesystem URL)."""
+
+    def __init__(self, root: str):
+        self.root = root.rstrip("/") if is_remote(root) else os.path.abspath(root)
+        self.remote = is_remote(root)
+        self._index: dict[str, tuple[int, int]] | None = None
+
+    # ------------------------------------------------------------------ remote index
+    def _files(self) -> dict[str, tuple[int, int]]:
+        """``{relative path: (size, mtime_ns)}`` of every file below a remote root."""
+        if self._index is None:
+            from apache_beam.io.filesystems import FileSystems
+
+            found = FileSystems.match([self.root + "/**"])[0].metadata_list
+            prefix = self.root + "/"
+            self._index = {
+                m.path[len(prefix):]: (int(m.size_in_bytes), int((m.last_updated_in_seconds or 0) * 1e9))
+                for m in found if m.path.startswith(prefix)}
+        return self._index
+
+    def _url(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel not in ("", ".") else self.root
+
+    def path(self, rel: str) -> str:
+        """The local path (local trees) or URL (remote trees) of ``rel``."""
+        if self.remote:
+            return self._url(rel)
+        return os.path.join(self.root, rel) if rel not in ("", ".") else self.root
+
+    # --------------------------------------------------------------------- listing
+    def exists(self) -> bool:
+        return bool(self._files()) if self.remote else os.path.isdir(self.root)
+
+    def listdir(self, rel: str = "") -> list[str]:
+        """Names directly inside folder ``rel`` (files and folders), sorted."""
+        if not self.remote:
+            return sorted(os.listdir(self.path(rel)))
+        prefix = "" if rel in ("", ".") else rel.rstrip("/") + "/"
+        return sorted({p[len(prefix):].split("/", 1)[0] for p in self._files() if p.startswith(prefix)})
+
+    def isdir(self, rel: str) -> bool:
+        if not self.remote:
+            return os.path.isdir(self.path(rel))
+        prefix = rel.rstrip("/") + "/"
+        return any(p.startswith(prefix) for p in self._files())
+
+    def isfile(self, rel: str) -> bool:
+        return rel in self._files() if self.remote else os.path.isfile(self.path(rel))
+
+    def walk_files(self, rel: str = "") -> list[str]:
+        """Every file at or below ``rel`` (relative to the root, sorted; dotfiles skipped)."""
+        if self.remote:
+            if rel in self._files():
+                return [rel]
+            prefix = "" if rel in ("", ".") else rel.rstrip("/") + "/"
+            return sorted(p for p in self._files() if p.startswith(prefix)
+                          and not any(part.startswith(".") for part in p[len(prefix):].split("/")))
+        base = self.path(rel)
+        if os.path.isfile(base):
+            return [rel]
+        out = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if not name.startswith("."):
+                    out.append(os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/"))
+        return out
+
+    def stat(self, rel: str) -> tuple[int, int]:
+        """``(size, mtime_ns)``; ``(-1, -1)`` for a missing file."""
+        if self.remote:
+            return self._files().get(rel, (-1, -1))
+        try:
+            st = os.stat(self.path(rel))
+        except OSError:
+            return -1, -1
+        return st.st_size, st.st_mtime_ns
+
+    def identity(self, rels: Iterable[str]) -> list[tuple[str, int, int]]:
+        """``(relative path, size, mtime_ns)`` of every file at or below ``rels`` (sorted):
+        cheap — no file is read — and what decides whether a stored extraction is valid."""
+        out = []
+        for rel in rels:
+            files = self.walk_files(rel)
+            if not files:
+                out.append((rel, -1, -1))
+            out += [(f, *self.stat(f)) for f in files]
+        return sorted(set(out))
+
+    # ---------------------------------------------------------------------- reading
+    def read_bytes(self, rel: str) -> bytes:
+        if self.remote:
+            from apache_beam.io.filesystems import FileSystems
+
+            with FileSystems.open(self._url(rel)) as f:
+                return f.read()
+        with open(self.path(rel), "rb") as f:
+            return f.read()
+
+    @contextlib.contextmanager
+    def local(self, rels: Iterable[str]) -> Iterator[str]:
+        """A local root under which the files at or below ``rels`` are readable at their
+        relative paths: the root itself for a local tree; a temporary copy (removed on
+        exit) for a remote one."""
+        if not self.remote:
+            yield self.root
+            return
+        from apache_beam.io.filesystems import FileSystems
+
+        tmp = tempfile.mkdtemp(prefix="radvqa-case-")
+        try:
+            for rel in rels:
+                prefix = "" if rel in ("", ".") else rel.rstrip("/") + "/"
+                found = FileSystems.match([self._url(rel), self._url(rel) + "/**"])
+                paths = {m.path for result in found for m in result.metadata_list}
+                for url in sorted(paths):
+                    sub = url[len(self.root) + 1:]
+                    if not (sub == rel or sub.startswith(prefix)):
+                        continue
+                    target = os.path.join(tmp, *sub.split("/"))
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    with FileSystems.open(url) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
