@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 OUT    ?= build/corpus
 RECIPE ?= sample
 
-.PHONY: build-corpus test lint bench venv system-deps testdata clean
+.PHONY: build-corpus regenerate test lint bench venv system-deps testdata clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ venv: $(VENV)/.installed-test
 ## Build the sample corpus (built-in phantoms) into $(OUT).
 build-corpus: $(VENV)/.installed
 	$(VENV)/bin/radvqa build --recipe $(RECIPE) --output $(OUT)
+
+## Rebuild $(OUT) after editing templates, pools or splits: stored pixels reused.
+regenerate: $(VENV)/.installed
+	$(VENV)/bin/radvqa regenerate --output $(OUT)
 
 ## Debian tools the tests use (dcm2niix; chromium renders the report); needs root or sudo.
 system-deps:
