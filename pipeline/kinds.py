@@ -90,3 +90,48 @@ def phantom_input(output: str, folder: str, version: str, log, write) -> str:
     with open(stamp, "w") as f:
         f.write(version)
     return root
+
+
+class VolumeCases:
+    """What the two volume-based kinds (``slices``, ``volumes``) share about their cases,
+    planned :class:`~pipeline.sources.CaseSource` objects: key, source, JSON form, the
+    files that fingerprint a case and its settings digest."""
+
+    case_noun = "case folders"
+
+    @staticmethod
+    def case_key(case) -> str:
+        return case.key
+
+    @staticmethod
+    def case_source(case) -> str:
+        return case.source
+
+    @staticmethod
+    def case_json(case) -> dict:
+        import dataclasses
+
+        return dataclasses.asdict(case)
+
+    @staticmethod
+    def case_from_json(d):
+        from pipeline.sources import CaseSource
+
+        return CaseSource(**{**d, "files": tuple(tuple(f) for f in d["files"])})
+
+    @staticmethod
+    def case_paths(case) -> list[str]:
+        """Input files and folders whose stat identity fingerprints the case (a multilabel
+        case's optional ``modality.txt`` included: it changes extraction)."""
+        paths = [path for _, path in case.files]
+        if case.layout == "multilabel":
+            image = case.file("image")
+            folder = image.rsplit("/", 1)[0] if "/" in image else ""
+            paths.append(f"{folder}/modality.txt" if folder else "modality.txt")
+        return paths
+
+    @staticmethod
+    def settings_digest(settings) -> str:
+        from pipeline import keys
+
+        return keys.digest(repr(settings))

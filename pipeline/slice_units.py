@@ -9,7 +9,6 @@ without the pixels; closed questions are balanced across the whole corpus
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Mapping
 
@@ -19,12 +18,13 @@ from pipeline import keys
 from pipeline.arrow import IMAGES_SCHEMA, QA_SCHEMA, STRUCTURES_SCHEMA
 from pipeline.errors import CaseError
 from pipeline.extract import EXTRACT_VERSION, SliceSettings, process_case
+from pipeline.kinds import VolumeCases
 from pipeline.ood import OOD_SCHEMA
 from pipeline.sources import CaseSource
 from pipeline.units import CaseResult
 
 
-class SlicesKind:
+class SlicesKind(VolumeCases):
     name = "slices"
     version = EXTRACT_VERSION
     pixel_configs = ("images", "structures")
@@ -35,7 +35,6 @@ class SlicesKind:
     key_column = {"images": "case_key", "structures": "case_key"}
     stored_columns: dict = {}
     heavy_columns = frozenset({"image", "image_boxed"})
-    case_noun = "case folders"
     balanced = True
     schemas = {"images": IMAGES_SCHEMA, "structures": STRUCTURES_SCHEMA, "qa": QA_SCHEMA,
                "ood": OOD_SCHEMA}
@@ -90,33 +89,7 @@ class SlicesKind:
     def manifest_extras(output, receipts, extras) -> tuple[dict, list[str], list[str]]:
         return {}, [], []
 
-    # -- cases -------------------------------------------------------------------------
-    @staticmethod
-    def case_key(case: CaseSource) -> str:
-        return case.key
-
-    @staticmethod
-    def case_source(case: CaseSource) -> str:
-        return case.source
-
-    @staticmethod
-    def case_json(case: CaseSource) -> dict:
-        return dataclasses.asdict(case)
-
-    @staticmethod
-    def case_from_json(d: Mapping) -> CaseSource:
-        return CaseSource(**{**d, "files": tuple(tuple(f) for f in d["files"])})
-
-    @staticmethod
-    def case_paths(case: CaseSource) -> list[str]:
-        """Input files and folders whose stat identity fingerprints the case."""
-        return [path for _, path in case.files] + _beside(case)
-
-    @staticmethod
-    def settings_digest(settings: SliceSettings) -> str:
-        return keys.digest(repr(settings))
-
-    # -- extraction --------------------------------------------------------------------
+    # -- extraction (cases: VolumeCases) ----------------------------------------------
     @staticmethod
     def extract_case(case: CaseSource, split: str, ctx) -> CaseResult:
         from pipeline.inputs import InputTree
@@ -204,14 +177,6 @@ def _dead(record: Mapping, err: CaseError) -> dict:
     from pipeline.units import dead_letter
 
     return dead_letter(record["case_key"], record["case_key"], err)
-
-
-def _beside(case: CaseSource) -> list[str]:
-    """Optional files beside the image that change extraction (multilabel modality hint)."""
-    if case.layout == "multilabel":
-        folder = case.file("image").rsplit("/", 1)[0] if "/" in case.file("image") else ""
-        return [f"{folder}/modality.txt" if folder else "modality.txt"]
-    return []
 
 
 KIND = SlicesKind()

@@ -12,7 +12,6 @@ the target grid and its facts.  Questions are rendered from the facts (the rows 
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from collections import Counter
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from pipeline import keys
 from pipeline.arrow import with_hf_metadata
 from pipeline.boxes import mask_box
 from pipeline.extract import load_case
+from pipeline.kinds import VolumeCases
 from pipeline.ood import OOD3D_SCHEMA
 from pipeline.slices import apply_window, ct_window, mr_window, resample
 from pipeline.sources import CaseSource
@@ -96,7 +96,7 @@ class VolumeSettings:
             raise ValueError(f"volumes.dtype: found {self.dtype!r}, expected float16 or float32")
 
 
-class VolumesKind:
+class VolumesKind(VolumeCases):
     name = "volumes"
     version = VOLUME_QA_VERSION
     pixel_configs = ("volumes",)
@@ -107,7 +107,6 @@ class VolumesKind:
     key_column = {"volumes": "case_key"}
     stored_columns: dict = {}
     heavy_columns = frozenset({"npy"})
-    case_noun = "case folders"
     balanced = True
     schemas = {"volumes": VOLUMES_SCHEMA, "qa": QA3D_SCHEMA, "ood": OOD3D_SCHEMA}
 
@@ -181,31 +180,7 @@ class VolumesKind:
                  "`answer_unit` and `answer_tolerance` for grading."]
         return {"answers": out}, card, answer_lines(out)
 
-    # -- cases -------------------------------------------------------------------------
-    @staticmethod
-    def case_key(case: CaseSource) -> str:
-        return case.key
-
-    @staticmethod
-    def case_source(case: CaseSource) -> str:
-        return case.source
-
-    @staticmethod
-    def case_json(case: CaseSource) -> dict:
-        return dataclasses.asdict(case)
-
-    @staticmethod
-    def case_from_json(d: Mapping) -> CaseSource:
-        return CaseSource(**{**d, "files": tuple(tuple(f) for f in d["files"])})
-
-    @staticmethod
-    def case_paths(case: CaseSource) -> list[str]:
-        return [path for _, path in case.files]
-
-    @staticmethod
-    def settings_digest(settings: VolumeSettings) -> str:
-        return keys.digest(repr(settings))
-
+    # -- extraction (cases: VolumeCases) ----------------------------------------------
     @staticmethod
     def extract_case(case: CaseSource, split: str, ctx) -> CaseResult:
         from pipeline.inputs import InputTree

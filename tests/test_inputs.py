@@ -4,7 +4,6 @@ the corpus built from the same files on disk; InputTree lists and stages like a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,23 +16,9 @@ from pipeline.radimagenet import load_label_pools, write_tree
 from pipeline.resources import resource_dir
 from pipeline.sample import write_longitudinal_sample, write_sample
 from tests.memfs import PREFIX, MemoryFileSystem, upload_folder
+from tests.test_incremental import corpus_digest as corpus
 
 QUIET = {"log": lambda m: None}
-
-
-def corpus(root: Path) -> dict[str, str]:
-    """sha256 of every corpus file; the manifest without its ``build`` section."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_file() and not rel.startswith(".radvqa/"):
-            data = p.read_bytes()
-            if rel == "manifest.json":
-                m = json.loads(data)
-                m.pop("build")
-                data = json.dumps(m, sort_keys=True).encode()
-            out[rel] = hashlib.sha256(data).hexdigest()
-    return out
 
 
 @pytest.fixture()
