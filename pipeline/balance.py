@@ -170,15 +170,21 @@ def cap_answers(items: list[tuple[float, str]], n_options: int = 4) -> list[tupl
 
 def question_candidates(records: Iterable[Mapping], ctx) -> list[tuple]:
     """Candidates of every balanced question the records would get."""
-    from pipeline.questions import generate_questions
+    from pipeline.questions import generate_questions, questions_for
 
     families = {k: f for k, f in ctx.families.items() if f.balance != "none"}
     out = []
     if not families:
         return out
     for record in records:
-        for row in generate_questions(record, families, ctx.pools, seed=ctx.seed,
-                                      settings=ctx.qa_settings):
+        try:
+            # every family's rows, remembered for the rendering pass (a family's rows
+            # never depend on which other families run)
+            rows = [r for r in questions_for(record, ctx) if r["family"] in families]
+        except Exception:  # noqa: BLE001 — the rendering pass dead-letters the record
+            rows = generate_questions(record, families, ctx.pools, seed=ctx.seed,
+                                      settings=ctx.qa_settings)
+        for row in rows:
             if row.get("balance"):
                 answer = row["answer_text"] if row["balance"]["mode"] == "answers" else ""
                 out.append(candidate(row["split"], row["balance"], answer))

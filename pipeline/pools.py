@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from pipeline.errors import ConfigError
@@ -31,7 +32,7 @@ class Structure:
     pair: str | None = None
     lesion: bool = False
 
-    @property
+    @cached_property
     def names(self) -> frozenset[str]:
         """Every text that denotes this structure (lower case)."""
         return frozenset(n.lower() for n in (self.label, self.display, *self.synonyms))
@@ -78,13 +79,30 @@ class Pools:
         s = self.structures.get(label)
         return frozenset(p.lower() for p in s.parents) if s else frozenset()
 
+    def _memo(self, name: str) -> dict:
+        # Per-instance memo tables beside the (frozen) fields: pools are read-only once
+        # loaded, so answers never go stale; they are rebuilt after unpickling.
+        return self.__dict__.setdefault(name, {})
+
     def related(self, a: str, b: str) -> bool:
         """Same thing, synonyms, or parent/child (either way)."""
-        na, nb = self._names(a), self._names(b)
-        return bool(na & nb or self._parents(a) & nb or self._parents(b) & na)
+        memo = self._memo("_related")
+        key = (a, b) if a <= b else (b, a)
+        hit = memo.get(key)
+        if hit is None:
+            na, nb = self._names(a), self._names(b)
+            hit = memo[key] = bool(na & nb or self._parents(a) & nb or self._parents(b) & na)
+        return hit
 
     def region_members(self, region: str) -> list[str]:
-        return sorted(label for label, s in self.structures.items() if s.region == region)
+        memo = self._memo("_members")
+        if region not in memo:
+            memo[region] = tuple(sorted(label for label, s in self.structures.items()
+                                        if s.region == region))
+        return list(memo[region])
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     def distractors(
         self,

@@ -29,6 +29,9 @@ inclusive, maxima exclusive.
 
 from __future__ import annotations
 
+import hashlib
+import pickle
+from collections import OrderedDict
 from collections.abc import Mapping
 
 from pipeline import keys
@@ -428,6 +431,35 @@ def generate_questions(
             rows.append(row)
     rows.sort(key=lambda r: r["qa_id"])
     return rows
+
+
+# Rows generated lately, for the second pass over the same records.  A build generates
+# each record's questions twice: once for the balancing candidates, once to render them.
+# On a runner that runs both passes in one process (FnApiRunner) the second one is a
+# lookup here.  Keyed by the build's QA fingerprint (templates, pools, settings, seed,
+# inputs) and a digest of the record itself; bounded by rows held; callers get fresh row
+# dicts, so nothing they change reaches the memo.
+_MEMO: OrderedDict = OrderedDict()
+_MEMO_ROWS = [0]
+MEMO_MAX_ROWS = 50_000
+
+
+def questions_for(record: Mapping, ctx) -> list[dict]:
+    """``generate_questions(record, ctx.families, ctx.pools, …)`` for a build context
+    (:class:`pipeline.units.BuildContext`), remembered for the next pass over the record."""
+    if not ctx.qa_fp:
+        return generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
+                                  settings=ctx.qa_settings)
+    key = (ctx.qa_fp, hashlib.sha256(pickle.dumps(dict(record), protocol=5)).digest())
+    rows = _MEMO.get(key)
+    if rows is None:
+        rows = generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
+                                  settings=ctx.qa_settings)
+        _MEMO[key] = rows
+        _MEMO_ROWS[0] += len(rows)
+        while _MEMO_ROWS[0] > MEMO_MAX_ROWS and len(_MEMO) > 1:
+            _MEMO_ROWS[0] -= len(_MEMO.popitem(last=False)[1])
+    return [dict(r) for r in rows]
 
 
 def lint_records(pools, generator: str | None = None) -> list[dict]:

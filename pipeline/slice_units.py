@@ -123,7 +123,7 @@ class SlicesKind(VolumeCases):
     @staticmethod
     def render(ref, records: list[dict], payload, ctx, rules, report):
         from pipeline.balance import apply
-        from pipeline.questions import generate_questions
+        from pipeline.questions import questions_for
 
         rows: list[dict] = []
         dead: list[dict] = []
@@ -131,8 +131,7 @@ class SlicesKind(VolumeCases):
         unknown: set = set()
         for record in records:
             try:
-                qa = generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
-                                        settings=ctx.qa_settings)
+                qa = questions_for(record, ctx)
             except CaseError as err:
                 dead.append(_dead(record, err))
                 continue

@@ -228,12 +228,11 @@ class VolumesKind(VolumeCases):
     def render(ref, records: list[dict], payload, ctx, rules, report):
         from pipeline.audit import partial_counts
         from pipeline.balance import apply
-        from pipeline.questions import generate_questions
+        from pipeline.questions import questions_for
 
         rows = []
         for r in records:
-            for row in generate_questions(r, ctx.families, ctx.pools, seed=ctx.seed,
-                                          settings=ctx.qa_settings):
+            for row in questions_for(r, ctx):
                 row = apply(row, rules, ctx.families, ctx.pools)
                 if row is None:
                     continue

@@ -171,6 +171,39 @@ def test_generation_is_deterministic_and_independent_of_box_order():
     assert [r["qa_id"] for r in rows] == sorted(r["qa_id"] for r in rows)
 
 
+def test_rows_are_remembered_for_the_rendering_pass_per_build_and_record(monkeypatch):
+    import pickle
+
+    from pipeline import questions
+    from pipeline.units import BuildContext
+
+    monkeypatch.setattr(questions, "_MEMO", collections.OrderedDict())
+    monkeypatch.setattr(questions, "_MEMO_ROWS", [0])
+    ctx = BuildContext(kind="slices", output="", input_root="", settings=None,
+                       families=FAMILIES, pools=POOLS, seed=9, qa_fp="fp1")
+    record, other = list(_records(2))
+    fresh = generate_questions(record, FAMILIES, POOLS, seed=9)
+    first = questions.questions_for(record, ctx)
+    assert first == fresh
+    first[0]["question"] = "changed by a caller"
+    first[0].pop("qa_id")
+    assert questions.questions_for(record, ctx) == fresh  # callers' edits never reach it
+    # another build (fingerprint) or another record content is another entry
+    ctx2 = BuildContext(**{**ctx.__dict__, "seed": 10, "qa_fp": "fp2"})
+    assert questions.questions_for(record, ctx2) == generate_questions(record, FAMILIES, POOLS, seed=10)
+    moved = dict(record, boxes=record["boxes"][:1])
+    assert questions.questions_for(moved, ctx) == generate_questions(moved, FAMILIES, POOLS, seed=9)
+    assert len(questions._MEMO) == 3
+    # bounded by rows held
+    monkeypatch.setattr(questions, "MEMO_MAX_ROWS", len(fresh))
+    questions.questions_for(other, ctx)
+    assert len(questions._MEMO) == 1 and questions._MEMO_ROWS[0] <= max(len(fresh), 1) * 2
+    # pools keep their memo tables out of pickles
+    POOLS.related("liver", "spleen")
+    assert "_related" in POOLS.__dict__
+    assert "_related" not in pickle.loads(pickle.dumps(POOLS)).__dict__
+
+
 def test_answers_follow_the_record_facts():
     record = lint_records(POOLS)[0]  # axial: liver right, spleen left, colon 2 components
     seen = set()
