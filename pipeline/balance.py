@@ -199,7 +199,10 @@ def apply(row: dict, rules: Rules, families: Mapping, pools) -> dict | None:
     """
     m = row.pop("balance", None)
     context = row.pop("_context", None)
+    deferred = row.pop("_variant", None)  # generate_questions(defer=True) left it unworded
     if not m or not rules:
+        if deferred is not None:
+            return _rerender(row, families[row["family"]], deferred, context)
         return row
     family = families[row["family"]]
     if m["mode"] == "answers":

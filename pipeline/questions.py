@@ -381,9 +381,15 @@ def assemble(family, made: dict, gen) -> dict:
 
 
 def generate_questions(
-    image: Mapping, families: Mapping, pools, *, seed: int, settings: Mapping | None = None
+    image: Mapping, families: Mapping, pools, *, seed: int, settings: Mapping | None = None,
+    defer: bool = False,
 ) -> list[dict]:
-    """QA rows of one image record, sorted by ``qa_id`` (see module docstring)."""
+    """QA rows of one image record, sorted by ``qa_id`` (see module docstring).
+
+    With ``defer``, a row that corpus-wide balancing may drop or re-word (it carries a
+    balancing mark) is returned with ``question`` ``None`` and its variant index in
+    ``_variant``: :func:`pipeline.balance.apply` renders the rows it keeps, once.
+    """
     from pipeline.balance import mark as balance_mark
     from pipeline.templates import render
 
@@ -403,6 +409,10 @@ def generate_questions(
             pick = item["variant"] if "variant" in item else keys.KeyedStream(
                 seed, key, f"{name}/variant{suffix}").integers(len(family.variants))
             variant = family.variants[pick]
+            m = None
+            if family.balance != "none":
+                u = keys.KeyedStream(seed, key, f"{name}/balance{suffix}").random()
+                m = balance_mark(family, parts["context"], u, item)
             row = {
                 "qa_id": keys.stable_key("qa", key, name, n) if many else keys.stable_key("qa", key, name),
                 "image_id": key,
@@ -411,7 +421,7 @@ def generate_questions(
                 "task": family.task,
                 "family": name,
                 "question_type": family.question_type,
-                "question": render(family, variant, parts["context"]),
+                "question": None if defer and m is not None else render(family, variant, parts["context"]),
                 "options": parts["options"],
                 "answer": parts["answer"],
                 "answer_text": parts["answer_text"],
@@ -422,12 +432,11 @@ def generate_questions(
             for extra in ("value", "unit", "tolerance", "subtask"):
                 if extra in item:
                     row["answer_" + extra if extra in ("value", "unit", "tolerance") else extra] = item[extra]
-            if family.balance != "none":
-                u = keys.KeyedStream(seed, key, f"{name}/balance{suffix}").random()
-                m = balance_mark(family, parts["context"], u, item)
-                if m is not None:
-                    row["balance"] = m
-                    row["_context"] = parts["context"]
+            if m is not None:
+                row["balance"] = m
+                row["_context"] = parts["context"]
+                if defer:
+                    row["_variant"] = int(pick)
             rows.append(row)
     rows.sort(key=lambda r: r["qa_id"])
     return rows
@@ -445,16 +454,17 @@ MEMO_MAX_ROWS = 50_000
 
 
 def questions_for(record: Mapping, ctx) -> list[dict]:
-    """``generate_questions(record, ctx.families, ctx.pools, …)`` for a build context
-    (:class:`pipeline.units.BuildContext`), remembered for the next pass over the record."""
+    """``generate_questions(record, ctx.families, ctx.pools, …, defer=True)`` for a build
+    context (:class:`pipeline.units.BuildContext`), remembered for the next pass over the
+    record.  Rows go through :func:`pipeline.balance.apply`, which renders deferred ones."""
     if not ctx.qa_fp:
         return generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
-                                  settings=ctx.qa_settings)
+                                  settings=ctx.qa_settings, defer=True)
     key = (ctx.qa_fp, hashlib.sha256(pickle.dumps(dict(record), protocol=5)).digest())
     rows = _MEMO.get(key)
     if rows is None:
         rows = generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
-                                  settings=ctx.qa_settings)
+                                  settings=ctx.qa_settings, defer=True)
         _MEMO[key] = rows
         _MEMO_ROWS[0] += len(rows)
         while _MEMO_ROWS[0] > MEMO_MAX_ROWS and len(_MEMO) > 1:

@@ -131,7 +131,8 @@ class SlicesKind(VolumeCases):
         unknown: set = set()
         for record in records:
             try:
-                qa = questions_for(record, ctx)
+                qa = [row for row in (apply(r, rules, ctx.families, ctx.pools)
+                                      for r in questions_for(record, ctx)) if row is not None]
             except CaseError as err:
                 dead.append(_dead(record, err))
                 continue
@@ -141,9 +142,6 @@ class SlicesKind(VolumeCases):
                 dead.append(_dead(record, internal_error("qa", exc)))
                 continue
             for row in qa:
-                row = apply(row, rules, ctx.families, ctx.pools)
-                if row is None:
-                    continue
                 rows.append(row)
                 tasks[row["task"]] += 1
             unknown.update(label for label in record["case_labels"] if not ctx.pools.known(label))

@@ -23,6 +23,7 @@ import pyarrow as pa
 from pipeline import keys
 from pipeline.arrow import with_hf_metadata
 from pipeline.boxes import mask_box
+from pipeline.errors import CaseError
 from pipeline.extract import load_case
 from pipeline.kinds import VolumeCases
 from pipeline.ood import OOD3D_SCHEMA
@@ -229,13 +230,21 @@ class VolumesKind(VolumeCases):
         from pipeline.audit import partial_counts
         from pipeline.balance import apply
         from pipeline.questions import questions_for
+        from pipeline.units import dead_letter, internal_error
 
         rows = []
+        dead = []
         for r in records:
-            for row in questions_for(r, ctx):
-                row = apply(row, rules, ctx.families, ctx.pools)
-                if row is None:
-                    continue
+            try:
+                made = [row for row in (apply(q, rules, ctx.families, ctx.pools)
+                                        for q in questions_for(r, ctx)) if row is not None]
+            except CaseError as err:  # e.g. a template that fails on this volume's facts
+                dead.append(dead_letter(r["case_key"], r["case_key"], err))
+                continue
+            except Exception as exc:  # noqa: BLE001 — a bug: this volume's letter says so
+                dead.append(dead_letter(r["case_key"], r["case_key"], internal_error("qa", exc)))
+                continue
+            for row in made:
                 rows.append({
                     "qa_id": row["qa_id"], "volume_id": r["volume_id"], "case_key": r["case_key"],
                     "split": r["split"], "task": row["task"], "subtask": row.get("subtask", ""),
@@ -272,7 +281,7 @@ class VolumesKind(VolumeCases):
             npys = read_pixels(ctx.output, report, "volumes", "volume_id", "npy", wanted)
             tables["ood"] = pa.Table.from_pylist(volume_rows(npys, ref.split, conf, ctx.seed),
                                                  schema=OOD3D_SCHEMA)
-        return tables, info, []
+        return tables, info, dead
 
 
 KIND = VolumesKind()
