@@ -112,34 +112,38 @@ def assign_distractors(kept: list[tuple[float, str]], excludes: Mapping[float, t
 
     Each answer gets a quota of ``k`` times the number of questions it answers; in ``u``
     order every question takes the ``k`` eligible labels with the most quota left (ties
-    broken by a keyed hash of label and question), never its own answer, a synonym, parent
-    or child of it, a label excluded for it, or two related labels.  So every answer is
-    offered about ``k`` times as a distractor for each time it is correct.
+    broken by a rotation of the sorted labels that the question's ``u`` picks), never its
+    own answer, a synonym, parent or child of it, a label excluded for it, or two related
+    labels.  So every answer is offered about ``k`` times as a distractor for each time it
+    is correct.  Linear in the questions (a pool holds tens of labels): the launcher runs
+    it over every multiple-choice question of a 750K-image tree.
     """
-    from pipeline import keys
-
     counts: dict[str, int] = {}
     for _, label in kept:
         counts[label] = counts.get(label, 0) + 1
-    quota = {label: k * c for label, c in counts.items()}
-    labels = sorted(quota)
+    labels = sorted(counts)
+    n = len(labels)
+    quota = [k * counts[label] for label in labels]
+    index = {label: i for i, label in enumerate(labels)}
     related = (pools_.related if pools_ is not None else (lambda a, b: a == b))
+    # relatedness among the pool's labels, computed once (the pool is small)
+    rel = [[related(a, b) for b in labels] for a in labels]
     out: dict[float, tuple[str, ...]] = {}
     for u, answer in kept:
-        excluded = set(excludes.get(u, ()))
-        order = sorted(labels, key=lambda x: (-quota[x], keys.unit_interval(0, f"{u!r}", x)))
-        chosen: list[str] = []
-        for label in order:
-            if label == answer or label in excluded or related(answer, label):
+        a = index[answer]
+        excluded = {index[x] for x in excludes.get(u, ()) if x in index}
+        offset = int(u * n)
+        order = sorted([(-quota[i], (i - offset) % n, i) for i in range(n)])
+        chosen: list[int] = []
+        for _, _, i in order:
+            if i == a or i in excluded or rel[a][i] or any(rel[i][c] for c in chosen):
                 continue
-            if any(related(label, c) for c in chosen):
-                continue
-            chosen.append(label)
+            chosen.append(i)
             if len(chosen) == k:
                 break
-        for label in chosen:
-            quota[label] -= 1
-        out[u] = tuple(chosen)
+        for i in chosen:
+            quota[i] -= 1
+        out[u] = tuple(labels[i] for i in chosen)
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 
@@ -86,9 +87,9 @@ class InputTree:
         out = []
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if not name.startswith("."):
-                    out.append(os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/"))
+            folder = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            prefix = "" if folder == "." else folder + "/"
+            out += [prefix + name for name in sorted(filenames) if not name.startswith(".")]
         return out
 
     def stat(self, rel: str) -> tuple[int, int]:
@@ -106,6 +107,15 @@ class InputTree:
         cheap — no file is read — and what decides whether a stored extraction is valid."""
         out = []
         for rel in rels:
+            if not self.remote:  # one stat for a file (a tree's image), a walk for a folder
+                try:
+                    st = os.stat(self.path(rel))
+                except OSError:
+                    out.append((rel, -1, -1))
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    out.append((rel, st.st_size, st.st_mtime_ns))
+                    continue
             files = self.walk_files(rel)
             if not files:
                 out.append((rel, -1, -1))

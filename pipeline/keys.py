@@ -134,13 +134,18 @@ class KeyedStream:
     (``integers(n)``, ``random()``), so either can be passed to them.
     """
 
-    __slots__ = ("_prefix", "_n")
+    __slots__ = ("_seed", "_key", "_purpose", "_prefix", "_n")
 
     def __init__(self, seed: int, key: str, purpose: str):
-        self._prefix = hashlib.sha256(f"{int(seed)}\x1f{key}\x1f{purpose}".encode()).digest()
+        # hashed on the first draw: many streams a question generator opens are never drawn
+        self._seed, self._key, self._purpose = seed, key, purpose
+        self._prefix = None
         self._n = 0
 
     def _u64(self) -> int:
+        if self._prefix is None:
+            self._prefix = hashlib.sha256(
+                f"{int(self._seed)}\x1f{self._key}\x1f{self._purpose}".encode()).digest()
         self._n += 1
         d = hashlib.sha256(self._prefix + self._n.to_bytes(8, "big")).digest()
         return int.from_bytes(d[:8], "big")

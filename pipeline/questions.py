@@ -35,6 +35,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from pipeline import keys
+from pipeline.balance import mark as balance_mark
+from pipeline.templates import render
 
 LETTERS = "ABCD"
 DEFAULT_SETTINGS = {"min_area_px": 30, "min_separation_mm": 10.0, "min_size_ratio": 1.25}
@@ -390,9 +392,6 @@ def generate_questions(
     balancing mark) is returned with ``question`` ``None`` and its variant index in
     ``_variant``: :func:`pipeline.balance.apply` renders the rows it keeps, once.
     """
-    from pipeline.balance import mark as balance_mark
-    from pipeline.templates import render
-
     conf = DEFAULT_SETTINGS | dict(settings or {})
     key = image["image_id"] if "image_id" in image else image["volume_id"]
     rows = []

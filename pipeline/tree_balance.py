@@ -46,12 +46,13 @@ def variant_of(seed: int, key: str, family: str, n_variants: int) -> int:
 def derange(items: list[tuple[float, str, str]], related) -> dict[str, str]:
     """``{key: source key}``: a bijection between ``items`` (``(u, key, answer)``) that maps
     no item to one with the same or a related answer, where the answer counts allow
-    (no class of related answers more than half of the items); otherwise the nearest
-    valid item after it.
+    (no class of related answers more than half of the items); otherwise the first item
+    of the next class.
 
-    Answers are grouped into classes of related answers (synonyms), items laid out class
-    by class (classes in keyed order, answers and members by ``u``) and shifted by the
-    largest class's size: no item then lands in its own class.
+    Answers are grouped into classes of related answers (synonyms, transitively), items
+    laid out class by class (classes in keyed order, answers and members by ``u``) and
+    shifted by the largest class's size: no item then lands in its own class.  Linear in
+    the items.  With a single class there is no valid source: ``{}`` (the generators draw).
     """
     answers = sorted({a for _, _, a in items})
     parent = {a: a for a in answers}
@@ -69,19 +70,25 @@ def derange(items: list[tuple[float, str, str]], related) -> dict[str, str]:
     classes: dict[str, list[tuple[str, float, str]]] = {}
     for u, key, answer in items:
         classes.setdefault(root(answer), []).append((answer, u, key))
-    order = sorted(classes, key=lambda c: keys.unit_interval(0, c, "derange"))
-    seq = [(key, answer) for c in order for answer, _, key in sorted(classes[c])]
-    n = len(seq)
-    if n < 2:
+    if len(classes) < 2:
         return {}
+    order = sorted(classes, key=lambda c: keys.unit_interval(0, c, "derange"))
+    seq: list[str] = []
+    block: list[tuple[int, int]] = []  # per position: its class's block [start, end)
+    for c in order:
+        members = sorted(classes[c])
+        start = len(seq)
+        seq.extend(key for _, _, key in members)
+        block.extend([(start, len(seq))] * len(members))
+    n = len(seq)
     shift = max(len(v) for v in classes.values())
     out = {}
-    for p, (key, answer) in enumerate(seq):
-        for step in range(n):
-            src_key, src_answer = seq[(p + shift + step) % n]
-            if src_answer != answer and not related(answer, src_answer):
-                out[key] = src_key
-                break
+    for p, key in enumerate(seq):
+        start, end = block[p]
+        t = (p + shift) % n
+        if start <= t < end:  # only when a class holds more than half: its block's end
+            t = end % n
+        out[key] = seq[t]
     return out
 
 

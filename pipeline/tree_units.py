@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -277,11 +277,12 @@ class _Columns:
     """Column buffers for one table."""
 
     def __init__(self):
-        self.cols: dict[str, list] = {}
+        self.cols: dict[str, list] = defaultdict(list)
 
     def add(self, **values):
+        cols = self.cols
         for k, v in values.items():
-            self.cols.setdefault(k, []).append(v)
+            cols[k].append(v)
 
     def __len__(self):
         return len(next(iter(self.cols.values()), []))

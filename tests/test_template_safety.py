@@ -647,3 +647,46 @@ def test_builtin_names_never_escape_the_resources(tmp_path):
         for entry in ("..", "../recipes", "radvuqa/../../pipeline"):
             with pytest.raises(ConfigError):
                 resolve_entry(recipe, kind, entry, "questions.x[0]")
+
+
+@pytest.mark.parametrize("name", builtin_recipes())
+def test_plain_variants_render_exactly_as_jinja_renders_them(name, monkeypatch):
+    """Variants that are only text and ``{{ name }}`` skip Jinja's runtime; every built-in
+    variant, on the lint contexts of its generator, renders the same either way."""
+    from pipeline import templates
+    from pipeline.build import _kind
+    from pipeline.kinds import get_kind
+    from pipeline.questions import DEFAULT_SETTINGS, GENERATORS, assemble, lint_records
+    from pipeline.templates import _compiled, _lint_rng
+
+    recipe = load_recipe(name)
+    prep = get_kind(_kind(recipe)).prepare(recipe)
+    families, pools = prep["families"], prep["pools"]
+    plain = compared = 0
+    for fam in families.values():
+        contexts = []
+        for record in lint_records(pools, fam.generator):
+            made = GENERATORS[fam.generator](record, fam, pools, _lint_rng(fam, record),
+                                             DEFAULT_SETTINGS)
+            for item in made if isinstance(made, list) else [made] if made is not None else []:
+                contexts.append(assemble(fam, item, _lint_rng(fam, record))["context"])
+        for variant in fam.variants:
+            plain += _compiled(variant.text, fam.requires)[2] is not None
+            for context in contexts:
+                monkeypatch.setattr(templates, "PLAIN_FAST_PATH", True)
+                fast = render(fam, variant, context)
+                monkeypatch.setattr(templates, "PLAIN_FAST_PATH", False)
+                assert render(fam, variant, context) == fast, (fam.source, variant.id)
+                compared += 1
+    assert plain and compared
+    # a missing value fails the same way on both paths
+    fam = next(f for f in families.values()
+               if any(_compiled(v.text, f.requires)[2] and "{{" in v.text for v in f.variants))
+    variant = next(v for v in fam.variants if _compiled(v.text, fam.requires)[2] and "{{" in v.text)
+    errors = []
+    for fast_path in (True, False):
+        monkeypatch.setattr(templates, "PLAIN_FAST_PATH", fast_path)
+        with pytest.raises(CaseError) as err:
+            render(fam, variant, {})
+        errors.append((err.value.reason, str(err.value)))
+    assert errors[0] == errors[1] and errors[0][0] == "template.render_error"
