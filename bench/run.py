@@ -8,6 +8,8 @@ Sections (each module's docstring says exactly what it times and how):
     cases: a plain single-process loop, a Beam pipeline at 1 worker (FnApiRunner
     ``in_memory``) and at 2 workers (``multi_processing``).  Targets: pipeline / loop at
     1 worker >= 0.85 for every stage; 2 workers / 1 worker >= 1.7 on the slices stage.
+    Beside them, the machine's own ceiling: what two CPU-bound Python processes get done
+    relative to one (a VM's two vCPUs are not always two free cores).
 ``memory`` (:mod:`bench.memory`)
     peak summed RSS (launcher + workers) of ``radvqa build`` at 2 workers on N and 10N
     phantom cases, N = ``--patients`` / 10.  Target: 10N / N <= 1.3.  The 10N build is
@@ -60,14 +62,41 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------------- sections
 
 
+SPIN = """
+import hashlib, sys, time
+end = time.perf_counter() + float(sys.argv[1]); n = 0
+while time.perf_counter() < end:
+    for _ in range(2000):
+        hashlib.sha256(b"radvqa" * 10).digest()
+    n += 2000
+print(n)
+"""
+
+
+def parallel_ceiling(seconds: float = 4.0) -> dict:
+    """What two CPU-bound Python processes get done here, relative to one: the ceiling of
+    any 2-worker speed-up on this machine (a VM's two vCPUs need not be two free cores)."""
+    def spin(k: int) -> int:
+        procs = [subprocess.Popen([sys.executable, "-c", SPIN, str(seconds)],
+                                  stdout=subprocess.PIPE, text=True) for _ in range(k)]
+        return sum(int(p.communicate()[0]) for p in procs)
+
+    one, two = spin(1), spin(2)
+    return {"seconds": seconds, "one_process": one, "two_processes": two,
+            "ratio": round(two / one, 3)}
+
+
 def run_stages(patients: int, work: Path) -> dict:
     from bench import stages
 
     inp, gen_s = phantoms(patients)
     planned = launch("sample", inp, work / "stages")
+    log("  machine: 2 CPU-bound processes vs 1")
+    ceiling = parallel_ceiling()
     with worker_output_to(work / "workers.log"):
         res = stages.measure(planned, inp, log)
-    return res | {"phantoms_written_s": None if gen_s is None else round(gen_s, 1)}
+    return res | {"phantoms_written_s": None if gen_s is None else round(gen_s, 1),
+                  "parallel_ceiling": ceiling}
 
 
 def run_memory(patients: int, work: Path) -> dict:
@@ -139,6 +168,11 @@ def _row(section, measure, target, value, ok=None, note=""):
 def stage_rows(res: dict) -> list[dict]:
     rows = []
     s2, s1 = res["beam_startup_s"]["2 workers"], res["beam_startup_s"]["1 worker"]
+    ceiling = res.get("parallel_ceiling")
+    if ceiling:
+        rows.append(_row("stages", "machine: 2 CPU-bound processes / 1 (sha256 loop)", "-",
+                         f"{ceiling['ratio']:.2f}x",
+                         note="the most any 2-worker run can gain on these CPUs"))
     rows.append(_row("stages", "Beam fixed cost (no-op pipeline)", "-",
                      f"{s1:.2f} s at 1 worker, {s2:.2f} s at 2 workers",
                      note=f"{res['cases']} cases in {res['units']} units"))

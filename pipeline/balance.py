@@ -129,21 +129,28 @@ def assign_distractors(kept: list[tuple[float, str]], excludes: Mapping[float, t
     # relatedness among the pool's labels, computed once (the pool is small)
     rel = [[related(a, b) for b in labels] for a in labels]
     out: dict[float, tuple[str, ...]] = {}
+    span = range(n)
     for u, answer in kept:
         a = index[answer]
-        excluded = {index[x] for x in excludes.get(u, ()) if x in index}
+        rel_a = rel[a]
+        excluded = {index[x] for x in excludes.get(u, ()) if x in index} if excludes else ()
         offset = int(u * n)
-        order = sorted([(-quota[i], (i - offset) % n, i) for i in range(n)])
+        order = sorted([(-quota[i], (i - offset) % n, i) for i in span])
         chosen: list[int] = []
         for _, _, i in order:
-            if i == a or i in excluded or rel[a][i] or any(rel[i][c] for c in chosen):
+            if i == a or rel_a[i] or i in excluded:
                 continue
-            chosen.append(i)
-            if len(chosen) == k:
-                break
+            rel_i = rel[i]
+            for c in chosen:
+                if rel_i[c]:
+                    break
+            else:
+                chosen.append(i)
+                if len(chosen) == k:
+                    break
         for i in chosen:
             quota[i] -= 1
-        out[u] = tuple(labels[i] for i in chosen)
+        out[u] = tuple([labels[i] for i in chosen])
     return out
 
 

@@ -26,6 +26,7 @@ leaves its partners one-sided (one text off by one per rejected image).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 
 from pipeline import keys
@@ -34,8 +35,17 @@ from pipeline.balance import assign_distractors
 LETTERS = "ABCD"
 
 
-def u_of(seed: int, key: str, family: str) -> float:
-    return keys.unit_interval(seed, key, f"{family}/balance")
+#: The launcher's keyed uniforms of one image, one per balanced generator: a single
+#: SHA-512 of ``(seed, image key)`` gives all of them (planning a 750K-image tree hashes
+#: each image once, not once per question).
+U_SLOTS = {"rin_anatomy_absent": 0, "rin_pathology_absent": 1, "rin_anatomy_mc": 2,
+           "rin_pathology_mc": 3, "rin_abnormality": 4}
+
+
+def image_uniforms(seed: int, key: str) -> tuple[float, ...]:
+    """Eight uniforms in [0, 1) keyed by ``(seed, image key)`` (see :data:`U_SLOTS`)."""
+    d = hashlib.sha512(f"{int(seed)}\x1f{key}\x1ftree-balance".encode()).digest()
+    return tuple(int.from_bytes(d[i:i + 8], "big") / 2.0**64 for i in range(0, 64, 8))
 
 
 def variant_of(seed: int, key: str, family: str, n_variants: int) -> int:
@@ -101,8 +111,10 @@ def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
     """
     images = list(images)
     out: dict[str, dict] = {i.key: {} for i in images}
-    split = (lambda i: population) if population else (lambda i: i.split)
     fam = {f.generator: name for name, f in families.items()}
+    # one pass: each image's uniforms and groups
+    us = [image_uniforms(seed, i.key) for i in images]
+    splits = [population or i.split for i in images]
 
     def related_labels(a, b):
         return pools.related(a, b)
@@ -116,16 +128,20 @@ def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
         n_variants = len(families[name_p].variants)
         if len(families[name_a].variants) != n_variants:
             continue  # paraphrases cannot be paired
+        slot = U_SLOTS[absent]
         groups: dict[tuple, list] = {}
-        for i in images:
-            g = (split(i), i.modality) if level == "modality" else (split(i), i.modality, i.region)
-            answer = i.region if level == "modality" else i.label
-            groups.setdefault(g, []).append((u_of(seed, i.key, name_a), i.key, answer))
+        answer_of: dict[str, str] = {}
+        for i, u, sp in zip(images, us, splits):
+            if level == "modality":
+                g, answer = (sp, i.modality), i.region
+            else:
+                g, answer = (sp, i.modality, i.region), i.label
+            groups.setdefault(g, []).append((u[slot], i.key, answer))
+            answer_of[i.key] = answer
+        rel = (lambda a, b: a == b) if level == "modality" else related_labels
         for members in groups.values():
-            by_key = {k: a for _, k, a in members}
-            rel = (lambda a, b: a == b) if level == "modality" else related_labels
             for key, src in derange(members, rel).items():
-                out[key][name_a] = {"wrong": by_key[src],
+                out[key][name_a] = {"wrong": answer_of[src],
                                     "variant": variant_of(seed, src, name_p, n_variants)}
     # multiple choice: positions by rank, distractors by quota
     auto_normal = str(settings.get("no_pathology_option_rate", "auto")) == "auto"
@@ -133,33 +149,40 @@ def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
         if gen not in fam or (gen == "rin_pathology_mc" and not auto_normal):
             continue
         name = fam[gen]
+        slot = U_SLOTS[gen]
         by_split: dict[str, list[tuple[float, str]]] = {}
         pools_by: dict[tuple, list[tuple[float, str]]] = {}
-        for i in images:
-            u = u_of(seed, i.key, name)
-            by_split.setdefault(split(i), []).append((u, i.key))
-            g = (split(i), i.modality) if level == "modality" else (split(i), i.modality, i.region)
-            pools_by.setdefault(g, []).append((u, i.region if level == "modality" else i.label))
+        key_of_u: dict[float, str] = {}
+        for i, u, sp in zip(images, us, splits):
+            v = u[slot]
+            key_of_u[v] = i.key
+            by_split.setdefault(sp, []).append((v, i.key))
+            if level == "modality":
+                pools_by.setdefault((sp, i.modality), []).append((v, i.region))
+            else:
+                pools_by.setdefault((sp, i.modality, i.region), []).append((v, i.label))
         for members in by_split.values():  # every question: its position by rank
-            for r, (_, key) in enumerate(sorted(members)):
+            members.sort()
+            for r, (_, key) in enumerate(members):
                 out[key][name] = {"position": r}
-        key_of_u = {u_of(seed, i.key, name): i.key for i in images}
+        rel = (lambda a, b: a == b) if level == "modality" else related_labels
         for members in pools_by.values():
             if len({a for _, a in members}) < len(LETTERS):
                 continue  # too few answers in the pool: the generator's fallback draws
-            rel = (lambda a, b: a == b) if level == "modality" else related_labels
-            for u, chosen in assign_distractors(sorted(members), {}, _Related(rel)).items():
+            members.sort()
+            for u, chosen in assign_distractors(members, {}, _Related(rel)).items():
                 if len(chosen) == len(LETTERS) - 1:
                     out[key_of_u[u]][name]["distractors"] = list(chosen)
     # abnormality polarity: alternate by rank within normal and abnormal images
     if "rin_abnormality" in fam:
         name = fam["rin_abnormality"]
+        slot = U_SLOTS["rin_abnormality"]
         classes: dict[tuple, list[tuple[float, str]]] = {}
-        for i in images:
-            classes.setdefault((split(i), pools.is_abnormal(i.label)), []).append(
-                (u_of(seed, i.key, name), i.key))
+        for i, u, sp in zip(images, us, splits):
+            classes.setdefault((sp, pools.is_abnormal(i.label)), []).append((u[slot], i.key))
         for members in classes.values():
-            for r, (_, key) in enumerate(sorted(members)):
+            members.sort()
+            for r, (_, key) in enumerate(members):
                 out[key][name] = {"ask_normal": bool(r % 2)}
     return out
 
