@@ -780,6 +780,33 @@ def png_bytes(img) -> bytes:
     return buf.getvalue()
 
 
+#: Part of a gallery view's cache key: bump with any change to :func:`draw_boxes` that can
+#: change its pixels (the library versions, the image, boxes and colours are hashed anyway).
+VIEW_VERSION = 1
+
+
+def boxed_view(src, data: bytes, boxes, colours: Mapping, cache=None) -> tuple[bytes, float]:
+    """PNG of ``src`` (decoded from ``data``) scaled for the gallery with ``boxes`` drawn,
+    and the scale; from ``cache`` (the report's :class:`ChartCache`) when an identical view
+    was drawn before — a regenerated corpus shows the same images."""
+    scale = display_scale(*src.size)
+    key = None
+    if cache is not None:
+        spec = {"view": VIEW_VERSION, "libraries": library_versions(), "px": GALLERY_PX,
+                "image": hashlib.sha256(data).hexdigest(),
+                "boxes": [[label, [int(v) for v in box]] for label, box in boxes],
+                "colours": {label: list(colours[label]) for label, _ in boxes}}
+        key = "view-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode("utf-8")).hexdigest()
+        png = cache.get(key)
+        if png is not None:
+            return png, scale
+    shown, scale = draw_boxes(src, boxes, colours)
+    png = png_bytes(shown)
+    if cache is not None:
+        cache.put(key, png)
+    return png, scale
+
+
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -1835,7 +1862,7 @@ def _legend(entries: list[tuple[str, tuple, str]]) -> str:
     return f'<ul class="legend">{items}</ul>'
 
 
-def gallery_2d(items: list[GalleryItem], kind: str, log=print) -> list[str]:
+def gallery_2d(items: list[GalleryItem], kind: str, log=print, cache=None) -> list[str]:
     from PIL import Image
 
     labels = [b["label"] for it in items if it.row for b in (it.row.get("boxes") or [])]
@@ -1853,12 +1880,14 @@ def gallery_2d(items: list[GalleryItem], kind: str, log=print) -> list[str]:
             continue
         boxes = [(b["label"], (b["x_min"], b["y_min"], b["x_max"], b["y_max"]))
                  for b in (it.row.get("boxes") or [])]
-        shown, scale = draw_boxes(src, boxes, colours)
-        views = [img_tag(png_bytes(shown), f"image {it.image_id} with its boxes", cls="view boxes")]
+        data = it.row["image"]["bytes"]
+        shown, scale = boxed_view(src, data, boxes, colours, cache)
+        views = [img_tag(shown, f"image {it.image_id} with its boxes", cls="view boxes")]
         for q in it.questions:
             if q.get("answer_box"):
-                ab, _ = draw_boxes(src, [("answer", tuple(q["answer_box"]))], {"answer": ANSWER_BOX_COLOUR})
-                views.append(img_tag(png_bytes(ab), f"answer box of question {q['qa_id']}", cls="view answer-box",
+                ab, _ = boxed_view(src, data, [("answer", tuple(q["answer_box"]))],
+                                   {"answer": ANSWER_BOX_COLOUR}, cache)
+                views.append(img_tag(ab, f"answer box of question {q['qa_id']}", cls="view answer-box",
                                      attrs=f' data-qa-id="{esc(q["qa_id"])}" '
                                            f'data-box="{",".join(str(int(v)) for v in q["answer_box"])}" '
                                            f'data-colour="{hex_colour(ANSWER_BOX_COLOUR)}"'))
@@ -1885,7 +1914,7 @@ def gallery_2d(items: list[GalleryItem], kind: str, log=print) -> list[str]:
     return figures
 
 
-def gallery_volumes(items: list[GalleryItem]) -> list[str]:
+def gallery_volumes(items: list[GalleryItem], cache=None) -> list[str]:
     from PIL import Image
 
     slices = {}
@@ -1904,14 +1933,15 @@ def gallery_volumes(items: list[GalleryItem]) -> list[str]:
             continue
         plane, k, hits = slices[it.image_id]
         boxes = [(label, (b[2], b[1], b[5], b[4])) for label, b in hits]  # x = i, y = j
-        shown, scale = draw_boxes(Image.fromarray(plane, "L"), boxes, colours)
+        shown, scale = boxed_view(Image.fromarray(plane, "L"),
+                                  repr(plane.shape).encode() + plane.tobytes(), boxes, colours, cache)
         row = it.row
         tag = (f"{row.get('modality')} · volume {' × '.join(str(s) for s in row.get('shape') or [])} "
                f"[k, j, i] · middle axial slice k = {k} · study {row.get('study_order')} · split "
                f"{row.get('split') or it.split}")
         body = [f'<figure class="item" data-kind="volume" data-image-id="{esc(it.image_id)}" '
                 f'data-slice-k="{k}" data-scale="{scale:.6g}"><div class="views">'
-                + img_tag(png_bytes(shown), f"volume {it.image_id}, axial slice {k}", cls="view boxes")
+                + img_tag(shown, f"volume {it.image_id}, axial slice {k}", cls="view boxes")
                 + "</div><figcaption>", f'<p class="tag">{esc(tag)}</p>']
         if boxes:
             body.append(_legend([(label, box, hex_colour(colours[label])) for label, box in boxes]))
@@ -1921,7 +1951,7 @@ def gallery_volumes(items: list[GalleryItem]) -> list[str]:
     return figures
 
 
-def gallery_section(pool: GalleryPool | None, kind: str, log) -> str:
+def gallery_section(pool: GalleryPool | None, kind: str, log, cache=None) -> str:
     """The gallery from ``pool`` (its questions collected by :func:`scan_qa`)."""
     out = ['<section id="gallery"><h2>Gallery</h2>']
     if pool is None:
@@ -1930,7 +1960,7 @@ def gallery_section(pool: GalleryPool | None, kind: str, log) -> str:
     if kind == "volumes":
         items = select_volumes(pool.questions, pool.patients)
         attach_rows(items, pool)
-        figures = gallery_volumes(items)
+        figures = gallery_volumes(items, cache)
         out.append('<p class="note">The middle axial slice of each volume (anterior at the top, the '
                    "patient's right on the left) with every 3D box that crosses it, and that volume's "
                    "questions. Volumes are taken from the first rows of the first shard of each split "
@@ -1938,7 +1968,7 @@ def gallery_section(pool: GalleryPool | None, kind: str, log) -> str:
     else:
         items = select_2d(pool.questions, pool.id_col)
         attach_rows(items, pool)
-        figures = gallery_2d(items, kind, log)
+        figures = gallery_2d(items, kind, log, cache)
         what = ("each with every stored box outlined (colour per label; boxes are drawn on the "
                 "stored pixels, ends exclusive)" if kind == "slices" else "with its caption")
         out.append(f'<p class="note">A few questions per task and question type (smallest '
@@ -1961,7 +1991,8 @@ def gallery_section(pool: GalleryPool | None, kind: str, log) -> str:
 def render_report(corpus_dir: str, log=None, cache: ChartCache | None = None) -> str:
     """The report's HTML for the corpus at ``corpus_dir``.
 
-    Reads the corpus; writes nothing but, when given a ``cache``, the charts it had to draw.
+    Reads the corpus; writes nothing but, when given a ``cache``, the charts and gallery
+    views it had to draw.
     """
     log = log or (lambda msg: None)
     corpus = Corpus(corpus_dir)
@@ -1993,7 +2024,7 @@ def render_report(corpus_dir: str, log=None, cache: ChartCache | None = None) ->
         distributions_section(stats, kind, plots, qa_configs),
         audit_section(manifest),
         dead_letters_section(manifest, read_dead_letters(corpus)),
-        gallery_section(pool, kind, log),
+        gallery_section(pool, kind, log, cache),
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>radvqa report — {esc(name)}</title>"

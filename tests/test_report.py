@@ -491,9 +491,15 @@ def _cache(corpus: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
 
 
-def _plot_pngs(data: bytes) -> list[bytes]:
+def _charts(cached: dict[str, bytes]) -> dict[str, bytes]:
+    """The chart entries of a cache listing (gallery views are ``view-<sha256>.png``)."""
+    return {n: d for n, d in cached.items() if not n.startswith("view-")}
+
+
+def _plot_pngs(data: bytes, cls: str = "plot") -> list[bytes]:
     prefix = "data:image/png;base64,"
-    return [base64.b64decode(i["src"][len(prefix):]) for i in Page(data.decode()).images if i["class"] == "plot"]
+    return [base64.b64decode(i["src"][len(prefix):]) for i in Page(data.decode()).images
+            if i["class"].split()[0] == cls]
 
 
 def _no_drawing(chart):
@@ -504,9 +510,15 @@ def _no_drawing(chart):
 def test_a_second_report_takes_every_chart_from_the_cache(reports, kind, monkeypatch):
     corpus, path, first = reports[kind]
     cached = _cache(corpus)
-    assert set(cached.values()) == set(_plot_pngs(first))  # this report's charts, nothing else
-    assert all(re.fullmatch(r"[0-9a-f]{64}\.png", name) for name in cached), sorted(cached)
+    charts = {n: d for n, d in cached.items() if not n.startswith("view-")}
+    views = {n: d for n, d in cached.items() if n.startswith("view-")}
+    assert set(charts.values()) == set(_plot_pngs(first))  # this report's charts, nothing else
+    assert all(re.fullmatch(r"[0-9a-f]{64}\.png", name) for name in charts), sorted(charts)
+    # and its 2D gallery views (images with boxes drawn), keyed by image, boxes and colours
+    assert all(re.fullmatch(r"view-[0-9a-f]{64}\.png", name) for name in views), sorted(views)
+    assert views and set(views.values()) == set(_plot_pngs(first, "view"))
     monkeypatch.setattr(rep, "render_chart", _no_drawing)
+    monkeypatch.setattr(rep, "draw_boxes", lambda *a, **k: _no_drawing(type("V", (), {"kind": "view"})))
     rep.write_report(str(corpus))
     assert path.read_bytes() == first
     assert _cache(corpus) == cached
@@ -527,7 +539,7 @@ def test_a_changed_chart_is_drawn_again_and_stale_entries_are_removed(reports, t
     corpus = tmp_path / "corpus"
     shutil.copytree(reports["slices"][0], corpus)
     folder = corpus / ".radvqa" / "report-cache"
-    before = _cache(corpus)
+    before = _charts(_cache(corpus))
     rows_chart = _plot_pngs(reports["slices"][2])[0]  # "rows per config and split"
     # Leftovers: an entry of a chart no longer shown, a killed write, a truncated entry.
     (folder / ("0" * 64 + ".png")).write_bytes(rows_chart)
@@ -545,7 +557,7 @@ def test_a_changed_chart_is_drawn_again_and_stale_entries_are_removed(reports, t
     rep.write_report(str(corpus))
 
     page = (corpus / "report" / "index.html").read_bytes()
-    after = _cache(corpus)
+    after = _charts(_cache(corpus))
     assert len(drawn) == 2  # the changed chart and the truncated entry's
     assert drawn[0].spec["title"] == "Rows per config and split"
     assert f"{drawn[1].key()}.png" == truncated
@@ -556,7 +568,7 @@ def test_a_changed_chart_is_drawn_again_and_stale_entries_are_removed(reports, t
     # an uncached render (it writes nothing) gives the same page
     monkeypatch.setattr(rep, "render_chart", draw)
     assert rep.render_report(str(corpus)).encode("utf-8") == page
-    assert _cache(corpus) == after
+    assert _charts(_cache(corpus)) == after
 
 
 def test_a_report_from_the_cache_does_not_import_matplotlib(reports):
