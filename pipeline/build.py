@@ -297,104 +297,86 @@ def build(
 ) -> BuildResult:
     """Build (or incrementally rebuild) a corpus; see the README's user guide."""
     with _PlanningCollector() as collector:
-        return _build(recipe_name, output, input_dir=input_dir, seed=seed, layout=layout,
-                      beam_args=beam_args, max_reject_fraction=max_reject_fraction,
-                      retries=retries, log=log, collector=collector)
-
-
-def _build(
-    recipe_name: str,
-    output: str,
-    *,
-    input_dir: str | None = None,
-    seed: int | None = None,
-    layout: str | None = None,
-    beam_args: Sequence[str] = (),
-    max_reject_fraction: float = 0.05,
-    retries: int = 1,
-    log=None,
-    collector: _PlanningCollector,
-) -> BuildResult:
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    started = time.monotonic()
-    recipe = load_recipe(recipe_name)
-    kind = get_kind(_kind(recipe))
-    seed = int(recipe.data["seed"] if seed is None else seed)
-    prep = kind.prepare(recipe)
-    pkey, is_default = keys.resolve_pseudonym_key(recipe.section("privacy").get("pseudonym_key"))
-    if is_default:
-        log(f"warning: pseudonyms use the built-in default key; set ${keys.PSEUDONYM_KEY_ENV}")
-    output = output.rstrip("/") or "/"
-    if "://" not in output:
-        output = os.path.abspath(output)
-    given_input = input_dir
-    if input_dir is None:
-        input_dir = kind.sample_input(output, recipe, log)
-    tree = InputTree(input_dir)
-    root = tree.root
-    if not tree.exists():
-        raise FileNotFoundError(f"--input: {input_dir} is not a directory")
-    cases, rejects, stats = kind.discover(
-        tree, recipe, pkey, seed, layout or recipe.section("source").get("layout", "auto"), prep)
-    if not cases and not rejects:
-        raise ConfigError(f"--input: {input_dir}: found no {kind.case_noun} (empty input)")
-    planned = kind.plan(cases, recipe, seed, prep)
-    sdigest = kind.settings_digest(prep["settings"])
-    fps = {kind.case_key(c): case_fingerprint(
-        kind.name, kind.version, sdigest, kind.case_json(c),
-        tree.identity(kind.case_paths(c)))[:32] for c in cases}
-    fp = fingerprint(recipe, seed)
-    qa_settings = dict(recipe.section("questions").get("settings") or {})
-    qa_fp = keys.digest(fp, kind.name, json.dumps(sorted(fps.items())),
-                        json.dumps([(s, i, n, [kind.case_key(c) for c in m]) for s, i, n, m in planned]))
-    shards.write_json(output, state.BUILD_FILE, {
-        "recipe": recipe_name if not os.path.exists(recipe_name) else os.path.abspath(recipe_name),
-        "input": InputTree(given_input).root if given_input else None,
-        "seed": seed, "layout": layout})
-    _clean_temporaries(output, kind)
-    log(f"radvqa build: recipe {recipe.name} ({kind.name}), {len(cases)} cases "
-        f"({len(rejects)} rejected at discovery) in {len(planned)} units -> {output}")
-    ctx = None
-    attempts = 0
-    run_id = uuid.uuid4().hex
-    collector.planned()
-    for attempt in range(retries + 1):
-        attempts = attempt + 1
-        refs, n_stored, extras = _plan_units(
-            output, kind, planned, fps, qa_fp,
-            lambda units: kind.before_run(output, recipe, seed, units, cases, prep))
-        extras = extras | {"run_id": run_id, "ood": ood_settings(recipe.section("ood"))}
-        ctx = BuildContext(kind=kind.name, output=output, input_root=root,
-                           settings=prep["settings"], families=prep["families"],
-                           pools=prep["pools"], seed=seed, qa_settings=qa_settings,
-                           qa_fp=qa_fp, extras=extras)
-        _log_plan(refs, n_stored, log)
-        try:
-            run_pipeline(refs, ctx, beam_args, log)
-            break
-        except BuildFailed as err:
-            if attempt >= retries:
-                raise BuildFailed(
-                    f"{err}; the pipeline failed {attempts} time(s). Rerun the same command to "
-                    "resume: finished units are kept.") from err
-            log(f"attempt {attempts} failed ({err}); retrying — finished units are kept")
-    manifest = finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx,
-                        is_default, attempts)
-    state.delete_tree(output, PLAN_DIR)
-    state.delete_tree(output, state.PREVIOUS_DIR)
-    seconds = time.monotonic() - started
-    discover = manifest["counts"]["discover"]["inputs"]
-    rejected_cases = sum(manifest["counts"][s]["rejected"] for s in ("discover", "read", "extract")
-                         if s in manifest["counts"])
-    fraction = rejected_cases / discover if discover else 0.0
-    exit_code = 0 if fraction <= max_reject_fraction else 3
-    audit_result = manifest.get("audit", {})
-    if audit_result.get("on") == "fail" and audit_result.get("verdict") == "fail":
-        exit_code = exit_code or 4
-    shards.write_json(output, LAST_RUN, {"seconds": round(seconds, 3), "units": len(refs),
-                                         "attempts": attempts})
-    log(summary_table(manifest, seconds, fraction, max_reject_fraction))
-    return BuildResult(output, manifest, seconds, fraction, exit_code)
+        log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        started = time.monotonic()
+        recipe = load_recipe(recipe_name)
+        kind = get_kind(_kind(recipe))
+        seed = int(recipe.data["seed"] if seed is None else seed)
+        prep = kind.prepare(recipe)
+        pkey, is_default = keys.resolve_pseudonym_key(recipe.section("privacy").get("pseudonym_key"))
+        if is_default:
+            log(f"warning: pseudonyms use the built-in default key; set ${keys.PSEUDONYM_KEY_ENV}")
+        output = output.rstrip("/") or "/"
+        if "://" not in output:
+            output = os.path.abspath(output)
+        given_input = input_dir
+        if input_dir is None:
+            input_dir = kind.sample_input(output, recipe, log)
+        tree = InputTree(input_dir)
+        root = tree.root
+        if not tree.exists():
+            raise FileNotFoundError(f"--input: {input_dir} is not a directory")
+        cases, rejects, stats = kind.discover(
+            tree, recipe, pkey, seed, layout or recipe.section("source").get("layout", "auto"), prep)
+        if not cases and not rejects:
+            raise ConfigError(f"--input: {input_dir}: found no {kind.case_noun} (empty input)")
+        planned = kind.plan(cases, recipe, seed, prep)
+        sdigest = kind.settings_digest(prep["settings"])
+        fps = {kind.case_key(c): case_fingerprint(
+            kind.name, kind.version, sdigest, kind.case_json(c),
+            tree.identity(kind.case_paths(c)))[:32] for c in cases}
+        fp = fingerprint(recipe, seed)
+        qa_settings = dict(recipe.section("questions").get("settings") or {})
+        qa_fp = keys.digest(fp, kind.name, json.dumps(sorted(fps.items())),
+                            json.dumps([(s, i, n, [kind.case_key(c) for c in m]) for s, i, n, m in planned]))
+        shards.write_json(output, state.BUILD_FILE, {
+            "recipe": recipe_name if not os.path.exists(recipe_name) else os.path.abspath(recipe_name),
+            "input": InputTree(given_input).root if given_input else None,
+            "seed": seed, "layout": layout})
+        _clean_temporaries(output, kind)
+        log(f"radvqa build: recipe {recipe.name} ({kind.name}), {len(cases)} cases "
+            f"({len(rejects)} rejected at discovery) in {len(planned)} units -> {output}")
+        ctx = None
+        attempts = 0
+        run_id = uuid.uuid4().hex
+        collector.planned()
+        for attempt in range(retries + 1):
+            attempts = attempt + 1
+            refs, n_stored, extras = _plan_units(
+                output, kind, planned, fps, qa_fp,
+                lambda units: kind.before_run(output, recipe, seed, units, cases, prep))
+            extras = extras | {"run_id": run_id, "ood": ood_settings(recipe.section("ood"))}
+            ctx = BuildContext(kind=kind.name, output=output, input_root=root,
+                               settings=prep["settings"], families=prep["families"],
+                               pools=prep["pools"], seed=seed, qa_settings=qa_settings,
+                               qa_fp=qa_fp, extras=extras)
+            _log_plan(refs, n_stored, log)
+            try:
+                run_pipeline(refs, ctx, beam_args, log)
+                break
+            except BuildFailed as err:
+                if attempt >= retries:
+                    raise BuildFailed(
+                        f"{err}; the pipeline failed {attempts} time(s). Rerun the same command to "
+                        "resume: finished units are kept.") from err
+                log(f"attempt {attempts} failed ({err}); retrying — finished units are kept")
+        manifest = finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx,
+                            is_default, attempts)
+        state.delete_tree(output, PLAN_DIR)
+        state.delete_tree(output, state.PREVIOUS_DIR)
+        seconds = time.monotonic() - started
+        discover = manifest["counts"]["discover"]["inputs"]
+        rejected_cases = sum(manifest["counts"][s]["rejected"] for s in ("discover", "read", "extract")
+                             if s in manifest["counts"])
+        fraction = rejected_cases / discover if discover else 0.0
+        exit_code = 0 if fraction <= max_reject_fraction else 3
+        audit_result = manifest.get("audit", {})
+        if audit_result.get("on") == "fail" and audit_result.get("verdict") == "fail":
+            exit_code = exit_code or 4
+        shards.write_json(output, LAST_RUN, {"seconds": round(seconds, 3), "units": len(refs),
+                                             "attempts": attempts})
+        log(summary_table(manifest, seconds, fraction, max_reject_fraction))
+        return BuildResult(output, manifest, seconds, fraction, exit_code)
 
 
 def regenerate(output: str, *, recipe: str | None = None, input_dir: str | None = None,
