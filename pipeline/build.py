@@ -273,6 +273,7 @@ class _PlanningCollector:
         return self
 
     def planned(self) -> None:
+        """Before each pipeline attempt, once its unit plans are written."""
         if self._was_enabled:
             gc.enable()
         gc.freeze()
@@ -339,7 +340,6 @@ def build(
         ctx = None
         attempts = 0
         run_id = uuid.uuid4().hex
-        collector.planned()
         for attempt in range(retries + 1):
             attempts = attempt + 1
             refs, n_stored, extras = _plan_units(
@@ -351,6 +351,7 @@ def build(
                                pools=prep["pools"], seed=seed, qa_settings=qa_settings,
                                qa_fp=qa_fp, extras=extras)
             _log_plan(refs, n_stored, log)
+            collector.planned()  # after the unit plans (the tree's balancing): the run's turn
             try:
                 run_pipeline(refs, ctx, beam_args, log)
                 break

@@ -59,6 +59,13 @@ def unit_interval(seed: int, key: str, purpose: str) -> float:
     return int.from_bytes(d[:8], "big") / 2.0**64
 
 
+def unit_intervals(seed: int, key: str, purpose: str) -> tuple[float, ...]:
+    """Eight uniforms in [0, 1) derived from ``(seed, key, purpose)`` by one SHA-512: for a
+    caller that needs several per key (one hash instead of eight)."""
+    d = hashlib.sha512(f"{int(seed)}\x1f{key}\x1f{purpose}".encode()).digest()
+    return tuple(int.from_bytes(d[i:i + 8], "big") / 2.0**64 for i in range(0, 64, 8))
+
+
 def resolve_pseudonym_key(recipe_key: str | None = None) -> tuple[str, bool]:
     """Return ``(key, is_default)``; the environment wins over the recipe."""
     key = os.environ.get(PSEUDONYM_KEY_ENV) or recipe_key

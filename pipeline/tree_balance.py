@@ -26,7 +26,6 @@ leaves its partners one-sided (one text off by one per rejected image).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 
 from pipeline import keys
@@ -35,17 +34,11 @@ from pipeline.balance import assign_distractors
 LETTERS = "ABCD"
 
 
-#: The launcher's keyed uniforms of one image, one per balanced generator: a single
-#: SHA-512 of ``(seed, image key)`` gives all of them (planning a 750K-image tree hashes
-#: each image once, not once per question).
+#: Which of an image's keyed uniforms (:func:`pipeline.keys.unit_intervals`, purpose
+#: ``tree-balance``) each balanced generator uses: planning a 750K-image tree hashes each
+#: image once, not once per question.
 U_SLOTS = {"rin_anatomy_absent": 0, "rin_pathology_absent": 1, "rin_anatomy_mc": 2,
            "rin_pathology_mc": 3, "rin_abnormality": 4}
-
-
-def image_uniforms(seed: int, key: str) -> tuple[float, ...]:
-    """Eight uniforms in [0, 1) keyed by ``(seed, image key)`` (see :data:`U_SLOTS`)."""
-    d = hashlib.sha512(f"{int(seed)}\x1f{key}\x1ftree-balance".encode()).digest()
-    return tuple(int.from_bytes(d[i:i + 8], "big") / 2.0**64 for i in range(0, 64, 8))
 
 
 def variant_of(seed: int, key: str, family: str, n_variants: int) -> int:
@@ -113,7 +106,7 @@ def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
     out: dict[str, dict] = {i.key: {} for i in images}
     fam = {f.generator: name for name, f in families.items()}
     # one pass: each image's uniforms and groups
-    us = [image_uniforms(seed, i.key) for i in images]
+    us = [keys.unit_intervals(seed, i.key, "tree-balance") for i in images]
     splits = [population or i.split for i in images]
 
     def related_labels(a, b):
