@@ -7,7 +7,7 @@ that ``pip install .`` (and Beam's ``--setup_file``) gives workers everything.
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 RESOURCES = ("templates", "distractor_pools", "schemas", "recipes")
@@ -38,7 +38,7 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["pipeline", *res_packages],
+    packages=[*find_packages(include=["pipeline", "pipeline.*"], exclude=["pipeline._resources*"]), *res_packages],
     package_dir={"pipeline": "pipeline", **res_dirs},
     package_data=res_data,
     include_package_data=False,

@@ -78,10 +78,10 @@ def source_digest(*sources) -> str:
 
 
 def phantoms(n_patients: int) -> tuple[Path, float | None]:
-    """The built-in sample's phantom cases (``pipeline.sample.write_sample``), cached."""
-    from pipeline import sample
+    """The built-in sample's phantom cases (``pipeline.inputs.sample.write_sample``), cached."""
+    from pipeline.inputs import sample
 
-    stamp = f"{sample.SAMPLE_VERSION}:{n_patients}:{source_digest('pipeline/sample.py')}"
+    stamp = f"{sample.SAMPLE_VERSION}:{n_patients}:{source_digest('pipeline/inputs/sample.py')}"
     return cached_dir(f"phantoms-{n_patients}", stamp,
                       lambda p: sample.write_sample(p, n_patients=n_patients))
 
@@ -91,7 +91,7 @@ def phantoms(n_patients: int) -> tuple[Path, float | None]:
 
 @dataclass
 class Launch:
-    """What ``pipeline.build.build`` has in hand just before ``run_pipeline``."""
+    """What ``pipeline.launch.build.build`` has in hand just before ``run_pipeline``."""
 
     kind: object
     refs: list
@@ -109,16 +109,16 @@ class _Planned(Exception):
 
 
 def launch(recipe_name: str, input_dir: str | Path, output: str | Path) -> Launch:
-    """``pipeline.build.build`` up to the point where it starts the Beam pipeline.
+    """``pipeline.launch.build.build`` up to the point where it starts the Beam pipeline.
 
     The real launcher runs (discovery, planning, plan files, the kind's ``before_run``)
-    with ``pipeline.build.run_pipeline`` swapped, for this call only, for a function that
+    with ``pipeline.launch.build.run_pipeline`` swapped, for this call only, for a function that
     records the unit refs and the worker context and stops the build.  The benchmarks then
     run those units themselves: through a Beam pipeline or a plain loop.  ``seconds`` is
     the launcher's time.
     """
-    from pipeline import build as B
-    from pipeline.kinds import get_kind
+    from pipeline.kinds.base import get_kind
+    from pipeline.launch import build as B
 
     def planned(refs, ctx, beam_args, log):
         raise _Planned(refs, ctx)
@@ -134,7 +134,7 @@ def launch(recipe_name: str, input_dir: str | Path, output: str | Path) -> Launc
                       sum(r.n_cases for r in got.refs), time.perf_counter() - t0)
     finally:
         B.run_pipeline = original
-    raise AssertionError("pipeline.build.build finished without calling run_pipeline")
+    raise AssertionError("pipeline.launch.build.build finished without calling run_pipeline")
 
 
 # ------------------------------------------------------------------------------ memory

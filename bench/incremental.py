@@ -2,7 +2,7 @@
 
 A user's recipe folder is made as the tests make it (``tests/test_incremental.py``): the
 ``sample`` recipe with its own copy of the ``radvuqa`` templates and the pool.  Then, twice
-— through the Python API (``pipeline.build.build`` / ``regenerate``, in this process) and
+— through the Python API (``pipeline.launch.build.build`` / ``regenerate``, in this process) and
 through the CLI (``radvqa build`` / ``radvqa regenerate``, child processes: wall time
 including interpreter start-up and imports):
 
@@ -30,7 +30,7 @@ EDITS = (("Is the {{ structure }}", "Can you see the {{ structure }}"),
 
 def recipe_copy(folder: Path) -> Path:
     """The sample recipe with its own templates and pool; returns the recipe file."""
-    from pipeline.resources import resource_dir
+    from pipeline.config.resources import resource_dir
 
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(resource_dir("templates") / "radvuqa", folder / "tpl")
@@ -62,7 +62,7 @@ def _check_regenerated(output: Path) -> dict:
 
 def measure(input_dir: Path, work: Path, log) -> dict:
     """Seconds of a full build and of a regenerate, through the API and the CLI."""
-    from pipeline.build import build, regenerate
+    from pipeline.launch.build import build, regenerate
 
     recipe = recipe_copy(work / "recipe")
     quiet = lambda msg: None  # noqa: E731

@@ -1,10 +1,10 @@
 """RadImageNet-VQA at scale: a synthetic tree of N images (default 750,000) built into
 ~10N QA rows, measured.  Never run as a test.
 
-* The tree (``pipeline.radimagenet.write_tree``: the reference label frequencies, 16x16
+* The tree (``pipeline.inputs.radimagenet.write_tree``: the reference label frequencies, 16x16
   PNGs) is cached under ``.cache/bench/radimagenet-N``; writing it is timed once and is
   not part of the build.
-* The build: ``pipeline.build.build("radimagenet-vqa", …, beam_args=[FnApiRunner,
+* The build: ``pipeline.launch.build.build("radimagenet-vqa", …, beam_args=[FnApiRunner,
   multi_processing, 2 workers])`` from an empty output folder, called in a child process
   (so that its memory is its own, and so that it can be stopped): wall time of the call
   (launcher, pipeline, benchmark, finalisation, report), QA rows/s, output size, and the
@@ -12,7 +12,7 @@
   is split into phases from the launcher's time-stamped log lines and the mtimes of the
   receipts it wrote.  With ``--deadline`` the build is stopped (its process tree killed)
   once that many seconds have passed, and the progress it had made is reported instead.
-* The plain loop: one process calling :func:`pipeline.units.process_unit` — what the
+* The plain loop: one process calling :func:`pipeline.engine.units.process_unit` — what the
   pipeline's ``ProcessUnitFn`` calls: read and check the PNGs, render ten questions per
   image, write the ``alignment`` and ``instruct`` shards — unit after unit, after the same
   launcher planning (:func:`bench.harness.launch`, timed apart).  With ``--loop-images``
@@ -60,10 +60,10 @@ RECIPE = "radimagenet-vqa"
 
 def tree(n_images: int) -> tuple[Path, float | None]:
     """The cached synthetic tree of ``n_images`` (plus the few US images it adds)."""
-    from pipeline import keys
-    from pipeline.imaging import encode_png
-    from pipeline.radimagenet import label_frequencies, load_label_pools, write_tree
-    from pipeline.resources import resource_dir
+    from pipeline.config.resources import resource_dir
+    from pipeline.core import keys
+    from pipeline.core.imaging import encode_png
+    from pipeline.inputs.radimagenet import label_frequencies, load_label_pools, write_tree
 
     pool_file = resource_dir("distractor_pools") / "radimagenet.yaml"
     stamp = (f"tree:{n_images}:{keys.digest(pool_file.read_bytes())}:"
@@ -116,7 +116,7 @@ def phases(output: Path, started: float, planned: float | None) -> dict:
 def build_child(tree_dir: str, output: str, work: str) -> None:
     """In the child process: the build through the API; writes ``work/build.json``."""
     setup_imports()
-    from pipeline.build import build
+    from pipeline.launch.build import build
 
     work_dir, out = Path(work), Path(output)
     log = TimedLog(work_dir / "build.log")
@@ -196,7 +196,7 @@ def measure_build(tree_dir: Path, work: Path, deadline: float | None) -> dict:
 
 def measure_loop(tree_dir: Path, output: Path) -> dict:
     """The plain loop over every unit of ``tree_dir`` (see above)."""
-    from pipeline.units import process_unit
+    from pipeline.engine.units import process_unit
 
     shutil.rmtree(output, ignore_errors=True)
     planned = launch(RECIPE, tree_dir, output)

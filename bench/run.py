@@ -139,7 +139,7 @@ def same_shards(stage_dir: Path, corpus: Path) -> dict:
 
 def run_regenerate(work: Path) -> dict:
     from bench.incremental import measure
-    from pipeline.recipes import load_recipe
+    from pipeline.config.recipes import load_recipe
 
     n = int(load_recipe("sample").section("source").get("sample_patients", 10))
     inp, gen_s = phantoms(n)

@@ -3,20 +3,20 @@
 Stages, each timed over the same units (the recipe's shards) of the same phantom cases:
 
 ``volumes``
-    read + canonicalise + masks: :func:`pipeline.extract.load_case` for every case of
+    read + canonicalise + masks: :func:`pipeline.engine.extract.load_case` for every case of
     every unit (the unit's plan read first, as the pipeline does).
 ``slices``
     select, window, encode PNG, boxes, and write the unit's ``images`` and ``structures``
-    shards and extract receipt: :func:`pipeline.units.extract_unit` with the kind's
-    per-case step replaced by :func:`pipeline.extract.extract_case` on the case as
+    shards and extract receipt: :func:`pipeline.engine.units.extract_unit` with the kind's
+    per-case step replaced by :func:`pipeline.engine.extract.extract_case` on the case as
     ``load_case`` returned it, unpickled from a cache written before timing (so the
     volumes stage is not counted twice; unpickling is a memory copy).
 ``QA``
     render questions and write the ``qa`` shards: the real ``BuildCorpus`` transform of
-    :mod:`pipeline.transforms` over units whose pixel shards are stored (``keep``), so
+    :mod:`pipeline.beam.transforms` over units whose pixel shards are stored (``keep``), so
     extraction only verifies the stored shards' sha256 — exactly what ``radvqa
     regenerate`` runs after a template edit: candidates, corpus-wide balancing rules,
-    :func:`pipeline.units.render_unit`.
+    :func:`pipeline.engine.units.render_unit`.
 
 Each stage runs three ways, all calling the same functions in the same order:
 
@@ -61,8 +61,8 @@ def loaded_cases(launch: Launch, input_dir: Path) -> tuple[Path, float | None]:
     """Every case as ``load_case`` returns it, pickled once under ``.cache/bench``: the
     input of the isolated ``slices`` stage.  Written again when the input or any
     ``pipeline`` module changes."""
-    from pipeline.extract import load_case
-    from pipeline.units import read_plan
+    from pipeline.engine.extract import load_case
+    from pipeline.engine.units import read_plan
 
     ctx, kind = launch.ctx, launch.kind
 
@@ -82,7 +82,7 @@ class LoadedSlicesKind:
     """The ``slices`` kind whose per-case step starts from a loaded case (see module doc)."""
 
     def __init__(self, cache: str):
-        from pipeline.slice_units import KIND
+        from pipeline.kinds.slices import KIND
 
         self._kind = KIND
         self._cache = cache
@@ -93,8 +93,8 @@ class LoadedSlicesKind:
         return getattr(self._kind, name)
 
     def extract_case(self, case, split: str, ctx):
-        from pipeline.extract import extract_case
-        from pipeline.units import CaseResult
+        from pipeline.engine.extract import extract_case
+        from pipeline.engine.units import CaseResult
 
         with open(os.path.join(self._cache, f"{case.key}.pkl"), "rb") as f:
             volume, masks, digest, notes = pickle.load(f)
@@ -104,10 +104,10 @@ class LoadedSlicesKind:
 
 def load_volumes(ref, ctx) -> dict:
     """The ``volumes`` stage of one unit: its plan, then ``load_case`` for each case."""
+    from pipeline.engine.extract import load_case
+    from pipeline.engine.units import read_plan
     from pipeline.errors import CaseError
-    from pipeline.extract import load_case
-    from pipeline.kinds import get_kind
-    from pipeline.units import read_plan
+    from pipeline.kinds.base import get_kind
 
     done = rejected = voxels = 0
     for pc in read_plan(ctx.output, ref, get_kind(ctx.kind)):
@@ -123,7 +123,7 @@ def load_volumes(ref, ctx) -> dict:
 
 def extract_slices(ref, ctx, cache: str) -> dict:
     """The ``slices`` stage of one unit (writes its pixel shards and extract receipt)."""
-    from pipeline.units import extract_unit
+    from pipeline.engine.units import extract_unit
 
     report = extract_unit(ref, ctx, LoadedSlicesKind(cache)).report
     return {"slices": sum(f["rows"] for p, f in report["pixel_files"].items()
@@ -179,8 +179,8 @@ def two_worker_bound(unit_seconds: list[float]) -> float:
 def qa_loop(refs, ctx, kind) -> tuple[float, float]:
     """The QA stage in one process: what ``BuildCorpus`` runs, unit after unit;
     ``(wall s, CPU s)``."""
-    from pipeline import units as U
-    from pipeline.transforms import _rules
+    from pipeline.beam.transforms import _rules
+    from pipeline.engine import units as U
 
     t0, c0 = time.perf_counter(), time.process_time()
     extracted = [U.extract_unit(ref, ctx, kind) for ref in refs]
@@ -195,7 +195,7 @@ def qa_loop(refs, ctx, kind) -> tuple[float, float]:
 def _receipt_rows(ctx, refs, receipt: str, count) -> int:
     import json
 
-    from pipeline import shards
+    from pipeline.io import shards
 
     return sum(count(json.loads(shards.read_bytes(ctx.output, getattr(r, receipt))))
                for r in refs)
@@ -220,7 +220,7 @@ def _same(what: str, found: int, loop: int) -> None:
 
 def measure(launch: Launch, input_dir: Path, log) -> dict:
     """Every stage, three ways; returns raw seconds and counts per stage and runner."""
-    from pipeline.build import run_pipeline
+    from pipeline.launch.build import run_pipeline
 
     ctx, kind, refs = launch.ctx, launch.kind, launch.refs
     if any(r.mode != "build" for r in refs):

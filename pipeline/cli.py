@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().addFilter(lambda r: not str(r.msg).startswith("apitools not found"))
     try:
         if args.verb == "build":
-            from pipeline.build import build
+            from pipeline.launch.build import build
 
             result = build(
                 args.recipe, args.output, input_dir=args.input, seed=args.seed,
@@ -71,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             return result.exit_code
         if args.verb == "regenerate":
-            from pipeline.build import regenerate
+            from pipeline.launch.build import regenerate
 
             result = regenerate(args.output, recipe=args.recipe, input_dir=args.input,
                                 beam_args=extra, max_reject_fraction=args.max_reject_fraction)
             return result.exit_code
         if args.verb == "sample":
-            from pipeline.sample import write_sample
+            from pipeline.inputs.sample import write_sample
 
             names = write_sample(args.output, n_patients=args.patients, seed=args.seed)
             print(f"wrote {len(names)} sample cases to {args.output}")
@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _lint(recipe_name: str) -> int:
-    from pipeline.kinds import get_kind, kind_name
-    from pipeline.recipes import load_recipe
-    from pipeline.templates import lint
+    from pipeline.config.recipes import load_recipe
+    from pipeline.kinds.base import get_kind, kind_name
+    from pipeline.qa.templates import lint
 
     recipe = load_recipe(recipe_name)
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.arrow import SCHEMAS, all_schemas, hf_feature
+from pipeline.schema.arrow import SCHEMAS, all_schemas, hf_feature
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 JSON_TYPES = {

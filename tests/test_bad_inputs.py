@@ -2,8 +2,8 @@
 
 Every row writes one case folder (DICOM, TotalSegmentator, multilabel) or one
 RadImageNet-style PNG, runs it through the pure functions a build uses
-(:func:`pipeline.sources.discover_cases` + :func:`pipeline.extract.process_case`,
-or :func:`pipeline.radimagenet.check_png`) and checks the outcome: accepted
+(:func:`pipeline.inputs.discovery.discover_cases` + :func:`pipeline.engine.extract.process_case`,
+or :func:`pipeline.inputs.radimagenet.check_png`) and checks the outcome: accepted
 (with the notes the build reports), or rejected at a stage with a reason slug,
 a message naming the field, and the offending file relative to the input root.
 
@@ -48,12 +48,12 @@ import pytest
 import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 
+from pipeline.core.imaging import encode_png
+from pipeline.engine.extract import SliceSettings, load_case, process_case
 from pipeline.errors import CaseError, ConfigError
-from pipeline.extract import SliceSettings, load_case, process_case
-from pipeline.imaging import encode_png
-from pipeline.radimagenet import check_png
-from pipeline.readers import Volume, read_dicom_series
-from pipeline.sources import discover_cases
+from pipeline.inputs.discovery import discover_cases
+from pipeline.inputs.radimagenet import check_png
+from pipeline.inputs.readers import Volume, read_dicom_series
 from tests.dicom_factory import ramp_volume, restamp, write_enhanced, write_series
 
 KEY = "bad-input-test-key"
@@ -455,8 +455,8 @@ def _unknown_structures(case: Path):
                                "custom_lesion_7": box_mask(CT.shape)})
 
     def check(volume: Volume) -> None:
-        from pipeline.pools import load_pools
-        from pipeline.recipes import load_recipe, pool_paths
+        from pipeline.config.recipes import load_recipe, pool_paths
+        from pipeline.qa.pools import load_pools
 
         pools = load_pools(pool_paths(load_recipe("sample")))
         assert not pools.known("my_widget_left") and not pools.known("custom_lesion_7")
@@ -784,7 +784,7 @@ def _assert_rejection(stage, reason, message, path, expect: Expect, case_id: str
 
 
 def test_an_empty_input_folder_stops_the_launch_naming_it(tmp_path):
-    from pipeline.build import build
+    from pipeline.launch.build import build
 
     empty = tmp_path / "nothing-here"
     empty.mkdir()
@@ -809,8 +809,8 @@ def _tiny_structure(case: Path) -> None:
 def test_bad_cases_beside_good_ones_land_in_the_dead_letters_and_the_counts(tmp_path):
     from collections import Counter
 
-    from pipeline.build import build
-    from pipeline.sample import make_phantom, write_case
+    from pipeline.inputs.sample import make_phantom, write_case
+    from pipeline.launch.build import build
 
     root = tmp_path / "input"
     for index, form in ((0, "dicom"), (3, "totalseg")):  # a CT DICOM series, an MR NIfTI

@@ -1,4 +1,4 @@
-"""The balancing engine (pipeline.balance) on generated questions: order-free rules, exact
+"""The balancing engine (pipeline.qa.balance) on generated questions: order-free rules, exact
 per-text answer balance, uniform positions, fair neighbour distractors."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import random
 
 import pytest
 
-from pipeline import keys
-from pipeline.balance import apply, candidate, cap_answers, rules_from
-from pipeline.kinds import load_questions
-from pipeline.questions import generate_questions
-from pipeline.recipes import load_recipe
+from pipeline.config.recipes import load_recipe
+from pipeline.core import keys
+from pipeline.kinds.base import load_questions
+from pipeline.qa.balance import apply, candidate, cap_answers, rules_from
+from pipeline.qa.questions import generate_questions
 
 FAMILIES, POOLS = load_questions(load_recipe("radvuqa"))
 LABELS = ["liver", "spleen", "kidney_left", "kidney_right", "stomach", "pancreas", "gallbladder",
@@ -131,7 +131,7 @@ def test_cap_drops_a_pool_with_fewer_answers_than_options():
 
 def test_without_rules_rows_pass_unchanged_but_clean():
     rows = _generate(_records(5))
-    from pipeline.balance import Rules
+    from pipeline.qa.balance import Rules
 
     for r in rows:
         before = {k: v for k, v in r.items() if k not in ("balance", "_context")}
@@ -142,8 +142,8 @@ def test_answer_balanced_multiple_choice_spreads_each_text_over_letters():
     """For multiple choice balanced on its answers (3D-RAD's temporal classes), the
     questions sharing a text get their answers on distinct letters: neither the text nor
     the letter gives the answer away."""
-    from pipeline.kinds import load_questions as lq
-    from pipeline.questions import lint_records
+    from pipeline.kinds.base import load_questions as lq
+    from pipeline.qa.questions import lint_records
 
     families, pools = lq(load_recipe("3d-rad"))
     static = {"static_temporal": families["static_temporal"]}

@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import keys
-from pipeline.build import build
-from pipeline.sample import USER_LABELS, form_of, make_phantom, situs_inversus, write_sample
-from pipeline.slices import display_slice
+from pipeline.core import keys
+from pipeline.core.slices import display_slice
+from pipeline.inputs.sample import USER_LABELS, form_of, make_phantom, situs_inversus, write_sample
+from pipeline.launch.build import build
 
 N_PATIENTS = 10
 

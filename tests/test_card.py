@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.build import build
-from pipeline.radimagenet import load_label_pools, write_tree
-from pipeline.resources import resource_dir
-from pipeline.sample import write_longitudinal_sample, write_sample
+from pipeline.config.resources import resource_dir
+from pipeline.inputs.radimagenet import load_label_pools, write_tree
+from pipeline.inputs.sample import write_longitudinal_sample, write_sample
+from pipeline.launch.build import build
 
 QUIET = {"log": lambda m: None}
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.extract import SliceSettings, extract_case, load_case
-from pipeline.sample import make_phantom, write_case
-from pipeline.sources import discover_cases
+from pipeline.engine.extract import SliceSettings, extract_case, load_case
+from pipeline.inputs.discovery import discover_cases
+from pipeline.inputs.sample import make_phantom, write_case
 
 
 def test_lint_builtin_recipes(capsys):
@@ -20,7 +20,7 @@ def test_lint_builtin_recipes(capsys):
 
 
 def test_lint_reports_a_broken_family(tmp_path, capsys):
-    from pipeline.resources import resource_dir
+    from pipeline.config.resources import resource_dir
 
     shutil.copytree(resource_dir("templates") / "radvuqa", tmp_path / "mine")
     recipe = (resource_dir("recipes") / "sample.yaml").read_text().replace(

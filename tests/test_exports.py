@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from pipeline import exports
-from pipeline.build import build
 from pipeline.cli import main
+from pipeline.config.resources import resource_dir
 from pipeline.exports import (
     ExportError,
     box_text,
@@ -34,8 +34,8 @@ from pipeline.exports import (
     format_human,
     render_row,
 )
-from pipeline.radimagenet import load_label_pools, write_tree
-from pipeline.resources import resource_dir
+from pipeline.inputs.radimagenet import load_label_pools, write_tree
+from pipeline.launch.build import build
 
 IN_MEMORY = ["--direct_running_mode=in_memory"]
 

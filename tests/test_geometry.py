@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
+from pipeline.core.geometry import Geometry, axis_permutation, canonicalise, geometry_mismatches
 from pipeline.errors import CaseError
-from pipeline.geometry import Geometry, axis_permutation, canonicalise, geometry_mismatches
 
 
 def reorient(canon: np.ndarray, geom: Geometry, perm, flips):

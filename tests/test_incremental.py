@@ -19,11 +19,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import units
-from pipeline.build import build, regenerate
+from pipeline.config.resources import resource_dir
+from pipeline.engine import units
 from pipeline.errors import BuildFailed
-from pipeline.resources import resource_dir
-from pipeline.sample import write_sample
+from pipeline.inputs.sample import write_sample
+from pipeline.launch.build import build, regenerate
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = {"log": lambda m: None}

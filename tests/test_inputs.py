@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import build
-from pipeline.inputs import InputTree
-from pipeline.radimagenet import load_label_pools, write_tree
-from pipeline.resources import resource_dir
-from pipeline.sample import write_longitudinal_sample, write_sample
+from pipeline.config.resources import resource_dir
+from pipeline.inputs.radimagenet import load_label_pools, write_tree
+from pipeline.inputs.sample import write_longitudinal_sample, write_sample
+from pipeline.inputs.tree import InputTree
+from pipeline.launch.build import build
 from tests.memfs import PREFIX, MemoryFileSystem, upload_folder
 from tests.test_incremental import corpus_digest as corpus
 
@@ -61,7 +61,7 @@ def test_regenerate_reuses_a_remote_input_build(tmp_path, store):
     upload_folder(local, url)
     out = tmp_path / "out"
     build("sample", str(out), input_dir=url, **QUIET)
-    from pipeline.build import regenerate
+    from pipeline.launch.build import regenerate
 
     again = regenerate(str(out), **QUIET)
     assert again.manifest["build"]["cases_extracted"] == 0

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline import keys
+from pipeline.core import keys
 
 
 def test_digest_is_stable_and_unambiguous():

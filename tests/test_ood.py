@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import perturb
-from pipeline.build import build
-from pipeline.imaging import box_colour, draw_boxes
-from pipeline.ood import chosen, image_rows
-from pipeline.resources import resource_dir
-from pipeline.sample import write_longitudinal_sample, write_sample
+from pipeline.config.resources import resource_dir
+from pipeline.core import perturb
+from pipeline.core.imaging import box_colour, draw_boxes
+from pipeline.engine.ood import chosen, image_rows
+from pipeline.inputs.sample import write_longitudinal_sample, write_sample
+from pipeline.launch.build import build
 
 QUIET = {"log": lambda m: None}
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import build
-from pipeline.sample import write_sample
-from pipeline.shards import TMP_MARK
+from pipeline.inputs.sample import write_sample
+from pipeline.io.shards import TMP_MARK
+from pipeline.launch.build import build
 from tests.memfs import PREFIX, MemoryFileSystem
 from tests.test_build import _all_files
 
@@ -151,7 +151,7 @@ def test_installed_package_resolves_resources_inside_the_install(installed, sour
     code = (
         "import json, pipeline\n"
         "from pipeline import resources\n"
-        "from pipeline.recipes import load_recipe\n"
+        "from pipeline.config.recipes import load_recipe\n"
         "print(json.dumps({'module': pipeline.__file__,\n"
         "                  'dirs': {k: str(resources.resource_dir(k)) for k in resources.KINDS},\n"
         "                  'recipe': str(load_recipe('sample').path)}))\n"
@@ -188,12 +188,12 @@ def _tree(root: Path) -> dict[str, int]:
 
 def _small_input(recipe: str, root: Path) -> None:
     if recipe == "radimagenet-vqa":
-        from pipeline.radimagenet import load_label_pools, write_tree
-        from pipeline.resources import resource_dir
+        from pipeline.config.resources import resource_dir
+        from pipeline.inputs.radimagenet import load_label_pools, write_tree
 
         write_tree(root, 300, load_label_pools([resource_dir("distractor_pools") / "radimagenet.yaml"]))
     elif recipe == "3d-rad":
-        from pipeline.sample import write_longitudinal_sample
+        from pipeline.inputs.sample import write_longitudinal_sample
 
         write_longitudinal_sample(root, n_patients=2)
     else:

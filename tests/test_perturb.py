@@ -1,4 +1,4 @@
-"""OOD perturbations (pipeline.perturb): contract, determinism, severity and the physics of each family."""
+"""OOD perturbations (pipeline.core.perturb): contract, determinism, severity and the physics of each family."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import random
 import numpy as np
 import pytest
 
-from pipeline import keys, perturb
-from pipeline.perturb import FAMILIES, LEVELS, PARAMETERS, STOCHASTIC
+from pipeline.core import keys, perturb
+from pipeline.core.perturb import FAMILIES, LEVELS, PARAMETERS, STOCHASTIC
 
 SEED = 20240611
 KEY = "a1b2c3d4e5f6a7b8c9d0"

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import build
-from pipeline.sample import write_sample
+from pipeline.inputs.sample import write_sample
+from pipeline.launch.build import build
 from tests.test_build import _all_files
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ report, ``.radvqa/`` and ``dead_letters/`` — and so are the llava, sharegpt an
 exports.  Only a rejected case's relative source path may appear, and only in
 ``dead_letters/``.
 
-Pseudonyms are checked against HMAC-SHA256 as :mod:`pipeline.keys` defines it, for a key
+Pseudonyms are checked against HMAC-SHA256 as :mod:`pipeline.core.keys` defines it, for a key
 from the recipe, from the environment (which wins) and the built-in default (which warns).
 """
 
@@ -45,15 +45,15 @@ import SimpleITK as sitk
 import yaml
 from pydicom.dataset import Dataset
 
-from pipeline import keys
-from pipeline.build import build, fingerprint, public_recipe
-from pipeline.card import DEIDENTIFICATION
+from pipeline.config.recipes import load_recipe
+from pipeline.config.resources import resource_dir
+from pipeline.core import keys
+from pipeline.core.imaging import PNG_KEEP, encode_png, strip_png_metadata
 from pipeline.exports import PRIVATE_DIRS, export_corpus
-from pipeline.imaging import PNG_KEEP, encode_png, strip_png_metadata
-from pipeline.readers import read_dicom_series
-from pipeline.recipes import load_recipe
-from pipeline.resources import resource_dir
-from pipeline.sample import make_phantom, write_case
+from pipeline.inputs.readers import read_dicom_series
+from pipeline.inputs.sample import make_phantom, write_case
+from pipeline.launch.build import build, fingerprint, public_recipe
+from pipeline.launch.card import DEIDENTIFICATION
 from tests.dicom_factory import as_pairs, ramp_volume, write_series
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

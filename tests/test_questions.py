@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import keys
+from pipeline.config.recipes import load_recipe, resolve_entry
+from pipeline.config.resources import resource_dir
+from pipeline.core import keys
 from pipeline.errors import CaseError, ConfigError
-from pipeline.pools import load_pools
-from pipeline.questions import generate_questions, lint_records
-from pipeline.recipes import load_recipe, resolve_entry
-from pipeline.resources import resource_dir
-from pipeline.templates import lint, load_families, render
+from pipeline.qa.pools import load_pools
+from pipeline.qa.questions import generate_questions, lint_records
+from pipeline.qa.templates import lint, load_families, render
 
 POOLS = load_pools([resource_dir("distractor_pools") / "totalsegmentator.yaml"])
 FAMILIES = load_families(resource_dir("templates") / "radvuqa")
@@ -174,8 +174,8 @@ def test_generation_is_deterministic_and_independent_of_box_order():
 def test_rows_are_remembered_for_the_rendering_pass_per_build_and_record(monkeypatch):
     import pickle
 
-    from pipeline import questions
-    from pipeline.units import BuildContext
+    from pipeline.engine.units import BuildContext
+    from pipeline.qa import questions
 
     monkeypatch.setattr(questions, "_MEMO", collections.OrderedDict())
     monkeypatch.setattr(questions, "_MEMO_ROWS", [0])
@@ -207,7 +207,7 @@ def test_rows_are_remembered_for_the_rendering_pass_per_build_and_record(monkeyp
 
 
 def test_deferred_rows_are_worded_by_apply_exactly_as_undeferred_ones():
-    from pipeline.balance import Rules, apply
+    from pipeline.qa.balance import Rules, apply
 
     deferred_seen = 0
     for record in _records(40):

@@ -15,13 +15,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import keys
-from pipeline.build import build
+from pipeline.config.recipes import load_recipe
+from pipeline.config.resources import resource_dir
+from pipeline.core import keys
+from pipeline.core.imaging import encode_png
 from pipeline.errors import CaseError
-from pipeline.imaging import encode_png
-from pipeline.kinds import load_questions
-from pipeline.questions import generate_questions
-from pipeline.radimagenet import (
+from pipeline.inputs.radimagenet import (
     TreeImage,
     capped_quotas,
     check_png,
@@ -29,8 +28,9 @@ from pipeline.radimagenet import (
     select_benchmark,
     write_tree,
 )
-from pipeline.recipes import load_recipe
-from pipeline.resources import resource_dir
+from pipeline.kinds.base import load_questions
+from pipeline.launch.build import build
+from pipeline.qa.questions import generate_questions
 
 RECIPE = load_recipe("radimagenet-vqa")
 FAMILIES, POOLS = load_questions(RECIPE, pools_loader=load_label_pools)

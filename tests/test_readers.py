@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline.errors import CaseError
-from pipeline.readers import read_dicom_series, read_mask, read_volume
+from pipeline.inputs.readers import read_dicom_series, read_mask, read_volume
 from tests.dicom_factory import as_pairs, ramp_volume, write_series
 
 VOL = ramp_volume()

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipeline.extract import SliceSettings, process_case
-from pipeline.geometry import Geometry, canonicalise
-from pipeline.readers import read_dicom_series, read_volume
-from pipeline.sources import discover_cases
+from pipeline.core.geometry import Geometry, canonicalise
+from pipeline.engine.extract import SliceSettings, process_case
+from pipeline.inputs.discovery import discover_cases
+from pipeline.inputs.readers import read_dicom_series, read_volume
 from tests.dicom_factory import as_pairs, write_series
 
 SETTINGS = SliceSettings(planes=("axial", "coronal"), ct_windows=("lung",),

@@ -32,11 +32,11 @@ import pytest
 from PIL import Image
 
 from pipeline import report as rep
-from pipeline.build import build
 from pipeline.cli import main as cli_main
-from pipeline.radimagenet import load_label_pools, write_tree
-from pipeline.resources import resource_dir
-from pipeline.sample import write_longitudinal_sample, write_sample
+from pipeline.config.resources import resource_dir
+from pipeline.inputs.radimagenet import load_label_pools, write_tree
+from pipeline.inputs.sample import write_longitudinal_sample, write_sample
+from pipeline.launch.build import build
 
 BAD_FOLDER = "zz-broken-case-4711"
 BAD_PNG = "zz-broken-image-4711.png"

@@ -11,8 +11,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.extract import SliceSettings, process_case
-from pipeline.sample import (
+from pipeline.engine.extract import SliceSettings, process_case
+from pipeline.inputs.discovery import discover_cases
+from pipeline.inputs.sample import (
     FORMS,
     LESIONS,
     ORGANS,
@@ -21,7 +22,6 @@ from pipeline.sample import (
     write_case,
     write_sample,
 )
-from pipeline.sources import discover_cases
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -57,7 +57,7 @@ def test_phantom_anatomy(index):
 def test_patients_vary_where_questions_should_depend_on_the_image():
     """Mirrored organs, either kidney lower, joined or separate colon limbs, nodules on
     either side and in different numbers — over the first twelve phantoms."""
-    from pipeline.boxes import count_components
+    from pipeline.core.boxes import count_components
 
     lower, colon, nodule_sides, nodule_counts = set(), set(), set(), set()
     for index in range(12):

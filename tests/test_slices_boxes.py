@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.boxes import (
+from pipeline.core.boxes import (
     body_midline,
     count_components,
     laterality,
@@ -11,9 +11,9 @@ from pipeline.boxes import (
     slice_boxes,
     structure_stats,
 )
-from pipeline.geometry import Geometry
-from pipeline.imaging import encode_png, png_size
-from pipeline.slices import (
+from pipeline.core.geometry import Geometry
+from pipeline.core.imaging import encode_png, png_size
+from pipeline.core.slices import (
     Window,
     apply_window,
     ct_window,

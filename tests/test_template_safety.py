@@ -12,10 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.errors import CaseError, ConfigError
-from pipeline.pools import load_pools
-from pipeline.radimagenet import load_label_pools
-from pipeline.recipes import (
+from pipeline.config.recipes import (
     MAX_CONFIG_BYTES,
     builtin_recipes,
     load_recipe,
@@ -24,8 +21,11 @@ from pipeline.recipes import (
     resolve_entry,
     template_paths,
 )
-from pipeline.resources import resource_dir
-from pipeline.templates import (
+from pipeline.config.resources import resource_dir
+from pipeline.errors import CaseError, ConfigError
+from pipeline.inputs.radimagenet import load_label_pools
+from pipeline.qa.pools import load_pools
+from pipeline.qa.templates import (
     FILTERS,
     MAX_RENDERED_CHARS,
     TESTS,
@@ -451,7 +451,7 @@ def test_only_load_yaml_parses_yaml_in_the_package():
             if _LOADING.search(line) and path.name != "recipes.py":
                 offenders.append(f"{path.name}:{n}: {line.strip()}")
     assert offenders == []
-    from pipeline.recipes import _ConfigLoader
+    from pipeline.config.recipes import _ConfigLoader
 
     assert issubclass(_ConfigLoader, yaml.SafeLoader)
 
@@ -653,11 +653,11 @@ def test_builtin_names_never_escape_the_resources(tmp_path):
 def test_plain_variants_render_exactly_as_jinja_renders_them(name, monkeypatch):
     """Variants that are only text and ``{{ name }}`` skip Jinja's runtime; every built-in
     variant, on the lint contexts of its generator, renders the same either way."""
-    from pipeline import templates
-    from pipeline.build import _kind
-    from pipeline.kinds import get_kind
-    from pipeline.questions import DEFAULT_SETTINGS, GENERATORS, assemble, lint_records
-    from pipeline.templates import _compiled, _lint_rng
+    from pipeline.kinds.base import get_kind
+    from pipeline.launch.build import _kind
+    from pipeline.qa import templates
+    from pipeline.qa.questions import DEFAULT_SETTINGS, GENERATORS, assemble, lint_records
+    from pipeline.qa.templates import _compiled, _lint_rng
 
     recipe = load_recipe(name)
     prep = get_kind(_kind(recipe)).prepare(recipe)

@@ -12,11 +12,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.extract import SliceSettings
-from pipeline.kinds import get_kind
-from pipeline.sources import discover_cases
-from pipeline.transforms import DEAD, ExtractUnitFn, RenderQuestionsFn
-from pipeline.units import BuildContext, PlannedCase, UnitRef, write_plan
+from pipeline.beam.transforms import DEAD, ExtractUnitFn, RenderQuestionsFn
+from pipeline.engine.extract import SliceSettings
+from pipeline.engine.units import BuildContext, PlannedCase, UnitRef, write_plan
+from pipeline.inputs.discovery import discover_cases
+from pipeline.kinds.base import get_kind
 
 OPTIONS = PipelineOptions(["--runner=FnApiRunner"])
 
@@ -33,8 +33,8 @@ def two_cases(tmp_path, pyradiomics_data):
     sitk.WriteImage(label[:, :, 1:], str(root / "bad" / "segmentations" / "lung_nodules.nrrd"))
     cases, rejected = discover_cases(str(root), pseudonym_key="k")
     assert not rejected
-    from pipeline.kinds import load_questions
-    from pipeline.recipes import load_recipe
+    from pipeline.config.recipes import load_recipe
+    from pipeline.kinds.base import load_questions
 
     families, pools = load_questions(load_recipe("sample"))
     ctx = BuildContext(

@@ -13,23 +13,23 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import keys
-from pipeline.build import build
-from pipeline.geometry import Geometry
-from pipeline.sample import (
-    LESIONS,
-    TIMELINES,
-    longitudinal_lesions,
-    make_phantom,
-    write_longitudinal_sample,
-)
-from pipeline.volume_qa import (
+from pipeline.core import keys
+from pipeline.core.geometry import Geometry
+from pipeline.core.volume_facts import (
     axial_size,
     density,
     lesion_facts,
     max_diameter,
     temporal_label,
 )
+from pipeline.inputs.sample import (
+    LESIONS,
+    TIMELINES,
+    longitudinal_lesions,
+    make_phantom,
+    write_longitudinal_sample,
+)
+from pipeline.launch.build import build
 
 
 @pytest.mark.parametrize("n, m, dx, dy", [(12, 4, 0.7, 1.3), (5, 5, 1.0, 1.0), (1, 9, 2.0, 0.5), (3, 1, 1.0, 1.0)])
@@ -128,8 +128,8 @@ def test_computed_answers_match_ground_truth(built):
     by_case = _case_keys()
     rows = [r for r in pq.read_table(out / "qa").to_pylist() if r["subtask"] == "volume"]
     assert rows
-    from pipeline.pools import load_pools
-    from pipeline.resources import resource_dir
+    from pipeline.config.resources import resource_dir
+    from pipeline.qa.pools import load_pools
 
     pools = load_pools([resource_dir("distractor_pools") / "totalsegmentator.yaml"])
     names = {pools.display(label): label for label in pools.structures}

@@ -1,0 +1,145 @@
+"""The thin Beam shell: DoFns and one PTransform around :mod:`pipeline.engine.units`.
+
+Shape of a build (element shape after each labelled step)::
+
+    PlanUnits          UnitRef                      (small: identity, size, proposed mode)
+    SpreadUnits        UnitRef                      (Reshuffle: descriptors only, no pixels)
+    ExtractUnits       (UnitRef, report)            writes pixel shards; dead letters tagged
+    BalanceCandidates  [(split, group, answer, u)]  (small tuples, one list per unit)
+    CollectCandidates  [[…]]                        (ToList: small)
+    BalanceThresholds  rules                        (side input of RenderQuestions)
+    RenderQuestions    receipt                      writes text shards and the unit receipt
+
+Kinds without corpus-wide balancing (the labelled 2D tree) extract and render a unit in
+one step, ``ProcessUnits``; kinds with a finishing step (the tree's benchmark) run
+``Finish`` once every unit's receipt is in.  No pixel data crosses a shuffle: each unit's
+images are encoded, written and dropped inside the worker that read them.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+
+from pipeline.engine import units as U
+
+DEAD = "dead_letters"
+NAMESPACE = "radvqa"
+
+
+def kind_of(name: str):
+    from pipeline.kinds.base import get_kind
+
+    return get_kind(name)
+
+
+class ExtractUnitFn(beam.DoFn):
+    """UnitRef -> (UnitRef, Extracted); dead letters on the ``dead_letters`` tag."""
+
+    def __init__(self, ctx: U.BuildContext):
+        self._ctx = ctx
+        self._cases = Metrics.counter(NAMESPACE, "cases")
+        self._rejected = Metrics.counter(NAMESPACE, "cases_rejected")
+
+    def process(self, ref: U.UnitRef):
+        extracted = U.extract_unit(ref, self._ctx, kind_of(self._ctx.kind))
+        self._cases.inc(ref.n_cases)
+        self._rejected.inc(len(extracted.dead))
+        for letter in extracted.dead:
+            yield pvalue.TaggedOutput(DEAD, letter)
+        extracted.payload = None  # pixels stay on this worker; rendering reads the shards
+        yield ref, extracted
+
+
+class RenderQuestionsFn(beam.DoFn):
+    """(UnitRef, Extracted) + balancing rules -> receipt; writes text shards and receipt."""
+
+    def __init__(self, ctx: U.BuildContext):
+        self._ctx = ctx
+        self._qa = Metrics.counter(NAMESPACE, "qa_rows")
+
+    def process(self, element, rules=None):
+        ref, extracted = element
+        receipt, dead = U.render_unit(ref, extracted, self._ctx, kind_of(self._ctx.kind), rules)
+        self._qa.inc(receipt["rows"].get("qa", 0))
+        for letter in dead:
+            yield pvalue.TaggedOutput(DEAD, letter)
+        yield receipt
+
+
+class ProcessUnitFn(beam.DoFn):
+    """UnitRef -> receipt: extract and render in one call (no corpus-wide balancing)."""
+
+    def __init__(self, ctx: U.BuildContext):
+        self._ctx = ctx
+        self._qa = Metrics.counter(NAMESPACE, "qa_rows")
+
+    def process(self, ref: U.UnitRef):
+        receipt, dead = U.process_unit(ref, self._ctx, kind_of(self._ctx.kind))
+        self._qa.inc(receipt["rows"].get("qa", 0))
+        for letter in dead:
+            yield pvalue.TaggedOutput(DEAD, letter)
+        yield receipt
+
+
+class FinishFn(beam.DoFn):
+    """Runs the kind's finishing step once, after every unit (e.g. the tree's benchmark)."""
+
+    def __init__(self, ctx: U.BuildContext):
+        self._ctx = ctx
+
+    def process(self, _, receipts):
+        report = kind_of(self._ctx.kind).finish(self._ctx, list(receipts))
+        if report is not None:
+            yield report
+
+
+def _candidates(element, ctx):
+    ref, extracted = element
+    return U.unit_candidates(ref, extracted.report, ctx, kind_of(ctx.kind))
+
+
+def _rules(candidate_lists, pools):
+    from pipeline.qa.balance import rules_from
+
+    return rules_from((c for lst in candidate_lists for c in lst), pools)
+
+
+class BuildCorpus(beam.PTransform):
+    """Unit descriptors -> shards and receipts on disk.
+
+    Returns ``{"receipts": PCollection[dict], "dead_letters": PCollection[dict]}``; the
+    launcher reads the receipts back from the output (they are also written there).
+    """
+
+    def __init__(self, refs: list[U.UnitRef], ctx: U.BuildContext):
+        super().__init__()
+        self._refs = list(refs)
+        self._ctx = ctx
+
+    def expand(self, pbegin):
+        ctx = self._ctx
+        kind = kind_of(ctx.kind)
+        refs = pbegin | "PlanUnits" >> beam.Create(self._refs) | "SpreadUnits" >> beam.Reshuffle()
+        if kind.balanced:
+            extracted = refs | "ExtractUnits" >> beam.ParDo(ExtractUnitFn(ctx)).with_outputs(
+                DEAD, main="units")
+            rules = (
+                extracted.units
+                | "BalanceCandidates" >> beam.Map(_candidates, ctx)
+                | "CollectCandidates" >> beam.combiners.ToList()
+                | "BalanceThresholds" >> beam.Map(_rules, ctx.pools)
+            )
+            rendered = extracted.units | "RenderQuestions" >> beam.ParDo(
+                RenderQuestionsFn(ctx), rules=beam.pvalue.AsSingleton(rules)).with_outputs(
+                DEAD, main="receipts")
+            dead = (extracted[DEAD], rendered[DEAD]) | "MergeDeadLetters" >> beam.Flatten()
+        else:
+            rendered = refs | "ProcessUnits" >> beam.ParDo(ProcessUnitFn(ctx)).with_outputs(
+                DEAD, main="receipts")
+            dead = rendered[DEAD]
+        if getattr(kind, "finish", None) is not None:
+            _ = (pbegin | "FinishSeed" >> beam.Create([None])
+                 | "Finish" >> beam.ParDo(FinishFn(ctx), beam.pvalue.AsList(rendered.receipts)))
+        return {"receipts": rendered.receipts, "dead_letters": dead}

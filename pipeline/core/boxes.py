@@ -1,0 +1,188 @@
+"""Mask-to-box derivation: 2D boxes per slice, 3D statistics per volume, laterality.
+
+Conventions:
+
+* 2D boxes are in display pixel coordinates of the stored slice (``x`` =
+  column, ``y`` = row), ``x_min, y_min`` inclusive, ``x_max, y_max``
+  exclusive: ``mask[y_min:y_max, x_min:x_max]`` holds every pixel.  An empty
+  mask has no box (``None``).
+* 3D boxes are canonical voxel indices ``[i_min, j_min, k_min, i_max, j_max,
+  k_max]`` with the same inclusive/exclusive rule.
+* Laterality is the *patient's* side, from patient coordinates only: the
+  position of the structure relative to the body midline (centre of the
+  body's left-right extent at the structure's level).  Names are never read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from pipeline.core.geometry import Geometry
+from pipeline.core.slices import display_slice, display_spacing, display_to_index
+
+#: A structure whose centroid lies this close to the midline is ``midline``.
+MIDLINE_MARGIN_MM = 10.0
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, ...] | None:
+    """Tight box of a boolean mask, ``(x_min, y_min, x_max, y_max)`` for 2D.
+
+    For an ``n``-D mask returns the ``n`` minima then the ``n`` exclusive
+    maxima in array-axis order, reversed for 2D so that ``x`` (columns) comes
+    first.  ``None`` for an empty mask.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return None
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        present = np.flatnonzero(mask.any(axis=other))
+        lo.append(int(present[0]))
+        hi.append(int(present[-1]) + 1)
+    if mask.ndim == 2:
+        return lo[1], lo[0], hi[1], hi[0]
+    return tuple(lo + hi)
+
+
+def count_components(mask: np.ndarray, *, fully_connected: bool = True) -> int:
+    """Number of connected components (8-/26-connectivity by default)."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return 0
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    f = sitk.ConnectedComponentImageFilter()
+    f.SetFullyConnected(fully_connected)
+    f.Execute(image)
+    return int(f.GetObjectCount())
+
+
+def body_mask(volume: np.ndarray, modality: str) -> np.ndarray:
+    """Voxels inside the patient: CT above -500 HU; MR above 5 % of the 99th percentile."""
+    if modality == "CT":
+        return volume > -500
+    positive = volume[volume > 0]
+    if positive.size == 0:
+        return volume > 0
+    return volume > 0.05 * float(np.percentile(positive, 99))
+
+
+def body_midline(volume: np.ndarray, modality: str) -> np.ndarray:
+    """Midline ``i`` (fractional voxel index) on each axial level ``k``.
+
+    The centre of the body's left-right extent; levels without body take the
+    median over the levels with body (or the volume's centre).
+    """
+    body = body_mask(volume, modality)
+    present = body.any(axis=1)  # [i, k]
+    mid = np.full(volume.shape[2], np.nan)
+    for k in range(volume.shape[2]):
+        cols = np.flatnonzero(present[:, k])
+        if cols.size:
+            mid[k] = (cols[0] + cols[-1]) / 2.0
+    fill = float(np.nanmedian(mid)) if np.isfinite(mid).any() else (volume.shape[0] - 1) / 2.0
+    mid[~np.isfinite(mid)] = fill
+    return mid
+
+
+def laterality(
+    i_min: float, i_max: float, centroid_i: float, midline_i: float, spacing_i: float,
+    *, margin_mm: float = MIDLINE_MARGIN_MM,
+) -> str:
+    """``left`` / ``right`` / ``midline`` from canonical ``i`` (toward the patient's left).
+
+    ``midline`` when the centroid is within ``margin_mm`` of the midline, or
+    when the extent ``[i_min, i_max)`` has at least a quarter of its width on
+    each side of it.
+    """
+    if abs(centroid_i - midline_i) * spacing_i < margin_mm:
+        return "midline"
+    width = max(i_max - i_min, 1.0)
+    right_part = midline_i - (i_min - 0.5)
+    left_part = (i_max - 0.5) - midline_i
+    if min(left_part, right_part) >= width / 4.0:
+        return "midline"
+    return "left" if centroid_i > midline_i else "right"
+
+
+def slice_boxes(
+    masks: Mapping[str, np.ndarray],
+    plane: str,
+    index: int,
+    geometry: Geometry,
+    midline: np.ndarray,
+) -> list[dict]:
+    """Boxes of every structure present on one display slice, sorted by label.
+
+    Each box: ``label, x_min, y_min, x_max, y_max, area_px, area_mm2,
+    components, centroid_x, centroid_y`` (display pixels), ``centroid_lps``
+    (``[x, y, z]`` mm) and ``laterality``.
+    """
+    dx, dy = display_spacing(geometry.spacing, plane)
+    si = geometry.spacing[0]
+    out = []
+    for label in sorted(masks):
+        m = display_slice(masks[label], plane, index)
+        if not m.any():
+            continue
+        x_min, y_min, x_max, y_max = mask_box(m)
+        ys, xs = np.nonzero(m)
+        cx, cy = float(xs.mean()), float(ys.mean())
+        ijk = display_to_index(plane, index, cx, cy, geometry.shape)
+        k_level = int(np.clip(round(float(ijk[2])), 0, geometry.shape[2] - 1))
+        if plane == "sagittal":
+            i_lo, i_hi = float(index), float(index + 1)
+        else:
+            i_lo, i_hi = float(x_min), float(x_max)
+        side = laterality(i_lo, i_hi, float(ijk[0]), float(midline[k_level]), si)
+        area = int(xs.size)
+        out.append(
+            {
+                "label": label,
+                "x_min": x_min,
+                "y_min": y_min,
+                "x_max": x_max,
+                "y_max": y_max,
+                "area_px": area,
+                "area_mm2": round(area * dx * dy, 4),
+                "components": count_components(m),
+                "centroid_x": round(cx, 4),
+                "centroid_y": round(cy, 4),
+                "centroid_lps": [round(float(v), 4) for v in geometry.index_to_lps(ijk)],
+                "laterality": side,
+            }
+        )
+    return out
+
+
+def structure_stats(
+    label: str, mask: np.ndarray, geometry: Geometry, midline: np.ndarray
+) -> dict | None:
+    """Volume-level statistics of one structure; ``None`` for an empty mask.
+
+    ``box3d`` (canonical voxels, exclusive maxima), ``voxels``, ``volume_ml``,
+    ``centroid_lps`` (mm), ``components`` (26-connected), ``laterality``.
+    """
+    box = mask_box(mask)
+    if box is None:
+        return None
+    idx = np.argwhere(mask)
+    centroid = idx.mean(axis=0)
+    k_level = int(np.clip(round(float(centroid[2])), 0, geometry.shape[2] - 1))
+    voxels = int(idx.shape[0])
+    return {
+        "label": label,
+        "box3d": [int(v) for v in box],
+        "voxels": voxels,
+        "volume_ml": round(voxels * geometry.voxel_volume_mm3 / 1000.0, 6),
+        "centroid_lps": [round(float(v), 4) for v in geometry.index_to_lps(centroid)],
+        "components": count_components(mask),
+        "laterality": laterality(
+            float(box[0]), float(box[3]), float(centroid[0]), float(midline[k_level]),
+            geometry.spacing[0],
+        ),
+    }

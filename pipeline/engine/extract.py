@@ -1,0 +1,272 @@
+"""Case extraction: read a case, pick slices, window them, derive boxes.
+
+Pure with respect to Beam: ``process_case`` takes a planned case and settings
+and returns image rows (with PNG bytes) and structure rows, or raises
+:class:`CaseError`.  Row fields are those of ``schemas/images.schema.json``
+and ``schemas/structures.schema.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.core import keys
+from pipeline.core.boxes import body_midline, slice_boxes, structure_stats
+from pipeline.core.geometry import Geometry
+from pipeline.core.imaging import draw_boxes, encode_png
+from pipeline.core.slices import (
+    PLANES,
+    Window,
+    apply_window,
+    ct_window,
+    display_slice,
+    display_spacing,
+    mr_window,
+    resample,
+    select_slices,
+)
+from pipeline.errors import CaseError
+from pipeline.inputs.discovery import CaseSource, read_labels_json
+from pipeline.inputs.readers import (
+    Volume,
+    iter_mask_files,
+    list_files,
+    read_dicom_series,
+    read_label_map,
+    read_mask,
+    read_volume,
+)
+
+#: Bump when extraction output changes for the same inputs and settings.
+EXTRACT_VERSION = "2"
+
+
+@dataclass(frozen=True)
+class SliceSettings:
+    """How slices are chosen and rendered (the recipe's ``slices`` section)."""
+
+    planes: tuple[str, ...] = ("axial",)
+    ct_windows: tuple[str, ...] = ("soft_tissue",)
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    resample_mm: tuple[float | None, float | None, float | None] | None = None
+    min_area_px: int = 30
+    max_per_structure: int = 2
+    max_per_volume: int | None = 16
+    strategy: str = "spread"
+    structures: tuple[str, ...] | None = None
+    max_voxels: int = 64_000_000
+    png_level: int = 6
+    boxed: bool = False  # also store each slice with its boxes drawn (image_boxed)
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.planes if p not in PLANES]
+        if bad or not self.planes:
+            raise ValueError(f"slices.planes: found {list(self.planes)}, expected some of {PLANES}")
+        for name in self.ct_windows:
+            ct_window(name)
+        lo, hi = self.mr_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"slices.mr_percentiles: found {self.mr_percentiles}, expected 0<=lo<hi<=100")
+
+    @classmethod
+    def from_recipe(cls, section: Mapping) -> SliceSettings:
+        sel = section.get("selection", {})
+        resample_mm = section.get("resample_mm")
+        structures = sel.get("structures")
+        return cls(
+            planes=tuple(section.get("planes", ("axial",))),
+            ct_windows=tuple(section.get("ct_windows", ("soft_tissue",))),
+            mr_percentiles=tuple(section.get("mr_percentiles", (0.5, 99.5))),
+            resample_mm=tuple(resample_mm) if resample_mm else None,
+            min_area_px=int(sel.get("min_area_px", 30)),
+            max_per_structure=int(sel.get("max_per_structure", 2)),
+            max_per_volume=sel.get("max_per_volume", 16),
+            strategy=sel.get("strategy", "spread"),
+            structures=tuple(structures) if structures else None,
+            max_voxels=int(section.get("max_voxels", 64_000_000)),
+            png_level=int(section.get("png_level", 6)),
+            boxed=bool(section.get("boxed", False)),
+        )
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    images: list[dict]
+    structures: list[dict]
+    input_sha256: str
+    notes: dict = field(default_factory=dict)
+
+
+def load_case(case: CaseSource, root: str, max_voxels: int) -> tuple[Volume, dict, str, dict]:
+    """Read the volume and masks of ``case``; returns ``(volume, masks, input digest, notes)``."""
+    digests: list[str] = []
+    notes: dict = {}
+    if case.layout == "dicom":
+        rel = case.file("dicom")
+        files = list_files(root, rel)
+        if not files:
+            raise CaseError("read", "dicom.no_files", "found an empty dicom/ folder", rel)
+        volume = read_dicom_series(files, max_voxels=max_voxels)
+    else:
+        rel = case.file("image")
+        volume = read_volume(os.path.join(root, rel), rel, case.modality or "CT",
+                             max_voxels=max_voxels)
+        if case.layout == "multilabel":
+            volume = _infer_modality(volume, root, case)
+    notes.update(volume.notes)  # files skipped, series ignored, transfer syntaxes inferred
+    digests.append(volume.content_sha256)
+    masks: dict[str, np.ndarray] = {}
+    if case.layout == "multilabel":
+        labels_rel = case.file("labels_json")
+        labels = read_labels_json(os.path.join(root, labels_rel), labels_rel)
+        map_rel = case.file("labels")
+        masks, digest = read_label_map(os.path.join(root, map_rel), map_rel, volume.geometry, labels)
+        digests.append(digest)
+        absent = sorted(set(labels.values()) - set(masks))
+        if absent:
+            notes["labels_absent"] = absent
+    else:
+        seg = case.file("segmentations")
+        for name, full, mrel in iter_mask_files(root, seg):
+            mask, digest = read_mask(full, mrel, volume.geometry)
+            digests.append(digest)
+            masks[name] = mask
+    empty = sorted(n for n, m in masks.items() if not m.any())
+    if empty:
+        notes["empty_masks"] = empty
+    masks = {n: m for n, m in masks.items() if n not in empty}
+    if not masks:
+        where = case.file("labels") if case.layout == "multilabel" else case.file("segmentations")
+        raise CaseError(
+            "read", "masks.all_empty",
+            f"masks: found {len(empty)} mask(s), all empty; expected at least one structure",
+            where,
+        )
+    return volume, masks, keys.digest(*digests), notes
+
+
+def _infer_modality(volume: Volume, root: str, case: CaseSource) -> Volume:
+    """Modality of a multilabel case: ``modality.txt`` beside the image (``CT``/``MR``)
+    if present, else CT when the volume holds air in Hounsfield units (< -500)."""
+    import dataclasses
+
+    hint = os.path.join(root, os.path.dirname(case.file("image")), "modality.txt")
+    value = ""
+    if os.path.isfile(hint):
+        with open(hint, encoding="utf-8") as f:
+            value = f.read().strip().upper()
+    if value not in ("CT", "MR"):
+        value = "CT" if float(volume.array.min()) < -500 else "MR"
+    return dataclasses.replace(volume, modality=value, header={"Modality": value})
+
+
+def extract_case(
+    case: CaseSource,
+    split: str,
+    volume: Volume,
+    masks: Mapping[str, np.ndarray],
+    settings: SliceSettings,
+) -> tuple[list[dict], list[dict]]:
+    """Image rows and structure rows of one loaded case (see module docstring)."""
+    array, geometry = volume.array, volume.geometry
+    if settings.resample_mm:
+        array = resample(array, geometry.spacing, settings.resample_mm, nearest=False)
+        masks = {
+            n: resample(m, geometry.spacing, settings.resample_mm, nearest=True)
+            for n, m in masks.items()
+        }
+        spacing = tuple(
+            float(t) if t else float(s) for s, t in zip(geometry.spacing, settings.resample_mm)
+        )
+        geometry = Geometry(tuple(array.shape), spacing, geometry.origin)
+        masks = {n: m for n, m in masks.items() if m.any()}
+    midline = body_midline(array, volume.modality)
+    if volume.modality == "CT":
+        windows = [ct_window(name) for name in settings.ct_windows]
+    else:
+        windows = [mr_window(array, *settings.mr_percentiles)]
+    case_labels = sorted(masks)
+    structures = []
+    for label in case_labels:
+        stats = structure_stats(label, masks[label], geometry, midline)
+        if stats is not None:
+            structures.append(
+                {
+                    "case_key": case.key,
+                    "patient_key": case.patient_key,
+                    "split": split,
+                    "modality": volume.modality,
+                    "shape": [int(n) for n in geometry.shape],
+                    "spacing_mm": [float(s) for s in geometry.spacing],
+                    **stats,
+                }
+            )
+    images = []
+    for plane in settings.planes:
+        chosen = select_slices(
+            masks,
+            plane,
+            min_area_px=settings.min_area_px,
+            max_per_structure=settings.max_per_structure,
+            max_per_volume=settings.max_per_volume,
+            strategy=settings.strategy,
+            structures=settings.structures,
+        )
+        dx, dy = display_spacing(geometry.spacing, plane)
+        for index in chosen:
+            boxes = slice_boxes(masks, plane, index, geometry, midline)
+            view = display_slice(array, plane, index)
+            for window in windows:
+                images.append(
+                    _image_row(case, split, volume, plane, index, window, view, boxes,
+                               (dx, dy), case_labels, settings.png_level, settings.boxed)
+                )
+    if not images:
+        raise CaseError(
+            "extract", "slices.none_selected",
+            f"selection: found no {'/'.join(settings.planes)} slice with a structure of at least "
+            f"{settings.min_area_px} px (structures: {', '.join(case_labels[:6])}), expected at "
+            "least one",
+        )
+    images.sort(key=lambda r: r["image_id"])
+    structures.sort(key=lambda r: r["label"])
+    return images, structures
+
+
+def _image_row(case, split, volume, plane, index, window: Window, view, boxes, spacing,
+               case_labels, png_level, boxed=False) -> dict:
+    pixels = apply_window(view, window)
+    image_id = keys.stable_key("image", case.key, plane, index, window.name)
+    drawn = None
+    if boxed:
+        drawn = {"bytes": encode_png(draw_boxes(pixels, boxes), png_level),
+                 "path": f"{image_id}-boxed.png"}
+    return {
+        "image_id": image_id,
+        "image": {"bytes": encode_png(pixels, png_level), "path": f"{image_id}.png"},
+        "image_boxed": drawn,
+        "width": int(pixels.shape[1]),
+        "height": int(pixels.shape[0]),
+        "modality": volume.modality,
+        "body_part": volume.header.get("BodyPartExamined", ""),
+        "plane": plane,
+        "slice_index": int(index),
+        "window": window.as_dict(),
+        "spacing_mm": [float(spacing[0]), float(spacing[1])],
+        "boxes": boxes,
+        "case_labels": list(case_labels),
+        "case_key": case.key,
+        "patient_key": case.patient_key,
+        "split": split,
+    }
+
+
+def process_case(case: CaseSource, split: str, root: str, settings: SliceSettings) -> CaseResult:
+    """Load and extract one case; raises :class:`CaseError` for bad input."""
+    volume, masks, digest, notes = load_case(case, root, settings.max_voxels)
+    images, structures = extract_case(case, split, volume, masks, settings)
+    return CaseResult(images, structures, digest, notes)

@@ -1,0 +1,162 @@
+"""Build state under ``OUTPUT/.radvqa``: what an earlier build left that this one can reuse.
+
+* ``units/<unit>.json`` — a unit's complete receipt (its cases with fingerprints and
+  content digests, every file it wrote with sha256, counts, audit counts);
+  ``units/<unit>.extract.json`` — written as soon as a unit's pixel shards are, so an
+  interrupted build keeps them.
+* ``previous/`` — stored shards moved aside before a build that would overwrite them
+  while another unit still needs their rows (a change of splits or shard size), with
+  ``previous/sources.json`` describing them.  Deleted when the build is finalised.
+* ``build.json`` — the arguments of the last build (recipe, input, seed, layout), which
+  ``radvqa regenerate`` repeats.  Operator-side state: never part of the corpus.
+
+:class:`StoredIndex` maps a case key to where its rows are stored and under which
+fingerprint; the launcher plans reuse from it, the workers verify every file's sha256
+before they trust it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from pipeline.engine.units import STATE_DIR, UNITS_DIR
+from pipeline.io import shards
+
+PREVIOUS_DIR = f"{STATE_DIR}/previous"
+PREVIOUS_SOURCES = f"{PREVIOUS_DIR}/sources.json"
+BUILD_FILE = f"{STATE_DIR}/build.json"
+
+
+@dataclass(frozen=True)
+class Stored:
+    fp: str
+    content: str
+    locations: Mapping[str, tuple[str, str]]  # config -> (relative path, sha256)
+
+
+def _match(output: str, pattern: str) -> list[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    found = FileSystems.match([shards.join(output, pattern)])[0].metadata_list
+    return sorted(m.path for m in found)
+
+
+def rel_path(output: str, path: str) -> str:
+    return path[len(output):].lstrip("/")
+
+
+def load_receipts(output: str) -> dict[str, dict]:
+    """Every receipt under ``.radvqa/units`` by file name (``<unit>.json``, ``<unit>.extract.json``)."""
+    out = {}
+    for path in _match(output, f"{UNITS_DIR}/*.json"):
+        rel = rel_path(output, path)
+        try:
+            out[rel.rsplit("/", 1)[1]] = json.loads(shards.read_bytes(output, rel))
+        except (OSError, ValueError):
+            continue  # an unreadable receipt is simply not reused
+    return out
+
+
+def sources_of(receipt: Mapping, configs: Iterable[str]) -> tuple[dict, dict] | None:
+    """``(cases, locations)`` of a receipt for the kind's stored configs, or None."""
+    files = dict(receipt.get("pixel_files") or {}) | dict(receipt.get("files") or {})
+    locations = {}
+    for config in configs:
+        match = [(p, f["sha256"]) for p, f in files.items() if p.startswith(config + "/")]
+        if len(match) != 1:
+            return None
+        locations[config] = match[0]
+    return dict(receipt.get("cases") or {}), locations
+
+
+class StoredIndex:
+    """Case key → :class:`Stored`, from receipts and moved-aside shards."""
+
+    def __init__(self, entries: Iterable[tuple[Mapping, Mapping]] = ()):
+        self._by_key: dict[str, Stored] = {}
+        for cases, locations in entries:
+            for key, (fp, content) in cases.items():
+                self._by_key.setdefault(key, Stored(fp, content, dict(locations)))
+
+    @classmethod
+    def load(cls, output: str, receipts: Mapping[str, dict], configs) -> StoredIndex:
+        if not configs:
+            return cls()
+        entries = []
+        # complete receipts first: they also cover units whose extract receipt is stale
+        ordered = sorted(receipts.items(), key=lambda kv: (kv[0].endswith(".extract.json"), kv[0]))
+        for name, receipt in ordered:
+            if name == "benchmark.json":
+                continue
+            got = sources_of(receipt, configs)
+            if got:
+                entries.append(got)
+        try:
+            moved = json.loads(shards.read_bytes(output, PREVIOUS_SOURCES))
+        except (OSError, ValueError):
+            moved = []
+        for item in moved:
+            entries.append((item["cases"], {c: tuple(v) for c, v in item["locations"].items()}))
+        return cls(entries)
+
+    def lookup(self, key: str, fp: str) -> Stored | None:
+        s = self._by_key.get(key)
+        return s if s is not None and s.fp == fp else None
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+
+def move_aside(output: str, paths: Iterable[str], index_entries: list[dict]) -> dict[str, str]:
+    """Move stored shards to ``.radvqa/previous/`` (rename) and record them; returns
+    ``{old relative path: new relative path}``."""
+    from apache_beam.io.filesystems import FileSystems
+
+    moved = {}
+    for rel in sorted(set(paths)):
+        new = f"{PREVIOUS_DIR}/{rel}"
+        src, dst = shards.join(output, rel), shards.join(output, new)
+        if not FileSystems.exists(src):
+            continue
+        if "://" not in dst:
+            import os
+
+            os.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+        if FileSystems.exists(dst):
+            FileSystems.delete([dst])
+        FileSystems.rename([src], [dst])
+        moved[rel] = new
+    try:
+        existing = json.loads(shards.read_bytes(output, PREVIOUS_SOURCES))
+    except (OSError, ValueError):
+        existing = []
+    for entry in index_entries:
+        locations = {c: [moved.get(p, p), sha] for c, (p, sha) in entry["locations"].items()}
+        if any(p in moved for p, _ in entry["locations"].values()):
+            existing.append({"cases": entry["cases"], "locations": locations})
+    shards.write_json(output, PREVIOUS_SOURCES, existing)
+    return moved
+
+
+def delete_tree(output: str, rel: str) -> None:
+    """Delete a state folder (plan, previous) if present."""
+    from apache_beam.io.filesystems import FileSystems
+
+    path = shards.join(output, rel)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
+def write_build_args(output: str, args: Mapping) -> None:
+    shards.write_json(output, BUILD_FILE, dict(args))
+
+
+def read_build_args(output: str) -> dict:
+    try:
+        return json.loads(shards.read_bytes(output, BUILD_FILE))
+    except OSError as err:
+        raise FileNotFoundError(
+            f"--output: {output} holds no earlier build ({BUILD_FILE} not found); run "
+            "`radvqa build` first") from err

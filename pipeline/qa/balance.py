@@ -1,0 +1,269 @@
+"""Corpus-wide, order-free answer balancing (CLEVR/GQA-style, but shard-independent).
+
+A template family declares ``balance`` (``schemas/template_family.schema.json``); its
+generated questions carry a mark ``{"mode", "group", "u", …}`` where ``u`` is a keyed
+uniform number of the question (seed, image, family — never arrival order).  Every unit
+reports its marks as small *candidates*; the rules below are a function of the multiset
+of candidates only, so any runner, shard layout or worker count gives the same corpus.
+
+``answers`` (closed and categorical open questions)
+    ``group`` is the family with the values of the variables its text may use (the
+    family's ``requires``) — everything its text depends on except the paraphrase.  For every ``(split, group)`` each answer keeps as
+    many questions as the rarest answer has (those with the smallest ``u``); a group with
+    a single answer is dropped whole (its text alone would give the answer away).  The
+    kept questions of each answer are then given paraphrases by rank (``rank mod
+    variants``), so *every question text* has each of its answers equally often: a model
+    that reads only the question cannot beat chance on it, on any split.  Multiple-choice
+    families balanced this way also take their answer position from the rank.
+
+``options`` (multiple choice)
+    The correct letter is ``rank mod 4`` of the question among its family's questions in
+    the split (positions exactly uniform), and its distractors are drawn from the correct
+    answers of the other questions of the same *pool* (e.g. the same anatomical region) by
+    quota (:func:`assign_distractors`): each answer is offered as a distractor three times
+    for each time it is correct, so no option text is a better guess than another.  For
+    that, no answer may be correct in more than a quarter of its pool: the questions of an
+    over-represented answer beyond that share are dropped (smallest ``u`` kept), and a
+    pool with fewer than four distinct answers is dropped whole.  When the quotas leave
+    too few distractors for a question, the generator's own stay.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+MODES = ("none", "answers", "options")
+LETTERS = "ABCD"
+
+
+@dataclass
+class Rules:
+    """Balancing rules of a corpus (picklable side input)."""
+
+    answers: dict = field(default_factory=dict)  # (split, group) -> {answer: [kept u]} | None
+    positions: dict = field(default_factory=dict)  # (split, family) -> [u]
+    pools: dict = field(default_factory=dict)  # (split, pool) -> {u: distractor labels} | None
+
+    def __bool__(self) -> bool:
+        return bool(self.answers or self.positions or self.pools)
+
+
+def mark(family, context: Mapping, u: float, made: Mapping) -> dict | None:
+    """The balancing mark of a generated question (``None`` when not balanced)."""
+    if family.balance == "answers":
+        # the variables the family's text may use (``requires``): questions agreeing on them
+        # share their texts, whatever else the context holds
+        ctx = {k: context[k] for k in family.requires if k in context and k != "options"}
+        return {"mode": "answers", "group": family.family + "|" + json.dumps(ctx, sort_keys=True),
+                "u": u}
+    if family.balance == "options" and made.get("label") is not None:
+        return {"mode": "options", "group": family.family,
+                "pool": family.family + "|" + str(made.get("pool", "")), "label": made["label"],
+                "exclude": sorted(made.get("exclude") or ()), "u": u}
+    return None
+
+
+def candidate(split: str, m: Mapping, answer: str) -> tuple:
+    if m["mode"] == "answers":
+        return ("answers", split, m["group"], answer, float(m["u"]))
+    return ("options", split, m["group"], m["pool"], m["label"], float(m["u"]),
+            tuple(m.get("exclude") or ()))
+
+
+def rules_from(candidates: Iterable[tuple], pools_=None) -> Rules:
+    """The rules for a multiset of candidates (see the module docstring); ``pools_`` (the
+    distractor pools) supplies synonyms and parents to keep out of the options."""
+    answers: dict[tuple, dict[str, list[float]]] = {}
+    pools: dict[tuple, list[tuple[float, str]]] = {}
+    excludes: dict[float, tuple] = {}
+    for c in candidates:
+        if c[0] == "answers":
+            _, split, group, answer, u = c
+            answers.setdefault((split, group), {}).setdefault(answer, []).append(u)
+        else:
+            _, split, group, pool, label, u, exclude = c
+            pools.setdefault((split, pool), []).append((u, label))
+            excludes[u] = exclude
+    rules = Rules()
+    for key, by in answers.items():
+        if len(by) < 2:
+            rules.answers[key] = None
+            continue
+        n = min(len(v) for v in by.values())
+        rules.answers[key] = {a: sorted(v)[:n] for a, v in by.items()}
+    kept_positions: dict[tuple, list[float]] = {}
+    for (split, pool), items in sorted(pools.items()):
+        kept = cap_answers(items)
+        if kept is None:
+            rules.pools[(split, pool)] = None
+            continue
+        rules.pools[(split, pool)] = assign_distractors(kept, excludes, pools_)
+        kept_positions.setdefault((split, pool.split("|", 1)[0]), []).extend(u for u, _ in kept)
+    rules.positions = {k: sorted(v) for k, v in kept_positions.items()}
+    return rules
+
+
+def assign_distractors(kept: list[tuple[float, str]], excludes: Mapping[float, tuple], pools_=None,
+                       k: int = 3) -> dict[float, tuple[str, ...]]:
+    """Distractors for every question of a pool: ``{u: (label, …)}``.
+
+    Each answer gets a quota of ``k`` times the number of questions it answers; in ``u``
+    order every question takes the ``k`` eligible labels with the most quota left (ties
+    broken by a rotation of the sorted labels that the question's ``u`` picks), never its
+    own answer, a synonym, parent or child of it, a label excluded for it, or two related
+    labels.  So every answer is offered about ``k`` times as a distractor for each time it
+    is correct.  Linear in the questions (a pool holds tens of labels): the launcher runs
+    it over every multiple-choice question of a 750K-image tree.
+    """
+    counts: dict[str, int] = {}
+    for _, label in kept:
+        counts[label] = counts.get(label, 0) + 1
+    labels = sorted(counts)
+    n = len(labels)
+    quota = [k * counts[label] for label in labels]
+    index = {label: i for i, label in enumerate(labels)}
+    related = (pools_.related if pools_ is not None else (lambda a, b: a == b))
+    # relatedness among the pool's labels, computed once (the pool is small)
+    rel = [[related(a, b) for b in labels] for a in labels]
+    out: dict[float, tuple[str, ...]] = {}
+    span = range(n)
+    for u, answer in kept:
+        a = index[answer]
+        rel_a = rel[a]
+        excluded = {index[x] for x in excludes.get(u, ()) if x in index} if excludes else ()
+        offset = int(u * n)
+        order = sorted([(-quota[i], (i - offset) % n, i) for i in span])
+        chosen: list[int] = []
+        for _, _, i in order:
+            if i == a or rel_a[i] or i in excluded:
+                continue
+            rel_i = rel[i]
+            for c in chosen:
+                if rel_i[c]:
+                    break
+            else:
+                chosen.append(i)
+                if len(chosen) == k:
+                    break
+        for i in chosen:
+            quota[i] -= 1
+        out[u] = tuple([labels[i] for i in chosen])
+    return out
+
+
+def cap_answers(items: list[tuple[float, str]], n_options: int = 4) -> list[tuple[float, str]] | None:
+    """The questions of a pool kept so that no answer is more than ``1/n_options`` of them
+    (its questions with the smallest ``u``), sorted by ``u``; ``None`` when the pool has
+    fewer distinct answers than options.
+
+    An answer correct in more than a quarter of a pool's questions cannot be offered as a
+    distractor three times for each time it is correct, so it would be the better blind
+    guess; capping it is what makes the neighbour distractors fair.
+    """
+    by: dict[str, list[float]] = {}
+    for u, label in items:
+        by.setdefault(label, []).append(u)
+    if len(by) < n_options:
+        return None
+    counts = {label: len(us) for label, us in by.items()}
+    while True:
+        total = sum(counts.values())
+        label = max(sorted(counts), key=lambda x: counts[x])
+        allowed = (total - counts[label]) // (n_options - 1)
+        if counts[label] <= allowed:
+            break
+        counts[label] = allowed
+    return sorted((u, label) for label, us in by.items() for u in sorted(us)[:counts[label]])
+
+
+def question_candidates(records: Iterable[Mapping], ctx) -> list[tuple]:
+    """Candidates of every balanced question the records would get."""
+    from pipeline.qa.questions import generate_questions, questions_for
+
+    families = {k: f for k, f in ctx.families.items() if f.balance != "none"}
+    out = []
+    if not families:
+        return out
+    for record in records:
+        try:
+            # every family's rows, remembered for the rendering pass (a family's rows
+            # never depend on which other families run)
+            rows = [r for r in questions_for(record, ctx) if r["family"] in families]
+        except Exception:  # noqa: BLE001 — the rendering pass dead-letters the record
+            rows = generate_questions(record, families, ctx.pools, seed=ctx.seed,
+                                      settings=ctx.qa_settings)
+        for row in rows:
+            if row.get("balance"):
+                answer = row["answer_text"] if row["balance"]["mode"] == "answers" else ""
+                out.append(candidate(row["split"], row["balance"], answer))
+    return out
+
+
+def apply(row: dict, rules: Rules, families: Mapping, pools) -> dict | None:
+    """The balanced form of a generated row, or ``None`` when balancing drops it.
+
+    Rows without a mark, and every row when ``rules`` is empty (no corpus-wide view, e.g.
+    ``radvqa lint``), pass unchanged apart from the internal fields being removed.
+    """
+    m = row.pop("balance", None)
+    context = row.pop("_context", None)
+    deferred = row.pop("_variant", None)  # generate_questions(defer=True) left it unworded
+    if not m or not rules:
+        if deferred is not None:
+            return _rerender(row, families[row["family"]], deferred, context)
+        return row
+    family = families[row["family"]]
+    if m["mode"] == "answers":
+        kept = rules.answers.get((row["split"], m["group"]))
+        if kept is None:
+            return None
+        us = kept.get(row["answer_text"], [])
+        rank = bisect.bisect_left(us, m["u"])
+        if rank >= len(us) or us[rank] != m["u"]:
+            return None
+        if family.question_type == "multiple_choice":
+            # The questions sharing a text are those of one rank class (rank mod variants)
+            # across the group's answers: shifting the letter by the answer's index spreads
+            # each text's answers over distinct letters, rank by rank.
+            answer_index = sorted(kept).index(row["answer_text"])
+            position = (answer_index + rank // len(family.variants)) % len(row["options"])
+            options = [o for o in row["options"] if o != row["answer_text"]]
+            options.insert(position, row["answer_text"])
+            row = row | {"options": options, "answer": LETTERS[position]}
+            context = dict(context) | {"options": options}
+        return _rerender(row, family, rank % len(family.variants), context)
+    # options
+    pool = rules.pools.get((row["split"], m["pool"]))
+    if pool is None or m["u"] not in pool:
+        return None  # a pool with too few answers, or an answer over-represented in it
+    us = rules.positions.get((row["split"], m["group"]), [])
+    rank = bisect.bisect_left(us, m["u"])
+    position = rank % len(LETTERS)
+    distractors = pool[m["u"]]
+    if len(distractors) < len(LETTERS) - 1:
+        wrong = [o for o in row["options"] if o != row["answer_text"]]
+    else:
+        wrong = [pools.display(label) for label in distractors]
+    options = list(wrong)
+    options.insert(position, row["answer_text"])
+    row = row | {"options": options, "answer": LETTERS[position]}
+    context = dict(context) | {"options": options}
+    variant = next(i for i, v in enumerate(family.variants) if v.id == row["template_id"])
+    return _rerender(row, family, variant, context)
+
+
+def _rerender(row: dict, family, variant: int, context) -> dict:
+    from pipeline.qa.templates import render
+
+    v = family.variants[variant]
+    return row | {"question": render(family, v, context), "template_id": v.id}
+
+
+def strip(row: dict) -> dict:
+    """A row without the internal balancing fields."""
+    row.pop("balance", None)
+    row.pop("_context", None)
+    return row

@@ -1,0 +1,189 @@
+"""Distractor pools: regions → structures (display names, synonyms, parents, pairs)
+and region → pathologies; constrained, seeded distractor sampling.
+
+Rules for multiple-choice options (:meth:`Pools.distractors`):
+
+* drawn from the answer's anatomical region (its ``neighbors`` only as a
+  fallback), or from explicit ``candidates`` — for labels the pools do not
+  know, the other labels of the same case's label table;
+* never the answer, never one of its synonyms, parents or children (a lesion's
+  organ is its parent), never two options with the same display text;
+* candidates are sorted before the seeded draw, so the result depends on the
+  generator's seed only, never on set or dict order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Structure:
+    label: str
+    region: str
+    display: str
+    synonyms: tuple[str, ...] = ()
+    parents: tuple[str, ...] = ()
+    pair: str | None = None
+    lesion: bool = False
+
+    @cached_property
+    def names(self) -> frozenset[str]:
+        """Every text that denotes this structure (lower case)."""
+        return frozenset(n.lower() for n in (self.label, self.display, *self.synonyms))
+
+
+@dataclass(frozen=True)
+class Pools:
+    """Loaded, validated pools (picklable: plain tuples and dicts)."""
+
+    structures: dict
+    regions: dict  # region -> (display, neighbors tuple, pathologies tuple)
+    sources: tuple[str, ...] = ()
+
+    def known(self, label: str) -> bool:
+        return label in self.structures
+
+    def display(self, label: str) -> str:
+        s = self.structures.get(label)
+        return s.display if s else label.replace("_", " ").strip()
+
+    def region_of(self, label: str) -> str | None:
+        s = self.structures.get(label)
+        return s.region if s else None
+
+    def region_display(self, region: str) -> str:
+        return self.regions[region][0]
+
+    def pathologies(self, region: str) -> tuple[str, ...]:
+        return self.regions[region][2]
+
+    def is_lesion(self, label: str) -> bool:
+        s = self.structures.get(label)
+        return bool(s and s.lesion)
+
+    def laterality_pair(self, label: str) -> str | None:
+        s = self.structures.get(label)
+        return s.pair if s else None
+
+    def _names(self, label: str) -> frozenset[str]:
+        s = self.structures.get(label)
+        return s.names if s else frozenset({label.lower(), self.display(label).lower()})
+
+    def _parents(self, label: str) -> frozenset[str]:
+        s = self.structures.get(label)
+        return frozenset(p.lower() for p in s.parents) if s else frozenset()
+
+    def _memo(self, name: str) -> dict:
+        # Per-instance memo tables beside the (frozen) fields: pools are read-only once
+        # loaded, so answers never go stale; they are rebuilt after unpickling.
+        return self.__dict__.setdefault(name, {})
+
+    def related(self, a: str, b: str) -> bool:
+        """Same thing, synonyms, or parent/child (either way)."""
+        memo = self._memo("_related")
+        key = (a, b) if a <= b else (b, a)
+        hit = memo.get(key)
+        if hit is None:
+            na, nb = self._names(a), self._names(b)
+            hit = memo[key] = bool(na & nb or self._parents(a) & nb or self._parents(b) & na)
+        return hit
+
+    def region_members(self, region: str) -> list[str]:
+        memo = self._memo("_members")
+        if region not in memo:
+            memo[region] = tuple(sorted(label for label, s in self.structures.items()
+                                        if s.region == region))
+        return list(memo[region])
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def distractors(
+        self,
+        answer: str,
+        k: int,
+        gen,
+        *,
+        candidates: Iterable[str] | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[str]:
+        """``k`` labels to offer beside ``answer`` (see module docstring).
+
+        Returns fewer than ``k`` when the pool cannot supply them; callers skip
+        the question then.
+        """
+        excluded = set(exclude) | {answer}
+        if candidates is not None:
+            tiers = [sorted(set(candidates))]
+        else:
+            region = self.region_of(answer)
+            if region is None:
+                return []
+            tiers = [self.region_members(region)]
+            tiers += [self.region_members(n) for n in self.regions[region][1]]
+        chosen: list[str] = []
+        for tier in tiers:
+            pool = [c for c in tier if c not in excluded and not self.related(answer, c)]
+            while len(chosen) < k:
+                pool = [
+                    c for c in pool
+                    if c not in chosen and all(not self.related(c, x) for x in chosen)
+                    and self.display(c).lower() not in {self.display(x).lower() for x in chosen}
+                ]
+                if not pool:
+                    break
+                chosen.append(pool[int(gen.integers(len(pool)))])
+            if len(chosen) >= k:
+                break
+        return chosen[:k]
+
+
+def load_pools(paths: Iterable[str | Path]) -> Pools:
+    """Load and validate pool YAML files; a label may be defined only once."""
+    from pipeline.config.recipes import load_yaml
+    from pipeline.config.validation import validate
+
+    structures: dict[str, Structure] = {}
+    regions: dict[str, tuple] = {}
+    sources = []
+    groups: set[str] = set()
+    for path in paths:
+        path = Path(path)
+        data = load_yaml(path)
+        validate(data, "distractor_pool", str(path))
+        sources.append(path.name)
+        groups.update((data.get("groups") or {}).keys())
+        for region, spec in data["regions"].items():
+            if region in regions:
+                raise ConfigError(f"{path}: regions.{region}: defined twice")
+            regions[region] = (
+                spec["display"], tuple(spec.get("neighbors", ())), tuple(spec.get("pathologies", ())),
+            )
+            for label, s in spec["structures"].items():
+                where = f"{path}: regions.{region}.structures.{label}"
+                if label in structures:
+                    raise ConfigError(f"{where}: label already defined in region {structures[label].region}")
+                structures[label] = Structure(
+                    label=label, region=region, display=s["display"],
+                    synonyms=tuple(s.get("synonyms", ())), parents=tuple(s.get("parents", ())),
+                    pair=s.get("pair"), lesion=bool(s.get("lesion", False)),
+                )
+        for region, (_, neighbors, _) in regions.items():
+            for n in neighbors:
+                if n not in regions:
+                    raise ConfigError(f"{path}: regions.{region}.neighbors: unknown region {n!r}")
+    names = groups | set(structures) | {s.display for s in structures.values()}
+    for label, s in structures.items():
+        where = f"{', '.join(sources)}: regions.{s.region}.structures.{label}"
+        if s.pair and s.pair not in structures:
+            raise ConfigError(f"{where}.pair: unknown label {s.pair!r}")
+        unknown = [p for p in s.parents if p not in names]
+        if unknown:
+            raise ConfigError(f"{where}.parents: {unknown} is neither a group, a label nor a display name")
+    return Pools(structures=structures, regions=regions, sources=tuple(sources))
