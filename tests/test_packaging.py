@@ -150,7 +150,7 @@ def _installed_env(target: Path) -> dict[str, str]:
 def test_installed_package_resolves_resources_inside_the_install(installed, source_tree, tmp_path):
     code = (
         "import json, pipeline\n"
-        "from pipeline import resources\n"
+        "from pipeline.config import resources\n"
         "from pipeline.config.recipes import load_recipe\n"
         "print(json.dumps({'module': pipeline.__file__,\n"
         "                  'dirs': {k: str(resources.resource_dir(k)) for k in resources.KINDS},\n"
