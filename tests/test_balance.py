@@ -143,7 +143,7 @@ def test_answer_balanced_multiple_choice_spreads_each_text_over_letters():
     questions sharing a text get their answers on distinct letters: neither the text nor
     the letter gives the answer away."""
     from pipeline.kinds.base import load_questions as lq
-    from pipeline.qa.questions import lint_records
+    from pipeline.qa.lint import lint_records
 
     families, pools = lq(load_recipe("3d-rad"))
     static = {"static_temporal": families["static_temporal"]}

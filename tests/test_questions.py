@@ -13,12 +13,14 @@ from pipeline.config.recipes import load_recipe, resolve_entry
 from pipeline.config.resources import resource_dir
 from pipeline.core import keys
 from pipeline.errors import CaseError, ConfigError
+from pipeline.qa.generators import GENERATORS
+from pipeline.qa.lint import lint, lint_records
 from pipeline.qa.pools import load_pools
-from pipeline.qa.questions import generate_questions, lint_records
-from pipeline.qa.templates import lint, load_families, render
+from pipeline.qa.questions import generate_questions
+from pipeline.qa.templates import load_families, render
 
 POOLS = load_pools([resource_dir("distractor_pools") / "totalsegmentator.yaml"])
-FAMILIES = load_families(resource_dir("templates") / "radvuqa")
+FAMILIES = load_families(resource_dir("templates") / "radvuqa", generators=GENERATORS)
 
 
 def _family_file(tmp_path: Path, text: str, name: str = "fam.yaml") -> Path:
@@ -57,14 +59,14 @@ variants:
 def test_unsafe_templates_are_rejected_at_load_with_file_variant_and_line(tmp_path, text, error):
     # more cases, and the sandbox behind this check: tests/test_template_safety.py
     with pytest.raises(ConfigError) as err:
-        load_families(_family_file(tmp_path, BASE.format(text=text)))
+        load_families(_family_file(tmp_path, BASE.format(text=text)), generators=GENERATORS)
     assert f"fam.yaml: variants[0] (v1): {error}" in str(err.value)
 
 
 def test_undefined_values_fail_at_render_with_file_and_variant(tmp_path):
     # declared in requires, so the load accepts it; the context lacks it
     src = BASE.format(text="{{ missing }}").replace("requires: [structure]", "requires: [structure, missing]")
-    fam = load_families(_family_file(tmp_path, src))["probe"]
+    fam = load_families(_family_file(tmp_path, src), generators=GENERATORS)["probe"]
     with pytest.raises(CaseError) as err:
         render(fam, fam.variants[0], {"structure": "liver"})
     assert "UndefinedError" in err.value.message and "fam.yaml" in err.value.message and "v1" in err.value.message
@@ -89,14 +91,14 @@ def test_undefined_values_fail_at_render_with_file_and_variant(tmp_path):
 def test_family_errors_name_file_and_field(tmp_path, mutate, message):
     src = mutate(BASE.format(text="Box of {{ structure }}"))
     with pytest.raises(ConfigError) as err:
-        load_families(_family_file(tmp_path, src))
+        load_families(_family_file(tmp_path, src), generators=GENERATORS)
     assert message in str(err.value)
 
 
 def test_yaml_is_loaded_safely(tmp_path):
     path = _family_file(tmp_path, "family: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
-        load_families(path)
+        load_families(path, generators=GENERATORS)
 
 
 def test_builtin_families_lint_clean():

@@ -24,15 +24,18 @@ from pipeline.config.recipes import (
 from pipeline.config.resources import resource_dir
 from pipeline.errors import CaseError, ConfigError
 from pipeline.inputs.radimagenet import load_label_pools
+from pipeline.qa.generators import GENERATORS
 from pipeline.qa.pools import load_pools
-from pipeline.qa.templates import (
+from pipeline.qa.sandbox import (
     FILTERS,
     MAX_RENDERED_CHARS,
     TESTS,
     OutputLimitExceeded,
+    environment,
+)
+from pipeline.qa.templates import (
     TemplateFamily,
     Variant,
-    environment,
     load_families,
     load_family_file,
     render,
@@ -226,7 +229,7 @@ def test_every_builtin_recipe_loads_its_families(name):
     recipe = load_recipe(name)
     families = {}
     for path in template_paths(recipe):
-        families |= load_families(path)
+        families |= load_families(path, generators=GENERATORS)
     assert families and all(f.variants for f in families.values())
 
 
@@ -560,7 +563,7 @@ def test_a_family_file_linked_from_outside_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=re.escape(
             f"{mine.resolve() / 'evil.yaml'}: resolves to {(tmp_path / 'elsewhere' / 'evil.yaml').resolve()}, "
             "outside the template folder")):
-        load_families(folder)
+        load_families(folder, generators=GENERATORS)
 
 
 def test_links_that_stay_inside_the_folder_are_followed(tmp_path):
@@ -575,7 +578,7 @@ def test_links_that_stay_inside_the_folder_are_followed(tmp_path):
     assert template_paths(recipe) == [mine.resolve()]
     assert pool_paths(recipe) == [(folder / "pool.yaml").resolve()]
     with pytest.raises(ConfigError, match="family: 'probe' already defined"):
-        load_families(template_paths(recipe)[0])
+        load_families(template_paths(recipe)[0], generators=GENERATORS)
 
 
 def _string_fields(schema: dict, path: str = "") -> set[str]:
@@ -656,8 +659,9 @@ def test_plain_variants_render_exactly_as_jinja_renders_them(name, monkeypatch):
     from pipeline.kinds.base import get_kind
     from pipeline.launch.build import _kind
     from pipeline.qa import templates
-    from pipeline.qa.questions import DEFAULT_SETTINGS, GENERATORS, assemble, lint_records
-    from pipeline.qa.templates import _compiled, _lint_rng
+    from pipeline.qa.lint import _lint_rng, lint_records
+    from pipeline.qa.questions import DEFAULT_SETTINGS, assemble
+    from pipeline.qa.templates import _compiled
 
     recipe = load_recipe(name)
     prep = get_kind(_kind(recipe)).prepare(recipe)

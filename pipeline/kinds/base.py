@@ -43,12 +43,13 @@ def load_questions(recipe, pools_loader=None):
     validated on the launcher."""
     from pipeline.config.recipes import pool_paths, template_paths
     from pipeline.errors import ConfigError
+    from pipeline.qa.generators import GENERATORS
     from pipeline.qa.pools import load_pools
     from pipeline.qa.templates import load_families
 
     families = {}
     for path in template_paths(recipe):
-        families.update(load_families(path))
+        families.update(load_families(path, generators=GENERATORS))
     wanted = recipe.section("questions").get("families")
     if wanted:
         missing = sorted(set(wanted) - set(families))

@@ -116,7 +116,7 @@ class SlicesKind(VolumeCases):
     # -- questions ---------------------------------------------------------------------
     @staticmethod
     def candidates(records: list[dict], ctx) -> list[tuple]:
-        from pipeline.qa.balance import question_candidates
+        from pipeline.qa.candidates import question_candidates
 
         return question_candidates(records, ctx)
 

@@ -27,7 +27,8 @@ from pipeline.engine.units import PLAN_DIR, UNITS_DIR, CaseResult
 from pipeline.errors import CaseError
 from pipeline.inputs.radimagenet import TreeImage, check_png
 from pipeline.io import shards
-from pipeline.qa.questions import LETTERS, generate_questions
+from pipeline.qa.options import LETTERS
+from pipeline.qa.questions import generate_questions
 from pipeline.schema.arrow import (
     ALIGNMENT_SCHEMA,
     BENCHMARK_SCHEMA,

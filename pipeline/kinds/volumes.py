@@ -221,7 +221,7 @@ class VolumesKind(VolumeCases):
 
     @staticmethod
     def candidates(records, ctx) -> list[tuple]:
-        from pipeline.qa.balance import question_candidates
+        from pipeline.qa.candidates import question_candidates
 
         return question_candidates(records, ctx)
 

@@ -51,7 +51,8 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-LETTERS = "ABCD"
+from pipeline.qa.options import LETTERS
+
 BASELINES = ("question_majority", "answer_position", "frequent_option", "longest_option",
              "often_correct_option")
 DEFAULTS = {"margin_pp": 3.0, "fail_pp": 10.0, "min_questions": 100, "on": "warn",

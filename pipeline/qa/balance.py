@@ -3,8 +3,9 @@
 A template family declares ``balance`` (``schemas/template_family.schema.json``); its
 generated questions carry a mark ``{"mode", "group", "u", …}`` where ``u`` is a keyed
 uniform number of the question (seed, image, family — never arrival order).  Every unit
-reports its marks as small *candidates*; the rules below are a function of the multiset
-of candidates only, so any runner, shard layout or worker count gives the same corpus.
+reports its marks as small *candidates* (:mod:`pipeline.qa.candidates`); the rules below
+are a function of the multiset of candidates only, so any runner, shard layout or worker
+count gives the same corpus.
 
 ``answers`` (closed and categorical open questions)
     ``group`` is the family with the values of the variables its text may use (the
@@ -35,8 +36,10 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from pipeline.qa.options import LETTERS
+from pipeline.qa.templates import render
+
 MODES = ("none", "answers", "options")
-LETTERS = "ABCD"
 
 
 @dataclass
@@ -179,29 +182,6 @@ def cap_answers(items: list[tuple[float, str]], n_options: int = 4) -> list[tupl
     return sorted((u, label) for label, us in by.items() for u in sorted(us)[:counts[label]])
 
 
-def question_candidates(records: Iterable[Mapping], ctx) -> list[tuple]:
-    """Candidates of every balanced question the records would get."""
-    from pipeline.qa.questions import generate_questions, questions_for
-
-    families = {k: f for k, f in ctx.families.items() if f.balance != "none"}
-    out = []
-    if not families:
-        return out
-    for record in records:
-        try:
-            # every family's rows, remembered for the rendering pass (a family's rows
-            # never depend on which other families run)
-            rows = [r for r in questions_for(record, ctx) if r["family"] in families]
-        except Exception:  # noqa: BLE001 — the rendering pass dead-letters the record
-            rows = generate_questions(record, families, ctx.pools, seed=ctx.seed,
-                                      settings=ctx.qa_settings)
-        for row in rows:
-            if row.get("balance"):
-                answer = row["answer_text"] if row["balance"]["mode"] == "answers" else ""
-                out.append(candidate(row["split"], row["balance"], answer))
-    return out
-
-
 def apply(row: dict, rules: Rules, families: Mapping, pools) -> dict | None:
     """The balanced form of a generated row, or ``None`` when balancing drops it.
 
@@ -256,8 +236,6 @@ def apply(row: dict, rules: Rules, families: Mapping, pools) -> dict | None:
 
 
 def _rerender(row: dict, family, variant: int, context) -> dict:
-    from pipeline.qa.templates import render
-
     v = family.variants[variant]
     return row | {"question": render(family, v, context), "template_id": v.id}
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from pipeline.config.recipes import load_yaml
+from pipeline.config.validation import validate
 from pipeline.errors import ConfigError
 
 
@@ -146,9 +148,6 @@ class Pools:
 
 def load_pools(paths: Iterable[str | Path]) -> Pools:
     """Load and validate pool YAML files; a label may be defined only once."""
-    from pipeline.config.recipes import load_yaml
-    from pipeline.config.validation import validate
-
     structures: dict[str, Structure] = {}
     regions: dict[str, tuple] = {}
     sources = []

@@ -30,9 +30,7 @@ from collections.abc import Iterable, Mapping
 
 from pipeline.core import keys
 from pipeline.qa.balance import assign_distractors
-
-LETTERS = "ABCD"
-
+from pipeline.qa.options import LETTERS
 
 #: Which of an image's keyed uniforms (:func:`pipeline.core.keys.unit_intervals`, purpose
 #: ``tree-balance``) each balanced generator uses: planning a 750K-image tree hashes each

@@ -1,4 +1,4 @@
-"""3D-RAD-style volume-level question generators.
+"""3D-RAD-style volume-level question generators, for the ``volumes`` kind.
 
 Records are volume facts (see :func:`pipeline.kinds.volumes.volume_record`):
 ``volume_id, case_key, patient_key, split, study_order, modality, structures``
@@ -20,6 +20,7 @@ from pipeline.core.volume_facts import (
     VOLUME_TOLERANCE,
     temporal_label,
 )
+from pipeline.qa.generators.common import MODALITY_NAMES
 
 APPEARANCES = ("hypodense", "hyperdense", "isodense", "calcified")
 
@@ -35,7 +36,7 @@ def _unique_kind_lesions(record, pools):
 
 
 def _base(record) -> dict:
-    return {"modality_name": {"CT": "CT", "MR": "MRI"}.get(record["modality"], record["modality"])}
+    return {"modality_name": MODALITY_NAMES.get(record["modality"], record["modality"])}
 
 
 def gen_anomaly_presence(record, family, pools, gen, settings):
@@ -147,7 +148,7 @@ def gen_longitudinal_temporal(record, family, pools, gen, settings):
     return _temporal(record, family, pools, gen, settings, longitudinal=True)
 
 
-GENERATORS_3D = {
+GENERATORS = {
     "anomaly_presence": gen_anomaly_presence,
     "anomaly_which": gen_anomaly_which,
     "observation_location": gen_observation_location,
