@@ -1,11 +1,18 @@
-"""DICOM series and ITK readers: ordering, rescale, geometry and clear rejections."""
+"""DICOM series and ITK readers: ordering, rescale, geometry, clear rejections, the registry."""
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from pipeline.errors import CaseError
-from pipeline.inputs.readers import read_dicom_series, read_mask, read_volume
+from pipeline.inputs.readers import (
+    READERS,
+    list_files,
+    read_dicom_series,
+    read_mask,
+    read_volume,
+    reader_for,
+)
 from tests.dicom_factory import as_pairs, ramp_volume, write_series
 
 VOL = ramp_volume()
@@ -155,3 +162,48 @@ def test_voxel_limit(tmp_path):
     with pytest.raises(CaseError) as err:
         read_volume(str(tmp_path / "ct.nii.gz"), "ct.nii.gz", "CT", max_voxels=10)
     assert err.value.reason == "volume.too_large"
+
+
+@pytest.mark.parametrize(
+    "names, chosen",
+    [
+        (["ct.nii.gz"], "itk"),
+        (["CT.NRRD"], "itk"),
+        (["image.mha"], "itk"),
+        (["IM0001", "IM0002"], "dicom"),
+        (["a.dcm"], "dicom"),
+        (["b.dcm", "DICOMDIR", "notes.txt"], "dicom"),
+    ],
+    ids=["nifti", "nrrd-upper-case", "mha", "dicom-no-suffix", "dicom-one-file", "dicom-strays"],
+)
+def test_reader_is_chosen_from_the_file_names(names, chosen):
+    files = [(f"/in/case/{n}", f"case/{n}") for n in names]
+    assert reader_for(files).name == chosen
+
+
+@pytest.mark.parametrize(
+    "names",
+    [[], ["a.nii.gz", "b.nii.gz"], ["ct.nii.gz", "IM0001"]],
+    ids=["no-files", "two-volumes", "volume-beside-dicom"],
+)
+def test_no_reader_names_the_file_and_lists_what_was_tried(names):
+    files = [(f"/in/case/{n}", f"case/{n}") for n in names]
+    with pytest.raises(CaseError) as err:
+        reader_for(files)
+    assert err.value.reason == "volume.no_reader"
+    assert err.value.path == (files[0][1] if files else "")
+    for reader in READERS:
+        assert f"{reader.name}: {reader.takes}" in err.value.message
+
+
+def test_registry_reads_the_same_volumes_as_the_readers(tmp_path):
+    write_series(tmp_path / "dicom", VOL)
+    files = list_files(str(tmp_path), "dicom")
+    via_registry = reader_for(files).read(files)
+    direct = read_dicom_series(files)
+    assert np.array_equal(via_registry.array, direct.array)
+    assert via_registry.content_sha256 == direct.content_sha256
+    _write_nifti(tmp_path / "mr.nii.gz", VOL.astype(np.int16))
+    files = [(str(tmp_path / "mr.nii.gz"), "mr.nii.gz")]
+    vol = reader_for(files).read(files, modality="MR")
+    assert vol.modality == "MR" and np.array_equal(vol.array, VOL)

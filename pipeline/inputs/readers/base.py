@@ -1,0 +1,141 @@
+"""What every reader shares: the :class:`Volume` record, the :class:`Reader` interface, file helpers.
+
+A reader turns the files of one image (a NIfTI/NRRD/MHA file, a folder of DICOM
+files) into a :class:`Volume` in the canonical orientation (``[i, j, k]``, i→L,
+j→P, k→S; see :mod:`pipeline.core.geometry`), or raises :class:`CaseError`
+naming the file (relative to the input root) and the field, with the value found
+and the value expected.  Files are handed to readers as sorted
+``(absolute path, path relative to the input root)`` pairs (:func:`list_files`).
+The readers are listed in :mod:`pipeline.inputs.readers.registry`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.core.geometry import Geometry
+from pipeline.errors import CaseError
+
+#: File names the ITK reader takes (compared in lower case).
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+#: ``(absolute path, path relative to the input root)`` of each file of one image.
+Files = Sequence[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A canonical volume: ``array[i, j, k]`` (float32; CT in HU) and its grid.
+
+    Conventions: ``array`` is indexed in voxels ``[i, j, k]`` with i→L, j→P,
+    k→S, so ``geometry.direction`` is the identity and ``geometry.spacing`` and
+    ``origin`` are in millimetres; ``modality`` is ``"CT"`` or ``"MR"``;
+    ``header`` holds only allow-listed DICOM fields (see
+    :data:`pipeline.inputs.readers.dicom.HEADER_ALLOW_LIST`) and ``Modality``;
+    ``content_sha256`` is the SHA-256 of the input file (for a DICOM series,
+    of the files' digests in order of their relative paths).
+    """
+
+    array: np.ndarray
+    geometry: Geometry
+    modality: str
+    header: dict = field(default_factory=dict)
+    content_sha256: str = ""
+    #: What the reader left out or assumed, for the build summary:
+    #: ``{note: ["relative path: why", …]}`` (DICOM files that are not images of the
+    #: chosen series, files read without a file meta header).
+    notes: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.array.shape != tuple(self.geometry.shape):
+            raise ValueError(f"Volume array {self.array.shape} != geometry {self.geometry.shape}")
+        if not self.geometry.is_canonical():
+            raise ValueError("Volume must be canonical (direction = identity)")
+        if self.modality not in ("CT", "MR"):
+            raise ValueError(f"Volume.modality must be CT or MR, got {self.modality!r}")
+
+
+class Reader(Protocol):
+    """One input format: which files it takes, and how they become a :class:`Volume`.
+
+    ``accepts`` looks at names only (it opens no file); ``read`` raises
+    :class:`CaseError` for anything it cannot read.  ``modality`` is the
+    modality of a format whose header does not state it (NIfTI, NRRD, MHA); a
+    format that states it (DICOM) reads it from the header instead.
+    """
+
+    #: Short name of the format, used in messages (``"itk"``, ``"dicom"``).
+    name: str
+    #: What the reader takes, in words, for the message when no reader accepts the files.
+    takes: str
+
+    def accepts(self, files: Files) -> bool:
+        """Whether ``files`` (sorted ``(absolute, relative)`` pairs) are this reader's format."""
+        ...
+
+    def read(self, files: Files, *, modality: str = "CT",
+             max_voxels: int | None = None) -> Volume:
+        """Read ``files`` into a canonical :class:`Volume` (at most ``max_voxels`` voxels)."""
+        ...
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 (hex) of the file at ``path``, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_volume_file(name: str) -> bool:
+    """Whether ``name`` ends with one of :data:`VOLUME_SUFFIXES` (any case)."""
+    return name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def strip_volume_suffix(name: str) -> str:
+    """``name`` without its volume suffix (``liver.nii.gz`` → ``liver``); unchanged if none."""
+    lower = name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def check_finite(array: np.ndarray, rel: str) -> None:
+    """Reject an array holding NaN/inf (``volume.non_finite``), naming ``rel``."""
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if bad:
+        raise CaseError(
+            "read", "volume.non_finite",
+            f"voxels: found {bad} NaN/inf values, expected finite intensities",
+            rel,
+        )
+
+
+def list_files(root: str, sub: str) -> list[tuple[str, str]]:
+    """Regular files below ``root/sub`` as sorted ``(absolute, relative-to-root)`` pairs."""
+    base = os.path.join(root, sub)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            full = os.path.join(dirpath, name)
+            found.append((full, os.path.relpath(full, root).replace(os.sep, "/")))
+    return found
+
+
+def iter_mask_files(root: str, sub: str) -> Iterable[tuple[str, str, str]]:
+    """``(structure name, absolute path, relative path)`` for ``root/sub/<name>.nii.gz``."""
+    for full, rel in list_files(root, sub):
+        name = os.path.basename(full)
+        if is_volume_file(name):
+            yield strip_volume_suffix(name), full, rel

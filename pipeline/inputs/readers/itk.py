@@ -1,0 +1,198 @@
+"""ITK-readable volumes (NIfTI, NRRD, MHA) read with SimpleITK: images, binary masks, label maps.
+
+Arrays come back in the canonical orientation (``[i, j, k]``, i→L, j→P, k→S; see
+:mod:`pipeline.core.geometry`).  Before any voxel is decoded the header is
+checked (a 3D image, or 4D with one time point; an orthonormal NIfTI sform; the
+voxel limit) and a NIfTI's data is checked to be complete and its stored
+intensities finite (:mod:`pipeline.inputs.readers.nifti_header`).  Masks must lie
+on the image's grid with values {0, 1} or {0, 255}; label maps must hold integers
+that ``labels.json`` names.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from pipeline.core.geometry import Geometry, canonicalise, geometry_mismatches
+from pipeline.errors import CaseError
+from pipeline.inputs.readers.base import (
+    VOLUME_SUFFIXES,
+    Files,
+    Volume,
+    check_finite,
+    file_sha256,
+    is_volume_file,
+)
+from pipeline.inputs.readers.nifti_header import check_nifti_sform, scan_nifti
+
+
+def read_itk(path: str, rel: str, *, max_voxels: int | None = None) -> tuple[np.ndarray, Geometry]:
+    """Read an ITK-readable 3D file; return its ``[i, j, k]`` array and grid (not canonical)."""
+    array, geometry, _ = _read_itk(path, rel, max_voxels=max_voxels)
+    return array, geometry
+
+
+def _read_itk(path: str, rel: str, *, max_voxels: int | None = None):
+    """:func:`read_itk` plus the number of NaN/inf values stored in a float NIfTI.
+
+    The header is checked first (dimension, sform, voxel limit), then a NIfTI's
+    data is checked to be complete, before any voxel is decoded.
+    """
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        reader.ReadImageInformation()
+        size = reader.GetSize()
+        if len(size) != 3 and not (len(size) == 4 and size[3] == 1):
+            raise CaseError(
+                "read", "volume.not_3d",
+                f"dimension: found a {len(size)}D image of size {tuple(size)}"
+                + (f" ({size[3]} time points)" if len(size) == 4 else "")
+                + ", expected 3D (or 4D with a single time point)",
+                rel,
+            )
+        check_nifti_sform(path, rel)
+        n = int(np.prod(size))
+        if max_voxels and n > max_voxels:
+            raise CaseError(
+                "read", "volume.too_large",
+                f"size: found {tuple(size)} = {n} voxels, expected at most {max_voxels}",
+                rel,
+            )
+        non_finite = scan_nifti(path, rel)
+        image = reader.Execute()
+    except CaseError:
+        raise
+    except RuntimeError as err:
+        lines = [ln for ln in str(err).replace(path, rel).splitlines() if ln.strip()]
+        detail = lines[-1].strip() if lines else type(err).__name__
+        raise CaseError(
+            "read", "volume.unreadable",
+            f"file: found data SimpleITK cannot read ({detail}), expected a NIfTI, NRRD or MHA "
+            "volume",
+            rel,
+        ) from err
+    if image.GetDimension() == 4:
+        image = image[:, :, :, 0]
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise CaseError(
+            "read", "volume.multicomponent",
+            f"pixel: found {image.GetNumberOfComponentsPerPixel()} components, expected 1",
+            rel,
+        )
+    array = np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0))
+    try:
+        geometry = Geometry(
+            shape=tuple(int(s) for s in image.GetSize()),
+            spacing=tuple(float(s) for s in image.GetSpacing()),
+            origin=tuple(float(o) for o in image.GetOrigin()),
+            direction=tuple(float(d) for d in image.GetDirection()),
+        )
+    except ValueError as err:
+        raise CaseError("read", "geometry.invalid", f"header: {err}", rel) from err
+    return array, geometry, non_finite
+
+
+def read_volume(path: str, rel: str, modality: str, *, max_voxels: int | None = None) -> Volume:
+    """Read an image volume (NIfTI, NRRD, MHA) into a canonical :class:`Volume`."""
+    array, geometry, bad = _read_itk(path, rel, max_voxels=max_voxels)
+    if bad:
+        raise CaseError(
+            "read", "volume.non_finite",
+            f"voxels: found {bad} NaN/inf values in the stored data, expected finite intensities",
+            rel,
+        )
+    try:
+        canon, cgeom = canonicalise(array, geometry)
+    except CaseError as err:
+        raise err.with_path(rel) from None
+    canon = canon.astype(np.float32, copy=False)
+    check_finite(canon, rel)
+    return Volume(canon, cgeom, modality, {"Modality": modality}, file_sha256(path))
+
+
+def _on_image_grid(path: str, rel: str, image: Geometry):
+    """Read a mask or label map; its canonical array if it lies on ``image``'s grid."""
+    array, geometry, bad = _read_itk(path, rel)
+    try:
+        canon, cgeom = canonicalise(array, geometry)
+    except CaseError as err:
+        raise err.with_path(rel) from None
+    problems = geometry_mismatches(cgeom, image)
+    if problems:
+        raise CaseError(
+            "read", "mask.geometry_mismatch",
+            f"grid: found {'; '.join(problems)}, expected the mask on the image's grid",
+            rel,
+        )
+    return canon, bad
+
+
+def read_mask(path: str, rel: str, image: Geometry) -> tuple[np.ndarray, str]:
+    """Read a binary mask on ``image``'s canonical grid; return ``(bool array, sha256)``.
+
+    Accepted values are {0, 1} and {0, 255}; a mask whose grid differs from the
+    image's (after both are canonicalised) is rejected with every mismatching
+    field.
+    """
+    canon, bad = _on_image_grid(path, rel, image)
+    if bad:
+        raise CaseError(
+            "read", "mask.not_binary",
+            f"values: found {bad} NaN/inf values, expected {{0, 1}} (or {{0, 255}})",
+            rel,
+        )
+    values = np.unique(canon)
+    if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}):
+        shown = ", ".join(f"{v:g}" for v in values[:8]) + (", …" if len(values) > 8 else "")
+        raise CaseError(
+            "read", "mask.not_binary",
+            f"values: found {{{shown}}}, expected {{0, 1}} (or {{0, 255}})",
+            rel,
+        )
+    return canon != 0, file_sha256(path)
+
+
+def read_label_map(
+    path: str, rel: str, image: Geometry, labels: dict[int, str]
+) -> tuple[dict[str, np.ndarray], str]:
+    """Split a multilabel map into per-structure masks (canonical grid)."""
+    canon, bad = _on_image_grid(path, rel, image)
+    if bad or not (np.issubdtype(canon.dtype, np.integer)
+                   or np.array_equal(canon, np.round(canon))):
+        raise CaseError(
+            "read", "labels.non_integer",
+            f"values: found non-integer labels in a {canon.dtype} map"
+            + (f" ({bad} NaN/inf)" if bad else "") + ", expected integers",
+            rel,
+        )
+    canon = canon.astype(np.int64, copy=False)
+    values = set(np.unique(canon).tolist()) - {0}
+    unmapped = sorted(values - set(labels))
+    if unmapped:
+        raise CaseError(
+            "read", "labels.unmapped_value",
+            f"values: found label values {unmapped} that labels.json does not name, "
+            f"expected only {sorted(labels)}",
+            rel,
+        )
+    masks = {name: canon == value for value, name in sorted(labels.items()) if value in values}
+    return masks, file_sha256(path)
+
+
+class ItkReader:
+    """The :class:`~pipeline.inputs.readers.base.Reader` of one NIfTI, NRRD or MHA file."""
+
+    name = "itk"
+    takes = "one NIfTI, NRRD or MHA file (" + ", ".join(VOLUME_SUFFIXES) + ")"
+
+    def accepts(self, files: Files) -> bool:
+        """One file whose name ends with a volume suffix."""
+        return len(files) == 1 and is_volume_file(files[0][1])
+
+    def read(self, files: Files, *, modality: str = "CT",
+             max_voxels: int | None = None) -> Volume:
+        """:func:`read_volume` of the one file, as ``modality``."""
+        path, rel = files[0]
+        return read_volume(path, rel, modality, max_voxels=max_voxels)
