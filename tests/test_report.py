@@ -36,7 +36,10 @@ from pipeline.cli import main as cli_main
 from pipeline.config.resources import resource_dir
 from pipeline.inputs.radimagenet import load_label_pools, write_tree
 from pipeline.inputs.sample import write_longitudinal_sample, write_sample
+from pipeline.io.corpus import Corpus, list_configs, order_splits
 from pipeline.launch.build import build
+from pipeline.report import charts, dead_letters, drawing, gallery, stats, views
+from pipeline.report.audit import BASELINES, audit_section
 
 BAD_FOLDER = "zz-broken-case-4711"
 BAD_PNG = "zz-broken-image-4711.png"
@@ -192,7 +195,7 @@ def _rows(corpus: Path, config: str, columns: list[str]) -> list[dict]:
     ],
 )
 def test_scaled_box(box, scale, size, expected):
-    assert rep.scaled_box(box, scale, *size) == expected
+    assert views.scaled_box(box, scale, *size) == expected
 
 
 @pytest.mark.parametrize(
@@ -201,7 +204,7 @@ def test_scaled_box(box, scale, size, expected):
     ids=["slice", "tiny-tree-png", "exactly-target", "large"],
 )
 def test_display_scale(width, height, scale):
-    assert rep.display_scale(width, height) == scale
+    assert views.display_scale(width, height) == scale
 
 
 @pytest.mark.parametrize(
@@ -216,24 +219,49 @@ def test_display_scale(width, height, scale):
     ids=["code", "internal", "path", "free-text", "missing"],
 )
 def test_reasons_that_could_carry_a_path_are_withheld(reason, shown):
-    assert rep._safe_reason(reason) == shown
+    assert dead_letters.safe_reason(reason) == shown
 
 
 def test_png_size_reads_the_header_only():
     buf = io.BytesIO()
     Image.new("L", (37, 11)).save(buf, format="PNG")
-    assert rep.png_size(buf.getvalue()) == (37, 11)
-    assert rep.png_size(b"garbage") is None
+    assert stats.image_size(buf.getvalue()) == (37, 11)
+    assert stats.image_size(b"garbage") is None
+
+
+def test_corpus_lists_shards_in_split_order_and_never_private_files():
+    files = {rel: {"rows": 1} for rel in [
+        "qa/validation-00000-of-00001.parquet", "qa/train-00001-of-00002.parquet", "qa/extra-00000-of-00001.parquet",
+        "qa/train-00000-of-00002.parquet", "qa/test-00000-of-00001.parquet", "images/train-00000-of-00001.parquet",
+        "dead_letters/train-00000-of-00001.parquet", ".radvqa/units/train-00000-of-00001.parquet",
+        "qa/notes.parquet", "README.md", "report/index.html"]}
+    assert list_configs({"files": files}) == {
+        "images": ["images/train-00000-of-00001.parquet"],
+        "qa": ["qa/train-00000-of-00002.parquet", "qa/train-00001-of-00002.parquet",
+               "qa/validation-00000-of-00001.parquet", "qa/test-00000-of-00001.parquet",
+               "qa/extra-00000-of-00001.parquet"]}
+    assert order_splits(["test", "b", "train", "a", "test"]) == ["train", "test", "a", "b"]
+
+
+def test_corpus_reads_only_the_dead_letter_fields_asked_for(tmp_path):
+    (tmp_path / "dead_letters").mkdir()
+    (tmp_path / "dead_letters" / "dead_letters.jsonl").write_text(
+        '{"stage": "read", "reason": "volume.unreadable", "source": "s0002/ct.nii.gz"}\n\nnot json\n')
+    corpus = Corpus(str(tmp_path))
+    assert corpus.has_dead_letters()
+    assert list(corpus.read_dead_letters(("stage", "reason", "error_type"))) == [
+        ("read", "volume.unreadable", None), None]
+    assert not Corpus(str(tmp_path / "elsewhere")).has_dead_letters()
 
 
 def test_gallery_selection_ignores_row_order():
     rows = [{"qa_id": f"{(i * 7919) % 997:04x}", "image_id": f"img{i % 11}", "task": f"t{i % 3}",
              "question_type": ("closed", "open")[i % 2], "split": "train"} for i in range(90)]
-    a = rep.select_2d(rows, "image_id")
-    b = rep.select_2d(rows[::-1], "image_id")
+    a = gallery.select_2d(rows, "image_id")
+    b = gallery.select_2d(rows[::-1], "image_id")
     assert [(i.image_id, [q["qa_id"] for q in i.questions]) for i in a] == \
            [(i.image_id, [q["qa_id"] for q in i.questions]) for i in b]
-    assert sum(len(i.questions) for i in a) == rep.GALLERY_SIZE
+    assert sum(len(i.questions) for i in a) == gallery.GALLERY_SIZE
     assert {(q["task"], q["question_type"]) for i in a for q in i.questions} == \
            {(r["task"], r["question_type"]) for r in rows}
 
@@ -253,7 +281,7 @@ def test_audit_table_renders_every_group_with_its_verdict():
                        "longest_option": 0.41, "often_correct_option": 0.33},
          "excess_pp": 16.0, "verdict": "fail"},
     ]}
-    html = rep.audit_section({"audit": audit})
+    html = audit_section({"audit": audit})
     page = Page(html)
     text = page.text("audit")
     assert "not run" not in text
@@ -262,26 +290,26 @@ def test_audit_table_renders_every_group_with_its_verdict():
     assert html.index("anatomy") < html.index("existence")  # failures first
     assert '<td class="v-fail">fail</td>' in html and '<td class="v-ok">ok</td>' in html
     assert "41.0 %" in html and "+16.0" in html and "25.0 %" in html
-    for label, meaning in rep.BASELINES.values():
+    for label, meaning in BASELINES.values():
         assert label in text and meaning[:30] in text
 
 
 def test_audit_absent_says_not_run():
-    assert "audit was not run" in Page(rep.audit_section({})).text("audit")
+    assert "audit was not run" in Page(audit_section({})).text("audit")
 
 
 def test_group_counts_keep_nulls_and_value_types():
     t = pa.table({"a": ["x", None, "x", None, "x"], "b": [True, None, True, False, True],
                   "n": [1, 2, 1, 2, 3]})
-    assert rep._group_counts(t, ["a", "b", "n"]) == Counter(
+    assert stats.group_counts(t, ["a", "b", "n"]) == Counter(
         {("x", True, 1): 2, (None, None, 2): 1, (None, False, 2): 1, ("x", True, 3): 1})
-    assert rep._group_counts(t.slice(0, 0), ["a"]) == Counter()
+    assert stats.group_counts(t.slice(0, 0), ["a"]) == Counter()
 
 
-def _chart(**changes) -> rep.Chart:
+def _chart(**changes) -> charts.Chart:
     spec = {"size": [9, 1.28], "labels": ["liver", "price $5"], "values": [3, 5], "title": "Boxes",
             "xlabel": "boxes", "fmt": "{:,.0f}"}
-    return rep.Chart("barh", spec | changes)
+    return charts.Chart("barh", spec | changes)
 
 
 @pytest.mark.parametrize(
@@ -298,17 +326,17 @@ def test_chart_key_changes_with_every_drawn_input(change):
 
 def test_chart_key_changes_with_the_chart_version_and_the_libraries(monkeypatch):
     base = _chart().key()
-    installed = rep.library_versions()
-    monkeypatch.setattr(rep, "library_versions", lambda: installed | {"matplotlib": "0.0"})
+    installed = charts.library_versions()
+    monkeypatch.setattr(charts, "library_versions", lambda: installed | {"matplotlib": "0.0"})
     assert _chart().key() != base
     monkeypatch.undo()
-    monkeypatch.setattr(rep, "CHART_VERSION", rep.CHART_VERSION + 1)
+    monkeypatch.setattr(charts, "CHART_VERSION", charts.CHART_VERSION + 1)
     assert _chart().key() != base
 
 
 def test_chart_of_an_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="kind 'pie' is not one of"):
-        rep.Chart("pie", {})
+        charts.Chart("pie", {})
 
 
 # --------------------------------------------------------------------------- the reports
@@ -510,15 +538,15 @@ def _no_drawing(chart):
 def test_a_second_report_takes_every_chart_from_the_cache(reports, kind, monkeypatch):
     corpus, path, first = reports[kind]
     cached = _cache(corpus)
-    charts = {n: d for n, d in cached.items() if not n.startswith("view-")}
-    views = {n: d for n, d in cached.items() if n.startswith("view-")}
-    assert set(charts.values()) == set(_plot_pngs(first))  # this report's charts, nothing else
-    assert all(re.fullmatch(r"[0-9a-f]{64}\.png", name) for name in charts), sorted(charts)
+    chart_entries = {n: d for n, d in cached.items() if not n.startswith("view-")}
+    view_entries = {n: d for n, d in cached.items() if n.startswith("view-")}
+    assert set(chart_entries.values()) == set(_plot_pngs(first))  # this report's charts, nothing else
+    assert all(re.fullmatch(r"[0-9a-f]{64}\.png", name) for name in chart_entries), sorted(chart_entries)
     # and its 2D gallery views (images with boxes drawn), keyed by image, boxes and colours
-    assert all(re.fullmatch(r"view-[0-9a-f]{64}\.png", name) for name in views), sorted(views)
-    assert views and set(views.values()) == set(_plot_pngs(first, "view"))
-    monkeypatch.setattr(rep, "render_chart", _no_drawing)
-    monkeypatch.setattr(rep, "draw_boxes", lambda *a, **k: _no_drawing(type("V", (), {"kind": "view"})))
+    assert all(re.fullmatch(r"view-[0-9a-f]{64}\.png", name) for name in view_entries), sorted(view_entries)
+    assert view_entries and set(view_entries.values()) == set(_plot_pngs(first, "view"))
+    monkeypatch.setattr(drawing, "render_chart", _no_drawing)
+    monkeypatch.setattr(views, "draw_boxes", lambda *a, **k: _no_drawing(type("V", (), {"kind": "view"})))
     rep.write_report(str(corpus))
     assert path.read_bytes() == first
     assert _cache(corpus) == cached
@@ -551,8 +579,8 @@ def test_a_changed_chart_is_drawn_again_and_stale_entries_are_removed(reports, t
     manifest["files"][shard]["rows"] += 1  # changes the rows-per-config table and chart only
     (corpus / "manifest.json").write_text(json.dumps(manifest))
     drawn = []
-    draw = rep.render_chart
-    monkeypatch.setattr(rep, "render_chart", lambda chart: drawn.append(chart) or draw(chart))
+    draw = drawing.render_chart
+    monkeypatch.setattr(drawing, "render_chart", lambda chart: drawn.append(chart) or draw(chart))
 
     rep.write_report(str(corpus))
 
@@ -566,7 +594,7 @@ def test_a_changed_chart_is_drawn_again_and_stale_entries_are_removed(reports, t
     assert set(after.values()) == set(_plot_pngs(page))
     assert _plot_pngs(page)[0] != rows_chart and _plot_pngs(page)[1:] == _plot_pngs(reports["slices"][2])[1:]
     # an uncached render (it writes nothing) gives the same page
-    monkeypatch.setattr(rep, "render_chart", draw)
+    monkeypatch.setattr(drawing, "render_chart", draw)
     assert rep.render_report(str(corpus)).encode("utf-8") == page
     assert _charts(_cache(corpus)) == after
 
