@@ -45,6 +45,8 @@ QA_VERSION = "2"
 
 
 def _file_digest(paths) -> str:
+    """One digest of every file under ``paths`` (dot files skipped): relative name and
+    content, in sorted order."""
     parts = []
     for root in paths:
         root = str(root)

@@ -59,6 +59,7 @@ class Progress:
         self._thread.join()
 
     def done(self) -> tuple[int, int]:
+        """``(units, cases)`` whose receipt is written."""
         units = cases = 0
         for path, n in zip(self._paths, self._cases):
             if shards.exists(self._output, path):
