@@ -12,7 +12,7 @@
   is split into phases from the launcher's time-stamped log lines and the mtimes of the
   receipts it wrote.  With ``--deadline`` the build is stopped (its process tree killed)
   once that many seconds have passed, and the progress it had made is reported instead.
-* The plain loop: one process calling :func:`pipeline.engine.units.process_unit` — what the
+* The plain loop: one process calling :func:`pipeline.engine.execute.process_unit` — what the
   pipeline's ``ProcessUnitFn`` calls: read and check the PNGs, render ten questions per
   image, write the ``alignment`` and ``instruct`` shards — unit after unit, after the same
   launcher planning (:func:`bench.harness.launch`, timed apart).  With ``--loop-images``
@@ -196,7 +196,7 @@ def measure_build(tree_dir: Path, work: Path, deadline: float | None) -> dict:
 
 def measure_loop(tree_dir: Path, output: Path) -> dict:
     """The plain loop over every unit of ``tree_dir`` (see above)."""
-    from pipeline.engine.units import process_unit
+    from pipeline.engine.execute import process_unit
 
     shutil.rmtree(output, ignore_errors=True)
     planned = launch(RECIPE, tree_dir, output)

@@ -7,7 +7,7 @@ Stages, each timed over the same units (the recipe's shards) of the same phantom
     every unit (the unit's plan read first, as the pipeline does).
 ``slices``
     select, window, encode PNG, boxes, and write the unit's ``images`` and ``structures``
-    shards and extract receipt: :func:`pipeline.engine.units.extract_unit` with the kind's
+    shards and extract receipt: :func:`pipeline.engine.execute.extract_unit` with the kind's
     per-case step replaced by :func:`pipeline.engine.extract.extract_case` on the case as
     ``load_case`` returned it, unpickled from a cache written before timing (so the
     volumes stage is not counted twice; unpickling is a memory copy).
@@ -16,7 +16,7 @@ Stages, each timed over the same units (the recipe's shards) of the same phantom
     :mod:`pipeline.beam.transforms` over units whose pixel shards are stored (``keep``), so
     extraction only verifies the stored shards' sha256 — exactly what ``radvqa
     regenerate`` runs after a template edit: candidates, corpus-wide balancing rules,
-    :func:`pipeline.engine.units.render_unit`.
+    :func:`pipeline.engine.execute.render_unit`.
 
 Each stage runs three ways, all calling the same functions in the same order:
 
@@ -94,7 +94,7 @@ class LoadedSlicesKind:
 
     def extract_case(self, case, split: str, ctx):
         from pipeline.engine.extract import extract_case
-        from pipeline.engine.units import CaseResult
+        from pipeline.schema.records import CaseResult
 
         with open(os.path.join(self._cache, f"{case.key}.pkl"), "rb") as f:
             volume, masks, digest, notes = pickle.load(f)
@@ -123,7 +123,7 @@ def load_volumes(ref, ctx) -> dict:
 
 def extract_slices(ref, ctx, cache: str) -> dict:
     """The ``slices`` stage of one unit (writes its pixel shards and extract receipt)."""
-    from pipeline.engine.units import extract_unit
+    from pipeline.engine.execute import extract_unit
 
     report = extract_unit(ref, ctx, LoadedSlicesKind(cache)).report
     return {"slices": sum(f["rows"] for p, f in report["pixel_files"].items()
@@ -180,15 +180,15 @@ def qa_loop(refs, ctx, kind) -> tuple[float, float]:
     """The QA stage in one process: what ``BuildCorpus`` runs, unit after unit;
     ``(wall s, CPU s)``."""
     from pipeline.beam.transforms import _rules
-    from pipeline.engine import units as U
+    from pipeline.engine import execute
 
     t0, c0 = time.perf_counter(), time.process_time()
-    extracted = [U.extract_unit(ref, ctx, kind) for ref in refs]
-    candidates = [U.unit_candidates(ref, e.report, ctx, kind) for ref, e in zip(refs, extracted)]
+    extracted = [execute.extract_unit(ref, ctx, kind) for ref in refs]
+    candidates = [execute.unit_candidates(ref, e.report, ctx, kind) for ref, e in zip(refs, extracted)]
     rules = _rules(candidates, ctx.pools)  # BuildCorpus' BalanceThresholds step
     for ref, e in zip(refs, extracted):
         e.payload = None  # as ExtractUnitFn does: rendering reads the stored shards
-        U.render_unit(ref, e, ctx, kind, rules)
+        execute.render_unit(ref, e, ctx, kind, rules)
     return time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -220,7 +220,7 @@ def _same(what: str, found: int, loop: int) -> None:
 
 def measure(launch: Launch, input_dir: Path, log) -> dict:
     """Every stage, three ways; returns raw seconds and counts per stage and runner."""
-    from pipeline.launch.build import run_pipeline
+    from pipeline.launch.runner import run_pipeline
 
     ctx, kind, refs = launch.ctx, launch.kind, launch.refs
     if any(r.mode != "build" for r in refs):

@@ -20,10 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config.resources import resource_dir
-from pipeline.engine import units
+from pipeline.engine import execute
 from pipeline.errors import BuildFailed
 from pipeline.inputs.sample import write_sample
 from pipeline.launch.build import build, regenerate
+from pipeline.schema import layout
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = {"log": lambda m: None}
@@ -100,7 +101,7 @@ def test_regenerate_after_template_and_pool_edits_matches_a_fresh_build(tmp_path
     third = regenerate(str(out), **QUIET)
     assert sorted(third.manifest["build"]["units_skipped"]) == unit_ids
     assert corpus_digest(out) == corpus_digest(fresh)
-    assert not (out / units.PLAN_DIR).exists()  # plans name source files: removed when done
+    assert not (out / layout.PLAN_DIR).exists()  # plans name source files: removed when done
 
 
 def test_split_change_copies_stored_rows_instead_of_decoding(tmp_path, sample_input):
@@ -139,7 +140,7 @@ def _fresh(tmp_path, recipe, inp, name="fresh"):
 
 def test_a_dofn_failing_on_its_first_attempt_is_retried(tmp_path, sample_input, monkeypatch):
     recipe = _recipe_dir(tmp_path)
-    real = units.extract_unit
+    real = execute.extract_unit
     failed = []
 
     def flaky(ref, ctx, kind):
@@ -148,18 +149,18 @@ def test_a_dofn_failing_on_its_first_attempt_is_retried(tmp_path, sample_input, 
             raise RuntimeError("injected failure on the first attempt")
         return real(ref, ctx, kind)
 
-    monkeypatch.setattr(units, "extract_unit", flaky)
+    monkeypatch.setattr(execute, "extract_unit", flaky)
     out = tmp_path / "out"
     result = build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), retries=1,
                    beam_args=["--direct_running_mode=in_memory"], **QUIET)
     assert failed and result.manifest["build"]["attempts"] == 2
-    monkeypatch.setattr(units, "extract_unit", real)
+    monkeypatch.setattr(execute, "extract_unit", real)
     assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, sample_input))
 
 
 def test_without_retries_the_failure_is_reported_and_a_rerun_resumes(tmp_path, sample_input, monkeypatch):
     recipe = _recipe_dir(tmp_path)
-    real = units.extract_unit
+    real = execute.extract_unit
 
     calls = []
 
@@ -169,12 +170,12 @@ def test_without_retries_the_failure_is_reported_and_a_rerun_resumes(tmp_path, s
             raise RuntimeError("disk on fire")
         return real(ref, ctx, kind)
 
-    monkeypatch.setattr(units, "extract_unit", broken)
+    monkeypatch.setattr(execute, "extract_unit", broken)
     out = tmp_path / "out"
     with pytest.raises(BuildFailed, match="disk on fire.*Rerun the same command to resume"):
         build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), retries=0,
               beam_args=["--direct_running_mode=in_memory"], **QUIET)
-    monkeypatch.setattr(units, "extract_unit", real)
+    monkeypatch.setattr(execute, "extract_unit", real)
     result = build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), **QUIET)
     assert result.manifest["build"]["cases_extracted"] < 6  # finished units were kept
     assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, sample_input))
@@ -184,7 +185,7 @@ def _final_files_are_complete(out: Path) -> int:
     """Every file under a final name parses completely (Parquet) or as JSON; count them."""
     n = 0
     for p in out.rglob("*"):
-        if not p.is_file() or units.STATE_DIR + "/sample" in p.as_posix() or ".tmp-" in p.name:
+        if not p.is_file() or layout.STATE_DIR + "/sample" in p.as_posix() or ".tmp-" in p.name:
             continue
         if p.suffix == ".parquet":
             pq.read_table(p)
@@ -205,7 +206,7 @@ def test_a_killed_build_resumes_to_the_same_bytes(tmp_path, sample_input):
     proc = subprocess.Popen(args, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    receipts = out / units.UNITS_DIR
+    receipts = out / layout.UNITS_DIR
     while time.monotonic() < deadline and proc.poll() is None:
         if any(p.name.endswith(".json") and ".extract" not in p.name for p in receipts.glob("*.json")):
             break
@@ -231,7 +232,7 @@ def test_a_killed_worker_is_detected_and_the_build_retried(tmp_path, sample_inpu
 
     def assassin():
         deadline = time.monotonic() + 240
-        receipts = out / units.UNITS_DIR
+        receipts = out / layout.UNITS_DIR
         while time.monotonic() < deadline:
             if any(receipts.glob("*.extract.json")):
                 for pid in _worker_pids():

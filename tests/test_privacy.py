@@ -52,8 +52,9 @@ from pipeline.core.imaging import PNG_KEEP, encode_png, strip_png_metadata
 from pipeline.exports import PRIVATE_DIRS, export_corpus
 from pipeline.inputs.readers import read_dicom_series
 from pipeline.inputs.sample import make_phantom, write_case
-from pipeline.launch.build import build, fingerprint, public_recipe
+from pipeline.launch.build import build
 from pipeline.launch.card import DEIDENTIFICATION
+from pipeline.launch.finalise import fingerprint, public_recipe
 from tests.dicom_factory import as_pairs, ramp_volume, write_series
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""The thin Beam shell: DoFns and one PTransform around :mod:`pipeline.engine.units`.
+"""The thin Beam shell: DoFns and one PTransform around :mod:`pipeline.engine.execute`.
 
 Shape of a build (element shape after each labelled step)::
 
@@ -22,6 +22,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
+from pipeline.engine import execute
 from pipeline.engine import units as U
 
 DEAD = "dead_letters"
@@ -43,7 +44,7 @@ class ExtractUnitFn(beam.DoFn):
         self._rejected = Metrics.counter(NAMESPACE, "cases_rejected")
 
     def process(self, ref: U.UnitRef):
-        extracted = U.extract_unit(ref, self._ctx, kind_of(self._ctx.kind))
+        extracted = execute.extract_unit(ref, self._ctx, kind_of(self._ctx.kind))
         self._cases.inc(ref.n_cases)
         self._rejected.inc(len(extracted.dead))
         for letter in extracted.dead:
@@ -61,7 +62,7 @@ class RenderQuestionsFn(beam.DoFn):
 
     def process(self, element, rules=None):
         ref, extracted = element
-        receipt, dead = U.render_unit(ref, extracted, self._ctx, kind_of(self._ctx.kind), rules)
+        receipt, dead = execute.render_unit(ref, extracted, self._ctx, kind_of(self._ctx.kind), rules)
         self._qa.inc(receipt["rows"].get("qa", 0))
         for letter in dead:
             yield pvalue.TaggedOutput(DEAD, letter)
@@ -76,7 +77,7 @@ class ProcessUnitFn(beam.DoFn):
         self._qa = Metrics.counter(NAMESPACE, "qa_rows")
 
     def process(self, ref: U.UnitRef):
-        receipt, dead = U.process_unit(ref, self._ctx, kind_of(self._ctx.kind))
+        receipt, dead = execute.process_unit(ref, self._ctx, kind_of(self._ctx.kind))
         self._qa.inc(receipt["rows"].get("qa", 0))
         for letter in dead:
             yield pvalue.TaggedOutput(DEAD, letter)
@@ -97,7 +98,7 @@ class FinishFn(beam.DoFn):
 
 def _candidates(element, ctx):
     ref, extracted = element
-    return U.unit_candidates(ref, extracted.report, ctx, kind_of(ctx.kind))
+    return execute.unit_candidates(ref, extracted.report, ctx, kind_of(ctx.kind))
 
 
 def _rules(candidate_lists, pools):

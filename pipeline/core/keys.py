@@ -12,7 +12,8 @@ Contract (changing anything here changes every corpus ever built):
   uniform number against cumulative fractions.  A patient's split depends on
   its key and the fractions only: adding patients never moves others.
 * :func:`plan_shards` range-partitions sorted keys into contiguous shards
-  (TFDS style), so shard membership is a function of the key set only.
+  (TFDS style), so shard membership is a function of the key set only;
+  shard *names* are :mod:`pipeline.schema.layout`'s.
 """
 
 from __future__ import annotations
@@ -117,11 +118,6 @@ def plan_shards(keys: Iterable[str], items_per_shard: int) -> list[list[str]]:
     n = math.ceil(len(ordered) / items_per_shard)
     bounds = [i * len(ordered) // n for i in range(n + 1)]
     return [ordered[bounds[i] : bounds[i + 1]] for i in range(n)]
-
-
-def shard_name(split: str, index: int, count: int, ext: str = "parquet") -> str:
-    """``<split>-SSSSS-of-NNNNN.<ext>`` (Hugging Face / TFDS naming)."""
-    return f"{split}-{index:05d}-of-{count:05d}.{ext}"
 
 
 def choose(gen: np.random.Generator, items: Sequence, k: int) -> list:

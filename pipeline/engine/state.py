@@ -12,17 +12,20 @@
 
 :class:`StoredIndex` maps a case key to where its rows are stored and under which
 fingerprint; the launcher plans reuse from it, the workers verify every file's sha256
-before they trust it.
+before they trust it.  Only the launcher imports this module.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from pipeline.engine.units import STATE_DIR, UNITS_DIR
+from apache_beam.io.filesystems import FileSystems
+
 from pipeline.io import shards
+from pipeline.schema.layout import STATE_DIR, UNITS_DIR
 
 PREVIOUS_DIR = f"{STATE_DIR}/previous"
 PREVIOUS_SOURCES = f"{PREVIOUS_DIR}/sources.json"
@@ -37,8 +40,6 @@ class Stored:
 
 
 def _match(output: str, pattern: str) -> list[str]:
-    from apache_beam.io.filesystems import FileSystems
-
     found = FileSystems.match([shards.join(output, pattern)])[0].metadata_list
     return sorted(m.path for m in found)
 
@@ -112,8 +113,6 @@ class StoredIndex:
 def move_aside(output: str, paths: Iterable[str], index_entries: list[dict]) -> dict[str, str]:
     """Move stored shards to ``.radvqa/previous/`` (rename) and record them; returns
     ``{old relative path: new relative path}``."""
-    from apache_beam.io.filesystems import FileSystems
-
     moved = {}
     for rel in sorted(set(paths)):
         new = f"{PREVIOUS_DIR}/{rel}"
@@ -121,8 +120,6 @@ def move_aside(output: str, paths: Iterable[str], index_entries: list[dict]) -> 
         if not FileSystems.exists(src):
             continue
         if "://" not in dst:
-            import os
-
             os.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
         if FileSystems.exists(dst):
             FileSystems.delete([dst])
@@ -142,8 +139,6 @@ def move_aside(output: str, paths: Iterable[str], index_entries: list[dict]) -> 
 
 def delete_tree(output: str, rel: str) -> None:
     """Delete a state folder (plan, previous) if present."""
-    from apache_beam.io.filesystems import FileSystems
-
     path = shards.join(output, rel)
     if FileSystems.exists(path):
         FileSystems.delete([path])

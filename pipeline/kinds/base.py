@@ -77,8 +77,8 @@ def phantom_input(output: str, folder: str, version: str, log, write) -> str:
     """Write (or reuse) built-in sample inputs under ``OUTPUT/.radvqa/<folder>``."""
     import os
 
-    from pipeline.engine.units import STATE_DIR
     from pipeline.errors import ConfigError
+    from pipeline.schema.layout import STATE_DIR
 
     if "://" in output:
         raise ConfigError("--input is required when --output is not a local folder")

@@ -17,11 +17,11 @@ import pyarrow as pa
 from pipeline.core import keys
 from pipeline.engine.extract import EXTRACT_VERSION, SliceSettings, process_case
 from pipeline.engine.ood import OOD_SCHEMA
-from pipeline.engine.units import CaseResult
 from pipeline.errors import CaseError
 from pipeline.inputs.discovery import CaseSource
 from pipeline.kinds.base import VolumeCases
 from pipeline.schema.arrow import IMAGES_SCHEMA, QA_SCHEMA, STRUCTURES_SCHEMA
+from pipeline.schema.records import CaseResult
 
 
 class SlicesKind(VolumeCases):
@@ -137,7 +137,7 @@ class SlicesKind(VolumeCases):
                 dead.append(_dead(record, err))
                 continue
             except Exception as exc:
-                from pipeline.engine.units import internal_error
+                from pipeline.engine.dead_letters import internal_error
 
                 dead.append(_dead(record, internal_error("qa", exc)))
                 continue
@@ -146,8 +146,8 @@ class SlicesKind(VolumeCases):
                 tasks[row["task"]] += 1
             unknown.update(label for label in record["case_labels"] if not ctx.pools.known(label))
         rows.sort(key=lambda r: r["qa_id"])
+        from pipeline.engine.execute import read_pixels
         from pipeline.engine.ood import chosen, image_rows
-        from pipeline.engine.units import read_pixels
         from pipeline.qa.audit import partial_counts
 
         tables = {"qa": pa.Table.from_pylist(rows, schema=QA_SCHEMA)}
@@ -171,7 +171,7 @@ class SlicesKind(VolumeCases):
 
 
 def _dead(record: Mapping, err: CaseError) -> dict:
-    from pipeline.engine.units import dead_letter
+    from pipeline.engine.dead_letters import dead_letter
 
     return dead_letter(record["case_key"], record["case_key"], err)
 

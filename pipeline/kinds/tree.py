@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 from pipeline.core import keys
 from pipeline.core.imaging import strip_png_metadata
 from pipeline.engine.ood import OOD_SCHEMA
-from pipeline.engine.units import PLAN_DIR, UNITS_DIR, CaseResult
 from pipeline.errors import CaseError
 from pipeline.inputs.radimagenet import TreeImage, check_png
 from pipeline.io import shards
@@ -37,6 +36,8 @@ from pipeline.schema.arrow import (
     METADATA,
     TURN,
 )
+from pipeline.schema.layout import PLAN_DIR, UNITS_DIR
+from pipeline.schema.records import CaseResult
 
 TREE_VERSION = "1"
 BENCHMARK_PLAN = f"{PLAN_DIR}/benchmark.json"

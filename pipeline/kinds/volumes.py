@@ -26,11 +26,11 @@ from pipeline.core.slices import apply_window, ct_window, mr_window, resample
 from pipeline.core.volume_facts import lesion_facts
 from pipeline.engine.extract import load_case
 from pipeline.engine.ood import OOD3D_SCHEMA
-from pipeline.engine.units import CaseResult
 from pipeline.errors import CaseError
 from pipeline.inputs.discovery import CaseSource
 from pipeline.kinds.base import VolumeCases
 from pipeline.schema.arrow import with_hf_metadata
+from pipeline.schema.records import CaseResult
 
 VOLUME_QA_VERSION = "2"
 BOX3D = pa.struct([("label", pa.string()), ("box", pa.list_(pa.int32()))])
@@ -227,7 +227,7 @@ class VolumesKind(VolumeCases):
 
     @staticmethod
     def render(ref, records: list[dict], payload, ctx, rules, report):
-        from pipeline.engine.units import dead_letter, internal_error
+        from pipeline.engine.dead_letters import dead_letter, internal_error
         from pipeline.qa.audit import partial_counts
         from pipeline.qa.balance import apply
         from pipeline.qa.questions import questions_for
@@ -274,8 +274,8 @@ class VolumesKind(VolumeCases):
         tables = {"qa": pa.Table.from_pylist(rows, schema=QA3D_SCHEMA)}
         conf = ctx.extras.get("ood")
         if conf and ref.split == conf["split"]:
+            from pipeline.engine.execute import read_pixels
             from pipeline.engine.ood import chosen, volume_rows
-            from pipeline.engine.units import read_pixels
 
             wanted = {i for i, _, _ in chosen([r["volume_id"] for r in records], conf, ctx.seed)}
             npys = read_pixels(ctx.output, report, "volumes", "volume_id", "npy", wanted)

@@ -1,0 +1,239 @@
+"""Finalising a build: receipts collected, stale files removed, counts, audit, card, manifest.
+
+After the pipeline has run, every planned unit has a receipt (``.radvqa/units/<unit>.json``)
+listing the files it wrote.  :func:`finalise` checks they are all there, deletes shards
+and state of an earlier build that this one no longer has, merges the dead letters, sums
+the per-stage counts (and checks ``inputs == accepted + rejected``), runs the audit, and
+writes the dataset card, the report and ``manifest.json`` — the manifest twice, since the
+report reads the corpus and then takes its place in the manifest's file list.
+
+:func:`fingerprint` is the build's published identity: the recipe (its pseudonym key
+redacted, :func:`public_recipe`), the seed, the templates' and pools' contents and the
+stage versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import __version__
+from pipeline.config.recipes import Recipe, pool_paths, template_paths
+from pipeline.core import keys
+from pipeline.engine import state
+from pipeline.engine.dead_letters import merge_dead_letters
+from pipeline.engine.units import UnitRef
+from pipeline.errors import BuildFailed
+from pipeline.io import shards
+from pipeline.kinds.tree import BENCHMARK_RECEIPT
+from pipeline.launch.card import render_card
+from pipeline.qa.audit import audit, merge
+from pipeline.report import write_report
+from pipeline.schema.arrow import SCHEMA_VERSION
+from pipeline.schema.layout import CARD, DEAD_UNITS_DIR, MANIFEST, REPORT, UNITS_DIR
+
+QA_VERSION = "2"
+
+
+# ------------------------------------------------------------------------ fingerprints
+
+
+def _file_digest(paths) -> str:
+    """One digest of every file under ``paths`` (dot files skipped): relative name and
+    content, in sorted order."""
+    parts = []
+    for root in paths:
+        root = str(root)
+        items = [root] if os.path.isfile(root) else sorted(
+            os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if not f.startswith(".")
+        )
+        for p in items:
+            with open(p, "rb") as f:
+                parts.append(os.path.relpath(p, os.path.dirname(root)) + ":" + keys.digest(f.read()))
+    return keys.digest(*parts)
+
+
+def fingerprint(recipe: Recipe, seed: int) -> str:
+    """Recipe (its pseudonym key left out: the fingerprint is published), seed, template
+    and pool contents and stage versions (not input data)."""
+    return keys.digest(
+        json.dumps(public_recipe(recipe.data), sort_keys=True), seed, _file_digest(template_paths(recipe)),
+        _file_digest(pool_paths(recipe)), SCHEMA_VERSION, QA_VERSION, __version__,
+    )
+
+
+def public_recipe(data: dict) -> dict:
+    """The recipe as published in the manifest: a pseudonym key is a secret, never copied."""
+    out = json.loads(json.dumps(data))
+    if (out.get("privacy") or {}).get("pseudonym_key"):
+        out["privacy"]["pseudonym_key"] = "<redacted>"
+    return out
+
+
+# ---------------------------------------------------------------------------- finalise
+
+
+def collect_receipts(output: str, refs: Sequence[UnitRef]) -> list[dict]:
+    """Every planned unit's receipt; a missing one is a failed build."""
+    out = []
+    for ref in refs:
+        if not shards.exists(output, ref.receipt):
+            raise BuildFailed(f"unit {ref.unit_id} finished without its receipt {ref.receipt}")
+        out.append(json.loads(shards.read_bytes(output, ref.receipt)))
+    return out
+
+
+def _remove_stale(output: str, configs, keep: set[str]) -> None:
+    """Delete shards of an earlier build (other splits or shard counts) not in this one."""
+    for config in configs:
+        match = FileSystems.match([shards.join(output, f"{config}/*.parquet")])[0]
+        stale = [m.path for m in match.metadata_list if state.rel_path(output, m.path) not in keep]
+        if stale:
+            FileSystems.delete(stale)
+
+
+def _remove_stale_state(output: str, refs: Sequence[UnitRef]) -> None:
+    """Delete receipts and dead-letter parts of units this build no longer has."""
+    live = {r.unit_id for r in refs}
+    for folder in (UNITS_DIR, DEAD_UNITS_DIR):
+        for m in FileSystems.match([shards.join(output, f"{folder}/*")])[0].metadata_list:
+            name = m.path.rsplit("/", 1)[1]
+            unit = name.split(".", 1)[0]
+            if unit not in live and unit != "benchmark":
+                FileSystems.delete([m.path])
+
+
+def aggregate_counts(receipts: list[dict], rejects: list[dict], stats: dict) -> dict:
+    """Per stage ``{inputs, accepted, rejected, rejected_by_reason}``; checks the balance."""
+    n_cases = sum(r["counts"]["read"]["inputs"] for r in receipts)
+    counts = {"discover": {
+        "inputs": n_cases + len(rejects), "accepted": n_cases, "rejected": len(rejects),
+        "rejected_by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
+    }}
+    excluded = {k: v for k, v in sorted(stats.items()) if k.startswith("excluded")}
+    if excluded:
+        counts["discover"]["excluded_by_recipe"] = excluded
+    for stage in ("read", "extract", "qa"):
+        total = {"inputs": 0, "accepted": 0, "rejected": 0}
+        reasons: Counter = Counter()
+        for r in receipts:
+            c = r["counts"][stage]
+            for k in total:
+                total[k] += c[k]
+            reasons.update(c["rejected_by_reason"])
+        counts[stage] = total | {"rejected_by_reason": dict(sorted(reasons.items()))}
+    for stage, c in counts.items():
+        if c["inputs"] != c["accepted"] + c["rejected"]:
+            raise AssertionError(f"counts.{stage}: inputs != accepted + rejected: {c}")
+    return counts
+
+
+def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, default_key,
+             attempts) -> dict:
+    """Collect receipts; merge dead letters; audit; write the card, report and manifest."""
+    receipts = collect_receipts(output, refs)
+    finish = None
+    if kind.finish is not None and ctx.extras.get("benchmark"):
+        finish = json.loads(shards.read_bytes(output, BENCHMARK_RECEIPT))
+    files: dict[str, dict] = {}
+    for r in receipts:
+        files.update(r["files"])
+    if finish:
+        files.update(finish["files"])
+    _remove_stale(output, kind.configs, set(files))
+    _remove_stale_state(output, refs)
+    files.update(merge_dead_letters(output, refs, rejects))
+    counts = aggregate_counts(receipts, rejects, stats)
+    split_rows: dict[str, Counter] = {c: Counter() for c in kind.configs}
+    split_cases: dict[str, Counter] = {}
+    tasks: Counter = Counter()
+    unknown: set[str] = set()
+    for r in receipts:
+        for rel, info in r["files"].items():
+            split_rows[rel.split("/", 1)[0]][r["split"]] += info["rows"] or 0
+        c = split_cases.setdefault(r["split"], Counter())
+        c["cases"] += r["rows"]["cases"]
+        c["images"] += r["rows"].get("images", 0)
+        c["qa"] += r["rows"].get("qa", 0)
+        tasks.update(r["tasks"])
+        unknown.update(r.get("labels_unknown_to_pools", []))
+    if finish:
+        split_rows["benchmark"]["test"] = finish["rows"]["benchmark"]
+    audit_result = audit(merge([r["audit"] for r in receipts] + ([finish["audit"]] if finish else [])),
+                         dict(getattr(kind, "audit_defaults", {})) | recipe.section("audit"))
+    extras = dict(ctx.extras) | {"finish": finish,
+                                 "pools_added": list(getattr(prep["pools"], "added", ()) or ())}
+    kind_fields, card_lines, _ = kind.manifest_extras(output, receipts, extras)
+    card = render_card(
+        recipe=public_recipe(recipe.data) | {"seed": seed}, fingerprint=fp, split_rows=split_rows, files=files, counts=counts,
+        tasks=tasks, default_key=default_key, config_names=kind.configs, extra=card_lines,
+        schemas=kind.schemas, kind=kind.name, audit=audit_result)
+    files[CARD] = shards.write_bytes(output, CARD, card.encode("utf-8")).as_dict()
+    inputs = {k: v[1] for r in receipts for k, v in r["cases"].items()}
+    manifest = {
+        "radvqa_manifest": 2,
+        "kind": kind.name,
+        "recipe": {"name": recipe.name, "content": public_recipe(recipe.data)},
+        "seed": seed,
+        "fingerprint": fp,
+        "versions": versions(),
+        "inputs": {"cases": len(inputs),
+                   "fingerprint": keys.digest(*(f"{k}:{v}" for k, v in sorted(inputs.items())))},
+        "splits": {
+            s: {"cases": split_cases.get(s, Counter())["cases"],
+                "images": split_cases.get(s, Counter())["images"],
+                "qa": split_cases.get(s, Counter())["qa"],
+                "shards": sum(1 for r in refs if r.split == s)}
+            for s in recipe.section("splits")["fractions"]
+        },
+        "counts": counts,
+        "tasks": dict(sorted(tasks.items())),
+        "labels_unknown_to_pools": sorted(unknown) + sorted(
+            "/".join(t) for t in extras["pools_added"]),
+        "audit": audit_result,
+        **kind_fields,
+        "build": _build_section(receipts, attempts, ctx.extras.get("run_id")),
+        "files": dict(sorted(files.items())),
+    }
+    # The report reads the corpus (manifest included), then takes its place in the manifest.
+    shards.write_json(output, MANIFEST, manifest)
+    write_report(output)
+    data = shards.read_bytes(output, REPORT)
+    files[REPORT] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "rows": None}
+    manifest["files"] = dict(sorted(files.items()))
+    shards.write_json(output, MANIFEST, manifest)
+    return manifest
+
+
+def _build_section(receipts: list[dict], attempts: int, run_id: str | None) -> dict:
+    """How this build ran: what it reused.  The one part of the manifest that differs
+    between a fresh build and an incremental one (every other byte is the same)."""
+    kept, done, stored, extracted = [], [], 0, 0
+    for r in receipts:
+        if r.get("run") != run_id:
+            done.append(r["unit"])
+            continue
+        if r.get("kept"):
+            kept.append(r["unit"])
+        stored += r["reuse"]["stored_cases"]
+        extracted += r["reuse"]["extracted_cases"]
+    return {"units_skipped": sorted(done), "units_kept_pixels": sorted(kept),
+            "cases_copied_from_stored_shards": stored, "cases_extracted": extracted,
+            "attempts": attempts}
+
+
+def versions() -> dict:
+    """Versions of radvqa, its schema and QA stage, and the libraries that shape the bytes."""
+    out = {"radvqa": __version__, "schema": SCHEMA_VERSION, "qa": QA_VERSION}
+    for dist in ("apache-beam", "numpy", "pyarrow", "pydicom", "SimpleITK", "jinja2"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "missing"
+    return out

@@ -1,0 +1,142 @@
+"""Planning a build: which units to run, in which mode, from what is stored.
+
+:func:`plan_units` writes every unit's plan file and proposes its mode (``build`` /
+``keep`` / ``done``, :mod:`pipeline.engine.units`) from the receipts an earlier build
+left (:mod:`pipeline.engine.state`); stored shards another unit would overwrite are moved
+aside first.  The launcher plans with the cyclic garbage collector paused
+(:class:`PlanningCollector`).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections import Counter
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.engine import state
+from pipeline.engine.units import PlannedCase, UnitRef, plan_digest, write_plan
+from pipeline.io import shards
+from pipeline.schema.layout import (
+    DEAD_LETTERS_DIR,
+    DEAD_UNITS_DIR,
+    PLAN_DIR,
+    REPORT_DIR,
+    UNITS_DIR,
+)
+
+
+class PlanningCollector:
+    """The cyclic garbage collector around the launcher's planning.
+
+    Planning a large input creates long-lived objects by the million (a 750K-image tree:
+    its images, fingerprints, plans); every full collection would walk them all again.
+    The collector is paused while planning, and what planning left is then parked in the
+    permanent generation (``gc.freeze``) for the run, so collections while the runner
+    works skip it.  Everything is restored on exit (``gc.unfreeze``): nothing is kept
+    alive that reference counting would free anyway.
+    """
+
+    def __enter__(self):
+        self._was_enabled = gc.isenabled()
+        gc.disable()
+        return self
+
+    def planned(self) -> None:
+        """Before each pipeline attempt, once its unit plans are written."""
+        if self._was_enabled:
+            gc.enable()
+        gc.freeze()
+
+    def __exit__(self, *exc):
+        gc.unfreeze()
+        if self._was_enabled:
+            gc.enable()
+
+
+def clean_temporaries(output: str, kind) -> None:
+    """Remove temporary files a killed worker may have left (never under a final name)."""
+    folders = [*kind.configs, UNITS_DIR, PLAN_DIR, DEAD_LETTERS_DIR, DEAD_UNITS_DIR, REPORT_DIR, ""]
+    for folder in folders:
+        pattern = f"{folder}/*{shards.TMP_MARK}*" if folder else f"*{shards.TMP_MARK}*"
+        found = FileSystems.match([shards.join(output, pattern)])[0].metadata_list
+        if found:
+            FileSystems.delete([m.path for m in found])
+
+
+def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run):
+    """Refs (with proposed modes) and plan files for every unit; sources that another unit
+    would overwrite are moved aside first.  ``before_run(units)`` (the kind's launcher
+    step) returns extras for the context, and per-case question choices under
+    ``"case_extras"`` that go into the plan lines.  Returns ``(refs, number of stored
+    cases, extras)``."""
+    receipts = state.load_receipts(output)
+    index = state.StoredIndex.load(output, receipts, kind.stored_configs)
+    units = []
+    for split, i, n, members in planned:
+        ref = UnitRef(split, i, n, len(members))
+        cases = []
+        for c in members:
+            key = kind.case_key(c)
+            s = index.lookup(key, fps[key])
+            cases.append(PlannedCase(c, fps[key], dict(s.locations) if s else None,
+                                     s.content if s else ""))
+        units.append([ref, cases])
+    # Which files does this run write?  Stored rows read from one of them by another unit
+    # must be moved aside before the run.
+    writes = {ref.shard(c): ref.unit_id for ref, _ in units
+              for c in (*kind.pixel_configs, *kind.text_configs)}
+    hazards = set()
+    for ref, cases in units:
+        for pc in cases:
+            for path, _ in (pc.stored or {}).values():
+                if writes.get(path, ref.unit_id) != ref.unit_id:
+                    hazards.add(path)
+    if hazards:
+        entries = []
+        for name, receipt in receipts.items():
+            got = state.sources_of(receipt, kind.stored_configs) if name != "benchmark.json" else None
+            if got:
+                entries.append({"cases": got[0], "locations": got[1]})
+        moved = state.move_aside(output, hazards, entries)
+        for _, cases in units:
+            for n, pc in enumerate(cases):
+                if pc.stored and any(p in moved for p, _ in pc.stored.values()):
+                    cases[n] = PlannedCase(pc.case, pc.fp, {
+                        c: (moved.get(p, p), sha) for c, (p, sha) in pc.stored.items()}, pc.content)
+    extras = dict(before_run([(ref, [pc.case for pc in cases]) for ref, cases in units]))
+    case_extras = extras.pop("case_extras", {})
+    refs = []
+    n_stored = sum(1 for _, cases in units for pc in cases if pc.stored)
+    for ref, cases in units:
+        if case_extras:
+            cases = [PlannedCase(pc.case, pc.fp, pc.stored, pc.content,
+                                 case_extras.get(kind.case_key(pc.case))) for pc in cases]
+        mode = _propose(ref, cases, receipts, kind, qa_fp)
+        ref = UnitRef(ref.split, ref.index, ref.count, ref.n_cases, mode)
+        write_plan(output, ref, cases, kind)
+        if mode != "done":
+            for rel in (ref.receipt,):
+                if shards.exists(output, rel):
+                    FileSystems.delete([shards.join(output, rel)])
+        refs.append(ref)
+    return refs, n_stored, extras
+
+
+def _propose(ref: UnitRef, cases, receipts, kind, qa_fp: str) -> str:
+    """``done`` / ``keep`` / ``build`` from the unit's last receipts (workers verify)."""
+    digest = plan_digest(cases, kind)
+    full = receipts.get(f"{ref.unit_id}.json")
+    if full and full.get("planned") == digest and full.get("qa_fp") == qa_fp:
+        return "done"  # the worker verifies every file
+    ext = receipts.get(f"{ref.unit_id}.extract.json")
+    if kind.pixel_configs and ext and ext.get("planned") == digest:
+        return "keep"
+    return "build"
+
+
+def log_plan(refs, n_stored: int, log) -> None:
+    """One line: how many units are built, keep their pixels, or are unchanged."""
+    modes = Counter(r.mode for r in refs)
+    log(f"  units: {modes.get('build', 0)} to build, {modes.get('keep', 0)} with stored pixels, "
+        f"{modes.get('done', 0)} unchanged; {n_stored} case(s) stored by an earlier build")

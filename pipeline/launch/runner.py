@@ -1,0 +1,184 @@
+"""Running the Beam pipeline once: options, progress, and a dead worker turned into an error.
+
+:func:`run_pipeline` builds the pipeline (:class:`~pipeline.beam.transforms.BuildCorpus`
+over the unit refs) and blocks until it finishes; any failure — a worker error, a worker
+process that died — is raised as :class:`~pipeline.errors.BuildFailed`, after the
+remaining SDK worker processes are killed, so the launcher can retry: finished units keep
+their receipts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.beam.transforms import BuildCorpus
+from pipeline.engine.units import BuildContext, UnitRef
+from pipeline.errors import BuildFailed
+from pipeline.io import shards
+from pipeline.schema.layout import UNITS_DIR
+
+DEFAULT_RUNNER = "FnApiRunner"
+
+
+def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
+    """Beam's options from the command line's extra arguments (runner default: FnApiRunner)."""
+    args = list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.append(f"--runner={DEFAULT_RUNNER}")
+    return PipelineOptions(args)
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Polls unit receipts while the runner blocks (``FnApiRunner.run()`` exposes no
+    metrics mid-run); prints cases done / total, rate and ETA."""
+
+    def __init__(self, output: str, units: list[tuple[str, int]], log, every: float = 2.0):
+        self._paths = [f"{UNITS_DIR}/{unit_id}.json" for unit_id, _ in units]
+        self._cases = [n for _, n in units]
+        self._output, self._log, self._every = output, log, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._start = time.monotonic()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def done(self) -> tuple[int, int]:
+        """``(units, cases)`` whose receipt is written."""
+        units = cases = 0
+        for path, n in zip(self._paths, self._cases):
+            if shards.exists(self._output, path):
+                units += 1
+                cases += n
+        return units, cases
+
+    def _run(self):
+        total = sum(self._cases)
+        last = None
+        while not self._stop.wait(self._every):
+            units, cases = self.done()
+            if (units, cases) == last:
+                continue
+            last = (units, cases)
+            elapsed = time.monotonic() - self._start
+            rate = cases / elapsed if elapsed > 0 else 0.0
+            eta = f"{(total - cases) / rate:.0f} s" if rate > 0 else "-"
+            self._log(f"  progress: {cases}/{total} cases in {units}/{len(self._paths)} units, "
+                      f"{rate:.2f} cases/s, ETA {eta}")
+
+
+# ------------------------------------------------------------------------------ running
+
+
+class _Watchdog:
+    """Turns a dead worker into an error instead of a hang.
+
+    When a ``multi_processing`` worker dies, Beam's worker handler thread raises, but the
+    runner's main loop keeps waiting for it forever.  The watchdog sees that thread's
+    exception (``threading.excepthook``) and interrupts the main thread — again every
+    two seconds until the launcher acknowledges, since an interrupt can land in code that
+    swallows it — so the launcher can clean up and retry.
+    """
+
+    def __init__(self, every: float = 2.0):
+        self.errors: list[str] = []
+        self.acknowledged = threading.Event()
+        self._lock = threading.Lock()
+        self._every = every
+        self._previous = None
+        self._nagger: threading.Thread | None = None
+
+    def __enter__(self):
+        self._previous = threading.excepthook
+
+        def hook(args):
+            self.errors.append(f"{args.exc_type.__name__}: {args.exc_value}")
+            if threading.current_thread() is not threading.main_thread() and self._nagger is None:
+                self._nagger = threading.Thread(target=self._nag, daemon=True)
+                self._nagger.start()
+
+        threading.excepthook = hook
+        return self
+
+    def _nag(self) -> None:
+        while True:
+            with self._lock:
+                if self.acknowledged.is_set():
+                    return
+                os.kill(os.getpid(), signal.SIGINT)
+            self.acknowledged.wait(self._every)
+
+    def acknowledge(self) -> None:
+        """Stop interrupting; drop an interrupt already on its way (main thread only)."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            with self._lock:
+                self.acknowledged.set()
+            if self._nagger is not None:
+                self._nagger.join()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self.acknowledged.set()
+        threading.excepthook = self._previous
+
+
+def _kill_workers() -> int:
+    """SIGKILL this process's remaining Beam SDK worker subprocesses (Linux /proc)."""
+    me, killed = os.getpid(), 0
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != me:
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+            if b"sdk_worker" in cmd:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+        except (OSError, ValueError, IndexError):
+            continue
+    return killed
+
+
+def run_pipeline(refs: list[UnitRef], ctx: BuildContext, beam_args, log) -> None:
+    """Run the Beam pipeline once; raises :class:`BuildFailed` when it fails."""
+    options = beam_options(beam_args)
+    todo = [(r.unit_id, r.n_cases) for r in refs if r.mode != "done"]
+    with Progress(ctx.output, todo, log), _Watchdog() as watchdog:
+        try:
+            pipeline = beam.Pipeline(options=options)
+            _ = pipeline | "BuildCorpus" >> BuildCorpus(refs, ctx)
+            pipeline.run().wait_until_finish()
+        except KeyboardInterrupt:
+            if not watchdog.errors:
+                raise
+            watchdog.acknowledge()
+            _kill_workers()
+            raise BuildFailed("a worker died: " + "; ".join(watchdog.errors[:3])) from None
+        except Exception as err:  # noqa: BLE001 — the runner wraps any worker error
+            _kill_workers()
+            text = str(err).strip().splitlines()
+            raise BuildFailed(f"{type(err).__name__}: {text[-1] if text else ''}") from err

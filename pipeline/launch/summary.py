@@ -1,0 +1,39 @@
+"""The summary a build prints when it ends, from its manifest alone."""
+
+from __future__ import annotations
+
+from pipeline.kinds.volumes import answer_lines
+from pipeline.qa.audit import summary_lines
+
+
+def summary_table(manifest: dict, seconds: float, fraction: float, limit: float) -> str:
+    """The table printed after a build: counts per stage and split, tasks, what was reused,
+    size and time, then the kind's and the audit's lines."""
+    rows = ["", "stage      inputs  accepted  rejected  reasons"]
+    for stage, c in manifest["counts"].items():
+        reasons = ", ".join(f"{k}={v}" for k, v in c["rejected_by_reason"].items()) or "-"
+        rows.append(f"{stage:<10} {c['inputs']:>6}  {c['accepted']:>8}  {c['rejected']:>8}  {reasons}")
+    rows.append("")
+    for split, s in manifest["splits"].items():
+        rows.append(f"{split:<10} {s['cases']:>6} cases  {s['images']:>7} images  {s['qa']:>8} QA  "
+                    f"{s['shards']} shard(s)")
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    rows.append("")
+    rows.append(f"tasks: {', '.join(f'{k}={v}' for k, v in manifest['tasks'].items()) or '-'}")
+    b = manifest["build"]
+    rows.append(f"reused: {len(b['units_skipped'])} unit(s) skipped, {len(b['units_kept_pixels'])} "
+                f"kept their pixels, {b['cases_copied_from_stored_shards']} case(s) copied from "
+                f"stored shards, {b['cases_extracted']} extracted")
+    rows.append(f"{len(manifest['files'])} files, {size / 1e6:.1f} MB, {seconds:.1f} s; rejected "
+                f"{fraction:.1%} of cases (limit {limit:.0%})")
+    if manifest["labels_unknown_to_pools"]:
+        rows.append("labels unknown to the pools (distractors drawn from their own label table): "
+                    + ", ".join(manifest["labels_unknown_to_pools"][:20]))
+    if "answers" in manifest:
+        rows += answer_lines(manifest["answers"])
+    if "benchmark" in manifest:
+        bench = manifest["benchmark"]
+        rows.append(f"benchmark: {bench['images']} images, {bench['rows']} QA {bench['composition']}")
+    if "audit" in manifest:
+        rows += [""] + summary_lines(manifest["audit"])
+    return "\n".join(rows)
