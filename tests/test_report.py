@@ -34,9 +34,10 @@ from PIL import Image
 from pipeline import report as rep
 from pipeline.cli import main as cli_main
 from pipeline.config.resources import resource_dir
-from pipeline.inputs.radimagenet import load_label_pools, write_tree
 from pipeline.inputs.sample import write_longitudinal_sample, write_sample
+from pipeline.inputs.sample_tree import write_tree
 from pipeline.launch.build import build
+from pipeline.qa.label_pools import load_label_pools
 
 BAD_FOLDER = "zz-broken-case-4711"
 BAD_PNG = "zz-broken-image-4711.png"
