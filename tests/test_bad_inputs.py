@@ -809,7 +809,8 @@ def _tiny_structure(case: Path) -> None:
 def test_bad_cases_beside_good_ones_land_in_the_dead_letters_and_the_counts(tmp_path):
     from collections import Counter
 
-    from pipeline.inputs.sample import make_phantom, write_case
+    from pipeline.inputs.phantoms import make_phantom
+    from pipeline.inputs.sample import write_case
     from pipeline.launch.build import build
 
     root = tmp_path / "input"
