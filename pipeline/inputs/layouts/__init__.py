@@ -10,8 +10,9 @@ dicom           ``dicom/`` (DICOM files, any names) + ``segmentations/``
 
 :data:`LAYOUTS` is in detection order: the first layout whose ``detect`` accepts a folder's
 entries is the folder's layout (a ``dicom/`` folder wins over an image + labels pair, which
-wins over a ``ct``/``mr`` volume).  Adding a layout is one module here and one line in
-:data:`LAYOUTS`.
+wins over a ``ct``/``mr`` volume).  Adding a layout is one module here (exporting ``LAYOUT``)
+and its entry in :data:`LAYOUTS`; ``tests/test_layouts.py`` then asks for its name in the
+recipe schema's ``source.layout`` enum.
 
 The labelled 2D tree of the ``tree`` kind (:mod:`pipeline.inputs.layouts.tree`) is a layout of
 the whole input, not of a case folder, and is not in this registry.
