@@ -81,7 +81,7 @@ def phantoms(n_patients: int) -> tuple[Path, float | None]:
     """The built-in sample's phantom cases (``pipeline.inputs.sample.write_sample``), cached."""
     from pipeline.inputs import sample
 
-    stamp = f"{sample.SAMPLE_VERSION}:{n_patients}:{source_digest('pipeline/inputs/sample.py')}"
+    stamp = f"{sample.SAMPLE_VERSION}:{n_patients}:{source_digest('pipeline/inputs/sample.py', 'pipeline/inputs/phantoms.py')}"
     return cached_dir(f"phantoms-{n_patients}", stamp,
                       lambda p: sample.write_sample(p, n_patients=n_patients))
 

@@ -1,7 +1,7 @@
 """RadImageNet-VQA at scale: a synthetic tree of N images (default 750,000) built into
 ~10N QA rows, measured.  Never run as a test.
 
-* The tree (``pipeline.inputs.radimagenet.write_tree``: the reference label frequencies, 16x16
+* The tree (``pipeline.inputs.sample_tree.write_tree``: the reference label frequencies, 16x16
   PNGs) is cached under ``.cache/bench/radimagenet-N``; writing it is timed once and is
   not part of the build.
 * The build: ``pipeline.launch.build.build("radimagenet-vqa", …, beam_args=[FnApiRunner,
@@ -63,7 +63,8 @@ def tree(n_images: int) -> tuple[Path, float | None]:
     from pipeline.config.resources import resource_dir
     from pipeline.core import keys
     from pipeline.core.imaging import encode_png
-    from pipeline.inputs.radimagenet import label_frequencies, load_label_pools, write_tree
+    from pipeline.inputs.sample_tree import label_frequencies, write_tree
+    from pipeline.qa.label_pools import load_label_pools
 
     pool_file = resource_dir("distractor_pools") / "radimagenet.yaml"
     stamp = (f"tree:{n_images}:{keys.digest(pool_file.read_bytes())}:"

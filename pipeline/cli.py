@@ -12,6 +12,7 @@ import logging
 import sys
 
 from pipeline.errors import BuildFailed, ConfigError
+from pipeline.inputs.layouts import LAYOUT_NAMES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--input", help="input folder (default: the recipe's built-in sample)")
     b.add_argument("--output", required=True, help="output folder (local, gs://, s3:// …)")
     b.add_argument("--seed", type=int, help="override the recipe's seed")
-    b.add_argument("--layout", choices=["auto", "totalseg", "multilabel", "dicom"])
+    b.add_argument("--layout", choices=["auto", *LAYOUT_NAMES])
     b.add_argument(
         "--max-reject-fraction", type=float, default=0.05,
         help="exit with status 3 when more cases than this are rejected (default 0.05)",

@@ -3,7 +3,7 @@
 Every row writes one case folder (DICOM, TotalSegmentator, multilabel) or one
 RadImageNet-style PNG, runs it through the pure functions a build uses
 (:func:`pipeline.inputs.discovery.discover_cases` + :func:`pipeline.engine.extract.process_case`,
-or :func:`pipeline.inputs.radimagenet.check_png`) and checks the outcome: accepted
+or :func:`pipeline.inputs.layouts.tree.check_png`) and checks the outcome: accepted
 (with the notes the build reports), or rejected at a stage with a reason slug,
 a message naming the field, and the offending file relative to the input root.
 
@@ -52,7 +52,7 @@ from pipeline.core.imaging import encode_png
 from pipeline.engine.extract import SliceSettings, load_case, process_case
 from pipeline.errors import CaseError, ConfigError
 from pipeline.inputs.discovery import discover_cases
-from pipeline.inputs.radimagenet import check_png
+from pipeline.inputs.layouts.tree import check_png
 from pipeline.inputs.readers import Volume, read_dicom_series
 from tests.dicom_factory import ramp_volume, restamp, write_enhanced, write_series
 
@@ -809,7 +809,8 @@ def _tiny_structure(case: Path) -> None:
 def test_bad_cases_beside_good_ones_land_in_the_dead_letters_and_the_counts(tmp_path):
     from collections import Counter
 
-    from pipeline.inputs.sample import make_phantom, write_case
+    from pipeline.inputs.phantoms import make_phantom
+    from pipeline.inputs.sample import write_case
     from pipeline.launch.build import build
 
     root = tmp_path / "input"

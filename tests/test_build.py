@@ -15,7 +15,8 @@ import pytest
 
 from pipeline.core import keys
 from pipeline.core.slices import display_slice
-from pipeline.inputs.sample import USER_LABELS, form_of, make_phantom, situs_inversus, write_sample
+from pipeline.inputs.phantoms import make_phantom, situs_inversus
+from pipeline.inputs.sample import USER_LABELS, form_of, write_sample
 from pipeline.launch.build import build
 
 N_PATIENTS = 10

@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from pipeline.config.resources import resource_dir
-from pipeline.inputs.radimagenet import load_label_pools, write_tree
 from pipeline.inputs.sample import write_longitudinal_sample, write_sample
+from pipeline.inputs.sample_tree import write_tree
 from pipeline.launch.build import build
+from pipeline.qa.label_pools import load_label_pools
 
 QUIET = {"log": lambda m: None}
 

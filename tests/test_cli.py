@@ -10,7 +10,8 @@ import pytest
 from pipeline.cli import main
 from pipeline.engine.extract import SliceSettings, extract_case, load_case
 from pipeline.inputs.discovery import discover_cases
-from pipeline.inputs.sample import make_phantom, write_case
+from pipeline.inputs.phantoms import make_phantom
+from pipeline.inputs.sample import write_case
 
 
 def test_lint_builtin_recipes(capsys):

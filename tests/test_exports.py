@@ -34,8 +34,9 @@ from pipeline.exports import (
     format_human,
     render_row,
 )
-from pipeline.inputs.radimagenet import load_label_pools, write_tree
+from pipeline.inputs.sample_tree import write_tree
 from pipeline.launch.build import build
+from pipeline.qa.label_pools import load_label_pools
 
 IN_MEMORY = ["--direct_running_mode=in_memory"]
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.config.resources import resource_dir
-from pipeline.inputs.radimagenet import load_label_pools, write_tree
 from pipeline.inputs.sample import write_longitudinal_sample, write_sample
+from pipeline.inputs.sample_tree import write_tree
 from pipeline.inputs.tree import InputTree
 from pipeline.launch.build import build
+from pipeline.qa.label_pools import load_label_pools
 from tests.memfs import PREFIX, MemoryFileSystem, upload_folder
 from tests.test_incremental import corpus_digest as corpus
 

@@ -189,7 +189,8 @@ def _tree(root: Path) -> dict[str, int]:
 def _small_input(recipe: str, root: Path) -> None:
     if recipe == "radimagenet-vqa":
         from pipeline.config.resources import resource_dir
-        from pipeline.inputs.radimagenet import load_label_pools, write_tree
+        from pipeline.inputs.sample_tree import write_tree
+        from pipeline.qa.label_pools import load_label_pools
 
         write_tree(root, 300, load_label_pools([resource_dir("distractor_pools") / "radimagenet.yaml"]))
     elif recipe == "3d-rad":

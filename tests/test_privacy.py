@@ -50,8 +50,9 @@ from pipeline.config.resources import resource_dir
 from pipeline.core import keys
 from pipeline.core.imaging import PNG_KEEP, encode_png, strip_png_metadata
 from pipeline.exports import PRIVATE_DIRS, export_corpus
+from pipeline.inputs.phantoms import make_phantom
 from pipeline.inputs.readers import read_dicom_series
-from pipeline.inputs.sample import make_phantom, write_case
+from pipeline.inputs.sample import write_case
 from pipeline.launch.build import build
 from pipeline.launch.card import DEIDENTIFICATION
 from pipeline.launch.finalise import fingerprint, public_recipe

@@ -20,16 +20,12 @@ from pipeline.config.resources import resource_dir
 from pipeline.core import keys
 from pipeline.core.imaging import encode_png
 from pipeline.errors import CaseError
-from pipeline.inputs.radimagenet import (
-    TreeImage,
-    capped_quotas,
-    check_png,
-    load_label_pools,
-    select_benchmark,
-    write_tree,
-)
+from pipeline.inputs.layouts.tree import TreeImage, check_png
+from pipeline.inputs.sample_tree import write_tree
 from pipeline.kinds.base import load_questions
 from pipeline.launch.build import build
+from pipeline.qa.benchmark import capped_quotas, select_benchmark
+from pipeline.qa.label_pools import load_label_pools
 from pipeline.qa.questions import generate_questions
 
 RECIPE = load_recipe("radimagenet-vqa")

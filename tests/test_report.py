@@ -34,10 +34,11 @@ from PIL import Image
 from pipeline import report as rep
 from pipeline.cli import main as cli_main
 from pipeline.config.resources import resource_dir
-from pipeline.inputs.radimagenet import load_label_pools, write_tree
 from pipeline.inputs.sample import write_longitudinal_sample, write_sample
+from pipeline.inputs.sample_tree import write_tree
 from pipeline.io.corpus import Corpus, list_configs, order_splits
 from pipeline.launch.build import build
+from pipeline.qa.label_pools import load_label_pools
 from pipeline.report import charts, dead_letters, drawing, gallery, stats, views
 from pipeline.report.audit import BASELINES, audit_section
 

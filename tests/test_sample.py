@@ -13,15 +13,8 @@ import pytest
 
 from pipeline.engine.extract import SliceSettings, process_case
 from pipeline.inputs.discovery import discover_cases
-from pipeline.inputs.sample import (
-    FORMS,
-    LESIONS,
-    ORGANS,
-    make_phantom,
-    situs_inversus,
-    write_case,
-    write_sample,
-)
+from pipeline.inputs.phantoms import LESIONS, ORGANS, make_phantom, situs_inversus
+from pipeline.inputs.sample import FORMS, write_case, write_sample
 
 
 def _digests(root: Path) -> dict[str, str]:

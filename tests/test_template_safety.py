@@ -23,8 +23,8 @@ from pipeline.config.recipes import (
 )
 from pipeline.config.resources import resource_dir
 from pipeline.errors import CaseError, ConfigError
-from pipeline.inputs.radimagenet import load_label_pools
 from pipeline.qa.generators import GENERATORS
+from pipeline.qa.label_pools import load_label_pools
 from pipeline.qa.pools import load_pools
 from pipeline.qa.sandbox import (
     FILTERS,

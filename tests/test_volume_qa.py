@@ -22,13 +22,8 @@ from pipeline.core.volume_facts import (
     max_diameter,
     temporal_label,
 )
-from pipeline.inputs.sample import (
-    LESIONS,
-    TIMELINES,
-    longitudinal_lesions,
-    make_phantom,
-    write_longitudinal_sample,
-)
+from pipeline.inputs.phantoms import LESIONS, TIMELINES, longitudinal_lesions, make_phantom
+from pipeline.inputs.sample import write_longitudinal_sample
 from pipeline.launch.build import build
 
 

@@ -63,7 +63,7 @@ def strip_png_metadata(data: bytes) -> bytes:
     ``IEND`` (tools append text there too); pixel data (IDAT) untouched.
 
     Returns the very same bytes when there is nothing to drop.  Expects a PNG already
-    validated (signature, chunk lengths and CRCs — see ``radimagenet.check_png``).
+    validated (signature, chunk lengths and CRCs — see ``pipeline.inputs.layouts.tree.check_png``).
     """
     if data[:8] != _SIGNATURE:
         raise ValueError("not a PNG file (bad signature)")

@@ -8,7 +8,6 @@ and ``schemas/structures.schema.json``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -30,16 +29,9 @@ from pipeline.core.slices import (
     select_slices,
 )
 from pipeline.errors import CaseError
-from pipeline.inputs.discovery import CaseSource, read_labels_json
-from pipeline.inputs.readers import (
-    Volume,
-    iter_mask_files,
-    list_files,
-    read_dicom_series,
-    read_label_map,
-    read_mask,
-    read_volume,
-)
+from pipeline.inputs.discovery import CaseSource
+from pipeline.inputs.layouts import get_layout
+from pipeline.inputs.readers import Volume
 
 #: Bump when extraction output changes for the same inputs and settings.
 EXTRACT_VERSION = "2"
@@ -102,66 +94,23 @@ class CaseResult:
 
 
 def load_case(case: CaseSource, root: str, max_voxels: int) -> tuple[Volume, dict, str, dict]:
-    """Read the volume and masks of ``case``; returns ``(volume, masks, input digest, notes)``."""
-    digests: list[str] = []
-    notes: dict = {}
-    if case.layout == "dicom":
-        rel = case.file("dicom")
-        files = list_files(root, rel)
-        if not files:
-            raise CaseError("read", "dicom.no_files", "found an empty dicom/ folder", rel)
-        volume = read_dicom_series(files, max_voxels=max_voxels)
-    else:
-        rel = case.file("image")
-        volume = read_volume(os.path.join(root, rel), rel, case.modality or "CT",
-                             max_voxels=max_voxels)
-        if case.layout == "multilabel":
-            volume = _infer_modality(volume, root, case)
-    notes.update(volume.notes)  # files skipped, series ignored, transfer syntaxes inferred
-    digests.append(volume.content_sha256)
-    masks: dict[str, np.ndarray] = {}
-    if case.layout == "multilabel":
-        labels_rel = case.file("labels_json")
-        labels = read_labels_json(os.path.join(root, labels_rel), labels_rel)
-        map_rel = case.file("labels")
-        masks, digest = read_label_map(os.path.join(root, map_rel), map_rel, volume.geometry, labels)
-        digests.append(digest)
-        absent = sorted(set(labels.values()) - set(masks))
-        if absent:
-            notes["labels_absent"] = absent
-    else:
-        seg = case.file("segmentations")
-        for name, full, mrel in iter_mask_files(root, seg):
-            mask, digest = read_mask(full, mrel, volume.geometry)
-            digests.append(digest)
-            masks[name] = mask
+    """Read the volume and masks of ``case`` through its layout
+    (:mod:`pipeline.inputs.layouts`); returns ``(volume, masks, input digest, notes)`` with
+    empty masks dropped (and noted)."""
+    loaded = get_layout(case.layout).load(case, root, max_voxels)
+    notes = dict(loaded.notes)  # files skipped, series ignored, transfer syntaxes inferred, …
+    masks = loaded.masks
     empty = sorted(n for n, m in masks.items() if not m.any())
     if empty:
         notes["empty_masks"] = empty
     masks = {n: m for n, m in masks.items() if n not in empty}
     if not masks:
-        where = case.file("labels") if case.layout == "multilabel" else case.file("segmentations")
         raise CaseError(
             "read", "masks.all_empty",
             f"masks: found {len(empty)} mask(s), all empty; expected at least one structure",
-            where,
+            loaded.masks_path,
         )
-    return volume, masks, keys.digest(*digests), notes
-
-
-def _infer_modality(volume: Volume, root: str, case: CaseSource) -> Volume:
-    """Modality of a multilabel case: ``modality.txt`` beside the image (``CT``/``MR``)
-    if present, else CT when the volume holds air in Hounsfield units (< -500)."""
-    import dataclasses
-
-    hint = os.path.join(root, os.path.dirname(case.file("image")), "modality.txt")
-    value = ""
-    if os.path.isfile(hint):
-        with open(hint, encoding="utf-8") as f:
-            value = f.read().strip().upper()
-    if value not in ("CT", "MR"):
-        value = "CT" if float(volume.array.min()) < -500 else "MR"
-    return dataclasses.replace(volume, modality=value, header={"Modality": value})
+    return loaded.volume, masks, keys.digest(*loaded.digests), notes
 
 
 def extract_case(

@@ -13,6 +13,8 @@ kind        inputs                                               configs
 
 from __future__ import annotations
 
+from pipeline.inputs.layouts import get_layout
+
 KINDS = ("slices", "tree", "volumes")
 
 def kind_name(source_kind: str | None) -> str:
@@ -122,14 +124,9 @@ class VolumeCases:
 
     @staticmethod
     def case_paths(case) -> list[str]:
-        """Input files and folders whose stat identity fingerprints the case (a multilabel
-        case's optional ``modality.txt`` included: it changes extraction)."""
-        paths = [path for _, path in case.files]
-        if case.layout == "multilabel":
-            image = case.file("image")
-            folder = image.rsplit("/", 1)[0] if "/" in image else ""
-            paths.append(f"{folder}/modality.txt" if folder else "modality.txt")
-        return paths
+        """Input files and folders whose stat identity fingerprints the case (its layout's
+        ``fingerprint_paths``)."""
+        return get_layout(case.layout).fingerprint_paths(case)
 
     @staticmethod
     def settings_digest(settings) -> str:

@@ -24,7 +24,7 @@ from pipeline.core import keys
 from pipeline.core.imaging import strip_png_metadata
 from pipeline.engine.ood import OOD_SCHEMA
 from pipeline.errors import CaseError
-from pipeline.inputs.radimagenet import TreeImage, check_png
+from pipeline.inputs.layouts.tree import TreeImage, check_png
 from pipeline.io import shards
 from pipeline.qa.options import LETTERS
 from pipeline.qa.questions import generate_questions
@@ -76,8 +76,8 @@ class TreeKind:
     # -- launcher ----------------------------------------------------------------------
     @staticmethod
     def prepare(recipe) -> dict:
-        from pipeline.inputs.radimagenet import load_label_pools
         from pipeline.kinds.base import load_questions
+        from pipeline.qa.label_pools import load_label_pools
 
         families, pools = load_questions(recipe, pools_loader=load_label_pools)
         source = recipe.section("source")
@@ -88,8 +88,9 @@ class TreeKind:
     @staticmethod
     def sample_input(output: str, recipe, log) -> str:
         from pipeline.config.recipes import pool_paths
-        from pipeline.inputs.radimagenet import load_label_pools, write_tree
+        from pipeline.inputs.sample_tree import write_tree
         from pipeline.kinds.base import phantom_input
+        from pipeline.qa.label_pools import load_label_pools
 
         n = int(recipe.section("source").get("sample_images", 2000))
         pools = load_label_pools(pool_paths(recipe))
@@ -98,7 +99,7 @@ class TreeKind:
 
     @staticmethod
     def discover(root: str, recipe, key: str, seed: int, layout: str, prep: dict):
-        from pipeline.inputs.radimagenet import discover_tree
+        from pipeline.inputs.layouts.tree import discover_tree
 
         source = recipe.section("source")
         images, rejects, stats = discover_tree(
@@ -120,7 +121,7 @@ class TreeKind:
     def before_run(output, recipe, seed, units, cases, prep) -> dict:
         """Balanced question choices for every image (:mod:`pipeline.qa.tree_balance`) and the
         stratified benchmark plan — all from the file list, independent of workers."""
-        from pipeline.inputs.radimagenet import select_benchmark
+        from pipeline.qa.benchmark import select_benchmark
         from pipeline.qa.tree_balance import plan_tree_questions
 
         settings = dict(recipe.section("questions").get("settings") or {})
@@ -417,7 +418,7 @@ def run_benchmark(ctx, reports: list[dict]) -> dict:
         recs = TreeKind.records({"alignment": table}, "test")
         picked.extend(zip(recs, [i["bytes"] for i in table["image"].to_pylist()]))
     picked.sort(key=lambda x: x[0]["image_id"])
-    from pipeline.inputs.radimagenet import TreeImage as _Image
+    from pipeline.inputs.layouts.tree import TreeImage as _Image
     from pipeline.qa.tree_balance import plan_tree_questions
 
     # The benchmark is balanced as a population of its own: its questions are planned over

@@ -97,7 +97,7 @@ def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
                         settings: Mapping, population: str | None = None) -> dict[str, dict]:
     """Per image key, what its balanced questions ask: ``{key: {family: {...}}}``.
 
-    ``images``: :class:`pipeline.inputs.radimagenet.TreeImage`; groups are formed per split (or
+    ``images``: :class:`pipeline.inputs.layouts.tree.TreeImage`; groups are formed per split (or
     over all images as one ``population``, e.g. the benchmark).
     """
     images = list(images)

@@ -1,0 +1,54 @@
+"""Input layouts of a volume case folder, behind one :class:`~pipeline.inputs.layouts.base.Layout`
+interface, and their registry.
+
+=============== ============================================================
+totalseg        ``ct.nii.gz`` or ``mr.nii.gz`` (also .nii/.nrrd/.mha) +
+                ``segmentations/<structure>.nii.gz``
+multilabel      ``image.nii.gz`` + ``labels.nii.gz`` + ``labels.json``
+dicom           ``dicom/`` (DICOM files, any names) + ``segmentations/``
+=============== ============================================================
+
+:data:`LAYOUTS` is in detection order: the first layout whose ``detect`` accepts a folder's
+entries is the folder's layout (a ``dicom/`` folder wins over an image + labels pair, which
+wins over a ``ct``/``mr`` volume).  Adding a layout is one module here (exporting ``LAYOUT``)
+and its entry in :data:`LAYOUTS`; ``tests/test_layouts.py`` then asks for its name in the
+recipe schema's ``source.layout`` enum.
+
+The labelled 2D tree of the ``tree`` kind (:mod:`pipeline.inputs.layouts.tree`) is a layout of
+the whole input, not of a case folder, and is not in this registry.
+"""
+
+from __future__ import annotations
+
+from pipeline.inputs.layouts import dicom, multilabel, totalseg
+from pipeline.inputs.layouts.base import Layout
+
+LAYOUTS: tuple[Layout, ...] = (
+    dicom.LAYOUT,
+    multilabel.LAYOUT,
+    totalseg.LAYOUT,
+)
+LAYOUT_NAMES = tuple(sorted(layout.name for layout in LAYOUTS))
+
+
+def detect_layout(names: set[str]) -> Layout | None:
+    """The layout of a folder from the names of its entries (``None``: no layout matches)."""
+    for layout in LAYOUTS:
+        if layout.detect(names):
+            return layout
+    return None
+
+
+def get_layout(name: str) -> Layout:
+    """The registered layout called ``name``."""
+    for layout in LAYOUTS:
+        if layout.name == name:
+            return layout
+    raise ValueError(f"layout: found {name!r}, expected one of {LAYOUT_NAMES}")
+
+
+def expected_layouts() -> str:
+    """What a case folder of each layout holds, for a message about a folder that matches
+    none (the reverse of detection order: least specific first)."""
+    wanted = [layout.expected for layout in reversed(LAYOUTS)]
+    return f"{', '.join(wanted[:-1])}, or {wanted[-1]}" if len(wanted) > 1 else wanted[0]

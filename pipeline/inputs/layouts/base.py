@@ -1,0 +1,148 @@
+"""The input layout of a case folder: one :class:`Layout` interface, and what layouts share.
+
+A layout knows four things about a case folder whose files it recognises:
+
+* ``detect``: whether a folder's entries are laid out its way;
+* ``files``: the case's files as ``(role, path relative to the input root)`` pairs, checked
+  (a missing file raises :class:`~pipeline.errors.CaseError`, stage ``discover``);
+* ``load``: the case's canonical image volume and masks (:class:`LoadedCase`);
+* ``fingerprint_paths``: the input files and folders whose stat identity fingerprints the case.
+
+Layouts are registered, in detection order, in :mod:`pipeline.inputs.layouts`.  A case is a
+planned :class:`~pipeline.inputs.discovery.CaseSource`; it is not imported here (discovery
+imports the registry), layouts only read its ``files``, ``modality`` and ``file(role)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.errors import CaseError
+from pipeline.inputs.readers import (
+    VOLUME_SUFFIXES,
+    Volume,
+    is_volume_file,
+    iter_mask_files,
+    read_mask,
+    read_volume,
+    strip_volume_suffix,
+)
+from pipeline.inputs.tree import InputTree
+
+
+@dataclass(frozen=True)
+class LoadedCase:
+    """A case as its layout reads it, before empty masks are dropped.
+
+    ``masks``: ``{structure name: bool array}`` on the volume's canonical grid;
+    ``digests``: sha256 digests of the image and mask contents, in reading order;
+    ``notes``: what the readers left out or assumed (``{note: [...]}``);
+    ``masks_path``: the file or folder the masks came from (relative), for messages.
+    """
+
+    volume: Volume
+    masks: dict[str, np.ndarray]
+    digests: tuple[str, ...]
+    masks_path: str
+    notes: dict = field(default_factory=dict)
+
+
+class Layout(Protocol):
+    """How one kind of case folder is recognised, listed, read and fingerprinted."""
+
+    #: The layout's name (``CaseSource.layout``, ``--layout``, the recipe's ``source.layout``).
+    name: str
+    #: What a folder of this layout holds, for the message naming the layouts a folder matches none of.
+    expected: str
+
+    def detect(self, names: set[str]) -> bool:
+        """Whether a folder whose entries are ``names`` is laid out this way."""
+        ...
+
+    def holds_one_case(self, names: set[str]) -> bool:
+        """Whether an input root with entries ``names`` (detected as this layout) is itself
+        one case rather than a folder of cases."""
+        ...
+
+    def files(self, tree: InputTree, folder: str, found: set[str]) -> tuple[list[tuple[str, str]], str]:
+        """``(files, modality)`` of case ``folder`` (entries ``found``): ``(role, relative path)``
+        pairs, and ``CT``/``MR`` when the names tell it (else ``""``)."""
+        ...
+
+    def load(self, case, root: str, max_voxels: int) -> LoadedCase:
+        """The volume and masks of ``case`` (files below the local folder ``root``)."""
+        ...
+
+    def fingerprint_paths(self, case) -> list[str]:
+        """Input files and folders (relative) whose stat identity fingerprints ``case``."""
+        ...
+
+
+# ------------------------------------------------------------------ shared by the layouts
+
+
+def volume_stems(names: set[str]) -> dict[str, str]:
+    """``{lower-case stem: name}`` of the volume files among ``names``."""
+    return {strip_volume_suffix(n).lower(): n for n in names if is_volume_file(n)}
+
+
+def rel(folder: str, *parts: str) -> str:
+    """``folder/part/…`` relative to the input root (``.`` is the root itself)."""
+    return "/".join(p for p in (folder, *parts) if p and p != ".")
+
+
+def pick(found: set[str], stem: str) -> str | None:
+    """The entry named ``stem`` + a volume suffix (first suffix, then name, that matches)."""
+    for suffix in VOLUME_SUFFIXES:
+        for name in sorted(found):
+            if name.lower() == stem + suffix:
+                return name
+    return None
+
+
+def has_files(tree: InputTree, folder: str, accept: Callable[[str], bool]) -> bool:
+    """Whether ``folder`` holds (at any depth) a non-hidden file ``accept`` likes."""
+    return any(accept(f.rsplit("/", 1)[-1]) for f in tree.walk_files(folder))
+
+
+def segmentations_files(tree: InputTree, folder: str, found: set[str]) -> tuple[str, str]:
+    """The ``segmentations`` entry of a case with per-structure mask files, checked."""
+    segmentations = rel(folder, "segmentations")
+    if "segmentations" not in found or not tree.isdir(segmentations):
+        raise CaseError(
+            "discover", "source.missing_segmentations",
+            f"entries: found {sorted(found)[:8]}, expected a segmentations/ folder of "
+            "per-structure masks",
+            rel(folder),
+        )
+    if not has_files(tree, segmentations, is_volume_file):
+        raise CaseError(
+            "discover", "source.missing_segmentations",
+            "segmentations/: found no mask files, expected one <structure>.nii.gz (or "
+            ".nrrd/.mha) per structure",
+            rel(folder, "segmentations"),
+        )
+    return ("segmentations", segmentations)
+
+
+def read_image(case, root: str, max_voxels: int) -> Volume:
+    """The case's ``image`` volume file (modality from discovery, CT when unknown)."""
+    path = case.file("image")
+    return read_volume(os.path.join(root, path), path, case.modality or "CT", max_voxels=max_voxels)
+
+
+def read_segmentations(case, root: str, volume: Volume) -> tuple[dict[str, np.ndarray], list[str]]:
+    """``({structure: mask}, digests)`` of the case's ``segmentations/`` folder, one mask per
+    file, each checked against the image grid."""
+    masks: dict[str, np.ndarray] = {}
+    digests: list[str] = []
+    for name, full, mrel in iter_mask_files(root, case.file("segmentations")):
+        mask, digest = read_mask(full, mrel, volume.geometry)
+        digests.append(digest)
+        masks[name] = mask
+    return masks, digests

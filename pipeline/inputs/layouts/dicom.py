@@ -1,0 +1,55 @@
+"""DICOM layout: ``dicom/`` (the files of one CT or MR series, any names, any depth) beside
+``segmentations/<structure>.nii.gz``, one mask file per structure on the series' grid.  The
+series header gives the modality."""
+
+from __future__ import annotations
+
+from pipeline.errors import CaseError
+from pipeline.inputs.layouts.base import (
+    LoadedCase,
+    has_files,
+    read_segmentations,
+    rel,
+    segmentations_files,
+)
+from pipeline.inputs.readers import list_files, read_dicom_series
+from pipeline.inputs.tree import InputTree
+
+
+class DicomLayout:
+    """``dicom/`` + ``segmentations/`` (see the module docstring)."""
+
+    name = "dicom"
+    expected = "dicom/ + segmentations/"
+
+    def detect(self, names: set[str]) -> bool:
+        return "dicom" in names
+
+    def holds_one_case(self, names: set[str]) -> bool:
+        return "segmentations" in names
+
+    def files(self, tree: InputTree, folder: str, found: set[str]) -> tuple[list[tuple[str, str]], str]:
+        dicom = rel(folder, "dicom")
+        if not tree.isdir(dicom) or not has_files(tree, dicom, lambda name: True):
+            raise CaseError(
+                "discover", "dicom.no_files",
+                "dicom/: found no files, expected the DICOM files of a CT or MR series",
+                rel(folder, "dicom"),
+            )
+        return [("dicom", dicom), segmentations_files(tree, folder, found)], ""
+
+    def load(self, case, root: str, max_voxels: int) -> LoadedCase:
+        series = case.file("dicom")
+        files = list_files(root, series)
+        if not files:
+            raise CaseError("read", "dicom.no_files", "found an empty dicom/ folder", series)
+        volume = read_dicom_series(files, max_voxels=max_voxels)
+        masks, digests = read_segmentations(case, root, volume)
+        return LoadedCase(volume, masks, (volume.content_sha256, *digests),
+                          case.file("segmentations"), dict(volume.notes))
+
+    def fingerprint_paths(self, case) -> list[str]:
+        return [path for _, path in case.files]
+
+
+LAYOUT = DicomLayout()

@@ -1,0 +1,233 @@
+"""RadImageNet-style labelled 2D trees, the input of the ``tree`` kind: discovery and PNG checks.
+
+Input layout: ``<root>/<modality>/<region>/<label>/<image>.png`` (RadImageNet's
+``radiology_ai/CT|MR/...``; ``US`` has no label level and is not selected by
+the recipe), optionally with ``RadiologyAI_{train,val,test}.csv`` (a
+``filename`` column) beside or above the tree.  One image is one case.  This is a
+layout of the whole input, not of a case folder: it is not in the case-layout
+registry of :mod:`pipeline.inputs.layouts`.
+
+* Keys: ``image_id`` is an HMAC pseudonym of the path relative to the root;
+  file names never reach the corpus.
+* Splits: the CSVs when present (``val`` → ``validation``), else a keyed hash
+  of the image key with the recipe's fractions.
+* Images pass through as stored bytes; each is checked (PNG signature, chunk
+  CRCs, IHDR, a pixel limit against decompression bombs, and a full inflate of
+  its data to the size the header promises) and goes to the dead letters when
+  it fails.
+
+The label pools that name regions and labels are :mod:`pipeline.qa.label_pools`; the
+benchmark draw over the discovered images is :mod:`pipeline.qa.benchmark`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import struct
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from pipeline.core import keys
+from pipeline.errors import CaseError, ConfigError
+from pipeline.inputs.tree import InputTree, is_remote
+
+SPLIT_CSV = {"train": "RadiologyAI_train.csv", "validation": "RadiologyAI_val.csv",
+             "test": "RadiologyAI_test.csv"}
+IMAGE_SUFFIXES = (".png",)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DEFAULT_MAX_PIXELS = 50_000_000
+#: Top-level folders the recipe does not select are counted by name only when the name is a
+#: DICOM modality code (PS3.3 C.7.3.1.1.1); any other folder counts as
+#: ``excluded_modality_other``: the counts reach the manifest, the card and the report, and
+#: a stray folder's name may identify someone.
+MODALITY_CODES = frozenset({
+    "AR", "AS", "ASMT", "AU", "BDUS", "BI", "BMD", "CD", "CF", "CP", "CR", "CS", "CT", "DD",
+    "DF", "DG", "DM", "DOC", "DS", "DX", "EC", "ECG", "EPS", "ES", "FA", "FID", "FS", "GM",
+    "HC", "HD", "IO", "IOL", "IVOCT", "IVUS", "KER", "KO", "LEN", "LP", "LS", "MA", "MG",
+    "MR", "MS", "NM", "OAM", "OCT", "OP", "OPM", "OPR", "OPT", "OPV", "OSS", "OT", "PLAN",
+    "PR", "PT", "PX", "REG", "RESP", "RF", "RG", "RTDOSE", "RTIMAGE", "RTPLAN", "RTRECORD",
+    "RTSTRUCT", "RWV", "SEG", "SM", "SMR", "SR", "SRF", "ST", "STAIN", "TG", "US", "VA",
+    "VF", "XA", "XC",
+})
+
+
+
+class RegionNames(Protocol):
+    """What discovery needs of the label pools (:class:`pipeline.qa.label_pools.LabelPools`)."""
+
+    def resolve_region(self, modality: str, folder: str) -> str:
+        """Region id for a folder name."""
+        ...
+
+
+@dataclass(frozen=True)
+class TreeImage:
+    """One planned image: key, source path (relative; dead letters only), labels, split."""
+
+    key: str
+    source: str
+    modality: str
+    region: str
+    label: str
+    split: str
+
+
+def read_split_csvs(root) -> dict[str, str]:
+    """``{relative path suffix: split}`` from ``RadiologyAI_*.csv`` in the input folder, or
+    in the folder above it (where RadImageNet ships them, beside ``radiology_ai/``)."""
+    tree = root if isinstance(root, InputTree) else InputTree(root)
+    parent = tree.root.rsplit("/", 1)[0] if is_remote(tree.root) else os.path.dirname(tree.root)
+    table: dict[str, str] = {}
+    for where in (tree, InputTree(parent) if parent and parent != tree.root else None):
+        if where is None:
+            continue
+        for split, name in SPLIT_CSV.items():
+            if not where.isfile(name):
+                continue
+            reader = csv.DictReader(io.StringIO(where.read_bytes(name).decode("utf-8-sig")))
+            if "filename" not in (reader.fieldnames or []):
+                raise ConfigError(f"{where.path(name)}: columns: found {reader.fieldnames}, "
+                                  "expected 'filename'")
+            for row in reader:
+                table[_norm(row["filename"])] = split
+        if table:
+            break
+    return table
+
+
+def _norm(path: str) -> str:
+    parts = path.replace("\\", "/").strip("/").split("/")
+    return "/".join(parts[-4:])  # modality/region/label/file
+
+
+def discover_tree(
+    root, *, modalities: Iterable[str], pools: RegionNames, pseudonym_key: str,
+    fractions: Mapping[str, float], seed: int,
+) -> tuple[list[TreeImage], list[dict], dict]:
+    """Walk ``root``; returns ``(images sorted by key, rejects, stats)``.
+
+    ``stats`` counts files excluded by the recipe's modality selection and
+    images whose split came from the CSVs or from the hash.
+    """
+    tree = root if isinstance(root, InputTree) else InputTree(root)
+    if not tree.exists():
+        raise FileNotFoundError(f"--input: {tree.root} is not a directory")
+    wanted = {m.upper() for m in modalities}
+    split_table = read_split_csvs(tree)
+    images, rejects = [], []
+    stats: Counter = Counter()
+    for modality_dir in tree.listdir(""):
+        if not tree.isdir(modality_dir):
+            continue
+        modality = {"MRI": "MR"}.get(modality_dir.upper(), modality_dir.upper())
+        files = tree.walk_files(modality_dir)
+        if modality not in wanted:
+            name = modality if modality in MODALITY_CODES else "other"
+            stats[f"excluded_modality_{name}"] += len(files)
+            continue
+        for rel in files:
+            rel_dir, name = rel.rsplit("/", 1)
+            if rel_dir.count("/") != 2 or not name.lower().endswith(IMAGE_SUFFIXES):
+                rejects.append({"source": rel, "stage": "discover", "reason": "source.not_in_layout",
+                                "message": "path: expected <modality>/<region>/<label>/<image>.png"})
+                continue
+            _, region_dir, label = rel_dir.split("/")
+            region = pools.resolve_region(modality, region_dir)
+            key = keys.pseudonym(pseudonym_key, "image", rel)
+            split = split_table.get(_norm(rel))
+            if split is None:
+                split = keys.assign_split(key, fractions, seed)
+                stats["split_by_hash"] += 1
+            else:
+                stats["split_by_csv"] += 1
+            images.append(TreeImage(key, rel, modality, region, label, split))
+    images.sort(key=lambda i: i.key)
+    return images, rejects, dict(stats)
+
+
+def check_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, rel: str = "") -> tuple[int, int]:
+    """Validate a PNG without trusting it; returns ``(width, height)``.
+
+    Checks the signature, every chunk's length and CRC, the IHDR fields, a
+    pixel limit (``max_pixels``, against decompression bombs: a few KB of
+    IDAT can promise gigabytes) and a full inflate of the image data, bounded
+    by the size the header promises.
+
+    Raises :class:`CaseError` (``image.unreadable`` or ``image.too_large``)
+    naming the field, the value found and the value expected; ``rel`` (the
+    file relative to the input root) becomes the error's path.
+    """
+
+    def fail(reason: str, message: str, cause: Exception | None = None) -> CaseError:
+        err = CaseError("read", reason, message, rel)
+        err.__cause__ = cause
+        return err
+
+    if data[:8] != PNG_SIGNATURE:
+        raise fail("image.unreadable",
+                   f"signature: found {data[:8]!r}, expected the PNG signature {PNG_SIGNATURE!r}")
+    pos, width = 8, None
+    idat = []
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        name = kind.decode("latin-1")
+        chunk = data[pos + 8:pos + 8 + length]
+        crc = data[pos + 8 + length:pos + 12 + length]
+        if len(chunk) != length or len(crc) != 4:
+            raise fail("image.unreadable",
+                       f"chunk {name!r} at byte {pos}: truncated: found {len(data) - pos - 8} bytes, "
+                       f"expected {length} + 4 (CRC)")
+        actual = zlib.crc32(kind + chunk) & 0xFFFFFFFF
+        stored = struct.unpack(">I", crc)[0]
+        if actual != stored:
+            raise fail("image.unreadable",
+                       f"chunk {name!r} at byte {pos}: CRC mismatch: found {stored:#010x}, "
+                       f"expected {actual:#010x}")
+        if kind == b"IHDR":
+            if length != 13:
+                raise fail("image.unreadable", f"IHDR: found {length} bytes, expected 13")
+            width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", chunk)
+            if width == 0 or height == 0:
+                raise fail("image.unreadable",
+                           f"IHDR: found {width}x{height} pixels, expected at least 1x1")
+            allowed = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+            if depth not in allowed.get(color, ()):
+                raise fail("image.unreadable",
+                           f"IHDR: found colour type {color} with bit depth {depth}, expected one of "
+                           f"the PNG combinations {allowed}")
+            if width * height > max_pixels:
+                raise fail("image.too_large",
+                           f"IHDR: found {width}x{height} = {width * height} pixels, expected at most "
+                           f"{max_pixels} (decompression bomb guard)")
+        elif kind == b"IDAT":
+            if width is None:
+                raise fail("image.unreadable", f"chunk 'IDAT' at byte {pos}: found before IHDR, "
+                                               "expected IHDR first")
+            idat.append(chunk)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if width is None or not idat:
+        raise fail("image.unreadable",
+                   f"chunks: found {'no IHDR' if width is None else 'no IDAT'}, expected IHDR and IDAT")
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color]
+    row = 1 + math.ceil(width * channels * depth / 8)
+    expected = row * height if not interlace else None
+    limit = expected if expected is not None else 2 * row * height
+    try:
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(b"".join(idat), limit + 1)
+    except zlib.error as err:
+        raise fail("image.unreadable", f"IDAT: cannot inflate: {err}", err) from err
+    if expected is not None and len(raw) != expected:
+        raise fail("image.unreadable",
+                   f"IDAT: found {'more' if len(raw) > expected else 'less'} image data than IHDR "
+                   f"promises: inflated to {len(raw)} bytes, expected {expected} for {width}x{height}")
+    return width, height
+
