@@ -12,6 +12,9 @@ import logging
 import sys
 
 from pipeline.errors import BuildFailed, ConfigError
+from pipeline.exports.base import ExportError
+from pipeline.exports.boxes import BOX_STYLES
+from pipeline.exports.registry import FORMATS, export_corpus
 from pipeline.inputs.layouts import LAYOUT_NAMES
 
 
@@ -125,30 +128,25 @@ def _lint(recipe_name: str) -> int:
 
 
 def _export_parser(sub) -> None:
-    from pipeline.exports import BOX_STYLES, DEFAULT_BOXES, FORMATS
-
     e = sub.add_parser(
-        "export", help="convert a built corpus to llava / sharegpt (LLaMA-Factory) / vlmevalkit files",
+        "export", help="convert a built corpus to " + " / ".join(f.title for f in FORMATS.values()) + " files",
         description="Convert a built corpus (read shard by shard; dead letters are never read).")
     e.add_argument("corpus", metavar="CORPUS_DIR", help="a corpus written by radvqa build")
-    e.add_argument("--format", required=True, choices=FORMATS,
-                   help="llava: JSON + images/; sharegpt: LLaMA-Factory JSON + dataset_info.json + "
-                        "images/; vlmevalkit: MCQ / Y/N / VQA TSVs of the test set (2D corpora only)")
+    e.add_argument("--format", required=True, choices=list(FORMATS),
+                   help="; ".join(f"{name}: {f.help}" for name, f in FORMATS.items()))
     e.add_argument("--output", required=True, help="export folder (new or empty)")
     e.add_argument("--splits", help="comma-separated splits (default: all for llava/sharegpt, "
                                     "test for vlmevalkit)")
     e.add_argument("--boxes", choices=list(BOX_STYLES),
                    help="box convention: pixel (as stored), qwen2.5-vl (absolute pixels, "
                         '{"bbox_2d": [...]}), internvl (0-1000, <box>[[...]]</box>); default: '
-                        + ", ".join(f"{k} for {f}" for f, k in DEFAULT_BOXES.items()))
+                        + ", ".join(f"{f.default_boxes} for {name}" for name, f in FORMATS.items()))
     e.add_argument("--captions", action="store_true",
                    help="tree corpora: also export the alignment captions (llava/sharegpt)")
     e.add_argument("--name", help="file prefix (default: radvqa_<recipe name>)")
 
 
 def _export(args) -> int:
-    from pipeline.exports import ExportError, export_corpus
-
     splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
     try:
         result = export_corpus(

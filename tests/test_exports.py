@@ -17,23 +17,20 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import exports
 from pipeline.cli import main
 from pipeline.config.resources import resource_dir
-from pipeline.exports import (
-    ExportError,
+from pipeline.exports.base import ExportError
+from pipeline.exports.boxes import (
+    BOX_LITERAL,
     box_text,
     check_box,
     convert_box,
     convert_question_boxes,
-    corpus_configs,
-    dataset_info_entry,
-    detect_kind,
-    export_corpus,
-    format_gpt,
-    format_human,
-    render_row,
 )
+from pipeline.exports.corpus import LAYOUTS, Corpus, corpus_configs, detect_kind
+from pipeline.exports.records import format_gpt, format_human, render_row
+from pipeline.exports.registry import export_corpus
+from pipeline.exports.sharegpt import dataset_info_entry
 from pipeline.inputs.sample_tree import write_tree
 from pipeline.launch.build import build
 from pipeline.qa.label_pools import load_label_pools
@@ -306,7 +303,7 @@ def test_slices_grounding_boxes_per_framework(slices, tmp_path):
     images = {r["image_id"]: r for r in _rows(slices, "images")}
     source = {r["qa_id"]: r for r in _rows(slices, "qa", "test")}
     grounding = [r for r in source.values() if r["answer_box"] is not None]
-    boxed_questions = [r for r in source.values() if exports.BOX_LITERAL.search(r["question"])]
+    boxed_questions = [r for r in source.values() if BOX_LITERAL.search(r["question"])]
     assert grounding and boxed_questions
     qwen = {r["id"]: r for r in _load_json(
         _export(slices, tmp_path / "qwen", "sharegpt", splits=["test"]) / "radvqa_sample_test.json")}
@@ -323,7 +320,7 @@ def test_slices_grounding_boxes_per_framework(slices, tmp_path):
         assert "pixel" not in intern[row["qa_id"]]["conversations"][0]["value"]
     for row in boxed_questions:
         w, h = images[row["image_id"]]["width"], images[row["image_id"]]["height"]
-        literal = exports.BOX_LITERAL.search(row["question"]).group(0)
+        literal = BOX_LITERAL.search(row["question"]).group(0)
         box = json.loads(literal)
         if row.get("question_box") is not None:  # the column, where the build writes it
             assert list(row["question_box"]) == box
@@ -408,13 +405,13 @@ def test_media_are_streamed_never_read_whole(slices, tmp_path, monkeypatch):
 
 
 def test_media_lookup_falls_back_to_other_shards(slices):
-    corpus = exports._Corpus(str(slices))
+    corpus = Corpus(str(slices))
     wanted = {r["image_id"] for r in _rows(slices, "images", "validation")}
-    got = {i for i, _, _ in corpus.media(exports.LAYOUTS["slices"], "images/not-a-shard.parquet",
+    got = {i for i, _, _ in corpus.media(LAYOUTS["slices"], "images/not-a-shard.parquet",
                                          wanted, "qa/x")}
     assert got == wanted
     with pytest.raises(ExportError, match="qa/x: image_id nope not found in images/ \\(1 missing\\)"):
-        list(corpus.media(exports.LAYOUTS["slices"], "images/test-00000-of-00001.parquet", {"nope"},
+        list(corpus.media(LAYOUTS["slices"], "images/test-00000-of-00001.parquet", {"nope"},
                           "qa/x"))
 
 

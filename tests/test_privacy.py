@@ -49,13 +49,14 @@ from pipeline.config.recipes import load_recipe
 from pipeline.config.resources import resource_dir
 from pipeline.core import keys
 from pipeline.core.imaging import PNG_KEEP, encode_png, strip_png_metadata
-from pipeline.exports import PRIVATE_DIRS, export_corpus
+from pipeline.exports.registry import export_corpus
 from pipeline.inputs.phantoms import make_phantom
 from pipeline.inputs.readers import read_dicom_series
 from pipeline.inputs.sample import write_case
 from pipeline.launch.build import build
 from pipeline.launch.card import DEIDENTIFICATION
 from pipeline.launch.finalise import fingerprint, public_recipe
+from pipeline.schema.layout import PRIVATE_DIRS
 from tests.dicom_factory import as_pairs, ramp_volume, write_series
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -766,7 +767,7 @@ def test_exports_never_include_dead_letters(world):
                 if path.is_file():
                     data = path.read_bytes()
                     assert b"dead_letters" not in data and b"volume.unreadable" not in data, (fmt, rel)
-    assert set(PRIVATE_DIRS) == {"dead_letters", ".radvqa"}
+    assert set(PRIVATE_DIRS) == {"dead_letters", ".radvqa", "report"}
 
 
 def _column(out: Path, config: str, name: str) -> list:

@@ -1,0 +1,178 @@
+"""Turns and media shared by every format: QA rows normalised, rendered, and their media written.
+
+Question formatting follows the ``instruct`` config: human ``"<image>\\n" +
+question`` with multiple-choice options appended as ``"A. …"`` lines; gpt
+``"A. text"`` for multiple choice, ``yes``/``no`` for closed, the text for
+open questions.  Rows are read a unit (one QA shard) at a time and sorted by
+id; the unit's media come from the media shard of the same name (one work unit
+writes both), falling back to the other media shards for an id it lacks.
+Media files are named by id (no source file name exists in a corpus) and keep
+their stored bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from collections.abc import Mapping, Sequence
+
+from pipeline.core.imaging import png_size
+from pipeline.exports.base import ExportError, ExportResult, write_file
+from pipeline.exports.boxes import BoxStyle, box_text, convert_question_boxes
+from pipeline.exports.corpus import Corpus, Layout
+
+LETTERS = string.ascii_uppercase
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Columns every QA config has.
+ROW_COLUMNS = ("qa_id", "question", "question_type", "answer", "task", "split")
+
+
+def format_human(question: str, question_type: str, options: Sequence[str] | None) -> str:
+    """The human turn as the ``instruct`` config writes it.
+
+    ``"<image>\\n" + question``, with ``"A. …"`` lines appended for multiple choice.
+    """
+    text = "<image>\n" + question
+    if question_type == "multiple_choice":
+        text += "\n" + "\n".join(f"{LETTERS[n]}. {o}" for n, o in enumerate(options or ()))
+    return text
+
+
+def format_gpt(question_type: str, answer: str, answer_text: str) -> str:
+    """The gpt turn: ``"A. text"`` for multiple choice, else ``answer`` (``yes``/``no``, text)."""
+    if question_type == "multiple_choice":
+        return f"{answer}. {answer_text}"
+    return answer
+
+
+def render_row(row: Mapping, size: tuple[int, int] | None, style: str | BoxStyle,
+               where: str = "row") -> tuple[str, str]:
+    """Question and answer of a normalised row with its boxes in ``style``.
+
+    Parameters
+    ----------
+    row : mapping
+        A normalised row (:func:`normalise_row`): ``question``, ``question_type``,
+        ``options``, ``answer``, ``answer_text``, ``answer_box`` (or None),
+        ``question_box`` (or None).
+    size : (width, height) or None
+        Stored image size (needed when the row carries a box).
+    style : str or BoxStyle
+    where : str
+        Named in errors.
+
+    Returns
+    -------
+    (question, answer) : tuple of str
+        The question text (options not included) and the answer text
+        (``"A. text"`` for multiple choice).
+    """
+    # a multiple-choice answer is its letter, even if a future row carries a box
+    answer_box = row.get("answer_box") if row["question_type"] != "multiple_choice" else None
+    question_box = row.get("question_box")
+    question = row["question"]
+    if size is not None:
+        question = convert_question_boxes(question, size, style, question_box=question_box,
+                                          grounding=answer_box is not None, where=f"{where}: question")
+    elif answer_box is not None or question_box is not None:
+        raise ExportError(f"{where}: has a box but no image size")
+    if answer_box is not None:
+        answer = box_text(answer_box, size[0], size[1], style, answer=True, where=f"{where}: answer_box")
+    else:
+        answer = format_gpt(row["question_type"], row["answer"], row["answer_text"])
+    return question, answer
+
+
+def normalise_row(row: Mapping, layout: Layout) -> dict:
+    """A QA row of any config in the exporter's common shape.
+
+    Keys: ``id``, ``media_id``, ``question``, ``question_type``, ``options``,
+    ``answer``, ``answer_text``, ``answer_box``, ``question_box``, ``task``,
+    ``split``, ``l2`` (region for tree rows; the plane is added from the
+    images config for slices).
+    """
+    meta = row.get("metadata") or {}
+    answer_text = row.get("answer_text")
+    if answer_text is None:  # the benchmark keeps the option text in metadata
+        answer_text = meta.get("correct_text") if row["question_type"] == "multiple_choice" else row["answer"]
+    return {
+        "id": row["qa_id"], "media_id": row[layout.key], "question": row["question"],
+        "question_type": row["question_type"], "options": list(row.get(layout.options) or ()),
+        "answer": row["answer"], "answer_text": answer_text, "answer_box": row.get("answer_box"),
+        "question_box": row.get("question_box"), "task": row["task"], "split": row["split"],
+        "l2": meta.get("location") or "",
+    }
+
+
+def read_rows(corpus: Corpus, layout: Layout, rel: str) -> list[dict]:
+    """The QA rows of shard ``rel``, normalised (:func:`normalise_row`) and sorted by id."""
+    optional = ("answer_text", "answer_box", "question_box", "metadata")
+    rows = corpus.read(rel, (*ROW_COLUMNS, layout.key, layout.options), optional)
+    out = [normalise_row(r, layout) for r in rows]
+    out.sort(key=lambda r: r["id"])
+    return out
+
+
+def paired_shard(rel: str, config: str) -> str:
+    """The shard of ``config`` written by the same unit as ``rel`` (same file name)."""
+    return f"{config}/{rel.split('/', 1)[1]}"
+
+
+def media_suffix(data: bytes, where: str) -> str:
+    """File suffix of stored media bytes (PNG, JPEG or .npy)."""
+    if data.startswith(PNG_SIGNATURE):
+        return ".png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return ".jpg"
+    if data.startswith(b"\x93NUMPY"):
+        return ".npy"
+    raise ExportError(f"{where}: stored bytes are neither PNG, JPEG nor .npy (starts {data[:8]!r})")
+
+
+def media_size(layout: Layout, data: bytes, meta: Mapping, where: str) -> tuple[int, int] | None:
+    """``(width, height)`` of a stored image: its ``width``/``height`` columns, else its PNG
+    header; ``None`` for a volume."""
+    if layout.kind == "volumes":
+        return None
+    if meta.get("width") is not None and meta.get("height") is not None:
+        return int(meta["width"]), int(meta["height"])
+    if len(data) < 24:
+        raise ExportError(f"{where}: image: not a PNG with an IHDR chunk")
+    try:
+        return png_size(data)
+    except ValueError as err:
+        raise ExportError(f"{where}: image: not a PNG with an IHDR chunk") from err
+
+
+def write_media(out: str, rel_dir: str, media_id: str, data: bytes, where: str) -> tuple[str, bool]:
+    """Write stored media bytes, unchanged, as ``rel_dir/<media_id><suffix>``.
+
+    Returns the relative path and whether the file was written now (an id
+    already written by this export is not written again).
+    """
+    rel = f"{rel_dir}/{media_id}{media_suffix(data, where)}"
+    path = os.path.join(out, *rel.split("/"))
+    if os.path.exists(path):
+        return rel, False
+    write_file(path, data)
+    return rel, True
+
+
+def unit_media(corpus: Corpus, layout: Layout, rel: str, rows: Sequence[Mapping], out: str,
+               result: ExportResult) -> dict[str, tuple[str, tuple[int, int] | None, dict]]:
+    """Write the media of ``rows`` (one unit, QA shard ``rel``) into ``out``.
+
+    Returns
+    -------
+    dict
+        media id -> (relative path, size (:func:`media_size`), metadata columns).
+    """
+    wanted = {r["media_id"] for r in rows}
+    found = {}
+    for media_id, data, meta in corpus.media(layout, paired_shard(rel, layout.media), wanted, rel):
+        where = f"{layout.media}/: {layout.key} {media_id}"
+        media_rel, written = write_media(out, layout.media_dir, media_id, data, where)
+        result.media += written
+        found[media_id] = (media_rel, media_size(layout, data, meta, where), meta)
+    return found
+

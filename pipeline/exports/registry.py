@@ -1,0 +1,87 @@
+"""The export formats by name, and :func:`export_corpus`, which validates an export and runs it.
+
+Adding a format: one module defining an :class:`~pipeline.exports.format.ExportFormat`
+instance, and one line in :data:`FORMATS` (its order is the CLI's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from pipeline.exports import llava, sharegpt, vlmevalkit
+from pipeline.exports.base import ExportError, ExportResult, prepare_output
+from pipeline.exports.boxes import box_style
+from pipeline.exports.corpus import Corpus, corpus_name, safe_name
+from pipeline.exports.format import ExportFormat, ExportJob
+from pipeline.schema.layout import MANIFEST
+
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
+    llava.FORMAT,
+    sharegpt.FORMAT,
+    vlmevalkit.FORMAT,
+)}
+
+
+def export_corpus(corpus_dir: str, output_dir: str, fmt: str, *, splits: Sequence[str] | None = None,
+                  boxes: str | None = None, captions: bool = False, name: str | None = None,
+                  log: Callable[[str], None] | None = None) -> ExportResult:
+    """Export a built corpus to ``fmt``.
+
+    Parameters
+    ----------
+    corpus_dir : str
+        A corpus written by ``radvqa build`` (local folder with ``manifest.json``).
+    output_dir : str
+        Export folder; created, and must be empty if it exists.
+    fmt : str
+        A name of :data:`FORMATS` (``llava``, ``sharegpt``, ``vlmevalkit``).
+    splits : sequence of str, optional
+        Splits to export; default every split for llava/sharegpt and ``test``
+        for vlmevalkit (the format's :meth:`~pipeline.exports.format.ExportFormat.default_splits`).
+    boxes : {"pixel", "qwen2.5-vl", "internvl"}, optional
+        Box convention; default the format's ``default_boxes``.
+    captions : bool
+        Tree corpora, llava/sharegpt: also write the ``alignment`` captions
+        (``<name>_captions_<split>.json``).
+    name : str, optional
+        File prefix (default ``radvqa_<recipe name>``).
+    log : callable, optional
+        Progress messages (default: silent).
+
+    Returns
+    -------
+    ExportResult
+
+    Raises
+    ------
+    ExportError
+        Unknown format, box style or split; a corpus that is not one or lacks a
+        column; a corpus kind the format does not take (vlmevalkit on a volume
+        corpus); a non-empty output folder.
+    """
+    log = log or (lambda msg: None)
+    export_format = FORMATS.get(fmt)
+    if export_format is None:
+        raise ExportError(f"format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    style = box_style(boxes or export_format.default_boxes)
+    corpus = Corpus(corpus_dir)
+    prefix = safe_name(name) if name else corpus_name(corpus.manifest)
+    if corpus.kind not in export_format.kinds:
+        raise ExportError(export_format.kind_error(corpus_dir, corpus.kind))
+    if captions and not (export_format.captions and corpus.kind == "tree"):
+        takers = " or ".join(n for n, f in FORMATS.items() if f.captions)
+        raise ExportError(f"captions: only tree corpora have alignment captions, exported with {takers} "
+                          f"(this is a {corpus.kind} corpus, format {fmt})")
+    layout = export_format.layout(corpus)
+    available = corpus.splits(layout.rows)
+    if not available:
+        raise ExportError(f"{corpus_dir}/{MANIFEST}: files: no {layout.rows}/ shards to export")
+    wanted = list(dict.fromkeys(splits)) if splits else export_format.default_splits(available)
+    unknown = [s for s in wanted if s not in available]
+    if unknown:
+        raise ExportError(f"splits: {', '.join(unknown)} not in {layout.rows}/ (available: "
+                          f"{', '.join(available)})")
+    prepare_output(output_dir)
+    result = ExportResult(fmt, corpus.kind, output_dir, None if corpus.kind == "volumes" else style.name)
+    export_format.export(ExportJob(corpus, layout, wanted, output_dir, prefix, style, captions, result, log))
+    return result

@@ -1,0 +1,77 @@
+"""``sharegpt``: LLaMA-Factory's multimodal ShareGPT flavour, plus its ``dataset_info.json``.
+
+``{id, messages: [{role: user, content}, {role: assistant, content}], images:
+[path]}`` per record, plus a ``dataset_info.json`` entry per file
+(``formatting: sharegpt``, columns ``messages``/``images``, tags
+``role``/``content``/``user``/``assistant``); paths are relative to the export
+folder, which is LLaMA-Factory's ``dataset_dir`` (and default ``media_dir``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pipeline.exports.base import write_json
+from pipeline.exports.boxes import BoxStyle
+from pipeline.exports.conversations import ConversationFormat
+from pipeline.exports.format import ExportJob
+from pipeline.exports.records import format_human, render_row
+
+#: ShareGPT roles of the stored conversations' ``from`` values.
+ROLES = {"human": "user", "gpt": "assistant"}
+
+
+def sharegpt_record(row: Mapping, media: str, size: tuple[int, int] | None, style: str | BoxStyle,
+                    where: str = "row") -> dict:
+    """One LLaMA-Factory ShareGPT record: ``{id, messages, images}``."""
+    question, answer = render_row(row, size, style, where)
+    return {
+        "id": row["id"],
+        "messages": [
+            {"role": "user", "content": format_human(question, row["question_type"], row["options"])},
+            {"role": "assistant", "content": answer},
+        ],
+        "images": [media],
+    }
+
+
+def sharegpt_caption_record(caption: Mapping, media: str, size: tuple[int, int] | None) -> dict:
+    """An ``alignment`` caption (stored conversation, no boxes) as a ShareGPT record."""
+    return {"id": caption["id"],
+            "messages": [{"role": ROLES[t["from"]], "content": t["value"]} for t in caption["conversations"]],
+            "images": [media]}
+
+
+def dataset_info_entry(file_name: str) -> dict:
+    """LLaMA-Factory ``dataset_info.json`` entry for a multimodal ShareGPT file."""
+    return {
+        "file_name": file_name,
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                 "assistant_tag": "assistant"},
+    }
+
+
+class ShareGpt(ConversationFormat):
+    """LLaMA-Factory ShareGPT JSON with its ``dataset_info.json``."""
+
+    name = "sharegpt"
+    title = "sharegpt (LLaMA-Factory)"
+    help = "LLaMA-Factory JSON + dataset_info.json + images/"
+    default_boxes = "qwen2.5-vl"
+
+    def record(self, row, media, size, style, where="row"):
+        return sharegpt_record(row, media, size, style, where)
+
+    def caption_record(self, caption, media, size):
+        return sharegpt_caption_record(caption, media, size)
+
+    def finish(self, job: ExportJob, stems: list[str]) -> None:
+        """``dataset_info.json``: one entry per JSON file written."""
+        info = {stem: dataset_info_entry(f"{stem}.json") for stem in stems}
+        write_json(os.path.join(job.output, "dataset_info.json"), info)
+
+
+FORMAT = ShareGpt()
