@@ -16,7 +16,7 @@ from pipeline.beam.transforms import DEAD, ExtractUnitFn, RenderQuestionsFn
 from pipeline.engine.extract import SliceSettings
 from pipeline.engine.units import BuildContext, PlannedCase, UnitRef, write_plan
 from pipeline.inputs.discovery import discover_cases
-from pipeline.kinds.base import get_kind
+from pipeline.kinds.registry import get_kind
 
 OPTIONS = PipelineOptions(["--runner=FnApiRunner"])
 
