@@ -111,8 +111,9 @@ class OodSource:
     schema: pa.Schema
 
 
-IMAGES = OodSource("images", "image_id", "image", image_rows, OOD_SCHEMA)
-VOLUMES = OodSource("volumes", "volume_id", "npy", volume_rows, OOD3D_SCHEMA)
+IMAGES = OodSource("images", "image_id", "image", image_rows, OOD_SCHEMA)  # kind slices
+VOLUMES = OodSource("volumes", "volume_id", "npy", volume_rows, OOD3D_SCHEMA)  # kind volumes
+#: Kind tree: its payload holds the unit's stored PNGs, so it passes them to :func:`ood_table`.
 TREE = OodSource("alignment", "image_id", "image", image_rows, OOD_SCHEMA)
 
 

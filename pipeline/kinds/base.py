@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import pyarrow as pa
 
@@ -49,6 +49,7 @@ from pipeline.qa.templates import load_families
 Planned = list[tuple[str, int, int, list]]
 
 
+@runtime_checkable
 class Kind(Protocol):
     """A corpus kind (``source.kind`` in a recipe), as the launcher and the workers use it."""
 
@@ -170,7 +171,7 @@ class BaseKind:
     audit_defaults: ClassVar[Mapping[str, Any]] = {}
     balanced = False
     finish = None
-    schemas: ClassVar[Mapping[str, pa.Schema]] = {}
+    schemas: ClassVar[Mapping[str, pa.Schema]]
 
     def before_run(self, output, recipe, seed, units, cases, prep) -> dict:
         return {}
