@@ -117,7 +117,7 @@ def launch(recipe_name: str, input_dir: str | Path, output: str | Path) -> Launc
     run those units themselves: through a Beam pipeline or a plain loop.  ``seconds`` is
     the launcher's time.
     """
-    from pipeline.kinds.base import get_kind
+    from pipeline.kinds.registry import get_kind
     from pipeline.launch import build as B
 
     def planned(refs, ctx, beam_args, log):

@@ -107,7 +107,7 @@ def load_volumes(ref, ctx) -> dict:
     from pipeline.engine.extract import load_case
     from pipeline.engine.units import read_plan
     from pipeline.errors import CaseError
-    from pipeline.kinds.base import get_kind
+    from pipeline.kinds.registry import get_kind
 
     done = rejected = voxels = 0
     for pc in read_plan(ctx.output, ref, get_kind(ctx.kind)):

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _lint(recipe_name: str) -> int:
     from pipeline.config.recipes import load_recipe
-    from pipeline.kinds.base import get_kind, kind_name
+    from pipeline.kinds.registry import get_kind, kind_name
     from pipeline.qa.lint import lint
 
     recipe = load_recipe(recipe_name)

@@ -656,7 +656,7 @@ def test_builtin_names_never_escape_the_resources(tmp_path):
 def test_plain_variants_render_exactly_as_jinja_renders_them(name, monkeypatch):
     """Variants that are only text and ``{{ name }}`` skip Jinja's runtime; every built-in
     variant, on the lint contexts of its generator, renders the same either way."""
-    from pipeline.kinds.base import get_kind
+    from pipeline.kinds.registry import get_kind
     from pipeline.launch.build import _kind
     from pipeline.qa import templates
     from pipeline.qa.lint import _lint_rng, lint_records

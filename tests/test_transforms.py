@@ -16,7 +16,8 @@ from pipeline.beam.transforms import DEAD, ExtractUnitFn, RenderQuestionsFn
 from pipeline.engine.extract import SliceSettings
 from pipeline.engine.units import BuildContext, PlannedCase, UnitRef, write_plan
 from pipeline.inputs.discovery import discover_cases
-from pipeline.kinds.base import get_kind
+from pipeline.kinds.base import Kind
+from pipeline.kinds.registry import KINDS, get_kind
 
 OPTIONS = PipelineOptions(["--runner=FnApiRunner"])
 
@@ -80,3 +81,11 @@ def test_extract_and_render_fns_emit_receipts_and_dead_letters(two_cases):
         "qa/train-00000-of-00001.parquet",
         "structures/train-00000-of-00001.parquet",
     ]
+
+
+@pytest.mark.parametrize("name", sorted(KINDS))
+def test_every_registered_kind_has_every_member_of_the_kind_protocol(name):
+    kind = get_kind(name)
+    assert isinstance(kind, Kind), sorted(m for m in dir(Kind) if not hasattr(kind, m))
+    assert kind.name == name and kind.configs and set(kind.schemas) <= set(kind.configs)
+    assert kind.finish is None or callable(kind.finish)

@@ -24,15 +24,10 @@ from apache_beam.metrics import Metrics
 
 from pipeline.engine import execute
 from pipeline.engine import units as U
+from pipeline.kinds.registry import get_kind
 
 DEAD = "dead_letters"
 NAMESPACE = "radvqa"
-
-
-def kind_of(name: str):
-    from pipeline.kinds.base import get_kind
-
-    return get_kind(name)
 
 
 class ExtractUnitFn(beam.DoFn):
@@ -44,7 +39,7 @@ class ExtractUnitFn(beam.DoFn):
         self._rejected = Metrics.counter(NAMESPACE, "cases_rejected")
 
     def process(self, ref: U.UnitRef):
-        extracted = execute.extract_unit(ref, self._ctx, kind_of(self._ctx.kind))
+        extracted = execute.extract_unit(ref, self._ctx, get_kind(self._ctx.kind))
         self._cases.inc(ref.n_cases)
         self._rejected.inc(len(extracted.dead))
         for letter in extracted.dead:
@@ -62,7 +57,7 @@ class RenderQuestionsFn(beam.DoFn):
 
     def process(self, element, rules=None):
         ref, extracted = element
-        receipt, dead = execute.render_unit(ref, extracted, self._ctx, kind_of(self._ctx.kind), rules)
+        receipt, dead = execute.render_unit(ref, extracted, self._ctx, get_kind(self._ctx.kind), rules)
         self._qa.inc(receipt["rows"].get("qa", 0))
         for letter in dead:
             yield pvalue.TaggedOutput(DEAD, letter)
@@ -77,7 +72,7 @@ class ProcessUnitFn(beam.DoFn):
         self._qa = Metrics.counter(NAMESPACE, "qa_rows")
 
     def process(self, ref: U.UnitRef):
-        receipt, dead = execute.process_unit(ref, self._ctx, kind_of(self._ctx.kind))
+        receipt, dead = execute.process_unit(ref, self._ctx, get_kind(self._ctx.kind))
         self._qa.inc(receipt["rows"].get("qa", 0))
         for letter in dead:
             yield pvalue.TaggedOutput(DEAD, letter)
@@ -91,14 +86,14 @@ class FinishFn(beam.DoFn):
         self._ctx = ctx
 
     def process(self, _, receipts):
-        report = kind_of(self._ctx.kind).finish(self._ctx, list(receipts))
+        report = get_kind(self._ctx.kind).finish(self._ctx, list(receipts))
         if report is not None:
             yield report
 
 
 def _candidates(element, ctx):
     ref, extracted = element
-    return execute.unit_candidates(ref, extracted.report, ctx, kind_of(ctx.kind))
+    return execute.unit_candidates(ref, extracted.report, ctx, get_kind(ctx.kind))
 
 
 def _rules(candidate_lists, pools):
@@ -121,7 +116,7 @@ class BuildCorpus(beam.PTransform):
 
     def expand(self, pbegin):
         ctx = self._ctx
-        kind = kind_of(ctx.kind)
+        kind = get_kind(ctx.kind)
         refs = pbegin | "PlanUnits" >> beam.Create(self._refs) | "SpreadUnits" >> beam.Reshuffle()
         if kind.balanced:
             extracted = refs | "ExtractUnits" >> beam.ParDo(ExtractUnitFn(ctx)).with_outputs(
@@ -140,7 +135,7 @@ class BuildCorpus(beam.PTransform):
             rendered = refs | "ProcessUnits" >> beam.ParDo(ProcessUnitFn(ctx)).with_outputs(
                 DEAD, main="receipts")
             dead = rendered[DEAD]
-        if getattr(kind, "finish", None) is not None:
+        if kind.finish is not None:
             _ = (pbegin | "FinishSeed" >> beam.Create([None])
                  | "Finish" >> beam.ParDo(FinishFn(ctx), beam.pvalue.AsList(rendered.receipts)))
         return {"receipts": rendered.receipts, "dead_letters": dead}

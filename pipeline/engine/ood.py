@@ -16,47 +16,25 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 
-from pipeline.core import keys
-from pipeline.schema.arrow import IMAGE_STRUCT, with_hf_metadata
+from pipeline.core import keys, perturb
+from pipeline.core.imaging import encode_png
+from pipeline.engine.execute import read_pixels
+from pipeline.schema.arrow import OOD3D_SCHEMA, OOD_SCHEMA
 
 DEFAULTS = {"fraction": 1.0, "per_image": 1, "families": None, "levels": None, "split": "test"}
-
-OOD_FIELDS = [
-    ("ood_id", pa.string()),
-    ("image_id", pa.string()),
-    ("image", IMAGE_STRUCT),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("family", pa.string()),
-    ("strength", pa.string()),
-    ("parameters", pa.string()),
-    ("split", pa.string()),
-]
-OOD3D_FIELDS = [
-    ("ood_id", pa.string()),
-    ("volume_id", pa.string()),
-    ("npy", pa.binary()),
-    ("shape", pa.list_(pa.int32())),
-    ("family", pa.string()),
-    ("strength", pa.string()),
-    ("parameters", pa.string()),
-    ("split", pa.string()),
-]
-OOD_SCHEMA = with_hf_metadata(OOD_FIELDS)
-OOD3D_SCHEMA = with_hf_metadata(OOD3D_FIELDS)
 
 
 def settings(section: Mapping | None) -> dict | None:
     """The recipe's ``ood`` section with defaults; ``None`` when the recipe has none."""
     if not section:
         return None
-    from pipeline.core import perturb
-
     out = DEFAULTS | dict(section)
     out["families"] = list(out["families"] or perturb.FAMILIES)
     out["levels"] = list(out["levels"] or perturb.LEVELS)
@@ -66,8 +44,6 @@ def settings(section: Mapping | None) -> dict | None:
 def chosen(image_ids, conf: Mapping, seed: int) -> list[tuple[str, str, str]]:
     """``(image id, family, level)`` for the selected images: those whose keyed uniform is
     below ``fraction``, each with ``per_image`` distinct pairs (shard-independent)."""
-    from pipeline.core import perturb
-
     picked = [i for i in image_ids if keys.unit_interval(seed, i, "ood") < float(conf["fraction"])]
     if not picked:
         return []
@@ -81,11 +57,6 @@ def _row_id(image_id: str, family: str, level: str) -> str:
 
 def image_rows(images: Mapping[str, bytes], split: str, conf: Mapping, seed: int) -> list[dict]:
     """OOD rows for 2D images (``{image id: PNG bytes}``), sorted by ``ood_id``."""
-    from PIL import Image
-
-    from pipeline.core import perturb
-    from pipeline.core.imaging import encode_png
-
     rows = []
     for image_id, family, level in chosen(sorted(images), conf, seed):
         with Image.open(io.BytesIO(images[image_id])) as im:
@@ -107,8 +78,6 @@ def image_rows(images: Mapping[str, bytes], split: str, conf: Mapping, seed: int
 
 def volume_rows(volumes: Mapping[str, bytes], split: str, conf: Mapping, seed: int) -> list[dict]:
     """OOD rows for stored volumes (``{volume id: .npy bytes}``), sorted by ``ood_id``."""
-    from pipeline.core import perturb
-
     rows = []
     for volume_id, family, level in chosen(sorted(volumes), conf, seed):
         arr = np.load(io.BytesIO(volumes[volume_id]), allow_pickle=False)
@@ -125,3 +94,45 @@ def volume_rows(volumes: Mapping[str, bytes], split: str, conf: Mapping, seed: i
         })
     rows.sort(key=lambda r: r["ood_id"])
     return rows
+
+
+# ------------------------------------------------------------------- per corpus kind
+
+
+@dataclass(frozen=True)
+class OodSource:
+    """Where a kind's ``ood`` rows start from: the stored config holding the clean pixels,
+    its key and pixel columns, the row maker and the ``ood`` schema."""
+
+    config: str  # the pixel config whose shard holds the clean pixels
+    key_column: str  # its id column (the ``ood`` rows' back-reference)
+    pixel_column: str  # PNG struct (2D) or ``.npy`` bytes (3D)
+    rows: Callable[[Mapping[str, bytes], str, Mapping, int], list[dict]]
+    schema: pa.Schema
+
+
+IMAGES = OodSource("images", "image_id", "image", image_rows, OOD_SCHEMA)  # kind slices
+VOLUMES = OodSource("volumes", "volume_id", "npy", volume_rows, OOD3D_SCHEMA)  # kind volumes
+#: Kind tree: its payload holds the unit's stored PNGs, so it passes them to :func:`ood_table`.
+TREE = OodSource("alignment", "image_id", "image", image_rows, OOD_SCHEMA)
+
+
+def ood_table(source: OodSource, ref, records: list[dict], ctx, report: Mapping,
+              pixels: Mapping[str, bytes] | None = None) -> pa.Table | None:
+    """A unit's ``ood`` table, or ``None`` when the recipe has no ``ood`` section or the
+    unit is not of its split.
+
+    ``pixels`` (``{id: bytes}``) when the caller holds the unit's clean pixels already (the
+    tree kind); otherwise only the chosen records' pixels are read back from the unit's
+    ``source.config`` shard (``report["pixel_files"]``).
+    """
+    conf = ctx.extras.get("ood")
+    if not conf or ref.split != conf["split"]:
+        return None
+    if pixels is None:
+        ids = [r[source.key_column] for r in records]
+        wanted = {i for i, _, _ in chosen(ids, conf, ctx.seed)}
+        pixels = read_pixels(ctx.output, report, source.config, source.key_column,
+                             source.pixel_column, wanted)
+    return pa.Table.from_pylist(source.rows(pixels, ref.split, conf, ctx.seed),
+                                schema=source.schema)

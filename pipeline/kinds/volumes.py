@@ -24,60 +24,18 @@ from pipeline.core import keys
 from pipeline.core.boxes import mask_box
 from pipeline.core.slices import apply_window, ct_window, mr_window, resample
 from pipeline.core.volume_facts import lesion_facts
+from pipeline.engine import ood
 from pipeline.engine.extract import load_case
-from pipeline.engine.ood import OOD3D_SCHEMA
-from pipeline.errors import CaseError
+from pipeline.engine.units import plan_split_shards
+from pipeline.inputs import sample
 from pipeline.inputs.discovery import CaseSource
-from pipeline.kinds.base import VolumeCases
-from pipeline.schema.arrow import with_hf_metadata
+from pipeline.inputs.tree import InputTree
+from pipeline.kinds.base import Planned, VolumeKind
+from pipeline.qa.audit import partial_counts
+from pipeline.schema.arrow import OOD3D_SCHEMA, QA3D_SCHEMA, VOLUMES_SCHEMA
 from pipeline.schema.records import CaseResult
 
 VOLUME_QA_VERSION = "2"
-BOX3D = pa.struct([("label", pa.string()), ("box", pa.list_(pa.int32()))])
-STRUCTURE_FACTS = pa.struct([("label", pa.string()), ("volume_ml", pa.float64()),
-                             ("mean_hu", pa.float64())])
-LESION_FACTS = pa.struct([
-    ("label", pa.string()), ("organ", pa.string()), ("voxels", pa.int64()),
-    ("volume_ml", pa.float64()), ("long_mm", pa.float64()), ("short_mm", pa.float64()),
-    ("axial_k", pa.int32()), ("max_diameter_mm", pa.float64()), ("mean_hu", pa.float64()),
-    ("organ_mean_hu", pa.float64()), ("density", pa.string()),
-])
-VOLUME_FIELDS = [
-    ("volume_id", pa.string()),
-    ("case_key", pa.string()),
-    ("patient_key", pa.string()),
-    ("split", pa.string()),
-    ("study_order", pa.int32()),
-    ("modality", pa.string()),
-    ("npy", pa.binary()),
-    ("shape", pa.list_(pa.int32())),
-    ("original_spacing_mm", pa.list_(pa.float64())),
-    ("target_spacing_mm", pa.list_(pa.float64())),
-    ("window", pa.string()),
-    ("boxes3d", pa.list_(BOX3D)),
-    ("structures", pa.list_(STRUCTURE_FACTS)),
-    ("lesions", pa.list_(LESION_FACTS)),
-]
-QA3D_FIELDS = [
-    ("qa_id", pa.string()),
-    ("volume_id", pa.string()),
-    ("case_key", pa.string()),
-    ("split", pa.string()),
-    ("task", pa.string()),
-    ("subtask", pa.string()),
-    ("family", pa.string()),
-    ("question_type", pa.string()),
-    ("question", pa.string()),
-    ("options", pa.list_(pa.string())),
-    ("answer", pa.string()),
-    ("answer_text", pa.string()),
-    ("answer_value", pa.float64()),
-    ("answer_unit", pa.string()),
-    ("answer_tolerance", pa.float64()),
-    ("template_id", pa.string()),
-]
-VOLUMES_SCHEMA = with_hf_metadata(VOLUME_FIELDS)
-QA3D_SCHEMA = with_hf_metadata(QA3D_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -97,73 +55,44 @@ class VolumeSettings:
             raise ValueError(f"volumes.dtype: found {self.dtype!r}, expected float16 or float32")
 
 
-class VolumesKind(VolumeCases):
+class VolumesKind(VolumeKind):
     name = "volumes"
     version = VOLUME_QA_VERSION
     pixel_configs = ("volumes",)
     payload_configs = ("volumes",)
     stored_configs = ("volumes",)
-    text_configs = ("qa", "ood")
     configs = ("qa", "volumes", "ood")
     key_column = {"volumes": "case_key"}
-    stored_columns: dict = {}
     heavy_columns = frozenset({"npy"})
-    balanced = True
     schemas = {"volumes": VOLUMES_SCHEMA, "qa": QA3D_SCHEMA, "ood": OOD3D_SCHEMA}
+    ood_source = ood.VOLUMES
+    sample_folder = "sample-longitudinal"
+    sample_patients = 4
+    shard_size = ("patients_per_shard", 8)
 
     # -- launcher ----------------------------------------------------------------------
-    @staticmethod
-    def prepare(recipe) -> dict:
-        from pipeline.errors import ConfigError
-        from pipeline.kinds.base import load_questions
-
+    def read_settings(self, recipe) -> VolumeSettings:
         vol, source = recipe.section("volumes"), recipe.section("source")
-        try:
-            settings = VolumeSettings(
-                target_shape=tuple(int(x) for x in vol.get("target_shape", (32, 128, 128))),
-                window=vol.get("window", "soft_tissue"), dtype=vol.get("dtype", "float16"),
-                max_voxels=int(source.get("max_voxels", 64_000_000)))
-        except ValueError as err:
-            raise ConfigError(f"{recipe.path}: {err}") from err
-        families, pools = load_questions(recipe)
-        return {"settings": settings, "families": families, "pools": pools,
-                "per_shard": int(recipe.section("shards").get("patients_per_shard", 8))}
+        return VolumeSettings(
+            target_shape=tuple(int(x) for x in vol.get("target_shape", (32, 128, 128))),
+            window=vol.get("window", "soft_tissue"), dtype=vol.get("dtype", "float16"),
+            max_voxels=int(source.get("max_voxels", 64_000_000)))
 
-    @staticmethod
-    def sample_input(output: str, recipe, log) -> str:
-        from pipeline.inputs import sample
-        from pipeline.kinds.base import phantom_input
+    def write_sample(self, root: str, n_patients: int) -> None:
+        sample.write_longitudinal_sample(root, n_patients=n_patients)
 
-        n = int(recipe.section("source").get("sample_patients", 4))
-        return phantom_input(output, "sample-longitudinal", f"{sample.SAMPLE_VERSION}:{n}", log,
-                             lambda root: sample.write_longitudinal_sample(root, n_patients=n))
+    def discover_stats(self, cases: list[CaseSource]) -> dict:
+        return {"patients": len({c.patient_key for c in cases})}
 
-    @staticmethod
-    def discover(root: str, recipe, key: str, seed: int, layout: str, prep: dict):
-        from pipeline.kinds.base import discover_volume_cases
-
-        cases, rejects = discover_volume_cases(root, key, layout)
-        return cases, rejects, {"patients": len({c.patient_key for c in cases})}
-
-    @staticmethod
-    def plan(cases, recipe, seed: int, prep: dict):
+    def plan(self, cases, recipe, seed: int, prep: dict) -> Planned:
         """By patient: all studies of a patient in one unit, ordered by study."""
-        from pipeline.engine.units import plan_split_shards
-
         fractions = recipe.section("splits")["fractions"]
         return plan_split_shards(
             cases, lambda c: keys.assign_split(c.patient_key, fractions, seed), list(fractions),
             prep["per_shard"], group_of=lambda c: c.patient_key,
             order=lambda c: (c.patient_key, c.study_order, c.key))
 
-    @staticmethod
-    def before_run(output, recipe, seed, units, cases, prep) -> dict:
-        return {}
-
-    finish = None
-
-    @staticmethod
-    def manifest_extras(output, receipts, extras) -> tuple[dict, list[str], list[str]]:
+    def manifest_extras(self, output, receipts, extras) -> tuple[dict, list[str], list[str]]:
         """The per-task answer distribution: in the manifest, the card and the summary."""
         answers: dict[str, Counter] = {}
         for r in receipts:
@@ -181,13 +110,10 @@ class VolumesKind(VolumeCases):
                  "`answer_unit` and `answer_tolerance` for grading."]
         return {"answers": out}, card, answer_lines(out)
 
-    # -- extraction (cases: VolumeCases) ----------------------------------------------
-    @staticmethod
-    def extract_case(case: CaseSource, split: str, ctx) -> CaseResult:
-        from pipeline.inputs.tree import InputTree
-
+    # -- extraction --------------------------------------------------------------------
+    def extract_case(self, case: CaseSource, split: str, ctx) -> CaseResult:
         s: VolumeSettings = ctx.settings
-        with InputTree(ctx.input_root).local(VolumesKind.case_paths(case)) as root:
+        with InputTree(ctx.input_root).local(self.case_paths(case)) as root:
             volume, masks, digest, notes = load_case(case, root, s.max_voxels)
         facts = volume_facts(volume, masks, ctx.pools)
         npy, target_spacing, boxes, window = volume_array(
@@ -203,48 +129,22 @@ class VolumesKind(VolumeCases):
         }
         return CaseResult({"volumes": [row]}, digest, notes)
 
-    @staticmethod
-    def table(config: str, rows: list[dict]) -> pa.Table:
-        return pa.Table.from_pylist(rows, schema=VOLUMES_SCHEMA)
-
-    @staticmethod
-    def sort_table(config: str, table: pa.Table) -> pa.Table:
+    def sort_table(self, config: str, table: pa.Table) -> pa.Table:
         return table.sort_by([("volume_id", "ascending")])
 
-    @staticmethod
-    def records(payload: Mapping[str, pa.Table], split: str, ctx=None) -> list[dict]:
+    def records(self, payload: Mapping[str, pa.Table], split: str, ctx=None) -> list[dict]:
         findings = tuple((ctx.qa_settings if ctx else {}).get("findings", ()))
         records = [volume_record(row, findings) for row in payload["volumes"].to_pylist()]
         records.sort(key=lambda r: (r["patient_key"], r["study_order"], r["case_key"]))
         attach_history(records)
         return records
 
-    @staticmethod
-    def candidates(records, ctx) -> list[tuple]:
-        from pipeline.qa.candidates import question_candidates
-
-        return question_candidates(records, ctx)
-
-    @staticmethod
-    def render(ref, records: list[dict], payload, ctx, rules, report):
-        from pipeline.engine.dead_letters import dead_letter, internal_error
-        from pipeline.qa.audit import partial_counts
-        from pipeline.qa.balance import apply
-        from pipeline.qa.questions import questions_for
-
+    # -- questions ---------------------------------------------------------------------
+    def render(self, ref, records: list[dict], payload, ctx, rules, report):
+        made, dead = self.questions(records, ctx, rules)
         rows = []
-        dead = []
-        for r in records:
-            try:
-                made = [row for row in (apply(q, rules, ctx.families, ctx.pools)
-                                        for q in questions_for(r, ctx)) if row is not None]
-            except CaseError as err:  # e.g. a template that fails on this volume's facts
-                dead.append(dead_letter(r["case_key"], r["case_key"], err))
-                continue
-            except Exception as exc:  # noqa: BLE001 — a bug: this volume's letter says so
-                dead.append(dead_letter(r["case_key"], r["case_key"], internal_error("qa", exc)))
-                continue
-            for row in made:
+        for r, qa in made:
+            for row in qa:
                 rows.append({
                     "qa_id": row["qa_id"], "volume_id": r["volume_id"], "case_key": r["case_key"],
                     "split": r["split"], "task": row["task"], "subtask": row.get("subtask", ""),
@@ -272,15 +172,7 @@ class VolumesKind(VolumeCases):
             "audit": partial_counts("qa", rows),
         }
         tables = {"qa": pa.Table.from_pylist(rows, schema=QA3D_SCHEMA)}
-        conf = ctx.extras.get("ood")
-        if conf and ref.split == conf["split"]:
-            from pipeline.engine.execute import read_pixels
-            from pipeline.engine.ood import chosen, volume_rows
-
-            wanted = {i for i, _, _ in chosen([r["volume_id"] for r in records], conf, ctx.seed)}
-            npys = read_pixels(ctx.output, report, "volumes", "volume_id", "npy", wanted)
-            tables["ood"] = pa.Table.from_pylist(volume_rows(npys, ref.split, conf, ctx.seed),
-                                                 schema=OOD3D_SCHEMA)
+        tables |= self.ood_tables(ref, records, ctx, report)
         return tables, info, dead
 
 

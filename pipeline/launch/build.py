@@ -33,7 +33,7 @@ from pipeline.engine.units import BuildContext, case_fingerprint
 from pipeline.errors import BuildFailed, ConfigError
 from pipeline.inputs.tree import InputTree
 from pipeline.io import shards
-from pipeline.kinds.base import get_kind, kind_name
+from pipeline.kinds.registry import get_kind, kind_name
 from pipeline.launch.finalise import finalise, fingerprint
 from pipeline.launch.plan import PlanningCollector, clean_temporaries, log_plan, plan_units
 from pipeline.launch.runner import run_pipeline

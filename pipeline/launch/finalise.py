@@ -166,7 +166,7 @@ def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, de
     if finish:
         split_rows["benchmark"]["test"] = finish["rows"]["benchmark"]
     audit_result = audit(merge([r["audit"] for r in receipts] + ([finish["audit"]] if finish else [])),
-                         dict(getattr(kind, "audit_defaults", {})) | recipe.section("audit"))
+                         dict(kind.audit_defaults) | recipe.section("audit"))
     extras = dict(ctx.extras) | {"finish": finish,
                                  "pools_added": list(getattr(prep["pools"], "added", ()) or ())}
     kind_fields, card_lines, _ = kind.manifest_extras(output, receipts, extras)

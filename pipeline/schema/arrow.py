@@ -138,6 +138,76 @@ BENCHMARK_FIELDS = [
     ("split", pa.string()),
 ]
 
+# -- volume-level corpora (kind ``volumes``) -------------------------------------------
+
+BOX3D = pa.struct([("label", pa.string()), ("box", pa.list_(pa.int32()))])
+STRUCTURE_FACTS = pa.struct([("label", pa.string()), ("volume_ml", pa.float64()),
+                             ("mean_hu", pa.float64())])
+LESION_FACTS = pa.struct([
+    ("label", pa.string()), ("organ", pa.string()), ("voxels", pa.int64()),
+    ("volume_ml", pa.float64()), ("long_mm", pa.float64()), ("short_mm", pa.float64()),
+    ("axial_k", pa.int32()), ("max_diameter_mm", pa.float64()), ("mean_hu", pa.float64()),
+    ("organ_mean_hu", pa.float64()), ("density", pa.string()),
+])
+VOLUME_FIELDS = [
+    ("volume_id", pa.string()),
+    ("case_key", pa.string()),
+    ("patient_key", pa.string()),
+    ("split", pa.string()),
+    ("study_order", pa.int32()),
+    ("modality", pa.string()),
+    ("npy", pa.binary()),
+    ("shape", pa.list_(pa.int32())),
+    ("original_spacing_mm", pa.list_(pa.float64())),
+    ("target_spacing_mm", pa.list_(pa.float64())),
+    ("window", pa.string()),
+    ("boxes3d", pa.list_(BOX3D)),
+    ("structures", pa.list_(STRUCTURE_FACTS)),
+    ("lesions", pa.list_(LESION_FACTS)),
+]
+QA3D_FIELDS = [
+    ("qa_id", pa.string()),
+    ("volume_id", pa.string()),
+    ("case_key", pa.string()),
+    ("split", pa.string()),
+    ("task", pa.string()),
+    ("subtask", pa.string()),
+    ("family", pa.string()),
+    ("question_type", pa.string()),
+    ("question", pa.string()),
+    ("options", pa.list_(pa.string())),
+    ("answer", pa.string()),
+    ("answer_text", pa.string()),
+    ("answer_value", pa.float64()),
+    ("answer_unit", pa.string()),
+    ("answer_tolerance", pa.float64()),
+    ("template_id", pa.string()),
+]
+
+# -- the ``ood`` config: perturbed copies of stored images (2D) or volumes (3D) --------
+
+OOD_FIELDS = [
+    ("ood_id", pa.string()),
+    ("image_id", pa.string()),
+    ("image", IMAGE_STRUCT),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("family", pa.string()),
+    ("strength", pa.string()),
+    ("parameters", pa.string()),
+    ("split", pa.string()),
+]
+OOD3D_FIELDS = [
+    ("ood_id", pa.string()),
+    ("volume_id", pa.string()),
+    ("npy", pa.binary()),
+    ("shape", pa.list_(pa.int32())),
+    ("family", pa.string()),
+    ("strength", pa.string()),
+    ("parameters", pa.string()),
+    ("split", pa.string()),
+]
+
 #: Columns decoded as images by Hugging Face ``datasets`` (``image_boxed`` is null unless
 #: the recipe asks for boxed images).
 IMAGE_COLUMNS = {"image", "image_boxed"}
@@ -172,8 +242,20 @@ ALIGNMENT_SCHEMA = with_hf_metadata(ALIGNMENT_FIELDS)
 INSTRUCT_SCHEMA = with_hf_metadata(INSTRUCT_FIELDS)
 BENCHMARK_SCHEMA = with_hf_metadata(BENCHMARK_FIELDS)
 
-#: config name -> schema of its Parquet files (``qa3d``: the ``qa`` config of volume-level
-#: corpora; ``volumes``: theirs too — defined in :mod:`pipeline.kinds.volumes`).
+VOLUMES_SCHEMA = with_hf_metadata(VOLUME_FIELDS)
+QA3D_SCHEMA = with_hf_metadata(QA3D_FIELDS)
+
+OOD_SCHEMA = with_hf_metadata(OOD_FIELDS)
+OOD3D_SCHEMA = with_hf_metadata(OOD3D_FIELDS)
+
+#: What a ``tree`` worker extracts per image (the ``alignment`` shard's stored columns,
+#: read back by regeneration and the benchmark); never written as a config of its own.
+TREE_PAYLOAD_SCHEMA = pa.schema([("image_id", pa.string()), ("image", IMAGE_STRUCT),
+                                 ("modality", pa.string()), ("region", pa.string()),
+                                 ("label", pa.string()), ("split", pa.string())])
+
+#: config name -> schema of its Parquet files, for the 2D corpora (the dataset card's
+#: default lookup; a kind's own ``schemas`` map wins).
 SCHEMAS = {
     "images": IMAGES_SCHEMA, "qa": QA_SCHEMA, "structures": STRUCTURES_SCHEMA,
     "alignment": ALIGNMENT_SCHEMA, "instruct": INSTRUCT_SCHEMA, "benchmark": BENCHMARK_SCHEMA,
@@ -181,10 +263,8 @@ SCHEMAS = {
 
 
 def all_schemas() -> dict:
-    """Every config schema, including the volume-level ones (imported lazily)."""
-    from pipeline.engine.ood import OOD3D_SCHEMA, OOD_SCHEMA
-    from pipeline.kinds.volumes import QA3D_SCHEMA, VOLUMES_SCHEMA
-
+    """Every config schema, the volume-level and ``ood`` ones included (``qa3d``: the ``qa``
+    config of volume-level corpora; ``ood3d``: their ``ood`` config)."""
     return SCHEMAS | {"volumes": VOLUMES_SCHEMA, "qa3d": QA3D_SCHEMA, "ood": OOD_SCHEMA,
                       "ood3d": OOD3D_SCHEMA}
 

@@ -1,0 +1,181 @@
+"""The ``tree`` kind's tables, built column by column: ``alignment`` (image + caption
+conversation), ``instruct`` (the other questions as conversations) and ``benchmark``.
+
+No per-row dicts on the 7.5M-row path: each row's values are appended to column buffers
+(:class:`Columns`) and the table is assembled from Arrow arrays once per unit.  The
+conversation turns are LLaVA-style: the user turn is ``<image>`` and the question (with
+``A. …`` option lines for multiple choice), the assistant turn the answer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import pyarrow as pa
+
+from pipeline.core import keys
+from pipeline.qa.options import LETTERS
+from pipeline.qa.questions import generate_questions
+from pipeline.schema.arrow import (
+    ALIGNMENT_SCHEMA,
+    BENCHMARK_SCHEMA,
+    IMAGE_STRUCT,
+    INSTRUCT_SCHEMA,
+    METADATA,
+    TURN,
+)
+
+CAPTION_TASK = "caption"
+
+
+def human_turn(question: str, question_type: str, options) -> str:
+    """The user turn: ``<image>`` + question, multiple-choice options as ``A. …`` lines."""
+    text = "<image>\n" + question
+    if question_type == "multiple_choice":
+        text += "\n" + "\n".join(f"{LETTERS[n]}. {o}" for n, o in enumerate(options))
+    return text
+
+
+def gpt_turn(answer: str, answer_text: str, question_type: str) -> str:
+    """The assistant turn: ``A. text`` for multiple choice, the answer otherwise."""
+    if question_type == "multiple_choice":
+        return f"{answer}. {answer_text}"
+    return answer
+
+
+class Columns:
+    """Column buffers for one table."""
+
+    def __init__(self):
+        self.cols: dict[str, list] = defaultdict(list)
+
+    def add(self, **values):
+        cols = self.cols
+        for k, v in values.items():
+            cols[k].append(v)
+
+    def __len__(self):
+        return len(next(iter(self.cols.values()), []))
+
+
+def _conversations(humans: list[str], gpts: list[str]) -> pa.Array:
+    n = len(humans)
+    values = [None] * (2 * n)
+    values[0::2], values[1::2] = humans, gpts
+    turns = pa.StructArray.from_arrays(
+        [pa.array(["human", "gpt"] * n, pa.string()), pa.array(values, pa.string())], fields=list(TURN)
+    )
+    return pa.ListArray.from_arrays(pa.array(range(0, 2 * n + 1, 2), pa.int32()), turns)
+
+
+def _metadata(c: dict) -> pa.Array:
+    return pa.StructArray.from_arrays(
+        [pa.array(c["m_content_type"], pa.string()), pa.array(c["m_correct_text"], pa.string()),
+         pa.array(c["m_is_abnormal"], pa.bool_()), pa.array(c["m_location"], pa.string()),
+         pa.array(c["m_modality"], pa.string()), pa.array(c["m_pathology"], pa.string()),
+         pa.array(c["m_question_id"], pa.string())],
+        fields=list(METADATA),
+    )
+
+
+def _meta_values(row, record, pools) -> dict:
+    m, r, label = record["modality"], record["region"], record["label"]
+    return {
+        "m_content_type": row["task"], "m_correct_text": row["answer_text"],
+        "m_is_abnormal": pools.is_abnormal(label),
+        "m_location": pools.region_display(m, r), "m_modality": pools.modality_metadata(m),
+        "m_pathology": pools.display(label), "m_question_id": row["qa_id"],
+    }
+
+
+def _choices(row):
+    return row["options"] if row["question_type"] == "multiple_choice" else None
+
+
+def _image_array(keys_: list[str], data: list[bytes]) -> pa.Array:
+    return pa.StructArray.from_arrays(
+        [pa.array(data, pa.binary()), pa.array([f"{k}.png" for k in keys_], pa.string())],
+        fields=list(IMAGE_STRUCT))
+
+
+def render_tree_images(records: list[dict], data: list[bytes], ctx):
+    """Alignment and instruct tables for ``records`` (sorted by key) and their PNG bytes."""
+    align, inst = Columns(), Columns()
+    tasks: Counter = Counter()
+    for record, png in zip(records, data):
+        rows = generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
+                                  settings=ctx.qa_settings)
+        for row in rows:
+            tasks[row["task"]] += 1
+            meta = _meta_values(row, record, ctx.pools)
+            human = human_turn(row["question"], row["question_type"], row["options"])
+            gpt = gpt_turn(row["answer"], row["answer_text"], row["question_type"])
+            if row["task"] == CAPTION_TASK:
+                align.add(image_id=record["image_id"], image_bytes=png, human=human, gpt=gpt,
+                          modality=record["modality"], region=record["region"],
+                          label=record["label"], split=record["split"], **meta)
+            else:
+                inst.add(qa_id=row["qa_id"], image_id=record["image_id"], human=human, gpt=gpt,
+                         question=row["question"], choices=_choices(row), answer=row["answer"],
+                         answer_text=row["answer_text"], question_type=row["question_type"],
+                         task=row["task"], template_id=row["template_id"],
+                         split=record["split"], **meta)
+    return _alignment_table(align), _instruct_table(inst), tasks
+
+
+def _alignment_table(c: Columns) -> pa.Table:
+    cols = c.cols
+    if not len(c):
+        return ALIGNMENT_SCHEMA.empty_table()
+    s = pa.string()
+    return pa.Table.from_arrays(
+        [pa.array(cols["image_id"], s), _image_array(cols["image_id"], cols["image_bytes"]),
+         _conversations(cols["human"], cols["gpt"]), _metadata(cols),
+         pa.array(cols["modality"], s), pa.array(cols["region"], s), pa.array(cols["label"], s),
+         pa.array(cols["split"], s)], schema=ALIGNMENT_SCHEMA)
+
+
+def _instruct_table(c: Columns) -> pa.Table:
+    cols = c.cols
+    if not len(c):
+        return INSTRUCT_SCHEMA.empty_table()
+    s = pa.string()
+    return pa.Table.from_arrays(
+        [pa.array(cols["qa_id"], s), pa.array(cols["image_id"], s),
+         _conversations(cols["human"], cols["gpt"]), pa.array(cols["question"], s),
+         pa.array(cols["choices"], pa.list_(s)), pa.array(cols["answer"], s),
+         pa.array(cols["answer_text"], s), pa.array(cols["question_type"], s),
+         pa.array(cols["task"], s), pa.array(cols["template_id"], s), _metadata(cols),
+         pa.array(cols["split"], s)], schema=INSTRUCT_SCHEMA)
+
+
+def benchmark_table(picked: list[tuple[dict, bytes]], assign, ctx) -> tuple[pa.Table, Counter]:
+    """The ``benchmark`` table of the picked ``(record, PNG bytes)`` (sorted by image id),
+    their questions planned by ``assign`` (no captions; ids of their own); and the count of
+    rows per question type."""
+    c = Columns()
+    composition: Counter = Counter()
+    for record, png in picked:
+        record = record | {"assign": assign.get(record["image_id"])}
+        for row in generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
+                                      settings=ctx.qa_settings):
+            if row["task"] == CAPTION_TASK:
+                continue
+            row["qa_id"] = keys.stable_key("benchmark", row["qa_id"])
+            composition[row["question_type"]] += 1
+            c.add(qa_id=row["qa_id"], image_id=record["image_id"], image_bytes=png,
+                  question=row["question"], choices=_choices(row), answer=row["answer"],
+                  question_type=row["question_type"], task=row["task"],
+                  template_id=row["template_id"], split="test",
+                  **_meta_values(row, record, ctx.pools))
+    cols, s = c.cols, pa.string()
+    if not len(c):
+        return BENCHMARK_SCHEMA.empty_table(), composition
+    table = pa.Table.from_arrays(
+        [pa.array(cols["qa_id"], s), pa.array(cols["image_id"], s),
+         _image_array(cols["image_id"], cols["image_bytes"]),
+         pa.array(cols["question"], s), pa.array(cols["choices"], pa.list_(s)),
+         pa.array(cols["answer"], s), pa.array(cols["question_type"], s),
+         pa.array(cols["task"], s), pa.array(cols["template_id"], s), _metadata(cols),
+         pa.array(cols["split"], s)], schema=BENCHMARK_SCHEMA)
+    return table, composition
