@@ -51,17 +51,33 @@ def _package_of(name: str) -> str:
     return name if MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
 
 
-def _imports(name: str) -> list[tuple[str, ast.stmt, bool]]:
-    """(imported module, node, at module top) for every import statement in ``name``."""
+def _imports(name: str) -> list[tuple[str, ast.stmt, bool, int]]:
+    """(imported module, node, at module top, line of the first import of its run) for every
+    import statement in ``name``; a run is a sequence of import statements one after the
+    other in the same block, so one comment above the run explains all of them."""
     tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
     top = {id(node) for node in tree.body}
     for node in tree.body:  # `if TYPE_CHECKING:` / try-import blocks at top level count as top
         if isinstance(node, (ast.If, ast.Try)):
             top.update(id(n) for n in ast.walk(node))
+    run_start = {}
+    for parent in ast.walk(tree):
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            block = getattr(parent, field, None)
+            if not isinstance(block, list):
+                continue
+            start = None
+            for stmt in block:
+                if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                    start = start or stmt.lineno
+                    run_start[id(stmt)] = start
+                else:
+                    start = None
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out += [(alias.name, node, id(node) in top) for alias in node.names]
+            out += [(alias.name, node, id(node) in top, run_start.get(id(node), node.lineno))
+                    for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = _package_of(name).split(".")
@@ -71,7 +87,8 @@ def _imports(name: str) -> list[tuple[str, ast.stmt, bool]]:
                 module = node.module or ""
             for alias in node.names:
                 candidate = f"{module}.{alias.name}"
-                out.append((candidate if candidate in MODULES else module, node, id(node) in top))
+                out.append((candidate if candidate in MODULES else module, node, id(node) in top,
+                            run_start.get(id(node), node.lineno)))
     return out
 
 
@@ -80,7 +97,7 @@ def _graph() -> dict[str, set[str]]:
     for name in MODULES:
         ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
         graph[name] = {
-            target for target, _, _ in _imports(name)
+            target for target, *_ in _imports(name)
             if target in MODULES and target != name and target not in ancestors
         }
     return graph
@@ -133,15 +150,16 @@ def test_pure_layers_never_import_beam(layer):
     offenders = [
         f"{name}:{node.lineno} imports {target}"
         for name in MODULES if name == layer or name.startswith(layer + ".")
-        for target, node, _ in _imports(name)
+        for target, node, *_ in _imports(name)
         if target.split(".")[0] == "apache_beam" and not target.startswith(BEAM_ALLOWED)
     ]
     assert offenders == []
 
 
-def _comment_beside(lines: list[str], lineno: int) -> bool:
+def _comment_beside(lines: list[str], lineno: int, run_start: int) -> bool:
+    """A comment on the import's own line, or on the line above its run of imports."""
     here = lines[lineno - 1]
-    above = lines[lineno - 2].strip() if lineno >= 2 else ""
+    above = lines[run_start - 2].strip() if run_start >= 2 else ""
     return "#" in here.split("import", 1)[-1] or above.startswith("#")
 
 
@@ -149,8 +167,8 @@ def test_imports_at_module_top_or_explained():
     offenders = []
     for name, path in MODULES.items():
         lines = path.read_text(encoding="utf-8").splitlines()
-        for target, node, at_top in _imports(name):
-            if not at_top and not _comment_beside(lines, node.lineno):
+        for target, node, at_top, run_start in _imports(name):
+            if not at_top and not _comment_beside(lines, node.lineno, run_start):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {target} inside a function")
     assert sorted(set(offenders)) == []
 

@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.core import keys, perturb
+from pipeline.core import artefacts, keys, perturb
 from pipeline.core.perturb import FAMILIES, LEVELS, PARAMETERS, STOCHASTIC
 
 SEED = 20240611
@@ -212,14 +212,14 @@ def test_gamma_fixes_ends_and_maps_half_to_half_power_gamma(level):
                          ids=lambda g: f"gamma={g:g}")
 def test_apply_gamma_below_and_above_one(gamma):
     x = np.linspace(0.0, 1.0, 1001)
-    np.testing.assert_allclose(perturb.apply_gamma(x, gamma), x**gamma, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(artefacts.apply_gamma(x, gamma), x**gamma, rtol=1e-13, atol=1e-15)
 
 
 @pytest.mark.parametrize("gamma", [1.3, 0.0, -0.5, 1.0 / 3.0, 1.0 / 512],
                          ids=["1.3", "0", "negative", "third", "too-fine"])
 def test_apply_gamma_rejects_non_dyadic_or_non_positive(gamma):
     with pytest.raises(ValueError, match=r"apply_gamma: gamma: got .*; expected a dyadic rational"):
-        perturb.apply_gamma(np.zeros(3), gamma)
+        artefacts.apply_gamma(np.zeros(3), gamma)
 
 
 def checkerboard(shape) -> np.ndarray:
@@ -243,7 +243,7 @@ def test_downsample_upsample_flattens_checkerboard_finer_than_factor(level, shap
 
 def test_downsample_upsample_nearest_replicates_block_means_and_handles_partial_blocks():
     x = np.arange(20, dtype=np.float64).reshape(4, 5) / 19.0
-    y = perturb.downsample_upsample(x, 2, "nearest")
+    y = artefacts.downsample_upsample(x, 2, "nearest")
     # rows {0,1},{2,3}; columns {0,1},{2,3},{4} (the partial last block averages what it has).
     expected_small = np.array([[0 + 1 + 5 + 6, 2 + 3 + 7 + 8, (4 + 9) * 2],
                                [10 + 11 + 15 + 16, 12 + 13 + 17 + 18, (14 + 19) * 2]]) / 4.0 / 19.0
@@ -252,9 +252,9 @@ def test_downsample_upsample_nearest_replicates_block_means_and_handles_partial_
 
 @pytest.mark.parametrize("shape", [(37, 53), (7, 11, 13), (1, 9)], ids=["37x53", "7x11x13", "1x9"])
 def test_downsample_upsample_keeps_constants_and_linear_keeps_interior_ramps(shape):
-    np.testing.assert_allclose(perturb.downsample_upsample(np.full(shape, 0.3), 3), 0.3, atol=1e-6)
+    np.testing.assert_allclose(artefacts.downsample_upsample(np.full(shape, 0.3), 3), 0.3, atol=1e-6)
     ramp = np.broadcast_to(np.arange(60, dtype=np.float64) / 59.0, (4, 60))
-    y = perturb.downsample_upsample(ramp, 4, "linear")  # centres at 1.5, 5.5, ..., 57.5
+    y = artefacts.downsample_upsample(ramp, 4, "linear")  # centres at 1.5, 5.5, ..., 57.5
     np.testing.assert_allclose(y[:, 2:58], ramp[:, 2:58], atol=1e-6)
 
 
@@ -295,7 +295,7 @@ def test_ghosting_replicates_along_the_phase_axis(level, dim):
     y = run(x, "ghosting", level).astype(np.float64)
     p = PARAMETERS["ghosting"][level]
     n = shape[-2]
-    s = perturb.ghost_shift(n, p["shift_fraction"])
+    s = artefacts.ghost_shift(n, p["shift_fraction"])
     assert s == round(0.25 * n)
     profile = y.sum(axis=tuple(a for a in range(y.ndim) if a != y.ndim - 2))
     ac = _circular_autocorrelation(profile)
@@ -327,12 +327,12 @@ def test_ghosting_equals_its_k_space_modulation(shift_fraction):
     x = keys.rng(SEED, "ghost", "test").random((50, 30))
     a = 0.3
     n = x.shape[0]
-    s = perturb.ghost_shift(n, shift_fraction)
+    s = artefacts.ghost_shift(n, shift_fraction)
     k = np.fft.fftfreq(n) * n  # signed line index
     m = (1 - a) + a * np.cos(2 * np.pi * k * s / n)
     expected = np.fft.ifft(m[:, None] * np.fft.fft(x, axis=0), axis=0)
     assert np.abs(expected.imag).max() < 1e-12
-    np.testing.assert_allclose(perturb.ghost(x, a, shift_fraction, axis=0), expected.real,
+    np.testing.assert_allclose(artefacts.ghost(x, a, shift_fraction, axis=0), expected.real,
                                atol=1e-12)
     assert m[0] == 1.0  # the k-space centre line is untouched
 
@@ -352,7 +352,7 @@ def test_window_shift_is_monotone_and_maps_the_window_to_the_full_range(level):
 
 def test_rewindow_wider_window_reduces_contrast():
     x = np.linspace(0.0, 1.0, 11)
-    y = perturb.rewindow(x, 0.5, 2.0)
+    y = artefacts.rewindow(x, 0.5, 2.0)
     np.testing.assert_allclose(y, 0.25 + x / 2.0)
 
 

@@ -25,6 +25,7 @@ from apache_beam.metrics import Metrics
 from pipeline.engine import execute
 from pipeline.engine import units as U
 from pipeline.kinds.registry import get_kind
+from pipeline.qa.balance import rules_from
 
 DEAD = "dead_letters"
 NAMESPACE = "radvqa"
@@ -97,8 +98,6 @@ def _candidates(element, ctx):
 
 
 def _rules(candidate_lists, pools):
-    from pipeline.qa.balance import rules_from
-
     return rules_from((c for lst in candidate_lists for c in lst), pools)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 
+import jsonschema
+
 from pipeline.config.resources import resource_path
 from pipeline.errors import ConfigError
 
@@ -15,8 +17,6 @@ MAX_MESSAGE_CHARS = 300
 
 @functools.cache
 def _validator(schema_name: str):
-    import jsonschema
-
     schema = json.loads(resource_path("schemas", f"{schema_name}.schema.json").read_text("utf-8"))
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)

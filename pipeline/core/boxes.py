@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import SimpleITK as sitk
 
 from pipeline.core.geometry import Geometry
 from pipeline.core.slices import display_slice, display_spacing, display_to_index
@@ -52,8 +53,6 @@ def count_components(mask: np.ndarray, *, fully_connected: bool = True) -> int:
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return 0
-    import SimpleITK as sitk
-
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     f = sitk.ConnectedComponentImageFilter()
     f.SetFullyConnected(fully_connected)

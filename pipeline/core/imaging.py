@@ -6,6 +6,7 @@ machine, which Pillow's encoder options do not promise across versions.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
 
@@ -91,8 +92,6 @@ BOX_COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245
 
 
 def box_colour(label: str) -> tuple[int, int, int]:
-    import hashlib
-
     return BOX_COLOURS[hashlib.sha256(label.encode("utf-8")).digest()[0] % len(BOX_COLOURS)]
 
 

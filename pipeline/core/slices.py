@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 
 PLANES = ("axial", "coronal", "sagittal")
 PLANE_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
@@ -180,8 +181,6 @@ def resample(volume: np.ndarray, spacing, target, *, nearest: bool) -> np.ndarra
     Linear interpolation for images, nearest neighbour for masks (SimpleITK);
     the grid keeps its first voxel centre and extent.
     """
-    import SimpleITK as sitk
-
     new_spacing = [float(t) if t else float(s) for s, t in zip(spacing, target)]
     size = [max(1, int(round(n * s / t))) for n, s, t in zip(volume.shape, spacing, new_spacing)]
     src = volume.astype(np.uint8) if nearest else volume.astype(np.float32)
