@@ -29,6 +29,26 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 MAX_LINES = 400
 BEAM_FREE = ("pipeline.core", "pipeline.schema", "pipeline.qa", "pipeline.inputs")
 BEAM_ALLOWED = ("apache_beam.io.filesystems", "apache_beam.io.filesystem")
+_LOWER = {"errors", "core", "schema", "config", "inputs", "qa", "io"}
+#: Room → the rooms it may import (docs/architecture.md, "Rooms").  ``inputs`` and ``qa``
+#: name each other's types under ``TYPE_CHECKING`` only.
+ALLOWED = {
+    "errors": set(),
+    "core": {"errors"},
+    "schema": set(),
+    "config": {"errors"},
+    "inputs": {"core", "config", "schema", "errors", "qa"},
+    "qa": {"core", "config", "schema", "errors", "inputs"},
+    "io": {"schema", "core", "errors"},
+    "engine": _LOWER,
+    "kinds": _LOWER | {"engine"},
+    "beam": {"engine", "kinds", "qa", "schema", "core", "errors"},
+    "report": {"io", "core", "schema", "errors", "qa"},
+    "exports": {"io", "core", "schema", "errors"},
+    "launch": _LOWER | {"engine", "kinds", "beam", "report"},
+    "cli": _LOWER | {"engine", "kinds", "beam", "report", "exports", "launch"},
+    "__init__": set(),
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -143,6 +163,20 @@ def test_the_graph_reader_finds_a_cycle():
 
 def test_no_import_cycle():
     assert _cycles(_graph()) == []
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return "__init__" if len(parts) == 1 else parts[1]
+
+
+def test_rooms_import_only_what_their_row_allows():
+    assert set(ALLOWED) >= {_room(m) for m in MODULES}, "a new room needs its row in ALLOWED"
+    offenders = sorted(
+        f"{a} imports {b}" for a, targets in _graph().items() for b in targets
+        if _room(a) != _room(b) and _room(b) not in ALLOWED[_room(a)]
+    )
+    assert offenders == []
 
 
 @pytest.mark.parametrize("layer", BEAM_FREE)
