@@ -16,7 +16,7 @@ from pipeline.errors import BuildFailed, ConfigError
 from pipeline.exports.base import ExportError
 from pipeline.exports.boxes import BOX_STYLES
 from pipeline.exports.registry import FORMATS, export_corpus
-from pipeline.inputs.layouts import LAYOUT_NAMES
+from pipeline.inputs.layouts import layout_names
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--input", help="input folder (default: the recipe's built-in sample)")
     b.add_argument("--output", required=True, help="output folder (local, gs://, s3:// …)")
     b.add_argument("--seed", type=int, help="override the recipe's seed")
-    b.add_argument("--layout", choices=["auto", *LAYOUT_NAMES])
+    b.add_argument("--layout", choices=["auto", *layout_names()])
     b.add_argument(
         "--max-reject-fraction", type=float, default=0.05,
         help="exit with status 3 when more cases than this are rejected (default 0.05)",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from pipeline.core import keys
 from pipeline.errors import CaseError
-from pipeline.inputs.layouts import LAYOUT_NAMES, detect_layout, expected_layouts, get_layout
+from pipeline.inputs.layouts import detect_layout, expected_layouts, get_layout, layout_names
 from pipeline.inputs.tree import InputTree
 
 META_TABLE = "meta.csv"
@@ -42,8 +42,8 @@ class CaseSource:
     study_order: int = 0
 
     def __post_init__(self) -> None:
-        if self.layout not in LAYOUT_NAMES:
-            raise ValueError(f"CaseSource.layout must be one of {LAYOUT_NAMES}, got {self.layout!r}")
+        if self.layout not in layout_names():
+            raise ValueError(f"CaseSource.layout must be one of {layout_names()}, got {self.layout!r}")
         if self.modality not in ("CT", "MR", ""):
             raise ValueError(f"CaseSource.modality must be CT, MR or '', got {self.modality!r}")
 

@@ -11,8 +11,9 @@ dicom           ``dicom/`` (DICOM files, any names) + ``segmentations/``
 :data:`LAYOUTS` is in detection order: the first layout whose ``detect`` accepts a folder's
 entries is the folder's layout (a ``dicom/`` folder wins over an image + labels pair, which
 wins over a ``ct``/``mr`` volume).  Adding a layout is one module here (exporting ``LAYOUT``)
-and its entry in :data:`LAYOUTS`; ``tests/test_layouts.py`` then asks for its name in the
-recipe schema's ``source.layout`` enum.
+and its entry in :data:`LAYOUTS`: the CLI's ``--layout`` choices, the recipe's
+``source.layout`` (checked when a recipe is loaded, :mod:`pipeline.config.recipes`) and
+discovery all ask :func:`layout_names`.
 
 The labelled 2D tree of the ``tree`` kind (:mod:`pipeline.inputs.layouts.tree`) is a layout of
 the whole input, not of a case folder, and is not in this registry.
@@ -28,7 +29,12 @@ LAYOUTS: tuple[Layout, ...] = (
     multilabel.LAYOUT,
     totalseg.LAYOUT,
 )
-LAYOUT_NAMES = tuple(sorted(layout.name for layout in LAYOUTS))
+
+
+def layout_names() -> tuple[str, ...]:
+    """The names of the registered layouts, sorted (asked when needed, so a layout added to
+    :data:`LAYOUTS` is known everywhere)."""
+    return tuple(sorted(layout.name for layout in LAYOUTS))
 
 
 def detect_layout(names: set[str]) -> Layout | None:
@@ -44,7 +50,7 @@ def get_layout(name: str) -> Layout:
     for layout in LAYOUTS:
         if layout.name == name:
             return layout
-    raise ValueError(f"layout: found {name!r}, expected one of {LAYOUT_NAMES}")
+    raise ValueError(f"layout: found {name!r}, expected one of {layout_names()}")
 
 
 def expected_layouts() -> str:

@@ -12,7 +12,7 @@ from pipeline.inputs.layouts.base import (
     rel,
     segmentations_files,
 )
-from pipeline.inputs.readers import list_files, read_dicom_series
+from pipeline.inputs.readers import list_files, reader_for
 from pipeline.inputs.tree import InputTree
 
 
@@ -43,7 +43,8 @@ class DicomLayout:
         files = list_files(root, series)
         if not files:
             raise CaseError("read", "dicom.no_files", "found an empty dicom/ folder", series)
-        volume = read_dicom_series(files, max_voxels=max_voxels)
+        # the whole folder is the image: its reader takes every file and skips the strays
+        volume = reader_for(files, folder=True).read(files, max_voxels=max_voxels)
         masks, digests = read_segmentations(case, root, volume)
         return LoadedCase(volume, masks, (volume.content_sha256, *digests),
                           case.file("segmentations"), dict(volume.notes))

@@ -6,7 +6,8 @@ j→P, k→S; see :mod:`pipeline.core.geometry`), or raises :class:`CaseError`
 naming the file (relative to the input root) and the field, with the value found
 and the value expected.  Files are handed to readers as sorted
 ``(absolute path, path relative to the input root)`` pairs (:func:`list_files`).
-The readers are listed in :mod:`pipeline.inputs.readers.registry`.
+Masks and label maps are read by a :class:`MaskReader` against the image's grid.  The readers
+are listed in :mod:`pipeline.inputs.readers.registry`.
 """
 
 from __future__ import annotations
@@ -75,13 +76,48 @@ class Reader(Protocol):
     #: What the reader takes, in words, for the message when no reader accepts the files.
     takes: str
 
-    def accepts(self, files: Files) -> bool:
-        """Whether ``files`` (sorted ``(absolute, relative)`` pairs) are this reader's format."""
+    def accepts(self, files: Files, *, folder: bool = False) -> bool:
+        """Whether ``files`` (sorted ``(absolute, relative)`` pairs) are this reader's format.
+
+        ``folder``: the files are every file of a folder that a layout names as one image
+        (the DICOM layout's ``dicom/``), not files picked by their names; a reader of
+        folders then takes them all and skips the strays itself (listing them in
+        ``Volume.notes``), a reader of single named files declines.
+        """
         ...
 
     def read(self, files: Files, *, modality: str = "CT",
              max_voxels: int | None = None) -> Volume:
         """Read ``files`` into a canonical :class:`Volume` (at most ``max_voxels`` voxels)."""
+        ...
+
+
+class MaskReader(Protocol):
+    """One format of segmentations: binary masks and label maps on an image's grid.
+
+    A separate interface from :class:`Reader` because a mask is read against an image
+    (its grid must match the image's) and yields boolean arrays, not a :class:`Volume`;
+    a format that holds both images and masks (NIfTI, NRRD, MHA) implements both.
+    Errors are :class:`CaseError` naming the file, as for :class:`Reader`.
+    """
+
+    #: Short name of the format, used in messages (``"itk"``).
+    name: str
+    #: What the reader takes, in words, for the message when no reader accepts a file.
+    takes: str
+
+    def accepts_mask(self, path: str, rel: str) -> bool:
+        """Whether the file ``rel`` (absolute ``path``) is this reader's format (by name)."""
+        ...
+
+    def read_mask(self, path: str, rel: str, image: Geometry) -> tuple[np.ndarray, str]:
+        """A binary mask on ``image``'s canonical grid: ``(bool array, sha256 of the file)``."""
+        ...
+
+    def read_label_map(self, path: str, rel: str, image: Geometry,
+                       labels: dict[int, str]) -> tuple[dict[str, np.ndarray], str]:
+        """A label map on ``image``'s grid split into ``{name: bool array}`` by ``labels``,
+        and the sha256 of the file."""
         ...
 
 

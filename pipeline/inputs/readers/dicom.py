@@ -137,10 +137,11 @@ class DicomReader:
     name = "dicom"
     takes = "a folder of DICOM files (any names, none a NIfTI, NRRD or MHA file)"
 
-    def accepts(self, files: Files) -> bool:
-        """At least one file, none of them named like an ITK volume (DICOM files carry any
-        name, often none)."""
-        return bool(files) and not any(is_volume_file(rel) for _, rel in files)
+    def accepts(self, files: Files, *, folder: bool = False) -> bool:
+        """At least one file; of files picked by name, none named like an ITK volume (DICOM
+        files carry any name, often none).  A folder's listing is taken whole: files in it
+        that are not DICOM images are skipped and listed in ``Volume.notes``."""
+        return bool(files) and (folder or not any(is_volume_file(rel) for _, rel in files))
 
     def read(self, files: Files, *, modality: str = "CT",
              max_voxels: int | None = None) -> Volume:

@@ -182,17 +182,32 @@ def read_label_map(
 
 
 class ItkReader:
-    """The :class:`~pipeline.inputs.readers.base.Reader` of one NIfTI, NRRD or MHA file."""
+    """The :class:`~pipeline.inputs.readers.base.Reader` of one NIfTI, NRRD or MHA file, and
+    the :class:`~pipeline.inputs.readers.base.MaskReader` of masks and label maps in them."""
 
     name = "itk"
     takes = "one NIfTI, NRRD or MHA file (" + ", ".join(VOLUME_SUFFIXES) + ")"
 
-    def accepts(self, files: Files) -> bool:
-        """One file whose name ends with a volume suffix."""
-        return len(files) == 1 and is_volume_file(files[0][1])
+    def accepts(self, files: Files, *, folder: bool = False) -> bool:
+        """One file, named by a layout (not a folder's listing), whose name ends with a
+        volume suffix."""
+        return not folder and len(files) == 1 and is_volume_file(files[0][1])
 
     def read(self, files: Files, *, modality: str = "CT",
              max_voxels: int | None = None) -> Volume:
         """:func:`read_volume` of the one file, as ``modality``."""
         path, rel = files[0]
         return read_volume(path, rel, modality, max_voxels=max_voxels)
+
+    def accepts_mask(self, path: str, rel: str) -> bool:
+        """A file whose name ends with a volume suffix."""
+        return is_volume_file(rel)
+
+    def read_mask(self, path: str, rel: str, image: Geometry) -> tuple[np.ndarray, str]:
+        """:func:`read_mask`."""
+        return read_mask(path, rel, image)
+
+    def read_label_map(self, path: str, rel: str, image: Geometry,
+                       labels: dict[int, str]) -> tuple[dict[str, np.ndarray], str]:
+        """:func:`read_label_map`."""
+        return read_label_map(path, rel, image, labels)
