@@ -27,11 +27,12 @@ from pipeline.exports.boxes import (
     convert_box,
     convert_question_boxes,
 )
-from pipeline.exports.corpus import LAYOUTS, Corpus, corpus_configs, detect_kind
-from pipeline.exports.records import format_gpt, format_human, render_row
+from pipeline.exports.records import format_gpt, format_human, read_media, render_row
 from pipeline.exports.registry import export_corpus
+from pipeline.exports.selection import LAYOUTS, detect_kind
 from pipeline.exports.sharegpt import dataset_info_entry
 from pipeline.inputs.sample_tree import write_tree
+from pipeline.io.corpus import Corpus, list_configs
 from pipeline.launch.build import build
 from pipeline.qa.label_pools import load_label_pools
 
@@ -238,7 +239,7 @@ def test_private_folders_are_never_listed():
     files = {"qa/test-00000-of-00001.parquet": {}, "dead_letters/dead_letters.jsonl": {},
              "dead_letters/qa-00000-of-00001.parquet": {}, ".radvqa/units/x.parquet": {},
              "README.md": {}, "images/test-00000-of-00001.parquet": {}}
-    assert corpus_configs({"files": files}) == {"images": ["images/test-00000-of-00001.parquet"],
+    assert list_configs({"files": files}) == {"images": ["images/test-00000-of-00001.parquet"],
                                                 "qa": ["qa/test-00000-of-00001.parquet"]}
 
 
@@ -407,12 +408,12 @@ def test_media_are_streamed_never_read_whole(slices, tmp_path, monkeypatch):
 def test_media_lookup_falls_back_to_other_shards(slices):
     corpus = Corpus(str(slices))
     wanted = {r["image_id"] for r in _rows(slices, "images", "validation")}
-    got = {i for i, _, _ in corpus.media(LAYOUTS["slices"], "images/not-a-shard.parquet",
-                                         wanted, "qa/x")}
+    got = {i for i, _, _ in read_media(corpus, LAYOUTS["slices"], "images/not-a-shard.parquet",
+                                       wanted, "qa/x")}
     assert got == wanted
     with pytest.raises(ExportError, match="qa/x: image_id nope not found in images/ \\(1 missing\\)"):
-        list(corpus.media(LAYOUTS["slices"], "images/test-00000-of-00001.parquet", {"nope"},
-                          "qa/x"))
+        list(read_media(corpus, LAYOUTS["slices"], "images/test-00000-of-00001.parquet", {"nope"},
+                        "qa/x"))
 
 
 # --------------------------------------------------------------------------- tree corpus

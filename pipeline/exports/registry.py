@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from pipeline.exports import llava, sharegpt, vlmevalkit
 from pipeline.exports.base import ExportError, ExportResult, prepare_output
 from pipeline.exports.boxes import box_style
-from pipeline.exports.corpus import Corpus, corpus_name, safe_name
 from pipeline.exports.format import ExportFormat, ExportJob
+from pipeline.exports.selection import corpus_name, detect_kind, safe_name
+from pipeline.io.corpus import Corpus, CorpusError
 from pipeline.schema.layout import MANIFEST
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
@@ -57,22 +58,35 @@ def export_corpus(corpus_dir: str, output_dir: str, fmt: str, *, splits: Sequenc
     ExportError
         Unknown format, box style or split; a corpus that is not one or lacks a
         column; a corpus kind the format does not take (vlmevalkit on a volume
-        corpus); a non-empty output folder.
+        corpus); a non-empty output folder.  The corpus reader's
+        :class:`~pipeline.io.corpus.CorpusError` (no manifest, a listed shard missing or
+        without a column) is raised as an ``ExportError`` with its message.
     """
+    try:
+        return _export(corpus_dir, output_dir, fmt, splits, boxes, captions, name, log)
+    except CorpusError as err:
+        raise ExportError(str(err)) from err
+
+
+def _export(corpus_dir: str, output_dir: str, fmt: str, splits: Sequence[str] | None, boxes: str | None,
+            captions: bool, name: str | None, log: Callable[[str], None] | None) -> ExportResult:
+    """:func:`export_corpus`, the reader's errors not yet turned into ``ExportError``."""
     log = log or (lambda msg: None)
     export_format = FORMATS.get(fmt)
     if export_format is None:
         raise ExportError(f"format: {fmt!r} is not one of {', '.join(FORMATS)}")
     style = box_style(boxes or export_format.default_boxes)
     corpus = Corpus(corpus_dir)
-    prefix = safe_name(name) if name else corpus_name(corpus.manifest)
-    if corpus.kind not in export_format.kinds:
-        raise ExportError(export_format.kind_error(corpus_dir, corpus.kind))
-    if captions and not (export_format.captions and corpus.kind == "tree"):
+    manifest = corpus.check_manifest()
+    kind = detect_kind(manifest, corpus.configs)
+    prefix = safe_name(name) if name else corpus_name(manifest)
+    if kind not in export_format.kinds:
+        raise ExportError(export_format.kind_error(corpus_dir, kind))
+    if captions and not (export_format.captions and kind == "tree"):
         takers = " or ".join(n for n, f in FORMATS.items() if f.captions)
         raise ExportError(f"captions: only tree corpora have alignment captions, exported with {takers} "
-                          f"(this is a {corpus.kind} corpus, format {fmt})")
-    layout = export_format.layout(corpus)
+                          f"(this is a {kind} corpus, format {fmt})")
+    layout = export_format.layout(corpus, kind)
     available = corpus.splits(layout.rows)
     if not available:
         raise ExportError(f"{corpus_dir}/{MANIFEST}: files: no {layout.rows}/ shards to export")
@@ -82,6 +96,6 @@ def export_corpus(corpus_dir: str, output_dir: str, fmt: str, *, splits: Sequenc
         raise ExportError(f"splits: {', '.join(unknown)} not in {layout.rows}/ (available: "
                           f"{', '.join(available)})")
     prepare_output(output_dir)
-    result = ExportResult(fmt, corpus.kind, output_dir, None if corpus.kind == "volumes" else style.name)
+    result = ExportResult(fmt, kind, output_dir, None if kind == "volumes" else style.name)
     export_format.export(ExportJob(corpus, layout, wanted, output_dir, prefix, style, captions, result, log))
     return result

@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from pipeline.exports.base import write_json
 from pipeline.exports.boxes import BoxStyle
 from pipeline.exports.conversations import ConversationFormat
 from pipeline.exports.format import ExportJob
 from pipeline.exports.records import format_human, render_row
+from pipeline.io.atomic import write_file
+from pipeline.io.shards import canonical_json
 
 #: ShareGPT roles of the stored conversations' ``from`` values.
 ROLES = {"human": "user", "gpt": "assistant"}
@@ -71,7 +72,7 @@ class ShareGpt(ConversationFormat):
     def finish(self, job: ExportJob, stems: list[str]) -> None:
         """``dataset_info.json``: one entry per JSON file written."""
         info = {stem: dataset_info_entry(f"{stem}.json") for stem in stems}
-        write_json(os.path.join(job.output, "dataset_info.json"), info)
+        write_file(os.path.join(job.output, "dataset_info.json"), canonical_json(info))
 
 
 FORMAT = ShareGpt()

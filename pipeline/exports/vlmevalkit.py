@@ -23,11 +23,20 @@ import csv
 import os
 from collections.abc import Mapping
 
-from pipeline.exports.base import AtomicFile, ExportError
+from pipeline.exports.base import ExportError
 from pipeline.exports.boxes import BoxStyle
-from pipeline.exports.corpus import BENCHMARK, LAYOUTS, Corpus, Layout
 from pipeline.exports.format import ExportFormat, ExportJob
-from pipeline.exports.records import LETTERS, media_size, paired_shard, read_rows, render_row
+from pipeline.exports.records import (
+    LETTERS,
+    media_size,
+    paired_shard,
+    read_media,
+    read_rows,
+    render_row,
+)
+from pipeline.exports.selection import BENCHMARK, LAYOUTS, Layout
+from pipeline.io.atomic import AtomicFile
+from pipeline.io.corpus import Corpus
 
 TSV_MCQ_MIN_LETTERS = 4
 TSV_COLUMNS = {
@@ -114,11 +123,11 @@ class VlmEvalKit(ExportFormat):
         return (f"{corpus_dir}: vlmevalkit needs 2D images; this is a volumes (3D) corpus — "
                 f"export it with --format llava or sharegpt (volumes as .npy)")
 
-    def layout(self, corpus: Corpus) -> Layout:
+    def layout(self, corpus: Corpus, kind: str) -> Layout:
         """A tree corpus's stratified ``benchmark`` when it has one, else the kind's QA config."""
-        if corpus.kind == "tree" and corpus.splits(BENCHMARK.rows):
+        if kind == "tree" and corpus.splits(BENCHMARK.rows):
             return BENCHMARK
-        return LAYOUTS[corpus.kind]
+        return LAYOUTS[kind]
 
     def default_splits(self, available: list[str]) -> list[str]:
         return ["test"]
@@ -128,7 +137,7 @@ class VlmEvalKit(ExportFormat):
         shards = [rel for split in job.splits for rel in corpus.shards(layout.rows, split)]
         letters = TSV_MCQ_MIN_LETTERS
         for rel in shards:  # a pass over the options column only: the MCQ file's letter columns
-            for r in corpus.read(rel, (layout.options, "question_type")):
+            for r in corpus.read_rows(rel, (layout.options, "question_type")):
                 if r["question_type"] == "multiple_choice":
                     letters = max(letters, len(r[layout.options] or ()))
         columns = dict(TSV_COLUMNS)
@@ -155,7 +164,7 @@ class VlmEvalKit(ExportFormat):
         rows = read_rows(corpus, layout, rel)
         wanted = {r["media_id"] for r in rows}
         unit = {}
-        for media_id, data, meta in corpus.media(layout, paired_shard(rel, layout.media), wanted, rel):
+        for media_id, data, meta in read_media(corpus, layout, paired_shard(rel, layout.media), wanted, rel):
             where = f"{layout.media}/: {layout.key} {media_id}"
             unit[media_id] = (data, media_size(layout, data, meta, where), meta.get("plane"))
         for row in rows:
