@@ -155,6 +155,19 @@ def check_finite(array: np.ndarray, rel: str) -> None:
         )
 
 
+def check_3d(size: Sequence[int], rel: str) -> None:
+    """Reject a size that is not 3D or 4D with one time point (``volume.not_3d``), naming ``rel``."""
+    size = tuple(int(n) for n in size)
+    if len(size) != 3 and not (len(size) == 4 and size[3] == 1):
+        raise CaseError(
+            "read", "volume.not_3d",
+            f"dimension: found a {len(size)}D image of size {size}"
+            + (f" ({size[3]} time points)" if len(size) == 4 else "")
+            + ", expected 3D (or 4D with a single time point)",
+            rel,
+        )
+
+
 def list_files(root: str, sub: str) -> list[tuple[str, str]]:
     """Regular files below ``root/sub`` as sorted ``(absolute, relative-to-root)`` pairs."""
     base = os.path.join(root, sub)
