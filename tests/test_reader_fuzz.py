@@ -267,6 +267,22 @@ def test_an_element_with_corrupt_value_representation_is_named(tmp_path):
                                   f"'QQ' with {length} bytes"), err.message
 
 
+def test_pixel_data_with_a_zero_length_field_is_truncated_pixel_data(tmp_path):
+    # Found by the fuzzer (seed 7, 1,500 mutants): pydicom reads a zero-length PixelData
+    # as None, which reached len() as internal.TypeError.
+    restamp(_real("CT_small.dcm"), tmp_path / "dicom")
+    path = sorted((tmp_path / "dicom").glob("*.dcm"))[1]
+    data = bytearray(path.read_bytes())
+    at = data.rfind(b"\xe0\x7f\x10\x00OW")
+    data[at + 8:at + 12] = struct.pack("<I", 0)
+    path.write_bytes(bytes(data))
+    pairs = [(str(p), f"c/dicom/{p.name}") for p in sorted((tmp_path / "dicom").glob("*.dcm"))]
+    with pytest.raises(CaseError) as info:
+        read_dicom_series(pairs)
+    assert info.value.reason == "dicom.truncated_pixel_data"
+    assert info.value.message.startswith("PixelData (7FE0,0010): found 0 bytes, expected 32768")
+
+
 def test_a_corrupt_element_inside_a_sequence_is_named_with_its_path(tmp_path):
     source = Path(_real("eCT_Supplemental.dcm"))
     data = bytearray(source.read_bytes())
