@@ -74,7 +74,17 @@ def parse_dicom_file(path: str, rel: str, data: bytes) -> DicomFile | str:
             "expected a complete DICOM data set (file cut short?)",
             rel,
         )
-    check_elements(ds, rel)
+    try:
+        return _classify(ds, path, rel, data)
+    except CaseError:
+        raise
+    except Exception:
+        check_elements(ds, rel)  # names the element pydicom could not convert, if it was one
+        raise
+
+
+def _classify(ds, path: str, rel: str, data: bytes) -> DicomFile | str:
+    """:func:`parse_dicom_file` once the data set is parsed (its values still lazy)."""
     sop_class = str(ds.get("SOPClassUID", ""))
     if "PixelData" not in ds:
         if sop_class in CT_MR_IMAGE_STORAGE:
@@ -121,12 +131,17 @@ def parse_dicom_file(path: str, rel: str, data: bytes) -> DicomFile | str:
 
 
 def check_elements(ds, rel: str, where: str = "") -> None:
-    """Read every data element of ``ds`` (and of its sequences' items) now, so that one
-    pydicom cannot convert is named here rather than failing wherever it is first used.
+    """Read every data element of ``ds`` (and of its sequences' items), naming the first one
+    pydicom cannot convert.
 
     pydicom parses values lazily: an element whose value representation bytes are
     corrupt (``QQ`` for ``DS``), or whose value does not fit its VR, raises
-    ``NotImplementedError``/``ValueError``/… on first access.  Raises
+    ``NotImplementedError``/``ValueError``/… wherever it is first used.  Called
+    when reading a file or a series fails with an exception that is not a
+    :class:`CaseError` (converting every element up front costs about 4 ms for a
+    CT file with 180 private elements, 2.6 s for a 600-slice series; on the error
+    path only, the happy path pays nothing), so an element never used is never
+    judged.  Raises
     ``dicom.bad_element`` naming the keyword, the tag (the path through sequences),
     the value representation and length found.  A private element (odd group) that
     cannot be read is dropped instead: nothing here reads private elements, and
