@@ -1,4 +1,5 @@
-"""NIfTI headers as the public releases write them (nibabel), quirks included.
+"""NIfTI headers as the public releases write them (nibabel), quirks included; the same
+float-drift rule for NRRD, MHA and DICOM orientation.
 
 * About 140 of TotalSegmentator's 1,228 CT cases carry an sform a few 1e-4 off
   orthonormal with qform_code 0; ITK ≥ 5.2 refuses them ("ITK only supports
@@ -21,11 +22,13 @@ import pytest
 import SimpleITK as sitk
 from nibabel.orientations import axcodes2ornt, ornt_transform
 
+from pipeline.core.geometry import DRIFT_MAX_SHIFT_VOXELS
 from pipeline.engine.extract import SliceSettings, process_case
 from pipeline.errors import CaseError
 from pipeline.inputs.discovery import discover_cases
-from pipeline.inputs.readers import read_mask, read_volume
-from pipeline.inputs.readers.nifti_header import SFORM_MAX_SHIFT_VOXELS, check_nifti_sform
+from pipeline.inputs.readers import read_dicom_series, read_mask, read_volume
+from pipeline.inputs.readers.nifti_header import check_nifti_sform
+from tests.dicom_factory import as_pairs, ramp_volume, write_series
 
 SHAPE = (40, 36, 12)
 CT = (np.arange(np.prod(SHAPE)).reshape(SHAPE) % 500 - 250).astype(np.int16)
@@ -197,7 +200,7 @@ def test_a_drift_just_over_the_bound_is_rejected_with_the_displacement(tmp_path)
     under = write(tmp_path / "under.nii.gz", zeros, drifted(LAS, 4e-4))
     over = write(tmp_path / "over.nii.gz", zeros, drifted(LAS, 6e-4))
     assert itk_refuses(under) and itk_refuses(over)
-    assert check_nifti_sform(str(under), "under.nii.gz").shift_voxels < SFORM_MAX_SHIFT_VOXELS
+    assert check_nifti_sform(str(under), "under.nii.gz").shift_voxels < DRIFT_MAX_SHIFT_VOXELS
     with pytest.raises(CaseError) as info:
         read_volume(str(over), "s2/ct.nii.gz", "CT")
     err = info.value
@@ -216,3 +219,27 @@ def test_a_drifted_file_with_a_valid_qform_is_left_to_itk(tmp_path):
     assert not itk_refuses(tmp_path / "ct.nii.gz")
     volume = read_volume(str(tmp_path / "ct.nii.gz"), "ct.nii.gz", "CT")
     assert volume.notes == {}
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_nrrd_and_mha_with_float_drift_are_orthonormalised_and_noted(tmp_path, suffix):
+    # ITK reads these without complaint; the canonical grid needs orthonormal axes.
+    image = sitk.GetImageFromArray(np.ascontiguousarray(CT.T))
+    image.SetSpacing((1.5, 1.5, 1.5))
+    image.SetDirection((1, 3e-4, 0, 0, 1, 0, 0, 0, 1))
+    sitk.WriteImage(image, str(tmp_path / f"ct{suffix}"))
+    volume = read_volume(str(tmp_path / f"ct{suffix}"), f"c/ct{suffix}", "CT")
+    np.testing.assert_array_equal(volume.array, CT)
+    [note] = volume.notes["direction_orthonormalised"]
+    assert note.startswith(f"c/ct{suffix}: direction cosines 3.0e-04 off orthogonal, read on the "
+                           "nearest orthonormal axes; voxel centres moved by at most 0.0"), note
+
+
+def test_dicom_orientation_with_float_drift_is_orthonormalised_and_noted(tmp_path):
+    vol = ramp_volume((12, 10, 4))
+    write_series(tmp_path / "dicom", vol, orientations=[(1, 0, 0, 3e-4, 1, 0)] * 4)
+    volume = read_dicom_series(as_pairs(tmp_path / "dicom", tmp_path))
+    np.testing.assert_array_equal(volume.array, vol)
+    [note] = volume.notes["direction_orthonormalised"]
+    assert note.startswith("dicom/slice000.dcm: ImageOrientationPatient row and column 3.0e-04 off "
+                           "orthogonal"), note

@@ -104,9 +104,11 @@ def read_dicom_series(
             "expected a CT or MR image series",
             paths[0][1] if paths else "",
         )
+    drift: dict = {}
     try:
         chosen, ignored = choose_series(files)
-        array, geometry, modality = assemble_series(chosen, max_voxels=max_voxels)
+        array, geometry, modality = assemble_series(chosen, max_voxels=max_voxels,
+                                                    notes=drift)
         header = allowed_header(chosen[0].ds)
     except CaseError:
         raise
@@ -117,7 +119,7 @@ def read_dicom_series(
             check_elements(f.ds, f.rel)
         raise
     header["Modality"] = modality
-    notes = {}
+    notes = dict(drift)
     if skipped:
         notes["dicom_files_skipped"] = skipped
     if ignored:

@@ -16,7 +16,13 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.core.geometry import Geometry, canonicalise, geometry_mismatches
+from pipeline.core.geometry import (
+    Geometry,
+    canonicalise,
+    geometry_mismatches,
+    is_orthonormal,
+    orthonormalise,
+)
 from pipeline.errors import CaseError
 from pipeline.inputs.readers.base import (
     VOLUME_SUFFIXES,
@@ -24,6 +30,7 @@ from pipeline.inputs.readers.base import (
     Volume,
     check_3d,
     check_finite,
+    drift_note,
     file_sha256,
     is_volume_file,
 )
@@ -102,6 +109,14 @@ def _read_itk(path: str, rel: str, *, max_voxels: int | None = None, notes: dict
         )
     except ValueError as err:
         raise CaseError("read", "geometry.invalid", f"header: {err}", rel) from err
+    if not is_orthonormal(geometry.direction):  # float drift ITK let through (NRRD, MHA)
+        try:
+            geometry, cosine, shift = orthonormalise(geometry)
+        except CaseError as err:
+            raise err.with_path(rel) from None
+        if notes is not None:
+            notes.setdefault("direction_orthonormalised", []).append(
+                drift_note(rel, "direction cosines", cosine, shift))
     return array, geometry, non_finite
 
 

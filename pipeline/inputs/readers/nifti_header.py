@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.core.geometry import Geometry
+from pipeline.core.geometry import DRIFT_MAX_SHIFT_VOXELS, Geometry, orthonormalise
 from pipeline.errors import CaseError
 
 
@@ -116,11 +116,6 @@ def scan_nifti(path: str, rel: str) -> int:
     return bad
 
 
-#: Largest cosine between two sform axes still read as float drift (larger: a sheared grid).
-SFORM_MAX_COSINE = 1e-3
-#: Largest displacement of any voxel centre, in voxels (of the smallest spacing), that
-#: making a drifted sform orthonormal may cause anywhere in the volume.
-SFORM_MAX_SHIFT_VOXELS = 0.1
 _UNIT_SCALE = {1: 1000.0, 2: 1.0, 3: 0.001}  # xyzt_units & 7: metre, millimetre, micron
 
 
@@ -147,7 +142,7 @@ class Sform:
         return (f"{rel}: sform axes {self.cosine:.1e} off orthogonal with qform_code "
                 f"{self.qform_code}, which ITK refuses; read with nibabel on the nearest "
                 f"orthonormal axes, voxel centres moved by at most {self.shift_voxels:.3f} "
-                f"voxel (limit {SFORM_MAX_SHIFT_VOXELS:g})")
+                f"voxel (limit {DRIFT_MAX_SHIFT_VOXELS:g})")
 
 
 def check_nifti_sform(path: str, rel: str) -> Sform | None:
@@ -156,9 +151,9 @@ def check_nifti_sform(path: str, rel: str) -> Sform | None:
     ITK coerces a sheared sform to the nearest rotation with only a console
     warning (which would silently move every voxel), and refuses one a few 1e-4
     off orthonormal when no qform rescues it (about 140 TotalSegmentator CT
-    cases).  An sform is accepted when its axes are within
-    :data:`SFORM_MAX_COSINE` of orthogonal and orthonormalising them moves no
-    voxel centre by more than :data:`SFORM_MAX_SHIFT_VOXELS` voxel; otherwise
+    cases).  An sform is accepted within the float-drift bounds of
+    :func:`pipeline.core.geometry.orthonormalise` (axes within 1e-3 of
+    orthogonal, no voxel centre moved by more than 0.1 voxel); otherwise
     ``geometry.non_orthogonal`` names the matrix found and the bound.  Returns
     None for files without an sform (``sform_code`` 0) or that are not NIfTI-1.
     """
@@ -180,45 +175,25 @@ def check_nifti_sform(path: str, rel: str) -> Sform | None:
             f"direction (NIfTI sform srow_x/y/z): found {shown}, expected three non-zero axes",
             rel,
         )
-    unit = affine / norms
-    cosine = float(np.max(np.abs(unit.T @ unit - np.eye(3))))
-    if cosine > SFORM_MAX_COSINE:
-        raise CaseError(
-            "read", "geometry.non_orthogonal",
-            f"direction (NIfTI sform srow_x/y/z): axes are not orthogonal: found {shown} "
-            f"(axes {cosine:.1e} off orthogonal), expected orthogonal axes within "
-            f"{SFORM_MAX_COSINE:g} (a sheared grid cannot be reoriented without resampling)",
-            rel,
-        )
-    u, _, vt = np.linalg.svd(unit)
-    rotation = u @ vt  # the nearest orthonormal matrix (polar factor), same handedness
     dims = struct.unpack(endian + "8h", header[40:56])
     shape = tuple(int(dims[1 + a]) if a < dims[0] else 1 for a in range(3))
     if min(shape) < 1:
         return None  # a malformed header: SimpleITK or nibabel reports it
-    corners = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
-                        for k in (0, shape[2] - 1)], dtype=np.float64) * norms
-    shift = float(np.max(np.linalg.norm(corners @ (rotation - unit).T, axis=1)) / norms.min())
-    if shift > SFORM_MAX_SHIFT_VOXELS:
-        raise CaseError(
-            "read", "geometry.non_orthogonal",
-            f"direction (NIfTI sform srow_x/y/z): found {shown}, axes {cosine:.1e} off "
-            f"orthogonal; made orthonormal they would move voxel centres by up to {shift:.3f} "
-            f"voxel across the {' x '.join(map(str, shape))} grid, expected at most "
-            f"{SFORM_MAX_SHIFT_VOXELS:g} voxel (float drift; a sheared grid cannot be "
-            "reoriented without resampling)",
-            rel,
-        )
     ras_to_lps = np.diag([-1.0, -1.0, 1.0])
     try:
-        geometry = Geometry(
+        stored = Geometry(
             shape=shape,
             spacing=tuple(float(n) for n in norms),
             origin=tuple(float(v) + 0.0 for v in ras_to_lps @ offset),
-            direction=tuple(float(v) + 0.0 for v in (ras_to_lps @ rotation).ravel()),
+            direction=tuple(float(v) + 0.0 for v in (ras_to_lps @ (affine / norms)).ravel()),
         )
     except ValueError as err:
         raise CaseError("read", "geometry.invalid", f"header: {err}", rel) from err
+    try:
+        geometry, cosine, shift = orthonormalise(
+            stored, "direction (NIfTI sform srow_x/y/z)", shown)
+    except CaseError as err:
+        raise err.with_path(rel) from None
     return Sform(cosine, shift, geometry, int(struct.unpack(endian + "h", header[252:254])[0]))
 
 
