@@ -48,6 +48,8 @@ setup(
         "numpy>=1.24",
         "pydicom>=3.0",
         "SimpleITK>=2.3",
+        # NIfTI files ITK refuses for float drift in the sform (TotalSegmentator's CT release)
+        "nibabel>=5.0",
         "jinja2>=3.1",
         "pyyaml>=6.0",
         "jsonschema>=4.18",

@@ -4,7 +4,8 @@ One reader per format behind one interface (:class:`~.base.Reader` for images,
 :class:`~.base.MaskReader` for masks and label maps read against an image's grid),
 listed in :mod:`.registry` (:func:`~.registry.reader_for` and
 :func:`~.registry.mask_reader_for` pick one from the file names):
-:mod:`.itk` (with :mod:`.nifti_header`) and :mod:`.dicom` (with
+:mod:`.itk` (with :mod:`.nifti_header` and :mod:`.nifti_nibabel`, which reads the NIfTI
+files ITK refuses for float drift in their sform) and :mod:`.dicom` (with
 :mod:`.dicom_files`, :mod:`.dicom_series`, :mod:`.dicom_decode`).  The case layouts
 (:mod:`pipeline.inputs.layouts`) read every image and mask through the registry, so a new
 format is one reader module plus one registry line.  Every reader
@@ -18,8 +19,10 @@ What is accepted and what is rejected (reason slugs) is pinned by the table of
 ``tests/test_bad_inputs.py``; in short: every DICOM transfer syntax with an
 installed decoder is decoded, only undecodable pixel data is rejected; a 3D
 volume is required (a single 2D image, a 4D series or a 4D NIfTI with more
-than one time point is ``volume.not_3d``); NIfTI grids must be orthonormal and
-intensities finite; masks must lie on the image grid with values {0, 1} or
+than one time point is ``volume.not_3d``); grids must be orthonormal within float
+drift (:func:`pipeline.core.geometry.orthonormalise`: axes within 1e-3 of orthogonal,
+no voxel moved by more than 0.1 voxel; fixed and noted) and intensities finite; a
+DICOM element pydicom cannot convert is ``dicom.bad_element``; masks must lie on the image grid with values {0, 1} or
 {0, 255}.
 
 PNG is not a reader here.  The ``tree`` kind's PNGs are checked and passed through as

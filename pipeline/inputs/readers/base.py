@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.core.geometry import Geometry
+from pipeline.core.geometry import DRIFT_MAX_SHIFT_VOXELS, Geometry
 from pipeline.errors import CaseError
 
 #: File names the ITK reader takes (compared in lower case).
@@ -153,6 +153,27 @@ def check_finite(array: np.ndarray, rel: str) -> None:
             f"voxels: found {bad} NaN/inf values, expected finite intensities",
             rel,
         )
+
+
+def check_3d(size: Sequence[int], rel: str) -> None:
+    """Reject a size that is not 3D or 4D with one time point (``volume.not_3d``), naming ``rel``."""
+    size = tuple(int(n) for n in size)
+    if len(size) != 3 and not (len(size) == 4 and size[3] == 1):
+        raise CaseError(
+            "read", "volume.not_3d",
+            f"dimension: found a {len(size)}D image of size {size}"
+            + (f" ({size[3]} time points)" if len(size) == 4 else "")
+            + ", expected 3D (or 4D with a single time point)",
+            rel,
+        )
+
+
+def drift_note(rel: str, what: str, cosine: float, shift: float) -> str:
+    """The ``direction_orthonormalised`` note of a file read on orthonormalised axes
+    (:func:`pipeline.core.geometry.orthonormalise`)."""
+    return (f"{rel}: {what} {cosine:.1e} off orthogonal, read on the nearest orthonormal "
+            f"axes; voxel centres moved by at most {shift:.3f} voxel (limit "
+            f"{DRIFT_MAX_SHIFT_VOXELS:g})")
 
 
 def list_files(root: str, sub: str) -> list[tuple[str, str]]:
