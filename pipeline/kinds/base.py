@@ -32,8 +32,8 @@ from pipeline.engine.units import BuildContext, UnitRef, plan_split_shards
 from pipeline.errors import CaseError, ConfigError
 from pipeline.inputs import sample
 from pipeline.inputs.discovery import CaseSource, discover_cases
-from pipeline.inputs.meta_table import resolve_splits
 from pipeline.inputs.layouts import get_layout
+from pipeline.inputs.meta_table import resolve_splits
 from pipeline.inputs.tree import InputTree
 from pipeline.qa.balance import Rules, apply
 from pipeline.qa.candidates import question_candidates
