@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.core.geometry import Geometry
 from pipeline.errors import CaseError
-from pipeline.inputs.readers.base import file_sha256, is_volume_file
+from pipeline.inputs.readers.base import file_sha256
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 #: How far (in voxels) a frame's first pixel may sit from a voxel centre, and its steps from
@@ -175,11 +175,11 @@ class SegReader:
     by the file itself, read by :meth:`read_label_map` with no class map of the layout's."""
 
     name = "dicom-seg"
-    takes = "a DICOM SEG file (any name but a NIfTI, NRRD or MHA one)"
+    takes = "a DICOM SEG file named *.dcm"
 
     def accepts_mask(self, path: str, rel: str) -> bool:
-        """Any file not named like an ITK volume (DICOM files carry any name, often ``.dcm``)."""
-        return not is_volume_file(rel)
+        """A file named ``*.dcm`` (the name TotalSegmentator and most tools give a SEG)."""
+        return rel.lower().endswith(".dcm")
 
     def read_mask(self, path: str, rel: str, image: Geometry) -> tuple[np.ndarray, str]:
         """The SEG's one segment as a mask (a SEG of several segments is a label map)."""
