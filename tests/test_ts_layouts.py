@@ -265,3 +265,9 @@ def test_a_structure_in_two_seg_files_is_rejected(tmp_path):
     with pytest.raises(CaseError) as err:
         get_layout(case.layout).load(case, str(tmp_path), 10**8)
     assert (err.value.reason, err.value.path) == ("seg.duplicate_name", "b.dcm")
+
+
+def test_a_forced_ml_layout_without_its_label_file_is_a_named_rejection(tmp_path):
+    write_release_case(tmp_path / "s1", "ct", _masks())
+    cases, rejected = discover_cases(str(tmp_path), pseudonym_key="k", layout="totalseg_ml")
+    assert cases == [] and [(r.reason, r.source) for r in rejected] == [("source.missing_file", "s1")]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from pipeline.errors import CaseError
 from pipeline.inputs.class_lists import builtin_labels
 from pipeline.inputs.layouts.base import LoadedCase, pick, read_image, rel, volume_stems
 from pipeline.inputs.layouts.totalseg import IMAGE_STEMS, pick_image
@@ -39,7 +40,13 @@ class TotalsegMlLayout:
 
     def files(self, tree: InputTree, folder: str, found: set[str]) -> tuple[list[tuple[str, str]], str]:
         image, modality = pick_image(found, folder)
-        labels = next(name for stem in LABEL_STEMS if (name := pick(found, stem)) is not None)
+        labels = next((name for stem in LABEL_STEMS if (name := pick(found, stem)) is not None), None)
+        if labels is None:
+            raise CaseError(
+                "discover", "source.missing_file",
+                f"entries: found {sorted(found)[:8]}, expected one label file "
+                "segmentations.nii.gz (TotalSegmentator --ml output)", rel(folder),
+            )
         return [("image", rel(folder, image)), ("labels", rel(folder, labels))], modality
 
     def load(self, case, root: str, max_voxels: int) -> LoadedCase:
