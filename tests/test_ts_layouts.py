@@ -5,6 +5,7 @@ written with highdicom beside a DICOM series; every layout detected per case."""
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -271,3 +272,51 @@ def test_a_forced_ml_layout_without_its_label_file_is_a_named_rejection(tmp_path
     write_release_case(tmp_path / "s1", "ct", _masks())
     cases, rejected = discover_cases(str(tmp_path), pseudonym_key="k", layout="totalseg_ml")
     assert cases == [] and [(r.reason, r.source) for r in rejected] == [("source.missing_file", "s1")]
+
+
+def _mutations(good: bytes, start: int, n: int, seed: int):
+    """``n`` corrupt copies of ``good``: flipped bytes, truncations, overwritten runs."""
+    rng = np.random.default_rng(seed)
+    for it in range(n):
+        data = bytearray(good)
+        if it % 3 == 0:
+            for i in rng.integers(start, len(data), size=int(rng.integers(1, 8))):
+                data[i] = int(rng.integers(256))
+        elif it % 3 == 1:
+            data = data[: int(rng.integers(start, len(data)))]
+        else:
+            i = int(rng.integers(start, len(data) - 8))
+            data[i:i + 4] = bytes(rng.integers(0, 256, 4, dtype=np.uint8))
+        yield bytes(data)
+
+
+def _outcomes(root: Path, target: Path, variants) -> set[str]:
+    """Reasons (or ``ok``) of loading the case at ``root`` with each variant written to
+    ``target``; an exception other than :class:`CaseError` fails the test."""
+    outcomes = set()
+    for data in variants:
+        target.write_bytes(data)
+        case = discover_cases(str(root), pseudonym_key="k")[0][0]
+        try:
+            get_layout(case.layout).load(case, str(root), 10**8)
+            outcomes.add("ok")
+        except CaseError as err:
+            assert err.path == target.relative_to(root).as_posix()
+            outcomes.add(err.reason)
+    return outcomes
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_corrupt_seg_files_and_class_maps_land_as_named_reasons(tmp_path):
+    seg_root, ml_root = tmp_path / "seg", tmp_path / "ml"
+    write_seg(seg_root / "seg.dcm", _series(seg_root), _masks())
+    reasons = _outcomes(seg_root, seg_root / "seg.dcm",
+                        _mutations((seg_root / "seg.dcm").read_bytes(), 132, 60, 0))
+    assert {"seg.unreadable", "seg.bad_value"} <= reasons
+    write_ml_case(ml_root, "ct", _label_map(), {1: "spleen", 3: "kidney_left", 5: "liver"})
+    raw = gzip.decompress((ml_root / "segmentations.nii.gz").read_bytes())
+    (ml_root / "segmentations.nii.gz").unlink()
+    header = raw[:int(np.frombuffer(raw[108:112], "<f4")[0])]
+    reasons = _outcomes(ml_root, ml_root / "segmentations.nii",
+                        (m + raw[len(header):] for m in _mutations(header, 348, 40, 1)))
+    assert "labels.bad_extension" in reasons

@@ -47,7 +47,8 @@ def read_label_table(path: str, rel: str) -> dict[int, str] | None:
         if head[348] == 0 or vox_offset <= 352:
             return None
         head = _head(path, min(vox_offset, MAX_HEADER_BYTES))
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, struct.error, ValueError):
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, struct.error, ValueError,
+            OverflowError):
         return None  # the reader of the label map names what is wrong with the file
     pos = 352
     while pos + 8 <= len(head):
@@ -69,7 +70,7 @@ def read_label_table(path: str, rel: str) -> dict[int, str] | None:
 def _parse_caret(data: bytes, rel: str) -> dict[int, str]:
     try:
         root = ElementTree.fromstring(data.rstrip(b"\x00 \n\r\t"))
-    except ElementTree.ParseError as err:
+    except (ElementTree.ParseError, LookupError, ValueError) as err:  # LookupError: a bad encoding name
         raise CaseError(
             "read", "labels.bad_extension",
             f"NIfTI extension CaretExtension: found XML that does not parse ({err}), expected "

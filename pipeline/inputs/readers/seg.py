@@ -18,6 +18,8 @@ and the field.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 from pipeline.core.geometry import Geometry
@@ -65,7 +67,23 @@ def _numbers(value, n: int):
 
 def read_segments(path: str, rel: str, image: Geometry) -> tuple[dict[str, np.ndarray], str]:
     """``({segment name: bool mask on image's canonical grid}, sha256 of the file)``; segments
-    without a single set voxel are left out."""
+    without a single set voxel are left out.
+
+    pydicom parses data elements when they are first read, so a corrupt element (its length,
+    its value representation) surfaces as whatever pydicom raises at that moment; it is turned
+    into ``seg.unreadable`` naming the file, as a corrupt file should be."""
+    try:
+        return _read_segments(path, rel, image)
+    except CaseError:
+        raise
+    except (struct.error, NotImplementedError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, OverflowError) as err:
+        raise _bad("data elements", f"a malformed element pydicom cannot parse "
+                   f"({type(err).__name__}: {' '.join(str(err).split())[:120]})",
+                   "a well-formed DICOM SEG", rel, "seg.unreadable") from err
+
+
+def _read_segments(path: str, rel: str, image: Geometry) -> tuple[dict[str, np.ndarray], str]:
     # pydicom: 0.2-0.4 s to import with its decoders (docs/architecture.md); imported here so
     # that workers of NIfTI-only builds never pay for it (the registry imports this module)
     import pydicom
