@@ -112,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 def _lint(recipe_name: str) -> int:
     # kinds and qa: 0.4 s measured, paid by lint only (build imports them through the launcher)
     from pipeline.config.recipes import load_recipe
+    from pipeline.inputs.class_lists import CLASS_FILE, class_lists
+    from pipeline.kinds.base import VolumeKind
     from pipeline.kinds.registry import get_kind, kind_name
-    from pipeline.qa.lint import lint
+    from pipeline.qa.lint import class_list_problems, lint
 
     recipe = load_recipe(recipe_name)
     try:
@@ -123,6 +125,10 @@ def _lint(recipe_name: str) -> int:
     prep = kind.prepare(recipe)
     families, pools = prep["families"], prep["pools"]
     problems = lint(families, pools)
+    if isinstance(kind, VolumeKind):  # its cases come in the built-in layouts
+        problems += class_list_problems(
+            {f"distractor_pools/{CLASS_FILE} ({m}, the TotalSegmentator layouts)": names
+             for m, names in class_lists().items()}, pools)
     for problem in problems:
         print(problem)
     variants = sum(len(f.variants) for f in families.values())

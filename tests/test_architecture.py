@@ -37,7 +37,7 @@ ALLOWED = {
     "core": {"errors"},
     "schema": set(),
     "config": {"errors", "inputs"},
-    "inputs": {"core", "schema", "errors", "qa"},
+    "inputs": {"core", "schema", "errors", "qa", "config"},
     "qa": {"core", "config", "schema", "errors", "inputs"},
     "io": {"schema", "core", "errors"},
     "engine": _LOWER,

@@ -28,13 +28,19 @@ from pipeline.inputs.layouts import (
 @pytest.mark.parametrize("names, expected", [
     ({"ct.nii.gz", "segmentations"}, "totalseg"),
     ({"MR.nrrd", "segmentations"}, "totalseg"),
+    ({"mri.nii.gz", "segmentations"}, "totalseg"),
+    ({"ct.nii.gz", "segmentations.nii.gz"}, "totalseg_ml"),
+    ({"mri.nii.gz", "seg.nii.gz", "segmentations"}, "totalseg_ml"),
+    ({"dicom", "seg.dcm"}, "dicom_seg"),
+    ({"dicom", "seg.dcm", "segmentations"}, "dicom"),
     ({"image.nii.gz", "labels.nii.gz", "labels.json"}, "multilabel"),
     ({"image.nii.gz", "labels.mha", "ct.nii.gz"}, "multilabel"),  # image + labels win over ct
     ({"dicom", "segmentations"}, "dicom"),
     ({"dicom", "image.nii.gz", "labels.nii.gz", "ct.nii.gz"}, "dicom"),  # dicom/ wins over all
     ({"image.nii.gz"}, None),
     ({"notes.txt", "segmentations"}, None),
-], ids=["ct", "mr-nrrd", "multilabel", "multilabel-over-ct", "dicom", "dicom-over-all",
+], ids=["ct", "mr-nrrd", "mri", "ml", "ml-over-folder", "dicom-seg", "dicom-nifti-masks-over-seg",
+        "multilabel", "multilabel-over-ct", "dicom", "dicom-over-all",
         "image-alone", "no-image"])
 def test_detect_layout_keeps_its_precedence(names, expected):
     found = detect_layout(names)
@@ -69,7 +75,7 @@ def test_an_unknown_layout_in_a_recipe_names_the_file_the_field_and_the_layouts(
     with pytest.raises(ConfigError) as err:
         load_recipe(path)
     assert str(err.value) == (f"{path}: source.layout: found 'nifti', expected one of "
-                              "auto, dicom, multilabel, totalseg")
+                              "auto, dicom, dicom_seg, multilabel, totalseg, totalseg_ml")
     for name in ("auto", *layout_names()):
         assert load_recipe(_recipe_with_layout(tmp_path, name)).section("source")["layout"] == name
 
@@ -88,23 +94,26 @@ class _FakeLayout:
 def test_a_layout_added_to_the_registry_is_known_to_the_cli_recipes_and_discovery(
         tmp_path, monkeypatch):
     monkeypatch.setattr(layouts, "LAYOUTS", (*LAYOUTS, _FakeLayout()))
-    assert layout_names() == ("dicom", "fake", "multilabel", "totalseg")
+    assert layout_names() == ("dicom", "dicom_seg", "fake", "multilabel", "totalseg",
+                              "totalseg_ml")
     assert _parser().parse_args(["build", "--output", "out", "--layout", "fake"]).layout == "fake"
     assert load_recipe(_recipe_with_layout(tmp_path, "fake")).section("source")["layout"] == "fake"
     assert get_layout("fake").name == "fake"
     assert detect_layout({"fake.bin"}).name == "fake"
     assert expected_layouts().startswith("fake.bin, ")
     assert CaseSource("k", "p", "case", "fake", "", (("image", "case/fake.bin"),)).layout == "fake"
-    with pytest.raises(ConfigError, match="expected one of auto, dicom, fake, multilabel, totalseg"):
+    with pytest.raises(ConfigError, match="expected one of auto, dicom, dicom_seg, fake, multilabel, totalseg, totalseg_ml"):
         load_recipe(_recipe_with_layout(tmp_path, "nifti"))
 
 
 def test_get_layout_names_the_known_layouts():
     assert get_layout("multilabel").name == "multilabel"
-    with pytest.raises(ValueError, match=r"layout: found 'nifti', expected one of \('dicom', 'multilabel', 'totalseg'\)"):
+    with pytest.raises(ValueError, match=r"layout: found 'nifti', expected one of \('dicom', 'dicom_seg', 'multilabel', 'totalseg', "
+                       r"'totalseg_ml'\)"):
         get_layout("nifti")
 
 
 def test_the_unknown_layout_message_lists_every_layout():
-    assert expected_layouts() == ("ct/mr volume + segmentations/, image + labels + labels.json, "
-                                  "or dicom/ + segmentations/")
+    assert expected_layouts() == (
+        "ct/mri/mr volume + segmentations/, ct/mri/mr volume + segmentations.nii.gz (--ml), "
+        "image + labels + labels.json, dicom/ + segmentations/, or dicom/ + a DICOM SEG *.dcm")

@@ -29,14 +29,7 @@ class DicomLayout:
         return "segmentations" in names
 
     def files(self, tree: InputTree, folder: str, found: set[str]) -> tuple[list[tuple[str, str]], str]:
-        dicom = rel(folder, "dicom")
-        if not tree.isdir(dicom) or not has_files(tree, dicom, lambda name: True):
-            raise CaseError(
-                "discover", "dicom.no_files",
-                "dicom/: found no files, expected the DICOM files of a CT or MR series",
-                rel(folder, "dicom"),
-            )
-        return [("dicom", dicom), segmentations_files(tree, folder, found)], ""
+        return [dicom_folder(tree, folder), segmentations_files(tree, folder, found)], ""
 
     def load(self, case, root: str, max_voxels: int) -> LoadedCase:
         series = case.file("dicom")
@@ -54,3 +47,15 @@ class DicomLayout:
 
 
 LAYOUT = DicomLayout()
+
+
+def dicom_folder(tree: InputTree, folder: str) -> tuple[str, str]:
+    """The ``dicom`` entry of a case with a DICOM series, checked to hold files."""
+    dicom = rel(folder, "dicom")
+    if not tree.isdir(dicom) or not has_files(tree, dicom, lambda name: True):
+        raise CaseError(
+            "discover", "dicom.no_files",
+            "dicom/: found no files, expected the DICOM files of a CT or MR series",
+            rel(folder, "dicom"),
+        )
+    return ("dicom", dicom)

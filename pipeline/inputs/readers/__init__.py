@@ -49,6 +49,7 @@ from pipeline.inputs.readers.base import (
 )
 from pipeline.inputs.readers.dicom import read_dicom_series
 from pipeline.inputs.readers.itk import read_label_map, read_mask, read_volume
+from pipeline.inputs.readers.nifti_labels import read_label_table
 from pipeline.inputs.readers.registry import MASK_READERS, READERS, mask_reader_for, reader_for
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "mask_reader_for",
     "read_dicom_series",
     "read_label_map",
+    "read_label_table",
     "read_mask",
     "read_volume",
     "reader_for",

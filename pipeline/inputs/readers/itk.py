@@ -211,7 +211,7 @@ def read_label_map(
     if unmapped:
         raise CaseError(
             "read", "labels.unmapped_value",
-            f"values: found label values {unmapped} that labels.json does not name, "
+            f"values: found label values {unmapped} that the class map does not name, "
             f"expected only {sorted(labels)}",
             rel,
         )

@@ -12,6 +12,7 @@ from pipeline.errors import CaseError
 from pipeline.inputs.readers.base import Files, MaskReader, Reader
 from pipeline.inputs.readers.dicom import DicomReader
 from pipeline.inputs.readers.itk import ItkReader
+from pipeline.inputs.readers.seg import SegReader
 
 #: Every image reader, asked in this order; the first that accepts the files reads them.
 READERS: tuple[Reader, ...] = (
@@ -22,6 +23,7 @@ READERS: tuple[Reader, ...] = (
 #: Every mask reader, asked in this order; the first that accepts a file reads it.
 MASK_READERS: tuple[MaskReader, ...] = (
     ItkReader(),
+    SegReader(),
 )
 
 
