@@ -4,6 +4,7 @@ dead letters never exported; CLI exit codes."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import collections
 import io
@@ -26,11 +27,13 @@ from pipeline.exports.boxes import (
     check_box,
     convert_box,
     convert_question_boxes,
+    smart_resize,
 )
 from pipeline.exports.records import format_gpt, format_human, read_media, render_row
 from pipeline.exports.registry import export_corpus
 from pipeline.exports.selection import LAYOUTS, detect_kind
 from pipeline.exports.sharegpt import dataset_info_entry
+from pipeline.exports.vlmevalkit import VQA_REFERENCES
 from pipeline.inputs.sample_tree import write_tree
 from pipeline.io.corpus import Corpus, list_configs
 from pipeline.launch.build import build
@@ -129,14 +132,17 @@ def _vlmevalkit_load(path: Path) -> pd.DataFrame:
     "box, size, style, expected",
     [
         ([53, 15, 73, 28], (102, 54), "pixel", [53, 15, 73, 28]),
-        ([53, 15, 73, 28], (102, 54), "qwen2.5-vl", [53, 15, 73, 28]),
+        # smart_resize(54, 102) = (56, 112): 53*112/102 = 58.2, 15*56/54 = 15.6, 73*112/102 = 80.2, 28*56/54 = 29.0
+        ([53, 15, 73, 28], (102, 54), "qwen2.5-vl", [58, 16, 80, 29]),
+        # padded square of side 102, y offset (102 - 54) // 2 = 24: 53/102, 39/102, 73/102, 52/102
+        ([53, 15, 73, 28], (102, 54), "llava", [0.52, 0.38, 0.72, 0.51]),
         # 53/102*1000 = 519.6, 15/54*1000 = 277.8, 73/102*1000 = 715.7, 28/54*1000 = 518.5
         ([53, 15, 73, 28], (102, 54), "internvl", [520, 278, 716, 519]),
         ([0, 0, 512, 256], (512, 256), "internvl", [0, 0, 1000, 1000]),
         # Python's round (half to even), as InternVL's normalize_coordinates: 62.5 -> 62, 187.5 -> 188
         ([1, 3, 2, 5], (16, 16), "internvl", [62, 188, 125, 312]),
     ],
-    ids=["pixel", "qwen-keeps-pixels", "internvl-known-box", "internvl-full-image", "internvl-half-even"],
+    ids=["pixel", "qwen-smart-resize", "llava-padded-square", "internvl-known-box", "internvl-full-image", "internvl-half-even"],
 )
 def test_convert_box(box, size, style, expected):
     assert convert_box(box, *size, style) == expected
@@ -158,18 +164,20 @@ def test_box_text_per_style():
     box, size = [53, 15, 73, 28], (102, 54)
     assert box_text(box, *size, "pixel", answer=True) == "[53, 15, 73, 28]"
     qwen = box_text(box, *size, "qwen2.5-vl", answer=True)
-    assert json.loads(qwen) == {"bbox_2d": [53, 15, 73, 28]}
-    assert box_text(box, *size, "qwen2.5-vl", answer=False) == "[53, 15, 73, 28]"
+    assert json.loads(qwen) == {"bbox_2d": [58, 16, 80, 29]}
+    assert box_text(box, *size, "qwen2.5-vl", answer=False) == "[58, 16, 80, 29]"
+    assert box_text(box, *size, "llava", answer=True) == "[0.52, 0.38, 0.72, 0.51]"
+    assert box_text([0, 0, 10, 10], 10, 40, "llava", answer=True) == "[0.38, 0.00, 0.62, 0.25]"
     assert box_text(box, *size, "internvl", answer=True) == "<box>[[520, 278, 716, 519]]</box>"
     assert box_text(box, *size, "internvl", answer=False) == "<box>[[520, 278, 716, 519]]</box>"
-    with pytest.raises(ExportError, match="boxes: 'llava-1.5' is not one of pixel, qwen2.5-vl, internvl"):
+    with pytest.raises(ExportError, match="boxes: 'llava-1.5' is not one of pixel, qwen2.5-vl, llava, internvl"):
         box_text(box, *size, "llava-1.5", answer=True)
 
 
 def test_question_boxes():
     q = "Name the structure inside the bounding box [43, 58, 50, 64]."
     assert convert_question_boxes(q, (100, 100), "pixel") == q
-    assert convert_question_boxes(q, (100, 100), "qwen2.5-vl") == q
+    assert convert_question_boxes(q, (112, 112), "qwen2.5-vl") == q  # 112 = 4 x 28: the frame is the image
     assert convert_question_boxes(q, (100, 100), "internvl") == \
         "Name the structure inside the bounding box <box>[[430, 580, 500, 640]]</box>."
     # with the question_box column: exactly that literal, which must occur
@@ -185,7 +193,7 @@ def test_question_boxes():
     assert convert_question_boxes(g, (100, 100), "internvl", grounding=True) == (
         "Give the bounding box of the liver as [x_min, y_min, x_max, y_max] in coordinates "
         "normalised to 0–1000 (end exclusive).")
-    assert convert_question_boxes(g, (100, 100), "qwen2.5-vl", grounding=True) == g
+    assert convert_question_boxes(g, (112, 112), "qwen2.5-vl", grounding=True) == g
 
 
 @pytest.mark.parametrize(
@@ -256,7 +264,7 @@ def test_slices_llava_matches_the_qa_rows(slices, slices_llava):
     out, result = slices_llava
     images = {r["image_id"]: r for r in _rows(slices, "images")}
     stored = _media(slices, "images")
-    assert result.kind == "slices" and result.boxes == "pixel"
+    assert result.kind == "slices" and result.boxes == "llava"
     referenced = set()
     for split in ("train", "validation", "test"):
         source = {r["qa_id"]: r for r in _rows(slices, "qa", split)}
@@ -270,11 +278,16 @@ def test_slices_llava_matches_the_qa_rows(slices, slices_llava):
             assert (rec["width"], rec["height"]) == (img["width"], img["height"])
             human, gpt = (t["value"] for t in rec["conversations"])
             assert [t["from"] for t in rec["conversations"]] == ["human", "gpt"]
-            assert human.startswith("<image>\n" + row["question"])
+            size = (img["width"], img["height"])  # boxes: LLaVA-1.5's [0, 1] on the padded square
+            assert human.startswith("<image>\n" + convert_question_boxes(
+                row["question"], size, "llava", question_box=row.get("question_box"),
+                grounding=row["answer_box"] is not None))
             if row["question_type"] == "multiple_choice":
                 letter = row["answer"]
                 assert gpt == f"{letter}. {row['options'][ord(letter) - 65]}" == f"{letter}. {row['answer_text']}"
                 assert human.endswith("\nD. " + row["options"][3])
+            elif row["answer_box"] is not None:
+                assert gpt == box_text(row["answer_box"], *size, "llava", answer=True)
             else:
                 assert gpt == row["answer"]
             referenced.add(row["image_id"])
@@ -311,10 +324,19 @@ def test_slices_grounding_boxes_per_framework(slices, tmp_path):
     intern = {r["id"]: r for r in _load_json(
         _export(slices, tmp_path / "intern", "llava", splits=["test"], boxes="internvl")
         / "radvqa_sample_test.json")}
+    llava = {r["id"]: r for r in _load_json(
+        _export(slices, tmp_path / "llava", "llava", splits=["test"]) / "radvqa_sample_test.json")}
     for row in grounding:
         w, h = images[row["image_id"]]["width"], images[row["image_id"]]["height"]
         answer = json.loads(qwen[row["qa_id"]]["messages"][1]["content"])
-        assert answer == {"bbox_2d": list(row["answer_box"])}  # Qwen2.5-VL: the stored pixels
+        h2, w2 = smart_resize(h, w)  # Qwen2.5-VL: pixels of the image its processor sees
+        x0, y0, x1, y1 = row["answer_box"]
+        assert answer == {"bbox_2d": [round(x0 * w2 / w), round(y0 * h2 / h), round(x1 * w2 / w),
+                                      round(y1 * h2 / h)]}
+        side = max(w, h)  # LLaVA-1.5: [0, 1] on the centred square, two decimals
+        ox, oy = (side - w) // 2, (side - h) // 2
+        assert llava[row["qa_id"]]["conversations"][1]["value"] == "[{:.2f}, {:.2f}, {:.2f}, {:.2f}]".format(
+            *(round(v / side, 2) for v in (x0 + ox, y0 + oy, x1 + ox, y1 + oy)))
         x0, y0, x1, y1 = row["answer_box"]
         expected = [round(x0 / w * 1000), round(y0 / h * 1000), round(x1 / w * 1000), round(y1 / h * 1000)]
         assert intern[row["qa_id"]]["conversations"][1]["value"] == f"<box>[[{', '.join(map(str, expected))}]]</box>"
@@ -328,7 +350,7 @@ def test_slices_grounding_boxes_per_framework(slices, tmp_path):
         converted = intern[row["qa_id"]]["conversations"][0]["value"]
         assert literal not in converted
         assert f"<box>[{convert_box(box, w, h, 'internvl')}]</box>" in converted
-        assert literal in qwen[row["qa_id"]]["messages"][0]["content"]
+        assert str(convert_box(box, w, h, "qwen2.5-vl")) in qwen[row["qa_id"]]["messages"][0]["content"]
 
 
 def _export(corpus: Path, out: Path, fmt: str, **kw) -> Path:
@@ -386,8 +408,8 @@ def test_slices_vlmevalkit_reads_back_as_vlmevalkit_does(slices, tmp_path):
     assert set(yn["answer"]) <= {"Yes", "No"}
     for _, line in yn.iterrows():
         assert line["answer"] == source[line["qa_id"]]["answer"].capitalize()
-    for _, line in vqa.iterrows():
-        assert str(line["answer"]) == source[line["qa_id"]]["answer"]
+    for _, line in vqa.iterrows():  # several references, as VLMEvalKit's VQA score needs
+        assert ast.literal_eval(line["answer"]) == [source[line["qa_id"]]["answer"]] * VQA_REFERENCES
 
 
 def test_media_are_streamed_never_read_whole(slices, tmp_path, monkeypatch):
@@ -477,7 +499,7 @@ def test_tree_vlmevalkit_is_the_benchmark(tree, tmp_path):
             with Image.open(io.BytesIO(stored[row["image_id"]])) as ref:
                 assert line["pil"].size == ref.size
             assert line["category"] == row["task"]
-            assert line["l2-category"] == row["metadata"]["location"]
+            assert line["l2-category"] == (row["metadata"]["location"] or "unspecified")
     for _, line in mcq.iterrows():
         row = bench[line["qa_id"]]
         assert [line[c] for c in "ABCD"] == row["choices"]
@@ -485,7 +507,7 @@ def test_tree_vlmevalkit_is_the_benchmark(tree, tmp_path):
     for _, line in yn.iterrows():
         assert line["answer"] == {"yes": "Yes", "no": "No"}[bench[line["qa_id"]]["answer"]]
     for _, line in vqa.iterrows():
-        assert line["answer"] == bench[line["qa_id"]]["answer"]
+        assert ast.literal_eval(line["answer"]) == [bench[line["qa_id"]]["answer"]] * VQA_REFERENCES
     with pytest.raises(ExportError, match="splits: train not in benchmark/ \\(available: test\\)"):
         export_corpus(str(corpus), str(tmp_path / "bad"), "vlmevalkit", splits=["train"])
 
@@ -525,7 +547,7 @@ def test_nothing_from_dead_letters_reaches_an_export(tree, tmp_path):
 # --------------------------------------------------------------------------- volumes corpus
 
 
-@pytest.mark.parametrize("fmt", ["llava", "sharegpt"])
+@pytest.mark.parametrize("fmt", ["llava"])
 def test_volumes_export_npy_beside_the_json(volumes, tmp_path, fmt):
     out = _export(volumes, tmp_path / fmt, fmt)
     vols = {r["volume_id"]: r for r in _rows(volumes, "volumes")}
@@ -553,6 +575,14 @@ def test_volumes_export_npy_beside_the_json(volumes, tmp_path, fmt):
         arr = np.load(path, allow_pickle=False)
         assert list(arr.shape) == vols[path.stem]["shape"] and arr.dtype == np.float16
         assert 0.0 <= float(arr.min()) <= float(arr.max()) <= 1.0
+
+
+def test_sharegpt_refuses_a_volume_corpus(volumes, tmp_path):
+    """LLaMA-Factory opens every ``images`` file with PIL (``mm_plugin.py: _regularize_images``): no .npy."""
+    with pytest.raises(ExportError, match="sharegpt \\(LLaMA-Factory\\) needs 2D images: .* this volumes corpus "
+                                          "has .npy volumes, which PIL cannot open — export it with --format llava"):
+        export_corpus(str(volumes), str(tmp_path / "x"), "sharegpt")
+    assert not (tmp_path / "x").exists()
 
 
 def test_vlmevalkit_refuses_a_volume_corpus(volumes, tmp_path):
