@@ -38,6 +38,13 @@ from pipeline.inputs.sample_tree import write_tree
 from pipeline.io.corpus import Corpus, list_configs
 from pipeline.launch.build import build
 from pipeline.qa.label_pools import load_label_pools
+from tests.consumer_rules import (
+    llamafactory_sharegpt,
+    vlmeval_dataset,
+    vlmeval_mcq_accuracy,
+    vlmeval_vqa_score,
+    vlmeval_yorn_rating,
+)
 
 IN_MEMORY = ["--direct_running_mode=in_memory"]
 
@@ -374,9 +381,8 @@ def test_slices_sharegpt_is_valid_for_llama_factory(slices, tmp_path):
         for rec in records:
             roles = [m["role"] for m in rec["messages"]]
             assert roles == ["user", "assistant"]
-            # LLaMA-Factory: as many <image> tokens as images, paths relative to dataset_dir
-            assert sum(m["content"].count("<image>") for m in rec["messages"]) == len(rec["images"]) == 1
-            assert (out / rec["images"][0]).is_file()
+            # LLaMA-Factory's converter and checks: roles, <image> tokens == images, PIL opens them
+            assert len(llamafactory_sharegpt(rec, entry, str(out))) == 2 and len(rec["images"]) == 1
 
 
 def test_slices_vlmevalkit_reads_back_as_vlmevalkit_does(slices, tmp_path):
@@ -410,6 +416,55 @@ def test_slices_vlmevalkit_reads_back_as_vlmevalkit_does(slices, tmp_path):
         assert line["answer"] == source[line["qa_id"]]["answer"].capitalize()
     for _, line in vqa.iterrows():  # several references, as VLMEvalKit's VQA score needs
         assert ast.literal_eval(line["answer"]) == [source[line["qa_id"]]["answer"]] * VQA_REFERENCES
+
+
+def _scores(out: Path, prefix: str) -> dict[str, tuple[float, float]]:
+    """VLMEvalKit's exact-matching scores (percent) of each TSV, for a perfect prediction file
+    and for a constant one (``Yes`` / ``A`` / the most common answer)."""
+    mcq, yn, vqa = (vlmeval_dataset(out / f"{prefix}_{k}.tsv") for k in ("MCQ", "YN", "VQA"))
+    perfect, constant = dict(zip(mcq["index"], mcq["answer"])), dict.fromkeys(mcq["index"], "A")
+    scores = {"MCQ": (vlmeval_mcq_accuracy(mcq, perfect), vlmeval_mcq_accuracy(mcq, constant))}
+    perfect, constant = dict(zip(yn["index"], yn["answer"])), dict.fromkeys(yn["index"], "Yes")
+    scores["YN"] = (vlmeval_yorn_rating(yn, perfect)["Overall"], vlmeval_yorn_rating(yn, constant)["Overall"])
+    refs = [ast.literal_eval(a)[0] for a in vqa["answer"]]
+    common = collections.Counter(refs).most_common(1)[0][0]
+    scores["VQA"] = (100 * float(np.mean([vlmeval_vqa_score(a, r) for a, r in zip(vqa["answer"], refs)])),
+                     100 * float(np.mean([vlmeval_vqa_score(a, common) for a in vqa["answer"]])))
+    return scores
+
+
+def test_slices_vlmevalkit_scores_with_vlmevalkit_rules(slices, tmp_path):
+    out = _export(slices, tmp_path / "vlm", "vlmevalkit")
+    source = _rows(slices, "qa", "test")
+    scores = _scores(out, "radvqa_sample")
+    assert {k: perfect for k, (perfect, _) in scores.items()} == {"MCQ": 100.0, "YN": 100.0, "VQA": 100.0}
+    # a constant prediction scores the share of that answer: about half for yes/no (balanced)
+    closed = [r["answer"] for r in source if r["question_type"] == "closed"]
+    mc = [r["answer"] for r in source if r["question_type"] == "multiple_choice"]
+    assert scores["YN"][1] == pytest.approx(100 * closed.count("yes") / len(closed))
+    assert 35 <= scores["YN"][1] <= 65
+    assert scores["MCQ"][1] == pytest.approx(100 * mc.count("A") / len(mc))
+    assert scores["VQA"][1] < 100
+
+
+def test_qwen_boxes_in_the_smart_resize_frame_for_every_train_image_size(slices, tmp_path):
+    images = {r["image_id"]: r for r in _rows(slices, "images")}
+    train = _rows(slices, "qa", "train")
+    sizes = sorted({(images[r["image_id"]]["width"], images[r["image_id"]]["height"]) for r in train})
+    frames = {(w, h): smart_resize(h, w) for w, h in sizes}
+    assert len(sizes) >= 2 and all(frames[(w, h)] != (h, w) for w, h in sizes)  # none is unchanged
+    for w, h in sizes:  # the whole image spans the resized image
+        assert convert_box([0, 0, w, h], w, h, "qwen2.5-vl") == [0, 0, frames[(w, h)][1], frames[(w, h)][0]]
+    records = {r["id"]: r for r in _load_json(
+        _export(slices, tmp_path / "sg", "sharegpt", splits=["train"]) / "radvqa_sample_train.json")}
+    grounding = [r for r in train if r["answer_box"] is not None]
+    assert grounding
+    for row in grounding:
+        w, h = images[row["image_id"]]["width"], images[row["image_id"]]["height"]
+        h2, w2 = frames[(w, h)]
+        x0, y0, x1, y1 = row["answer_box"]
+        expected = [round(x0 * w2 / w), round(y0 * h2 / h), round(x1 * w2 / w), round(y1 * h2 / h)]
+        assert json.loads(records[row["qa_id"]]["messages"][1]["content"]) == {"bbox_2d": expected}
 
 
 def test_media_are_streamed_never_read_whole(slices, tmp_path, monkeypatch):
@@ -508,6 +563,8 @@ def test_tree_vlmevalkit_is_the_benchmark(tree, tmp_path):
         assert line["answer"] == {"yes": "Yes", "no": "No"}[bench[line["qa_id"]]["answer"]]
     for _, line in vqa.iterrows():
         assert ast.literal_eval(line["answer"]) == [bench[line["qa_id"]]["answer"]] * VQA_REFERENCES
+    scores = _scores(out, "radvqa_radimagenet_vqa")
+    assert {k: perfect for k, (perfect, _) in scores.items()} == {"MCQ": 100.0, "YN": 100.0, "VQA": 100.0}
     with pytest.raises(ExportError, match="splits: train not in benchmark/ \\(available: test\\)"):
         export_corpus(str(corpus), str(tmp_path / "bad"), "vlmevalkit", splits=["train"])
 
