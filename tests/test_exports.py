@@ -664,6 +664,24 @@ def test_cli_export_writes_and_summarises(slices, tmp_path, capsys):
     assert len(_load_json(out / "radvqa_sample_test.json")) == n
 
 
+def test_cli_pixels_set_the_qwen_frame(slices, tmp_path):
+    """``--min-pixels`` / ``--max-pixels``: the smart_resize bounds of qwen2.5-vl boxes."""
+    out = tmp_path / "small"
+    assert main(["export", str(slices), "--format", "sharegpt", "--output", str(out), "--splits", "test",
+                 "--min-pixels", "784", "--max-pixels", "1568"]) == 0
+    images = {r["image_id"]: r for r in _rows(slices, "images")}
+    rows = [r for r in _rows(slices, "qa", "test") if r["answer_box"] is not None]
+    records = {r["id"]: r for r in _load_json(out / "radvqa_sample_test.json")}
+    for row in rows:
+        w, h = images[row["image_id"]]["width"], images[row["image_id"]]["height"]
+        h2, w2 = smart_resize(h, w, 28, 784, 1568)
+        assert h2 * w2 <= 1568
+        x0, y0, x1, y1 = row["answer_box"]
+        sx, sy = round(x0 * w2 / w), round(y0 * h2 / h)
+        expected = [sx, sy, max(sx + 1, round(x1 * w2 / w)), max(sy + 1, round(y1 * h2 / h))]
+        assert json.loads(records[row["qa_id"]]["messages"][1]["content"]) == {"bbox_2d": expected}
+
+
 def test_cli_bad_format_exits_2(slices, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["export", str(slices), "--format", "coco", "--output", str(tmp_path / "x")])
@@ -679,8 +697,11 @@ def test_cli_bad_format_exits_2(slices, tmp_path, capsys):
         ("slices", ["--format", "llava", "--captions"], "captions: only tree corpora"),
         ("missing", ["--format", "llava"], "manifest.json: not found"),
         ("slices", ["--format", "llava", "--output", "NONEMPTY"], "is not empty; export into a new folder"),
+        ("volumes", ["--format", "sharegpt"], "sharegpt (LLaMA-Factory) needs 2D images"),
+        ("slices", ["--format", "llava", "--max-pixels", "1000"], "boxes llava do not use it"),
     ],
-    ids=["vlmevalkit-3d", "unknown-split", "captions-slices", "not-a-corpus", "non-empty-output"],
+    ids=["vlmevalkit-3d", "unknown-split", "captions-slices", "not-a-corpus", "non-empty-output",
+         "sharegpt-3d", "pixels-not-qwen"],
 )
 def test_cli_errors_exit_2_with_a_message(request, tmp_path, capsys, corpus, args, message):
     path = tmp_path / "nothing" if corpus == "missing" else request.getfixturevalue(corpus)
