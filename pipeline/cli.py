@@ -150,9 +150,15 @@ def _export_parser(sub) -> None:
     e.add_argument("--splits", help="comma-separated splits (default: all for llava/sharegpt, "
                                     "test for vlmevalkit)")
     e.add_argument("--boxes", choices=list(BOX_STYLES),
-                   help="box convention: pixel (as stored), qwen2.5-vl (absolute pixels, "
-                        '{"bbox_2d": [...]}), internvl (0-1000, <box>[[...]]</box>); default: '
+                   help="box convention: pixel (as stored), qwen2.5-vl (absolute pixels of the image "
+                        'resized by Qwen2.5-VL\'s smart_resize, {"bbox_2d": [...]}), internvl (0-1000, '
+                        "<box>[[...]]</box>), llava ([0, 1] on the image padded to a square, 2 decimals); "
+                        "default: "
                         + ", ".join(f"{f.default_boxes} for {name}" for name, f in FORMATS.items()))
+    e.add_argument("--min-pixels", type=int, metavar="N",
+                   help="qwen2.5-vl boxes: min_pixels of the smart_resize frame (default 3136, Qwen2.5-VL's)")
+    e.add_argument("--max-pixels", type=int, metavar="N",
+                   help="qwen2.5-vl boxes: max_pixels of the smart_resize frame (default 12845056, Qwen2.5-VL's)")
     e.add_argument("--captions", action="store_true",
                    help="tree corpora: also export the alignment captions (llava/sharegpt)")
     e.add_argument("--name", help="file prefix (default: radvqa_<recipe name>)")
@@ -163,7 +169,7 @@ def _export(args) -> int:
     try:
         result = export_corpus(
             args.corpus, args.output, args.format, splits=splits, boxes=args.boxes,
-            captions=args.captions, name=args.name,
+            captions=args.captions, name=args.name, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
             log=lambda m: print(m, file=sys.stderr, flush=True))
     except ExportError as err:
         print(f"radvqa export: error: {err}", file=sys.stderr)

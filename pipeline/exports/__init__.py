@@ -12,7 +12,9 @@ One module per format behind a registry:
 ``records``
     Rows normalised and rendered as turns; media written by id.
 ``boxes``
-    Box coordinate styles (pixel, qwen2.5-vl, internvl).
+    Box coordinate styles (pixel, qwen2.5-vl, internvl, llava) and their frames.
+``cells``
+    Table cells pandas reads back as written (no bare NA tokens).
 ``selection``
     What an export takes from a corpus: its kind, the configs each kind's rows and media
     are in (:data:`~pipeline.exports.selection.LAYOUTS`), the default file prefix.

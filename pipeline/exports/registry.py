@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from pipeline.exports import llava, sharegpt, vlmevalkit
 from pipeline.exports.base import ExportError, ExportResult, prepare_output
-from pipeline.exports.boxes import box_style
+from pipeline.exports.boxes import box_style, with_pixels
 from pipeline.exports.format import ExportFormat, ExportJob
 from pipeline.exports.selection import corpus_name, detect_kind, safe_name
 from pipeline.io.corpus import Corpus, CorpusError
@@ -25,7 +25,8 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
 
 def export_corpus(corpus_dir: str, output_dir: str, fmt: str, *, splits: Sequence[str] | None = None,
                   boxes: str | None = None, captions: bool = False, name: str | None = None,
-                  log: Callable[[str], None] | None = None) -> ExportResult:
+                  log: Callable[[str], None] | None = None, min_pixels: int | None = None,
+                  max_pixels: int | None = None) -> ExportResult:
     """Export a built corpus to ``fmt``.
 
     Parameters
@@ -39,7 +40,7 @@ def export_corpus(corpus_dir: str, output_dir: str, fmt: str, *, splits: Sequenc
     splits : sequence of str, optional
         Splits to export; default every split for llava/sharegpt and ``test``
         for vlmevalkit (the format's :meth:`~pipeline.exports.format.ExportFormat.default_splits`).
-    boxes : {"pixel", "qwen2.5-vl", "internvl"}, optional
+    boxes : {"pixel", "qwen2.5-vl", "internvl", "llava"}, optional
         Box convention; default the format's ``default_boxes``.
     captions : bool
         Tree corpora, llava/sharegpt: also write the ``alignment`` captions
@@ -48,6 +49,10 @@ def export_corpus(corpus_dir: str, output_dir: str, fmt: str, *, splits: Sequenc
         File prefix (default ``radvqa_<recipe name>``).
     log : callable, optional
         Progress messages (default: silent).
+    min_pixels, max_pixels : int, optional
+        ``qwen2.5-vl`` boxes: the bounds of the ``smart_resize`` frame (default Qwen2.5-VL's
+        processor: 3,136 and 12,845,056); set them to the model's ``min_pixels`` /
+        ``max_pixels`` when training with others.
 
     Returns
     -------
@@ -63,19 +68,20 @@ def export_corpus(corpus_dir: str, output_dir: str, fmt: str, *, splits: Sequenc
         without a column) is raised as an ``ExportError`` with its message.
     """
     try:
-        return _export(corpus_dir, output_dir, fmt, splits, boxes, captions, name, log)
+        return _export(corpus_dir, output_dir, fmt, splits, boxes, captions, name, log, (min_pixels, max_pixels))
     except CorpusError as err:
         raise ExportError(str(err)) from err
 
 
 def _export(corpus_dir: str, output_dir: str, fmt: str, splits: Sequence[str] | None, boxes: str | None,
-            captions: bool, name: str | None, log: Callable[[str], None] | None) -> ExportResult:
+            captions: bool, name: str | None, log: Callable[[str], None] | None,
+            pixels: tuple[int | None, int | None] = (None, None)) -> ExportResult:
     """:func:`export_corpus`, the reader's errors not yet turned into ``ExportError``."""
     log = log or (lambda msg: None)
     export_format = FORMATS.get(fmt)
     if export_format is None:
         raise ExportError(f"format: {fmt!r} is not one of {', '.join(FORMATS)}")
-    style = box_style(boxes or export_format.default_boxes)
+    style = with_pixels(box_style(boxes or export_format.default_boxes), *pixels)
     corpus = Corpus(corpus_dir)
     manifest = corpus.check_manifest()
     kind = detect_kind(manifest, corpus.configs)

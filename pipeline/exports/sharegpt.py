@@ -5,6 +5,13 @@
 (``formatting: sharegpt``, columns ``messages``/``images``, tags
 ``role``/``content``/``user``/``assistant``); paths are relative to the export
 folder, which is LLaMA-Factory's ``dataset_dir`` (and default ``media_dir``).
+
+2D corpora only: LLaMA-Factory opens every file of ``images`` with PIL
+(``src/llamafactory/data/mm_plugin.py``, ``_regularize_images``) and has no 3D
+input, so a volumes corpus (``.npy`` volumes) is refused with an error rather
+than written as files its loader crashes on.  Each user turn carries one
+``<image>`` for the one image of its record (LLaMA-Factory's ``_validate_input``
+requires as many ``<image>`` tokens as images).
 """
 
 from __future__ import annotations
@@ -62,6 +69,12 @@ class ShareGpt(ConversationFormat):
     title = "sharegpt (LLaMA-Factory)"
     help = "LLaMA-Factory JSON + dataset_info.json + images/"
     default_boxes = "qwen2.5-vl"
+    kinds = ("slices", "tree")
+
+    def kind_error(self, corpus_dir: str, kind: str) -> str:
+        return (f"{corpus_dir}: sharegpt (LLaMA-Factory) needs 2D images: LLaMA-Factory opens every file "
+                f"of a record's images with PIL, and this {kind} corpus has .npy volumes, which PIL cannot "
+                f"open — export it with --format llava (volumes/<volume_id>.npy, the M3D / RadFM convention)")
 
     def record(self, row, media, size, style, where="row"):
         return sharegpt_record(row, media, size, style, where)
