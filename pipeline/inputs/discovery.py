@@ -31,7 +31,8 @@ META_TABLE = "meta.csv"
 
 @dataclass(frozen=True)
 class CaseSource:
-    """One planned case.  ``source`` and ``files`` are relative to the input root."""
+    """One planned case.  ``source`` and ``files`` are relative to the input root; ``split``
+    is the source's official split when it has one (CT-RATE), else ``""`` (drawn by key)."""
 
     key: str
     patient_key: str
@@ -40,6 +41,7 @@ class CaseSource:
     modality: str
     files: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     study_order: int = 0
+    split: str = ""
 
     def __post_init__(self) -> None:
         if self.layout not in layout_names():

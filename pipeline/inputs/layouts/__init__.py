@@ -6,6 +6,7 @@ totalseg        ``ct.nii.gz`` or ``mr.nii.gz`` (also .nii/.nrrd/.mha) +
                 ``segmentations/<structure>.nii.gz``
 multilabel      ``image.nii.gz`` + ``labels.nii.gz`` + ``labels.json``
 dicom           ``dicom/`` (DICOM files, any names) + ``segmentations/``
+ct-rate         the whole input: CT-RATE volumes + label table (``ctrate.discover``)
 =============== ============================================================
 
 :data:`LAYOUTS` is in detection order: the first layout whose ``detect`` accepts a folder's
@@ -21,13 +22,14 @@ the whole input, not of a case folder, and is not in this registry.
 
 from __future__ import annotations
 
-from pipeline.inputs.layouts import dicom, multilabel, totalseg
+from pipeline.inputs.layouts import ctrate, dicom, multilabel, totalseg
 from pipeline.inputs.layouts.base import Layout
 
 LAYOUTS: tuple[Layout, ...] = (
     dicom.LAYOUT,
     multilabel.LAYOUT,
     totalseg.LAYOUT,
+    ctrate.LAYOUT,  # a whole-input layout: detect() never accepts a case folder
 )
 
 
