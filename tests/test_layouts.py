@@ -69,7 +69,7 @@ def test_an_unknown_layout_in_a_recipe_names_the_file_the_field_and_the_layouts(
     with pytest.raises(ConfigError) as err:
         load_recipe(path)
     assert str(err.value) == (f"{path}: source.layout: found 'nifti', expected one of "
-                              "auto, dicom, multilabel, totalseg")
+                              "auto, ct-rate, dicom, multilabel, totalseg")
     for name in ("auto", *layout_names()):
         assert load_recipe(_recipe_with_layout(tmp_path, name)).section("source")["layout"] == name
 
@@ -88,23 +88,24 @@ class _FakeLayout:
 def test_a_layout_added_to_the_registry_is_known_to_the_cli_recipes_and_discovery(
         tmp_path, monkeypatch):
     monkeypatch.setattr(layouts, "LAYOUTS", (*LAYOUTS, _FakeLayout()))
-    assert layout_names() == ("dicom", "fake", "multilabel", "totalseg")
+    assert layout_names() == ("ct-rate", "dicom", "fake", "multilabel", "totalseg")
     assert _parser().parse_args(["build", "--output", "out", "--layout", "fake"]).layout == "fake"
     assert load_recipe(_recipe_with_layout(tmp_path, "fake")).section("source")["layout"] == "fake"
     assert get_layout("fake").name == "fake"
     assert detect_layout({"fake.bin"}).name == "fake"
     assert expected_layouts().startswith("fake.bin, ")
     assert CaseSource("k", "p", "case", "fake", "", (("image", "case/fake.bin"),)).layout == "fake"
-    with pytest.raises(ConfigError, match="expected one of auto, dicom, fake, multilabel, totalseg"):
+    with pytest.raises(ConfigError, match="expected one of auto, ct-rate, dicom, fake, multilabel, totalseg"):
         load_recipe(_recipe_with_layout(tmp_path, "nifti"))
 
 
 def test_get_layout_names_the_known_layouts():
     assert get_layout("multilabel").name == "multilabel"
-    with pytest.raises(ValueError, match=r"layout: found 'nifti', expected one of \('dicom', 'multilabel', 'totalseg'\)"):
+    with pytest.raises(ValueError, match=r"layout: found 'nifti', expected one of \('ct-rate', 'dicom', 'multilabel', 'totalseg'\)"):
         get_layout("nifti")
 
 
 def test_the_unknown_layout_message_lists_every_layout():
-    assert expected_layouts() == ("ct/mr volume + segmentations/, image + labels + labels.json, "
-                                  "or dicom/ + segmentations/")
+    assert expected_layouts() == ("CT-RATE volumes (<split>_<patient>_<scan>_<reconstruction>.nii.gz) + "
+                                  "label table, ct/mr volume + segmentations/, image + labels + "
+                                  "labels.json, or dicom/ + segmentations/")
