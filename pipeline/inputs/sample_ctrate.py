@@ -22,6 +22,8 @@ import numpy as np
 
 from pipeline.inputs.layouts.ctrate import FINDINGS
 
+#: Bumped whenever the sample changes (builds rewrite their stored copy).
+SAMPLE_VERSION = "1"
 SHAPE = (40, 40, 12)  # i, j, k
 XY_SPACING, Z_SPACING = 0.75, 1.5
 INTERCEPT = -1024

@@ -30,6 +30,7 @@ from pipeline.engine.units import plan_split_shards
 from pipeline.inputs import sample
 from pipeline.inputs.discovery import CaseSource
 from pipeline.inputs.layouts import ctrate, get_layout
+from pipeline.inputs.sample_ctrate import SAMPLE_VERSION as CTRATE_SAMPLE_VERSION
 from pipeline.inputs.sample_ctrate import write_ctrate_sample
 from pipeline.inputs.tree import InputTree
 from pipeline.kinds.base import Planned, VolumeKind, phantom_input
@@ -88,7 +89,7 @@ class VolumesKind(VolumeKind):
         if recipe.section("source").get("layout") != ctrate.LAYOUT.name:
             return super().sample_input(output, recipe, log)
         n = int(recipe.section("source").get("sample_patients", self.sample_patients))
-        return phantom_input(output, "sample-ct-rate", f"{sample.SAMPLE_VERSION}:ct-rate:{n}", log,
+        return phantom_input(output, "sample-ct-rate", f"{sample.SAMPLE_VERSION}:ct-rate-{CTRATE_SAMPLE_VERSION}:{n}", log,
                              lambda root: write_ctrate_sample(root, n_patients=n))
 
     def discover_stats(self, cases: list[CaseSource]) -> dict:
