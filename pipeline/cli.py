@@ -162,15 +162,20 @@ def _export_parser(sub) -> None:
     e.add_argument("--captions", action="store_true",
                    help="tree corpora: also export the alignment captions (llava/sharegpt)")
     e.add_argument("--name", help="file prefix (default: radvqa_<recipe name>)")
+    e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a format's own setting, repeatable; " + "; ".join(
+                       f"{name}: " + ", ".join(f"{k} (default {v})" for k, v in f.options.items())
+                       for name, f in FORMATS.items() if f.options))
 
 
 def _export(args) -> int:
     splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
+    options = dict(o.split("=", 1) if "=" in o else (o, "") for o in args.option)
     try:
         result = export_corpus(
             args.corpus, args.output, args.format, splits=splits, boxes=args.boxes,
             captions=args.captions, name=args.name, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-            log=lambda m: print(m, file=sys.stderr, flush=True))
+            log=lambda m: print(m, file=sys.stderr, flush=True), options=options)
     except ExportError as err:
         print(f"radvqa export: error: {err}", file=sys.stderr)
         return 2

@@ -75,7 +75,7 @@ def test_an_unknown_layout_in_a_recipe_names_the_file_the_field_and_the_layouts(
     with pytest.raises(ConfigError) as err:
         load_recipe(path)
     assert str(err.value) == (f"{path}: source.layout: found 'nifti', expected one of "
-                              "auto, dicom, dicom_seg, multilabel, totalseg, totalseg_ml")
+                              "auto, ct-rate, dicom, dicom_seg, multilabel, totalseg, totalseg_ml")
     for name in ("auto", *layout_names()):
         assert load_recipe(_recipe_with_layout(tmp_path, name)).section("source")["layout"] == name
 
@@ -94,7 +94,7 @@ class _FakeLayout:
 def test_a_layout_added_to_the_registry_is_known_to_the_cli_recipes_and_discovery(
         tmp_path, monkeypatch):
     monkeypatch.setattr(layouts, "LAYOUTS", (*LAYOUTS, _FakeLayout()))
-    assert layout_names() == ("dicom", "dicom_seg", "fake", "multilabel", "totalseg",
+    assert layout_names() == ("ct-rate", "dicom", "dicom_seg", "fake", "multilabel", "totalseg",
                               "totalseg_ml")
     assert _parser().parse_args(["build", "--output", "out", "--layout", "fake"]).layout == "fake"
     assert load_recipe(_recipe_with_layout(tmp_path, "fake")).section("source")["layout"] == "fake"
@@ -102,18 +102,19 @@ def test_a_layout_added_to_the_registry_is_known_to_the_cli_recipes_and_discover
     assert detect_layout({"fake.bin"}).name == "fake"
     assert expected_layouts().startswith("fake.bin, ")
     assert CaseSource("k", "p", "case", "fake", "", (("image", "case/fake.bin"),)).layout == "fake"
-    with pytest.raises(ConfigError, match="expected one of auto, dicom, dicom_seg, fake, multilabel, totalseg, totalseg_ml"):
+    with pytest.raises(ConfigError, match="expected one of auto, ct-rate, dicom, dicom_seg, fake, multilabel, totalseg, totalseg_ml"):
         load_recipe(_recipe_with_layout(tmp_path, "nifti"))
 
 
 def test_get_layout_names_the_known_layouts():
     assert get_layout("multilabel").name == "multilabel"
-    with pytest.raises(ValueError, match=r"layout: found 'nifti', expected one of \('dicom', 'dicom_seg', 'multilabel', 'totalseg', "
-                       r"'totalseg_ml'\)"):
+    with pytest.raises(ValueError, match=r"layout: found 'nifti', expected one of \('ct-rate', 'dicom', 'dicom_seg', 'multilabel', "
+                       r"'totalseg', 'totalseg_ml'\)"):
         get_layout("nifti")
 
 
 def test_the_unknown_layout_message_lists_every_layout():
     assert expected_layouts() == (
+        "CT-RATE volumes (<split>_<patient>_<scan>_<reconstruction>.nii.gz) + label table, "
         "ct/mri/mr volume + segmentations/, ct/mri/mr volume + segmentations.nii.gz (--ml), "
         "image + labels + labels.json, dicom/ + segmentations/, or dicom/ + a DICOM SEG *.dcm")

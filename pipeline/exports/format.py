@@ -10,8 +10,8 @@ style, splits, an empty output folder) before :meth:`ExportFormat.export` runs.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from pipeline.exports.base import ExportResult
 from pipeline.exports.boxes import BoxStyle
@@ -43,6 +43,8 @@ class ExportJob:
         Filled in by the format: files written (rows each) and media written.
     log : callable
         Progress messages.
+    options : mapping of str to str
+        The format's own settings (``--option KEY=VALUE``), only keys of :attr:`ExportFormat.options`.
     """
 
     corpus: Corpus
@@ -54,6 +56,7 @@ class ExportJob:
     captions: bool
     result: ExportResult
     log: Callable[[str], None]
+    options: Mapping[str, str] = field(default_factory=dict)
 
 
 class ExportFormat(ABC):
@@ -73,6 +76,8 @@ class ExportFormat(ABC):
         Corpus kinds it exports.
     captions : bool
         Whether it exports a tree corpus's ``alignment`` captions (``--captions``).
+    options : mapping of str to str
+        Its own settings (``--option KEY=VALUE``) and their defaults; none by default.
     """
 
     name: str
@@ -81,6 +86,7 @@ class ExportFormat(ABC):
     default_boxes: str
     kinds: tuple[str, ...] = KINDS
     captions: bool = False
+    options: Mapping[str, str] = {}
 
     def kind_error(self, corpus_dir: str, kind: str) -> str:
         """The message for a corpus of a kind outside :attr:`kinds`."""

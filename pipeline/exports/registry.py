@@ -6,9 +6,9 @@ instance, and one line in :data:`FORMATS` (its order is the CLI's).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from pipeline.exports import llava, sharegpt, vlmevalkit
+from pipeline.exports import llava, sharegpt, threedrad, vlmevalkit
 from pipeline.exports.base import ExportError, ExportResult, prepare_output
 from pipeline.exports.boxes import box_style, with_pixels
 from pipeline.exports.format import ExportFormat, ExportJob
@@ -20,13 +20,15 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     llava.FORMAT,
     sharegpt.FORMAT,
     vlmevalkit.FORMAT,
+    threedrad.FORMAT,
 )}
 
 
 def export_corpus(corpus_dir: str, output_dir: str, fmt: str, *, splits: Sequence[str] | None = None,
                   boxes: str | None = None, captions: bool = False, name: str | None = None,
                   log: Callable[[str], None] | None = None, min_pixels: int | None = None,
-                  max_pixels: int | None = None) -> ExportResult:
+                  max_pixels: int | None = None,
+                  options: Mapping[str, str] | None = None) -> ExportResult:
     """Export a built corpus to ``fmt``.
 
     Parameters
@@ -53,6 +55,8 @@ def export_corpus(corpus_dir: str, output_dir: str, fmt: str, *, splits: Sequenc
         ``qwen2.5-vl`` boxes: the bounds of the ``smart_resize`` frame (default Qwen2.5-VL's
         processor: 3,136 and 12,845,056); set them to the model's ``min_pixels`` /
         ``max_pixels`` when training with others.
+    options : mapping of str to str, optional
+        The format's own settings (its ``options``; e.g. 3d-rad's ``volume_shape``).
 
     Returns
     -------
@@ -68,20 +72,25 @@ def export_corpus(corpus_dir: str, output_dir: str, fmt: str, *, splits: Sequenc
         without a column) is raised as an ``ExportError`` with its message.
     """
     try:
-        return _export(corpus_dir, output_dir, fmt, splits, boxes, captions, name, log, (min_pixels, max_pixels))
+        return _export(corpus_dir, output_dir, fmt, splits, boxes, captions, name, log,
+                       (min_pixels, max_pixels), options or {})
     except CorpusError as err:
         raise ExportError(str(err)) from err
 
 
 def _export(corpus_dir: str, output_dir: str, fmt: str, splits: Sequence[str] | None, boxes: str | None,
             captions: bool, name: str | None, log: Callable[[str], None] | None,
-            pixels: tuple[int | None, int | None] = (None, None)) -> ExportResult:
+            pixels: tuple[int | None, int | None], options: Mapping[str, str]) -> ExportResult:
     """:func:`export_corpus`, the reader's errors not yet turned into ``ExportError``."""
     log = log or (lambda msg: None)
     export_format = FORMATS.get(fmt)
     if export_format is None:
         raise ExportError(f"format: {fmt!r} is not one of {', '.join(FORMATS)}")
     style = with_pixels(box_style(boxes or export_format.default_boxes), *pixels)
+    unknown = sorted(set(options) - set(export_format.options))
+    if unknown:
+        raise ExportError(f"option: {unknown[0]!r} is not an option of {fmt} "
+                          f"({', '.join(export_format.options) or 'it has none'})")
     corpus = Corpus(corpus_dir)
     manifest = corpus.check_manifest()
     kind = detect_kind(manifest, corpus.configs)
@@ -103,5 +112,6 @@ def _export(corpus_dir: str, output_dir: str, fmt: str, splits: Sequence[str] | 
                           f"{', '.join(available)})")
     prepare_output(output_dir)
     result = ExportResult(fmt, kind, output_dir, None if kind == "volumes" else style.name)
-    export_format.export(ExportJob(corpus, layout, wanted, output_dir, prefix, style, captions, result, log))
+    export_format.export(ExportJob(corpus, layout, wanted, output_dir, prefix, style, captions, result, log,
+                                   dict(options)))
     return result

@@ -29,7 +29,8 @@ from pipeline.inputs.tree import InputTree
 
 @dataclass(frozen=True)
 class CaseSource:
-    """One planned case.  ``source`` and ``files`` are relative to the input root."""
+    """One planned case.  ``source`` and ``files`` are relative to the input root; ``split``
+    is the source's official split when it has one (CT-RATE), else ``""`` (drawn by key)."""
 
     key: str
     patient_key: str
@@ -38,7 +39,8 @@ class CaseSource:
     modality: str
     files: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     study_order: int = 0
-    #: The split ``meta.csv`` gives the case (``""``: none); see :mod:`~pipeline.inputs.meta_table`.
+    #: The official split of the case (``""``: none): ``meta.csv``'s ``split`` column
+    #: (:mod:`~pipeline.inputs.meta_table`) or a CT-RATE file name's prefix.
     split: str = ""
 
     def __post_init__(self) -> None:

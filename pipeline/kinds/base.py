@@ -31,8 +31,8 @@ from pipeline.engine.dead_letters import dead_letter, internal_error
 from pipeline.engine.units import BuildContext, UnitRef, plan_split_shards
 from pipeline.errors import CaseError, ConfigError
 from pipeline.inputs import sample
-from pipeline.inputs.discovery import CaseSource, discover_cases
-from pipeline.inputs.layouts import get_layout
+from pipeline.inputs.discovery import CaseSource, Rejected, discover_cases
+from pipeline.inputs.layouts import ctrate, get_layout
 from pipeline.inputs.meta_table import resolve_splits
 from pipeline.inputs.tree import InputTree
 from pipeline.qa.balance import Rules, apply
@@ -323,8 +323,17 @@ def load_questions(recipe: Recipe, pools_loader=None):
 
 
 def discover_volume_cases(root, key: str, layout: str) -> tuple[list[CaseSource], list[dict]]:
-    """Cases of a volume input folder and its planned rejects (dead-letter records)."""
-    cases, rejected = discover_cases(root, pseudonym_key=key, layout=layout)
+    """Cases of a volume input folder and its planned rejects (dead-letter records).
+
+    A CT-RATE input (``layout`` ``ct-rate``, or ``auto`` and a label table at its root) is
+    discovered as a whole (:func:`pipeline.inputs.layouts.ctrate.discover`), else folder by folder."""
+    tree = root if isinstance(root, InputTree) else InputTree(root)
+    if layout == ctrate.LAYOUT.name or (layout == "auto" and tree.exists() and ctrate.is_root(tree)):
+        found, skipped = ctrate.discover(tree, key)
+        cases = sorted((CaseSource(**c) for c in found), key=lambda c: c.key)
+        rejected = [Rejected(*r) for r in skipped]
+    else:
+        cases, rejected = discover_cases(root, pseudonym_key=key, layout=layout)
     rejects = [{"case_key": keys.pseudonym(key, "case", r.source), "source": r.source,
                 "stage": "discover", "reason": r.reason, "error_type": "CaseError",
                 "message": r.message, "unit": ""} for r in rejected]

@@ -29,8 +29,11 @@ from pipeline.engine.extract import load_case
 from pipeline.engine.units import plan_split_shards
 from pipeline.inputs import sample
 from pipeline.inputs.discovery import CaseSource
+from pipeline.inputs.layouts import ctrate, get_layout
+from pipeline.inputs.sample_ctrate import SAMPLE_VERSION as CTRATE_SAMPLE_VERSION
+from pipeline.inputs.sample_ctrate import write_ctrate_sample
 from pipeline.inputs.tree import InputTree
-from pipeline.kinds.base import Planned, VolumeKind
+from pipeline.kinds.base import Planned, VolumeKind, phantom_input
 from pipeline.qa.audit import partial_counts
 from pipeline.schema.arrow import OOD3D_SCHEMA, QA3D_SCHEMA, VOLUMES_SCHEMA
 from pipeline.schema.records import CaseResult
@@ -81,11 +84,20 @@ class VolumesKind(VolumeKind):
     def write_sample(self, root: str, n_patients: int) -> None:
         sample.write_longitudinal_sample(root, n_patients=n_patients)
 
+    def sample_input(self, output: str, recipe, log) -> str:
+        """The CT-RATE-shaped sample for a ``ct-rate`` recipe, else the longitudinal phantom."""
+        if recipe.section("source").get("layout") != ctrate.LAYOUT.name:
+            return super().sample_input(output, recipe, log)
+        n = int(recipe.section("source").get("sample_patients", self.sample_patients))
+        return phantom_input(output, "sample-ct-rate", f"{sample.SAMPLE_VERSION}:ct-rate-{CTRATE_SAMPLE_VERSION}:{n}", log,
+                             lambda root: write_ctrate_sample(root, n_patients=n))
+
     def discover_stats(self, cases: list[CaseSource]) -> dict:
         return {"patients": len({c.patient_key for c in cases})}
 
     def plan(self, cases, recipe, seed: int, prep: dict) -> Planned:
-        """By patient: all studies of a patient in one unit, ordered by study."""
+        """By patient: all studies of a patient in one unit, ordered by study; an official
+        split (``meta.csv``, or CT-RATE's ``train``/``valid`` prefix) wins over the keyed draw."""
         chosen, _ = self.patient_splits(cases, recipe, seed)
         return plan_split_shards(
             cases, lambda c: chosen[c.patient_key], list(recipe.section("splits")["fractions"]),
@@ -114,7 +126,13 @@ class VolumesKind(VolumeKind):
     def extract_case(self, case: CaseSource, split: str, ctx) -> CaseResult:
         s: VolumeSettings = ctx.settings
         with InputTree(ctx.input_root).local(self.case_paths(case)) as root:
-            volume, masks, digest, notes = load_case(case, root, s.max_voxels)
+            labelled = getattr(get_layout(case.layout), "label_findings", False)
+            if labelled:  # findings from the source's label table, no masks (CT-RATE)
+                loaded = get_layout(case.layout).load(case, root, s.max_voxels)
+                volume, masks, notes = loaded.volume, {}, dict(loaded.notes)
+                digest = keys.digest(*loaded.digests)
+            else:
+                volume, masks, digest, notes = load_case(case, root, s.max_voxels)
         facts = volume_facts(volume, masks, ctx.pools)
         npy, target_spacing, boxes, window = volume_array(
             volume.array, masks, volume.geometry.spacing, s.target_shape, s.window,
@@ -125,7 +143,7 @@ class VolumesKind(VolumeKind):
             "modality": volume.modality, "npy": npy, "shape": list(s.target_shape),
             "original_spacing_mm": [float(x) for x in reversed(volume.geometry.spacing)],
             "target_spacing_mm": target_spacing, "window": window.name, "boxes3d": boxes,
-            **facts,
+            **facts, "labelled_findings": sorted(loaded.findings or ()) if labelled else None,
         }
         return CaseResult({"volumes": [row]}, digest, notes)
 
@@ -230,6 +248,9 @@ def volume_facts(volume, masks, pools) -> dict:
 def volume_record(row: Mapping, findings) -> dict:
     """The facts of one ``volumes`` row as a question-generation record."""
     lesions = list(row["lesions"])
+    labelled = row.get("labelled_findings")
+    if labelled is not None:  # a label table's findings: no mask facts, so no organ, size or density
+        lesions += [label_lesion(f) for f in labelled if f not in {les["label"] for les in lesions}]
     return {
         "volume_id": row["volume_id"], "case_key": row["case_key"],
         "patient_key": row["patient_key"], "split": row["split"],
@@ -239,6 +260,14 @@ def volume_record(row: Mapping, findings) -> dict:
         "findings": list(findings),
         "present": sorted({les["label"] for les in lesions} & set(findings)),
     }
+
+
+def label_lesion(label: str) -> dict:
+    """A finding known only from a label table, as a record's lesion: no organ, size or
+    density, so the computation and observation generators pass it over."""
+    return {"label": label, "organ": "", "voxels": 0, "volume_ml": None, "long_mm": None,
+            "short_mm": None, "axial_k": None, "max_diameter_mm": None, "mean_hu": None,
+            "organ_mean_hu": None, "density": ""}
 
 
 def attach_history(records: list[dict]) -> None:

@@ -164,6 +164,8 @@ VOLUME_FIELDS = [
     ("boxes3d", pa.list_(BOX3D)),
     ("structures", pa.list_(STRUCTURE_FACTS)),
     ("lesions", pa.list_(LESION_FACTS)),
+    # findings present per the source's label table (CT-RATE); null when they come from masks
+    ("labelled_findings", pa.list_(pa.string())),
 ]
 QA3D_FIELDS = [
     ("qa_id", pa.string()),

@@ -9,6 +9,7 @@ totalseg_ml     ``ct|mri|mr.nii.gz`` + ``segmentations.nii.gz`` (TotalSegmentato
 multilabel      ``image.nii.gz`` + ``labels.nii.gz`` + ``labels.json``
 dicom_seg       ``dicom/`` (DICOM files, any names) + DICOM SEG ``*.dcm``
 dicom           ``dicom/`` (DICOM files, any names) + ``segmentations/``
+ct-rate         the whole input: CT-RATE volumes + label table (``ctrate.discover``)
 =============== ============================================================
 
 :data:`LAYOUTS` is in detection order: the first layout whose ``detect`` accepts a folder's
@@ -26,7 +27,7 @@ the whole input, not of a case folder, and is not in this registry.
 
 from __future__ import annotations
 
-from pipeline.inputs.layouts import dicom, dicom_seg, multilabel, totalseg, totalseg_ml
+from pipeline.inputs.layouts import ctrate, dicom, dicom_seg, multilabel, totalseg, totalseg_ml
 from pipeline.inputs.layouts.base import Layout
 
 LAYOUTS: tuple[Layout, ...] = (
@@ -35,6 +36,7 @@ LAYOUTS: tuple[Layout, ...] = (
     multilabel.LAYOUT,
     totalseg_ml.LAYOUT,
     totalseg.LAYOUT,
+    ctrate.LAYOUT,  # a whole-input layout: detect() never accepts a case folder
 )
 
 

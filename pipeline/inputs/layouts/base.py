@@ -44,7 +44,9 @@ class LoadedCase:
     ``masks``: ``{structure name: bool array}`` on the volume's canonical grid;
     ``digests``: sha256 digests of the image and mask contents, in reading order;
     ``notes``: what the readers left out or assumed (``{note: [...]}``);
-    ``masks_path``: the file or folder the masks came from (relative), for messages.
+    ``masks_path``: the file or folder the masks came from (relative), for messages;
+    ``findings``: the labels present per the source's label table, for layouts whose
+    findings come from a table rather than masks (CT-RATE), else ``None``.
     """
 
     volume: Volume
@@ -52,6 +54,7 @@ class LoadedCase:
     digests: tuple[str, ...]
     masks_path: str
     notes: dict = field(default_factory=dict)
+    findings: tuple[str, ...] | None = None
 
 
 class Layout(Protocol):
