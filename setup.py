@@ -63,6 +63,8 @@ setup(
     extras_require={
         "test": [
             "pytest>=8", "datasets>=3.0", "pandas>=2.0", "pydicom-data", "ruff",
+            # NIfTI written as TotalSegmentator writes it (tests/test_masks.py, bench/)
+            "nibabel>=5.0",
             # tests/test_packaging.py: build the --setup_file sdist as Beam's stager does
             # (python -m build --no-isolation) and pip-install it offline (bdist_wheel);
             # Python >= 3.12 virtualenvs come without setuptools
