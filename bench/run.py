@@ -21,10 +21,17 @@ Sections (each module's docstring says exactly what it times and how):
     is its own): ``--images`` images -> 10x as many QA rows at 2 workers.  Targets:
     < 5 minutes, peak RSS < 4 GiB; ratio to a plain loop on ``--loop-images``.  The build
     is stopped after ``--deadline`` seconds (then reported as a miss, with its progress).
+``totalseg`` (:mod:`bench.totalseg`): generated TotalSegmentator CT cases at the release's
+    geometry (1.5 mm, 256 x 256 x 330, 117 mask files) and at original resolution (0.8 mm,
+    512 x 512 x 600): CPU per case (load + extract) against the CPU to read its files with
+    SimpleITK (target <= 1.5x), peak RSS of a one-worker ``radvqa build`` (<= 1 GiB at
+    1.5 mm, <= 3 GiB at 0.8 mm), and the extrapolated hours for the 1,228 release cases
+    on 2 cores (goal < 1 h).  ``--totalseg 1.5mm`` skips the 0.8 mm half.
 
 Inputs are generated once and cached under ``.cache/bench/`` (their generation times
 are reported when they are written).  Usage: ``python bench/run.py [--patients 80]
-[--images 750000] [--loop-images 50000] [--deadline 450] [--only SECTION,…] [--out PATH]``.
+[--images 750000] [--loop-images 50000] [--deadline 450] [--totalseg 1.5mm,0.8mm]
+[--only SECTION,…] [--out PATH]``.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ from bench.harness import (  # noqa: E402 — after the path set-up above
     worker_output_to,
 )
 
-SECTIONS = ("stages", "memory", "regenerate", "radimagenet")
+SECTIONS = ("stages", "memory", "regenerate", "radimagenet", "totalseg")
 GIB = 2**30
 
 
@@ -160,6 +167,12 @@ def run_radimagenet(images: int, loop_images: int, deadline: float, work: Path) 
                            f"results so far: {res}")
     res.pop("machine", None)
     return res
+
+
+def run_totalseg(geometries: list[str], work: Path) -> dict:
+    from bench import totalseg
+
+    return totalseg.measure(work, log, geometries)
 
 
 # ------------------------------------------------------------------------------ table
@@ -272,6 +285,12 @@ def radimagenet_rows(res: dict) -> list[dict]:
     return rows
 
 
+def totalseg_rows(res: dict) -> list[dict]:
+    from bench import totalseg
+
+    return totalseg.rows(res, _row)
+
+
 def print_table(rows: list[dict]) -> None:
     widths = [max(len(str(r[k])) for r in rows) for k in ("measure", "target", "measured")]
     head = ("measure", "target", "measured")
@@ -299,6 +318,8 @@ def main(argv=None) -> int:
     ap.add_argument("--deadline", type=float, default=450,
                     help="stop the RadImageNet build after this many seconds (0: never); "
                          "keeps make bench within 15 minutes when the build is slow")
+    ap.add_argument("--totalseg", default="1.5mm,0.8mm",
+                    help="geometries of the totalseg section (1.5mm, 0.8mm)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"sections, of {SECTIONS}")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     args = ap.parse_args(argv)
@@ -323,6 +344,8 @@ def main(argv=None) -> int:
         "regenerate": (lambda: run_regenerate(work), regenerate_rows),
         "radimagenet": (lambda: run_radimagenet(args.images, args.loop_images, args.deadline,
                                                 work), radimagenet_rows),
+        "totalseg": (lambda: run_totalseg([g.strip() for g in args.totalseg.split(",")
+                                           if g.strip()], work), totalseg_rows),
     }
     try:
         for name in wanted:

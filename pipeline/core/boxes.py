@@ -11,6 +11,9 @@ Conventions:
 * Laterality is the *patient's* side, from patient coordinates only: the
   position of the structure relative to the body midline (centre of the
   body's left-right extent at the structure's level).  Names are never read.
+* Masks come as cropped :class:`~pipeline.core.masks.Mask` records (whole boolean volumes
+  are accepted and cropped first); every box, count and centroid is the one the whole
+  volume gives.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipeline.core.geometry import Geometry
-from pipeline.core.slices import display_slice, display_spacing, display_to_index
+from pipeline.core.masks import Mask, as_mask
+from pipeline.core.slices import display_crop, display_spacing, display_to_index
 
 #: A structure whose centroid lies this close to the midline is ``midline``.
 MIDLINE_MARGIN_MM = 10.0
@@ -56,6 +60,7 @@ def count_components(mask: np.ndarray, *, fully_connected: bool = True) -> int:
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     f = sitk.ConnectedComponentImageFilter()
     f.SetFullyConnected(fully_connected)
+    f.SetNumberOfThreads(1)  # masks are cropped: ITK's thread pool costs more than it saves
     f.Execute(image)
     return int(f.GetObjectCount())
 
@@ -109,7 +114,7 @@ def laterality(
 
 
 def slice_boxes(
-    masks: Mapping[str, np.ndarray],
+    masks: Mapping[str, Mask | np.ndarray],
     plane: str,
     index: int,
     geometry: Geometry,
@@ -125,11 +130,14 @@ def slice_boxes(
     si = geometry.spacing[0]
     out = []
     for label in sorted(masks):
-        m = display_slice(masks[label], plane, index)
-        if not m.any():
+        found = display_crop(as_mask(masks[label]), plane, index)
+        if found is None or not found[0].any():
             continue
-        x_min, y_min, x_max, y_max = mask_box(m)
+        m, x0, y0 = found
+        bx0, by0, bx1, by1 = mask_box(m)
+        x_min, y_min, x_max, y_max = bx0 + x0, by0 + y0, bx1 + x0, by1 + y0
         ys, xs = np.nonzero(m)
+        xs, ys = xs + x0, ys + y0
         cx, cy = float(xs.mean()), float(ys.mean())
         ijk = display_to_index(plane, index, cx, cy, geometry.shape)
         k_level = int(np.clip(round(float(ijk[2])), 0, geometry.shape[2] - 1))
@@ -159,17 +167,18 @@ def slice_boxes(
 
 
 def structure_stats(
-    label: str, mask: np.ndarray, geometry: Geometry, midline: np.ndarray
+    label: str, mask: Mask | np.ndarray, geometry: Geometry, midline: np.ndarray
 ) -> dict | None:
     """Volume-level statistics of one structure; ``None`` for an empty mask.
 
     ``box3d`` (canonical voxels, exclusive maxima), ``voxels``, ``volume_ml``,
     ``centroid_lps`` (mm), ``components`` (26-connected), ``laterality``.
     """
-    box = mask_box(mask)
+    mask = as_mask(mask)
+    box = mask.box
     if box is None:
         return None
-    idx = np.argwhere(mask)
+    idx = mask.indices()
     centroid = idx.mean(axis=0)
     k_level = int(np.clip(round(float(centroid[2])), 0, geometry.shape[2] - 1))
     voxels = int(idx.shape[0])
@@ -179,7 +188,7 @@ def structure_stats(
         "voxels": voxels,
         "volume_ml": round(voxels * geometry.voxel_volume_mm3 / 1000.0, 6),
         "centroid_lps": [round(float(v), 4) for v in geometry.index_to_lps(centroid)],
-        "components": count_components(mask),
+        "components": count_components(mask.crop),
         "laterality": laterality(
             float(box[0]), float(box[3]), float(centroid[0]), float(midline[k_level]),
             geometry.spacing[0],

@@ -80,8 +80,8 @@ def axis_permutation(direction, tol: float = AXIS_TOLERANCE) -> tuple[list[int],
         patient axis (found matrix in the message).
     """
     d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
-    rounded = np.array2string(d, precision=4, separator=", ").replace("\n", "")
     if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+        rounded = np.array2string(d, precision=4, separator=", ").replace("\n", "")
         raise CaseError(
             "read", "geometry.non_orthogonal",
             f"direction: columns are not orthonormal: found {rounded}, expected an "
@@ -93,6 +93,7 @@ def axis_permutation(direction, tol: float = AXIS_TOLERANCE) -> tuple[list[int],
         a = int(np.argmax(np.abs(d[:, c])))
         off = np.delete(np.abs(d[:, c]), a)
         if off.max() > tol or source_axis[a] != -1:
+            rounded = np.array2string(d, precision=4, separator=", ").replace("\n", "")
             raise CaseError(
                 "read", "geometry.oblique",
                 f"direction: axis {c} is oblique: found {rounded}, expected a signed "
@@ -103,19 +104,14 @@ def axis_permutation(direction, tol: float = AXIS_TOLERANCE) -> tuple[list[int],
     return source_axis, flipped
 
 
-def canonicalise(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
-    """Reorder ``array`` (``[i, j, k]`` in ``geometry``) to the canonical orientation.
+def canonical_grid(geometry: Geometry) -> tuple[list[int], list[bool], Geometry]:
+    """How ``geometry`` maps to the canonical orientation, without touching a voxel.
 
-    Only transposes and flips: voxel values are never interpolated.  The
-    result is C-contiguous.
+    Returns ``(source_axis, flipped, canonical geometry)`` (see :func:`axis_permutation`);
+    :func:`canonical_view` applies the first two to an array, :func:`canonical_offset`
+    to a box.
     """
-    if array.shape != tuple(geometry.shape):
-        raise ValueError(f"array shape {array.shape} != geometry shape {geometry.shape}")
     source_axis, flipped = axis_permutation(geometry.direction)
-    out = np.transpose(array, source_axis)
-    flips = tuple(a for a in range(3) if flipped[a])
-    if flips:
-        out = np.flip(out, axis=flips)
     # The new voxel (0, 0, 0) is the source voxel at the far end of each flipped axis.
     first = [0, 0, 0]
     for a in range(3):
@@ -123,11 +119,46 @@ def canonicalise(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geo
             first[source_axis[a]] = geometry.shape[source_axis[a]] - 1
     origin = geometry.index_to_lps(first)
     canon = Geometry(
-        shape=tuple(int(n) for n in out.shape),
+        shape=tuple(int(geometry.shape[source_axis[a]]) for a in range(3)),
         spacing=tuple(float(np.float32(geometry.spacing[source_axis[a]])) for a in range(3)),
         origin=tuple(round(float(x), 4) + 0.0 for x in origin),
     )
-    return np.ascontiguousarray(out), canon
+    return source_axis, flipped, canon
+
+
+def canonical_view(array: np.ndarray, source_axis, flipped) -> np.ndarray:
+    """``array`` (``[i, j, k]`` in its source grid) reordered to the canonical orientation
+    as a *view*: a transpose and reversed strides, no voxel copied."""
+    out = np.transpose(array, source_axis)
+    flips = tuple(a for a in range(3) if flipped[a])
+    return np.flip(out, axis=flips) if flips else out
+
+
+def canonical_offset(lo, hi, shape, source_axis, flipped) -> tuple[int, int, int]:
+    """Canonical index of the first voxel of the source box ``[lo, hi)`` (source
+    ``[i, j, k]`` of a grid of ``shape``): where its canonical view starts."""
+    out = []
+    for a in range(3):
+        s = source_axis[a]
+        out.append(int(shape[s] - hi[s]) if flipped[a] else int(lo[s]))
+    return tuple(out)
+
+
+def canonicalise(
+    array: np.ndarray, geometry: Geometry, *, dtype=None
+) -> tuple[np.ndarray, Geometry]:
+    """Reorder ``array`` (``[i, j, k]`` in ``geometry``) to the canonical orientation.
+
+    Only transposes and flips: voxel values are never interpolated.  The result is
+    C-contiguous, made in one pass (converted to ``dtype`` on the way when given; no copy
+    when ``array`` already is canonical, contiguous and of that type);
+    :func:`canonical_view` gives the same voxels without copying them.
+    """
+    if array.shape != tuple(geometry.shape):
+        raise ValueError(f"array shape {array.shape} != geometry shape {geometry.shape}")
+    source_axis, flipped, canon = canonical_grid(geometry)
+    view = canonical_view(array, source_axis, flipped)
+    return np.ascontiguousarray(view, dtype=dtype), canon
 
 
 def geometry_mismatches(

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from pipeline.core.masks import Mask
+
 PLANES = ("axial", "coronal", "sagittal")
 PLANE_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
 
@@ -94,6 +96,27 @@ def display_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
     raise ValueError(f"plane must be one of {PLANES}, got {plane!r}")
 
 
+def display_crop(mask: Mask, plane: str, index: int) -> tuple[np.ndarray, int, int] | None:
+    """The part of slice ``index`` of ``plane`` that a cropped mask covers, in display
+    orientation: ``(pixels, x0, y0)`` with ``pixels[y, x]`` at display pixel ``(x0 + x,
+    y0 + y)`` of :func:`display_slice` of the whole mask; ``None`` when the slice misses the
+    mask's box.  Every pixel of the slice outside ``pixels`` is outside the mask."""
+    axis = PLANE_AXIS[plane]
+    if not mask.any():
+        return None
+    local = index - mask.offset[axis]
+    if not 0 <= local < mask.crop.shape[axis]:
+        return None
+    (i0, j0, k0), nk = mask.offset, mask.crop.shape[2]
+    bottom = mask.shape[2] - (k0 + nk)  # display rows run from superior (k = n - 1) down
+    pixels = display_slice(mask.crop, plane, local)
+    if plane == "axial":
+        return pixels, i0, j0
+    if plane == "coronal":
+        return pixels, i0, bottom
+    return pixels, j0, bottom
+
+
 def display_spacing(spacing: Sequence[float], plane: str) -> tuple[float, float]:
     """``(dx, dy)``: mm per pixel along the displayed columns and rows."""
     si, sj, sk = (float(s) for s in spacing)
@@ -118,15 +141,22 @@ def display_to_index(plane: str, index: int, x, y, shape: Sequence[int]) -> np.n
     raise ValueError(f"plane must be one of {PLANES}, got {plane!r}")
 
 
-def structure_areas(mask: np.ndarray, plane: str) -> np.ndarray:
-    """Pixel count of ``mask`` on every slice of ``plane`` (length = slices)."""
+def structure_areas(mask: np.ndarray | Mask, plane: str) -> np.ndarray:
+    """Pixel count of ``mask`` (a whole boolean volume or a cropped :class:`Mask`) on every
+    slice of ``plane`` (length = slices)."""
     axis = PLANE_AXIS[plane]
     other = tuple(a for a in range(3) if a != axis)
-    return mask.sum(axis=other, dtype=np.int64)
+    if not isinstance(mask, Mask):
+        return mask.sum(axis=other, dtype=np.int64)
+    out = np.zeros(mask.shape[axis], dtype=np.int64)
+    if mask.any():
+        start = mask.offset[axis]
+        out[start:start + mask.crop.shape[axis]] = mask.crop.sum(axis=other, dtype=np.int64)
+    return out
 
 
 def select_slices(
-    masks: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray | Mask],
     plane: str,
     *,
     min_area_px: int = 1,

@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from pipeline.core.geometry import Geometry
+from pipeline.core.masks import Mask, as_mask
 
 DENSITY_MARGIN_HU = 10.0
 TEMPORAL_CLASSES = ("Refractory", "Resolved", "New", "No abnormality")
@@ -49,18 +50,22 @@ def _directions(ndim: int, n: int) -> np.ndarray:
     return np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], axis=1)
 
 
-def corner_points(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+def corner_points(mask: np.ndarray, spacing: Sequence[float], offset=None) -> np.ndarray:
     """Millimetre coordinates of the corners of the boundary voxels of ``mask`` (deduplicated).
 
     Interior voxels cannot realise a diameter, so only voxels with a face-neighbour
-    outside the mask contribute.
+    outside the mask contribute.  ``offset``: the grid index of ``mask[0, …]`` when
+    ``mask`` is a crop holding every voxel of the structure.
     """
     padded = np.pad(mask, 1)
     interior = padded.copy()
     for axis in range(mask.ndim):
         interior &= np.roll(padded, 1, axis) & np.roll(padded, -1, axis)
     boundary = mask & ~interior[tuple(slice(1, -1) for _ in range(mask.ndim))]
-    idx = np.argwhere(boundary).astype(np.float64)
+    idx = np.argwhere(boundary)
+    if offset is not None:
+        idx = idx + np.asarray(offset, dtype=np.int64)
+    idx = idx.astype(np.float64)
     offsets = np.array(list(itertools.product([-0.5, 0.5], repeat=mask.ndim)))
     pts = (idx[:, None, :] + offsets[None, :, :]).reshape(-1, mask.ndim)
     return np.unique(pts, axis=0) * np.asarray(spacing, dtype=np.float64)
@@ -85,19 +90,22 @@ def max_feret(points: np.ndarray, n_directions: int = 720) -> tuple[float, np.nd
     return length, (c[b] - c[a]) / length if length else dirs[0]
 
 
-def axial_size(mask: np.ndarray, spacing: Sequence[float]) -> tuple[float, float, int]:
+def axial_size(mask: np.ndarray | Mask, spacing: Sequence[float]) -> tuple[float, float, int]:
     """``(long axis mm, perpendicular mm, axial slice k)`` on the largest axial section."""
-    areas = mask.sum(axis=(0, 1))
-    k = int(np.argmax(areas))  # ties: the lowest k
-    pts = corner_points(mask[:, :, k], spacing[:2])
+    mask = as_mask(mask)
+    areas = mask.crop.sum(axis=(0, 1))
+    local = int(np.argmax(areas))  # ties: the lowest k
+    k = mask.offset[2] + local
+    pts = corner_points(mask.crop[:, :, local], spacing[:2], mask.offset[:2])
     long_axis, direction = max_feret(pts)
     perp = np.array([-direction[1], direction[0]])
     proj = pts @ perp
     return long_axis, float(proj.max() - proj.min()), k
 
 
-def max_diameter(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    return max_feret(corner_points(mask, spacing), n_directions=400)[0]
+def max_diameter(mask: np.ndarray | Mask, spacing: Sequence[float]) -> float:
+    mask = as_mask(mask)
+    return max_feret(corner_points(mask.crop, spacing, mask.offset), n_directions=400)[0]
 
 
 def density(lesion_hu: float, organ_hu: float, margin: float = DENSITY_MARGIN_HU) -> str:
@@ -123,19 +131,23 @@ def temporal_label(sequence: Sequence[int]) -> str:
 
 
 def lesion_facts(
-    label: str, lesion: np.ndarray, image: np.ndarray, masks: Mapping[str, np.ndarray],
-    geometry: Geometry, organs: Sequence[str],
+    label: str, lesion: np.ndarray | Mask, image: np.ndarray,
+    masks: Mapping[str, np.ndarray | Mask], geometry: Geometry, organs: Sequence[str],
 ) -> dict:
-    """Facts about one lesion: host organ (largest overlap), size, diameter, HU, density."""
-    overlap = {o: int(np.count_nonzero(lesion & masks[o])) for o in organs if o in masks and o != label}
+    """Facts about one lesion: host organ (largest overlap), size, diameter, HU, density.
+    Masks cropped (:class:`~pipeline.core.masks.Mask`) or whole boolean volumes."""
+    lesion = as_mask(lesion)
+    masks = {o: as_mask(masks[o]) for o in organs if o in masks and o != label}
+    overlap = {o: lesion.overlap(m) for o, m in masks.items()}
     host = max(sorted(overlap), key=lambda o: overlap[o]) if overlap and max(overlap.values()) else ""
     long_axis, short_axis, k = axial_size(lesion, geometry.spacing)
-    mean_hu = float(image[lesion].mean())
+    mean_hu = float(lesion.values(image).mean())
+    voxels = lesion.voxels()
     facts = {
         "label": label,
         "organ": host,
-        "voxels": int(lesion.sum()),
-        "volume_ml": round(int(lesion.sum()) * geometry.voxel_volume_mm3 / 1000.0, 6),
+        "voxels": voxels,
+        "volume_ml": round(voxels * geometry.voxel_volume_mm3 / 1000.0, 6),
         "long_mm": round(long_axis, 4),
         "short_mm": round(short_axis, 4),
         "axial_k": k,
@@ -145,9 +157,10 @@ def lesion_facts(
         "density": "",
     }
     if host:
-        organ_only = masks[host] & ~lesion
+        organ = masks[host]
+        organ_only = organ.crop & ~lesion.within(organ.slices)
         if organ_only.any():
-            organ_hu = float(image[organ_only].mean())
+            organ_hu = float(image[organ.slices][organ_only].mean())
             facts["organ_mean_hu"] = round(organ_hu, 3)
             facts["density"] = density(mean_hu, organ_hu)
     return facts

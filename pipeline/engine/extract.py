@@ -17,6 +17,7 @@ from pipeline.core import keys
 from pipeline.core.boxes import body_midline, slice_boxes, structure_stats
 from pipeline.core.geometry import Geometry
 from pipeline.core.imaging import draw_boxes, encode_png
+from pipeline.core.masks import Mask, as_mask
 from pipeline.core.slices import (
     PLANES,
     Window,
@@ -93,13 +94,16 @@ class CaseResult:
     notes: dict = field(default_factory=dict)
 
 
-def load_case(case: CaseSource, root: str, max_voxels: int) -> tuple[Volume, dict, str, dict]:
+def load_case(
+    case: CaseSource, root: str, max_voxels: int
+) -> tuple[Volume, dict[str, Mask], str, dict]:
     """Read the volume and masks of ``case`` through its layout
     (:mod:`pipeline.inputs.layouts`); returns ``(volume, masks, input digest, notes)`` with
-    empty masks dropped (and noted)."""
+    the masks as cropped :class:`~pipeline.core.masks.Mask` records (a layout handing whole
+    boolean volumes has them cropped here) and empty masks dropped (and noted)."""
     loaded = get_layout(case.layout).load(case, root, max_voxels)
     notes = dict(loaded.notes)  # files skipped, series ignored, transfer syntaxes inferred, …
-    masks = loaded.masks
+    masks = {n: as_mask(m) for n, m in loaded.masks.items()}
     empty = sorted(n for n, m in masks.items() if not m.any())
     if empty:
         notes["empty_masks"] = empty
@@ -117,15 +121,18 @@ def extract_case(
     case: CaseSource,
     split: str,
     volume: Volume,
-    masks: Mapping[str, np.ndarray],
+    masks: Mapping[str, Mask | np.ndarray],
     settings: SliceSettings,
 ) -> tuple[list[dict], list[dict]]:
-    """Image rows and structure rows of one loaded case (see module docstring)."""
+    """Image rows and structure rows of one loaded case (see module docstring); masks
+    cropped (:class:`~pipeline.core.masks.Mask`) or whole boolean volumes."""
     array, geometry = volume.array, volume.geometry
+    masks = {n: as_mask(m) for n, m in masks.items()}
     if settings.resample_mm:
         array = resample(array, geometry.spacing, settings.resample_mm, nearest=False)
-        masks = {
-            n: resample(m, geometry.spacing, settings.resample_mm, nearest=True)
+        masks = {  # one whole volume at a time, cropped again at once
+            n: Mask.from_array(resample(m.dense(), geometry.spacing, settings.resample_mm,
+                                        nearest=True))
             for n, m in masks.items()
         }
         spacing = tuple(

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from pipeline.core import keys
 from pipeline.core.boxes import mask_box
+from pipeline.core.masks import as_mask
 from pipeline.core.slices import apply_window, ct_window, mr_window, resample
 from pipeline.core.volume_facts import lesion_facts
 from pipeline.engine import ood
@@ -220,7 +221,8 @@ def volume_array(image: np.ndarray, masks: Mapping[str, np.ndarray], spacing, ta
     arr = np.ascontiguousarray(np.transpose(scaled, (2, 1, 0))).astype(dtype)
     boxes = []
     for label in sorted(masks):
-        m = resample(masks[label], spacing, target, nearest=True)[:ti, :tj, :tk]
+        whole = as_mask(masks[label]).dense()  # one whole volume at a time
+        m = resample(whole, spacing, target, nearest=True)[:ti, :tj, :tk]
         box = mask_box(m)
         if box is not None:
             i0, j0, k0, i1, j1, k1 = box
@@ -233,11 +235,12 @@ def volume_array(image: np.ndarray, masks: Mapping[str, np.ndarray], spacing, ta
 def volume_facts(volume, masks, pools) -> dict:
     """Structure and lesion facts of one volume (small; no pixels)."""
     image, geometry = volume.array, volume.geometry
+    masks = {label: as_mask(m) for label, m in masks.items()}
     organs = [label for label in sorted(masks) if not pools.is_lesion(label)]
     structures = [
         {"label": label,
-         "volume_ml": round(int(masks[label].sum()) * geometry.voxel_volume_mm3 / 1000.0, 6),
-         "mean_hu": round(float(image[masks[label]].mean()), 3)}
+         "volume_ml": round(masks[label].voxels() * geometry.voxel_volume_mm3 / 1000.0, 6),
+         "mean_hu": round(float(masks[label].values(image).mean()), 3)}
         for label in organs
     ]
     lesions = [lesion_facts(label, masks[label], image, masks, geometry, organs)

@@ -24,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.core.masks import Mask
 from pipeline.errors import CaseError
 from pipeline.inputs.readers import (
     VOLUME_SUFFIXES,
@@ -41,7 +42,9 @@ from pipeline.inputs.tree import InputTree
 class LoadedCase:
     """A case as its layout reads it, before empty masks are dropped.
 
-    ``masks``: ``{structure name: bool array}`` on the volume's canonical grid;
+    ``masks``: ``{structure name: Mask}`` on the volume's canonical grid, each cropped to
+    its extent (:class:`~pipeline.core.masks.Mask`; a whole boolean volume is accepted too
+    and cropped by :func:`~pipeline.engine.extract.load_case`, at the cost of holding it);
     ``digests``: sha256 digests of the image and mask contents, in reading order;
     ``notes``: what the readers left out or assumed (``{note: [...]}``);
     ``masks_path``: the file or folder the masks came from (relative), for messages;
@@ -50,7 +53,7 @@ class LoadedCase:
     """
 
     volume: Volume
-    masks: dict[str, np.ndarray]
+    masks: dict[str, Mask | np.ndarray]
     digests: tuple[str, ...]
     masks_path: str
     notes: dict = field(default_factory=dict)
@@ -143,10 +146,12 @@ def read_image(case, root: str, max_voxels: int) -> Volume:
     return reader_for(files).read(files, modality=case.modality or "CT", max_voxels=max_voxels)
 
 
-def read_segmentations(case, root: str, volume: Volume) -> tuple[dict[str, np.ndarray], list[str]]:
+def read_segmentations(case, root: str, volume: Volume) -> tuple[dict[str, Mask], list[str]]:
     """``({structure: mask}, digests)`` of the case's ``segmentations/`` folder, one mask per
-    file, each read by the mask reader the registry picks and checked against the image grid."""
-    masks: dict[str, np.ndarray] = {}
+    file, each read by the mask reader the registry picks and checked against the image grid
+    (held cropped to its extent: 117 files of a TotalSegmentator case, most of them empty,
+    cost their reading and one scan each)."""
+    masks: dict[str, Mask] = {}
     digests: list[str] = []
     for name, full, mrel in iter_mask_files(root, case.file("segmentations")):
         mask, digest = mask_reader_for(full, mrel).read_mask(full, mrel, volume.geometry)

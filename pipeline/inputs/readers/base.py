@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.core.geometry import DRIFT_MAX_SHIFT_VOXELS, Geometry
+from pipeline.core.masks import Mask
 from pipeline.errors import CaseError
 
 #: File names the ITK reader takes (compared in lower case).
@@ -96,7 +97,9 @@ class MaskReader(Protocol):
     """One format of segmentations: binary masks and label maps on an image's grid.
 
     A separate interface from :class:`Reader` because a mask is read against an image
-    (its grid must match the image's) and yields boolean arrays, not a :class:`Volume`;
+    (its grid must match the image's) and yields :class:`~pipeline.core.masks.Mask` records
+    (boolean voxels cropped to their extent, on the image's canonical grid), not a
+    :class:`Volume`;
     a format that holds both images and masks (NIfTI, NRRD, MHA) implements both.
     Errors are :class:`CaseError` naming the file, as for :class:`Reader`.
     """
@@ -110,13 +113,15 @@ class MaskReader(Protocol):
         """Whether the file ``rel`` (absolute ``path``) is this reader's format (by name)."""
         ...
 
-    def read_mask(self, path: str, rel: str, image: Geometry) -> tuple[np.ndarray, str]:
-        """A binary mask on ``image``'s canonical grid: ``(bool array, sha256 of the file)``."""
+    def read_mask(self, path: str, rel: str, image: Geometry) -> tuple[Mask, str]:
+        """A binary mask on ``image``'s canonical grid: ``(Mask, sha256 of the file)``.
+        An empty mask should cost a header read and one scan of its voxels, never a
+        reoriented copy of them."""
         ...
 
     def read_label_map(self, path: str, rel: str, image: Geometry,
-                       labels: dict[int, str]) -> tuple[dict[str, np.ndarray], str]:
-        """A label map on ``image``'s grid split into ``{name: bool array}`` by ``labels``,
+                       labels: dict[int, str]) -> tuple[dict[str, Mask], str]:
+        """A label map on ``image``'s grid split into ``{name: Mask}`` by ``labels``,
         and the sha256 of the file."""
         ...
 

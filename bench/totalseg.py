@@ -1,0 +1,197 @@
+"""TotalSegmentator CT at the release's size: CPU per case against reading its files, and
+a one-worker build's peak memory.  Never run as a test.
+
+Inputs (:mod:`bench.totalseg_cases`, cached under ``.cache/bench/totalseg-<geometry>-<n>``):
+generated cases written as the public release writes them — ``ct.nii.gz`` (int16) and 117
+``uint8`` mask files, 22 of them non-empty — at ``1.5mm`` (256 x 256 x 330, the release's
+resampling) and ``0.8mm`` (512 x 512 x 600, an original-resolution scan).
+
+Per case, in this process (CPU seconds, ``time.process_time``: the machine is shared, and
+CPU time, unlike wall time, is not stretched by the other tenants' work):
+
+* ``read``: every file of the case read with the reader the pipeline uses (SimpleITK
+  ``ReadImage`` + a view of its buffer), nothing else: the floor;
+* ``load``: :func:`pipeline.engine.extract.load_case` (headers checked, image reoriented to
+  float32, every mask scanned, the non-empty ones cropped and reoriented);
+* ``extract``: :func:`pipeline.engine.extract.extract_case` with the recipe's settings
+  (slices chosen, windowed, boxes derived, PNGs encoded — ``radvuqa``: 3 planes x up to 24
+  slices x 3 windows, each also with its boxes drawn).
+
+Target: (``load`` + ``extract``) / ``read`` <= 1.5; ``load`` / ``read`` is reported beside it.
+Each case's files are read once before timing (the page cache then holds them for all three).
+
+The build: ``radvqa build --recipe radvuqa`` of all the cases at one worker (FnApiRunner
+``in_memory``) in a child process: peak summed RSS of its process tree (sampled every 50 ms
+from ``/proc``, :class:`bench.harness.PeakRSS`) and its CPU seconds (``getrusage`` of the
+reaped child: launcher, extraction, questions, OOD images, report).  Targets: peak RSS
+<= 1 GiB at 1.5 mm, <= 3 GiB at 0.8 mm.  The 0.8 mm build runs a copy of the recipe with
+``slices.max_voxels`` raised to 200 M (the default 64 M refuses such a scan, on purpose).
+
+Extrapolation to the public CT release (1,228 cases) on 2 cores: ``1228 x c / 2`` for ``c``
+the build's CPU seconds per case (its fixed costs — start-up, launcher, report — spread over
+the few cases built, so an overestimate) and, as the lower bound, ``c`` = ``load`` +
+``extract`` of the in-process loop.  Both assume the two cores are fully used; the
+``stages`` section measures what two processes really get on this machine.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import SimpleITK as sitk
+import yaml
+
+from bench.harness import RUNNERS, cached_dir, run_cli, source_digest
+from bench.totalseg_cases import CASES_VERSION, write_cases
+
+RELEASE_CASES = 1228
+#: geometry → cases generated and built.
+CASES = {"1.5mm": 4, "0.8mm": 1}
+TARGET_RATIO = 1.5
+TARGET_RSS = {"1.5mm": 1.0, "0.8mm": 3.0}  # GiB
+
+
+def cases(geometry: str, n: int) -> tuple[Path, float | None]:
+    stamp = (f"{CASES_VERSION}:{geometry}:{n}:"
+             f"{source_digest('bench/totalseg_cases.py', 'distractor_pools/totalsegmentator_classes.yaml')}")
+    return cached_dir(f"totalseg-{geometry}-{n}", stamp,
+                      lambda p: write_cases(p, geometry, n))
+
+
+def case_files(root: Path, case) -> list[str]:
+    seg = root / case.file("segmentations")
+    return [str(root / case.file("image"))] + sorted(glob.glob(str(seg / "*.nii.gz")))
+
+
+def read_cpu(files: list[str]) -> float:
+    """CPU seconds to read ``files`` with SimpleITK and look at their voxels (a view)."""
+    t0 = time.process_time()
+    for f in files:
+        image = sitk.ReadImage(f)
+        sitk.GetArrayViewFromImage(image)
+        del image
+    return time.process_time() - t0
+
+
+def per_case(root: Path, recipe: str, max_voxels: int | None, log) -> list[dict]:
+    from pipeline.config.recipes import load_recipe
+    from pipeline.engine.extract import SliceSettings, extract_case, load_case
+    from pipeline.inputs.discovery import discover_cases
+
+    settings = SliceSettings.from_recipe(load_recipe(recipe).section("slices"))
+    found, rejected = discover_cases(str(root), pseudonym_key="bench")
+    if rejected:
+        raise RuntimeError(f"generated cases rejected: {rejected}")
+    out = []
+    for case in sorted(found, key=lambda c: c.source):
+        files = case_files(root, case)
+        for f in files:  # into the page cache, untimed
+            Path(f).read_bytes()
+        read = read_cpu(files)
+        t0 = time.process_time()
+        volume, masks, _, notes = load_case(case, str(root), max_voxels or settings.max_voxels)
+        load = time.process_time() - t0
+        t0 = time.process_time()
+        images, structures = extract_case(case, "train", volume, masks, settings)
+        extract = time.process_time() - t0
+        row = {"case": case.source, "files": len(files), "shape": list(volume.geometry.shape),
+               "non_empty_masks": len(masks), "empty_masks": len(notes.get("empty_masks", [])),
+               "images": len(images), "read_cpu_s": round(read, 3), "load_cpu_s": round(load, 3),
+               "extract_cpu_s": round(extract, 3),
+               "ratio": round((load + extract) / read, 3), "load_ratio": round(load / read, 3)}
+        log(f"    {case.source}: read {read:.2f} s, load {load:.2f} s, extract {extract:.2f} s "
+            f"CPU -> {row['ratio']:.2f}x")
+        out.append(row)
+        del volume, masks
+    return out
+
+
+def recipe_for(geometry: str, work: Path) -> str:
+    """``radvuqa``, or at 0.8 mm a copy of it that accepts 200 M voxels."""
+    if geometry == "1.5mm":
+        return "radvuqa"
+    from pipeline.config.resources import resource_dir
+
+    data = yaml.safe_load((resource_dir("recipes") / "radvuqa.yaml").read_text())
+    data["slices"]["max_voxels"] = 200_000_000
+    path = work / "radvuqa-0.8mm.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def build(root: Path, recipe: str, output: Path, log_file: Path) -> dict:
+    """``radvqa build`` at one worker in a child process: wall s, CPU s, peak RSS."""
+    shutil.rmtree(output, ignore_errors=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds, peak, code = run_cli(["build", "--recipe", recipe, "--input", str(root),
+                                   "--output", str(output), *RUNNERS["1 worker"]], log_file)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    manifest = json.loads((output / "manifest.json").read_text())
+    splits = manifest["splits"].values()
+    return {"wall_s": round(seconds, 2), "cpu_s": round(cpu, 2), "peak_rss_bytes": peak,
+            "exit_code": code, "cases": manifest["counts"]["extract"]["accepted"],
+            "images": sum(s["images"] for s in splits), "qa": sum(s["qa"] for s in splits)}
+
+
+def measure(work: Path, log, geometries=("1.5mm", "0.8mm")) -> dict:
+    out: dict = {}
+    for geometry in geometries:
+        n = CASES[geometry]
+        log(f"  totalseg {geometry}: {n} generated case(s)")
+        root, gen_s = cases(geometry, n)
+        recipe = recipe_for(geometry, work)
+        rows = per_case(root, recipe, 200_000_000 if geometry == "0.8mm" else None, log)
+        log(f"  totalseg {geometry}: radvqa build, 1 worker")
+        b = build(root, recipe, work / f"totalseg-{geometry}", work / "totalseg.log")
+        shutil.rmtree(work / f"totalseg-{geometry}", ignore_errors=True)
+        per_build = b["cpu_s"] / max(1, b["cases"])
+        per_loop = sum(r["load_cpu_s"] + r["extract_cpu_s"] for r in rows) / len(rows)
+        out[geometry] = {
+            "cases_written_s": None if gen_s is None else round(gen_s, 1),
+            "per_case": rows, "build": b,
+            "ratio_mean": round(sum(r["ratio"] for r in rows) / len(rows), 3),
+            "load_ratio_mean": round(sum(r["load_ratio"] for r in rows) / len(rows), 3),
+            "release_hours_2_cores": {
+                "from_build_cpu": round(RELEASE_CASES * per_build / 2 / 3600, 2),
+                "from_load_extract_cpu": round(RELEASE_CASES * per_loop / 2 / 3600, 2),
+            },
+        }
+    return out
+
+
+def rows(res: dict, row) -> list[dict]:
+    """Table rows (``row`` is :func:`bench.run._row`)."""
+    out = []
+    for geometry, r in res.items():
+        if not isinstance(r, dict) or "per_case" not in r:
+            continue
+        pc, b = r["per_case"], r["build"]
+        read = sum(x["read_cpu_s"] for x in pc) / len(pc)
+        load = sum(x["load_cpu_s"] for x in pc) / len(pc)
+        ext = sum(x["extract_cpu_s"] for x in pc) / len(pc)
+        shape = "x".join(map(str, pc[0]["shape"]))
+        out.append(row("totalseg", f"{geometry} ({shape}): CPU per case: read | load | extract",
+                       "-", f"{read:.2f} | {load:.2f} | {ext:.2f} s",
+                       note=f"{len(pc)} case(s), {pc[0]['non_empty_masks']} of "
+                            f"{pc[0]['files'] - 1} masks non-empty, {pc[0]['images']} images"))
+        out.append(row("totalseg", f"{geometry}: (load + extract) / read", f"<= {TARGET_RATIO}",
+                       f"{r['ratio_mean']:.2f}x", r["ratio_mean"] <= TARGET_RATIO,
+                       note=f"load alone {r['load_ratio_mean']:.2f}x"))
+        gib = b["peak_rss_bytes"] / 2**30
+        out.append(row("totalseg", f"{geometry}: peak RSS, radvqa build, 1 worker",
+                       f"<= {TARGET_RSS[geometry]:g} GiB", f"{gib:.2f} GiB",
+                       gib <= TARGET_RSS[geometry],
+                       note=f"{b['cases']} cases, {b['cpu_s']:.0f} s CPU, {b['wall_s']:.0f} s wall"))
+        if geometry == "1.5mm":
+            h = r["release_hours_2_cores"]
+            out.append(row("totalseg", "1,228 release cases on 2 cores (extrapolated)", "< 1 h",
+                           f"{h['from_load_extract_cpu']:.2f}-{h['from_build_cpu']:.2f} h",
+                           h["from_build_cpu"] < 1,
+                           note="load+extract CPU only - whole build CPU per case"))
+    return out
