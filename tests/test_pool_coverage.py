@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config.recipes import load_yaml
 from pipeline.config.resources import resource_dir
 from pipeline.config.validation import validate
+from pipeline.config.yaml_files import load_yaml
 from pipeline.qa.pools import load_pools
 
 POOLS_DIR = resource_dir("distractor_pools")

@@ -13,15 +13,14 @@ import pytest
 import yaml
 
 from pipeline.config.recipes import (
-    MAX_CONFIG_BYTES,
     builtin_recipes,
     load_recipe,
-    load_yaml,
     pool_paths,
     resolve_entry,
     template_paths,
 )
 from pipeline.config.resources import resource_dir
+from pipeline.config.yaml_files import MAX_CONFIG_BYTES, load_yaml
 from pipeline.errors import CaseError, ConfigError
 from pipeline.qa.generators import GENERATORS
 from pipeline.qa.label_pools import load_label_pools
@@ -447,14 +446,14 @@ _LOADING = re.compile(r"\byaml\.(?:load|load_all|unsafe_load\w*|full_load\w*|saf
 
 
 def test_only_load_yaml_parses_yaml_in_the_package():
-    """Every config read goes through recipes.load_yaml (a SafeLoader subclass)."""
+    """Every config read goes through config.yaml_files.load_yaml (a SafeLoader subclass)."""
     offenders = []
     for path in sorted((Path(__file__).resolve().parent.parent / "pipeline").rglob("*.py")):
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            if _LOADING.search(line) and path.name != "recipes.py":
+            if _LOADING.search(line) and path.name != "yaml_files.py":
                 offenders.append(f"{path.name}:{n}: {line.strip()}")
     assert offenders == []
-    from pipeline.config.recipes import _ConfigLoader
+    from pipeline.config.yaml_files import _ConfigLoader
 
     assert issubclass(_ConfigLoader, yaml.SafeLoader)
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import yaml
-
 from pipeline.config.resources import resource_path
+from pipeline.config.yaml_files import load_yaml
 
 CLASS_FILE = "totalsegmentator_classes.yaml"
 
@@ -22,8 +21,7 @@ CLASS_FILE = "totalsegmentator_classes.yaml"
 @lru_cache(maxsize=1)
 def class_lists() -> dict[str, tuple[str, ...]]:
     """``{"CT": names, "MR": names}`` in label order (label value = position + 1)."""
-    with open(resource_path("distractor_pools", CLASS_FILE), encoding="utf-8") as f:
-        data = yaml.safe_load(f)
+    data = load_yaml(resource_path("distractor_pools", CLASS_FILE))
     return {"CT": tuple(data["ct"]), "MR": tuple(data["mr"])}
 
 

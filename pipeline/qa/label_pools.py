@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config.recipes import load_yaml
 from pipeline.config.validation import validate
+from pipeline.config.yaml_files import load_yaml
 from pipeline.errors import ConfigError
 
 

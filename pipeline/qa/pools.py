@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from pipeline.config.recipes import load_yaml
 from pipeline.config.validation import validate
+from pipeline.config.yaml_files import load_yaml
 from pipeline.errors import ConfigError
 
 

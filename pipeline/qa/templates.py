@@ -40,8 +40,8 @@ from pathlib import Path
 from jinja2 import TemplateError, TemplateSyntaxError, nodes
 from jinja2.exceptions import UndefinedError
 
-from pipeline.config.recipes import load_yaml
 from pipeline.config.validation import validate
+from pipeline.config.yaml_files import load_yaml
 from pipeline.errors import CaseError, ConfigError
 from pipeline.qa.sandbox import (
     MAX_RENDERED_CHARS,
