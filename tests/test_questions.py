@@ -19,7 +19,7 @@ from pipeline.qa.pools import load_pools
 from pipeline.qa.questions import generate_questions
 from pipeline.qa.templates import load_families, render
 
-POOLS = load_pools([resource_dir("distractor_pools") / "totalsegmentator.yaml"])
+POOLS = load_pools([resource_dir("distractor_pools") / name for name in ("totalsegmentator.yaml", "physiology.yaml")])
 FAMILIES = load_families(resource_dir("templates") / "radvuqa", generators=GENERATORS)
 
 
@@ -103,7 +103,7 @@ def test_yaml_is_loaded_safely(tmp_path):
 
 def test_builtin_families_lint_clean():
     assert lint(FAMILIES, POOLS) == []
-    assert len(FAMILIES) == 10
+    assert len(FAMILIES) == 12
     assert all(len(f.variants) >= 3 for f in FAMILIES.values())
 
 
