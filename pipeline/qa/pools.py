@@ -15,11 +15,13 @@ Rules for multiple-choice options (:meth:`Pools.distractors`):
 A physiology table (``distractor_pools/physiology.yaml``, schema
 ``schemas/physiology.schema.json``) listed among a recipe's pools adds *function labels*
 ``function:<entry>``: :meth:`Pools.display` gives the entry's ``function_short``, and two
-function labels are :meth:`Pools.related` when their body systems overlap (``system``
-plus ``other_systems``), so the options of a physiology question come from pairwise
-distinct systems other than the answer's: entries of one system can overlap in meaning
-("supplies blood to the arm", "supplies right arm and head") and are never offered
-together.
+function labels are :meth:`Pools.related` when they share their main ``system`` or one's
+main system is among the other's ``other_systems``, so the options of a physiology
+question come from pairwise distinct systems other than the answer's: entries of one
+system can overlap in meaning ("supplies blood to the arm", "supplies right arm and
+head") and are never offered together, nor is the thyroid's function beside the
+pancreas's (which serves the endocrine system too).  Two entries that merely share an
+*other* system (the pancreas and the kidney, both partly endocrine) may meet.
 """
 
 from __future__ import annotations
@@ -126,7 +128,8 @@ class Pools:
         hit = memo.get(key)
         if hit is None and a.startswith(FUNCTION_PREFIX) and b.startswith(FUNCTION_PREFIX):
             sa = self.functions[a[len(FUNCTION_PREFIX):]][0]
-            hit = memo[key] = bool(set(sa) & set(self.functions[b[len(FUNCTION_PREFIX):]][0]))
+            sb = self.functions[b[len(FUNCTION_PREFIX):]][0]
+            hit = memo[key] = sa[0] == sb[0] or sa[0] in sb[1:] or sb[0] in sa[1:]
         if hit is None:
             na, nb = self._names(a), self._names(b)
             hit = memo[key] = bool(na & nb or self._parents(a) & nb or self._parents(b) & na)

@@ -170,6 +170,9 @@ def gen_size_comparison(image, family, pools, gen, settings):
         ctx = _base(image) | {"structure_a": pools.display(a["label"]), "structure_b": pools.display(b["label"])}
         if family.question_type == "closed":
             made.append({"context": ctx, "answer": "yes" if yes else "no"})
+        elif family.question_type == "multiple_choice":  # the two structures as options
+            made.append({"context": ctx, "correct": pools.display(larger["label"]),
+                         "distractors": [pools.display(smaller["label"])]})
         else:
             made.append({"context": ctx, "answer": pools.display(larger["label"])})
     return _one_or_many(made)
