@@ -203,6 +203,19 @@ def test_questions_are_balanced_and_mc_positions_spread(corpus):
         assert len(set(r["options"])) == 4
 
 
+def test_spatial_and_quantitative_questions_survive_balancing(corpus):
+    """RadVUQA's spatial (laterality, relative position) and quantitative (size, counts,
+    extents) questions stay at least a tenth of the corpus each after balancing dropped
+    the ones whose answer the text alone would give; and the test split holds them too."""
+    out, _ = corpus
+    qa = pq.read_table(out / "qa", columns=["task", "split"]).to_pylist()
+    spatial = [r for r in qa if r["task"] in ("laterality", "spatial")]
+    quantitative = [r for r in qa if r["task"] in ("size", "counting", "measurement")]
+    assert len(spatial) >= 0.1 * len(qa) and len(quantitative) >= 0.1 * len(qa)
+    assert {r["task"] for r in spatial + quantitative if r["split"] == "test"} >= {
+        "laterality", "spatial", "size", "measurement"}
+
+
 def test_sample_build_exits_3_when_too_many_cases_are_rejected(tmp_path, sample_input):
     import shutil
 

@@ -127,7 +127,8 @@ def test_physiology_options_are_of_distinct_systems_and_the_text_names_no_struct
 
 def test_option_order_says_nothing_of_the_answer(tmp_path):
     """An answers-balanced multiple-choice family whose generator lists its options in a
-    fixed order: the one option out of that order must not be the answer."""
+    fixed order: the order of the balanced options must not tell the answer (it did: the
+    one option moved out of the fixed order was the answer)."""
     path = tmp_path / "fam.yaml"
     path.write_text(yaml.safe_dump({
         "family": "order_mc", "task": "anatomy", "generator": "prompt_identification",
@@ -138,7 +139,7 @@ def test_option_order_says_nothing_of_the_answer(tmp_path):
     family = load_family_file(path)
     canonical = ["aorta", "colon", "liver", "spleen"]
     rows = []
-    for i in range(800):
+    for i in range(1600):
         answer = canonical[i % 4]
         u = keys.unit_interval(5, str(i), "u")
         rows.append({"qa_id": str(i), "family": "order_mc", "split": "test", "question_type": "multiple_choice",
@@ -148,12 +149,14 @@ def test_option_order_says_nothing_of_the_answer(tmp_path):
     rules = rules_from([candidate("test", r["balance"], r["answer_text"]) for r in rows], POOLS)
     out = [apply(dict(r), rules, {"order_mc": family}, POOLS) for r in rows]
 
-    def out_of_place(options):  # the option whose removal leaves the rest in canonical order
-        fits = [o for o in options if [x for x in options if x != o] == [x for x in canonical if x != o]]
-        return fits[0] if len(fits) == 1 else None
-
-    hits = [out_of_place(r["options"]) == r["answer_text"] for r in out]
+    # the attacker: the answer most often correct for each option order, learned on half
+    train, test = out[: len(out) // 2], out[len(out) // 2:]
+    by_order: dict = {}
+    for r in train:
+        by_order.setdefault(tuple(r["options"]), Counter())[r["answer_text"]] += 1
+    hits = [tuple(r["options"]) in by_order
+            and by_order[tuple(r["options"])].most_common(1)[0][0] == r["answer_text"] for r in test]
     assert np.mean(hits) < 0.25 + 0.08, np.mean(hits)
-    assert Counter(r["answer"] for r in out) == Counter({"A": 200, "B": 200, "C": 200, "D": 200})
+    assert Counter(r["answer"] for r in out) == Counter({"A": 400, "B": 400, "C": 400, "D": 400})
 
 
