@@ -160,3 +160,16 @@ def test_option_order_says_nothing_of_the_answer(tmp_path):
     assert Counter(r["answer"] for r in out) == Counter({"A": 400, "B": 400, "C": 400, "D": 400})
 
 
+
+
+def test_physiology_table_loads_as_function_labels_related_by_main_system():
+    assert POOLS.function_label("lung_upper_lobe_left") == POOLS.function_label("lung_right") == "function:lung"
+    assert POOLS.display("function:kidney") == "filters blood to make urine"
+    assert POOLS.function_label("kidney_cyst_left") is None  # a lesion: no function
+    related = POOLS.related
+    assert related("function:aorta", "function:subclavian_artery")  # one system: never together
+    assert related("function:pancreas", "function:thyroid_gland")  # the pancreas serves the endocrine system too
+    assert not related("function:pancreas", "function:kidney")  # both partly endocrine, different main systems
+    assert not related("function:liver", "function:lung")
+    assert POOLS.option_group("function:colon") == POOLS.option_group("function:liver") == "system:digestive"
+    assert POOLS.option_group("liver") == "liver"

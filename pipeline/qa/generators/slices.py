@@ -25,7 +25,7 @@ Visual prompts: ``prompt_identification`` and ``physiology`` ask about the struc
 outlined in red on the slice's ``image_boxed`` / ``image_boxed_easy`` (chosen at
 extraction, ``prompt_label``); the text never holds the box's coordinates, which told a
 text-only model the answer (``structure_identification`` quotes them, kept for custom
-templates: a learned text-only model picks its answer from the coordinates 77 % of the
+templates: the learned text-only baseline picked its answer from the coordinates 86 % of the
 time against 25 % chance, README "Box questions").
 
 Boxes follow the stored-image convention: x = column, y = row, minima
