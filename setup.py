@@ -48,6 +48,8 @@ setup(
         "numpy>=1.24",
         "pydicom>=3.0",
         "SimpleITK>=2.3",
+        # NIfTI files ITK refuses for float drift in the sform (TotalSegmentator's CT release)
+        "nibabel>=5.0",
         "jinja2>=3.1",
         "pyyaml>=6.0",
         "jsonschema>=4.18",
@@ -63,6 +65,9 @@ setup(
     extras_require={
         "test": [
             "pytest>=8", "datasets>=3.0", "pandas>=2.0", "pydicom-data", "ruff",
+            # tests/test_ts_layouts.py: files written as the releases and TotalSegmentator write
+            # them (NIfTI with header extensions; DICOM SEG)
+            "nibabel>=5.0", "highdicom>=0.22",
             # tests/test_packaging.py: build the --setup_file sdist as Beam's stager does
             # (python -m build --no-isolation) and pip-install it offline (bdist_wheel);
             # Python >= 3.12 virtualenvs come without setuptools

@@ -16,7 +16,7 @@ from pipeline.errors import BuildFailed, ConfigError
 from pipeline.exports.base import ExportError
 from pipeline.exports.boxes import BOX_STYLES
 from pipeline.exports.registry import FORMATS, export_corpus
-from pipeline.inputs.layouts import LAYOUT_NAMES
+from pipeline.inputs.layouts import layout_names
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--input", help="input folder (default: the recipe's built-in sample)")
     b.add_argument("--output", required=True, help="output folder (local, gs://, s3:// …)")
     b.add_argument("--seed", type=int, help="override the recipe's seed")
-    b.add_argument("--layout", choices=["auto", *LAYOUT_NAMES])
+    b.add_argument("--layout", choices=["auto", *layout_names()])
     b.add_argument(
         "--max-reject-fraction", type=float, default=0.05,
         help="exit with status 3 when more cases than this are rejected (default 0.05)",
@@ -112,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 def _lint(recipe_name: str) -> int:
     # kinds and qa: 0.4 s measured, paid by lint only (build imports them through the launcher)
     from pipeline.config.recipes import load_recipe
+    from pipeline.inputs.class_lists import CLASS_FILE, class_lists
+    from pipeline.kinds.base import VolumeKind
     from pipeline.kinds.registry import get_kind, kind_name
-    from pipeline.qa.lint import lint
+    from pipeline.qa.lint import class_list_problems, lint
 
     recipe = load_recipe(recipe_name)
     try:
@@ -123,6 +125,10 @@ def _lint(recipe_name: str) -> int:
     prep = kind.prepare(recipe)
     families, pools = prep["families"], prep["pools"]
     problems = lint(families, pools)
+    if isinstance(kind, VolumeKind):  # its cases come in the built-in layouts
+        problems += class_list_problems(
+            {f"distractor_pools/{CLASS_FILE} ({m}, the TotalSegmentator layouts)": names
+             for m, names in class_lists().items()}, pools)
     for problem in problems:
         print(problem)
     variants = sum(len(f.variants) for f in families.values())
@@ -144,9 +150,15 @@ def _export_parser(sub) -> None:
     e.add_argument("--splits", help="comma-separated splits (default: all for llava/sharegpt, "
                                     "test for vlmevalkit)")
     e.add_argument("--boxes", choices=list(BOX_STYLES),
-                   help="box convention: pixel (as stored), qwen2.5-vl (absolute pixels, "
-                        '{"bbox_2d": [...]}), internvl (0-1000, <box>[[...]]</box>); default: '
+                   help="box convention: pixel (as stored), qwen2.5-vl (absolute pixels of the image "
+                        'resized by Qwen2.5-VL\'s smart_resize, {"bbox_2d": [...]}), internvl (0-1000, '
+                        "<box>[[...]]</box>), llava ([0, 1] on the image padded to a square, 2 decimals); "
+                        "default: "
                         + ", ".join(f"{f.default_boxes} for {name}" for name, f in FORMATS.items()))
+    e.add_argument("--min-pixels", type=int, metavar="N",
+                   help="qwen2.5-vl boxes: min_pixels of the smart_resize frame (default 3136, Qwen2.5-VL's)")
+    e.add_argument("--max-pixels", type=int, metavar="N",
+                   help="qwen2.5-vl boxes: max_pixels of the smart_resize frame (default 12845056, Qwen2.5-VL's)")
     e.add_argument("--captions", action="store_true",
                    help="tree corpora: also export the alignment captions (llava/sharegpt)")
     e.add_argument("--name", help="file prefix (default: radvqa_<recipe name>)")
@@ -157,7 +169,7 @@ def _export(args) -> int:
     try:
         result = export_corpus(
             args.corpus, args.output, args.format, splits=splits, boxes=args.boxes,
-            captions=args.captions, name=args.name,
+            captions=args.captions, name=args.name, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
             log=lambda m: print(m, file=sys.stderr, flush=True))
     except ExportError as err:
         print(f"radvqa export: error: {err}", file=sys.stderr)

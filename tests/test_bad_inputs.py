@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import pydicom
 import pytest
@@ -503,6 +504,38 @@ def _non_orthogonal(case: Path):
     assert sitk.ReadImage(str(case / "ct.nii.gz")).GetSize() == CT.shape  # ITK reads it
 
 
+def _sform_drift(cosine: float, shape=None):
+    """A TotalSegmentator CT as nibabel writes it: sform only (qform_code 0), its y axis
+    leaning ``cosine`` toward x; ITK refuses it (checked), its masks share the sform."""
+
+    def write(case: Path):
+        affine = np.diag([-1.5, -1.5, 1.5, 1.0])
+        affine[0, 1] = -1.5 * cosine
+        data = CT if shape is None else np.zeros(shape, np.int16)
+        mask = box_mask(data.shape)
+        for path, array in ((case / "ct.nii.gz", data),
+                            (case / "segmentations" / "liver.nii.gz", mask)):
+            image = nibabel.Nifti1Image(array, affine)
+            image.set_sform(affine, code=1)
+            image.set_qform(None, code=0)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            nibabel.save(image, path)
+        with pytest.raises(RuntimeError, match="orthonormal"):
+            sitk.ReadImage(str(case / "ct.nii.gz"))
+
+    return write
+
+
+def _corrupt_vr(case: Path):
+    restamp(real_file("CT_small.dcm"), case / "dicom")
+    path = case / "dicom" / "CT_small_1.dcm"
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x28\x00\x04\x00CS")  # PhotometricInterpretation
+    data[at + 4:at + 6] = b"WW"
+    path.write_bytes(bytes(data))
+    any_mask(case)
+
+
 # PNG (RadImageNet tree) -------------------------------------------------------------
 
 PNG = encode_png(np.arange(64, dtype=np.uint8).reshape(8, 8))
@@ -622,6 +655,9 @@ CASES = [
     BadInput("dicom-enhanced-frame-orientation-varies", _enhanced_orientation_varies,
              rejected(R, "dicom.orientation_varies", "dicom/enhanced.dcm frame 3, expected",
                       "dicom/enhanced.dcm")),
+    BadInput("dicom-corrupt-value-representation", _corrupt_vr,
+             rejected(R, "dicom.bad_element", "PhotometricInterpretation (0028,0004): found value "
+                      "representation 'WW'", "dicom/CT_small_1.dcm")),
     BadInput("dicom-over-voxel-limit", factory_case,
              rejected(R, "volume.too_large", "size: found 12 x 10 x 4 = 480 voxels", "dicom/slice000.dcm"),
              settings={"max_voxels": 400}),
@@ -637,6 +673,13 @@ CASES = [
     BadInput("nifti-non-orthogonal-direction", _non_orthogonal,
              rejected(R, "geometry.non_orthogonal", "direction (NIfTI sform srow_x/y/z): axes are not "
                       "orthogonal", "ct.nii.gz")),
+    BadInput("nifti-sform-float-drift", _sform_drift(3e-4), accepted(nifti_sform_orthonormalised=[
+        "nifti-sform-float-drift/ct.nii.gz: sform axes 3.0e-04 off orthogonal with qform_code 0, "
+        "which ITK refuses; read with nibabel on the nearest orthonormal axes, voxel centres "
+        "moved by at most 0.004 voxel (limit 0.1)"])),
+    BadInput("nifti-sform-drift-over-bound", _sform_drift(6e-4, (300, 300, 2)),
+             rejected(R, "geometry.non_orthogonal", "would move voxel centres by up to 0.127 voxel "
+                      "across the 300 x 300 x 2 grid, expected at most 0.1 voxel", "ct.nii.gz")),
     BadInput("nifti-oblique-direction",
              lambda c: totalseg_case(c, direction=(0.9396926, -0.3420201, 0, 0.3420201, 0.9396926, 0,
                                                    0, 0, 1)),

@@ -68,3 +68,22 @@ def test_optional_resampling_keeps_geometry_consistent(tmp_path):
     liver = next(s for s in structures if s["label"] == "liver")
     truth = p.masks["liver"].sum() * np.prod(p.spacing) / 1000
     assert liver["volume_ml"] == pytest.approx(truth, rel=0.03)  # nearest-neighbour resampling
+
+
+def test_lint_fails_when_a_builtin_layout_class_is_missing_from_the_pools(tmp_path, capsys):
+    import yaml
+
+    from pipeline.config.resources import resource_dir
+
+    pool = yaml.safe_load((resource_dir("distractor_pools") / "totalsegmentator.yaml").read_text())
+    region = next(r for r in pool["regions"].values() if "costal_cartilages" in r["structures"])
+    del region["structures"]["costal_cartilages"]
+    (tmp_path / "mypool.yaml").write_text(yaml.safe_dump(pool, sort_keys=False))
+    recipe = (resource_dir("recipes") / "sample.yaml").read_text().replace(
+        "pools: [totalsegmentator]", "pools: [mypool.yaml]")
+    (tmp_path / "r.yaml").write_text(recipe)
+    assert main(["lint", "--recipe", str(tmp_path / "r.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert ("distractor_pools/totalsegmentator_classes.yaml (CT, the TotalSegmentator layouts): "
+            "1 class name(s) the pools lack: costal_cartilages") in out
+    assert "1 problem(s)" in out

@@ -4,6 +4,7 @@ dead letters never exported; CLI exit codes."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import collections
 import io
@@ -26,14 +27,24 @@ from pipeline.exports.boxes import (
     check_box,
     convert_box,
     convert_question_boxes,
+    smart_resize,
 )
-from pipeline.exports.corpus import LAYOUTS, Corpus, corpus_configs, detect_kind
-from pipeline.exports.records import format_gpt, format_human, render_row
+from pipeline.exports.records import format_gpt, format_human, read_media, render_row
 from pipeline.exports.registry import export_corpus
+from pipeline.exports.selection import LAYOUTS, detect_kind
 from pipeline.exports.sharegpt import dataset_info_entry
+from pipeline.exports.vlmevalkit import VQA_REFERENCES
 from pipeline.inputs.sample_tree import write_tree
+from pipeline.io.corpus import Corpus, list_configs
 from pipeline.launch.build import build
 from pipeline.qa.label_pools import load_label_pools
+from tests.consumer_rules import (
+    llamafactory_sharegpt,
+    vlmeval_dataset,
+    vlmeval_mcq_accuracy,
+    vlmeval_vqa_score,
+    vlmeval_yorn_rating,
+)
 
 IN_MEMORY = ["--direct_running_mode=in_memory"]
 
@@ -128,14 +139,17 @@ def _vlmevalkit_load(path: Path) -> pd.DataFrame:
     "box, size, style, expected",
     [
         ([53, 15, 73, 28], (102, 54), "pixel", [53, 15, 73, 28]),
-        ([53, 15, 73, 28], (102, 54), "qwen2.5-vl", [53, 15, 73, 28]),
+        # smart_resize(54, 102) = (56, 112): 53*112/102 = 58.2, 15*56/54 = 15.6, 73*112/102 = 80.2, 28*56/54 = 29.0
+        ([53, 15, 73, 28], (102, 54), "qwen2.5-vl", [58, 16, 80, 29]),
+        # padded square of side 102, y offset (102 - 54) // 2 = 24: 53/102, 39/102, 73/102, 52/102
+        ([53, 15, 73, 28], (102, 54), "llava", [0.52, 0.38, 0.72, 0.51]),
         # 53/102*1000 = 519.6, 15/54*1000 = 277.8, 73/102*1000 = 715.7, 28/54*1000 = 518.5
         ([53, 15, 73, 28], (102, 54), "internvl", [520, 278, 716, 519]),
         ([0, 0, 512, 256], (512, 256), "internvl", [0, 0, 1000, 1000]),
         # Python's round (half to even), as InternVL's normalize_coordinates: 62.5 -> 62, 187.5 -> 188
         ([1, 3, 2, 5], (16, 16), "internvl", [62, 188, 125, 312]),
     ],
-    ids=["pixel", "qwen-keeps-pixels", "internvl-known-box", "internvl-full-image", "internvl-half-even"],
+    ids=["pixel", "qwen-smart-resize", "llava-padded-square", "internvl-known-box", "internvl-full-image", "internvl-half-even"],
 )
 def test_convert_box(box, size, style, expected):
     assert convert_box(box, *size, style) == expected
@@ -157,18 +171,20 @@ def test_box_text_per_style():
     box, size = [53, 15, 73, 28], (102, 54)
     assert box_text(box, *size, "pixel", answer=True) == "[53, 15, 73, 28]"
     qwen = box_text(box, *size, "qwen2.5-vl", answer=True)
-    assert json.loads(qwen) == {"bbox_2d": [53, 15, 73, 28]}
-    assert box_text(box, *size, "qwen2.5-vl", answer=False) == "[53, 15, 73, 28]"
+    assert json.loads(qwen) == {"bbox_2d": [58, 16, 80, 29]}
+    assert box_text(box, *size, "qwen2.5-vl", answer=False) == "[58, 16, 80, 29]"
+    assert box_text(box, *size, "llava", answer=True) == "[0.52, 0.38, 0.72, 0.51]"
+    assert box_text([0, 0, 10, 10], 10, 40, "llava", answer=True) == "[0.38, 0.00, 0.62, 0.25]"
     assert box_text(box, *size, "internvl", answer=True) == "<box>[[520, 278, 716, 519]]</box>"
     assert box_text(box, *size, "internvl", answer=False) == "<box>[[520, 278, 716, 519]]</box>"
-    with pytest.raises(ExportError, match="boxes: 'llava-1.5' is not one of pixel, qwen2.5-vl, internvl"):
+    with pytest.raises(ExportError, match="boxes: 'llava-1.5' is not one of pixel, qwen2.5-vl, llava, internvl"):
         box_text(box, *size, "llava-1.5", answer=True)
 
 
 def test_question_boxes():
     q = "Name the structure inside the bounding box [43, 58, 50, 64]."
     assert convert_question_boxes(q, (100, 100), "pixel") == q
-    assert convert_question_boxes(q, (100, 100), "qwen2.5-vl") == q
+    assert convert_question_boxes(q, (112, 112), "qwen2.5-vl") == q  # 112 = 4 x 28: the frame is the image
     assert convert_question_boxes(q, (100, 100), "internvl") == \
         "Name the structure inside the bounding box <box>[[430, 580, 500, 640]]</box>."
     # with the question_box column: exactly that literal, which must occur
@@ -184,7 +200,7 @@ def test_question_boxes():
     assert convert_question_boxes(g, (100, 100), "internvl", grounding=True) == (
         "Give the bounding box of the liver as [x_min, y_min, x_max, y_max] in coordinates "
         "normalised to 0–1000 (end exclusive).")
-    assert convert_question_boxes(g, (100, 100), "qwen2.5-vl", grounding=True) == g
+    assert convert_question_boxes(g, (112, 112), "qwen2.5-vl", grounding=True) == g
 
 
 @pytest.mark.parametrize(
@@ -238,7 +254,7 @@ def test_private_folders_are_never_listed():
     files = {"qa/test-00000-of-00001.parquet": {}, "dead_letters/dead_letters.jsonl": {},
              "dead_letters/qa-00000-of-00001.parquet": {}, ".radvqa/units/x.parquet": {},
              "README.md": {}, "images/test-00000-of-00001.parquet": {}}
-    assert corpus_configs({"files": files}) == {"images": ["images/test-00000-of-00001.parquet"],
+    assert list_configs({"files": files}) == {"images": ["images/test-00000-of-00001.parquet"],
                                                 "qa": ["qa/test-00000-of-00001.parquet"]}
 
 
@@ -255,7 +271,7 @@ def test_slices_llava_matches_the_qa_rows(slices, slices_llava):
     out, result = slices_llava
     images = {r["image_id"]: r for r in _rows(slices, "images")}
     stored = _media(slices, "images")
-    assert result.kind == "slices" and result.boxes == "pixel"
+    assert result.kind == "slices" and result.boxes == "llava"
     referenced = set()
     for split in ("train", "validation", "test"):
         source = {r["qa_id"]: r for r in _rows(slices, "qa", split)}
@@ -269,11 +285,16 @@ def test_slices_llava_matches_the_qa_rows(slices, slices_llava):
             assert (rec["width"], rec["height"]) == (img["width"], img["height"])
             human, gpt = (t["value"] for t in rec["conversations"])
             assert [t["from"] for t in rec["conversations"]] == ["human", "gpt"]
-            assert human.startswith("<image>\n" + row["question"])
+            size = (img["width"], img["height"])  # boxes: LLaVA-1.5's [0, 1] on the padded square
+            assert human.startswith("<image>\n" + convert_question_boxes(
+                row["question"], size, "llava", question_box=row.get("question_box"),
+                grounding=row["answer_box"] is not None))
             if row["question_type"] == "multiple_choice":
                 letter = row["answer"]
                 assert gpt == f"{letter}. {row['options'][ord(letter) - 65]}" == f"{letter}. {row['answer_text']}"
                 assert human.endswith(f"\n{'ABCD'[len(row['options']) - 1]}. " + row["options"][-1])
+            elif row["answer_box"] is not None:
+                assert gpt == box_text(row["answer_box"], *size, "llava", answer=True)
             else:
                 assert gpt == row["answer"]
             referenced.add(row["image_id"])
@@ -312,10 +333,19 @@ def test_slices_grounding_boxes_per_framework(slices, tmp_path):
     intern = {r["id"]: r for r in _load_json(
         _export(slices, tmp_path / "intern", "llava", splits=["test"], boxes="internvl")
         / "radvqa_sample_test.json")}
+    llava = {r["id"]: r for r in _load_json(
+        _export(slices, tmp_path / "llava", "llava", splits=["test"]) / "radvqa_sample_test.json")}
     for row in grounding:
         w, h = images[row["image_id"]]["width"], images[row["image_id"]]["height"]
         answer = json.loads(qwen[row["qa_id"]]["messages"][1]["content"])
-        assert answer == {"bbox_2d": list(row["answer_box"])}  # Qwen2.5-VL: the stored pixels
+        h2, w2 = smart_resize(h, w)  # Qwen2.5-VL: pixels of the image its processor sees
+        x0, y0, x1, y1 = row["answer_box"]
+        assert answer == {"bbox_2d": [round(x0 * w2 / w), round(y0 * h2 / h), round(x1 * w2 / w),
+                                      round(y1 * h2 / h)]}
+        side = max(w, h)  # LLaVA-1.5: [0, 1] on the centred square, two decimals
+        ox, oy = (side - w) // 2, (side - h) // 2
+        assert llava[row["qa_id"]]["conversations"][1]["value"] == "[{:.2f}, {:.2f}, {:.2f}, {:.2f}]".format(
+            *(round(v / side, 2) for v in (x0 + ox, y0 + oy, x1 + ox, y1 + oy)))
         x0, y0, x1, y1 = row["answer_box"]
         expected = [round(x0 / w * 1000), round(y0 / h * 1000), round(x1 / w * 1000), round(y1 / h * 1000)]
         assert intern[row["qa_id"]]["conversations"][1]["value"] == f"<box>[[{', '.join(map(str, expected))}]]</box>"
@@ -329,7 +359,7 @@ def test_slices_grounding_boxes_per_framework(slices, tmp_path):
         converted = intern[row["qa_id"]]["conversations"][0]["value"]
         assert literal not in converted
         assert f"<box>[{convert_box(box, w, h, 'internvl')}]</box>" in converted
-        assert literal in qwen[row["qa_id"]]["messages"][0]["content"]
+        assert str(convert_box(box, w, h, "qwen2.5-vl")) in qwen[row["qa_id"]]["messages"][0]["content"]
 
 
 def _export(corpus: Path, out: Path, fmt: str, **kw) -> Path:
@@ -353,9 +383,8 @@ def test_slices_sharegpt_is_valid_for_llama_factory(slices, tmp_path):
         for rec in records:
             roles = [m["role"] for m in rec["messages"]]
             assert roles == ["user", "assistant"]
-            # LLaMA-Factory: as many <image> tokens as images, paths relative to dataset_dir
-            assert sum(m["content"].count("<image>") for m in rec["messages"]) == len(rec["images"]) == 1
-            assert (out / rec["images"][0]).is_file()
+            # LLaMA-Factory's converter and checks: roles, <image> tokens == images, PIL opens them
+            assert len(llamafactory_sharegpt(rec, entry, str(out))) == 2 and len(rec["images"]) == 1
 
 
 def test_slices_vlmevalkit_reads_back_as_vlmevalkit_does(slices, tmp_path):
@@ -389,8 +418,57 @@ def test_slices_vlmevalkit_reads_back_as_vlmevalkit_does(slices, tmp_path):
     assert set(yn["answer"]) <= {"Yes", "No"}
     for _, line in yn.iterrows():
         assert line["answer"] == source[line["qa_id"]]["answer"].capitalize()
-    for _, line in vqa.iterrows():
-        assert str(line["answer"]) == source[line["qa_id"]]["answer"]
+    for _, line in vqa.iterrows():  # several references, as VLMEvalKit's VQA score needs
+        assert ast.literal_eval(line["answer"]) == [source[line["qa_id"]]["answer"]] * VQA_REFERENCES
+
+
+def _scores(out: Path, prefix: str) -> dict[str, tuple[float, float]]:
+    """VLMEvalKit's exact-matching scores (percent) of each TSV, for a perfect prediction file
+    and for a constant one (``Yes`` / ``A`` / the most common answer)."""
+    mcq, yn, vqa = (vlmeval_dataset(out / f"{prefix}_{k}.tsv") for k in ("MCQ", "YN", "VQA"))
+    perfect, constant = dict(zip(mcq["index"], mcq["answer"])), dict.fromkeys(mcq["index"], "A")
+    scores = {"MCQ": (vlmeval_mcq_accuracy(mcq, perfect), vlmeval_mcq_accuracy(mcq, constant))}
+    perfect, constant = dict(zip(yn["index"], yn["answer"])), dict.fromkeys(yn["index"], "Yes")
+    scores["YN"] = (vlmeval_yorn_rating(yn, perfect)["Overall"], vlmeval_yorn_rating(yn, constant)["Overall"])
+    refs = [ast.literal_eval(a)[0] for a in vqa["answer"]]
+    common = collections.Counter(refs).most_common(1)[0][0]
+    scores["VQA"] = (100 * float(np.mean([vlmeval_vqa_score(a, r) for a, r in zip(vqa["answer"], refs)])),
+                     100 * float(np.mean([vlmeval_vqa_score(a, common) for a in vqa["answer"]])))
+    return scores
+
+
+def test_slices_vlmevalkit_scores_with_vlmevalkit_rules(slices, tmp_path):
+    out = _export(slices, tmp_path / "vlm", "vlmevalkit")
+    source = _rows(slices, "qa", "test")
+    scores = _scores(out, "radvqa_sample")
+    assert {k: perfect for k, (perfect, _) in scores.items()} == {"MCQ": 100.0, "YN": 100.0, "VQA": 100.0}
+    # a constant prediction scores the share of that answer: about half for yes/no (balanced)
+    closed = [r["answer"] for r in source if r["question_type"] == "closed"]
+    mc = [r["answer"] for r in source if r["question_type"] == "multiple_choice"]
+    assert scores["YN"][1] == pytest.approx(100 * closed.count("yes") / len(closed))
+    assert 35 <= scores["YN"][1] <= 65
+    assert scores["MCQ"][1] == pytest.approx(100 * mc.count("A") / len(mc))
+    assert scores["VQA"][1] < 100
+
+
+def test_qwen_boxes_in_the_smart_resize_frame_for_every_train_image_size(slices, tmp_path):
+    images = {r["image_id"]: r for r in _rows(slices, "images")}
+    train = _rows(slices, "qa", "train")
+    sizes = sorted({(images[r["image_id"]]["width"], images[r["image_id"]]["height"]) for r in train})
+    frames = {(w, h): smart_resize(h, w) for w, h in sizes}
+    assert len(sizes) >= 2 and all(frames[(w, h)] != (h, w) for w, h in sizes)  # none is unchanged
+    for w, h in sizes:  # the whole image spans the resized image
+        assert convert_box([0, 0, w, h], w, h, "qwen2.5-vl") == [0, 0, frames[(w, h)][1], frames[(w, h)][0]]
+    records = {r["id"]: r for r in _load_json(
+        _export(slices, tmp_path / "sg", "sharegpt", splits=["train"]) / "radvqa_sample_train.json")}
+    grounding = [r for r in train if r["answer_box"] is not None]
+    assert grounding
+    for row in grounding:
+        w, h = images[row["image_id"]]["width"], images[row["image_id"]]["height"]
+        h2, w2 = frames[(w, h)]
+        x0, y0, x1, y1 = row["answer_box"]
+        expected = [round(x0 * w2 / w), round(y0 * h2 / h), round(x1 * w2 / w), round(y1 * h2 / h)]
+        assert json.loads(records[row["qa_id"]]["messages"][1]["content"]) == {"bbox_2d": expected}
 
 
 def test_media_are_streamed_never_read_whole(slices, tmp_path, monkeypatch):
@@ -411,12 +489,12 @@ def test_media_are_streamed_never_read_whole(slices, tmp_path, monkeypatch):
 def test_media_lookup_falls_back_to_other_shards(slices):
     corpus = Corpus(str(slices))
     wanted = {r["image_id"] for r in _rows(slices, "images", "validation")}
-    got = {i for i, _, _ in corpus.media(LAYOUTS["slices"], "images/not-a-shard.parquet",
-                                         wanted, "qa/x")}
+    got = {i for i, _, _ in read_media(corpus, LAYOUTS["slices"], "images/not-a-shard.parquet",
+                                       wanted, "qa/x")}
     assert got == wanted
     with pytest.raises(ExportError, match="qa/x: image_id nope not found in images/ \\(1 missing\\)"):
-        list(corpus.media(LAYOUTS["slices"], "images/test-00000-of-00001.parquet", {"nope"},
-                          "qa/x"))
+        list(read_media(corpus, LAYOUTS["slices"], "images/test-00000-of-00001.parquet", {"nope"},
+                        "qa/x"))
 
 
 # --------------------------------------------------------------------------- tree corpus
@@ -480,7 +558,7 @@ def test_tree_vlmevalkit_is_the_benchmark(tree, tmp_path):
             with Image.open(io.BytesIO(stored[row["image_id"]])) as ref:
                 assert line["pil"].size == ref.size
             assert line["category"] == row["task"]
-            assert line["l2-category"] == row["metadata"]["location"]
+            assert line["l2-category"] == (row["metadata"]["location"] or "unspecified")
     for _, line in mcq.iterrows():
         row = bench[line["qa_id"]]
         assert [line[c] for c in "ABCD"] == row["choices"]
@@ -488,7 +566,9 @@ def test_tree_vlmevalkit_is_the_benchmark(tree, tmp_path):
     for _, line in yn.iterrows():
         assert line["answer"] == {"yes": "Yes", "no": "No"}[bench[line["qa_id"]]["answer"]]
     for _, line in vqa.iterrows():
-        assert line["answer"] == bench[line["qa_id"]]["answer"]
+        assert ast.literal_eval(line["answer"]) == [bench[line["qa_id"]]["answer"]] * VQA_REFERENCES
+    scores = _scores(out, "radvqa_radimagenet_vqa")
+    assert {k: perfect for k, (perfect, _) in scores.items()} == {"MCQ": 100.0, "YN": 100.0, "VQA": 100.0}
     with pytest.raises(ExportError, match="splits: train not in benchmark/ \\(available: test\\)"):
         export_corpus(str(corpus), str(tmp_path / "bad"), "vlmevalkit", splits=["train"])
 
@@ -528,7 +608,7 @@ def test_nothing_from_dead_letters_reaches_an_export(tree, tmp_path):
 # --------------------------------------------------------------------------- volumes corpus
 
 
-@pytest.mark.parametrize("fmt", ["llava", "sharegpt"])
+@pytest.mark.parametrize("fmt", ["llava"])
 def test_volumes_export_npy_beside_the_json(volumes, tmp_path, fmt):
     out = _export(volumes, tmp_path / fmt, fmt)
     vols = {r["volume_id"]: r for r in _rows(volumes, "volumes")}
@@ -558,6 +638,14 @@ def test_volumes_export_npy_beside_the_json(volumes, tmp_path, fmt):
         assert 0.0 <= float(arr.min()) <= float(arr.max()) <= 1.0
 
 
+def test_sharegpt_refuses_a_volume_corpus(volumes, tmp_path):
+    """LLaMA-Factory opens every ``images`` file with PIL (``mm_plugin.py: _regularize_images``): no .npy."""
+    with pytest.raises(ExportError, match="sharegpt \\(LLaMA-Factory\\) needs 2D images: .* this volumes corpus "
+                                          "has .npy volumes, which PIL cannot open — export it with --format llava"):
+        export_corpus(str(volumes), str(tmp_path / "x"), "sharegpt")
+    assert not (tmp_path / "x").exists()
+
+
 def test_vlmevalkit_refuses_a_volume_corpus(volumes, tmp_path):
     with pytest.raises(ExportError, match="vlmevalkit needs 2D images; this is a volumes \\(3D\\) corpus"):
         export_corpus(str(volumes), str(tmp_path / "x"), "vlmevalkit")
@@ -580,6 +668,24 @@ def test_cli_export_writes_and_summarises(slices, tmp_path, capsys):
     assert len(_load_json(out / "radvqa_sample_test.json")) == n
 
 
+def test_cli_pixels_set_the_qwen_frame(slices, tmp_path):
+    """``--min-pixels`` / ``--max-pixels``: the smart_resize bounds of qwen2.5-vl boxes."""
+    out = tmp_path / "small"
+    assert main(["export", str(slices), "--format", "sharegpt", "--output", str(out), "--splits", "test",
+                 "--min-pixels", "784", "--max-pixels", "1568"]) == 0
+    images = {r["image_id"]: r for r in _rows(slices, "images")}
+    rows = [r for r in _rows(slices, "qa", "test") if r["answer_box"] is not None]
+    records = {r["id"]: r for r in _load_json(out / "radvqa_sample_test.json")}
+    for row in rows:
+        w, h = images[row["image_id"]]["width"], images[row["image_id"]]["height"]
+        h2, w2 = smart_resize(h, w, 28, 784, 1568)
+        assert h2 * w2 <= 1568
+        x0, y0, x1, y1 = row["answer_box"]
+        sx, sy = round(x0 * w2 / w), round(y0 * h2 / h)
+        expected = [sx, sy, max(sx + 1, round(x1 * w2 / w)), max(sy + 1, round(y1 * h2 / h))]
+        assert json.loads(records[row["qa_id"]]["messages"][1]["content"]) == {"bbox_2d": expected}
+
+
 def test_cli_bad_format_exits_2(slices, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["export", str(slices), "--format", "coco", "--output", str(tmp_path / "x")])
@@ -595,8 +701,11 @@ def test_cli_bad_format_exits_2(slices, tmp_path, capsys):
         ("slices", ["--format", "llava", "--captions"], "captions: only tree corpora"),
         ("missing", ["--format", "llava"], "manifest.json: not found"),
         ("slices", ["--format", "llava", "--output", "NONEMPTY"], "is not empty; export into a new folder"),
+        ("volumes", ["--format", "sharegpt"], "sharegpt (LLaMA-Factory) needs 2D images"),
+        ("slices", ["--format", "llava", "--max-pixels", "1000"], "boxes llava do not use it"),
     ],
-    ids=["vlmevalkit-3d", "unknown-split", "captions-slices", "not-a-corpus", "non-empty-output"],
+    ids=["vlmevalkit-3d", "unknown-split", "captions-slices", "not-a-corpus", "non-empty-output",
+         "sharegpt-3d", "pixels-not-qwen"],
 )
 def test_cli_errors_exit_2_with_a_message(request, tmp_path, capsys, corpus, args, message):
     path = tmp_path / "nothing" if corpus == "missing" else request.getfixturevalue(corpus)

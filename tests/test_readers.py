@@ -6,8 +6,10 @@ import SimpleITK as sitk
 
 from pipeline.errors import CaseError
 from pipeline.inputs.readers import (
+    MASK_READERS,
     READERS,
     list_files,
+    mask_reader_for,
     read_dicom_series,
     read_mask,
     read_volume,
@@ -207,3 +209,27 @@ def test_registry_reads_the_same_volumes_as_the_readers(tmp_path):
     files = [(str(tmp_path / "mr.nii.gz"), "mr.nii.gz")]
     vol = reader_for(files).read(files, modality="MR")
     assert vol.modality == "MR" and np.array_equal(vol.array, VOL)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["IM0001", "IM0002"], ["ct.nii.gz"], ["ct.nii.gz", "IM0001"], ["a.nii.gz", "b.nii.gz"]],
+    ids=["dicom", "one-volume", "volume-beside-dicom", "two-volumes"],
+)
+def test_a_folder_named_as_one_image_goes_whole_to_the_folder_reader(names):
+    files = [(f"/in/case/dicom/{n}", f"case/dicom/{n}") for n in names]
+    assert reader_for(files, folder=True).name == "dicom"
+
+
+def test_masks_and_label_maps_are_read_through_the_mask_registry(tmp_path):
+    _write_nifti(tmp_path / "ct.nii.gz", VOL.astype(np.int16))
+    _write_nifti(tmp_path / "m.nii.gz", (VOL > VOL.mean()).astype(np.uint8))
+    image = read_volume(str(tmp_path / "ct.nii.gz"), "ct.nii.gz", "CT")
+    reader = mask_reader_for(str(tmp_path / "m.nii.gz"), "m.nii.gz")
+    assert reader in MASK_READERS and reader.name == "itk"
+    via_registry = reader.read_mask(str(tmp_path / "m.nii.gz"), "m.nii.gz", image.geometry)
+    direct = read_mask(str(tmp_path / "m.nii.gz"), "m.nii.gz", image.geometry)
+    assert np.array_equal(via_registry[0], direct[0]) and via_registry[1] == direct[1]
+    with pytest.raises(CaseError) as err:
+        mask_reader_for(str(tmp_path / "m.png"), "segmentations/m.png")
+    assert err.value.reason == "mask.no_reader" and err.value.path == "segmentations/m.png"

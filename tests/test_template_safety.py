@@ -618,6 +618,7 @@ def test_no_recipe_field_names_a_file_except_the_confined_ones():
         "splits.fractions.<key>": "split names become shard file names: pattern ^[a-z][a-z0-9_]*$",
         "privacy.pseudonym_key": "an HMAC key, never opened",
         "slices.selection.structures[]": "structure labels compared with mask names",
+        "source.layout": "checked against the layout registry's names when the recipe loads; never opened",
         "audit.configs[]": "config names compared with the corpus's configs; never opened",
         "audit.splits[]": "split names compared with the corpus's splits; never opened",
         "audit.ignore.*": "reasons printed in the audit; never opened",

@@ -28,6 +28,7 @@ import yaml
 from pipeline.config.resources import resource_dir
 from pipeline.config.validation import validate
 from pipeline.errors import ConfigError
+from pipeline.inputs.layouts import layout_names
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 #: Largest configuration file read (bytes); the built-in ones are under 10 kB.
@@ -148,10 +149,24 @@ def load_recipe(name_or_path: str) -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError(f"{candidate}: (root): expected a mapping, found {type(data).__name__}")
     validate(data, "recipe", str(candidate))
+    check_layout(data, str(candidate))
     fractions = data["splits"]["fractions"]
     if sum(fractions.values()) <= 0:
         raise ConfigError(f"{candidate}: splits.fractions: found {fractions}, expected a positive sum")
     return Recipe(data, str(candidate.resolve()))
+
+
+def check_layout(data: dict, source: str) -> None:
+    """Reject a ``source.layout`` that is neither ``auto`` nor a registered layout.
+
+    The schema only asks for a string: the names come from the layout registry
+    (:func:`pipeline.inputs.layouts.layout_names`), so a new layout needs no schema edit.
+    Raises :class:`ConfigError` ``"<source>: source.layout: found 'x', expected one of auto, …"``.
+    """
+    layout = (data.get("source") or {}).get("layout", "auto")
+    known = ("auto", *layout_names())
+    if layout not in known:
+        raise ConfigError(f"{source}: source.layout: found {layout!r}, expected one of {', '.join(known)}")
 
 
 def resolve_entry(recipe: Recipe, kind: str, entry: str, field: str) -> Path:

@@ -154,3 +154,76 @@ def geometry_mismatches(
 
 def _fmt(values) -> str:
     return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
+# ------------------------------------------------------------ float drift in direction cosines
+
+#: Largest |cos| between two grid axes still read as float drift (larger: a sheared grid).
+DRIFT_MAX_COSINE = 1e-3
+#: Largest distance, in voxels of the smallest spacing, that orthonormalising a drifted
+#: direction may move any voxel centre of the volume.
+DRIFT_MAX_SHIFT_VOXELS = 0.1
+
+
+def orthonormalise(geometry: Geometry, field: str = "direction",
+                   shown: str | None = None) -> tuple[Geometry, float, float]:
+    """``geometry`` on the nearest orthonormal axes: ``(grid, cosine, shift)``.
+
+    Headers store direction cosines in float32 or decimal strings, and writers
+    that compose rotations drift a few 1e-4 off orthonormal (ITK refuses such
+    NIfTI files).  The nearest rotation to the axes (polar decomposition, same
+    handedness) replaces them; origin, spacing and shape are kept.  ``cosine``
+    is the largest |cos| between two axes; ``shift`` the largest distance, over
+    the volume's corners (the distance is linear in the index, so the corners
+    bound it), between a voxel centre placed by the stored and by the new axes,
+    in voxels of the smallest spacing.
+
+    Raises
+    ------
+    CaseError
+        ``geometry.non_orthogonal`` when ``cosine`` exceeds
+        :data:`DRIFT_MAX_COSINE` (a sheared grid) or ``shift`` exceeds
+        :data:`DRIFT_MAX_SHIFT_VOXELS`; ``field`` and ``shown`` (default: the
+        matrix) name what was found.
+    """
+    d = geometry.matrix
+    norms = np.linalg.norm(d, axis=0)
+    shown = shown or np.array2string(d, precision=4, separator=", ").replace("\n", "")
+    if np.any(norms == 0):
+        raise CaseError("read", "geometry.non_orthogonal",
+                        f"{field}: found {shown}, expected three non-zero axes")
+    unit = d / norms
+    cosine = float(np.max(np.abs(unit.T @ unit - np.eye(3))))
+    if cosine > DRIFT_MAX_COSINE:
+        raise CaseError(
+            "read", "geometry.non_orthogonal",
+            f"{field}: axes are not orthogonal: found {shown} (axes {cosine:.1e} off "
+            f"orthogonal), expected orthogonal axes within {DRIFT_MAX_COSINE:g} (a sheared grid "
+            "cannot be reoriented without resampling)",
+        )
+    u, _, vt = np.linalg.svd(unit)
+    rotation = u @ vt
+    spacing = np.asarray(geometry.spacing, dtype=np.float64)
+    last = np.asarray(geometry.shape, dtype=np.float64) - 1
+    corners = np.array([[i, j, k] for i in (0, last[0]) for j in (0, last[1])
+                        for k in (0, last[2])]) * spacing
+    shift = float(np.max(np.linalg.norm(corners @ (rotation - unit).T, axis=1)) / spacing.min())
+    if shift > DRIFT_MAX_SHIFT_VOXELS:
+        raise CaseError(
+            "read", "geometry.non_orthogonal",
+            f"{field}: found {shown}, axes {cosine:.1e} off orthogonal; made orthonormal they "
+            f"would move voxel centres by up to {shift:.3f} voxel across the "
+            f"{' x '.join(map(str, geometry.shape))} grid, expected at most "
+            f"{DRIFT_MAX_SHIFT_VOXELS:g} voxel (float drift; a sheared grid cannot be "
+            "reoriented without resampling)",
+        )
+    fixed = Geometry(geometry.shape, geometry.spacing, geometry.origin,
+                     tuple(float(v) + 0.0 for v in rotation.ravel()))
+    return fixed, cosine, shift
+
+
+def is_orthonormal(direction, atol: float = 1e-4) -> bool:
+    """Whether ``direction``'s columns are orthonormal within ``atol`` (what
+    :func:`axis_permutation` requires)."""
+    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    return bool(np.allclose(d.T @ d, np.eye(3), atol=atol))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pipeline.engine.units import BuildContext, PlannedCase, UnitRef, plan_diges
 from pipeline.errors import CaseError
 from pipeline.io import shards
 from pipeline.qa.balance import Rules
+from pipeline.schema.layout import PROGRESS_DIR
 
 
 def _verified(output: str, files: Mapping[str, Mapping]) -> bool:
@@ -116,15 +118,40 @@ def extract_unit(ref: UnitRef, ctx: BuildContext, kind) -> Extracted:
     return _build_unit(ref, ctx, kind, plan, digest)
 
 
+#: Seconds between two progress markers of one unit (a marker is one small write).
+PROGRESS_EVERY_S = 1.0
+
+
+class _Marker:
+    """Writes ``.radvqa/progress/<unit>`` (cases of the unit extracted so far) at most every
+    :data:`PROGRESS_EVERY_S` seconds, for the launcher's progress line.  Build state only:
+    never in the manifest, and no output byte depends on it."""
+
+    def __init__(self, output: str, unit_id: str):
+        self._output, self._path = output, f"{PROGRESS_DIR}/{unit_id}"
+        self._last = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_EVERY_S:
+            self._last = now
+            try:
+                shards.write_bytes(self._output, self._path, str(done).encode())
+            except OSError:  # progress is a courtesy: never fail a unit over it
+                pass
+
+
 def _build_unit(ref, ctx, kind, plan, digest) -> Extracted:
     stored_tables, stored_keys = read_stored(ctx.output, plan, kind, ref.split)
+    marker = _Marker(ctx.output, ref.unit_id)
     rows: dict[str, list[dict]] = {c: [] for c in kind.payload_configs}
     dead: list[dict] = []
     by_stage: dict[str, Counter] = {"read": Counter(), "extract": Counter()}
     cases: dict[str, list[str]] = {}
     notes: Counter = Counter()
     n_stored = 0
-    for pc in plan:
+    for done, pc in enumerate(plan):
+        marker(done)
         key = kind.case_key(pc.case)
         if key in stored_keys:
             cases[key] = [pc.fp, pc.content]

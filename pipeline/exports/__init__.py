@@ -12,12 +12,18 @@ One module per format behind a registry:
 ``records``
     Rows normalised and rendered as turns; media written by id.
 ``boxes``
-    Box coordinate styles (pixel, qwen2.5-vl, internvl).
-``corpus``
-    The built corpus, read through its manifest.
+    Box coordinate styles (pixel, qwen2.5-vl, internvl, llava) and their frames.
+``cells``
+    Table cells pandas reads back as written (no bare NA tokens).
+``selection``
+    What an export takes from a corpus: its kind, the configs each kind's rows and media
+    are in (:data:`~pipeline.exports.selection.LAYOUTS`), the default file prefix.
 ``base``
-    :class:`~pipeline.exports.base.ExportError`, :class:`~pipeline.exports.base.ExportResult`
-    and the atomic file writer.
+    :class:`~pipeline.exports.base.ExportError`, :class:`~pipeline.exports.base.ExportResult`,
+    the output folder and the streamed JSON list writer.
+
+The corpus is read through :class:`pipeline.io.corpus.Corpus`, every file written through
+:class:`pipeline.io.atomic.AtomicFile`.
 
 Reading is shard by shard: a unit's QA shard and the media shard of the same
 name (one work unit writes both), falling back to the other media shards for

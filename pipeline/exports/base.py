@@ -1,9 +1,9 @@
-"""What every export shares: its error, its result, and its one atomic file writer.
+"""What every export shares: its error, its result, its output folder and its JSON list writer.
 
-Every file an export writes goes through :class:`AtomicFile`: written under
-``<path>.tmp-export``, then renamed onto ``path`` — a reader never sees half a
-file, and an export that fails leaves no temporary file behind.  Text is UTF-8,
-newlines as written (``\\n``); JSON is written with ``ensure_ascii=False``.
+Every file an export writes goes through :class:`pipeline.io.atomic.AtomicFile`:
+written under a temporary name, then renamed onto its path — a reader never sees
+half a file, and an export that fails leaves no temporary file behind.  Text is
+UTF-8, newlines as written (``\\n``); JSON is written with ``ensure_ascii=False``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import IO
 
-#: Suffix of a file while it is being written.
-TMP_SUFFIX = ".tmp-export"
+from pipeline.io.atomic import AtomicFile
 
 
 class ExportError(ValueError):
@@ -45,48 +43,6 @@ class ExportResult:
                 f"{len(self.files)} file(s), {self.media:,} {media} -> {self.output}")
 
 
-class AtomicFile:
-    """A file written under ``<path>.tmp-export`` and renamed onto ``path`` on :meth:`commit`.
-
-    Text (``binary=False``) is UTF-8 with newlines written as given.  As a context
-    manager it commits when the block ends normally and aborts (removes the
-    temporary file) on an exception.
-
-    Parameters
-    ----------
-    path : str
-        Final path of the file.
-    binary : bool
-        Open for bytes (media) instead of text.
-    """
-
-    def __init__(self, path: str, *, binary: bool = False):
-        self.path = path
-        self.tmp = f"{path}{TMP_SUFFIX}"
-        self.f: IO = (open(self.tmp, "wb") if binary
-                      else open(self.tmp, "w", encoding="utf-8", newline=""))
-
-    def commit(self) -> None:
-        """Close and rename onto the final path."""
-        self.f.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        """Close and remove the temporary file; the final path is not touched."""
-        self.f.close()
-        if os.path.exists(self.tmp):
-            os.remove(self.tmp)
-
-    def __enter__(self) -> AtomicFile:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
-
-
 class JsonList(AtomicFile):
     """A JSON list streamed one record per line (``[`` … ``]``, records joined by ``,\\n``)."""
 
@@ -103,17 +59,6 @@ class JsonList(AtomicFile):
     def commit(self) -> None:
         self.f.write("\n]\n" if self.rows else "]\n")
         super().commit()
-
-
-def write_file(path: str, data: str | bytes) -> None:
-    """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically."""
-    with AtomicFile(path, binary=isinstance(data, bytes)) as out:
-        out.f.write(data)
-
-
-def write_json(path: str, value) -> None:
-    """Write ``value`` as indented, key-sorted JSON (UTF-8, ``ensure_ascii=False``) atomically."""
-    write_file(path, json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
 
 
 def prepare_output(out: str) -> None:

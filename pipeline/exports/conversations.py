@@ -63,7 +63,7 @@ class ConversationFormat(ExportFormat):
 
     def _caption_unit(self, job: ExportJob, rel: str, writer: JsonList) -> int:
         layout = job.layout
-        rows = job.corpus.read(rel, (layout.key, "conversations", "metadata"))
+        rows = job.corpus.read_rows(rel, (layout.key, "conversations", "metadata"))
         caps = sorted(({"id": r["metadata"]["question_id"], "media_id": r[layout.key],
                         "conversations": r["conversations"]} for r in rows), key=lambda c: c["id"])
         media = unit_media(job.corpus, layout, rel, caps, job.output, job.result)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from pipeline.exports.base import ExportResult
 from pipeline.exports.boxes import BoxStyle
-from pipeline.exports.corpus import KINDS, LAYOUTS, Corpus, Layout
+from pipeline.exports.selection import KINDS, LAYOUTS, Layout
+from pipeline.io.corpus import Corpus
 
 
 @dataclass
@@ -24,7 +25,8 @@ class ExportJob:
 
     Attributes
     ----------
-    corpus : Corpus
+    corpus : pipeline.io.corpus.Corpus
+        The corpus, its manifest checked.
     layout : Layout
         Where the exported rows and their media are (:meth:`ExportFormat.layout`).
     splits : list of str
@@ -84,9 +86,9 @@ class ExportFormat(ABC):
         """The message for a corpus of a kind outside :attr:`kinds`."""
         return f"{corpus_dir}: {self.name} does not export {kind} corpora (only {', '.join(self.kinds)})"
 
-    def layout(self, corpus: Corpus) -> Layout:
-        """Where the rows it exports are: by default the QA config of the corpus's kind."""
-        return LAYOUTS[corpus.kind]
+    def layout(self, corpus: Corpus, kind: str) -> Layout:
+        """Where the rows it exports are in ``corpus`` of ``kind``: by default the QA config of the kind."""
+        return LAYOUTS[kind]
 
     def default_splits(self, available: list[str]) -> list[str]:
         """Splits exported without ``--splits``: by default all of them."""

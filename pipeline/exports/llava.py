@@ -4,7 +4,10 @@ Records ``{id, image, width, height, conversations: [{from: human, value:
 "<image>\\n…"}, {from: gpt, value}]}`` in ``<name>_<split>.json``; the media
 files are written beside it (``images/<image_id>.png``; for volume corpora
 ``volumes/<volume_id>.npy``, the M3D / RadFM convention).  InternVL reads the
-same records (it recommends the ``width``/``height`` keys).
+same records (it recommends the ``width``/``height`` keys).  Boxes default to the
+``llava`` style: LLaVA-1.5's grounding convention, fractions in [0, 1] of the image
+padded to a centred square (``image_aspect_ratio: pad``), two decimals; ``--boxes
+internvl`` for InternVL.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class Llava(ConversationFormat):
 
     name = title = "llava"
     help = "JSON + images/"
-    default_boxes = "pixel"
+    default_boxes = "llava"
 
     def record(self, row, media, size, style, where="row"):
         return llava_record(row, media, size, style, where)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import os
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from pipeline.core.imaging import png_size
-from pipeline.exports.base import ExportError, ExportResult, write_file
+from pipeline.exports.base import ExportError, ExportResult
 from pipeline.exports.boxes import BoxStyle, box_text, convert_question_boxes
-from pipeline.exports.corpus import Corpus, Layout
+from pipeline.exports.selection import Layout
+from pipeline.io.atomic import write_file
+from pipeline.io.corpus import Corpus
 
 LETTERS = string.ascii_uppercase
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -107,7 +109,7 @@ def normalise_row(row: Mapping, layout: Layout) -> dict:
 def read_rows(corpus: Corpus, layout: Layout, rel: str) -> list[dict]:
     """The QA rows of shard ``rel``, normalised (:func:`normalise_row`) and sorted by id."""
     optional = ("answer_text", "answer_box", "question_box", "metadata")
-    rows = corpus.read(rel, (*ROW_COLUMNS, layout.key, layout.options), optional)
+    rows = corpus.read_rows(rel, (*ROW_COLUMNS, layout.key, layout.options), optional)
     out = [normalise_row(r, layout) for r in rows]
     out.sort(key=lambda r: r["id"])
     return out
@@ -116,6 +118,41 @@ def read_rows(corpus: Corpus, layout: Layout, rel: str) -> list[dict]:
 def paired_shard(rel: str, config: str) -> str:
     """The shard of ``config`` written by the same unit as ``rel`` (same file name)."""
     return f"{config}/{rel.split('/', 1)[1]}"
+
+
+def read_media(corpus: Corpus, layout: Layout, paired: str, wanted: set[str],
+               where: str) -> Iterator[tuple[str, bytes, dict]]:
+    """``(id, bytes, metadata)`` of each wanted media id, reading one shard, one batch at a time.
+
+    The paired shard (same unit) first; ids it lacks are looked up in the other shards
+    of the media config, in name order.  Each id is yielded once; :class:`ExportError`
+    names ``where`` when one is in no shard.
+    """
+    remaining = set(wanted)
+    shards = sorted(corpus.shards(layout.media))
+    order = ([paired] if paired in shards else []) + [s for s in shards if s != paired]
+    for rel in order:
+        if not remaining:
+            break
+        pf = corpus.open_shard(rel, layout.media_columns)
+        ids = set(pf.read(columns=[layout.key]).column(layout.key).to_pylist())
+        if not ids & remaining:
+            continue
+        for batch in pf.iter_batches(batch_size=64, columns=list(layout.media_columns)):
+            cols = batch.to_pydict()
+            for n, media_id in enumerate(cols[layout.key]):
+                if media_id not in remaining:
+                    continue
+                remaining.discard(media_id)
+                value = cols[layout.media_columns[1]][n]
+                data = value["bytes"] if isinstance(value, Mapping) else value
+                if not data:
+                    raise ExportError(f"{rel}: {layout.key} {media_id}: empty media bytes")
+                meta = {c: cols[c][n] for c in layout.media_columns[2:]}
+                yield media_id, data, meta
+    if remaining:
+        raise ExportError(f"{where}: {layout.key} {sorted(remaining)[0]} not found in "
+                          f"{layout.media}/ ({len(remaining)} missing)")
 
 
 def media_suffix(data: bytes, where: str) -> str:
@@ -169,7 +206,7 @@ def unit_media(corpus: Corpus, layout: Layout, rel: str, rows: Sequence[Mapping]
     """
     wanted = {r["media_id"] for r in rows}
     found = {}
-    for media_id, data, meta in corpus.media(layout, paired_shard(rel, layout.media), wanted, rel):
+    for media_id, data, meta in read_media(corpus, layout, paired_shard(rel, layout.media), wanted, rel):
         where = f"{layout.media}/: {layout.key} {media_id}"
         media_rel, written = write_media(out, layout.media_dir, media_id, data, where)
         result.media += written

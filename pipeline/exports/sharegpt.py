@@ -5,6 +5,13 @@
 (``formatting: sharegpt``, columns ``messages``/``images``, tags
 ``role``/``content``/``user``/``assistant``); paths are relative to the export
 folder, which is LLaMA-Factory's ``dataset_dir`` (and default ``media_dir``).
+
+2D corpora only: LLaMA-Factory opens every file of ``images`` with PIL
+(``src/llamafactory/data/mm_plugin.py``, ``_regularize_images``) and has no 3D
+input, so a volumes corpus (``.npy`` volumes) is refused with an error rather
+than written as files its loader crashes on.  Each user turn carries one
+``<image>`` for the one image of its record (LLaMA-Factory's ``_validate_input``
+requires as many ``<image>`` tokens as images).
 """
 
 from __future__ import annotations
@@ -12,11 +19,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from pipeline.exports.base import write_json
 from pipeline.exports.boxes import BoxStyle
 from pipeline.exports.conversations import ConversationFormat
 from pipeline.exports.format import ExportJob
 from pipeline.exports.records import format_human, render_row
+from pipeline.io.atomic import write_file
+from pipeline.io.shards import canonical_json
 
 #: ShareGPT roles of the stored conversations' ``from`` values.
 ROLES = {"human": "user", "gpt": "assistant"}
@@ -61,6 +69,12 @@ class ShareGpt(ConversationFormat):
     title = "sharegpt (LLaMA-Factory)"
     help = "LLaMA-Factory JSON + dataset_info.json + images/"
     default_boxes = "qwen2.5-vl"
+    kinds = ("slices", "tree")
+
+    def kind_error(self, corpus_dir: str, kind: str) -> str:
+        return (f"{corpus_dir}: sharegpt (LLaMA-Factory) needs 2D images: LLaMA-Factory opens every file "
+                f"of a record's images with PIL, and this {kind} corpus has .npy volumes, which PIL cannot "
+                f"open — export it with --format llava (volumes/<volume_id>.npy, the M3D / RadFM convention)")
 
     def record(self, row, media, size, style, where="row"):
         return sharegpt_record(row, media, size, style, where)
@@ -71,7 +85,7 @@ class ShareGpt(ConversationFormat):
     def finish(self, job: ExportJob, stems: list[str]) -> None:
         """``dataset_info.json``: one entry per JSON file written."""
         info = {stem: dataset_info_entry(f"{stem}.json") for stem in stems}
-        write_json(os.path.join(job.output, "dataset_info.json"), info)
+        write_file(os.path.join(job.output, "dataset_info.json"), canonical_json(info))
 
 
 FORMAT = ShareGpt()

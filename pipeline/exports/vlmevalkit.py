@@ -4,16 +4,34 @@ Tab-separated files in VLMEvalKit's layout for the test set (the
 ``benchmark`` config of a tree corpus (``instruct``'s test split when it has
 none), the ``test`` split of a slices corpus): ``<name>_MCQ.tsv`` (``index,
 image, question, A, B, C, D, answer, category, l2-category, split, qa_id``;
-``answer`` a letter), ``<name>_YN.tsv`` (``answer`` ``Yes``/``No``, as
-VLMEvalKit's Y/N datasets compare it) and ``<name>_VQA.tsv`` for open
-questions.  ``image`` is the stored PNG in base64; a later row of the same
-image holds the ``index`` of the first one instead (VLMEvalKit's
-``ImageBaseDataset`` resolves any ``image`` cell of at most 64 characters as
-the index of another row).  ``category`` is the task; ``l2-category`` the plane
-(slices) or the anatomical region (tree).  VLMEvalKit builds an unknown TSV
-with columns ``A``/``B`` as a custom MCQ dataset and anything else as custom
-VQA; score the Y/N file with an ``ImageYORNDataset`` subclass whose
-``load_data`` reads it.  A file with no rows is not written.
+``answer`` a letter), ``<name>_YN.tsv`` (``answer`` ``Yes``/``No``) and
+``<name>_VQA.tsv`` for open questions.  ``image`` is the stored PNG in base64;
+a later row of the same image holds the ``index`` of the first one instead
+(VLMEvalKit's ``ImageBaseDataset`` resolves any ``image`` cell of at most 64
+characters as the index of another row).  ``category`` is the task;
+``l2-category`` the plane (slices) or the anatomical region (tree), never empty
+(``report_acc`` sorts the categories; a NaN among strings cannot be sorted).
+A file with no rows is not written.
+
+How VLMEvalKit scores each file (read in open-compass/VLMEvalKit; the README's "Use
+with VLMEvalKit" gives the commands):
+
+- ``_MCQ.tsv``: a plain ``--data <name>_MCQ`` builds it as ``CustomMCQDataset`` (columns
+  ``A``/``B``); exact matching (``can_infer``) compares the extracted letter with ``answer``.
+- ``_YN.tsv``: a plain ``--data`` would build ``CustomVQADataset``, whose ``evaluate`` raises
+  ``NotImplementedError``; it scores as ``ImageYORNDataset`` (``--data-config`` /
+  ``--config`` with ``"class": "ImageYORNDataset"``): ``YOrN_Extraction`` of the prediction
+  equals ``answer`` (``Yes``/``No``).
+- ``_VQA.tsv``: scores as ``ImageVQADataset`` (same route).  Its default VQA score gives an
+  answer ``min(1, matches among the *other* references / 3)``, and it ``eval``s an answer
+  cell that parses as a list.  So ``answer`` is a Python list literal of
+  :data:`VQA_REFERENCES` copies of the answer text (``['fluid', 'fluid', 'fluid',
+  'fluid']``): a box answer is a string inside it (never ``eval``-ed into numbers), and a
+  prediction equal to the answer (after VLMEvalKit's punctuation / article normalisation)
+  scores 1.
+
+Text cells go through :func:`pipeline.exports.cells.table_text`: nothing pandas'
+default reader would turn into NaN is written bare.
 """
 
 from __future__ import annotations
@@ -23,13 +41,28 @@ import csv
 import os
 from collections.abc import Mapping
 
-from pipeline.exports.base import AtomicFile, ExportError
+from pipeline.exports.base import ExportError
 from pipeline.exports.boxes import BoxStyle
-from pipeline.exports.corpus import BENCHMARK, LAYOUTS, Corpus, Layout
+from pipeline.exports.cells import table_text
 from pipeline.exports.format import ExportFormat, ExportJob
-from pipeline.exports.records import LETTERS, media_size, paired_shard, read_rows, render_row
+from pipeline.exports.records import (
+    LETTERS,
+    media_size,
+    paired_shard,
+    read_media,
+    read_rows,
+    render_row,
+)
+from pipeline.exports.selection import BENCHMARK, LAYOUTS, Layout
+from pipeline.io.atomic import AtomicFile
+from pipeline.io.corpus import Corpus
 
 TSV_MCQ_MIN_LETTERS = 4
+#: Copies of the answer in a VQA ``answer`` list: VLMEvalKit's VQA score needs 3 other
+#: references equal to the prediction for full credit (``vqa_eval.py: process_line``).
+VQA_REFERENCES = 4
+#: ``l2-category`` of a row with no plane or region.
+L2_NONE = "unspecified"
 TSV_COLUMNS = {
     "MCQ": ["index", "image", "question", "A", "B", "C", "D", "answer", "category", "l2-category",
             "split", "qa_id"],
@@ -63,14 +96,14 @@ def tsv_cells(row: Mapping, index: int, image: str, size: tuple[int, int] | None
         Named in errors.
     """
     question, answer = render_row(row, size, style, where)
-    cells = {"index": index, "image": image, "question": question}
+    cells = {"index": index, "image": image, "question": table_text(question)}
     kind = tsv_kind(row["question_type"])
     if kind == "MCQ":
         options = list(row["options"] or ())
         if len(options) > letters:
             raise ExportError(f"{where}: options: {len(options)} options, the MCQ file has {letters} columns")
-        for n in range(letters):
-            cells[LETTERS[n]] = options[n] if n < len(options) else ""
+        for n in range(letters):  # an absent option stays empty: NaN, which VLMEvalKit skips
+            cells[LETTERS[n]] = table_text(options[n]) if n < len(options) else ""
         cells["answer"] = row["answer"]
     elif kind == "YN":
         yn = {"yes": "Yes", "no": "No"}.get(str(row["answer"]).strip().lower())
@@ -78,9 +111,9 @@ def tsv_cells(row: Mapping, index: int, image: str, size: tuple[int, int] | None
             raise ExportError(f"{where}: answer: {row['answer']!r} is not yes/no")
         cells["answer"] = yn
     else:
-        cells["answer"] = answer
-    cells.update({"category": row["task"], "l2-category": row.get("l2") or "", "split": row["split"],
-                  "qa_id": row["id"]})
+        cells["answer"] = repr([answer] * VQA_REFERENCES)
+    cells.update({"category": table_text(row["task"]), "l2-category": table_text(row.get("l2") or L2_NONE),
+                  "split": table_text(row["split"]), "qa_id": table_text(row["id"])})
     return cells
 
 
@@ -112,13 +145,13 @@ class VlmEvalKit(ExportFormat):
 
     def kind_error(self, corpus_dir: str, kind: str) -> str:
         return (f"{corpus_dir}: vlmevalkit needs 2D images; this is a volumes (3D) corpus — "
-                f"export it with --format llava or sharegpt (volumes as .npy)")
+                f"export it with --format llava (volumes as .npy)")
 
-    def layout(self, corpus: Corpus) -> Layout:
+    def layout(self, corpus: Corpus, kind: str) -> Layout:
         """A tree corpus's stratified ``benchmark`` when it has one, else the kind's QA config."""
-        if corpus.kind == "tree" and corpus.splits(BENCHMARK.rows):
+        if kind == "tree" and corpus.splits(BENCHMARK.rows):
             return BENCHMARK
-        return LAYOUTS[corpus.kind]
+        return LAYOUTS[kind]
 
     def default_splits(self, available: list[str]) -> list[str]:
         return ["test"]
@@ -128,7 +161,7 @@ class VlmEvalKit(ExportFormat):
         shards = [rel for split in job.splits for rel in corpus.shards(layout.rows, split)]
         letters = TSV_MCQ_MIN_LETTERS
         for rel in shards:  # a pass over the options column only: the MCQ file's letter columns
-            for r in corpus.read(rel, (layout.options, "question_type")):
+            for r in corpus.read_rows(rel, (layout.options, "question_type")):
                 if r["question_type"] == "multiple_choice":
                     letters = max(letters, len(r[layout.options] or ()))
         columns = dict(TSV_COLUMNS)
@@ -155,7 +188,7 @@ class VlmEvalKit(ExportFormat):
         rows = read_rows(corpus, layout, rel)
         wanted = {r["media_id"] for r in rows}
         unit = {}
-        for media_id, data, meta in corpus.media(layout, paired_shard(rel, layout.media), wanted, rel):
+        for media_id, data, meta in read_media(corpus, layout, paired_shard(rel, layout.media), wanted, rel):
             where = f"{layout.media}/: {layout.key} {media_id}"
             unit[media_id] = (data, media_size(layout, data, meta, where), meta.get("plane"))
         for row in rows:

@@ -6,8 +6,9 @@ when it is a case).  Its layout (totalseg, multilabel, dicom: see
 overrides).
 
 An optional ``meta.csv`` (TotalSegmentator style, ``;`` or ``,`` separated)
-at the root maps ``image_id`` (the case folder) to ``patient_id`` and
-``study_order``; without it every case is its own patient.
+at the root maps ``image_id`` (the case folder) to ``patient_id``,
+``study_order`` and ``split`` (:mod:`pipeline.inputs.meta_table`); without it
+every case is its own patient.
 
 Case keys are HMAC pseudonyms of the source-relative folder path; patient keys
 HMAC pseudonyms of the patient id.  Neither the path nor the id is kept in
@@ -17,16 +18,13 @@ dead-letter output.
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 
 from pipeline.core import keys
 from pipeline.errors import CaseError
-from pipeline.inputs.layouts import LAYOUT_NAMES, detect_layout, expected_layouts, get_layout
+from pipeline.inputs.layouts import detect_layout, expected_layouts, get_layout, layout_names
+from pipeline.inputs.meta_table import META_TABLE, MetaRow, parse_meta_table
 from pipeline.inputs.tree import InputTree
-
-META_TABLE = "meta.csv"
 
 
 @dataclass(frozen=True)
@@ -40,10 +38,12 @@ class CaseSource:
     modality: str
     files: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     study_order: int = 0
+    #: The split ``meta.csv`` gives the case (``""``: none); see :mod:`~pipeline.inputs.meta_table`.
+    split: str = ""
 
     def __post_init__(self) -> None:
-        if self.layout not in LAYOUT_NAMES:
-            raise ValueError(f"CaseSource.layout must be one of {LAYOUT_NAMES}, got {self.layout!r}")
+        if self.layout not in layout_names():
+            raise ValueError(f"CaseSource.layout must be one of {layout_names()}, got {self.layout!r}")
         if self.modality not in ("CT", "MR", ""):
             raise ValueError(f"CaseSource.modality must be CT, MR or '', got {self.modality!r}")
 
@@ -63,38 +63,13 @@ class Rejected:
     message: str
 
 
-def read_meta_table(root) -> dict[str, tuple[str, int]]:
-    """``{case folder: (patient id, study order)}`` from ``root/meta.csv`` if present
-    (``root``: a folder or an :class:`~pipeline.inputs.tree.InputTree`)."""
+def read_meta_table(root) -> dict[str, MetaRow]:
+    """``{case folder: MetaRow}`` from ``root/meta.csv`` if present (``root``: a folder or an
+    :class:`~pipeline.inputs.tree.InputTree`); see :mod:`pipeline.inputs.meta_table`."""
     tree = _tree(root)
     if not tree.isfile(META_TABLE):
         return {}
-    text = tree.read_bytes(META_TABLE).decode("utf-8-sig")
-    dialect = ";" if text.split("\n", 1)[0].count(";") > text.split("\n", 1)[0].count(",") else ","
-    reader = csv.DictReader(io.StringIO(text), delimiter=dialect)
-    if not reader.fieldnames or "image_id" not in reader.fieldnames:
-        raise CaseError(
-            "discover", "meta.missing_column",
-            f"columns: found {reader.fieldnames}, expected an 'image_id' column",
-            META_TABLE,
-        )
-    table = {}
-    for line, row in enumerate(reader, start=2):
-        case = (row.get("image_id") or "").strip()
-        if not case:
-            continue
-        patient = (row.get("patient_id") or "").strip() or case
-        order_text = (row.get("study_order") or "").strip()
-        try:
-            order = int(order_text) if order_text else 0
-        except ValueError as err:
-            raise CaseError(
-                "discover", "meta.bad_value",
-                f"line {line}: study_order: found {order_text!r}, expected an integer",
-                META_TABLE,
-            ) from err
-        table[case] = (patient, order)
-    return table
+    return parse_meta_table(tree.read_bytes(META_TABLE).decode("utf-8-sig"))
 
 
 def _tree(root) -> InputTree:
@@ -136,16 +111,17 @@ def discover_cases(
         except CaseError as err:
             rejected.append(Rejected(err.path or folder, err.reason, err.message))
             continue
-        patient, order = meta.get(folder, (folder, 0))
+        row = meta.get(folder, MetaRow(folder))
         cases.append(
             CaseSource(
                 key=keys.pseudonym(pseudonym_key, "case", folder),
-                patient_key=keys.pseudonym(pseudonym_key, "patient", patient),
+                patient_key=keys.pseudonym(pseudonym_key, "patient", row.patient),
                 source=folder,
                 layout=case_layout.name,
                 modality=modality,
                 files=tuple(files),
-                study_order=order,
+                study_order=row.order,
+                split=row.split,
             )
         )
     cases.sort(key=lambda c: c.key)

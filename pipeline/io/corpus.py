@@ -4,7 +4,9 @@
 pyarrow, or any Beam filesystem URL (``gs://…``) — and reads what a built
 corpus holds, as :mod:`pipeline.schema.layout` names it:
 
-* ``manifest.json`` (:attr:`Corpus.manifest`, read once);
+* ``manifest.json`` (:attr:`Corpus.manifest`, read once), and checked by
+  :meth:`Corpus.check_manifest` for a reader that wants a :class:`CorpusError`
+  naming the file and the field instead of a bare ``FileNotFoundError``;
 * the configs and their Parquet shards, listed from the manifest (never by
   listing folders) in a stable order: configs by name; inside a config, splits
   in :func:`split_key` order (train, validation, test, then any other split by
@@ -13,25 +15,29 @@ corpus holds, as :mod:`pipeline.schema.layout` names it:
   under the private folders (``.radvqa/``, ``dead_letters/``, ``report/``);
 * columns of a shard, whole (:meth:`Corpus.read_columns`) or its first rows
   only (:meth:`Corpus.read_head`), each a list of top-level names or dotted
-  nested paths of which only those the file has are read;
+  nested paths of which only those the file has are read; or, checked, a shard
+  opened with the columns it must have (:meth:`Corpus.open_shard`) and its rows
+  as dicts (:meth:`Corpus.read_rows`), a missing file or column a
+  :class:`CorpusError`;
 * the dead-letter file, field by field (:meth:`Corpus.read_dead_letters`):
   callers choose the fields, so a source path or message is read only by one
   that asks for it.
 
 Besides reading, :meth:`Corpus.write` and :meth:`Corpus.delete` keep the few
 files a reader derives from the corpus beside it (the report and its chart
-cache), written under a temporary name, then renamed.
+cache), written under a temporary name, then renamed (:mod:`pipeline.io.atomic`
+locally, :func:`pipeline.io.shards.write_bytes` remotely).
 
-Policy stays with the callers: how a corpus kind is inferred, which errors a
-missing file raises (``FileNotFoundError`` here; the exports turn it into their
-own error), what a shard's rows become.
+Policy stays with the callers: how a corpus kind is inferred, whether they read
+checked (a :class:`CorpusError`, which the exports turn into their own error) or
+unchecked (the file system's own ``FileNotFoundError`` / ``OSError``), what a
+shard's rows become.  Messages name files by the corpus path as the caller gave it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 
@@ -39,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import shards
+from pipeline.io.atomic import write_file
 from pipeline.schema.layout import DEAD_LETTERS_FILE, MANIFEST, PRIVATE_DIRS, parse_shard
 
 #: Splits in their reading order; any other split follows, by name.
@@ -46,6 +53,11 @@ SPLIT_ORDER = ("train", "validation", "test")
 #: Read-ahead of Parquet reads: taking a shard's first rows reads their pages, not whole
 #: column chunks.
 BUFFER_SIZE = 1 << 20
+
+
+class CorpusError(ValueError):
+    """A folder that is not a readable corpus, or a corpus file without what a reader needs:
+    the message names the file and the field."""
 
 
 def split_key(split: str) -> tuple[int, str]:
@@ -118,9 +130,17 @@ class Corpus:
 
     Paths given to the methods are corpus-relative, ``/``-separated
     (``qa/train-00000-of-00001.parquet``).
+
+    Attributes
+    ----------
+    location : str
+        ``root`` as given: how messages name the corpus and its files.
+    root : str
+        ``root`` made absolute (a local folder) or without a trailing ``/`` (a URL).
     """
 
     def __init__(self, root: str):
+        self.location = root
         self.remote = "://" in root
         self.root = root.rstrip("/") if self.remote else os.path.abspath(root)
 
@@ -131,6 +151,26 @@ class Corpus:
         """``manifest.json``, parsed (``FileNotFoundError`` when the corpus has none)."""
         with self.open(MANIFEST) as f:
             return json.loads(f.read())
+
+    def check_manifest(self) -> dict:
+        """:attr:`manifest`, checked: it exists, parses, and maps ``files`` to their entries.
+
+        Raises
+        ------
+        CorpusError
+            No ``manifest.json`` (``<corpus>/manifest.json: not found (is <corpus> a radvqa
+            corpus?)``), one that cannot be read or parsed, or one without a ``files`` mapping.
+        """
+        shown = self.shown(MANIFEST)
+        try:
+            manifest = self.manifest
+        except FileNotFoundError:
+            raise CorpusError(f"{shown}: not found (is {self.location} a radvqa corpus?)") from None
+        except (OSError, ValueError) as err:
+            raise CorpusError(f"{shown}: unreadable: {err}") from err
+        if not isinstance(manifest, Mapping) or not isinstance(manifest.get("files"), Mapping):
+            raise CorpusError(f"{shown}: files: missing (expected {{relative_path: {{sha256, rows}}}})")
+        return manifest
 
     @cached_property
     def configs(self) -> dict[str, list[str]]:
@@ -163,6 +203,35 @@ class Corpus:
     def parquet(self, rel: str) -> pq.ParquetFile:
         """The Parquet file ``rel``, opened for reading (with :data:`BUFFER_SIZE` read-ahead)."""
         return pq.ParquetFile(self.open(rel) if self.remote else self.path(rel), buffer_size=BUFFER_SIZE)
+
+    def open_shard(self, rel: str, columns: Iterable[str] = ()) -> pq.ParquetFile:
+        """Shard ``rel``, opened, with every top-level column of ``columns``.
+
+        Raises
+        ------
+        CorpusError
+            ``rel`` lies under a private folder (never read), is missing or unreadable, or
+            lacks one of ``columns``.
+        """
+        if rel.split("/", 1)[0] in PRIVATE_DIRS:  # operator-only folders: never read as corpus data
+            raise CorpusError(f"{rel}: {', '.join(PRIVATE_DIRS)} are never read as corpus data")
+        try:
+            pf = self.parquet(rel)
+        except FileNotFoundError:
+            raise CorpusError(f"{self.shown(rel)}: listed in {MANIFEST} but missing") from None
+        except OSError as err:
+            raise CorpusError(f"{self.shown(rel)}: unreadable Parquet: {err}") from err
+        missing = [c for c in columns if c not in pf.schema_arrow.names]
+        if missing:
+            raise CorpusError(f"{rel}: missing column(s) {', '.join(missing)}")
+        return pf
+
+    def read_rows(self, rel: str, columns: Sequence[str], optional: Sequence[str] = ()) -> list[dict]:
+        """Every row of shard ``rel`` as a dict of ``columns`` and those of ``optional`` it has
+        (top-level names); :class:`CorpusError` as :meth:`open_shard` raises it."""
+        pf = self.open_shard(rel, columns)
+        names = pf.schema_arrow.names
+        return pf.read(columns=list(columns) + [c for c in optional if c in names]).to_pylist()
 
     def read_columns(self, rel: str, columns: Iterable[str]) -> pa.Table:
         """Every row of ``rel``, with those of ``columns`` the file has."""
@@ -207,6 +276,12 @@ class Corpus:
             return shards.join(self.root, rel)
         return os.path.join(self.root, *rel.split("/"))
 
+    def shown(self, rel: str) -> str:
+        """``rel`` as messages name it: joined to :attr:`location`, the corpus path as given."""
+        if self.remote:
+            return self.path(rel)
+        return os.path.join(self.location, *rel.split("/"))
+
     def exists(self, rel: str) -> bool:
         if self.remote:
             return shards.exists(self.root, rel)
@@ -242,10 +317,7 @@ class Corpus:
             return self.path(rel)
         final = self.path(rel)
         os.makedirs(os.path.dirname(final), exist_ok=True)
-        tmp = f"{final}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, final)
+        write_file(final, data)
         return final
 
     def delete(self, rels: list[str]) -> None:

@@ -50,8 +50,10 @@ def join(root: str, rel: str) -> str:
 def write_bytes(root: str, rel: str, data: bytes) -> FileReceipt:
     """Write ``data`` to ``root/rel`` atomically (temporary name, then rename).
 
-    The one atomic writer of the package: every file a build, a report or an export
-    writes goes through it (or :func:`write_text_atomic` / :func:`write_json`).
+    The atomic writer of files that may be remote: every shard, receipt and manifest a
+    build writes goes through it (or :func:`write_text_atomic` / :func:`write_json`).
+    Local files streamed by a reader of the corpus (exports, the report) go through
+    :class:`pipeline.io.atomic.AtomicFile`, the same rule with ``os.replace``.
     """
     fs = _filesystems()
     final = join(root, rel)

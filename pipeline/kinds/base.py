@@ -33,6 +33,7 @@ from pipeline.errors import CaseError, ConfigError
 from pipeline.inputs import sample
 from pipeline.inputs.discovery import CaseSource, discover_cases
 from pipeline.inputs.layouts import get_layout
+from pipeline.inputs.meta_table import resolve_splits
 from pipeline.inputs.tree import InputTree
 from pipeline.qa.balance import Rules, apply
 from pipeline.qa.candidates import question_candidates
@@ -237,16 +238,29 @@ class VolumeKind(BaseKind):
 
     def discover(self, root, recipe, key: str, seed: int, layout: str, prep: dict):
         cases, rejects = discover_volume_cases(root, key, layout)
-        return cases, rejects, self.discover_stats(cases)
+        stats = self.discover_stats(cases)
+        _, note = self.patient_splits(cases, recipe, seed)
+        return cases, rejects, stats | ({"meta_split": note} if note else {})
 
     def discover_stats(self, cases: list[CaseSource]) -> dict:
         """Discovery stats for the manifest's counts (none by default)."""
         return {}
 
+    def patient_splits(self, cases: list[CaseSource], recipe: Recipe, seed: int
+                       ) -> tuple[dict[str, str], dict]:
+        """``({patient key: split}, note)``: the ``meta.csv`` split when the recipe's
+        ``splits.use_meta_split`` is on (default) and the table gives one, else the keyed
+        hash of the patient (:func:`pipeline.inputs.meta_table.resolve_splits`)."""
+        splits = recipe.section("splits")
+        fractions = splits["fractions"]
+        return resolve_splits(cases, list(fractions),
+                              lambda patient: keys.assign_split(patient, fractions, seed),
+                              bool(splits.get("use_meta_split", True)))
+
     def plan(self, cases, recipe, seed: int, prep: dict) -> Planned:
-        fractions = recipe.section("splits")["fractions"]
-        return plan_split_shards(cases, lambda c: keys.assign_split(c.patient_key, fractions, seed),
-                                 list(fractions), prep["per_shard"])
+        chosen, _ = self.patient_splits(cases, recipe, seed)
+        return plan_split_shards(cases, lambda c: chosen[c.patient_key],
+                                 list(recipe.section("splits")["fractions"]), prep["per_shard"])
 
     # -- cases -------------------------------------------------------------------------
     def case_json(self, case: CaseSource) -> dict:

@@ -86,9 +86,9 @@ class VolumesKind(VolumeKind):
 
     def plan(self, cases, recipe, seed: int, prep: dict) -> Planned:
         """By patient: all studies of a patient in one unit, ordered by study."""
-        fractions = recipe.section("splits")["fractions"]
+        chosen, _ = self.patient_splits(cases, recipe, seed)
         return plan_split_shards(
-            cases, lambda c: keys.assign_split(c.patient_key, fractions, seed), list(fractions),
+            cases, lambda c: chosen[c.patient_key], list(recipe.section("splits")["fractions"]),
             prep["per_shard"], group_of=lambda c: c.patient_key,
             order=lambda c: (c.patient_key, c.study_order, c.key))
 

@@ -38,7 +38,7 @@ from pipeline.launch.finalise import finalise, fingerprint
 from pipeline.launch.plan import PlanningCollector, clean_temporaries, log_plan, plan_units
 from pipeline.launch.runner import run_pipeline
 from pipeline.launch.summary import summary_table
-from pipeline.schema.layout import LAST_RUN, PLAN_DIR
+from pipeline.schema.layout import LAST_RUN, PLAN_DIR, PROGRESS_DIR
 from pipeline.schema.records import BuildResult
 
 
@@ -122,6 +122,7 @@ def build(
         manifest = finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx,
                             is_default, attempts)
         state.delete_tree(output, PLAN_DIR)
+        state.delete_tree(output, PROGRESS_DIR)
         state.delete_tree(output, state.PREVIOUS_DIR)
         seconds = time.monotonic() - started
         discover = manifest["counts"]["discover"]["inputs"]

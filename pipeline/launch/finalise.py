@@ -119,6 +119,8 @@ def aggregate_counts(receipts: list[dict], rejects: list[dict], stats: dict) -> 
     excluded = {k: v for k, v in sorted(stats.items()) if k.startswith("excluded")}
     if excluded:
         counts["discover"]["excluded_by_recipe"] = excluded
+    if stats.get("meta_split"):
+        counts["discover"]["meta_split"] = stats["meta_split"]
     for stage in ("read", "extract", "qa"):
         total = {"inputs": 0, "accepted": 0, "rejected": 0}
         reasons: Counter = Counter()

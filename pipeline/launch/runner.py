@@ -19,10 +19,11 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.beam.transforms import BuildCorpus
+from pipeline.engine.state import delete_tree
 from pipeline.engine.units import BuildContext, UnitRef
 from pipeline.errors import BuildFailed
 from pipeline.io import shards
-from pipeline.schema.layout import UNITS_DIR
+from pipeline.schema.layout import PROGRESS_DIR, UNITS_DIR
 
 DEFAULT_RUNNER = "FnApiRunner"
 
@@ -38,14 +39,23 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
 # ---------------------------------------------------------------------------- progress
 
 
-class Progress:
-    """Polls unit receipts while the runner blocks (``FnApiRunner.run()`` exposes no
-    metrics mid-run); prints cases done / total, rate and ETA."""
+#: Seconds between two looks at the receipts and progress markers.
+PROGRESS_EVERY_S = 2.0
 
-    def __init__(self, output: str, units: list[tuple[str, int]], log, every: float = 2.0):
+
+class Progress:
+    """Polls unit receipts and the units' progress markers while the runner blocks
+    (``FnApiRunner.run()`` exposes no metrics mid-run); prints cases done / total, rate and
+    ETA whenever the count moves.  A unit's cases count as done when its receipt is written;
+    before that, as many as its marker ``.radvqa/progress/<unit>`` says were extracted
+    (:class:`pipeline.engine.execute._Marker`), so a build of a few large units still moves."""
+
+    def __init__(self, output: str, units: list[tuple[str, int]], log, every: float | None = None):
+        self._markers = [f"{PROGRESS_DIR}/{unit_id}" for unit_id, _ in units]
         self._paths = [f"{UNITS_DIR}/{unit_id}.json" for unit_id, _ in units]
         self._cases = [n for _, n in units]
-        self._output, self._log, self._every = output, log, every
+        self._output, self._log = output, log
+        self._every = PROGRESS_EVERY_S if every is None else every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._start = time.monotonic()
@@ -59,12 +69,17 @@ class Progress:
         self._thread.join()
 
     def done(self) -> tuple[int, int]:
-        """``(units, cases)`` whose receipt is written."""
+        """``(units whose receipt is written, cases done)``."""
         units = cases = 0
-        for path, n in zip(self._paths, self._cases):
+        for path, marker, n in zip(self._paths, self._markers, self._cases):
             if shards.exists(self._output, path):
                 units += 1
                 cases += n
+                continue
+            try:
+                cases += min(n, int(shards.read_bytes(self._output, marker)))
+            except (OSError, ValueError):
+                continue  # no marker yet (or one being replaced)
         return units, cases
 
     def _run(self):
@@ -167,6 +182,7 @@ def run_pipeline(refs: list[UnitRef], ctx: BuildContext, beam_args, log) -> None
     """Run the Beam pipeline once; raises :class:`BuildFailed` when it fails."""
     options = beam_options(beam_args)
     todo = [(r.unit_id, r.n_cases) for r in refs if r.mode != "done"]
+    delete_tree(ctx.output, PROGRESS_DIR)  # markers of an earlier run would count twice
     with Progress(ctx.output, todo, log), _Watchdog() as watchdog:
         try:
             pipeline = beam.Pipeline(options=options)

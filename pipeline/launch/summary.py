@@ -13,6 +13,9 @@ def summary_table(manifest: dict, seconds: float, fraction: float, limit: float)
     for stage, c in manifest["counts"].items():
         reasons = ", ".join(f"{k}={v}" for k, v in c["rejected_by_reason"].items()) or "-"
         rows.append(f"{stage:<10} {c['inputs']:>6}  {c['accepted']:>8}  {c['rejected']:>8}  {reasons}")
+    meta = manifest["counts"].get("discover", {}).get("meta_split")
+    if meta:
+        rows.append(meta_split_line(meta))
     rows.append("")
     for split, s in manifest["splits"].items():
         rows.append(f"{split:<10} {s['cases']:>6} cases  {s['images']:>7} images  {s['qa']:>8} QA  "
@@ -37,3 +40,18 @@ def summary_table(manifest: dict, seconds: float, fraction: float, limit: float)
     if "audit" in manifest:
         rows += [""] + summary_lines(manifest["audit"])
     return "\n".join(rows)
+
+
+def meta_split_line(meta: dict) -> str:
+    """What ``meta.csv``'s split column decided (manifest ``counts.discover.meta_split``)."""
+    parts = [f"{meta.get('patients_from_table', 0)} patient(s) split by {meta['table']}"]
+    if meta.get("patients_in_several_splits"):
+        parts.append(f"{meta['patients_in_several_splits']} patient(s) whose cases it put in "
+                     f"several splits placed by {meta['rule']} ({meta['cases_moved']} case(s) moved)")
+    if meta.get("patients_split_by_hash"):
+        parts.append(f"{meta['patients_split_by_hash']} patient(s) without a split there split "
+                     "by hash")
+    if meta.get("cases_with_a_split_the_recipe_lacks"):
+        parts.append(f"{meta['cases_with_a_split_the_recipe_lacks']} case(s) with a split the "
+                     "recipe lacks (ignored)")
+    return "splits: " + "; ".join(parts)

@@ -2,12 +2,13 @@
 
 :func:`lint` runs each family's generator on synthetic records (:func:`lint_records`) and
 renders every variant against the contexts it produces, so a variable a generator does
-not provide, or a variant that fails on real values, is reported before any build.
+not provide, or a variant that fails on real values, is reported before any build;
+:func:`class_list_problems` reports a built-in layout class name the pools lack.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from pipeline.core import keys
 from pipeline.errors import CaseError
@@ -52,6 +53,18 @@ def lint(families: Mapping[str, TemplateFamily], pools) -> list[str]:
                 except CaseError as err:
                     problems.append(err.message)
                     break
+    return problems
+
+
+def class_list_problems(class_lists: Mapping[str, Sequence[str]], pools) -> list[str]:
+    """One problem per built-in class list (``{what: names}``) naming the names ``pools``
+    lack: a structure of a built-in layout must have a display name, region and distractors."""
+    problems = []
+    for what, names in class_lists.items():
+        missing = [name for name in names if not pools.known(name)]
+        if missing:
+            problems.append(f"{what}: {len(missing)} class name(s) the pools lack: "
+                            f"{', '.join(missing)}")
     return problems
 
 

@@ -26,6 +26,8 @@ CARD = "README.md"
 STATE_DIR = ".radvqa"
 UNITS_DIR = f"{STATE_DIR}/units"
 PLAN_DIR = f"{STATE_DIR}/plan"
+#: ``<unit>``: the number of the unit's cases extracted so far (build state, polled for progress)
+PROGRESS_DIR = f"{STATE_DIR}/progress"
 LAST_RUN = f"{STATE_DIR}/last_run.json"
 REPORT_DIR = "report"
 REPORT = f"{REPORT_DIR}/index.html"

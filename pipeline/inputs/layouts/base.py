@@ -5,7 +5,9 @@ A layout knows four things about a case folder whose files it recognises:
 * ``detect``: whether a folder's entries are laid out its way;
 * ``files``: the case's files as ``(role, path relative to the input root)`` pairs, checked
   (a missing file raises :class:`~pipeline.errors.CaseError`, stage ``discover``);
-* ``load``: the case's canonical image volume and masks (:class:`LoadedCase`);
+* ``load``: the case's canonical image volume and masks (:class:`LoadedCase`), read through
+  the reader registry (:func:`~pipeline.inputs.readers.reader_for`,
+  :func:`~pipeline.inputs.readers.mask_reader_for`), never a format's reader directly;
 * ``fingerprint_paths``: the input files and folders whose stat identity fingerprints the case.
 
 Layouts are registered, in detection order, in :mod:`pipeline.inputs.layouts`.  A case is a
@@ -28,8 +30,8 @@ from pipeline.inputs.readers import (
     Volume,
     is_volume_file,
     iter_mask_files,
-    read_mask,
-    read_volume,
+    mask_reader_for,
+    reader_for,
     strip_volume_suffix,
 )
 from pipeline.inputs.tree import InputTree
@@ -131,18 +133,20 @@ def segmentations_files(tree: InputTree, folder: str, found: set[str]) -> tuple[
 
 
 def read_image(case, root: str, max_voxels: int) -> Volume:
-    """The case's ``image`` volume file (modality from discovery, CT when unknown)."""
+    """The case's ``image`` volume file, read by the reader the registry picks for it
+    (modality from discovery, CT when unknown)."""
     path = case.file("image")
-    return read_volume(os.path.join(root, path), path, case.modality or "CT", max_voxels=max_voxels)
+    files = [(os.path.join(root, path), path)]
+    return reader_for(files).read(files, modality=case.modality or "CT", max_voxels=max_voxels)
 
 
 def read_segmentations(case, root: str, volume: Volume) -> tuple[dict[str, np.ndarray], list[str]]:
     """``({structure: mask}, digests)`` of the case's ``segmentations/`` folder, one mask per
-    file, each checked against the image grid."""
+    file, each read by the mask reader the registry picks and checked against the image grid."""
     masks: dict[str, np.ndarray] = {}
     digests: list[str] = []
     for name, full, mrel in iter_mask_files(root, case.file("segmentations")):
-        mask, digest = read_mask(full, mrel, volume.geometry)
+        mask, digest = mask_reader_for(full, mrel).read_mask(full, mrel, volume.geometry)
         digests.append(digest)
         masks[name] = mask
     return masks, digests

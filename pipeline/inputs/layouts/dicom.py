@@ -12,7 +12,7 @@ from pipeline.inputs.layouts.base import (
     rel,
     segmentations_files,
 )
-from pipeline.inputs.readers import list_files, read_dicom_series
+from pipeline.inputs.readers import list_files, reader_for
 from pipeline.inputs.tree import InputTree
 
 
@@ -29,21 +29,15 @@ class DicomLayout:
         return "segmentations" in names
 
     def files(self, tree: InputTree, folder: str, found: set[str]) -> tuple[list[tuple[str, str]], str]:
-        dicom = rel(folder, "dicom")
-        if not tree.isdir(dicom) or not has_files(tree, dicom, lambda name: True):
-            raise CaseError(
-                "discover", "dicom.no_files",
-                "dicom/: found no files, expected the DICOM files of a CT or MR series",
-                rel(folder, "dicom"),
-            )
-        return [("dicom", dicom), segmentations_files(tree, folder, found)], ""
+        return [dicom_folder(tree, folder), segmentations_files(tree, folder, found)], ""
 
     def load(self, case, root: str, max_voxels: int) -> LoadedCase:
         series = case.file("dicom")
         files = list_files(root, series)
         if not files:
             raise CaseError("read", "dicom.no_files", "found an empty dicom/ folder", series)
-        volume = read_dicom_series(files, max_voxels=max_voxels)
+        # the whole folder is the image: its reader takes every file and skips the strays
+        volume = reader_for(files, folder=True).read(files, max_voxels=max_voxels)
         masks, digests = read_segmentations(case, root, volume)
         return LoadedCase(volume, masks, (volume.content_sha256, *digests),
                           case.file("segmentations"), dict(volume.notes))
@@ -53,3 +47,15 @@ class DicomLayout:
 
 
 LAYOUT = DicomLayout()
+
+
+def dicom_folder(tree: InputTree, folder: str) -> tuple[str, str]:
+    """The ``dicom`` entry of a case with a DICOM series, checked to hold files."""
+    dicom = rel(folder, "dicom")
+    if not tree.isdir(dicom) or not has_files(tree, dicom, lambda name: True):
+        raise CaseError(
+            "discover", "dicom.no_files",
+            "dicom/: found no files, expected the DICOM files of a CT or MR series",
+            rel(folder, "dicom"),
+        )
+    return ("dicom", dicom)

@@ -11,7 +11,7 @@ import os
 
 from pipeline.errors import CaseError
 from pipeline.inputs.layouts.base import LoadedCase, pick, read_image, rel, volume_stems
-from pipeline.inputs.readers import Volume, read_label_map
+from pipeline.inputs.readers import Volume, mask_reader_for
 from pipeline.inputs.tree import InputTree
 
 MODALITY_HINT = "modality.txt"
@@ -51,7 +51,9 @@ class MultilabelLayout:
         labels_rel = case.file("labels_json")
         labels = read_labels_json(os.path.join(root, labels_rel), labels_rel)
         map_rel = case.file("labels")
-        masks, digest = read_label_map(os.path.join(root, map_rel), map_rel, volume.geometry, labels)
+        map_path = os.path.join(root, map_rel)
+        masks, digest = mask_reader_for(map_path, map_rel).read_label_map(
+            map_path, map_rel, volume.geometry, labels)
         absent = sorted(set(labels.values()) - set(masks))
         if absent:
             notes["labels_absent"] = absent

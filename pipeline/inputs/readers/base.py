@@ -6,7 +6,8 @@ j→P, k→S; see :mod:`pipeline.core.geometry`), or raises :class:`CaseError`
 naming the file (relative to the input root) and the field, with the value found
 and the value expected.  Files are handed to readers as sorted
 ``(absolute path, path relative to the input root)`` pairs (:func:`list_files`).
-The readers are listed in :mod:`pipeline.inputs.readers.registry`.
+Masks and label maps are read by a :class:`MaskReader` against the image's grid.  The readers
+are listed in :mod:`pipeline.inputs.readers.registry`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.core.geometry import Geometry
+from pipeline.core.geometry import DRIFT_MAX_SHIFT_VOXELS, Geometry
 from pipeline.errors import CaseError
 
 #: File names the ITK reader takes (compared in lower case).
@@ -75,13 +76,48 @@ class Reader(Protocol):
     #: What the reader takes, in words, for the message when no reader accepts the files.
     takes: str
 
-    def accepts(self, files: Files) -> bool:
-        """Whether ``files`` (sorted ``(absolute, relative)`` pairs) are this reader's format."""
+    def accepts(self, files: Files, *, folder: bool = False) -> bool:
+        """Whether ``files`` (sorted ``(absolute, relative)`` pairs) are this reader's format.
+
+        ``folder``: the files are every file of a folder that a layout names as one image
+        (the DICOM layout's ``dicom/``), not files picked by their names; a reader of
+        folders then takes them all and skips the strays itself (listing them in
+        ``Volume.notes``), a reader of single named files declines.
+        """
         ...
 
     def read(self, files: Files, *, modality: str = "CT",
              max_voxels: int | None = None) -> Volume:
         """Read ``files`` into a canonical :class:`Volume` (at most ``max_voxels`` voxels)."""
+        ...
+
+
+class MaskReader(Protocol):
+    """One format of segmentations: binary masks and label maps on an image's grid.
+
+    A separate interface from :class:`Reader` because a mask is read against an image
+    (its grid must match the image's) and yields boolean arrays, not a :class:`Volume`;
+    a format that holds both images and masks (NIfTI, NRRD, MHA) implements both.
+    Errors are :class:`CaseError` naming the file, as for :class:`Reader`.
+    """
+
+    #: Short name of the format, used in messages (``"itk"``).
+    name: str
+    #: What the reader takes, in words, for the message when no reader accepts a file.
+    takes: str
+
+    def accepts_mask(self, path: str, rel: str) -> bool:
+        """Whether the file ``rel`` (absolute ``path``) is this reader's format (by name)."""
+        ...
+
+    def read_mask(self, path: str, rel: str, image: Geometry) -> tuple[np.ndarray, str]:
+        """A binary mask on ``image``'s canonical grid: ``(bool array, sha256 of the file)``."""
+        ...
+
+    def read_label_map(self, path: str, rel: str, image: Geometry,
+                       labels: dict[int, str]) -> tuple[dict[str, np.ndarray], str]:
+        """A label map on ``image``'s grid split into ``{name: bool array}`` by ``labels``,
+        and the sha256 of the file."""
         ...
 
 
@@ -117,6 +153,27 @@ def check_finite(array: np.ndarray, rel: str) -> None:
             f"voxels: found {bad} NaN/inf values, expected finite intensities",
             rel,
         )
+
+
+def check_3d(size: Sequence[int], rel: str) -> None:
+    """Reject a size that is not 3D or 4D with one time point (``volume.not_3d``), naming ``rel``."""
+    size = tuple(int(n) for n in size)
+    if len(size) != 3 and not (len(size) == 4 and size[3] == 1):
+        raise CaseError(
+            "read", "volume.not_3d",
+            f"dimension: found a {len(size)}D image of size {size}"
+            + (f" ({size[3]} time points)" if len(size) == 4 else "")
+            + ", expected 3D (or 4D with a single time point)",
+            rel,
+        )
+
+
+def drift_note(rel: str, what: str, cosine: float, shift: float) -> str:
+    """The ``direction_orthonormalised`` note of a file read on orthonormalised axes
+    (:func:`pipeline.core.geometry.orthonormalise`)."""
+    return (f"{rel}: {what} {cosine:.1e} off orthogonal, read on the nearest orthonormal "
+            f"axes; voxel centres moved by at most {shift:.3f} voxel (limit "
+            f"{DRIFT_MAX_SHIFT_VOXELS:g})")
 
 
 def list_files(root: str, sub: str) -> list[tuple[str, str]]:

@@ -41,7 +41,7 @@ def decode_file(f: DicomFile) -> np.ndarray:
     if not encapsulated:
         bits = int(ds.get("BitsAllocated", 0) or 0)
         expected = rows * cols * f.frames * bits // 8 if bits >= 8 else 0
-        found = len(ds.PixelData)
+        found = len(ds.PixelData or b"")  # a zero length field reads as None
         if bits not in (8, 16, 32, 64):
             raise CaseError(
                 "read", "dicom.unsupported_pixels",

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.core.geometry import Geometry, canonicalise
+from pipeline.core.geometry import Geometry, canonicalise, is_orthonormal, orthonormalise
 from pipeline.errors import CaseError
-from pipeline.inputs.readers.base import check_finite
+from pipeline.inputs.readers.base import check_finite, drift_note
 from pipeline.inputs.readers.dicom_decode import decode_file
 from pipeline.inputs.readers.dicom_files import DicomFile
 
@@ -48,12 +48,15 @@ class _Plane:
 
 
 def assemble_series(
-    files: list[DicomFile], *, max_voxels: int | None
+    files: list[DicomFile], *, max_voxels: int | None, notes: dict | None = None
 ) -> tuple[np.ndarray, Geometry, str]:
     """Check, order and decode the planes of one series: ``(canonical array, grid, modality)``.
 
     See :func:`pipeline.inputs.readers.dicom.read_dicom_series` for what is
-    checked; the array is float32 (CT in HU), canonical ``[i, j, k]``.
+    checked; the array is float32 (CT in HU), canonical ``[i, j, k]``.  Row and
+    column cosines a little off orthogonal (float drift) are orthonormalised
+    within the bounds of :func:`pipeline.core.geometry.orthonormalise`, with a
+    line in ``notes["direction_orthonormalised"]``.
     """
     first = files[0]
     modality = {"CT": "CT", "MR": "MR"}.get(first.modality)
@@ -138,6 +141,11 @@ def assemble_series(
     )
     array = np.transpose(stack, (2, 1, 0))
     try:
+        if not is_orthonormal(geometry.direction):
+            geometry, cosine, shift = orthonormalise(geometry, "ImageOrientationPatient (0020,0037)")
+            if notes is not None:
+                notes.setdefault("direction_orthonormalised", []).append(
+                    drift_note(first.rel, "ImageOrientationPatient row and column", cosine, shift))
         canon, cgeom = canonicalise(array, geometry)
     except CaseError as err:
         raise err.with_path(first.rel) from None

@@ -2,9 +2,11 @@
 
 Arrays come back in the canonical orientation (``[i, j, k]``, i→L, j→P, k→S; see
 :mod:`pipeline.core.geometry`).  Before any voxel is decoded the header is
-checked (a 3D image, or 4D with one time point; an orthonormal NIfTI sform; the
-voxel limit) and a NIfTI's data is checked to be complete and its stored
-intensities finite (:mod:`pipeline.inputs.readers.nifti_header`).  Masks must lie
+checked (a 3D image, or 4D with one time point; a NIfTI sform orthonormal within
+float drift; the voxel limit) and a NIfTI's data is checked to be complete and its
+stored intensities finite (:mod:`pipeline.inputs.readers.nifti_header`).  A NIfTI
+that ITK refuses for float drift in its sform (no qform) is read with nibabel on
+the orthonormalised grid (:mod:`pipeline.inputs.readers.nifti_nibabel`) and noted.  Masks must lie
 on the image's grid with values {0, 1} or {0, 255}; label maps must hold integers
 that ``labels.json`` names.
 """
@@ -14,17 +16,26 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.core.geometry import Geometry, canonicalise, geometry_mismatches
+from pipeline.core.geometry import (
+    Geometry,
+    canonicalise,
+    geometry_mismatches,
+    is_orthonormal,
+    orthonormalise,
+)
 from pipeline.errors import CaseError
 from pipeline.inputs.readers.base import (
     VOLUME_SUFFIXES,
     Files,
     Volume,
+    check_3d,
     check_finite,
+    drift_note,
     file_sha256,
     is_volume_file,
 )
-from pipeline.inputs.readers.nifti_header import check_nifti_sform, scan_nifti
+from pipeline.inputs.readers.nifti_header import Sform, check_nifti_sform, scan_nifti
+from pipeline.inputs.readers.nifti_nibabel import read_with_nibabel
 
 
 def read_itk(path: str, rel: str, *, max_voxels: int | None = None) -> tuple[np.ndarray, Geometry]:
@@ -33,25 +44,32 @@ def read_itk(path: str, rel: str, *, max_voxels: int | None = None) -> tuple[np.
     return array, geometry
 
 
-def _read_itk(path: str, rel: str, *, max_voxels: int | None = None):
+def _read_itk(path: str, rel: str, *, max_voxels: int | None = None, notes: dict | None = None):
     """:func:`read_itk` plus the number of NaN/inf values stored in a float NIfTI.
 
     The header is checked first (dimension, sform, voxel limit), then a NIfTI's
-    data is checked to be complete, before any voxel is decoded.
+    data is checked to be complete, before any voxel is decoded.  A NIfTI that
+    ITK refuses for float drift in its sform is read with nibabel on the
+    orthonormalised grid when the drift is within the bounds of
+    :func:`~pipeline.inputs.readers.nifti_header.check_nifti_sform`, and a line
+    saying so is added to ``notes["nifti_sform_orthonormalised"]``.
     """
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(path)
-        reader.ReadImageInformation()
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as err:
+            sform = _drift_itk_refuses(err, path, rel)
+            if sform is None:
+                raise
+            array, geometry, non_finite = read_with_nibabel(path, rel, sform,
+                                                            max_voxels=max_voxels)
+            if notes is not None:
+                notes.setdefault("nifti_sform_orthonormalised", []).append(sform.note(rel))
+            return array, geometry, non_finite
         size = reader.GetSize()
-        if len(size) != 3 and not (len(size) == 4 and size[3] == 1):
-            raise CaseError(
-                "read", "volume.not_3d",
-                f"dimension: found a {len(size)}D image of size {tuple(size)}"
-                + (f" ({size[3]} time points)" if len(size) == 4 else "")
-                + ", expected 3D (or 4D with a single time point)",
-                rel,
-            )
+        check_3d(size, rel)
         check_nifti_sform(path, rel)
         n = int(np.prod(size))
         if max_voxels and n > max_voxels:
@@ -91,12 +109,32 @@ def _read_itk(path: str, rel: str, *, max_voxels: int | None = None):
         )
     except ValueError as err:
         raise CaseError("read", "geometry.invalid", f"header: {err}", rel) from err
+    if not is_orthonormal(geometry.direction):  # float drift ITK let through (NRRD, MHA)
+        try:
+            geometry, cosine, shift = orthonormalise(geometry)
+        except CaseError as err:
+            raise err.with_path(rel) from None
+        if notes is not None:
+            notes.setdefault("direction_orthonormalised", []).append(
+                drift_note(rel, "direction cosines", cosine, shift))
     return array, geometry, non_finite
+
+
+def _drift_itk_refuses(err: RuntimeError, path: str, rel: str) -> Sform | None:
+    """The checked sform of a NIfTI that ITK refused for non-orthonormal direction cosines
+    (float drift, no qform), or None when ITK refused the file for another reason.
+
+    Raises ``geometry.non_orthogonal`` when the sform is sheared beyond float drift.
+    """
+    if "orthonormal" not in str(err):
+        return None
+    return check_nifti_sform(path, rel)
 
 
 def read_volume(path: str, rel: str, modality: str, *, max_voxels: int | None = None) -> Volume:
     """Read an image volume (NIfTI, NRRD, MHA) into a canonical :class:`Volume`."""
-    array, geometry, bad = _read_itk(path, rel, max_voxels=max_voxels)
+    notes: dict = {}
+    array, geometry, bad = _read_itk(path, rel, max_voxels=max_voxels, notes=notes)
     if bad:
         raise CaseError(
             "read", "volume.non_finite",
@@ -109,7 +147,7 @@ def read_volume(path: str, rel: str, modality: str, *, max_voxels: int | None = 
         raise err.with_path(rel) from None
     canon = canon.astype(np.float32, copy=False)
     check_finite(canon, rel)
-    return Volume(canon, cgeom, modality, {"Modality": modality}, file_sha256(path))
+    return Volume(canon, cgeom, modality, {"Modality": modality}, file_sha256(path), notes)
 
 
 def _on_image_grid(path: str, rel: str, image: Geometry):
@@ -173,7 +211,7 @@ def read_label_map(
     if unmapped:
         raise CaseError(
             "read", "labels.unmapped_value",
-            f"values: found label values {unmapped} that labels.json does not name, "
+            f"values: found label values {unmapped} that the class map does not name, "
             f"expected only {sorted(labels)}",
             rel,
         )
@@ -182,17 +220,32 @@ def read_label_map(
 
 
 class ItkReader:
-    """The :class:`~pipeline.inputs.readers.base.Reader` of one NIfTI, NRRD or MHA file."""
+    """The :class:`~pipeline.inputs.readers.base.Reader` of one NIfTI, NRRD or MHA file, and
+    the :class:`~pipeline.inputs.readers.base.MaskReader` of masks and label maps in them."""
 
     name = "itk"
     takes = "one NIfTI, NRRD or MHA file (" + ", ".join(VOLUME_SUFFIXES) + ")"
 
-    def accepts(self, files: Files) -> bool:
-        """One file whose name ends with a volume suffix."""
-        return len(files) == 1 and is_volume_file(files[0][1])
+    def accepts(self, files: Files, *, folder: bool = False) -> bool:
+        """One file, named by a layout (not a folder's listing), whose name ends with a
+        volume suffix."""
+        return not folder and len(files) == 1 and is_volume_file(files[0][1])
 
     def read(self, files: Files, *, modality: str = "CT",
              max_voxels: int | None = None) -> Volume:
         """:func:`read_volume` of the one file, as ``modality``."""
         path, rel = files[0]
         return read_volume(path, rel, modality, max_voxels=max_voxels)
+
+    def accepts_mask(self, path: str, rel: str) -> bool:
+        """A file whose name ends with a volume suffix."""
+        return is_volume_file(rel)
+
+    def read_mask(self, path: str, rel: str, image: Geometry) -> tuple[np.ndarray, str]:
+        """:func:`read_mask`."""
+        return read_mask(path, rel, image)
+
+    def read_label_map(self, path: str, rel: str, image: Geometry,
+                       labels: dict[int, str]) -> tuple[dict[str, np.ndarray], str]:
+        """:func:`read_label_map`."""
+        return read_label_map(path, rel, image, labels)

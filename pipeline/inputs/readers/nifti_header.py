@@ -1,9 +1,12 @@
 """The NIfTI-1 header and data, checked on the raw bytes where ITK would hide a fault.
 
 ITK coerces a sheared sform to the nearest rotation, fills the missing part of a
-cut-short file with zeros and turns NaN into 0, each without an error; these
-checks run before ITK decodes a voxel (:mod:`pipeline.inputs.readers.itk`).
-Files that are not NIfTI-1 (``.nii``, ``.nii.gz``) pass unchecked.
+cut-short file with zeros and turns NaN into 0, each without an error, and refuses
+an sform a few 1e-4 off orthonormal (float drift) when no qform rescues it; these
+checks run before ITK decodes a voxel (:mod:`pipeline.inputs.readers.itk`), and
+:class:`Sform` gives the grid such a drifted file is read on
+(:mod:`pipeline.inputs.readers.nifti_nibabel`).  Files that are not NIfTI-1
+(``.nii``, ``.nii.gz``) pass unchecked.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import gzip
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.core.geometry import DRIFT_MAX_SHIFT_VOXELS, Geometry, orthonormalise
 from pipeline.errors import CaseError
 
 
@@ -111,37 +116,85 @@ def scan_nifti(path: str, rel: str) -> int:
     return bad
 
 
-def check_nifti_sform(path: str, rel: str) -> None:
-    """Reject a NIfTI whose sform is sheared (non-orthogonal axes).
+_UNIT_SCALE = {1: 1000.0, 2: 1.0, 3: 0.001}  # xyzt_units & 7: metre, millimetre, micron
 
-    ITK coerces such a matrix to the nearest rotation with only a console
-    warning, which would silently move every voxel; the stored sform is
-    checked here instead.
+
+@dataclass(frozen=True)
+class Sform:
+    """A NIfTI-1 sform, how far it is from orthonormal and the grid it gives once made so.
+
+    ``cosine``: the largest |cos| between two of its axes (0 for orthogonal axes);
+    ``shift_voxels``: the largest distance, over the corners of the volume, between a
+    voxel centre placed by the stored sform and by its orthonormalised axes (the nearest
+    rotation, from the polar decomposition; origin and spacing kept), in voxels of the
+    smallest spacing — the distance is linear in the index, so the corners bound it;
+    ``geometry``: the grid with the orthonormalised axes, in ITK's conventions (LPS,
+    ``[i, j, k]``, spacing = the sform's column norms, millimetres); ``qform_code``.
+    """
+
+    cosine: float
+    shift_voxels: float
+    geometry: Geometry
+    qform_code: int
+
+    def note(self, rel: str) -> str:
+        """The line recorded in the case's notes when the file is read on :attr:`geometry`."""
+        return (f"{rel}: sform axes {self.cosine:.1e} off orthogonal with qform_code "
+                f"{self.qform_code}, which ITK refuses; read with nibabel on the nearest "
+                f"orthonormal axes, voxel centres moved by at most {self.shift_voxels:.3f} "
+                f"voxel (limit {DRIFT_MAX_SHIFT_VOXELS:g})")
+
+
+def check_nifti_sform(path: str, rel: str) -> Sform | None:
+    """The sform of a NIfTI-1 file, checked: float drift is accepted, a sheared grid is not.
+
+    ITK coerces a sheared sform to the nearest rotation with only a console
+    warning (which would silently move every voxel), and refuses one a few 1e-4
+    off orthonormal when no qform rescues it (about 140 TotalSegmentator CT
+    cases).  An sform is accepted within the float-drift bounds of
+    :func:`pipeline.core.geometry.orthonormalise` (axes within 1e-3 of
+    orthogonal, no voxel centre moved by more than 0.1 voxel); otherwise
+    ``geometry.non_orthogonal`` names the matrix found and the bound.  Returns
+    None for files without an sform (``sform_code`` 0) or that are not NIfTI-1.
     """
     found = _nifti1_header(path)
     if found is None:
-        return
+        return None
     header, endian = found
     if struct.unpack(endian + "h", header[254:256])[0] <= 0:  # sform_code: no sform
-        return
-    rows = [struct.unpack(endian + "4f", header[o:o + 16])[:3] for o in (280, 296, 312)]
-    affine = np.array(rows, dtype=np.float64)
+        return None
+    rows = [struct.unpack(endian + "4f", header[o:o + 16]) for o in (280, 296, 312)]
+    sform = np.array(rows, dtype=np.float64)
+    scale = _UNIT_SCALE.get(header[123] & 7, 1.0)
+    affine, offset = sform[:, :3] * scale, sform[:, 3] * scale
     norms = np.linalg.norm(affine, axis=0)
-    shown = np.array2string(affine, precision=4, separator=", ").replace("\n", "")
-    if np.any(norms == 0) or not np.all(np.isfinite(affine)):
+    shown = np.array2string(sform[:, :3], precision=4, separator=", ").replace("\n", "")
+    if not np.all(np.isfinite(sform)) or np.any(norms == 0):
         raise CaseError(
             "read", "geometry.non_orthogonal",
             f"direction (NIfTI sform srow_x/y/z): found {shown}, expected three non-zero axes",
             rel,
         )
-    unit = affine / norms
-    if not np.allclose(unit.T @ unit, np.eye(3), atol=1e-3):
-        raise CaseError(
-            "read", "geometry.non_orthogonal",
-            f"direction (NIfTI sform srow_x/y/z): axes are not orthogonal: found {shown}, "
-            "expected orthogonal axes (a sheared grid cannot be reoriented without resampling)",
-            rel,
+    dims = struct.unpack(endian + "8h", header[40:56])
+    shape = tuple(int(dims[1 + a]) if a < dims[0] else 1 for a in range(3))
+    if min(shape) < 1:
+        return None  # a malformed header: SimpleITK or nibabel reports it
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
+    try:
+        stored = Geometry(
+            shape=shape,
+            spacing=tuple(float(n) for n in norms),
+            origin=tuple(float(v) + 0.0 for v in ras_to_lps @ offset),
+            direction=tuple(float(v) + 0.0 for v in (ras_to_lps @ (affine / norms)).ravel()),
         )
+    except ValueError as err:
+        raise CaseError("read", "geometry.invalid", f"header: {err}", rel) from err
+    try:
+        geometry, cosine, shift = orthonormalise(
+            stored, "direction (NIfTI sform srow_x/y/z)", shown)
+    except CaseError as err:
+        raise err.with_path(rel) from None
+    return Sform(cosine, shift, geometry, int(struct.unpack(endian + "h", header[252:254])[0]))
 
 
 def nifti_non_finite(path: str) -> int:
