@@ -41,6 +41,7 @@ def _records(n, seed=0):
         out.append({"image_id": key, "case_key": key, "split": rng.choice(["train", "test"]),
                     "modality": "CT", "plane": rng.choice(["axial", "coronal"]), "slice_index": 3,
                     "width": 96, "height": 96, "boxes": [_box(x, rng) for x in sorted(present)],
+                    "spacing_mm": [1.5, 1.5], "prompt_label": rng.choice(sorted(present)),
                     "case_labels": LABELS})
     return out
 

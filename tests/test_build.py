@@ -81,7 +81,7 @@ def test_manifest_lists_every_file_with_its_sha256_and_counts_balance(corpus):
     assert manifest["counts"]["discover"]["inputs"] == N_PATIENTS
     assert manifest["counts"]["extract"]["accepted"] == N_PATIENTS
     assert set(manifest["tasks"]) == {"anatomy", "existence", "laterality", "spatial", "size",
-                                      "counting", "grounding"}
+                                      "counting", "grounding", "measurement", "physiology"}
     assert "wall" not in json.dumps(manifest) and "seconds" not in json.dumps(manifest)
     # a user's own label set is reported, not rejected
     assert "renal_parenchyma_left" in manifest["labels_unknown_to_pools"]
@@ -200,7 +200,20 @@ def test_questions_are_balanced_and_mc_positions_spread(corpus):
     assert set(positions) == set("ABCD")
     for r in mc:
         assert r["options"][ord(r["answer"]) - 65] == r["answer_text"]
-        assert len(set(r["options"])) == 4
+        assert len(set(r["options"])) == (2 if r["task"] == "size" else 4)
+
+
+def test_spatial_and_quantitative_questions_survive_balancing(corpus):
+    """RadVUQA's spatial (laterality, relative position) and quantitative (size, counts,
+    extents) questions stay at least a tenth of the corpus each after balancing dropped
+    the ones whose answer the text alone would give; and the test split holds them too."""
+    out, _ = corpus
+    qa = pq.read_table(out / "qa", columns=["task", "split"]).to_pylist()
+    spatial = [r for r in qa if r["task"] in ("laterality", "spatial")]
+    quantitative = [r for r in qa if r["task"] in ("size", "counting", "measurement")]
+    assert len(spatial) >= 0.1 * len(qa) and len(quantitative) >= 0.1 * len(qa)
+    assert {r["task"] for r in spatial + quantitative if r["split"] == "test"} >= {
+        "laterality", "spatial", "size", "measurement"}
 
 
 def test_sample_build_exits_3_when_too_many_cases_are_rejected(tmp_path, sample_input):

@@ -292,7 +292,7 @@ def test_slices_llava_matches_the_qa_rows(slices, slices_llava):
             if row["question_type"] == "multiple_choice":
                 letter = row["answer"]
                 assert gpt == f"{letter}. {row['options'][ord(letter) - 65]}" == f"{letter}. {row['answer_text']}"
-                assert human.endswith("\nD. " + row["options"][3])
+                assert human.endswith(f"\n{'ABCD'[len(row['options']) - 1]}. " + row["options"][-1])
             elif row["answer_box"] is not None:
                 assert gpt == box_text(row["answer_box"], *size, "llava", answer=True)
             else:
@@ -325,7 +325,9 @@ def test_slices_grounding_boxes_per_framework(slices, tmp_path):
     source = {r["qa_id"]: r for r in _rows(slices, "qa", "test")}
     grounding = [r for r in source.values() if r["answer_box"] is not None]
     boxed_questions = [r for r in source.values() if BOX_LITERAL.search(r["question"])]
-    assert grounding and boxed_questions
+    # the built-in families quote no box in a question any more (visual prompts instead):
+    # converting quoted boxes is covered by test_question_boxes
+    assert grounding
     qwen = {r["id"]: r for r in _load_json(
         _export(slices, tmp_path / "qwen", "sharegpt", splits=["test"]) / "radvqa_sample_test.json")}
     intern = {r["id"]: r for r in _load_json(
@@ -410,7 +412,9 @@ def test_slices_vlmevalkit_reads_back_as_vlmevalkit_does(slices, tmp_path):
         assert len(carried) == len({source[q]["image_id"] for q in raw["qa_id"]})  # base64 once per image
     for _, line in mcq.iterrows():
         row = source[line["qa_id"]]
-        assert [line[c] for c in "ABCD"] == row["options"] and line["answer"] == row["answer"]
+        # VLMEvalKit drops the empty (NaN) option columns of a question with fewer options
+        assert [line[c] for c in "ABCD" if not pd.isna(line[c])] == row["options"]
+        assert line["answer"] == row["answer"]
     assert set(yn["answer"]) <= {"Yes", "No"}
     for _, line in yn.iterrows():
         assert line["answer"] == source[line["qa_id"]]["answer"].capitalize()

@@ -15,7 +15,8 @@ from PIL import Image
 
 from pipeline.config.resources import resource_dir
 from pipeline.core import perturb
-from pipeline.core.imaging import box_colour, draw_boxes
+from pipeline.core.imaging import PROMPT_COLOURS, draw_prompt
+from pipeline.engine.extract import prompt_boxes
 from pipeline.engine.ood import chosen, image_rows
 from pipeline.inputs.sample import write_longitudinal_sample, write_sample
 from pipeline.launch.build import build
@@ -89,29 +90,39 @@ def test_image_rows_convert_colour_sources_to_grey():
     assert im.mode == "L" and im.size == (12, 9) and row["family"] == "contrast"
 
 
-def test_boxed_images_draw_every_box_on_its_edge_pixels(slices):
+def test_boxed_images_draw_the_prompt_in_red_and_its_neighbours_in_other_colours(slices):
     out, _ = slices
-    rows = pq.read_table(out / "images", columns=["image", "image_boxed", "boxes"]).to_pylist()
-    checked = 0
+    rows = pq.read_table(out / "images", columns=["image_id", "image", "image_boxed", "image_boxed_easy",
+                                                   "prompt_label", "boxes"]).to_pylist()
+    red = PROMPT_COLOURS["red"]
     for r in rows:
         gray = np.asarray(Image.open(io.BytesIO(r["image"]["bytes"])))
+        target, others = prompt_boxes(r["image_id"], r["boxes"], 50)
+        assert r["prompt_label"] == target["label"] and target["area_px"] >= 50
         boxed = np.asarray(Image.open(io.BytesIO(r["image_boxed"]["bytes"])).convert("RGB"))
-        assert np.array_equal(boxed, draw_boxes(gray, r["boxes"]))
-        for b in r["boxes"]:
-            if b["label"] == max(x["label"] for x in r["boxes"]):  # drawn last: nothing over it
-                assert tuple(boxed[b["y_min"], b["x_min"]]) == box_colour(b["label"])
-                assert tuple(boxed[b["y_max"] - 1, b["x_max"] - 1]) == box_colour(b["label"])
-                checked += 1
-    assert checked > 10
+        easy = np.asarray(Image.open(io.BytesIO(r["image_boxed_easy"]["bytes"])).convert("RGB"))
+        assert np.array_equal(boxed, draw_prompt(gray, target, others))
+        assert np.array_equal(easy, draw_prompt(gray, target))
+        for img in (boxed, easy):  # the target is drawn last: its corners are red
+            assert tuple(img[target["y_min"], target["x_min"]]) == red
+            assert tuple(img[target["y_max"] - 1, target["x_max"] - 1]) == red
+        # the easy variant shows one box: every coloured pixel is red
+        coloured = easy[(easy[:, :, 0] != easy[:, :, 1]) | (easy[:, :, 1] != easy[:, :, 2])]
+        assert len(coloured) and all(tuple(c) == red for c in coloured)
+    assert len({r["prompt_label"] for r in rows}) > 5
 
 
 def test_without_the_option_image_boxed_is_null(tmp_path):
     write_sample(tmp_path / "in", n_patients=2)
     shutil.rmtree(tmp_path / "in" / "s0002")
-    result = build("sample", str(tmp_path / "out"), input_dir=str(tmp_path / "in"), **QUIET)
+    text = (resource_dir("recipes") / "sample.yaml").read_text()
+    assert "boxed: true" in text
+    (tmp_path / "r.yaml").write_text(text.replace("boxed: true", "boxed: false"))
+    result = build(str(tmp_path / "r.yaml"), str(tmp_path / "out"), input_dir=str(tmp_path / "in"), **QUIET)
     assert result.exit_code == 0
-    assert set(pq.read_table(tmp_path / "out" / "images", columns=["image_boxed"])
-               .column("image_boxed").to_pylist()) == {None}
+    t = pq.read_table(tmp_path / "out" / "images", columns=["image_boxed", "image_boxed_easy", "prompt_label"])
+    assert {c: set(t.column(c).to_pylist()) for c in t.column_names} == {
+        "image_boxed": {None}, "image_boxed_easy": {None}, "prompt_label": {None}}
 
 
 def test_volumes_get_perturbed_volumes(tmp_path):

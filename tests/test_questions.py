@@ -19,7 +19,7 @@ from pipeline.qa.pools import load_pools
 from pipeline.qa.questions import generate_questions
 from pipeline.qa.templates import load_families, render
 
-POOLS = load_pools([resource_dir("distractor_pools") / "totalsegmentator.yaml"])
+POOLS = load_pools([resource_dir("distractor_pools") / name for name in ("totalsegmentator.yaml", "physiology.yaml")])
 FAMILIES = load_families(resource_dir("templates") / "radvuqa", generators=GENERATORS)
 
 
@@ -103,7 +103,7 @@ def test_yaml_is_loaded_safely(tmp_path):
 
 def test_builtin_families_lint_clean():
     assert lint(FAMILIES, POOLS) == []
-    assert len(FAMILIES) == 10
+    assert len(FAMILIES) == 12
     assert all(len(f.variants) >= 3 for f in FAMILIES.values())
 
 
@@ -150,17 +150,22 @@ def _records(n: int):
 def test_closed_answers_are_balanced_and_mc_positions_uniform():
     answers = collections.Counter()
     positions = collections.Counter()
+    pairs = collections.Counter()
     for record in _records(1500):
         for row in generate_questions(record, FAMILIES, POOLS, seed=3):
             if row["question_type"] == "closed":
                 answers[row["answer"]] += 1
             elif row["question_type"] == "multiple_choice":
-                positions[row["answer"]] += 1
                 assert row["options"]["ABCD".index(row["answer"])] == row["answer_text"]
+                if len(row["options"]) == 4:  # two-option questions (size) are checked below
+                    positions[row["answer"]] += 1
+                else:
+                    pairs[row["answer"]] += 1
     assert abs(answers["yes"] / sum(answers.values()) - 0.5) < 0.03
     total = sum(positions.values())
     chi2 = sum((positions[c] - total / 4) ** 2 / (total / 4) for c in "ABCD")
     assert chi2 < 16.3, positions  # p ~ 0.001 for 3 degrees of freedom
+    assert set(pairs) == {"A", "B"} and abs(pairs["A"] / sum(pairs.values()) - 0.5) < 0.05
 
 
 def test_generation_is_deterministic_and_independent_of_box_order():

@@ -64,7 +64,7 @@ def test_patients_vary_where_questions_should_depend_on_the_image():
         left = sum(p.masks[n] for n in ORGANS if n.startswith("lung_") and n.endswith("left"))
         nodule_sides.add("left" if (nodules & (left > 0)).any() else "right")
         nodule_counts.add(count_components(nodules))
-    assert sum(situs_inversus(i) for i in range(12)) == 3
+    assert sum(situs_inversus(i) for i in range(12)) == 6
     assert lower == {"kidney_left", "kidney_right"}
     assert colon == {True, False}
     assert nodule_sides == {"left", "right"}

@@ -508,7 +508,7 @@ def _recipe(folder: Path, templates: str = "radvuqa", pools: str = "totalsegment
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "r.yaml"
     path.write_text(_recipe_text().replace("templates: [radvuqa]", f"templates: [{templates!r}]")
-                    .replace("pools: [totalsegmentator]", f"pools: [{pools!r}]"))
+                    .replace("pools: [totalsegmentator, physiology]", f"pools: [{pools!r}]"))
     return path
 
 

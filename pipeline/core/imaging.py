@@ -114,3 +114,32 @@ def draw_boxes(gray: np.ndarray, boxes) -> np.ndarray:
         rgb[y0:y1, x0] = colour
         rgb[y0:y1, x1 - 1] = colour
     return rgb
+
+
+#: Named outline colours of visual prompts (RGB): the target of a question about a drawn
+#: box is always in the first (``red``); other structures' boxes of the hard variant take
+#: the others.  Pure hues, so a reader can name them.
+PROMPT_COLOURS = {"red": (255, 0, 0), "green": (0, 200, 0), "blue": (0, 100, 255),
+                  "yellow": (255, 220, 0)}
+
+
+def draw_prompt(gray: np.ndarray, target, others=(), width: int = 2) -> np.ndarray:
+    """An RGB copy of a ``uint8`` slice with the ``target`` box outlined in red and the
+    ``others`` (at most three) in green, blue and yellow, in that order; outlines are
+    ``width`` pixels thick, inside each box's edge (boxes in pixels, maxima exclusive).
+    The target is drawn last, so it is never hidden by another box's outline."""
+    g = np.asarray(gray)
+    if g.dtype != np.uint8 or g.ndim != 2:
+        raise ValueError(f"draw_prompt: expected a 2D uint8 image, got {g.dtype} {g.shape}")
+    if len(others) > len(PROMPT_COLOURS) - 1:
+        raise ValueError(f"draw_prompt: at most {len(PROMPT_COLOURS) - 1} other boxes, got {len(others)}")
+    rgb = np.repeat(g[:, :, None], 3, axis=2)
+    colours = list(PROMPT_COLOURS.values())
+    for b, colour in [*zip(others, colours[1:]), (target, colours[0])]:
+        x0, y0, x1, y1 = int(b["x_min"]), int(b["y_min"]), int(b["x_max"]), int(b["y_max"])
+        t = max(1, min(width, (x1 - x0) // 2, (y1 - y0) // 2))
+        rgb[y0:y0 + t, x0:x1] = colour
+        rgb[y1 - t:y1, x0:x1] = colour
+        rgb[y0:y1, x0:x0 + t] = colour
+        rgb[y0:y1, x1 - t:x1] = colour
+    return rgb

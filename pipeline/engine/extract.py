@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.core import keys
 from pipeline.core.boxes import body_midline, slice_boxes, structure_stats
 from pipeline.core.geometry import Geometry
-from pipeline.core.imaging import draw_boxes, encode_png
+from pipeline.core.imaging import draw_prompt, encode_png
 from pipeline.core.masks import Mask, as_mask
 from pipeline.core.slices import (
     PLANES,
@@ -35,7 +35,7 @@ from pipeline.inputs.layouts import get_layout
 from pipeline.inputs.readers import Volume
 
 #: Bump when extraction output changes for the same inputs and settings.
-EXTRACT_VERSION = "2"
+EXTRACT_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class SliceSettings:
     structures: tuple[str, ...] | None = None
     max_voxels: int = 64_000_000
     png_level: int = 6
-    boxed: bool = False  # also store each slice with its boxes drawn (image_boxed)
+    boxed: bool = False  # also store each slice with a visual prompt drawn (image_boxed, _easy)
 
     def __post_init__(self) -> None:
         bad = [p for p in self.planes if p not in PLANES]
@@ -179,7 +179,8 @@ def extract_case(
             for window in windows:
                 images.append(
                     _image_row(case, split, volume, plane, index, window, view, boxes,
-                               (dx, dy), case_labels, settings.png_level, settings.boxed)
+                               (dx, dy), case_labels, settings.png_level,
+                               settings.boxed and settings.min_area_px)
                 )
     if not images:
         raise CaseError(
@@ -193,18 +194,52 @@ def extract_case(
     return images, structures
 
 
+def prompt_boxes(image_id: str, boxes: list[dict], min_area_px: int) -> tuple[dict, list[dict]] | None:
+    """The visual prompt of a slice: ``(target, others)`` or ``None`` (no box of at least
+    ``min_area_px`` pixels).
+
+    The target (outlined in red) is drawn uniformly from the slice's boxes of at least
+    ``min_area_px`` pixels, keyed by the image only (so regeneration never changes it);
+    the others (the hard variant's green, blue and yellow boxes) are the up to three other
+    structures whose box centres lie nearest the target's — the structures a reader could
+    confuse with it, so the other outlines never point at the answer by elimination.
+    """
+    eligible = sorted((b for b in boxes if b["area_px"] >= min_area_px), key=lambda b: b["label"])
+    if not eligible:
+        return None
+    target = eligible[int(keys.rng(0, image_id, "prompt").integers(len(eligible)))]
+
+    def centre(b):
+        return ((b["x_min"] + b["x_max"]) / 2.0, (b["y_min"] + b["y_max"]) / 2.0)
+
+    tx, ty = centre(target)
+    others = sorted((b for b in boxes if b["label"] != target["label"]),
+                    key=lambda b: ((centre(b)[0] - tx) ** 2 + (centre(b)[1] - ty) ** 2, b["label"]))
+    return target, others[:3]
+
+
 def _image_row(case, split, volume, plane, index, window: Window, view, boxes, spacing,
-               case_labels, png_level, boxed=False) -> dict:
+               case_labels, png_level, prompt_min_area=0) -> dict:
+    """One image row; with ``prompt_min_area`` (the recipe's ``slices.boxed``) also its
+    visual prompt: ``image_boxed`` (the target in red beside its nearest structures in
+    green, blue and yellow), ``image_boxed_easy`` (the red box alone), ``prompt_label``."""
     pixels = apply_window(view, window)
     image_id = keys.stable_key("image", case.key, plane, index, window.name)
-    drawn = None
-    if boxed:
-        drawn = {"bytes": encode_png(draw_boxes(pixels, boxes), png_level),
+    drawn = easy = label = None
+    prompt = prompt_boxes(image_id, boxes, prompt_min_area) if prompt_min_area else None
+    if prompt is not None:
+        target, others = prompt
+        label = target["label"]
+        drawn = {"bytes": encode_png(draw_prompt(pixels, target, others), png_level),
                  "path": f"{image_id}-boxed.png"}
+        easy = {"bytes": encode_png(draw_prompt(pixels, target), png_level),
+                "path": f"{image_id}-boxed-easy.png"}
     return {
         "image_id": image_id,
         "image": {"bytes": encode_png(pixels, png_level), "path": f"{image_id}.png"},
         "image_boxed": drawn,
+        "image_boxed_easy": easy,
+        "prompt_label": label,
         "width": int(pixels.shape[1]),
         "height": int(pixels.shape[0]),
         "modality": volume.modality,

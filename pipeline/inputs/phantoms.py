@@ -8,7 +8,9 @@ asymmetric where it matters: the liver and IVC on the patient's right, the
 spleen, stomach and aorta on the left, lung lobes partitioned by oblique
 fissures, five stacked vertebrae, a colon in two limbs.  Patients vary where a
 question should depend on the image: every fourth one has mirrored abdominal
-organs (:func:`situs_inversus`), either kidney may sit lower, the colon's limbs
+organs (:func:`situs_inversus`: half of them, so that a structure's side and its
+left/right relations to others are questions about the image), either kidney sits
+lower (half each), the colon's limbs
 are joined by a transverse segment in about half of them, and lung nodules
 (one to three, in one lung) grow on either side.  Some patients carry lesions
 (``liver_tumor``, ``lung_nodules``, ``kidney_cyst_left``/``right``), which
@@ -100,7 +102,7 @@ def _bar_x(X, Y, Z, y, z, radius, x_range):
 def situs_inversus(index: int) -> bool:
     """Phantoms whose abdominal organs are mirrored (liver on the left, spleen on the
     right): laterality must be read from the image, never from a structure's name."""
-    return index % 4 == 2
+    return index % 4 in (1, 2)  # independent of the colon (index % 2) and nodule side ((index // 2) % 2)
 
 
 def _tube(X, Y, Z, centre_xy, radius, z_range):
@@ -157,7 +159,7 @@ def make_phantom(
     # two limbs, and where lung nodules grow.  It makes laterality, relative position and
     # component counts questions about the image, not about textbook anatomy.
     m = -1.0 if situs_inversus(index) else 1.0  # x → the patient's left
-    low_left = index % 3 == 1
+    low_left = (index // 4) % 2 == 1  # independent of the patterns modulo 4
     joined_colon = index % 2 == 1
     shapes["aorta"] = _tube(X, Y, Z, jit((14.0 * m, 42.0), 3), 10.0, (0.0, 250.0))
     shapes["inferior_vena_cava"] = _tube(X, Y, Z, jit((-24.0 * m, 36.0), 3), 11.0, (0.0, 205.0))

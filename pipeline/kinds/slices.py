@@ -34,7 +34,7 @@ class SlicesKind(VolumeKind):
     stored_configs = ("images", "structures")
     configs = ("qa", "images", "structures", "ood")  # the first is the default config
     key_column = {"images": "case_key", "structures": "case_key"}
-    heavy_columns = frozenset({"image", "image_boxed"})
+    heavy_columns = frozenset({"image", "image_boxed", "image_boxed_easy"})
     schemas = {"images": IMAGES_SCHEMA, "structures": STRUCTURES_SCHEMA, "qa": QA_SCHEMA,
                "ood": OOD_SCHEMA}
     ood_source = ood.IMAGES

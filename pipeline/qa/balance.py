@@ -19,7 +19,8 @@ count gives the same corpus.
 
 ``options`` (multiple choice)
     The correct letter is ``rank mod 4`` of the question among its family's questions in
-    the split (positions exactly uniform), and its distractors are drawn from the correct
+    the split (positions exactly uniform), the wrong options' order is drawn from the
+    question's ``u`` (so the permutation says nothing of the answer), and its distractors are drawn from the correct
     answers of the other questions of the same *pool* (e.g. the same anatomical region) by
     quota (:func:`assign_distractors`): each answer is offered as a distractor three times
     for each time it is correct, so no option text is a better guess than another.  For
@@ -36,6 +37,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from pipeline.core import keys
 from pipeline.qa.options import LETTERS
 from pipeline.qa.templates import render
 
@@ -98,8 +100,9 @@ def rules_from(candidates: Iterable[tuple], pools_=None) -> Rules:
         n = min(len(v) for v in by.values())
         rules.answers[key] = {a: sorted(v)[:n] for a, v in by.items()}
     kept_positions: dict[tuple, list[float]] = {}
+    group = getattr(pools_, "option_group", None)
     for (split, pool), items in sorted(pools.items()):
-        kept = cap_answers(items)
+        kept = cap_answers(items, group=group)
         if kept is None:
             rules.pools[(split, pool)] = None
             continue
@@ -157,29 +160,35 @@ def assign_distractors(kept: list[tuple[float, str]], excludes: Mapping[float, t
     return out
 
 
-def cap_answers(items: list[tuple[float, str]], n_options: int = 4) -> list[tuple[float, str]] | None:
+def cap_answers(items: list[tuple[float, str]], n_options: int = 4,
+                group=None) -> list[tuple[float, str]] | None:
     """The questions of a pool kept so that no answer is more than ``1/n_options`` of them
     (its questions with the smallest ``u``), sorted by ``u``; ``None`` when the pool has
     fewer distinct answers than options.
 
     An answer correct in more than a quarter of a pool's questions cannot be offered as a
     distractor three times for each time it is correct, so it would be the better blind
-    guess; capping it is what makes the neighbour distractors fair.
+    guess; capping it is what makes the neighbour distractors fair.  With ``group`` (a
+    label → group function, :meth:`pipeline.qa.pools.Pools.option_group`) the cap holds per
+    group of answers that may never be offered together (the functions of one body system:
+    a question offers at most one of them, so together they get one distractor slot).
     """
+    group = group or (lambda label: label)
     by: dict[str, list[float]] = {}
     for u, label in items:
-        by.setdefault(label, []).append(u)
+        by.setdefault(group(label), []).append(u)
     if len(by) < n_options:
         return None
-    counts = {label: len(us) for label, us in by.items()}
+    counts = {g: len(us) for g, us in by.items()}
     while True:
         total = sum(counts.values())
-        label = max(sorted(counts), key=lambda x: counts[x])
-        allowed = (total - counts[label]) // (n_options - 1)
-        if counts[label] <= allowed:
+        g = max(sorted(counts), key=lambda x: counts[x])
+        allowed = (total - counts[g]) // (n_options - 1)
+        if counts[g] <= allowed:
             break
-        counts[label] = allowed
-    return sorted((u, label) for label, us in by.items() for u in sorted(us)[:counts[label]])
+        counts[g] = allowed
+    keep = {g: set(sorted(us)[:counts[g]]) for g, us in by.items()}
+    return sorted((u, label) for u, label in items if u in keep[group(label)])
 
 
 def apply(row: dict, rules: Rules, families: Mapping, pools) -> dict | None:
@@ -210,7 +219,7 @@ def apply(row: dict, rules: Rules, families: Mapping, pools) -> dict | None:
             # each text's answers over distinct letters, rank by rank.
             answer_index = sorted(kept).index(row["answer_text"])
             position = (answer_index + rank // len(family.variants)) % len(row["options"])
-            options = [o for o in row["options"] if o != row["answer_text"]]
+            options = _shuffled([o for o in row["options"] if o != row["answer_text"]], m["u"])
             options.insert(position, row["answer_text"])
             row = row | {"options": options, "answer": LETTERS[position]}
             context = dict(context) | {"options": options}
@@ -227,12 +236,25 @@ def apply(row: dict, rules: Rules, families: Mapping, pools) -> dict | None:
         wrong = [o for o in row["options"] if o != row["answer_text"]]
     else:
         wrong = [pools.display(label) for label in distractors]
-    options = list(wrong)
+    options = _shuffled(wrong, m["u"])
     options.insert(position, row["answer_text"])
     row = row | {"options": options, "answer": LETTERS[position]}
     context = dict(context) | {"options": options}
     variant = next(i for i, v in enumerate(family.variants) if v.id == row["template_id"])
     return _rerender(row, family, variant, context)
+
+
+def _shuffled(wrong: list, u: float) -> list:
+    """The wrong options in an order drawn from the question's keyed number ``u`` alone.
+
+    The correct option's place is balanced separately; drawing the others' order
+    independently of it makes the whole permutation independent of the answer (kept in
+    their given order — canonical, or quota order — the one option out of place gave the
+    answer away)."""
+    gen, rest, out = keys.KeyedStream(0, repr(float(u)), "option-order"), list(wrong), []
+    while rest:
+        out.append(rest.pop(int(gen.integers(len(rest)))))
+    return out
 
 
 def _rerender(row: dict, family, variant: int, context) -> dict:

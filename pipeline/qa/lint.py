@@ -105,12 +105,13 @@ def lint_records(pools, generator: str | None = None) -> list[dict]:
     for plane in ("axial", "coronal"):
         out.append({"image_id": keys.stable_key("lint", plane), "case_key": "0" * 20, "split": "train",
                     "modality": "CT", "plane": plane, "slice_index": 10, "width": 96, "height": 96,
-                    "boxes": boxes, "case_labels": labels})
+                    "spacing_mm": [1.5, 1.5], "prompt_label": "liver", "boxes": boxes,
+                    "case_labels": labels})
     user = [box("organ_a", 5, 5, 30, 30, [-50.0, 0.0, 0.0], "right"),
             box("organ_b", 60, 5, 90, 30, [50.0, 0.0, 0.0], "left")]
     out.append({"image_id": keys.stable_key("lint", "user"), "case_key": "1" * 20, "split": "train",
                 "modality": "MR", "plane": "axial", "slice_index": 3, "width": 96, "height": 96,
-                "boxes": user, "case_labels": ["organ_a", "organ_b", "organ_c", "organ_d"]})
+                "spacing_mm": [2.0, 2.0], "prompt_label": "organ_a", "boxes": user, "case_labels": ["organ_a", "organ_b", "organ_c", "organ_d"]})
     return out
 
 

@@ -1,5 +1,6 @@
 """Distractor pools: regions → structures (display names, synonyms, parents, pairs)
-and region → pathologies; constrained, seeded distractor sampling.
+and region → pathologies; a physiology table (what each structure does); constrained,
+seeded distractor sampling.
 
 Rules for multiple-choice options (:meth:`Pools.distractors`):
 
@@ -10,6 +11,17 @@ Rules for multiple-choice options (:meth:`Pools.distractors`):
   organ is its parent), never two options with the same display text;
 * candidates are sorted before the seeded draw, so the result depends on the
   generator's seed only, never on set or dict order.
+
+A physiology table (``distractor_pools/physiology.yaml``, schema
+``schemas/physiology.schema.json``) listed among a recipe's pools adds *function labels*
+``function:<entry>``: :meth:`Pools.display` gives the entry's ``function_short``, and two
+function labels are :meth:`Pools.related` when they share their main ``system`` or one's
+main system is among the other's ``other_systems``, so the options of a physiology
+question come from pairwise distinct systems other than the answer's: entries of one
+system can overlap in meaning ("supplies blood to the arm", "supplies right arm and
+head") and are never offered together, nor is the thyroid's function beside the
+pancreas's (which serves the endocrine system too).  Two entries that merely share an
+*other* system (the pancreas and the kidney, both partly endocrine) may meet.
 """
 
 from __future__ import annotations
@@ -22,6 +34,9 @@ from pathlib import Path
 from pipeline.config.validation import validate
 from pipeline.config.yaml_files import load_yaml
 from pipeline.errors import ConfigError
+
+#: Prefix of the labels that stand for a physiology entry (see the module docstring).
+FUNCTION_PREFIX = "function:"
 
 
 @dataclass(frozen=True)
@@ -47,11 +62,31 @@ class Pools:
     structures: dict
     regions: dict  # region -> (display, neighbors tuple, pathologies tuple)
     sources: tuple[str, ...] = ()
+    functions: dict = None  # physiology entry -> (systems tuple, function_short)
+    function_of: dict = None  # class name -> physiology entry
+
+    def function_label(self, label: str) -> str | None:
+        """The function label (``function:<entry>``) of structure ``label``, or ``None``."""
+        entry = (self.function_of or {}).get(label)
+        return None if entry is None else FUNCTION_PREFIX + entry
+
+    def option_group(self, label: str) -> str:
+        """The group of answers that share one distractor slot (:func:`pipeline.qa.balance.
+        cap_answers`): a function label's first body system, any other label itself."""
+        if label.startswith(FUNCTION_PREFIX):
+            return "system:" + self.functions[label[len(FUNCTION_PREFIX):]][0][0]
+        return label
+
+    def function_labels(self) -> list[str]:
+        """Every function label of the physiology table, sorted."""
+        return sorted(FUNCTION_PREFIX + e for e in (self.functions or {}) if self.functions[e][1])
 
     def known(self, label: str) -> bool:
         return label in self.structures
 
     def display(self, label: str) -> str:
+        if label.startswith(FUNCTION_PREFIX):
+            return self.functions[label[len(FUNCTION_PREFIX):]][1]
         s = self.structures.get(label)
         return s.display if s else label.replace("_", " ").strip()
 
@@ -91,6 +126,10 @@ class Pools:
         memo = self._memo("_related")
         key = (a, b) if a <= b else (b, a)
         hit = memo.get(key)
+        if hit is None and a.startswith(FUNCTION_PREFIX) and b.startswith(FUNCTION_PREFIX):
+            sa = self.functions[a[len(FUNCTION_PREFIX):]][0]
+            sb = self.functions[b[len(FUNCTION_PREFIX):]][0]
+            hit = memo[key] = sa[0] == sb[0] or sa[0] in sb[1:] or sb[0] in sa[1:]
         if hit is None:
             na, nb = self._names(a), self._names(b)
             hit = memo[key] = bool(na & nb or self._parents(a) & nb or self._parents(b) & na)
@@ -152,9 +191,23 @@ def load_pools(paths: Iterable[str | Path]) -> Pools:
     regions: dict[str, tuple] = {}
     sources = []
     groups: set[str] = set()
+    functions: dict[str, tuple] = {}
+    function_of: dict[str, str] = {}
     for path in paths:
         path = Path(path)
         data = load_yaml(path)
+        if "functions" in data:  # a physiology table
+            validate(data, "physiology", str(path))
+            sources.append(path.name)
+            for entry, f in data["functions"].items():
+                if entry in functions:
+                    raise ConfigError(f"{path}: functions.{entry}: defined twice")
+                functions[entry] = ((f["system"], *f.get("other_systems", ())), f.get("function_short"))
+            for name, entry in data["classes"].items():
+                if entry not in data["functions"]:
+                    raise ConfigError(f"{path}: classes.{name}: no function entry {entry!r}")
+                function_of[name] = entry
+            continue
         validate(data, "distractor_pool", str(path))
         sources.append(path.name)
         groups.update((data.get("groups") or {}).keys())
@@ -185,4 +238,5 @@ def load_pools(paths: Iterable[str | Path]) -> Pools:
         unknown = [p for p in s.parents if p not in names]
         if unknown:
             raise ConfigError(f"{where}.parents: {unknown} is neither a group, a label nor a display name")
-    return Pools(structures=structures, regions=regions, sources=tuple(sources))
+    return Pools(structures=structures, regions=regions, sources=tuple(sources),
+                 functions=functions or None, function_of=function_of or None)

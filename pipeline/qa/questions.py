@@ -26,7 +26,8 @@ from pipeline.qa.generators import GENERATORS
 from pipeline.qa.options import LETTERS
 from pipeline.qa.templates import render
 
-DEFAULT_SETTINGS = {"min_area_px": 30, "min_separation_mm": 10.0, "min_size_ratio": 1.25}
+DEFAULT_SETTINGS = {"min_area_px": 30, "min_separation_mm": 10.0, "min_size_ratio": 1.25,
+                    "per_image": 1}
 
 
 def assemble(family, made: dict, gen) -> dict:
@@ -87,6 +88,7 @@ def generate_questions(
                 "answer_text": parts["answer_text"],
                 "answer_box": parts["answer_box"],
                 "question_box": item.get("question_box"),
+                "visual_prompt": item.get("visual_prompt"),
                 "template_id": variant.id,
             }
             for extra in ("value", "unit", "tolerance", "subtask"):

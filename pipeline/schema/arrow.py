@@ -37,6 +37,8 @@ IMAGE_FIELDS = [
     ("image_id", pa.string()),
     ("image", IMAGE_STRUCT),
     ("image_boxed", IMAGE_STRUCT),
+    ("image_boxed_easy", IMAGE_STRUCT),
+    ("prompt_label", pa.string()),
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("modality", pa.string()),
@@ -66,6 +68,7 @@ QA_FIELDS = [
     ("answer_text", pa.string()),
     ("answer_box", pa.list_(pa.int32())),
     ("question_box", pa.list_(pa.int32())),
+    ("visual_prompt", pa.string()),
     ("template_id", pa.string()),
 ]
 
@@ -210,9 +213,9 @@ OOD3D_FIELDS = [
     ("split", pa.string()),
 ]
 
-#: Columns decoded as images by Hugging Face ``datasets`` (``image_boxed`` is null unless
-#: the recipe asks for boxed images).
-IMAGE_COLUMNS = {"image", "image_boxed"}
+#: Columns decoded as images by Hugging Face ``datasets`` (``image_boxed`` and
+#: ``image_boxed_easy`` are null unless the recipe asks for visual prompts).
+IMAGE_COLUMNS = {"image", "image_boxed", "image_boxed_easy"}
 
 
 def hf_feature(name: str, dtype: pa.DataType) -> dict:

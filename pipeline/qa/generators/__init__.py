@@ -19,7 +19,7 @@ over :data:`pipeline.qa.questions.DEFAULT_SETTINGS`.  It returns ``None`` (no el
 target), one question or a list of questions (one per target).  A question is a dict
 with ``context`` (the variables its variants may use) and either ``answer`` (open and
 closed; optional ``answer_box``) or ``correct`` and ``distractors`` (multiple choice;
-optional ``position``); optionally ``question_box``, ``variant`` (a planned paraphrase),
+optional ``position``); optionally ``question_box``, ``visual_prompt``, ``variant`` (a planned paraphrase),
 ``label``/``pool``/``exclude`` (for balancing, :mod:`pipeline.qa.balance`) and
 ``value``/``unit``/``tolerance``/``subtask``.
 
