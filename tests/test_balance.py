@@ -139,10 +139,11 @@ def test_without_rules_rows_pass_unchanged_but_clean():
         assert apply(dict(r), Rules(), FAMILIES, POOLS) == before
 
 
-def test_answer_balanced_multiple_choice_spreads_each_text_over_letters():
-    """For multiple choice balanced on its answers (3D-RAD's temporal classes), the
-    questions sharing a text get their answers on distinct letters: neither the text nor
-    the letter gives the answer away."""
+def test_answer_balanced_multiple_choice_orders_options_independently_of_the_answer():
+    """For multiple choice balanced on its answers (3D-RAD's temporal classes), every text
+    has each answer equally often, and the options come in a keyed order of their own:
+    the letter of an answer is spread over the letters, not tied to the answer (placing it
+    by rank and answer index gave a learned text-only model 100 %)."""
     from pipeline.kinds.base import load_questions as lq
     from pipeline.qa.lint import lint_records
 
@@ -167,5 +168,9 @@ def test_answer_balanced_multiple_choice_spreads_each_text_over_letters():
         letters = collections.Counter(letter for _, letter in pairs)
         answers = collections.Counter(a for a, _ in pairs)
         assert len(set(answers.values())) == 1, (text, answers)
-        assert max(letters.values()) <= max(1, len(pairs) // len(answers)) + 1, (text, pairs)
-        assert len(letters) >= min(len(answers), 4), (text, pairs)
+        assert len(letters) >= 2, (text, pairs)
+    per_answer = collections.defaultdict(collections.Counter)
+    for r in out:
+        per_answer[r["answer_text"]][r["answer"]] += 1
+    for letters in per_answer.values():  # each answer on every letter
+        assert set(letters) == set("ABCD") and max(letters.values()) < 0.45 * sum(letters.values())

@@ -3,6 +3,7 @@ timeline, exact existence balancing, the volumes config and byte-reproducibility
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
@@ -13,9 +14,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.config.recipes import load_recipe
 from pipeline.core import keys
 from pipeline.core.geometry import Geometry
 from pipeline.core.volume_facts import (
+    TEMPORAL_CLASSES,
     axial_size,
     density,
     lesion_facts,
@@ -24,7 +27,11 @@ from pipeline.core.volume_facts import (
 )
 from pipeline.inputs.phantoms import LESIONS, TIMELINES, longitudinal_lesions, make_phantom
 from pipeline.inputs.sample import write_longitudinal_sample
+from pipeline.kinds.base import load_questions
 from pipeline.launch.build import build
+from pipeline.qa.balance import apply, candidate, rules_from
+from pipeline.qa.lint import lint_records
+from pipeline.qa.questions import generate_questions
 
 
 @pytest.mark.parametrize("n, m, dx, dy", [(12, 4, 0.7, 1.3), (5, 5, 1.0, 1.0), (1, 9, 2.0, 0.5), (3, 1, 1.0, 1.0)])
@@ -185,3 +192,56 @@ def test_3d_build_is_byte_reproducible(tmp_path, built, longitudinal):
 
     assert digests(out) == digests(again)
     assert json.loads((out / "manifest.json").read_text())["answers"]
+
+
+def _temporal_rows(n_volumes=600):
+    """Balanced static and longitudinal temporal rows of synthetic volume records (random
+    histories of the recipe's findings), train and test, as a build makes them."""
+    families, pools = load_questions(load_recipe("3d-rad"))
+    temporal = {k: families[k] for k in ("static_temporal", "longitudinal_temporal")}
+    base = lint_records(pools, "static_temporal")[1]
+    rng = np.random.default_rng(7)
+    rows = []
+    for n in range(n_volumes):
+        key = keys.stable_key("vol", n)
+        prior = int(rng.integers(1, 3))
+        history = {f: [int(x) for x in rng.integers(0, 2, prior)] for f in base["findings"]}
+        present = [f for f in base["findings"] if rng.integers(2)]
+        record = base | {"volume_id": key, "image_id": key, "case_key": key,
+                         "split": "train" if n % 3 else "test", "history": history,
+                         "history_orders": list(range(1, prior + 1)), "present": present}
+        rows += generate_questions(record, temporal, pools, seed=3)
+    rules = rules_from([candidate(r["split"], r["balance"], r["answer_text"]) for r in rows], pools)
+    return [x for x in (apply(dict(r), rules, temporal, pools) for r in rows) if x is not None]
+
+
+def test_temporal_option_order_does_not_give_the_answer_away():
+    """Main placed each temporal answer by its rank among the fixed order of the four
+    classes: the option permutation alone named the answer (a learned text-only model:
+    100 % against 25 % on static temporal diagnosis).  A model that learns the most
+    frequent answer of each (family, option order) on train stays at chance on test, and
+    so does "the option whose removal leaves the others in the classes' fixed order"."""
+    rows = _temporal_rows()
+    train = [r for r in rows if r["split"] == "train"]
+    test = [r for r in rows if r["split"] == "test"]
+    assert len(test) > 300
+    learned: dict = {}
+    for r in train:
+        learned.setdefault((r["family"], tuple(r["options"])), collections.Counter())[r["answer"]] += 1
+    hits = sum(learned.get((r["family"], tuple(r["options"])), collections.Counter({"A": 1})).most_common(1)[0][0]
+               == r["answer"] for r in test)
+    assert hits / len(test) < 0.25 + 0.06, hits / len(test)
+
+    def odd_one_out(options):
+        for i, o in enumerate(options):
+            rest = options[:i] + options[i + 1:]
+            if rest == [c for c in TEMPORAL_CLASSES if c in rest]:
+                return o
+        return options[0]
+
+    hits = sum(odd_one_out(r["options"]) == r["answer_text"] for r in test)
+    assert hits / len(test) < 0.45, hits / len(test)
+    # the correct letter is spread over all four for every class
+    for cls in TEMPORAL_CLASSES:
+        letters = collections.Counter(r["answer"] for r in rows if r["answer_text"] == cls)
+        assert set(letters) == set("ABCD"), (cls, letters)

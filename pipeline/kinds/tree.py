@@ -32,7 +32,7 @@ from pipeline.io import shards
 from pipeline.kinds.base import BaseKind, Planned, load_questions, phantom_input
 from pipeline.kinds.tree_tables import benchmark_table, render_tree_images
 from pipeline.qa.audit import partial_counts_columns
-from pipeline.qa.benchmark import select_benchmark
+from pipeline.qa.benchmark import left_out_regions, select_benchmark
 from pipeline.qa.label_pools import load_label_pools
 from pipeline.qa.tree_balance import plan_tree_questions
 from pipeline.schema.arrow import (
@@ -108,12 +108,15 @@ class TreeKind(BaseKind):
         settings = dict(recipe.section("questions").get("settings") or {})
         extras = {"case_extras": plan_tree_questions(cases, prep["families"], prep["pools"],
                                                      seed, settings)}
-        plan = select_benchmark(cases, int(recipe.section("benchmark").get("images", 1000)), seed)
+        normal = prep["pools"].normal_label
+        plan = select_benchmark(cases, int(recipe.section("benchmark").get("images", 1000)), seed,
+                                normal=normal)
+        left_out = left_out_regions(cases, normal=normal)
         if not plan:
-            return extras | {"benchmark": False}
+            return extras | {"benchmark": False, "benchmark_left_out": left_out}
         unit_of = {c.key: ref.unit_id for ref, members in units for c in members}
         write_benchmark_plan(output, plan, unit_of)
-        return extras | {"benchmark": True}
+        return extras | {"benchmark": True, "benchmark_left_out": left_out}
 
     def finish(self, ctx, receipts):
         """Worker, after every unit: the stratified ``benchmark`` (when one was planned)."""
@@ -124,17 +127,29 @@ class TreeKind(BaseKind):
     def manifest_extras(self, output, receipts, extras) -> tuple[dict, list[str], list[str]]:
         out, card, lines = {}, [], []
         bench = extras.get("finish")
+        left_out = extras.get("benchmark_left_out") or {}
         if bench:
             info = {"images": bench["rows"]["benchmark_images"], "rows": bench["rows"]["benchmark"],
                     "composition": bench["composition"], "strata": bench["strata"],
-                    "strata_short": bench["strata_short"]}
+                    "strata_short": bench["strata_short"], "balance": bench.get("balance", {}),
+                    "regions_left_out": left_out}
             out["benchmark"] = info
             card = ["", "## Benchmark", "",
                     f"{info['images']} test images stratified by modality x region x pathology "
-                    f"({info['strata']} strata), 9 questions each: "
+                    f"({info['strata']} strata), half normal and half abnormal in every region, "
+                    "up to 9 questions each: "
                     + ", ".join(f"{v} {k}" for k, v in info["composition"].items())
-                    + ". Benchmark images come from the test split only (disjoint from train)."]
+                    + ". Benchmark images come from the test split only (disjoint from train). "
+                    "The pathology multiple choice is asked of every abnormal image and of a third "
+                    "as many normal ones, so that no answer is correct in more than a quarter of a "
+                    f"region's questions ({info['balance'].get('mc_skipped', 0)} multiple-choice "
+                    "questions skipped)."]
             lines = [f"benchmark: {info['images']} images, {info['rows']} QA {info['composition']}"]
+        if left_out:
+            card += ["", "Regions left out of the benchmark: "
+                     + "; ".join(f"{r}: {why}" for r, why in left_out.items()) + "."]
+            lines.append("benchmark: regions left out: "
+                         + "; ".join(f"{r} ({why})" for r, why in left_out.items()))
         added = extras.get("pools_added") or []
         if added:
             card += ["", "Labels found in the tree but not in the pools (added to their region): "
@@ -250,12 +265,13 @@ def run_benchmark(ctx, reports: list[dict]) -> dict:
     assign = plan_tree_questions(population, ctx.families, ctx.pools, ctx.seed, ctx.qa_settings,
                                  population="benchmark")
     table, composition = benchmark_table(picked, assign, ctx)
+    skipped = sum(1 for a in assign.values() for p in a.values() if p.get("skip"))
     receipt = shards.write_table(ctx.output, BENCHMARK_SHARD, table)
     report = {
         "unit": "benchmark", "split": "test", "files": {receipt.path: receipt.as_dict()},
         "rows": {"benchmark": table.num_rows, "benchmark_images": len(picked)},
         "composition": dict(sorted(composition.items())), "strata": len(plan["strata"]),
-        "strata_short": short, "qa_fp": ctx.qa_fp,
+        "strata_short": short, "qa_fp": ctx.qa_fp, "balance": {"mc_skipped": skipped},
         "audit": partial_counts_columns("benchmark", table),
     }
     shards.write_json(ctx.output, BENCHMARK_RECEIPT, report)

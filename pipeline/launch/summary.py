@@ -37,6 +37,8 @@ def summary_table(manifest: dict, seconds: float, fraction: float, limit: float)
     if "benchmark" in manifest:
         bench = manifest["benchmark"]
         rows.append(f"benchmark: {bench['images']} images, {bench['rows']} QA {bench['composition']}")
+        for region, why in (bench.get("regions_left_out") or {}).items():
+            rows.append(f"benchmark: region {region} left out: {why}")
     if "audit" in manifest:
         rows += [""] + summary_lines(manifest["audit"])
     return "\n".join(rows)

@@ -15,7 +15,8 @@ count gives the same corpus.
     kept questions of each answer are then given paraphrases by rank (``rank mod
     variants``), so *every question text* has each of its answers equally often: a model
     that reads only the question cannot beat chance on it, on any split.  Multiple-choice
-    families balanced this way also take their answer position from the rank.
+    families balanced this way list their options in a keyed order drawn from the
+    question's ``u`` alone, so the permutation says nothing about the answer.
 
 ``options`` (multiple choice)
     The correct letter is ``rank mod 4`` of the question among its family's questions in
@@ -42,6 +43,9 @@ from pipeline.qa.options import LETTERS
 from pipeline.qa.templates import render
 
 MODES = ("none", "answers", "options")
+
+#: How many keyed orders of a pool's labels break quota ties in :func:`assign_distractors`.
+TIE_ORDERS = 256
 
 
 @dataclass
@@ -118,11 +122,15 @@ def assign_distractors(kept: list[tuple[float, str]], excludes: Mapping[float, t
 
     Each answer gets a quota of ``k`` times the number of questions it answers; in ``u``
     order every question takes the ``k`` eligible labels with the most quota left (ties
-    broken by a rotation of the sorted labels that the question's ``u`` picks), never its
-    own answer, a synonym, parent or child of it, a label excluded for it, or two related
-    labels.  So every answer is offered about ``k`` times as a distractor for each time it
-    is correct.  Linear in the questions (a pool holds tens of labels): the launcher runs
-    it over every multiple-choice question of a 750K-image tree.
+    broken by one of :data:`TIE_ORDERS` keyed orders of the labels that the question's
+    ``u`` picks), never its own answer, a synonym, parent or child of it, a label excluded
+    for it, or two related labels, and lists them in that keyed order.  So every answer is
+    offered about ``k`` times as a distractor for each time it is correct, and neither the
+    set nor the order of the options points at the answer (ties broken by a rotation of the
+    sorted labels made the distractors a run of neighbours, the answer the odd one out: a
+    learned text-only model reached 45 % on 4-option anatomy questions).  Linear in the
+    questions (a pool holds tens of labels): the launcher runs it over every
+    multiple-choice question of a 750K-image tree.
     """
     counts: dict[str, int] = {}
     for _, label in kept:
@@ -136,12 +144,14 @@ def assign_distractors(kept: list[tuple[float, str]], excludes: Mapping[float, t
     rel = [[related(a, b) for b in labels] for a in labels]
     out: dict[float, tuple[str, ...]] = {}
     span = range(n)
+    ties = [[keys.unit_interval(t, label, "distractor-ties") for label in labels]
+            for t in range(TIE_ORDERS)]
     for u, answer in kept:
         a = index[answer]
         rel_a = rel[a]
         excluded = {index[x] for x in excludes.get(u, ()) if x in index} if excludes else ()
-        offset = int(u * n)
-        order = sorted([(-quota[i], (i - offset) % n, i) for i in span])
+        tie = ties[int(u * 2.0**40) % TIE_ORDERS]  # the low bits of u: not its rank
+        order = sorted([(-quota[i], tie[i], i) for i in span])
         chosen: list[int] = []
         for _, _, i in order:
             if i == a or rel_a[i] or i in excluded:
@@ -156,7 +166,7 @@ def assign_distractors(kept: list[tuple[float, str]], excludes: Mapping[float, t
                     break
         for i in chosen:
             quota[i] -= 1
-        out[u] = tuple([labels[i] for i in chosen])
+        out[u] = tuple([labels[i] for i in sorted(chosen, key=tie.__getitem__)])
     return out
 
 
@@ -214,13 +224,15 @@ def apply(row: dict, rules: Rules, families: Mapping, pools) -> dict | None:
         if rank >= len(us) or us[rank] != m["u"]:
             return None
         if family.question_type == "multiple_choice":
-            # The questions sharing a text are those of one rank class (rank mod variants)
-            # across the group's answers: shifting the letter by the answer's index spreads
-            # each text's answers over distinct letters, rank by rank.
-            answer_index = sorted(kept).index(row["answer_text"])
-            position = (answer_index + rank // len(family.variants)) % len(row["options"])
-            options = _shuffled([o for o in row["options"] if o != row["answer_text"]], m["u"])
-            options.insert(position, row["answer_text"])
+            # The options in a keyed order of their own (a uniform permutation drawn from the
+            # question's u), independent of the answer, its rank and the paraphrase.  Placing
+            # the answer by its rank and its index among the group's answers spread each
+            # text's answers over distinct letters, but in groups of a few questions the
+            # permutation then gave the answer away (a learned text-only model: 100 % on
+            # 3D-RAD's temporal questions).
+            options = sorted(row["options"], key=lambda o: keys.unit_interval(
+                0, f"{m['u']!r}\x1f{o}", "option-order"))
+            position = options.index(row["answer_text"])
             row = row | {"options": options, "answer": LETTERS[position]}
             context = dict(context) | {"options": options}
         return _rerender(row, family, rank % len(family.variants), context)
@@ -230,12 +242,12 @@ def apply(row: dict, rules: Rules, families: Mapping, pools) -> dict | None:
         return None  # a pool with too few answers, or an answer over-represented in it
     us = rules.positions.get((row["split"], m["group"]), [])
     rank = bisect.bisect_left(us, m["u"])
-    position = rank % len(LETTERS)
     distractors = pool[m["u"]]
     if len(distractors) < len(LETTERS) - 1:
         wrong = [o for o in row["options"] if o != row["answer_text"]]
     else:
         wrong = [pools.display(label) for label in distractors]
+    position = rank % (len(wrong) + 1)  # a question may offer fewer than four options
     options = _shuffled(wrong, m["u"])
     options.insert(position, row["answer_text"])
     row = row | {"options": options, "answer": LETTERS[position]}

@@ -67,45 +67,44 @@ def capacity(limits: Mapping[str, int], cap: float) -> int:
 
 def select_benchmark(
     images: list[TreeImage], n_images: int, seed: int, cap: float = 0.25, options: int = 4,
+    normal: str = "normal",
 ) -> list[tuple[str, int, list[TreeImage]]]:
     """Stratified benchmark plan over the test images: ``[(stratum, quota, candidates)]``.
 
-    Strata are modality × region × pathology.  Quotas follow the test split's proportions
-    — modality by size; within a modality each region, and within a region each label, in
-    proportion to its size but never more than ``cap`` (a quarter) of its parent's quota,
-    or an even share where there are fewer than four (:func:`capped_quotas`); images the
-    rounding leaves over go one each to the strata with most images left.  Regions whose
-    test images hold fewer than ``options`` labels are left out.  The cap is what lets the benchmark's multiple-choice
-    questions be fair: an answer that is more than a quarter of its region (78 % of MR hip
-    images are labral pathology) would be the best blind guess whenever it is offered.
+    Strata are modality × region × pathology.  Every region is **half normal, half
+    abnormal**: the abnormality question ("is this image normal?") is asked of every image
+    and reads only its modality, so a blind model must not learn the abnormal rate of a
+    modality or region from the wording.  Quotas count pairs (one normal, one abnormal
+    image): modality in proportion to its test images; within a modality each region in
+    proportion to its size but never more than ``cap`` (a quarter) of its modality, or an
+    even share where there are fewer than four (:func:`capped_quotas`) — what keeps the
+    anatomy multiple choice fair; within a region the normal label takes half, and each
+    abnormal label a share of the other half in proportion to its size but never more than
+    a third of it (rounded up) — so that, with the pathology multiple choice asked of every abnormal
+    image and of a third as many normal ones (:mod:`pipeline.qa.tree_balance`), no answer is
+    correct in more than a quarter of a region's questions (78 % of MR hip images are
+    labral pathology).  Regions left out, each reported by :func:`left_out_regions`: those
+    whose test images hold no ``normal`` image or fewer than ``options - 1`` abnormal labels.
     Each stratum's candidates are ordered by a keyed hash and the first ``quota`` readable
     ones are taken: deterministic, and independent of shards and workers.
     """
-    tree: dict[str, dict[str, dict[str, list[TreeImage]]]] = {}
-    for img in images:
-        if img.split == "test":
-            tree.setdefault(img.modality, {}).setdefault(img.region, {}).setdefault(
-                img.label, []).append(img)
-    if n_images <= 0:
+    tree = _test_tree(images, normal, options)
+    if n_images <= 0 or not tree:
         return []
-    # A region whose test images hold fewer labels than a question has options cannot
-    # give four same-region options: it stays out of the benchmark (and is reported).
-    for m in list(tree):
-        for r in [r for r, labels in tree[m].items() if len(labels) < options]:
-            del tree[m][r]
-        if not tree[m]:
-            del tree[m]
-    if not tree:
-        return []
+    third = 1.0 / (options - 1)
 
     def even(n_items: int) -> float:
         return max(cap, 1.0 / n_items)
 
-    cap_r = {(m, r): capacity({lab: len(v) for lab, v in labels.items()}, even(len(labels)))
+    def abnormal(labels):
+        return {lab: len(v) for lab, v in labels.items() if lab != normal}
+
+    # pairs a region can give: as many normal images, abnormal labels within a third each
+    cap_r = {(m, r): min(len(labels[normal]), capacity(abnormal(labels), max(third, 1.0 / len(abnormal(labels)))))
              for m, regions in tree.items() for r, labels in regions.items()}
     cap_m = {m: capacity({r: cap_r[(m, r)] for r in regions}, even(len(regions)))
              for m, regions in tree.items()}
-    n = min(n_images, sum(cap_m.values()))
+    n = min(n_images // 2, sum(cap_m.values()))
     sizes_m = {m: sum(len(x) for r in regions.values() for x in r.values())
                for m, regions in tree.items()}
     q_m = capped_quotas(n, sizes_m, 1.0, seed, "m/", limits=cap_m)
@@ -116,22 +115,13 @@ def select_benchmark(
                                      for r, labels in regions.items()}, cap, seed, f"{m}/",
                             limits={r: cap_r[(m, r)] for r in regions})
         for r in sorted(regions):
-            labels = regions[r]
-            q_l = capped_quotas(q_r[r], {lab: len(v) for lab, v in labels.items()}, cap, seed,
-                                f"{m}/{r}/")
-            for lab in sorted(labels):
+            sizes = abnormal(regions[r])
+            # a third rounded up (8 abnormal images over 3 labels: 3 + 3 + 2)
+            third_up = math.ceil(q_r[r] * third - 1e-9) / q_r[r] + 1e-9 if q_r[r] else third
+            q_l = capped_quotas(q_r[r], sizes, third_up, seed, f"{m}/{r}/")
+            for lab in sorted(sizes):
                 quotas[(m, r, lab)] = q_l[lab]
-    # Floors can leave a few images unplaced: give them, one each, to the strata with the
-    # most images left (a cap may then be passed by one image).
-    left = n - sum(quotas.values())
-    spare = sorted(quotas, key=lambda k: (-(len(tree[k[0]][k[1]][k[2]]) - quotas[k]),
-                                          keys.unit_interval(seed, "/".join(k), "bench")))
-    for k in spare:
-        if left <= 0:
-            break
-        if quotas[k] < len(tree[k[0]][k[1]][k[2]]):
-            quotas[k] += 1
-            left -= 1
+            quotas[(m, r, normal)] = sum(q_l.values())  # exactly as many normal images
     plan = []
     for (m, r, lab), q in sorted(quotas.items()):
         if q:
@@ -139,3 +129,40 @@ def select_benchmark(
             plan.append((f"{m}/{r}/{lab}", q, ranked))
     return plan
 
+
+def _test_tree(images, normal: str, options: int) -> dict[str, dict[str, dict[str, list]]]:
+    """``{modality: {region: {label: [test images]}}}`` of the regions that can be balanced."""
+    tree: dict[str, dict[str, dict[str, list]]] = {}
+    for img in images:
+        if img.split == "test":
+            tree.setdefault(img.modality, {}).setdefault(img.region, {}).setdefault(
+                img.label, []).append(img)
+    for m in list(tree):
+        for r in [r for r, labels in tree[m].items() if _why_left_out(labels, normal, options)]:
+            del tree[m][r]
+        if not tree[m]:
+            del tree[m]
+    return tree
+
+
+def _why_left_out(labels: Mapping, normal: str, options: int) -> str | None:
+    if normal not in labels:
+        return "no normal image in the test split (the abnormality question could not be balanced)"
+    if len(labels) - 1 < options - 1:
+        return (f"{len(labels) - 1} abnormal label(s) in the test split, fewer than the "
+                f"{options - 1} distractors of a multiple-choice question")
+    return None
+
+
+def left_out_regions(images, normal: str = "normal", options: int = 4) -> dict[str, str]:
+    """``{"modality/region": reason}``: test regions the benchmark cannot include."""
+    tree: dict[tuple[str, str], set] = {}
+    for img in images:
+        if img.split == "test":
+            tree.setdefault((img.modality, img.region), set()).add(img.label)
+    out = {}
+    for (m, r), labels in sorted(tree.items()):
+        why = _why_left_out(dict.fromkeys(labels), normal, options)
+        if why:
+            out[f"{m}/{r}"] = why
+    return out

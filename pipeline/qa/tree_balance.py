@@ -15,9 +15,16 @@ known before any image is read) and handed to each image's questions:
   each region or label, "no pathology seen" included, is offered three times for each
   time it is correct, so no option text is a better blind guess.
 * **abnormality**: the polarity ("abnormal?" / "normal?") alternates by rank within the
-  normal and the abnormal images, so yes and no are exactly even.  The question's blind
-  accuracy still equals the label prior (most images are abnormal): a yes/no question on
-  an unbalanced label cannot be balanced without dropping images; the audit shows it.
+  normal and the abnormal images of each modality, and the paraphrase follows the rank
+  too, so yes and no are exactly even, per text where the classes are even.  In
+  ``instruct`` the question's blind accuracy still equals the label prior (most images are
+  abnormal, and the wording tells the polarity); the benchmark selects its images half
+  normal, half abnormal per region (:func:`pipeline.qa.benchmark.select_benchmark`), where
+  the prior is even.
+* **the benchmark** (``population``): its multiple-choice questions are asked only as far
+  as no answer is correct in more than a quarter of a pool
+  (:func:`pipeline.qa.balance.cap_answers`): with half of each region normal, two in three
+  normal images skip the pathology multiple choice (planned ``{"skip": True}``).
 
 Everything is a function of ``(seed, image keys, labels, splits)``, never of arrival order.
 Plans come from the file list, before any image is read: an image rejected when it is read
@@ -29,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from pipeline.core import keys
-from pipeline.qa.balance import assign_distractors
+from pipeline.qa.balance import assign_distractors, cap_answers
 from pipeline.qa.options import LETTERS
 
 #: Which of an image's keyed uniforms (:func:`pipeline.core.keys.unit_intervals`, purpose
@@ -152,6 +159,19 @@ def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
                 pools_by.setdefault((sp, i.modality), []).append((v, i.region))
             else:
                 pools_by.setdefault((sp, i.modality, i.region), []).append((v, i.label))
+        if population is not None:
+            # a population of its own (the benchmark) asks each pool's questions only as
+            # far as no answer is correct in more than a quarter of them (its normal images
+            # are half of each region: two in three skip the pathology question)
+            for pool, members in pools_by.items():
+                kept = cap_answers(members, len(LETTERS))
+                if kept is None:
+                    continue
+                skip = set(members) - set(kept)
+                pools_by[pool] = kept
+                for u, _ in skip:
+                    out[key_of_u[u]][name] = {"skip": True}
+            by_split = {sp: [m for m in ms if name not in out[m[1]]] for sp, ms in by_split.items()}
         for members in by_split.values():  # every question: its position by rank
             members.sort()
             for r, (_, key) in enumerate(members):
@@ -169,12 +189,13 @@ def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
         name = fam["rin_abnormality"]
         slot = U_SLOTS["rin_abnormality"]
         classes: dict[tuple, list[tuple[float, str]]] = {}
-        for i, u, sp in zip(images, us, splits):
-            classes.setdefault((sp, pools.is_abnormal(i.label)), []).append((u[slot], i.key))
-        for members in classes.values():
+        for i, u, sp in zip(images, us, splits):  # the text names the modality, not the region
+            classes.setdefault((sp, i.modality, pools.is_abnormal(i.label)), []).append((u[slot], i.key))
+        n_variants = len(families[name].variants)
+        for members in classes.values():  # and the paraphrase by rank: even per text
             members.sort()
             for r, (_, key) in enumerate(members):
-                out[key][name] = {"ask_normal": bool(r % 2)}
+                out[key][name] = {"ask_normal": bool(r % 2), "variant": (r // 2) % n_variants}
     return out
 
 

@@ -117,6 +117,8 @@ def counts_section(corpus: Corpus, stats: Stats, kind: str, plots: Plots, qa_con
                    f'{fmt_count(bench.get("rows", 0))} questions ('
                    + esc(", ".join(f"{k}: {v:,}" for k, v in sorted(comp.items())))
                    + f'), {fmt_count(bench.get("strata", 0))} strata.</p>')
+        for region, why in (bench.get("regions_left_out") or {}).items():
+            out.append(f'<p class="note">Benchmark: region {esc(region)} left out: {esc(why)}.</p>')
 
     for config in qa_configs:
         groups = stats.qa_groups.get(config)

@@ -18,3 +18,12 @@ def pick(gen, items: list):
 def coin(gen) -> bool:
     """A fair coin flip drawn from ``gen``."""
     return bool(gen.integers(2))
+
+
+def shuffled(gen, items) -> list:
+    """``items`` in an order drawn from ``gen`` (a uniform permutation): distractors listed in
+    a fixed order would let the answer's place among them give it away."""
+    rest, out = list(items), []
+    while rest:
+        out.append(rest.pop(int(gen.integers(len(rest)))))
+    return out

@@ -8,7 +8,7 @@ modality, labels of a region, display names, which labels are abnormal).
 
 from __future__ import annotations
 
-from pipeline.qa.generators.common import MODALITY_NAMES, coin
+from pipeline.qa.generators.common import MODALITY_NAMES, coin, shuffled
 
 
 def _rin_base(image, pools) -> dict:
@@ -72,6 +72,8 @@ def gen_rin_anatomy_absent(image, family, pools, gen, settings):
 def gen_rin_anatomy_mc(image, family, pools, gen, settings):
     ctx = _rin_base(image, pools)
     plan = _planned(image, family) or {}
+    if plan.get("skip"):
+        return None
     position = {"position": plan["position"]} if "position" in plan else {}
     if "distractors" in plan:
         return {"context": ctx, "correct": ctx["region"], **position,
@@ -88,8 +90,9 @@ def gen_rin_abnormality(image, family, pools, gen, settings):
     # polarity: planned by rank, else a coin; yes/no stays 50/50 whatever the abnormal rate
     ask_normal = plan["ask_normal"] if plan else coin(gen)
     abnormal = not ctx["is_normal"]
+    variant = {"variant": plan["variant"]} if plan and "variant" in plan else {}
     return {"context": ctx | {"ask_normal": ask_normal},
-            "answer": "yes" if abnormal != ask_normal else "no"}
+            "answer": "yes" if abnormal != ask_normal else "no", **variant}
 
 
 def gen_rin_pathology_open(image, family, pools, gen, settings):
@@ -124,6 +127,8 @@ def gen_rin_pathology_mc(image, family, pools, gen, settings):
     label = image["label"]
     ctx = _rin_base(image, pools)
     plan = _planned(image, family) or {}
+    if plan.get("skip"):
+        return None  # the benchmark's cap on an answer's share (normal images, mostly)
     position = {"position": plan["position"]} if "position" in plan else {}
     if "distractors" in plan:
         return {"context": ctx, "correct": ctx["pathology"], **position,
@@ -140,7 +145,9 @@ def gen_rin_pathology_mc(image, family, pools, gen, settings):
             picks += pools.draw(label, [x for x in more if x not in picks], need - len(picks), gen)
         if len(picks) < need:
             return None
-        distractors = [pools.display(x) for x in picks] + ([pools.normal_display] if with_normal else [])
+        # shuffled: "no pathology seen" always last would point at the answer's place
+        distractors = shuffled(gen, [pools.display(x) for x in picks]
+                               + ([pools.normal_display] if with_normal else []))
     else:
         picks = pools.draw(label, abnormal, 3, gen)
         if len(picks) < 3:

@@ -20,7 +20,7 @@ from pipeline.core.volume_facts import (
     VOLUME_TOLERANCE,
     temporal_label,
 )
-from pipeline.qa.generators.common import MODALITY_NAMES
+from pipeline.qa.generators.common import MODALITY_NAMES, shuffled
 
 APPEARANCES = ("hypodense", "hyperdense", "isodense", "calcified")
 
@@ -47,21 +47,26 @@ def gen_anomaly_presence(record, family, pools, gen, settings):
 
 
 def gen_anomaly_which(record, family, pools, gen, settings):
-    """Which abnormality is present.  Balanced (``options``): the distractors become the
-    lesions of other volumes; the fallback draws from the recipe's absent findings and
-    ``extra_findings``."""
+    """Which abnormality is present.  Options are the recipe's findings absent from this
+    volume (two to four options: a volume with several findings offers fewer), so every
+    option is the answer of some other volume.  Findings no volume has (the former
+    ``extra_findings``) are never offered: never correct, a blind model learned to skip
+    them (56 % against 25 % on a 60-patient sample).  Balanced (``options``): the
+    distractors become the lesions of other volumes by quota."""
     if not record["lesions"]:
         return None
     target = record["lesions"][gen.integers(len(record["lesions"]))]
     present = {les["label"] for les in record["lesions"]}
-    pool = sorted({pools.display(f) for f in record["findings"] if f not in present}
-                  | set(settings.get("extra_findings", ())))
     present_words = {w for p in present for w in pools.display(p).split()}
-    pool = [p for p in pool if not set(p.split()) & present_words - {"left", "right"}]
+
+    def unrelated(names):
+        return sorted(p for p in names if not set(p.split()) & present_words - {"left", "right"})
+
+    pool = unrelated({pools.display(f) for f in record["findings"] if f not in present})
     picks = []
     while len(picks) < 3 and pool:
         picks.append(pool.pop(gen.integers(len(pool))))
-    if len(picks) < 3:
+    if not picks:
         return None
     return {"context": _base(record), "correct": pools.display(target["label"]),
             "distractors": picks, "subtask": "which", "label": target["label"],
@@ -82,7 +87,7 @@ def gen_observation_appearance(record, family, pools, gen, settings):
     if not lesions:
         return None
     les = lesions[gen.integers(len(lesions))]
-    wrong = [a for a in APPEARANCES if a != les["density"]]
+    wrong = shuffled(gen, [a for a in APPEARANCES if a != les["density"]])
     return {"context": _base(record) | {"kind": _kind(pools, les["label"]),
                                         "organ": pools.display(les["organ"])},
             "correct": les["density"], "distractors": wrong, "subtask": "appearance"}
@@ -136,7 +141,8 @@ def _temporal(record, family, pools, gen, settings, longitudinal: bool):
                                "sequence": "[" + ", ".join(str(x) for x in seq[:-1]) + "]",
                                "n_prior": len(seq) - 1}
         out.append({"context": ctx, "correct": label,
-                    "distractors": [c for c in TEMPORAL_CLASSES if c != label], "subtask": finding})
+                    "distractors": shuffled(gen, [c for c in TEMPORAL_CLASSES if c != label]),
+                    "subtask": finding})
     return out or None
 
 
