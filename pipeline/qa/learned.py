@@ -1,0 +1,364 @@
+"""A learned text-only baseline: a model that reads the question and its options, never the
+image, trained on ``train`` and scored on every other split, per config, task and question type.
+
+The heuristic baselines of :mod:`pipeline.qa.audit` were written alongside the generators; this
+one was not told what to look for.  Per group (config, task, question type) it learns from the
+train rows of that group (of the config named in ``learn_from`` — the benchmark learns from
+``instruct``) and answers each question of the group's other splits.
+
+Features (named; a group's columns are the features its train rows have, in sorted order):
+
+* the question's words and word bigrams (numbers become ``<num>`` inside the n-grams);
+* the numbers in the question, by their position among the numbers (``num0`` … ``num7``): each
+  as a value scaled by the largest train value at that position (``num2_val``) and as one of
+  ten quantile bins of the train values at that position (``num2_bin7``); a box quoted as
+  ``[x0, y0, x1, y1]`` also gives its width, height, centre and area, binned the same way — so
+  a box's position and size are visible to the model;
+* multiple choice: the option's text and words, its position (``pos2``), the rank of its
+  text among the question's options (alphabetical), the whole option sequence crossed with
+  the position, and every question feature crossed with the option's text and with its
+  position.  Each (question, option) pair is scored by one binary logistic regression and the
+  answer is the best-scoring option (an exact tie shares the credit), so option-text priors,
+  position patterns, option-order patterns and "this box → this structure" are learnable;
+* closed (yes/no) and open questions: a logistic regression over the question features
+  (multinomial, ``lbfgs``, for more than two answers), its classes the train answers (the :data:`TOP_ANSWERS` most frequent; a rarer
+  answer is never predicted).  Open questions are reported against the answer prior (the
+  most frequent train answer of the group).
+
+What it cannot see: the image; relations that need a combination of features it does not
+form (e.g. two numbers compared with each other, other than a box's width, height, centre
+and area); knowledge that no train question shows.
+
+Determinism: rows are sorted by a keyed hash of ``qa_id`` (then ``qa_id``) before anything
+else, which also draws the subsample: at most :data:`TRAIN_CAP` train questions and
+:data:`EVAL_CAP` scored questions per group (every question of the built-in samples).  The
+solvers are fixed (``liblinear`` with ``random_state`` 0 for two classes, ``lbfgs`` for more;
+``C`` = :data:`C`; capped iterations), so the result is the same for the same rows in any order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pyarrow.parquet as pq
+from scipy.sparse import csr_matrix
+from sklearn.linear_model import LogisticRegression
+
+TRAIN_CAP = 30_000
+EVAL_CAP = 20_000
+TOP_ANSWERS = 50
+MAX_NUMBERS = 8
+BINS = 10
+C = 1.0
+NAME = "learned_text"
+
+_NUM = re.compile(r"-?\d+(?:\.\d+)?")
+_TOKEN = re.compile(r"[a-z]+|-?\d+(?:\.\d+)?")
+_BOX = re.compile(r"\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,"
+                  r"\s*(-?\d+(?:\.\d+)?)\s*\]")
+
+
+# ------------------------------------------------------------------------------ rows
+
+
+def _order_key(row: Mapping) -> tuple[str, str]:
+    qa_id = str(row.get("qa_id") or "\x1f".join(
+        [str(row.get("question")), *map(str, row.get("options") or []), str(row.get("answer"))]))
+    return hashlib.blake2b(qa_id.encode("utf-8"), digest_size=8, person=b"radvqa-learned").hexdigest(), qa_id
+
+
+def _sample(rows: list[Mapping], cap: int) -> list[Mapping]:
+    """The rows in keyed-hash order, at most ``cap`` of them (the same ones in any input order)."""
+    ordered = sorted(rows, key=_order_key)
+    return ordered[:cap]
+
+
+# -------------------------------------------------------------------------- features
+
+
+def _numbers(question: str) -> dict[str, float]:
+    """Named numeric values of a question: positioned numbers and quoted boxes' geometry."""
+    out: dict[str, float] = {}
+    for i, m in enumerate(_NUM.findall(question)[:MAX_NUMBERS]):
+        out[f"num{i}"] = float(m)
+    for j, m in enumerate(_BOX.findall(question)[:2]):
+        x0, y0, x1, y1 = map(float, m)
+        w, h = x1 - x0, y1 - y0
+        out |= {f"box{j}_w": w, f"box{j}_h": h, f"box{j}_cx": (x0 + x1) / 2,
+                f"box{j}_cy": (y0 + y1) / 2, f"box{j}_area": w * h}
+    return out
+
+
+class _Scales:
+    """Per numeric name: quantile bin edges and a scale, learned from the train questions."""
+
+    def __init__(self, questions: Iterable[str]):
+        values: dict[str, list[float]] = {}
+        for q in questions:
+            for k, v in _numbers(q).items():
+                values.setdefault(k, []).append(v)
+        self.edges = {}
+        self.scale = {}
+        for k in sorted(values):
+            arr = np.sort(np.asarray(values[k], dtype=np.float64))
+            self.edges[k] = np.unique(np.quantile(arr, np.linspace(0, 1, BINS + 1)[1:-1]))
+            self.scale[k] = float(np.max(np.abs(arr))) or 1.0
+
+    def features(self, question: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        text = question.lower()
+        tokens = _TOKEN.findall(text)
+        words = ["<num>" if t[0].isdigit() or t[0] == "-" else t for t in tokens]
+        for w in words:
+            if w != "<num>":
+                out["w:" + w] = 1.0
+        for a, b in zip(words, words[1:]):
+            out[f"b:{a}_{b}"] = 1.0
+        nums = _numbers(question)
+        out[f"nnum:{sum(1 for k in nums if k.startswith('num'))}"] = 1.0
+        for k, v in nums.items():
+            if k in self.edges:
+                out[f"{k}_val"] = max(-2.0, min(2.0, v / self.scale[k]))
+                out[f"{k}_bin{int(np.searchsorted(self.edges[k], v, side='right'))}"] = 1.0
+            else:
+                out[f"{k}_unseen"] = 1.0
+        return out
+
+
+def _pair_features(qf: Mapping[str, float], options: list[str], j: int) -> dict[str, float]:
+    text = options[j]
+    ot = "ot:" + text.lower()
+    ranks = sorted(range(len(options)), key=lambda i: (options[i], i))
+    out = {"bias": 1.0, ot: 1.0, f"pos{j}": 1.0, f"pos{j}|{ot}": 1.0,
+           f"rank{ranks.index(j)}": 1.0, f"pos{j}|rank{ranks.index(j)}": 1.0,
+           f"nopt{len(options)}|pos{j}": 1.0,
+           f"seq:{chr(31).join(options)}|pos{j}": 1.0,
+           f"len{min(len(text) // 4, 12)}": 1.0}
+    lengths = sorted((len(o), i) for i, o in enumerate(options))
+    out[f"lenrank{[i for _, i in lengths].index(j)}"] = 1.0
+    for w in _TOKEN.findall(text.lower()):
+        out["ow:" + w] = 1.0
+    for k, v in qf.items():
+        out[f"{k}|{ot}"] = v
+        out[f"{k}|pos{j}"] = v
+    return out
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def _model(classes: int = 2) -> LogisticRegression:
+    if classes > 2:
+        return LogisticRegression(solver="lbfgs", C=C, max_iter=300)
+    return LogisticRegression(solver="liblinear", C=C, max_iter=200, random_state=0)
+
+
+class _Vocabulary:
+    """Feature name -> column, the train features in sorted order (unseen ones are dropped)."""
+
+    def __init__(self, dicts: list[dict]):
+        self.index = {k: i for i, k in enumerate(sorted({k for d in dicts for k in d}))}
+
+    def matrix(self, dicts: list[dict]) -> csr_matrix:
+        data, cols, ptr = [], [], [0]
+        for d in dicts:
+            found = sorted((self.index[k], v) for k, v in d.items() if k in self.index)
+            cols += [c for c, _ in found]
+            data += [v for _, v in found]
+            ptr.append(len(cols))
+        return csr_matrix((np.asarray(data, dtype=np.float64), np.asarray(cols, dtype=np.int64),
+                           np.asarray(ptr, dtype=np.int64)), shape=(len(dicts), max(1, len(self.index))))
+
+
+def _fit(dicts: list[dict], y) -> tuple[LogisticRegression, _Vocabulary]:
+    vocab = _Vocabulary(dicts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a capped iteration count is part of the definition
+        return _model(len(set(y))).fit(vocab.matrix(dicts), np.asarray(y)), vocab
+
+
+def _score_choice(train: list[Mapping], test: list[Mapping], scales: _Scales) -> float:
+    """Credit over ``test`` of the argmax-over-options pair classifier learned on ``train``."""
+    x, y = [], []
+    for r in train:
+        opts = list(r["options"])
+        qf = scales.features(r["question"])
+        for j in range(len(opts)):
+            x.append(_pair_features(qf, opts, j))
+            y.append(int(_letter(j) == r["answer"]))
+    if len(set(y)) < 2:
+        return sum(1.0 / len(r["options"]) for r in test)
+    model, vocab = _fit(x, y)
+    x, spans = [], []
+    for r in test:
+        opts = list(r["options"])
+        qf = scales.features(r["question"])
+        spans.append((len(x), len(opts), r["answer"]))
+        x.extend(_pair_features(qf, opts, j) for j in range(len(opts)))
+    scores = model.decision_function(vocab.matrix(x))
+    credit = 0.0
+    for start, k, answer in spans:
+        s = np.round(scores[start:start + k], 9)
+        top = [j for j in range(k) if s[j] == s.max()]
+        credit += sum(_letter(j) == answer for j in top) / len(top)
+    return credit
+
+
+def _score_classes(train: list[Mapping], test: list[Mapping], scales: _Scales) -> tuple[float, str | None]:
+    """Hits over ``test`` of the multi-class question classifier; and the train prior."""
+    counts = Counter(r["answer"] for r in train)
+    if not counts:
+        return 0.0, None
+    prior = max(sorted(counts), key=lambda a: counts[a])
+    keep = set(sorted(counts, key=lambda a: (-counts[a], a))[:TOP_ANSWERS])
+    pairs = [(scales.features(r["question"]), r["answer"]) for r in train if r["answer"] in keep]
+    if len({a for _, a in pairs}) < 2:
+        return float(sum(r["answer"] == prior for r in test)), prior
+    model, vocab = _fit([f for f, _ in pairs], [a for _, a in pairs])
+    guesses = model.predict(vocab.matrix([scales.features(r["question"]) for r in test]))
+    return float(sum(g == r["answer"] for g, r in zip(guesses, test))), prior
+
+
+def _letter(j: int) -> str:
+    return chr(ord("A") + j)
+
+
+# ------------------------------------------------------------------------------- API
+
+
+def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping],
+                     learn_from: Mapping[str, str] | None = None) -> dict:
+    """Accuracy of the learned text-only baseline per group.
+
+    Parameters
+    ----------
+    train_rows, eval_rows
+        Dicts with ``split``, ``config``, ``task``, ``question_type``, ``question``,
+        ``options`` (list; empty for closed and open questions), ``answer`` (a letter for
+        multiple choice, ``yes``/``no``, or text) and optionally ``qa_id``.  Only the
+        ``train`` rows of ``train_rows`` are learned from; rows of ``eval_rows`` on ``train``
+        are skipped.  The two may be the same rows.
+    learn_from
+        Config -> the config whose train rows it learns from (default: itself).
+
+    Returns
+    -------
+    dict
+        ``(config, split, task, question_type)`` -> ``{n, scored, correct, accuracy, chance,
+        reference}``: ``n`` questions in the group, ``scored`` of them answered (the capped
+        subsample), ``correct`` the credit (ties share it), ``accuracy`` = correct / scored,
+        ``chance`` the mean 1 / options (multiple choice), 1/2 (closed) or the train answer
+        prior's accuracy on the scored rows (open; ``reference`` says which).
+    """
+    learn_from = dict(learn_from or {})
+    train: dict[tuple, list] = {}
+    for r in train_rows:
+        if r["split"] == "train":
+            train.setdefault((r["config"], r["task"], r["question_type"]), []).append(r)
+    groups: dict[tuple, list] = {}
+    for r in eval_rows:
+        if r["split"] != "train":
+            groups.setdefault((r["config"], r["split"], r["task"], r["question_type"]), []).append(r)
+    by_source: dict[tuple, list[tuple]] = {}
+    for key in sorted(groups):
+        config, split, task, qtype = key
+        by_source.setdefault((learn_from.get(config, config), task, qtype), []).append(key)
+    out = {}
+    for source in sorted(by_source):
+        rows = _sample(train.get(source, []), TRAIN_CAP)
+        if source[2] == "multiple_choice":
+            rows = [r for r in rows if r["answer"] in {_letter(j) for j in range(len(r["options"] or []))}]
+        scales = _Scales(r["question"] for r in rows)
+        for key in by_source[source]:
+            qtype = key[3]
+            test = _sample(groups[key], EVAL_CAP)
+            if qtype == "multiple_choice":
+                test = [r for r in test if r["options"]]
+                credit = _score_choice(rows, test, scales) if test else 0.0
+                chance = sum(1.0 / len(r["options"]) for r in test) / len(test) if test else 0.0
+                reference = "uniform"
+            else:
+                credit, prior = _score_classes(rows, test, scales) if rows else (0.0, None)
+                if qtype == "closed":
+                    chance, reference = 0.5, "uniform"
+                else:
+                    hits = sum(r["answer"] == prior for r in test) if prior is not None else 0
+                    chance, reference = (hits / len(test) if test else 0.0), "prior"
+            out[key] = {"n": len(groups[key]), "scored": len(test), "correct": round(credit, 4),
+                        "accuracy": round(credit / len(test), 4) if test else None,
+                        "chance": round(chance, 4), "reference": reference,
+                        "train": len(rows)}
+    return out
+
+
+def rows_from_table(config: str, table) -> list[dict]:
+    """QA rows of an Arrow table (``options`` or ``choices`` column) as :func:`learned_baseline`
+    takes them."""
+    opt = "choices" if "choices" in table.column_names else "options"
+    cols = {c: table[c].to_pylist() for c in ("qa_id", "split", "task", "question_type", "question",
+                                              opt, "answer") if c in table.column_names}
+    n = table.num_rows
+    return [{"config": config, "qa_id": cols.get("qa_id", [None] * n)[i], "split": cols["split"][i],
+             "task": cols["task"][i], "question_type": cols["question_type"][i],
+             "question": cols["question"][i] or "", "options": list(cols[opt][i] or []),
+             "answer": cols["answer"][i] or ""} for i in range(n)]
+
+
+#: Columns a QA shard is read with (text only, never an image).
+COLUMNS = ("qa_id", "split", "task", "question_type", "question", "options", "choices", "answer")
+
+
+def table_lines(result: Mapping) -> list[str]:
+    """The per-group table of :func:`learned_baseline`'s result."""
+    lines = [f"{'config':<10} {'split':<10} {'task':<28} {'type':<15} {'n':>7} {'scored':>7} "
+             f"{'chance':>7} {'learned':>8} {'excess':>8}"]
+    for key in sorted(result):
+        g = result[key]
+        acc = g["accuracy"]
+        lines.append(
+            f"{key[0]:<10} {key[1]:<10} {key[2]:<28} {key[3]:<15} {g['n']:>7} {g['scored']:>7} "
+            f"{100 * g['chance']:6.1f}% " + (f"{100 * acc:7.1f}% {100 * (acc - g['chance']):+7.1f}pp"
+                                             if acc is not None else "      -")
+            + ("  (vs prior)" if g["reference"] == "prior" else ""))
+    return lines
+
+
+def _read_corpus(root: str) -> tuple[list[dict], dict]:
+    """Every QA row of a built corpus on disk (text columns only), and its learn_from."""
+    # plain pyarrow: the qa room may not import pipeline.io; the manifest lists the shards
+    with open(os.path.join(root, "manifest.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    audit = manifest.get("audit") or {}
+    configs = sorted({g["config"] for g in audit.get("groups", [])}) or ["qa"]
+    rows: list[dict] = []
+    for rel in sorted(manifest.get("files", {})):
+        config = rel.split("/", 1)[0]
+        if config in configs and rel.endswith(".parquet") and rel.count("/") == 1:
+            pf = pq.ParquetFile(os.path.join(root, *rel.split("/")))
+            cols = [c for c in COLUMNS if c in pf.schema_arrow.names]
+            rows += rows_from_table(config, pf.read(columns=cols))
+    return rows, dict(audit.get("learn_from") or {})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.qa.learned CORPUS_DIR``: the learned baseline's table."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m pipeline.qa.learned CORPUS_DIR", file=sys.stderr)
+        return 2
+    rows, learn_from = _read_corpus(argv[0])
+    print("\n".join(table_lines(learned_baseline(rows, rows, learn_from))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
