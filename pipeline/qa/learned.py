@@ -314,6 +314,40 @@ def rows_from_table(config: str, table) -> list[dict]:
 
 #: Columns a QA shard is read with (text only, never an image).
 COLUMNS = ("qa_id", "split", "task", "question_type", "question", "options", "choices", "answer")
+_META = ("qa_id", "split", "task", "question_type")
+
+
+def sample_keys(meta: Iterable[tuple[str, str, str, str, str]]) -> set[tuple[str, str]]:
+    """``(config, qa_id)`` of the rows :func:`learned_baseline` would use, from
+    ``(config, split, task, question_type, qa_id)``: per group the first :data:`TRAIN_CAP`
+    (train) or :data:`EVAL_CAP` (other splits) in keyed-hash order — so a large corpus's
+    question texts need only be read for those."""
+    groups: dict[tuple, list] = {}
+    for config, split, task, qtype, qa_id in meta:
+        groups.setdefault((config, split, task, qtype), []).append(qa_id)
+    keep = set()
+    for (config, split, _, _), ids in groups.items():
+        cap = TRAIN_CAP if split == "train" else EVAL_CAP
+        for qa_id in sorted(ids, key=lambda q: _order_key({"qa_id": q}))[:cap]:
+            keep.add((config, qa_id))
+    return keep
+
+
+def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Mapping[str, str]) -> dict:
+    """:func:`learned_baseline` over QA shards: ``shards`` are ``(config, rel)``, ``read(rel,
+    columns)`` returns an Arrow table of those of ``columns`` the shard has.  Reads the
+    key columns of every shard, then the question texts of the sampled rows' shards."""
+    shards = sorted(shards)
+    meta = []
+    for config, rel in shards:
+        t = read(rel, _META)
+        meta += [(config, *row) for row in zip(*(t[c].to_pylist() for c in ("split", "task", "question_type",
+                                                                             "qa_id")))]
+    keep = sample_keys(meta)
+    rows: list[dict] = []
+    for config, rel in shards:
+        rows += [r for r in rows_from_table(config, read(rel, COLUMNS)) if (config, r["qa_id"]) in keep]
+    return learned_baseline(rows, rows, learn_from)
 
 
 def table_lines(result: Mapping) -> list[str]:
@@ -331,21 +365,24 @@ def table_lines(result: Mapping) -> list[str]:
     return lines
 
 
-def _read_corpus(root: str) -> tuple[list[dict], dict]:
-    """Every QA row of a built corpus on disk (text columns only), and its learn_from."""
-    # plain pyarrow: the qa room may not import pipeline.io; the manifest lists the shards
+def _read(root: str):
+    def read(rel: str, columns):
+        # plain pyarrow: the qa room may not import pipeline.io
+        pf = pq.ParquetFile(os.path.join(root, *rel.split("/")))
+        return pf.read(columns=[c for c in columns if c in pf.schema_arrow.names])
+    return read
+
+
+def corpus_result(root: str) -> dict:
+    """:func:`learned_from_shards` over a built corpus on disk (its manifest lists the shards;
+    the configs are those its audit covers, and its ``learn_from``)."""
     with open(os.path.join(root, "manifest.json"), encoding="utf-8") as f:
         manifest = json.load(f)
     audit = manifest.get("audit") or {}
-    configs = sorted({g["config"] for g in audit.get("groups", [])}) or ["qa"]
-    rows: list[dict] = []
-    for rel in sorted(manifest.get("files", {})):
-        config = rel.split("/", 1)[0]
-        if config in configs and rel.endswith(".parquet") and rel.count("/") == 1:
-            pf = pq.ParquetFile(os.path.join(root, *rel.split("/")))
-            cols = [c for c in COLUMNS if c in pf.schema_arrow.names]
-            rows += rows_from_table(config, pf.read(columns=cols))
-    return rows, dict(audit.get("learn_from") or {})
+    configs = {g["config"] for g in audit.get("groups", [])} or {"qa"}
+    shards = [(rel.split("/", 1)[0], rel) for rel in manifest.get("files", {})
+              if rel.endswith(".parquet") and rel.count("/") == 1 and rel.split("/", 1)[0] in configs]
+    return learned_from_shards(_read(root), shards, dict(audit.get("learn_from") or {}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,8 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m pipeline.qa.learned CORPUS_DIR", file=sys.stderr)
         return 2
-    rows, learn_from = _read_corpus(argv[0])
-    print("\n".join(table_lines(learned_baseline(rows, rows, learn_from))))
+    print("\n".join(table_lines(corpus_result(argv[0]))))
     return 0
 
 
