@@ -42,7 +42,7 @@ BASELINES = {  # as defined by pipeline.qa.audit: learned on train, scored on ea
         "and, for multiple choice, each option's text, position and the order of the options "
         "(never the image); it finds leaks nobody wrote a heuristic for. Open questions are "
         "compared with the answer prior; large groups are scored on a fixed hash-drawn sample "
-        "(its interval is over that sample); not run on train, which it learns from",
+        "(its interval is over that sample); train groups, which it learns from, show none",
     ),
 }
 
