@@ -307,14 +307,18 @@ def _read(root: str):
 
 def corpus_result(root: str) -> dict:
     """:func:`learned_from_shards` over a built corpus on disk (its manifest lists the shards;
-    the configs are those its audit covers, and its ``learn_from``)."""
+    the configs are those its audit covers, with its ``learn_from`` and declared chances)."""
     with open(os.path.join(root, "manifest.json"), encoding="utf-8") as f:
         manifest = json.load(f)
     audit = manifest.get("audit") or {}
     configs = {g["config"] for g in audit.get("groups", [])} or {"qa"}
     shards = [(rel.split("/", 1)[0], rel) for rel in manifest.get("files", {})
               if rel.endswith(".parquet") and rel.count("/") == 1 and rel.split("/", 1)[0] in configs]
-    return learned_from_shards(_read(root), shards, dict(audit.get("learn_from") or {}))
+    result = learned_from_shards(_read(root), shards, dict(audit.get("learn_from") or {}))
+    for key, g in result.items():  # a recipe's declared chance (audit.chance), as the audit uses it
+        if key[2] in (audit.get("chance") or {}):
+            g["chance"], g["reference"] = float(audit["chance"][key[2]]), "declared"
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
