@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import random
 
+import pyarrow as pa
 import pytest
 
+from pipeline.qa import learned
 from pipeline.qa.audit import audit, merge, partial_counts
 from pipeline.qa.learned import learned_baseline
 
@@ -128,3 +130,18 @@ def test_audit_gates_on_the_learned_baseline():
     assert plain["verdict"] == "ok" and gated["verdict"] == "fail"
     assert test["best_baseline"] == "learned_text" and test["learned_text"]["scored"] == 600
     assert [g for g in gated["groups"] if g["split"] == "train"][0]["baselines"]["learned_text"] is None
+
+
+def test_capped_sample_is_the_same_from_shards_and_rows(monkeypatch):
+    """Large groups are scored on a keyed-hash sample; reading shard by shard (key columns
+    first, texts of the drawn rows after) draws the same rows as the whole list."""
+    monkeypatch.setattr(learned, "TRAIN_CAP", 150)
+    monkeypatch.setattr(learned, "EVAL_CAP", 60)
+    rows = _rows(_box_bin, n_train=400, n_test=200)
+    tables = {f"qa/part-{i}": pa.Table.from_pylist([{k: v for k, v in r.items() if k != "config"}
+                                                    for r in rows[i::3]]) for i in range(3)}
+    result = learned.learned_from_shards(lambda rel, cols: tables[rel].select(
+        [c for c in cols if c in tables[rel].column_names]), [("qa", rel) for rel in tables], {})
+    g = result[("qa", "test", "anatomy", "multiple_choice")]
+    assert (g["n"], g["scored"], g["train"]) == (200, 60, 150)
+    assert result == learned_baseline(rows, rows)

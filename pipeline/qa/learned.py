@@ -39,6 +39,7 @@ QA shard, then the texts of the sampled rows (:func:`learned_from_shards`).
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
 import sys
@@ -249,20 +250,17 @@ COLUMNS = ("qa_id", "split", "task", "question_type", "question", "options", "ch
 _META = ("qa_id", "split", "task", "question_type")
 
 
-def sample_keys(meta: Iterable[tuple[str, str, str, str, str]]) -> set[tuple[str, str]]:
-    """``(config, qa_id)`` of the rows :func:`learned_baseline` would use, from
-    ``(config, split, task, question_type, qa_id)``: per group the first :data:`TRAIN_CAP`
-    (train) or :data:`EVAL_CAP` (other splits) in keyed-hash order — so a large corpus's
-    question texts need only be read for those."""
-    groups: dict[tuple, list] = {}
+def sample_keys(meta: Iterable[tuple[str, str, str, str, str]],
+                kept: dict | None = None) -> dict[tuple, list]:
+    """Per group ``(config, split, task, question_type)`` the keys (:func:`_order_key`) of the
+    rows :func:`learned_baseline` would use, from ``(config, split, task, question_type,
+    qa_id)``: the first :data:`TRAIN_CAP` (train) or :data:`EVAL_CAP` (other splits) in
+    keyed-hash order.  Pass the previous result as ``kept`` to add a shard's rows: memory
+    stays bounded by the caps however large the corpus."""
+    groups: dict[tuple, list] = {k: list(v) for k, v in (kept or {}).items()}
     for config, split, task, qtype, qa_id in meta:
-        groups.setdefault((config, split, task, qtype), []).append(qa_id)
-    keep = set()
-    for (config, split, _, _), ids in groups.items():
-        cap = TRAIN_CAP if split == "train" else EVAL_CAP
-        for qa_id in sorted(ids, key=lambda q: _order_key({"qa_id": q}))[:cap]:
-            keep.add((config, qa_id))
-    return keep
+        groups.setdefault((config, split, task, qtype), []).append(_order_key({"qa_id": qa_id}))
+    return {k: heapq.nsmallest(TRAIN_CAP if k[1] == "train" else EVAL_CAP, v) for k, v in groups.items()}
 
 
 def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Mapping[str, str]) -> dict:
@@ -270,16 +268,22 @@ def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Map
     columns)`` returns an Arrow table of those of ``columns`` the shard has.  Reads the
     key columns of every shard, then the question texts of the sampled rows' shards."""
     shards = sorted(shards)
-    meta = []
+    kept: dict[tuple, list] = {}
+    sizes: Counter = Counter()
     for config, rel in shards:
         t = read(rel, _META)
-        meta += [(config, *row) for row in zip(*(t[c].to_pylist() for c in ("split", "task", "question_type",
-                                                                             "qa_id")))]
-    keep = sample_keys(meta)
+        meta = [(config, *row) for row in zip(*(t[c].to_pylist() for c in ("split", "task",
+                                                                           "question_type", "qa_id")))]
+        sizes.update(m[:4] for m in meta)
+        kept = sample_keys(meta, kept)
+    keep = {(k[0], qa_id) for k, v in kept.items() for _, qa_id in v}
     rows: list[dict] = []
     for config, rel in shards:
         rows += [r for r in rows_from_table(config, read(rel, COLUMNS)) if (config, r["qa_id"]) in keep]
-    return learned_baseline(rows, rows, learn_from)
+    result = learned_baseline(rows, rows, learn_from)
+    for key, g in result.items():
+        g["n"] = sizes[key]  # the group's size, not the rows drawn from it
+    return result
 
 
 def table_lines(result: Mapping) -> list[str]:
