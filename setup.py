@@ -61,6 +61,8 @@ setup(
         # report: plots and the gallery with boxes drawn
         "matplotlib>=3.8",
         "pillow>=10",
+        # the shortcut audit's learned text-only baseline (pipeline/qa/learned.py)
+        "scikit-learn>=1.3",
     ],
     extras_require={
         "test": [

@@ -18,6 +18,7 @@ from pipeline.core.slices import display_slice
 from pipeline.inputs.phantoms import make_phantom, situs_inversus
 from pipeline.inputs.sample import USER_LABELS, form_of, write_sample
 from pipeline.launch.build import build
+from pipeline.qa.learned import corpus_result
 
 N_PATIENTS = 10
 
@@ -64,6 +65,20 @@ def test_in_memory_and_two_worker_builds_are_byte_identical(corpus, corpus_2_wor
     assert set(a) == set(b)
     assert a == b
     assert len([p for p in a if p.endswith(".parquet")]) >= 9
+
+
+def test_audit_includes_the_learned_baseline(corpus):
+    """Every scored group carries the learned text-only baseline, and the CLI's reading of the
+    built shards gives the manifest's numbers."""
+    manifest = json.loads((corpus[0] / "manifest.json").read_text())
+    assert manifest["audit"]["learned"] is True
+    again = corpus_result(str(corpus[0]))
+    scored = [g for g in manifest["audit"]["groups"] if g["split"] != "train"]
+    assert scored and all(g["baselines"]["learned_text"] is not None for g in scored)
+    for g in scored:
+        key = (g["config"], g["split"], g["task"], g["question_type"])
+        assert again[key]["accuracy"] == g["baselines"]["learned_text"]
+        assert g["learned_text"]["scored"] == again[key]["scored"] == g["n"]
 
 
 def test_manifest_lists_every_file_with_its_sha256_and_counts_balance(corpus):

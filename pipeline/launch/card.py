@@ -191,16 +191,21 @@ def _audit_lines(audit: Mapping) -> list[str]:
         "", "## Shortcut audit", "",
         "Blind baselines that never see an image, learned on `train` and scored on each split, "
         f"against chance (margin {audit['margin_pp']:g} percentage points; verdict "
-        f"**{audit['verdict']}**). Open questions are compared with the answer prior. Details in "
-        "`manifest.json` (`audit`) and the report.", "",
-        "| config | split | task | type | n | chance | best blind baseline | excess (pp) | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"**{audit['verdict']}**). Open questions are compared with the answer prior. "
+        "`learned text-only` is a logistic regression over the question's words, numbers and "
+        "the options' texts and order, trained on `train` (it never sees the image). Details "
+        "in `manifest.json` (`audit`) and the report.", "",
+        "| config | split | task | type | n | chance | best blind baseline | learned text-only "
+        "| excess (pp) | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g in rows:
         best = g["best_baseline"]
         acc = g["baselines"].get(best) if best else None
         shown = f"{best} {100 * acc:.1f}%" if acc is not None else "-"
+        learned = g["baselines"].get("learned_text")
+        learned = f"{100 * learned:.1f}%" if learned is not None else "-"
         lines.append(f"| {g['config']} | {g['split']} | {g['task']} | {g['question_type']} | "
-                     f"{g['n']} | {100 * g['chance']:.1f}% | {shown} | {g['excess_pp']:+.1f} | "
-                     f"{g['verdict']} |")
+                     f"{g['n']} | {100 * g['chance']:.1f}% | {shown} | {learned} | "
+                     f"{g['excess_pp']:+.1f} | {g['verdict']} |")
     return lines

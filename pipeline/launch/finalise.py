@@ -31,12 +31,15 @@ from pipeline.engine.dead_letters import merge_dead_letters
 from pipeline.engine.units import UnitRef
 from pipeline.errors import BuildFailed
 from pipeline.io import shards
+from pipeline.io.corpus import Corpus
 from pipeline.kinds.tree import BENCHMARK_RECEIPT
 from pipeline.launch.card import render_card
-from pipeline.qa.audit import audit, merge
+from pipeline.qa.audit import DEFAULTS as AUDIT_DEFAULTS
+from pipeline.qa.audit import SEP, audit, merge
+from pipeline.qa.learned import learned_from_shards
 from pipeline.report import write_report
 from pipeline.schema.arrow import SCHEMA_VERSION
-from pipeline.schema.layout import CARD, DEAD_UNITS_DIR, MANIFEST, REPORT, UNITS_DIR
+from pipeline.schema.layout import CARD, DEAD_UNITS_DIR, MANIFEST, REPORT, UNITS_DIR, parse_shard
 
 QA_VERSION = "2"
 
@@ -167,8 +170,9 @@ def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, de
         unknown.update(r.get("labels_unknown_to_pools", []))
     if finish:
         split_rows["benchmark"]["test"] = finish["rows"]["benchmark"]
-    audit_result = audit(merge([r["audit"] for r in receipts] + ([finish["audit"]] if finish else [])),
-                         dict(kind.audit_defaults) | recipe.section("audit"))
+    merged = merge([r["audit"] for r in receipts] + ([finish["audit"]] if finish else []))
+    settings = dict(kind.audit_defaults) | recipe.section("audit")
+    audit_result = audit(merged, settings, learned_audit(output, files, merged, settings))
     extras = dict(ctx.extras) | {"finish": finish,
                                  "pools_added": list(getattr(prep["pools"], "added", ()) or ())}
     kind_fields, card_lines, _ = kind.manifest_extras(output, receipts, extras)
@@ -211,6 +215,19 @@ def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, de
     manifest["files"] = dict(sorted(files.items()))
     shards.write_json(output, MANIFEST, manifest)
     return manifest
+
+
+def learned_audit(output: str, files, merged, settings) -> dict:
+    """The learned text-only baseline (:mod:`pipeline.qa.learned`) over the QA shards of the
+    audited configs, read through :class:`~pipeline.io.corpus.Corpus` (text columns only)."""
+    configs = {key.split(SEP, 1)[0] for key in merged}
+    shards_ = []
+    for rel in files:
+        shard = parse_shard(rel)
+        if shard is not None and shard.ext == "parquet" and shard.config in configs:
+            shards_.append((shard.config, rel))
+    learn_from = (AUDIT_DEFAULTS | dict(settings))["learn_from"]
+    return learned_from_shards(Corpus(output).read_columns, shards_, learn_from)
 
 
 def _build_section(receipts: list[dict], attempts: int, run_id: str | None) -> dict:

@@ -54,7 +54,7 @@ from collections.abc import Iterable, Mapping
 from pipeline.qa.options import LETTERS
 
 BASELINES = ("question_majority", "answer_position", "frequent_option", "longest_option",
-             "often_correct_option")
+             "often_correct_option", "learned_text")
 DEFAULTS = {"margin_pp": 3.0, "fail_pp": 10.0, "min_questions": 100, "on": "warn",
             "chance": {}, "configs": None, "splits": None, "ignore": {}, "learn_from": {}}
 SEP = "\x1f"
@@ -211,8 +211,12 @@ def _pick_share(options, pos, score) -> float:
     return (pos in top) / len(top)
 
 
-def audit(merged: Mapping, settings: Mapping | None = None) -> dict:
-    """Score every group of the merged counts; returns the manifest's ``audit`` section."""
+def audit(merged: Mapping, settings: Mapping | None = None, learned: Mapping | None = None) -> dict:
+    """Score every group of the merged counts; returns the manifest's ``audit`` section.
+
+    ``learned`` is :func:`pipeline.qa.learned.learned_baseline`'s result (``(config, split,
+    task, question_type)`` -> ``{accuracy, scored, train, …}``); without it the
+    ``learned_text`` baseline is not reported."""
     conf = DEFAULTS | dict(settings or {})
     margin, fail_pp = float(conf["margin_pp"]), float(conf["fail_pp"])
     groups = []
@@ -221,6 +225,8 @@ def audit(merged: Mapping, settings: Mapping | None = None) -> dict:
         g = merged[key]
         train = merged.get(_group_key(conf["learn_from"].get(config, config), "train", task, qtype))
         base = _baselines(train, g, qtype)
+        lr = (learned or {}).get((config, split, task, qtype))
+        base["learned_text"] = lr["accuracy"] if lr else None
         if task in conf["chance"]:
             chance, reference = float(conf["chance"][task]), "declared"
         elif qtype == "multiple_choice" and g["option_sets"]:
@@ -236,10 +242,13 @@ def audit(merged: Mapping, settings: Mapping | None = None) -> dict:
             chance = g["answers"].get(prior, 0) / g["n"] if prior else 0.0
             reference = "prior"
         scored = {k: v for k, v in base.items() if v is not None}
-        best_name = max(sorted(scored), key=lambda k: scored[k]) if scored else None
+        # on a tie the heuristic (by name) is named, the learned baseline last
+        best_name = max(sorted(scored, key=lambda k: (k == "learned_text", k)),
+                        key=lambda k: scored[k]) if scored else None
         best = scored.get(best_name, 0.0) if best_name else 0.0
         excess = 100.0 * (best - chance)
-        low, high = wilson(best * g["n"], g["n"])
+        n_best = lr["scored"] if best_name == "learned_text" and lr else g["n"]
+        low, high = wilson(best * n_best, n_best)
         clear = low * 100.0 > 100.0 * chance + margin  # the excess is not sampling noise
         if excess <= margin or not clear:
             verdict = "ok"
@@ -257,6 +266,7 @@ def audit(merged: Mapping, settings: Mapping | None = None) -> dict:
             "yes_rate": round(g["answers"].get("yes", 0) / yes, 4) if qtype == "closed" and yes else None,
             "baselines": {k: (round(v, 4) if v is not None else None) for k, v in base.items()},
             "best_baseline": best_name,
+            **({"learned_text": {"scored": lr["scored"], "train": lr["train"]}} if lr else {}),
             "interval": [round(low, 4), round(high, 4)],
             "excess_pp": round(excess, 2),
             "within_margin": excess <= margin,
@@ -278,12 +288,13 @@ def audit(merged: Mapping, settings: Mapping | None = None) -> dict:
     return {"margin_pp": margin, "fail_pp": fail_pp, "min_questions": int(conf["min_questions"]),
             "on": conf["on"], "chance": dict(conf["chance"]), "configs": conf["configs"],
             "splits": conf["splits"], "ignore": dict(conf["ignore"]),
-            "learn_from": dict(conf["learn_from"]), "verdict": worst,
+            "learn_from": dict(conf["learn_from"]), "learned": learned is not None, "verdict": worst,
             "groups": groups}
 
 
 def summary_lines(result: Mapping, splits: Iterable[str] = ("test",)) -> list[str]:
-    """A short text table of the audited groups (for the build summary)."""
+    """A short text table of the audited groups (for the build summary): the best baseline,
+    and the learned text-only one beside it (``-`` where it was not run)."""
     wanted = set(splits)
     lines = [f"shortcut audit (blind baselines vs chance; margin {result['margin_pp']:g} pp): "
              f"{result['verdict']}"]
@@ -292,12 +303,14 @@ def summary_lines(result: Mapping, splits: Iterable[str] = ("test",)) -> list[st
             continue
         best = g["best_baseline"] or "-"
         acc = g["baselines"].get(best) if g["best_baseline"] else None
+        learned = g["baselines"].get("learned_text")
         low, high = g["interval"]
         lines.append(
             f"  {g['config']:<9} {g['split']:<10} {g['task']:<28} {g['question_type']:<15} "
             f"n={g['n']:<7} chance {100 * g['chance']:5.1f}%  best {best:<20} "
             f"{100 * (acc or 0):5.1f}% [{100 * low:4.1f}-{100 * high:5.1f}]  "
-            f"{g['excess_pp']:+6.1f} pp  {g['verdict']}"
+            f"{g['excess_pp']:+6.1f} pp  {g['verdict']:<4}  learned "
+            + (f"{100 * learned:5.1f}%" if learned is not None else "    -")
             + ("" if g.get("decides", True) else "  (not deciding" + (
                 ": " + g["note"].split(":")[0] if g.get("note") else "") + ")"))
     return lines

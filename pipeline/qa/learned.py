@@ -1,0 +1,340 @@
+"""A learned text-only baseline: a model that reads the question and its options, never the
+image, trained on ``train`` and scored on every other split, per config, task and question type.
+
+The heuristic baselines of :mod:`pipeline.qa.audit` were written alongside the generators; this
+one was not told what to look for.  Per group (config, task, question type) it learns from the
+train rows of that group (of the config named in ``learn_from`` — the benchmark learns from
+``instruct``) and answers each question of the group's other splits.
+
+Features (:mod:`pipeline.qa.text_features`; named, a group's columns are the features its train
+rows have, in sorted order):
+
+* the question's words and word bigrams; its numbers by their position among the numbers, as
+  scaled values and as quantile bins (``num2_bin7``); a quoted box's width, height, centre
+  and area, binned — so a box's position and size are visible to the model;
+* multiple choice: the option's text and words, its position, the rank of its text and
+  length among the options, the option sequence crossed with the position, and every
+  question feature crossed with the option's text and with its position.  Each (question,
+  option) pair is scored by one binary logistic regression and the answer is the
+  best-scoring option (an exact tie shares the credit), so option-text priors, position
+  and option-order patterns and "this box → this structure" are learnable;
+* closed (yes/no) and open questions: a logistic regression over the question features
+  (multinomial, ``lbfgs``, for more than two answers), its classes the train answers (the
+  :data:`TOP_ANSWERS` most frequent; a rarer answer is never predicted).  Open questions are reported against the answer prior (the
+  most frequent train answer of the group).
+
+What it cannot see: the image; relations that need a combination of features it does not
+form (e.g. two numbers compared with each other, other than a box's width, height, centre
+and area); knowledge that no train question shows.
+
+Determinism: rows are sorted by a keyed hash of ``qa_id`` (then ``qa_id``) before anything
+else, which also draws the subsample: at most :data:`TRAIN_CAP` train questions and
+:data:`EVAL_CAP` scored questions per group (every question of the built-in samples).  The
+solvers are fixed (``liblinear``'s dual solver with ``random_state`` 0 for two classes,
+``lbfgs`` for more; ``C`` = :data:`C`; at most :data:`MAX_ITER` iterations), so the result is
+the same for the same rows in any order.  The launcher reads only the key columns of every
+QA shard, then the texts of the sampled rows (:func:`learned_from_shards`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import os
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pyarrow.parquet as pq
+from scipy.sparse import csr_matrix
+from sklearn.linear_model import LogisticRegression
+
+from pipeline.qa.text_features import Scales, pair_features
+
+TRAIN_CAP = 30_000
+EVAL_CAP = 20_000
+TOP_ANSWERS = 50
+C = 1.0
+MAX_ITER = 200
+NAME = "learned_text"
+
+# ------------------------------------------------------------------------------ rows
+
+
+def _order_key(row: Mapping) -> tuple[str, str]:
+    qa_id = str(row.get("qa_id") or "\x1f".join(
+        [str(row.get("question")), *map(str, row.get("options") or []), str(row.get("answer"))]))
+    return hashlib.blake2b(qa_id.encode("utf-8"), digest_size=8, person=b"radvqa-learned").hexdigest(), qa_id
+
+
+def _sample(rows: list[Mapping], cap: int) -> list[Mapping]:
+    """The rows in keyed-hash order, at most ``cap`` of them (the same ones in any input order)."""
+    ordered = sorted(rows, key=_order_key)
+    return ordered[:cap]
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def _model(classes: int) -> LogisticRegression:
+    # liblinear's dual solver: 7.5 s where its primal one took 100 s on 25,664 option pairs
+    # (radimagenet-vqa pathology); measured
+    if classes > 2:
+        return LogisticRegression(solver="lbfgs", C=C, max_iter=MAX_ITER)
+    return LogisticRegression(solver="liblinear", dual=True, C=C, max_iter=MAX_ITER, random_state=0)
+
+
+class _Vocabulary:
+    """Feature name -> column, the train features in sorted order (unseen ones are dropped)."""
+
+    def __init__(self, dicts: list[dict]):
+        self.index = {k: i for i, k in enumerate(sorted({k for d in dicts for k in d}))}
+
+    def matrix(self, dicts: list[dict]) -> csr_matrix:
+        data, cols, ptr = [], [], [0]
+        for d in dicts:
+            found = sorted((self.index[k], v) for k, v in d.items() if k in self.index)
+            cols += [c for c, _ in found]
+            data += [v for _, v in found]
+            ptr.append(len(cols))
+        return csr_matrix((np.asarray(data, dtype=np.float64), np.asarray(cols, dtype=np.int64),
+                           np.asarray(ptr, dtype=np.int64)), shape=(len(dicts), max(1, len(self.index))))
+
+
+def _fit(dicts: list[dict], y) -> tuple[LogisticRegression, _Vocabulary]:
+    vocab = _Vocabulary(dicts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a capped iteration count is part of the definition
+        return _model(len(set(y))).fit(vocab.matrix(dicts), np.asarray(y)), vocab
+
+
+class _Choice:
+    """The (question, option, position) pair classifier of one group, learned on its train rows."""
+
+    def __init__(self, train: list[Mapping], scales: Scales):
+        self.scales = scales
+        x, y = [], []
+        for r in train:
+            qf = scales.features(r["question"])
+            for j in range(len(r["options"])):
+                x.append(pair_features(qf, r["options"], j))
+                y.append(int(_letter(j) == r["answer"]))
+        self.model = _fit(x, y) if len(set(y)) == 2 else None
+
+    def credit(self, test: list[Mapping]) -> float:
+        """Share of ``test`` answered by the best-scoring option (an exact tie shares it)."""
+        if self.model is None:
+            return sum(1.0 / len(r["options"]) for r in test)
+        model, vocab = self.model
+        x, spans = [], []
+        for r in test:
+            qf = self.scales.features(r["question"])
+            spans.append((len(x), len(r["options"]), r["answer"]))
+            x.extend(pair_features(qf, r["options"], j) for j in range(len(r["options"])))
+        scores = model.decision_function(vocab.matrix(x))
+        credit = 0.0
+        for start, k, answer in spans:
+            s = np.round(scores[start:start + k], 9)
+            top = [j for j in range(k) if s[j] == s.max()]
+            credit += sum(_letter(j) == answer for j in top) / len(top)
+        return credit
+
+
+class _Classes:
+    """The question classifier of one closed or open group; ``prior`` its most frequent answer."""
+
+    def __init__(self, train: list[Mapping], scales: Scales):
+        self.scales = scales
+        counts = Counter(r["answer"] for r in train)
+        self.prior = max(sorted(counts), key=lambda a: counts[a]) if counts else None
+        keep = set(sorted(counts, key=lambda a: (-counts[a], a))[:TOP_ANSWERS])
+        pairs = [(scales.features(r["question"]), r["answer"]) for r in train if r["answer"] in keep]
+        self.model = _fit([f for f, _ in pairs], [a for _, a in pairs]) if len(keep) > 1 else None
+
+    def credit(self, test: list[Mapping]) -> float:
+        if self.model is None:
+            return float(sum(r["answer"] == self.prior for r in test))
+        model, vocab = self.model
+        guesses = model.predict(vocab.matrix([self.scales.features(r["question"]) for r in test]))
+        return float(sum(g == r["answer"] for g, r in zip(guesses, test)))
+
+
+def _letter(j: int) -> str:
+    return chr(ord("A") + j)
+
+
+# ------------------------------------------------------------------------------- API
+
+
+def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping],
+                     learn_from: Mapping[str, str] | None = None) -> dict:
+    """Accuracy of the learned text-only baseline per group.
+
+    Parameters
+    ----------
+    train_rows, eval_rows
+        Dicts with ``split``, ``config``, ``task``, ``question_type``, ``question``,
+        ``options`` (list; empty for closed and open questions), ``answer`` (a letter for
+        multiple choice, ``yes``/``no``, or text) and optionally ``qa_id``.  Only the
+        ``train`` rows of ``train_rows`` are learned from; rows of ``eval_rows`` on ``train``
+        are skipped.  The two may be the same rows.
+    learn_from
+        Config -> the config whose train rows it learns from (default: itself).
+
+    Returns
+    -------
+    dict
+        ``(config, split, task, question_type)`` -> ``{n, scored, correct, accuracy, chance,
+        reference}``: ``n`` questions in the group, ``scored`` of them answered (the capped
+        subsample), ``correct`` the credit (ties share it), ``accuracy`` = correct / scored,
+        ``chance`` the mean 1 / options (multiple choice), 1/2 (closed) or the train answer
+        prior's accuracy on the scored rows (open; ``reference`` says which).
+    """
+    learn_from = dict(learn_from or {})
+    train: dict[tuple, list] = {}
+    for r in train_rows:
+        if r["split"] == "train":
+            train.setdefault((r["config"], r["task"], r["question_type"]), []).append(r)
+    groups: dict[tuple, list] = {}
+    for r in eval_rows:
+        if r["split"] != "train":
+            groups.setdefault((r["config"], r["split"], r["task"], r["question_type"]), []).append(r)
+    by_source: dict[tuple, list[tuple]] = {}
+    for key in sorted(groups):
+        config, split, task, qtype = key
+        by_source.setdefault((learn_from.get(config, config), task, qtype), []).append(key)
+    out = {}
+    for source in sorted(by_source):
+        rows = _sample(train.get(source, []), TRAIN_CAP)
+        if source[2] == "multiple_choice":
+            rows = [r for r in rows if r["answer"] in {_letter(j) for j in range(len(r["options"] or []))}]
+        scales = Scales(r["question"] for r in rows)
+        learner = (_Choice if source[2] == "multiple_choice" else _Classes)(rows, scales)
+        for key in by_source[source]:
+            qtype = key[3]
+            test = _sample(groups[key], EVAL_CAP)
+            if qtype == "multiple_choice":
+                test = [r for r in test if r["options"]]
+                chance = sum(1.0 / len(r["options"]) for r in test) / len(test) if test else 0.0
+                reference = "uniform"
+            elif qtype == "closed":
+                chance, reference = 0.5, "uniform"
+            else:
+                hits = sum(r["answer"] == learner.prior for r in test)
+                chance, reference = (hits / len(test) if test else 0.0), "prior"
+            credit = learner.credit(test) if test else 0.0
+            out[key] = {"n": len(groups[key]), "scored": len(test), "correct": round(credit, 4),
+                        "accuracy": round(credit / len(test), 4) if test else None,
+                        "chance": round(chance, 4), "reference": reference, "train": len(rows)}
+    return out
+
+
+def rows_from_table(config: str, table) -> list[dict]:
+    """QA rows of an Arrow table (``options`` or ``choices`` column) as :func:`learned_baseline`
+    takes them."""
+    opt = "choices" if "choices" in table.column_names else "options"
+    cols = {c: table[c].to_pylist() for c in ("qa_id", "split", "task", "question_type", "question",
+                                              opt, "answer") if c in table.column_names}
+    n = table.num_rows
+    return [{"config": config, "qa_id": cols.get("qa_id", [None] * n)[i], "split": cols["split"][i],
+             "task": cols["task"][i], "question_type": cols["question_type"][i],
+             "question": cols["question"][i] or "", "options": list(cols[opt][i] or []),
+             "answer": cols["answer"][i] or ""} for i in range(n)]
+
+
+#: Columns a QA shard is read with (text only, never an image).
+COLUMNS = ("qa_id", "split", "task", "question_type", "question", "options", "choices", "answer")
+_META = ("qa_id", "split", "task", "question_type")
+
+
+def sample_keys(meta: Iterable[tuple[str, str, str, str, str]],
+                kept: dict | None = None) -> dict[tuple, list]:
+    """Per group ``(config, split, task, question_type)`` the keys (:func:`_order_key`) of the
+    rows :func:`learned_baseline` would use, from ``(config, split, task, question_type,
+    qa_id)``: the first :data:`TRAIN_CAP` (train) or :data:`EVAL_CAP` (other splits) in
+    keyed-hash order.  Pass the previous result as ``kept`` to add a shard's rows: memory
+    stays bounded by the caps however large the corpus."""
+    groups: dict[tuple, list] = {k: list(v) for k, v in (kept or {}).items()}
+    for config, split, task, qtype, qa_id in meta:
+        groups.setdefault((config, split, task, qtype), []).append(_order_key({"qa_id": qa_id}))
+    return {k: heapq.nsmallest(TRAIN_CAP if k[1] == "train" else EVAL_CAP, v) for k, v in groups.items()}
+
+
+def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Mapping[str, str]) -> dict:
+    """:func:`learned_baseline` over QA shards: ``shards`` are ``(config, rel)``, ``read(rel,
+    columns)`` returns an Arrow table of those of ``columns`` the shard has.  Reads the
+    key columns of every shard, then the question texts of the sampled rows' shards."""
+    shards = sorted(shards)
+    kept: dict[tuple, list] = {}
+    sizes: Counter = Counter()
+    for config, rel in shards:
+        t = read(rel, _META)
+        meta = [(config, *row) for row in zip(*(t[c].to_pylist() for c in ("split", "task",
+                                                                           "question_type", "qa_id")))]
+        sizes.update(m[:4] for m in meta)
+        kept = sample_keys(meta, kept)
+    keep = {(k[0], qa_id) for k, v in kept.items() for _, qa_id in v}
+    rows: list[dict] = []
+    for config, rel in shards:
+        rows += [r for r in rows_from_table(config, read(rel, COLUMNS)) if (config, r["qa_id"]) in keep]
+    result = learned_baseline(rows, rows, learn_from)
+    for key, g in result.items():
+        g["n"] = sizes[key]  # the group's size, not the rows drawn from it
+    return result
+
+
+def table_lines(result: Mapping) -> list[str]:
+    """The per-group table of :func:`learned_baseline`'s result."""
+    lines = [f"{'config':<10} {'split':<10} {'task':<28} {'type':<15} {'n':>7} {'scored':>7} "
+             f"{'chance':>7} {'learned':>8} {'excess':>8}"]
+    for key in sorted(result):
+        g = result[key]
+        acc = g["accuracy"]
+        lines.append(
+            f"{key[0]:<10} {key[1]:<10} {key[2]:<28} {key[3]:<15} {g['n']:>7} {g['scored']:>7} "
+            f"{100 * g['chance']:6.1f}% " + (f"{100 * acc:7.1f}% {100 * (acc - g['chance']):+7.1f}pp"
+                                             if acc is not None else "      -")
+            + ("  (vs prior)" if g["reference"] == "prior" else ""))
+    return lines
+
+
+def _read(root: str):
+    def read(rel: str, columns):
+        # plain pyarrow: the qa room may not import pipeline.io
+        pf = pq.ParquetFile(os.path.join(root, *rel.split("/")))
+        return pf.read(columns=[c for c in columns if c in pf.schema_arrow.names])
+    return read
+
+
+def corpus_result(root: str) -> dict:
+    """:func:`learned_from_shards` over a built corpus on disk (its manifest lists the shards;
+    the configs are those its audit covers, with its ``learn_from`` and declared chances)."""
+    with open(os.path.join(root, "manifest.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    audit = manifest.get("audit") or {}
+    configs = {g["config"] for g in audit.get("groups", [])} or {"qa"}
+    shards = [(rel.split("/", 1)[0], rel) for rel in manifest.get("files", {})
+              if rel.endswith(".parquet") and rel.count("/") == 1 and rel.split("/", 1)[0] in configs]
+    result = learned_from_shards(_read(root), shards, dict(audit.get("learn_from") or {}))
+    for key, g in result.items():  # a recipe's declared chance (audit.chance), as the audit uses it
+        if key[2] in (audit.get("chance") or {}):
+            g["chance"], g["reference"] = float(audit["chance"][key[2]]), "declared"
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.qa.learned CORPUS_DIR``: the learned baseline's table."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m pipeline.qa.learned CORPUS_DIR", file=sys.stderr)
+        return 2
+    print("\n".join(table_lines(corpus_result(argv[0]))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

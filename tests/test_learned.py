@@ -1,0 +1,147 @@
+"""The learned text-only baseline (pipeline/qa/learned.py): it finds planted leaks, stays at
+chance on balanced rows, is deterministic and order-free, and gates in the audit."""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+import pytest
+
+from pipeline.qa import learned
+from pipeline.qa.audit import audit, merge, partial_counts
+from pipeline.qa.learned import learned_baseline
+
+POOL = ["liver", "spleen", "kidney", "aorta", "stomach", "pancreas", "gallbladder", "bladder"]
+LETTERS = "ABCD"
+
+
+def _mc(rng, i, split, question, answer_text, options=None):
+    """A multiple-choice row whose options hold ``answer_text`` and three others at random."""
+    if options is None:
+        options = [answer_text] + rng.sample([p for p in POOL if p != answer_text], 3)
+        rng.shuffle(options)
+    return {"qa_id": f"{split}-{i:05d}", "config": "qa", "split": split, "task": "anatomy",
+            "question_type": "multiple_choice", "question": question, "options": options,
+            "answer": LETTERS[options.index(answer_text)]}
+
+
+def _rows(make, n_train=1200, n_test=600, seed=0):
+    rng = random.Random(seed)
+    return ([make(rng, i, "train") for i in range(n_train)]
+            + [make(rng, i, "test") for i in range(n_test)])
+
+
+def _keyword_position(rng, i, split):
+    # the answer's letter follows a keyword of the question
+    pos = rng.randrange(4)
+    word = ("first", "second", "third", "fourth")[pos]
+    answer = rng.choice(POOL)
+    options = [answer] + rng.sample([p for p in POOL if p != answer], 3)
+    rng.shuffle(options)
+    options[options.index(answer)], options[pos] = options[pos], answer
+    return _mc(rng, i, split, f"Which structure is shown ({word} view)?", answer, options)
+
+
+def _box_bin(rng, i, split):
+    # the box's horizontal position decides the structure
+    k = rng.randrange(len(POOL))
+    x0 = 25 * k + rng.randrange(15)
+    y0 = rng.randrange(200)
+    q = f"Which structure is outlined by the box [{x0}, {y0}, {x0 + 20}, {y0 + 25}]?"
+    return _mc(rng, i, split, q, POOL[k])
+
+
+def _option_order(rng, i, split):
+    # the answer is always the alphabetically first option, wherever it stands
+    options = rng.sample(POOL, 4)
+    return _mc(rng, i, split, "Which structure is shown?", min(options), options)
+
+
+def _balanced(rng, i, split):
+    k = rng.randrange(len(POOL))
+    x0, y0 = rng.randrange(200), rng.randrange(200)
+    q = f"Which structure is outlined by the box [{x0}, {y0}, {x0 + 20}, {y0 + 25}]?"
+    return _mc(rng, i, split, q, POOL[k])
+
+
+def _closed(leak):
+    def make(rng, i, split):
+        yes = rng.random() < 0.5
+        side = ("left" if yes else "right") if leak else rng.choice(("left", "right"))
+        return {"qa_id": f"{split}-{i:05d}", "config": "qa", "split": split, "task": "laterality",
+                "question_type": "closed", "question": f"Is the {side} kidney in the image?",
+                "options": [], "answer": "yes" if yes else "no"}
+    return make
+
+
+def _accuracy(rows):
+    result = learned_baseline(rows, rows)
+    (key,) = [k for k in result if k[1] == "test"]
+    return result[key]
+
+
+@pytest.mark.parametrize("make", [_keyword_position, _box_bin, _option_order, _closed(True)],
+                         ids=["keyword-position", "box-coordinate-bin", "option-order", "yes-no-wording"])
+def test_finds_planted_leaks(make):
+    g = _accuracy(_rows(make))
+    assert g["accuracy"] > g["chance"] + 0.3, g
+
+
+@pytest.mark.parametrize("make", [_balanced, _closed(False)], ids=["multiple-choice", "yes-no"])
+def test_stays_at_chance_on_balanced_rows(make):
+    g = _accuracy(_rows(make, n_test=2000))
+    assert abs(g["accuracy"] - g["chance"]) < 0.04, g
+
+
+def test_open_questions_are_reported_against_the_prior():
+    def make(rng, i, split):
+        answer = "liver" if rng.random() < 0.6 else rng.choice(POOL[1:])
+        return {"qa_id": f"{split}-{i}", "config": "qa", "split": split, "task": "anatomy",
+                "question_type": "open", "question": "What organ is this?", "options": [],
+                "answer": answer}
+    g = _accuracy(_rows(make))
+    assert g["reference"] == "prior"
+    assert g["accuracy"] == g["chance"]  # the wording says nothing: the prior is all it has
+
+
+def test_deterministic_and_order_free():
+    rows = _rows(_box_bin, n_train=400, n_test=200) + _rows(_closed(True), 300, 100, seed=1)
+    first = learned_baseline(rows, rows)
+    shuffled = rows[:]
+    random.Random(7).shuffle(shuffled)
+    assert learned_baseline(shuffled, shuffled) == first == learned_baseline(rows, rows)
+
+
+def test_learn_from_another_config():
+    rows = _rows(_box_bin, n_train=600, n_test=0)
+    bench = [r | {"config": "benchmark"} for r in _rows(_box_bin, 0, 300, seed=3)]
+    result = learned_baseline(rows + bench, rows + bench, {"benchmark": "qa"})
+    g = result[("benchmark", "test", "anatomy", "multiple_choice")]
+    assert g["train"] == 600 and g["accuracy"] > 0.6
+
+
+def test_audit_gates_on_the_learned_baseline():
+    rows = _rows(_box_bin)
+    merged = merge([partial_counts("qa", rows)])
+    plain = audit(merged)
+    gated = audit(merged, learned=learned_baseline(rows, rows))
+    test = [g for g in gated["groups"] if g["split"] == "test"][0]
+    assert plain["verdict"] == "ok" and gated["verdict"] == "fail"
+    assert test["best_baseline"] == "learned_text" and test["learned_text"]["scored"] == 600
+    assert [g for g in gated["groups"] if g["split"] == "train"][0]["baselines"]["learned_text"] is None
+
+
+def test_capped_sample_is_the_same_from_shards_and_rows(monkeypatch):
+    """Large groups are scored on a keyed-hash sample; reading shard by shard (key columns
+    first, texts of the drawn rows after) draws the same rows as the whole list."""
+    monkeypatch.setattr(learned, "TRAIN_CAP", 150)
+    monkeypatch.setattr(learned, "EVAL_CAP", 60)
+    rows = _rows(_box_bin, n_train=400, n_test=200)
+    tables = {f"qa/part-{i}": pa.Table.from_pylist([{k: v for k, v in r.items() if k != "config"}
+                                                    for r in rows[i::3]]) for i in range(3)}
+    result = learned.learned_from_shards(lambda rel, cols: tables[rel].select(
+        [c for c in cols if c in tables[rel].column_names]), [("qa", rel) for rel in tables], {})
+    g = result[("qa", "test", "anatomy", "multiple_choice")]
+    assert (g["n"], g["scored"], g["train"]) == (200, 60, 150)
+    assert result == learned_baseline(rows, rows)
