@@ -11,7 +11,7 @@ their stored bytes.
 
 Visual prompts: a row whose ``visual_prompt`` is set (e.g. ``red_box``: "Which structure
 is outlined by the red box?") is exported with the image that carries the prompt
-(:func:`prompt_column`), never the plain ``image``, which has no box: ``image_boxed_easy``
+(:func:`pipeline.schema.prompts.prompt_column`), never the plain ``image``, which has no box: ``image_boxed_easy``
 (the red box alone) when the question names only red — all it promises — and
 ``image_boxed`` (the red box beside its nearest structures in green, blue and yellow) when
 it names one of the other colours; the format option ``prompt_image`` (``auto``, ``boxed``,
@@ -23,7 +23,6 @@ names), written once each like the plain ones.
 from __future__ import annotations
 
 import os
-import re
 import string
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -33,37 +32,25 @@ from pipeline.exports.boxes import BoxStyle, box_text, convert_question_boxes
 from pipeline.exports.selection import Layout
 from pipeline.io.atomic import write_file
 from pipeline.io.corpus import Corpus
+from pipeline.schema.prompts import prompt_column
 
 LETTERS = string.ascii_uppercase
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Columns every QA config has.
 ROW_COLUMNS = ("qa_id", "question", "question_type", "answer", "task", "split")
-#: ``prompt_image`` option value -> the image column of a visual prompt.
-PROMPT_COLUMNS = {"boxed": "image_boxed", "easy": "image_boxed_easy"}
-#: The format option choosing it (``auto``: by the question's wording, :func:`prompt_column`).
+#: The format option choosing a visual prompt's image (:func:`pipeline.schema.prompts.prompt_column`).
 PROMPT_OPTION = "prompt_image"
-PROMPT_CHOICES = ("auto", *PROMPT_COLUMNS)
-#: Colours of the hard variant's other boxes: a question naming one needs ``image_boxed``.
-OTHER_COLOURS = frozenset({"green", "blue", "yellow"})
 #: File name suffix of each prompted image column (the corpus's own ``path`` names).
 PROMPT_SUFFIX = {"image_boxed": "-boxed", "image_boxed_easy": "-boxed-easy"}
 
 
-def prompt_column(row: Mapping, choice: str = "auto", where: str = "row") -> str | None:
-    """The image column carrying ``row``'s visual prompt; ``None`` for a row without one.
-
-    ``auto``: ``image_boxed`` when the question names a colour of the hard variant's other
-    boxes (green, blue, yellow), else ``image_boxed_easy`` (the red box alone is all a
-    question naming only red promises); ``boxed`` / ``easy`` choose the column outright.
-    """
-    if choice not in PROMPT_CHOICES:
-        raise ExportError(f"option: {PROMPT_OPTION}: {choice!r} is not one of {', '.join(PROMPT_CHOICES)}")
-    if not row.get("visual_prompt"):
-        return None
-    if choice == "auto":
-        words = set(re.findall(r"[a-z]+", str(row["question"]).lower()))
-        return "image_boxed" if words & OTHER_COLOURS else "image_boxed_easy"
-    return PROMPT_COLUMNS[choice]
+def row_prompt_column(row: Mapping, choice: str = "auto") -> str | None:
+    """The image column of a normalised row's visual prompt (``None`` without one):
+    :func:`pipeline.schema.prompts.prompt_column` of its question, option ``choice``."""
+    try:
+        return prompt_column(row["question"], row.get("visual_prompt"), choice)
+    except ValueError as err:
+        raise ExportError(f"option: {PROMPT_OPTION}: {err}") from None
 
 
 def format_human(question: str, question_type: str, options: Sequence[str] | None) -> str:
@@ -151,7 +138,7 @@ def read_rows(corpus: Corpus, layout: Layout, rel: str, prompt: str = "auto") ->
     rows = corpus.read_rows(rel, (*ROW_COLUMNS, layout.key, layout.options), optional)
     out = [normalise_row(r, layout) for r in rows]
     for r in out:
-        r["image_column"] = prompt_column(r, prompt, where=f"{rel}: qa_id {r['id']}")
+        r["image_column"] = row_prompt_column(r, prompt)
     out.sort(key=lambda r: r["id"])
     return out
 
