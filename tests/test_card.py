@@ -78,3 +78,5 @@ def test_the_card_tells_a_reader_what_they_need(corpus):
                    "## De-identification", "operator-only", "burned into the pixels",
                    result.manifest["fingerprint"]):
         assert needle in text, needle
+    if result.manifest.get("kind", "slices") == "slices":  # which image a red-box question shows
+        assert "`visual_prompt`" in text and "`image_boxed_easy`" in text and "`prompt_label`" in text

@@ -9,7 +9,9 @@ import base64
 import collections
 import io
 import json
+import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +98,8 @@ def volumes(tmp_path_factory) -> Path:
     return base / "corpus"
 
 
-def _rows(corpus: Path, config: str, split: str | None = None, drop=("image", "npy")) -> list[dict]:
+def _rows(corpus: Path, config: str, split: str | None = None,
+          drop=("image", "npy", "image_boxed", "image_boxed_easy")) -> list[dict]:
     table = pq.read_table(corpus / config)
     table = table.drop_columns([c for c in drop if c in table.column_names])
     rows = table.to_pylist()
@@ -109,6 +112,26 @@ def _media(corpus: Path, config: str, key: str = "image_id", column: str = "imag
         value = r[column]
         out[r[key]] = value["bytes"] if isinstance(value, dict) else value
     return out
+
+
+#: File name suffix of each prompted image column (README "Visual prompts in exports").
+PROMPT_FILES = {"image": "", "image_boxed": "-boxed", "image_boxed_easy": "-boxed-easy"}
+
+
+def _column(row: Mapping) -> str:
+    """The image column a QA row is exported with: the README's rule, written out again."""
+    if not row.get("visual_prompt"):
+        return "image"
+    return "image_boxed" if re.search(r"\b(green|blue|yellow)\b", row["question"], re.I) else "image_boxed_easy"
+
+
+def _has_red_box(data: bytes, box: Mapping) -> bool:
+    """The outline of ``box`` (pixels, maxima exclusive) is red on the image ``data``."""
+    with Image.open(io.BytesIO(data)) as im:
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    x0, y0, x1, y1 = box["x_min"], box["y_min"], box["x_max"], box["y_max"]
+    edges = [rgb[y0, x0:x1], rgb[y1 - 1, x0:x1], rgb[y0:y1, x0], rgb[y0:y1, x1 - 1]]
+    return all((e == (255, 0, 0)).all() for e in edges)
 
 
 def _load_json(path: Path) -> list[dict]:
@@ -281,7 +304,8 @@ def test_slices_llava_matches_the_qa_rows(slices, slices_llava):
         for rec in records:
             row = source[rec["id"]]
             img = images[row["image_id"]]
-            assert rec["image"] == f"images/{row['image_id']}.png"
+            name = f"{row['image_id']}{PROMPT_FILES[_column(row)]}"
+            assert rec["image"] == f"images/{name}.png"
             assert (rec["width"], rec["height"]) == (img["width"], img["height"])
             human, gpt = (t["value"] for t in rec["conversations"])
             assert [t["from"] for t in rec["conversations"]] == ["human", "gpt"]
@@ -297,15 +321,19 @@ def test_slices_llava_matches_the_qa_rows(slices, slices_llava):
                 assert gpt == box_text(row["answer_box"], *size, "llava", answer=True)
             else:
                 assert gpt == row["answer"]
-            referenced.add(row["image_id"])
+            referenced.add((row["image_id"], _column(row)))
     files = sorted((out / "images").iterdir())
-    assert [p.name for p in files] == sorted(f"{i}.png" for i in referenced)  # ids only, once each
+    names = {f"{i}{PROMPT_FILES[c]}.png": (i, c) for i, c in referenced}
+    assert [p.name for p in files] == sorted(names)  # ids (and prompted variants) only, once each
+    assert any(c != "image" for _, c in referenced)
     assert result.media == len(files)
+    prompted = {c: _media(slices, "images", column=c) for c in ("image_boxed", "image_boxed_easy")}
     for path in files:
         data = path.read_bytes()
-        assert data == stored[path.stem]  # stored bytes, never re-encoded
+        image_id, column = names[path.name]
+        assert data == (stored if column == "image" else prompted[column])[image_id]  # stored bytes
         with Image.open(path) as im:
-            assert im.size == (images[path.stem]["width"], images[path.stem]["height"])
+            assert im.size == (images[image_id]["width"], images[image_id]["height"])
 
 
 def test_slices_rows_are_sorted_by_id_and_export_is_deterministic(slices, slices_llava, tmp_path):
@@ -404,12 +432,14 @@ def test_slices_vlmevalkit_reads_back_as_vlmevalkit_does(slices, tmp_path):
             row = source[line["qa_id"]]
             img = images[row["image_id"]]
             assert line["pil"].size == (img["width"], img["height"])
-            assert base64.b64decode(line["image"]) == stored[row["image_id"]]
+            if _column(row) == "image":  # the prompted ones: test_red_box_questions_carry_their_prompt
+                assert base64.b64decode(line["image"]) == stored[row["image_id"]]
             assert line["category"] == row["task"] and line["l2-category"] == img["plane"]
             assert line["split"] == "test" and line["question"] == row["question"]
         raw = pd.read_csv(out / f"radvqa_sample_{kind}.tsv", sep="\t")
         carried = [x for x in raw["image"].astype(str) if len(x) > 64]
-        assert len(carried) == len({source[q]["image_id"] for q in raw["qa_id"]})  # base64 once per image
+        # base64 once per image (and once per prompted variant of it)
+        assert len(carried) == len({(source[q]["image_id"], _column(source[q])) for q in raw["qa_id"]})
     for _, line in mcq.iterrows():
         row = source[line["qa_id"]]
         # VLMEvalKit drops the empty (NaN) option columns of a question with fewer options
@@ -483,7 +513,62 @@ def test_media_are_streamed_never_read_whole(slices, tmp_path, monkeypatch):
     monkeypatch.setattr(pq.ParquetFile, "read", spy)
     export_corpus(str(slices), str(tmp_path / "a"), "llava")
     export_corpus(str(slices), str(tmp_path / "b"), "vlmevalkit")
-    assert whole_reads and not any({"image", "npy", "<all>"} & set(cols) for cols in whole_reads)
+    assert whole_reads and not any({"image", "image_boxed", "image_boxed_easy", "npy", "<all>"} & set(cols)
+                                   for cols in whole_reads)
+
+
+def _exported_images(out: Path, fmt: str) -> dict[str, bytes]:
+    """qa id -> the bytes of the image each exported question is shown with."""
+    if fmt == "vlmevalkit":
+        return {line["qa_id"]: base64.b64decode(line["image"])
+                for kind in ("MCQ", "YN", "VQA") if (out / f"radvqa_sample_{kind}.tsv").exists()
+                for _, line in _vlmevalkit_load(out / f"radvqa_sample_{kind}.tsv").iterrows()}
+    got = {}
+    for path in sorted(out.glob("radvqa_sample_*.json")):
+        for rec in _load_json(path):
+            got[rec["id"]] = (out / (rec["image"] if fmt == "llava" else rec["images"][0])).read_bytes()
+    return got
+
+
+@pytest.mark.parametrize("fmt", ["llava", "sharegpt", "vlmevalkit"])
+def test_red_box_questions_carry_their_prompt(slices, tmp_path, fmt):
+    """Every exported red-box question's image has the red outline at the prompted
+    structure's box (the stored ``image_boxed_easy``: its wording names red only); the
+    other questions get the plain image, never a boxed file."""
+    images = {r["image_id"]: r for r in _rows(slices, "images")}
+    source = {r["qa_id"]: r for r in _rows(slices, "qa")}
+    plain, easy = _media(slices, "images"), _media(slices, "images", column="image_boxed_easy")
+    got = _exported_images(_export(slices, tmp_path / fmt, fmt), fmt)
+    prompted = [q for q in got if source[q]["visual_prompt"]]
+    assert len(prompted) >= 5 and len(got) - len(prompted) >= 5
+    for qa_id, data in got.items():
+        row = source[qa_id]
+        img = images[row["image_id"]]
+        if row["visual_prompt"]:
+            assert row["visual_prompt"] == "red_box" and "red" in row["question"]
+            box = next(b for b in img["boxes"] if b["label"] == img["prompt_label"])
+            assert _has_red_box(data, box), qa_id
+            assert data == easy[row["image_id"]]
+        else:
+            assert data == plain[row["image_id"]], qa_id
+            assert not any(_has_red_box(data, b) for b in img["boxes"])
+
+
+def test_prompt_image_option_chooses_the_variant(slices, tmp_path):
+    """``--option prompt_image=boxed``: the hard variant (red beside green, blue, yellow);
+    a bad value names the option."""
+    source = {r["qa_id"]: r for r in _rows(slices, "qa", "test")}
+    hard = _media(slices, "images", column="image_boxed")
+    out = _export(slices, tmp_path / "hard", "llava", splits=["test"], options={"prompt_image": "boxed"})
+    records = _load_json(out / "radvqa_sample_test.json")
+    prompted = [r for r in records if source[r["id"]]["visual_prompt"]]
+    assert prompted
+    for rec in prompted:
+        image_id = source[rec["id"]]["image_id"]
+        assert rec["image"] == f"images/{image_id}-boxed.png"
+        assert (out / rec["image"]).read_bytes() == hard[image_id]
+    with pytest.raises(ExportError, match="prompt_image: 'red' is not one of auto, boxed, easy"):
+        export_corpus(str(slices), str(tmp_path / "bad"), "llava", options={"prompt_image": "red"})
 
 
 def test_media_lookup_falls_back_to_other_shards(slices):
@@ -513,7 +598,8 @@ def test_tree_llava_follows_the_instruct_config(tree, tmp_path):
         for rec in records:
             row = instruct[rec["id"]]
             assert rec["conversations"] == row["conversations"]  # formatting in step with instruct
-            assert rec["image"] == f"images/{row['image_id']}.png"
+            name = f"{row['image_id']}{PROMPT_FILES[_column(row)]}"
+            assert rec["image"] == f"images/{name}.png"
         captions = {r["metadata"]["question_id"]: r for r in _rows(corpus, "alignment", split)}
         cap_records = _load_json(out / f"radvqa_radimagenet_vqa_captions_{split}.json")
         assert {r["id"] for r in cap_records} == set(captions)
@@ -556,7 +642,8 @@ def test_tree_vlmevalkit_is_the_benchmark(tree, tmp_path):
     for table in (mcq, yn, vqa):
         for _, line in table.iterrows():
             row = bench[line["qa_id"]]
-            assert base64.b64decode(line["image"]) == stored[row["image_id"]]
+            if _column(row) == "image":  # the prompted ones: test_red_box_questions_carry_their_prompt
+                assert base64.b64decode(line["image"]) == stored[row["image_id"]]
             with Image.open(io.BytesIO(stored[row["image_id"]])) as ref:
                 assert line["pil"].size == ref.size
             assert line["category"] == row["task"]

@@ -470,6 +470,30 @@ def test_slice_gallery_draws_every_box_on_the_stored_coordinates(reports):
     assert checked >= 20 and grounding >= 1
 
 
+def test_slice_gallery_shows_visual_prompt_questions_with_their_prompted_image(reports):
+    """A red-box question is shown beside its stored ``image_boxed_easy`` (its wording names
+    red only), scaled like the other views: the red outline on the prompted structure's box."""
+    corpus = reports["slices"][0]
+    stored = {r["image_id"]: r for r in _rows(corpus, "images", ["image_id", "boxes", "prompt_label"])}
+    prompted = {r["qa_id"] for r in _rows(corpus, "qa", ["qa_id", "visual_prompt"]) if r["visual_prompt"]}
+    page = _page(reports, "slices")
+    shown = 0
+    for fig in page.figures:
+        row = stored[fig["attrs"]["data-image-id"]]
+        views = {i["data-qa-id"]: i for i in fig["images"] if "prompt" in i["class"].split()}
+        assert set(views) == set(fig["questions"]) & prompted
+        s = int(float(fig["attrs"]["data-scale"]))
+        for view in views.values():
+            assert view["data-column"] == "image_boxed_easy" and view["data-label"] == row["prompt_label"]
+            b = next(b for b in row["boxes"] if b["label"] == row["prompt_label"])
+            arr = np.asarray(_decode(view["src"]).convert("RGB"))
+            exact = _border_fraction(arr, (b["x_min"] * s, b["y_min"] * s, b["x_max"] * s - 1,
+                                           b["y_max"] * s - 1), (255, 0, 0))
+            assert min(exact.values()) == 1.0, exact
+            shown += 1
+    assert shown >= 1
+
+
 def test_volume_gallery_draws_the_3d_boxes_crossing_the_middle_slice(reports):
     corpus = reports["volumes"][0]
     stored = {r["volume_id"]: r for r in _rows(corpus, "volumes", ["volume_id", "shape", "boxes3d"])}

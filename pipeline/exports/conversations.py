@@ -4,7 +4,9 @@ Each split's rows become ``<prefix>_<split>.json`` (one record per QA row, in
 shard order, rows sorted by id inside a shard); with ``--captions`` a tree
 corpus's ``alignment`` conversations become ``<prefix>_captions_<split>.json``.
 The media are written once each, into ``images/`` (``volumes/`` for a volume
-corpus), named by id.  A format says only how one record looks.
+corpus), named by id; a visual-prompt question points at its prompted image
+(``images/<image_id>-boxed-easy.png`` / ``-boxed.png``, option ``prompt_image``,
+:func:`pipeline.exports.records.prompt_column`).  A format says only how one record looks.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from collections.abc import Mapping
 from pipeline.exports.base import JsonList
 from pipeline.exports.boxes import BoxStyle
 from pipeline.exports.format import ExportFormat, ExportJob
-from pipeline.exports.records import read_rows, unit_media
+from pipeline.exports.records import PROMPT_OPTION, media_key, read_rows, unit_media
 
 
 class ConversationFormat(ExportFormat):
     """A format of JSON lists of conversations; subclasses give the record shapes."""
 
     captions = True
+    options = {PROMPT_OPTION: "auto"}
 
     @abstractmethod
     def record(self, row: Mapping, media: str, size: tuple[int, int] | None, style: BoxStyle,
@@ -54,10 +57,10 @@ class ConversationFormat(ExportFormat):
         self.finish(job, stems)
 
     def _qa_unit(self, job: ExportJob, rel: str, writer: JsonList) -> int:
-        rows = read_rows(job.corpus, job.layout, rel)
+        rows = read_rows(job.corpus, job.layout, rel, job.options.get(PROMPT_OPTION, "auto"))
         media = unit_media(job.corpus, job.layout, rel, rows, job.output, job.result)
         for row in rows:
-            media_rel, size, _ = media[row["media_id"]]
+            media_rel, size, _ = media[media_key(row)]
             writer.add(self.record(row, media_rel, size, job.style, where=f"{rel}: qa_id {row['id']}"))
         return len(rows)
 
@@ -68,6 +71,6 @@ class ConversationFormat(ExportFormat):
                         "conversations": r["conversations"]} for r in rows), key=lambda c: c["id"])
         media = unit_media(job.corpus, layout, rel, caps, job.output, job.result)
         for cap in caps:
-            media_rel, size, _ = media[cap["media_id"]]
+            media_rel, size, _ = media[media_key(cap)]
             writer.add(self.caption_record(cap, media_rel, size))
         return len(caps)

@@ -8,6 +8,16 @@ id; the unit's media come from the media shard of the same name (one work unit
 writes both), falling back to the other media shards for an id it lacks.
 Media files are named by id (no source file name exists in a corpus) and keep
 their stored bytes.
+
+Visual prompts: a row whose ``visual_prompt`` is set (e.g. ``red_box``: "Which structure
+is outlined by the red box?") is exported with the image that carries the prompt
+(:func:`pipeline.schema.prompts.prompt_column`), never the plain ``image``, which has no box: ``image_boxed_easy``
+(the red box alone) when the question names only red — all it promises — and
+``image_boxed`` (the red box beside its nearest structures in green, blue and yellow) when
+it names one of the other colours; the format option ``prompt_image`` (``auto``, ``boxed``,
+``easy``) overrides the rule.  Prompted media are files of their own,
+``<image_id>-boxed.png`` / ``<image_id>-boxed-easy.png`` (the corpus's own ``path``
+names), written once each like the plain ones.
 """
 
 from __future__ import annotations
@@ -22,11 +32,25 @@ from pipeline.exports.boxes import BoxStyle, box_text, convert_question_boxes
 from pipeline.exports.selection import Layout
 from pipeline.io.atomic import write_file
 from pipeline.io.corpus import Corpus
+from pipeline.schema.prompts import prompt_column
 
 LETTERS = string.ascii_uppercase
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Columns every QA config has.
 ROW_COLUMNS = ("qa_id", "question", "question_type", "answer", "task", "split")
+#: The format option choosing a visual prompt's image (:func:`pipeline.schema.prompts.prompt_column`).
+PROMPT_OPTION = "prompt_image"
+#: File name suffix of each prompted image column (the corpus's own ``path`` names).
+PROMPT_SUFFIX = {"image_boxed": "-boxed", "image_boxed_easy": "-boxed-easy"}
+
+
+def row_prompt_column(row: Mapping, choice: str = "auto") -> str | None:
+    """The image column of a normalised row's visual prompt (``None`` without one):
+    :func:`pipeline.schema.prompts.prompt_column` of its question, option ``choice``."""
+    try:
+        return prompt_column(row["question"], row.get("visual_prompt"), choice)
+    except ValueError as err:
+        raise ExportError(f"option: {PROMPT_OPTION}: {err}") from None
 
 
 def format_human(question: str, question_type: str, options: Sequence[str] | None) -> str:
@@ -91,7 +115,7 @@ def normalise_row(row: Mapping, layout: Layout) -> dict:
     Keys: ``id``, ``media_id``, ``question``, ``question_type``, ``options``,
     ``answer``, ``answer_text``, ``answer_box``, ``question_box``, ``task``,
     ``split``, ``l2`` (region for tree rows; the plane is added from the
-    images config for slices).
+    images config for slices), ``visual_prompt`` (or None).
     """
     meta = row.get("metadata") or {}
     answer_text = row.get("answer_text")
@@ -102,15 +126,19 @@ def normalise_row(row: Mapping, layout: Layout) -> dict:
         "question_type": row["question_type"], "options": list(row.get(layout.options) or ()),
         "answer": row["answer"], "answer_text": answer_text, "answer_box": row.get("answer_box"),
         "question_box": row.get("question_box"), "task": row["task"], "split": row["split"],
-        "l2": meta.get("location") or "",
+        "l2": meta.get("location") or "", "visual_prompt": row.get("visual_prompt"),
     }
 
 
-def read_rows(corpus: Corpus, layout: Layout, rel: str) -> list[dict]:
-    """The QA rows of shard ``rel``, normalised (:func:`normalise_row`) and sorted by id."""
-    optional = ("answer_text", "answer_box", "question_box", "metadata")
+def read_rows(corpus: Corpus, layout: Layout, rel: str, prompt: str = "auto") -> list[dict]:
+    """The QA rows of shard ``rel``, normalised (:func:`normalise_row`) and sorted by id;
+    each with ``image_column``, the image column of its visual prompt (:func:`prompt_column`
+    with ``prompt``) or ``None`` (the plain media)."""
+    optional = ("answer_text", "answer_box", "question_box", "metadata", "visual_prompt")
     rows = corpus.read_rows(rel, (*ROW_COLUMNS, layout.key, layout.options), optional)
     out = [normalise_row(r, layout) for r in rows]
+    for r in out:
+        r["image_column"] = row_prompt_column(r, prompt)
     out.sort(key=lambda r: r["id"])
     return out
 
@@ -121,13 +149,18 @@ def paired_shard(rel: str, config: str) -> str:
 
 
 def read_media(corpus: Corpus, layout: Layout, paired: str, wanted: set[str],
-               where: str) -> Iterator[tuple[str, bytes, dict]]:
+               where: str, prompts: Mapping[str, set[str]] | None = None) -> Iterator[tuple[str, bytes, dict]]:
     """``(id, bytes, metadata)`` of each wanted media id, reading one shard, one batch at a time.
 
     The paired shard (same unit) first; ids it lacks are looked up in the other shards
     of the media config, in name order.  Each id is yielded once; :class:`ExportError`
-    names ``where`` when one is in no shard.
+    names ``where`` when one is in no shard.  ``prompts`` (media id -> prompted image
+    columns) adds those columns' bytes to the metadata (``{column: bytes}``); a missing
+    one is an :class:`ExportError` naming the column.
     """
+    prompts = prompts or {}
+    prompt_columns = tuple(sorted(set().union(*prompts.values()))) if prompts else ()
+    columns = [*layout.media_columns, *prompt_columns]
     remaining = set(wanted)
     shards = sorted(corpus.shards(layout.media))
     order = ([paired] if paired in shards else []) + [s for s in shards if s != paired]
@@ -138,7 +171,11 @@ def read_media(corpus: Corpus, layout: Layout, paired: str, wanted: set[str],
         ids = set(pf.read(columns=[layout.key]).column(layout.key).to_pylist())
         if not ids & remaining:
             continue
-        for batch in pf.iter_batches(batch_size=64, columns=list(layout.media_columns)):
+        if prompt_columns and not set(prompt_columns) <= set(pf.schema_arrow.names):
+            missing = sorted(set(prompt_columns) - set(pf.schema_arrow.names))[0]
+            raise ExportError(f"{rel}: {missing}: no such column, but {where} has visual-prompt "
+                              f"questions (built without slices.boxed?)")
+        for batch in pf.iter_batches(batch_size=64, columns=columns):
             cols = batch.to_pydict()
             for n, media_id in enumerate(cols[layout.key]):
                 if media_id not in remaining:
@@ -149,6 +186,13 @@ def read_media(corpus: Corpus, layout: Layout, paired: str, wanted: set[str],
                 if not data:
                     raise ExportError(f"{rel}: {layout.key} {media_id}: empty media bytes")
                 meta = {c: cols[c][n] for c in layout.media_columns[2:]}
+                for column in sorted(prompts.get(media_id, ())):
+                    value = cols[column][n]
+                    prompted = value["bytes"] if isinstance(value, Mapping) else value
+                    if not prompted:
+                        raise ExportError(f"{rel}: {layout.key} {media_id}: {column}: empty, but a "
+                                          f"visual-prompt question of {where} refers to it")
+                    meta[column] = prompted
                 yield media_id, data, meta
     if remaining:
         raise ExportError(f"{where}: {layout.key} {sorted(remaining)[0]} not found in "
@@ -181,13 +225,15 @@ def media_size(layout: Layout, data: bytes, meta: Mapping, where: str) -> tuple[
         raise ExportError(f"{where}: image: not a PNG with an IHDR chunk") from err
 
 
-def write_media(out: str, rel_dir: str, media_id: str, data: bytes, where: str) -> tuple[str, bool]:
-    """Write stored media bytes, unchanged, as ``rel_dir/<media_id><suffix>``.
+def write_media(out: str, rel_dir: str, media_id: str, data: bytes, where: str,
+                column: str | None = None) -> tuple[str, bool]:
+    """Write stored media bytes, unchanged, as ``rel_dir/<media_id><suffix>``
+    (``<media_id>-boxed<suffix>`` etc. for a prompted ``column``, :data:`PROMPT_SUFFIX`).
 
     Returns the relative path and whether the file was written now (an id
     already written by this export is not written again).
     """
-    rel = f"{rel_dir}/{media_id}{media_suffix(data, where)}"
+    rel = f"{rel_dir}/{media_id}{PROMPT_SUFFIX.get(column, '')}{media_suffix(data, where)}"
     path = os.path.join(out, *rel.split("/"))
     if os.path.exists(path):
         return rel, False
@@ -196,20 +242,44 @@ def write_media(out: str, rel_dir: str, media_id: str, data: bytes, where: str) 
 
 
 def unit_media(corpus: Corpus, layout: Layout, rel: str, rows: Sequence[Mapping], out: str,
-               result: ExportResult) -> dict[str, tuple[str, tuple[int, int] | None, dict]]:
-    """Write the media of ``rows`` (one unit, QA shard ``rel``) into ``out``.
+               result: ExportResult) -> dict[tuple[str, str | None], tuple[str, tuple[int, int] | None, dict]]:
+    """Write the media of ``rows`` (one unit, QA shard ``rel``) into ``out``: each row's
+    plain media, or the prompted image of its ``image_column``.
 
     Returns
     -------
     dict
-        media id -> (relative path, size (:func:`media_size`), metadata columns).
+        (media id, image column or None) -> (relative path, size (:func:`media_size`),
+        metadata columns).
     """
-    wanted = {r["media_id"] for r in rows}
+    keys = {media_key(r) for r in rows}
+    prompts = prompted_columns(keys)
     found = {}
-    for media_id, data, meta in read_media(corpus, layout, paired_shard(rel, layout.media), wanted, rel):
+    wanted = {media_id for media_id, _ in keys}
+    for media_id, data, meta in read_media(corpus, layout, paired_shard(rel, layout.media), wanted, rel,
+                                           prompts):
         where = f"{layout.media}/: {layout.key} {media_id}"
-        media_rel, written = write_media(out, layout.media_dir, media_id, data, where)
-        result.media += written
-        found[media_id] = (media_rel, media_size(layout, data, meta, where), meta)
+        size = media_size(layout, data, meta, where)
+        for column in (None, *sorted(prompts.get(media_id, ()))):
+            if (media_id, column) not in keys:
+                continue
+            media_rel, written = write_media(out, layout.media_dir, media_id,
+                                             data if column is None else meta[column], where, column)
+            result.media += written
+            found[(media_id, column)] = (media_rel, size, meta)
     return found
+
+
+def media_key(row: Mapping) -> tuple[str, str | None]:
+    """``(media id, image column or None)``: which stored image a row is exported with."""
+    return row["media_id"], row.get("image_column")
+
+
+def prompted_columns(keys) -> dict[str, set[str]]:
+    """Media id -> the prompted image columns among media keys (:func:`media_key`)."""
+    prompts: dict[str, set[str]] = {}
+    for media_id, column in keys:
+        if column is not None:
+            prompts.setdefault(media_id, set()).add(column)
+    return prompts
 

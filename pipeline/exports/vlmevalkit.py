@@ -5,8 +5,10 @@ Tab-separated files in VLMEvalKit's layout for the test set (the
 none), the ``test`` split of a slices corpus): ``<name>_MCQ.tsv`` (``index,
 image, question, A, B, C, D, answer, category, l2-category, split, qa_id``;
 ``answer`` a letter), ``<name>_YN.tsv`` (``answer`` ``Yes``/``No``) and
-``<name>_VQA.tsv`` for open questions.  ``image`` is the stored PNG in base64;
-a later row of the same image holds the ``index`` of the first one instead
+``<name>_VQA.tsv`` for open questions.  ``image`` is the stored PNG in base64 (a visual-prompt
+question's prompted image, option ``prompt_image``,
+:func:`pipeline.exports.records.prompt_column`); a later row of the same image holds the
+``index`` of the first one instead
 (VLMEvalKit's ``ImageBaseDataset`` resolves any ``image`` cell of at most 64
 characters as the index of another row).  ``category`` is the task;
 ``l2-category`` the plane (slices) or the anatomical region (tree), never empty
@@ -47,8 +49,11 @@ from pipeline.exports.cells import table_text
 from pipeline.exports.format import ExportFormat, ExportJob
 from pipeline.exports.records import (
     LETTERS,
+    PROMPT_OPTION,
+    media_key,
     media_size,
     paired_shard,
+    prompted_columns,
     read_media,
     read_rows,
     render_row,
@@ -127,7 +132,7 @@ class Tsv(AtomicFile):
         self.writer = csv.writer(self.f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
         self.writer.writerow(columns)
         self.rows = 0
-        self.first_index: dict[str, int] = {}  # media id -> index of the row carrying its bytes
+        self.first_index: dict[tuple, int] = {}  # media key -> index of the row carrying its bytes
 
     def add(self, cells: Mapping) -> None:
         """Append one row (column -> value; a missing column is empty)."""
@@ -142,6 +147,7 @@ class VlmEvalKit(ExportFormat):
     help = "MCQ / Y/N / VQA TSVs of the test set (2D corpora only)"
     default_boxes = "pixel"
     kinds = ("slices", "tree")
+    options = {PROMPT_OPTION: "auto"}
 
     def kind_error(self, corpus_dir: str, kind: str) -> str:
         return (f"{corpus_dir}: vlmevalkit needs 2D images; this is a volumes (3D) corpus — "
@@ -185,21 +191,28 @@ class VlmEvalKit(ExportFormat):
     def _unit(self, job: ExportJob, rel: str, writers: dict[str, Tsv], letters: int) -> int:
         """Rows of QA shard ``rel`` into their TSVs; an image's bytes go in its first row only."""
         corpus, layout = job.corpus, job.layout
-        rows = read_rows(corpus, layout, rel)
-        wanted = {r["media_id"] for r in rows}
+        rows = read_rows(corpus, layout, rel, job.options.get(PROMPT_OPTION, "auto"))
+        keys = {media_key(r) for r in rows}
+        prompts = prompted_columns(keys)
         unit = {}
-        for media_id, data, meta in read_media(corpus, layout, paired_shard(rel, layout.media), wanted, rel):
+        for media_id, data, meta in read_media(corpus, layout, paired_shard(rel, layout.media),
+                                               {k[0] for k in keys}, rel, prompts):
             where = f"{layout.media}/: {layout.key} {media_id}"
-            unit[media_id] = (data, media_size(layout, data, meta, where), meta.get("plane"))
+            size = media_size(layout, data, meta, where)
+            for column in (None, *sorted(prompts.get(media_id, ()))):
+                if (media_id, column) in keys:
+                    unit[(media_id, column)] = (data if column is None else meta[column], size,
+                                                meta.get("plane"))
         for row in rows:
-            data, size, plane = unit[row["media_id"]]
+            key = media_key(row)
+            data, size, plane = unit[key]
             if plane and not row["l2"]:
                 row["l2"] = plane
             tsv = writers[tsv_kind(row["question_type"])]
             index = tsv.rows
-            first = tsv.first_index.get(row["media_id"])
+            first = tsv.first_index.get(key)
             if first is None:
-                tsv.first_index[row["media_id"]] = index
+                tsv.first_index[key] = index
                 image = base64.b64encode(data).decode("ascii")
             else:
                 image = str(first)

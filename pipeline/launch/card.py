@@ -39,6 +39,13 @@ SLICE_CONVENTIONS = [
     "(center/width in HU), MR percentile windows with the intensities they gave.",
     "- Splits are by patient (keyed hash of a pseudonymous patient key): no patient appears "
     "in two splits.",
+    "- Visual prompts: a `qa` row whose `visual_prompt` is set (`red_box`: \"the structure "
+    "outlined by the red box\") refers to a box the plain `image` does not show. Join `images` on "
+    "`image_id` and show `image_boxed_easy` (the red box alone), or `image_boxed` (the red box "
+    "beside its nearest structures in green, blue and yellow) when the question names one of "
+    "those colours; `prompt_label` names the structure in red. A slice has one prompt, so every "
+    "prompted question of a slice refers to the same box. `radvqa export` applies this rule "
+    "(`--option prompt_image=auto|boxed|easy`).",
 ]
 TREE_CONVENTIONS = [
     "- Images are the source PNGs passed through unchanged (pixel data never decoded or "

@@ -41,11 +41,12 @@ class GalleryItem:
 
 QUESTION_COLUMNS = ["qa_id", "split", "task", "subtask", "question_type", "question", "options",
                     "choices", "answer", "answer_text", "answer_box", "answer_value", "answer_unit",
-                    "answer_tolerance"]
+                    "answer_tolerance", "visual_prompt"]
 
 
 GALLERY_COLUMNS = {  # image-bearing columns the gallery shows, per corpus kind
-    "slices": ["image", "boxes", "width", "height", "modality", "plane", "slice_index", "window", "split"],
+    "slices": ["image", "boxes", "width", "height", "modality", "plane", "slice_index", "window", "split",
+               "image_boxed", "image_boxed_easy", "prompt_label"],
     "tree": ["image", "metadata", "conversations", "split"],
     "volumes": ["npy", "boxes3d", "shape", "modality", "split", "study_order"],
 }

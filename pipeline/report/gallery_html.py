@@ -1,5 +1,9 @@
 """The report's gallery section: figures of images (or a volume's middle slice) with their
-boxes outlined, a legend of the boxes, and the selected questions with their answers."""
+boxes outlined, a legend of the boxes, and the selected questions with their answers.
+
+A visual-prompt question ("the structure outlined by the red box") is shown beside the
+stored image it refers to (``image_boxed_easy`` or ``image_boxed``,
+:func:`pipeline.schema.prompts.prompt_column`, the exports' rule), scaled like the other views."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from pipeline.report.views import (
     label_colours,
     volume_slice,
 )
+from pipeline.schema.prompts import prompt_column
 
 
 def _question_html(q: dict) -> str:
@@ -75,6 +80,9 @@ def gallery_2d(items: list[GalleryItem], kind: str, log=print, cache=None) -> li
         shown, scale = boxed_view(src, data, boxes, colours, cache)
         views = [img_tag(shown, f"image {it.image_id} with its boxes", cls="view boxes")]
         for q in it.questions:
+            prompt = _prompt_view(it, q, log, cache)
+            if prompt:
+                views.append(prompt)
             if q.get("answer_box"):
                 ab, _ = boxed_view(src, data, [("answer", tuple(q["answer_box"]))],
                                    {"answer": ANSWER_BOX_COLOUR}, cache)
@@ -103,6 +111,27 @@ def gallery_2d(items: list[GalleryItem], kind: str, log=print, cache=None) -> li
         body.append("</figcaption></figure>")
         figures.append("".join(body))
     return figures
+
+
+def _prompt_view(it: GalleryItem, q: dict, log, cache) -> str | None:
+    """The view of a visual-prompt question: its stored prompted image, scaled; ``None``
+    for another question (or a prompted image not stored, logged)."""
+    column = prompt_column(q.get("question") or "", q.get("visual_prompt"))
+    if column is None:
+        return None
+    data = (it.row.get(column) or {}).get("bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            src = im.copy()
+    except Exception:  # absent or corrupt: the build's checks should have caught it
+        log(f"  gallery: image {it.image_id}: {column} of question {q['qa_id']} could not be decoded; "
+            "its view skipped")
+        return None
+    png, _ = boxed_view(src, data, [], {}, cache)
+    return img_tag(png, f"{column} of question {q['qa_id']} (its visual prompt)", cls="view prompt",
+                   attrs=f' data-qa-id="{esc(q["qa_id"])}" data-column="{column}" '
+                         f'data-label="{esc(it.row.get("prompt_label"))}"')
 
 
 def gallery_volumes(items: list[GalleryItem], cache=None) -> list[str]:
