@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from pipeline.config.resources import resource_dir
+from pipeline.core.volume_facts import CT_RATE_FINDINGS
 from pipeline.errors import CaseError
 from pipeline.exports.registry import export_corpus
-from pipeline.exports.threedrad import CT_RATE_FINDINGS
 from pipeline.inputs.layouts import ctrate
 from pipeline.inputs.sample_ctrate import INTERCEPT, write_ctrate_sample
 from pipeline.inputs.tree import InputTree
@@ -43,8 +43,8 @@ def test_sample_is_written_like_ct_rate(sample):
     assert image.get_data_dtype() == np.int16
     with open(sample / "dataset/multi_abnormality_labels/train_predicted_labels.csv", newline="") as f:
         header = next(csv.reader(f))
-    assert header == ["VolumeName", *ctrate.FINDINGS] and len(ctrate.FINDINGS) == 18
-    assert set(ctrate.FINDINGS) == set(CT_RATE_FINDINGS)
+    assert header == ["VolumeName", *CT_RATE_FINDINGS] and len(CT_RATE_FINDINGS) == 18
+    assert set(CT_RATE_FINDINGS) == set(CT_RATE_FINDINGS)
     meta = pd.read_csv(sample / "dataset/metadata/validation_metadata.csv")
     assert meta["XYSpacing"][0] == "[0.75, 0.75]" and meta["RescaleIntercept"][0] == INTERCEPT
 
@@ -89,7 +89,7 @@ def test_load_uses_metadata_and_labels(sample, tmp_path):
     assert np.isclose(loaded.volume.array.min(), raw.min() + INTERCEPT)  # slope 1, intercept -1024
     assert loaded.volume.geometry.spacing == (0.75, 0.75, 1.5)
     row = pd.read_csv(sample / case.file("labels")).set_index("VolumeName").loc["train_1_a_1.nii.gz"]
-    assert list(loaded.findings) == [ctrate.finding_label(f) for f in ctrate.FINDINGS if row[f] == 1]
+    assert list(loaded.findings) == [ctrate.finding_label(f) for f in CT_RATE_FINDINGS if row[f] == 1]
     # a bad label cell is a named error
     bad = tmp_path / "bad"
     shutil.copytree(sample, bad)
@@ -122,7 +122,7 @@ def test_build_asks_label_questions_only(corpus):
     assert manifest["audit"]["verdict"] == "ok"
     vols = pd.read_parquet(corpus / "volumes", columns=["split", "patient_key", "labelled_findings"])
     assert vols.groupby("patient_key")["split"].nunique().max() == 1
-    assert all(f in {ctrate.finding_label(n) for n in ctrate.FINDINGS}
+    assert all(f in {ctrate.finding_label(n) for n in CT_RATE_FINDINGS}
                for fs in vols["labelled_findings"] for f in fs)
 
 

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
+from pipeline.core.masks import as_mask
 from pipeline.errors import CaseError
 from pipeline.inputs.class_lists import class_lists
 from pipeline.inputs.discovery import discover_cases
@@ -125,7 +126,7 @@ def test_an_mri_release_case_is_read_as_mr(tmp_path):
     assert (case.layout, case.modality, loaded.volume.modality) == ("totalseg", "MR", "MR")
     assert set(loaded.masks) == {"liver", "kidney_left", "fibula"}
     for name, mask in _masks().items():
-        assert np.array_equal(loaded.masks[name], mask)
+        assert np.array_equal(as_mask(loaded.masks[name]).dense(), mask)
 
 
 def test_every_layout_is_detected_per_case(tmp_path):
@@ -164,7 +165,7 @@ def test_ml_output_is_named_by_the_class_map_in_its_header(tmp_path):
     assert case.layout == "totalseg_ml"
     assert set(loaded.masks) == {"liver", "kidney_left"}
     for name, mask in _masks().items():
-        assert np.array_equal(loaded.masks[name], mask)
+        assert np.array_equal(as_mask(loaded.masks[name]).dense(), mask)
     assert "labels_from_builtin_class_list" not in loaded.notes
 
 
@@ -206,7 +207,7 @@ def test_dicom_seg_segments_land_on_the_series_voxels(tmp_path):
     assert case.layout == "dicom_seg" and loaded.volume.modality == "CT"
     assert set(loaded.masks) == {"liver", "kidney_left"}
     for name, mask in _masks().items():
-        assert np.array_equal(loaded.masks[name], mask), name
+        assert np.array_equal(as_mask(loaded.masks[name]).dense(), mask), name
 
 
 def test_a_segment_without_a_label_is_named_by_its_property_type(tmp_path):

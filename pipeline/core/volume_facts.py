@@ -40,6 +40,16 @@ VOLUME_TOLERANCE = 0.05
 HU_TOLERANCE = 10.0
 
 
+#: CT-RATE's 18 findings, in the column order of its ``multi_abnormality_labels.csv``
+#: (the CT-RATE layout reads them; the 3d-rad export numbers Task 4's subtasks by them).
+CT_RATE_FINDINGS = (
+    "Medical material", "Arterial wall calcification", "Cardiomegaly", "Pericardial effusion",
+    "Coronary artery wall calcification", "Hiatal hernia", "Lymphadenopathy", "Emphysema",
+    "Atelectasis", "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Pleural effusion",
+    "Mosaic attenuation pattern", "Peribronchial thickening", "Consolidation", "Bronchiectasis",
+    "Interlobular septal thickening",
+)
+
 def _directions(ndim: int, n: int) -> np.ndarray:
     if ndim == 2:
         t = np.linspace(0.0, math.pi, n, endpoint=False)

@@ -42,6 +42,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from pipeline.core.slices import resample
+from pipeline.core.volume_facts import CT_RATE_FINDINGS
 from pipeline.exports.base import ExportError
 from pipeline.exports.format import ExportFormat, ExportJob
 from pipeline.io.atomic import AtomicFile, write_file
@@ -71,14 +72,6 @@ TEMPORAL_CHOICES = (
 #: First word of our temporal class (core.volume_facts.TEMPORAL_CLASSES) -> 3D-RAD letter.
 TEMPORAL_LETTER = {"refractory": "A", "resolved": "B", "new": "C", "no": "D"}
 YES_NO = ("Yes", "No")
-#: CT-RATE's 18 findings (multi_abnormality_labels.csv), whose alphabetical order numbers Task 4.
-CT_RATE_FINDINGS = (
-    "Medical material", "Arterial wall calcification", "Cardiomegaly", "Pericardial effusion",
-    "Coronary artery wall calcification", "Hiatal hernia", "Lymphadenopathy", "Emphysema",
-    "Atelectasis", "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Pleural effusion",
-    "Mosaic attenuation pattern", "Peribronchial thickening", "Consolidation", "Bronchiectasis",
-    "Interlobular septal thickening",
-)
 PATH_TABLE = "valid_path.csv"
 OPTIONS = {"volume_shape": "32,256,256", "channel_axis": "0", "paths": "absolute"}
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x\s*(\d+(?:\.\d+)?)\s*mm\s*$")

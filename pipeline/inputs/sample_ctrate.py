@@ -20,7 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.inputs.layouts.ctrate import FINDINGS
+from pipeline.core.volume_facts import CT_RATE_FINDINGS
 
 #: Bumped whenever the sample changes (builds rewrite their stored copy).
 SAMPLE_VERSION = "1"
@@ -71,9 +71,9 @@ def write_ctrate_sample(output_dir: str | Path, n_patients: int = 4, scans: int 
     for p in range(1, n_patients + 1):
         split = "train" if p % 2 else "valid"
         # a few findings per patient (the rest absent throughout), so some scans are normal
-        ill = set(rng.choice(len(FINDINGS), size=int(rng.integers(0, 4)), replace=False).tolist())
+        ill = set(rng.choice(len(CT_RATE_FINDINGS), size=int(rng.integers(0, 4)), replace=False).tolist())
         chosen = [patterns[int(rng.integers(len(patterns)))] if f in ill else patterns[0]
-                  for f in range(len(FINDINGS))]
+                  for f in range(len(CT_RATE_FINDINGS))]
         for s in range(scans):
             letter = "abcdefghijklmnopqrstuvwxyz"[s]
             hu = _chest(rng)
@@ -89,7 +89,7 @@ def write_ctrate_sample(output_dir: str | Path, n_patients: int = 4, scans: int 
                 names.append(name)
     for split, rows in labels.items():
         _write_csv(out / "multi_abnormality_labels" / f"{split}_predicted_labels.csv",
-                   ["VolumeName", *FINDINGS], rows)
+                   ["VolumeName", *CT_RATE_FINDINGS], rows)
         meta_name = "train_metadata.csv" if split == "train" else "validation_metadata.csv"
         _write_csv(out / "metadata" / meta_name, METADATA, metadata[split])
     return names

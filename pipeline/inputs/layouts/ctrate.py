@@ -34,19 +34,12 @@ import numpy as np
 
 from pipeline.core import keys
 from pipeline.core.geometry import Geometry
+from pipeline.core.volume_facts import CT_RATE_FINDINGS
 from pipeline.errors import CaseError
 from pipeline.inputs.layouts.base import LoadedCase, read_image
 from pipeline.inputs.tree import InputTree
 
 NAME = re.compile(r"^(train|valid)_(\d+)_([a-z]+)_(\d+)\.nii(?:\.gz)?$")
-#: CT-RATE's 18 findings, in the label table's column order.
-FINDINGS = (
-    "Medical material", "Arterial wall calcification", "Cardiomegaly", "Pericardial effusion",
-    "Coronary artery wall calcification", "Hiatal hernia", "Lymphadenopathy", "Emphysema",
-    "Atelectasis", "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Pleural effusion",
-    "Mosaic attenuation pattern", "Peribronchial thickening", "Consolidation", "Bronchiectasis",
-    "Interlobular septal thickening",
-)
 SPLITS = {"train": "train", "valid": "validation"}
 METADATA_COLUMNS = ("VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing")
 
@@ -82,7 +75,7 @@ def tables(tree: InputTree, files: list[str]) -> tuple[list[str], list[str]]:
         if not rel.lower().endswith(".csv"):
             continue
         header = _csv_header(tree, rel)
-        if "VolumeName" in header and all(f in header for f in FINDINGS):
+        if "VolumeName" in header and all(f in header for f in CT_RATE_FINDINGS):
             labels.append(rel)
         elif all(c in header for c in METADATA_COLUMNS):
             metadata.append(rel)
@@ -113,7 +106,7 @@ def read_table(path: str) -> dict[str, dict[str, str]]:
 def present_findings(row: dict[str, str], where: str) -> list[str]:
     """The labels of the findings marked ``1`` in a label-table row."""
     out = []
-    for name in FINDINGS:
+    for name in CT_RATE_FINDINGS:
         value = (row.get(name) or "").strip()
         if value not in ("0", "1", "0.0", "1.0"):
             raise CaseError("read", "labels.bad_value", f"{name}: found {value!r}, expected 0 or 1", where)

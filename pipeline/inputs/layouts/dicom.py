@@ -16,6 +16,15 @@ from pipeline.inputs.readers import list_files, reader_for
 from pipeline.inputs.tree import InputTree
 
 
+def read_series(case, root: str, max_voxels: int):
+    """The case's ``dicom/`` folder read as one image volume: the whole folder goes to the
+    reader that takes folders (every file; it skips the strays)."""
+    series = case.file("dicom")
+    files = list_files(root, series)
+    if not files:
+        raise CaseError("read", "dicom.no_files", "found an empty dicom/ folder", series)
+    return reader_for(files, folder=True).read(files, max_voxels=max_voxels)
+
 class DicomLayout:
     """``dicom/`` + ``segmentations/`` (see the module docstring)."""
 
@@ -32,12 +41,7 @@ class DicomLayout:
         return [dicom_folder(tree, folder), segmentations_files(tree, folder, found)], ""
 
     def load(self, case, root: str, max_voxels: int) -> LoadedCase:
-        series = case.file("dicom")
-        files = list_files(root, series)
-        if not files:
-            raise CaseError("read", "dicom.no_files", "found an empty dicom/ folder", series)
-        # the whole folder is the image: its reader takes every file and skips the strays
-        volume = reader_for(files, folder=True).read(files, max_voxels=max_voxels)
+        volume = read_series(case, root, max_voxels)
         masks, digests = read_segmentations(case, root, volume)
         return LoadedCase(volume, masks, (volume.content_sha256, *digests),
                           case.file("segmentations"), dict(volume.notes))

@@ -11,8 +11,8 @@ import os
 
 from pipeline.errors import CaseError
 from pipeline.inputs.layouts.base import LoadedCase, rel
-from pipeline.inputs.layouts.dicom import dicom_folder
-from pipeline.inputs.readers import list_files, mask_reader_for, reader_for
+from pipeline.inputs.layouts.dicom import dicom_folder, read_series
+from pipeline.inputs.readers import mask_reader_for
 from pipeline.inputs.tree import InputTree
 
 
@@ -42,11 +42,7 @@ class DicomSegLayout:
         return [dicom_folder(tree, folder), *segs], ""
 
     def load(self, case, root: str, max_voxels: int) -> LoadedCase:
-        series = case.file("dicom")
-        files = list_files(root, series)
-        if not files:
-            raise CaseError("read", "dicom.no_files", "found an empty dicom/ folder", series)
-        volume = reader_for(files, folder=True).read(files, max_voxels=max_voxels)
+        volume = read_series(case, root, max_voxels)
         masks, digests, where = {}, [], {}
         for role, seg_rel in case.files:
             if role != "seg":
