@@ -23,6 +23,7 @@ from pipeline.config.resources import resource_dir
 from pipeline.engine import execute
 from pipeline.errors import BuildFailed
 from pipeline.inputs.sample import write_sample
+from pipeline.io import shards
 from pipeline.launch.build import build, regenerate
 from pipeline.schema import layout
 
@@ -265,3 +266,34 @@ def _worker_pids() -> list[int]:
         if ppid == me and b"sdk_worker" in cmd:
             out.append(pid)
     return out[:1]
+
+
+def _codecs(root: Path, config: str, column: str) -> set[str]:
+    out = set()
+    for p in (root / config).glob("*.parquet"):
+        meta = pq.ParquetFile(p).metadata
+        for g in range(meta.num_row_groups):
+            out |= {meta.row_group(g).column(i).compression for i in range(meta.num_columns)
+                    if meta.row_group(g).column(i).path_in_schema == column}
+    return out
+
+
+def test_changed_writer_options_rewrite_the_shards(tmp_path, sample_input, monkeypatch):
+    """The shard writer's options enter the fingerprint: unchanged, a rebuild skips every
+    unit; changed, every shard is written again in the new format (none left behind)."""
+    out = tmp_path / "out"
+    first = build("sample", str(out), input_dir=str(sample_input), **QUIET)
+    assert _codecs(out, "images", "image.bytes") == {"UNCOMPRESSED"}  # PNG is not recompressed
+    assert _codecs(out, "qa", "question") == {"ZSTD"}
+    stamps = _stamps(out, "images") | _stamps(out, "qa")
+    same = regenerate(str(out), **QUIET)
+    assert sorted(same.manifest["build"]["units_skipped"]) == sorted(
+        p.split("/", 1)[1].removesuffix(".parquet") for p in first.manifest["files"]
+        if p.startswith("images/"))
+    assert _stamps(out, "images") | _stamps(out, "qa") == stamps
+    monkeypatch.setitem(shards.WRITER, "image_codec", "zstd")
+    again = regenerate(str(out), **QUIET)
+    assert again.manifest["build"]["units_skipped"] == []
+    assert _codecs(out, "images", "image.bytes") == {"ZSTD"}
+    now = _stamps(out, "images") | _stamps(out, "qa")
+    assert now.keys() == stamps.keys() and all(now[k] != stamps[k] for k in stamps)

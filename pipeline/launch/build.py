@@ -80,7 +80,9 @@ def build(
         if not cases and not rejects:
             raise ConfigError(f"--input: {input_dir}: found no {kind.case_noun} (empty input)")
         planned = kind.plan(cases, recipe, seed, prep)
-        sdigest = kind.settings_digest(prep["settings"])
+        # The shard writer's options are part of every case's fingerprint: other options
+        # rebuild the shards (pixels and text) instead of keeping old-format files.
+        sdigest = keys.digest(kind.settings_digest(prep["settings"]), shards.writer_digest())
         fps = {kind.case_key(c): case_fingerprint(
             kind.name, kind.version, sdigest, kind.case_json(c),
             tree.identity(kind.case_paths(c)))[:32] for c in cases}
