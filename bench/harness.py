@@ -195,12 +195,26 @@ class PeakRSS:
         self._thread.join()
 
 
+#: CPU seconds (user + system) of the last :func:`run_cli` child and its reaped workers:
+#: comparable across runs on a shared machine, where wall time is not.
+LAST_CLI_CPU = {"seconds": 0.0}
+
+
+def _children_cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_cli(args: list[str], log: Path) -> tuple[float, int, int]:
     """Run ``radvqa ARGS`` as a child process, its output appended to ``log``.
 
     Returns ``(wall seconds, peak summed RSS of the child and its Beam workers in bytes,
-    exit code)``.  Exit codes 3/4 (reject fraction, audit) still mean a finished build.
+    exit code)``; its CPU seconds go to :data:`LAST_CLI_CPU`.  Exit codes 3/4 (reject
+    fraction, audit) still mean a finished build.
     """
+    cpu0 = _children_cpu()
     with open(log, "ab") as out:
         out.write(f"\n$ radvqa {' '.join(args)}\n".encode())
         out.flush()
@@ -209,6 +223,7 @@ def run_cli(args: list[str], log: Path) -> tuple[float, int, int]:
         with PeakRSS(proc.pid) as rss:
             code = proc.wait()
         seconds = time.perf_counter() - t0
+    LAST_CLI_CPU["seconds"] = _children_cpu() - cpu0
     if code not in (0, 3, 4):
         raise RuntimeError(f"radvqa {' '.join(args)} exited with {code}; see {log}")
     return seconds, rss.peak, code

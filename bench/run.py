@@ -239,6 +239,12 @@ def regenerate_rows(res: dict) -> list[dict]:
         rows.append(_row("regenerate", f"{way.upper()}: full build / regenerate after a template "
                          f"edit ({res['cases']} cases)", ">= 10x", f"{ratio:.1f}x", ratio >= 10,
                          note=f"{r['full_build_s']:.1f} s vs {r['regenerate_s']:.1f} s"))
+    if "full_build_cpu_s" in res["cli"]:
+        c = res["cli"]
+        ratio = c["full_build_cpu_s"] / c["regenerate_cpu_s"]
+        rows.append(_row("regenerate", "CLI, CPU seconds: full build / regenerate", "-",
+                         f"{ratio:.1f}x", note=f"{c['full_build_cpu_s']:.1f} s vs "
+                         f"{c['regenerate_cpu_s']:.1f} s of CPU (child + workers)"))
     return rows
 
 

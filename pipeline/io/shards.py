@@ -1,4 +1,5 @@
-"""Deterministic Parquet shards and small files, written through Beam's FileSystems.
+"""Deterministic Parquet shards and small files: local files directly, remote ones
+through Beam's FileSystems.
 
 Every file is written to a temporary name beside its final name, then renamed,
 so a retried or killed worker never leaves a partial file under a final name;
@@ -17,6 +18,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import uuid
 
 import pyarrow as pa
@@ -87,17 +90,74 @@ TMP_MARK = ".tmp-"
 
 
 def _filesystems():
-    """Beam's ``FileSystems``.  Imported on first use: ``apache_beam.io.filesystems`` takes
-    1.0 s to import (measured), and ``radvqa lint`` reaches this module through the kinds
-    without ever touching a file here."""
+    """Beam's ``FileSystems``, for remote outputs only.  Imported on first use:
+    ``apache_beam.io.filesystems`` takes 1.0 s to import (measured), and a local build
+    run without Beam (``radvqa regenerate``, ``radvqa lint``) never needs it."""
     from apache_beam.io.filesystems import FileSystems  # 1.0 s; see the docstring
 
     return FileSystems
 
 
+def _remote(path: str) -> bool:
+    return "://" in path
+
+
 def join(root: str, rel: str) -> str:
     """``root/rel`` for any filesystem Beam knows (``rel`` uses ``/``)."""
-    return _filesystems().join(root, *rel.split("/"))
+    if _remote(root):
+        return _filesystems().join(root, *rel.split("/"))
+    return os.path.join(root, *rel.split("/"))
+
+
+def _pattern(pattern: str) -> re.Pattern:
+    """Beam's match syntax: ``*`` within a folder, ``**`` across folders, ``?`` one character."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        else:
+            out.append({"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i])))
+            i += 1
+    return re.compile("".join(out) + r"\Z", re.S)
+
+
+def match(root: str, pattern: str) -> list[str]:
+    """Sorted paths of the files under ``root`` matching ``pattern`` (Beam's syntax)."""
+    full = join(root, pattern)
+    if _remote(full):
+        return sorted(m.path for m in _filesystems().match([full])[0].metadata_list)
+    prefix = re.match(r"^[^[*?]*", full).group(0)
+    if prefix == full:
+        return [full] if os.path.exists(full) else []
+    rx = _pattern(full)
+    return sorted(p for d, _, files in os.walk(os.path.dirname(prefix))
+                  for p in (os.path.join(d, f) for f in files) if rx.match(p))
+
+
+def delete(paths: list[str]) -> None:
+    """Delete files and folders (recursively) at full ``paths``."""
+    remote = [p for p in paths if _remote(p)]
+    if remote:
+        _filesystems().delete(remote)
+    for p in paths:
+        if not _remote(p):
+            if os.path.isdir(p):
+                shutil.rmtree(p)
+            else:
+                os.remove(p)
+
+
+def path_exists(path: str) -> bool:
+    return _filesystems().exists(path) if _remote(path) else os.path.exists(path)
+
+
+def rename(src: str, dst: str) -> None:
+    """Move the file or folder ``src`` to ``dst`` (full paths; ``dst`` must not exist)."""
+    if _remote(src):
+        _filesystems().rename([src], [dst])
+    else:
+        os.rename(src, dst)
 
 
 def write_bytes(root: str, rel: str, data: bytes) -> FileReceipt:
@@ -108,17 +168,20 @@ def write_bytes(root: str, rel: str, data: bytes) -> FileReceipt:
     Local files streamed by a reader of the corpus (exports, the report) go through
     :class:`pipeline.io.atomic.AtomicFile`, the same rule with ``os.replace``.
     """
-    fs = _filesystems()
     final = join(root, rel)
-    parent = final.rsplit("/", 1)[0]
-    if "://" not in final:
-        os.makedirs(parent, exist_ok=True)
     tmp = f"{final}{TMP_MARK}{uuid.uuid4().hex}"
-    with fs.create(tmp) as f:
-        f.write(data)
-    if fs.exists(final):
-        fs.delete([final])
-    fs.rename([tmp], [final])
+    if _remote(final):
+        fs = _filesystems()
+        with fs.create(tmp) as f:
+            f.write(data)
+        if fs.exists(final):
+            fs.delete([final])
+        fs.rename([tmp], [final])
+    else:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, final)
     return FileReceipt(rel, hashlib.sha256(data).hexdigest(), len(data))
 
 
@@ -128,12 +191,13 @@ def write_text_atomic(root: str, rel: str, text: str) -> FileReceipt:
 
 
 def read_bytes(root: str, rel: str) -> bytes:
-    with _filesystems().open(join(root, rel)) as f:
+    path = join(root, rel)
+    with (_filesystems().open(path) if _remote(path) else open(path, "rb")) as f:
         return f.read()
 
 
 def exists(root: str, rel: str) -> bool:
-    return _filesystems().exists(join(root, rel))
+    return path_exists(join(root, rel))
 
 
 def parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
