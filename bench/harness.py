@@ -112,19 +112,21 @@ def launch(recipe_name: str, input_dir: str | Path, output: str | Path) -> Launc
     """``pipeline.launch.build.build`` up to the point where it starts the Beam pipeline.
 
     The real launcher runs (discovery, planning, plan files, the kind's ``before_run``)
-    with ``pipeline.launch.build.run_pipeline`` swapped, for this call only, for a function that
-    records the unit refs and the worker context and stops the build.  The benchmarks then
+    with ``pipeline.launch.runner.run_pipeline`` (and the launcher's Beam-free
+    ``run_in_process``) swapped, for this call only, for a function that records the unit
+    refs and the worker context and stops the build.  The benchmarks then
     run those units themselves: through a Beam pipeline or a plain loop.  ``seconds`` is
     the launcher's time.
     """
     from pipeline.kinds.registry import get_kind
     from pipeline.launch import build as B
+    from pipeline.launch import runner as R
 
-    def planned(refs, ctx, beam_args, log):
+    def planned(refs, ctx, *_):
         raise _Planned(refs, ctx)
 
-    original = B.run_pipeline
-    B.run_pipeline = planned
+    original, in_process = R.run_pipeline, B.run_in_process
+    R.run_pipeline = B.run_in_process = planned
     t0 = time.perf_counter()
     try:
         B.build(recipe_name, str(output), input_dir=str(input_dir), retries=0,
@@ -133,7 +135,7 @@ def launch(recipe_name: str, input_dir: str | Path, output: str | Path) -> Launc
         return Launch(get_kind(got.ctx.kind), list(got.refs), got.ctx,
                       sum(r.n_cases for r in got.refs), time.perf_counter() - t0)
     finally:
-        B.run_pipeline = original
+        R.run_pipeline, B.run_in_process = original, in_process
     raise AssertionError("pipeline.launch.build.build finished without calling run_pipeline")
 
 
