@@ -112,19 +112,21 @@ def launch(recipe_name: str, input_dir: str | Path, output: str | Path) -> Launc
     """``pipeline.launch.build.build`` up to the point where it starts the Beam pipeline.
 
     The real launcher runs (discovery, planning, plan files, the kind's ``before_run``)
-    with ``pipeline.launch.build.run_pipeline`` swapped, for this call only, for a function that
-    records the unit refs and the worker context and stops the build.  The benchmarks then
+    with ``pipeline.launch.runner.run_pipeline`` (and the launcher's Beam-free
+    ``run_in_process``) swapped, for this call only, for a function that records the unit
+    refs and the worker context and stops the build.  The benchmarks then
     run those units themselves: through a Beam pipeline or a plain loop.  ``seconds`` is
     the launcher's time.
     """
     from pipeline.kinds.registry import get_kind
     from pipeline.launch import build as B
+    from pipeline.launch import runner as R
 
-    def planned(refs, ctx, beam_args, log):
+    def planned(refs, ctx, *_):
         raise _Planned(refs, ctx)
 
-    original = B.run_pipeline
-    B.run_pipeline = planned
+    original, in_process = R.run_pipeline, B.run_in_process
+    R.run_pipeline = B.run_in_process = planned
     t0 = time.perf_counter()
     try:
         B.build(recipe_name, str(output), input_dir=str(input_dir), retries=0,
@@ -133,7 +135,7 @@ def launch(recipe_name: str, input_dir: str | Path, output: str | Path) -> Launc
         return Launch(get_kind(got.ctx.kind), list(got.refs), got.ctx,
                       sum(r.n_cases for r in got.refs), time.perf_counter() - t0)
     finally:
-        B.run_pipeline = original
+        R.run_pipeline, B.run_in_process = original, in_process
     raise AssertionError("pipeline.launch.build.build finished without calling run_pipeline")
 
 
@@ -195,12 +197,26 @@ class PeakRSS:
         self._thread.join()
 
 
+#: CPU seconds (user + system) of the last :func:`run_cli` child and its reaped workers:
+#: comparable across runs on a shared machine, where wall time is not.
+LAST_CLI_CPU = {"seconds": 0.0}
+
+
+def _children_cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_cli(args: list[str], log: Path) -> tuple[float, int, int]:
     """Run ``radvqa ARGS`` as a child process, its output appended to ``log``.
 
     Returns ``(wall seconds, peak summed RSS of the child and its Beam workers in bytes,
-    exit code)``.  Exit codes 3/4 (reject fraction, audit) still mean a finished build.
+    exit code)``; its CPU seconds go to :data:`LAST_CLI_CPU`.  Exit codes 3/4 (reject
+    fraction, audit) still mean a finished build.
     """
+    cpu0 = _children_cpu()
     with open(log, "ab") as out:
         out.write(f"\n$ radvqa {' '.join(args)}\n".encode())
         out.flush()
@@ -209,6 +225,7 @@ def run_cli(args: list[str], log: Path) -> tuple[float, int, int]:
         with PeakRSS(proc.pid) as rss:
             code = proc.wait()
         seconds = time.perf_counter() - t0
+    LAST_CLI_CPU["seconds"] = _children_cpu() - cpu0
     if code not in (0, 3, 4):
         raise RuntimeError(f"radvqa {' '.join(args)} exited with {code}; see {log}")
     return seconds, rss.peak, code

@@ -21,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from bench.harness import run_cli
+from bench.harness import LAST_CLI_CPU, run_cli
 
 TEMPLATE = "existence_closed.yaml"
 EDITS = (("Is the {{ structure }}", "Can you see the {{ structure }}"),
@@ -89,9 +89,12 @@ def measure(input_dir: Path, work: Path, log) -> dict:
     cli_log = work / "cli.log"
     full_s, _, _ = run_cli(["build", "--recipe", str(recipe), "--input", str(input_dir),
                             "--output", str(cli_out)], cli_log)
+    full_cpu = LAST_CLI_CPU["seconds"]
     edit_template(recipe, *EDITS[1])
     log("  regenerate: CLI regenerate")
     regen_s, _, _ = run_cli(["regenerate", "--output", str(cli_out)], cli_log)
+    regen_cpu = LAST_CLI_CPU["seconds"]
     _check_regenerated(cli_out)
-    out["cli"] = {"full_build_s": round(full_s, 3), "regenerate_s": round(regen_s, 3)}
+    out["cli"] = {"full_build_s": round(full_s, 3), "regenerate_s": round(regen_s, 3),
+                  "full_build_cpu_s": round(full_cpu, 3), "regenerate_cpu_s": round(regen_cpu, 3)}
     return out

@@ -1,14 +1,17 @@
 """RadImageNet-VQA at scale: a synthetic tree of N images (default 750,000) built into
 ~10N QA rows, measured.  Never run as a test.
 
-* The tree (``pipeline.inputs.sample_tree.write_tree``: the reference label frequencies, 16x16
-  PNGs) is cached under ``.cache/bench/radimagenet-N``; writing it is timed once and is
-  not part of the build.
+* The tree (``pipeline.inputs.sample_tree.write_tree``: the reference label frequencies,
+  ``--size`` px PNGs, default 224 like RadImageNet's, textured grey images of ~47 KB each
+  — the mean PNG size is measured and reported) is cached under
+  ``.cache/bench/radimagenet-N-S``; writing it is timed once and is not part of the build.
 * The build: ``pipeline.launch.build.build("radimagenet-vqa", …, beam_args=[FnApiRunner,
   multi_processing, 2 workers])`` from an empty output folder, called in a child process
   (so that its memory is its own, and so that it can be stopped): wall time of the call
   (launcher, pipeline, benchmark, finalisation, report), QA rows/s, output size, and the
-  peak summed RSS of the child and its Beam workers, sampled every 50 ms.  The wall time
+  peak summed RSS of the child and its Beam workers, sampled every 50 ms, and the CPU
+  seconds of the child and its reaped workers (``getrusage``: comparable on a shared
+  machine, where wall time is not).  The wall time
   is split into phases from the launcher's time-stamped log lines and the mtimes of the
   receipts it wrote.  With ``--deadline`` the build is stopped (its process tree killed)
   once that many seconds have passed, and the progress it had made is reported instead.
@@ -25,8 +28,11 @@ The ratio compared is QA rows/s of the whole build (2 workers, launcher included
 QA rows/s of the loop's units (1 process, launcher excluded): conservative for the
 pipeline.  Results are written to ``--json`` after each part.
 
-Usage: ``python bench/radimagenet_scale.py [--images 750000] [--loop-images N]
-[--deadline SECONDS] [--json PATH]``.
+With ``--scale-to M`` the build's measured rates are also stated scaled to M images
+(``seconds * M / images``), for when the M-image tree does not fit the disk or the time.
+
+Usage: ``python bench/radimagenet_scale.py [--images 750000] [--size 224] [--loop-images N]
+[--scale-to M] [--deadline SECONDS] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -58,8 +64,9 @@ from bench.harness import (  # noqa: E402 — after the path set-up above
 RECIPE = "radimagenet-vqa"
 
 
-def tree(n_images: int) -> tuple[Path, float | None]:
-    """The cached synthetic tree of ``n_images`` (plus the few US images it adds)."""
+def tree(n_images: int, size: int = 224) -> tuple[Path, float | None]:
+    """The cached synthetic tree of ``n_images`` ``size`` px PNGs (plus the few US images
+    it adds; textured above 16 px)."""
     from pipeline.config.resources import resource_dir
     from pipeline.core import keys
     from pipeline.core.imaging import encode_png
@@ -67,10 +74,30 @@ def tree(n_images: int) -> tuple[Path, float | None]:
     from pipeline.qa.label_pools import load_label_pools
 
     pool_file = resource_dir("distractor_pools") / "radimagenet.yaml"
-    stamp = (f"tree:{n_images}:{keys.digest(pool_file.read_bytes())}:"
+    stamp = (f"tree:{n_images}:{size}:{keys.digest(pool_file.read_bytes())}:"
              f"{source_digest(write_tree, label_frequencies, load_label_pools, encode_png)}")
-    return cached_dir(f"radimagenet-{n_images}", stamp,
-                      lambda p: write_tree(p, n_images, load_label_pools([pool_file])))
+    name = f"radimagenet-{n_images}" + ("" if size == 16 else f"-{size}")
+    return cached_dir(name, stamp, lambda p: write_tree(
+        p, n_images, load_label_pools([pool_file]), size=size, textured=size > 16))
+
+
+def png_bytes(tree_dir: Path) -> dict:
+    """Count and mean size of the tree's PNGs."""
+    n = total = 0
+    for dirpath, _, files in os.walk(tree_dir):
+        for f in files:
+            if f.endswith(".png"):
+                n += 1
+                total += os.stat(os.path.join(dirpath, f)).st_size
+    return {"pngs": n, "png_bytes_total": total, "png_bytes_mean": round(total / max(1, n))}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its reaped children."""
+    import resource
+
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
 class TimedLog:
@@ -126,11 +153,13 @@ def build_child(tree_dir: str, output: str, work: str) -> None:
         result = build(RECIPE, output, input_dir=tree_dir, log=log,
                        beam_args=RUNNERS["2 workers"])
     seconds = time.perf_counter() - log.t0
+    cpu = cpu_seconds()
     m = result.manifest
     res = {
         "completed": True,
         "runner": "2 workers",
         "seconds": round(seconds, 1),
+        "cpu_s": round(cpu, 1),
         "phases": phases(out, started, first_line(work_dir / "build.log", "units:")),
         "images": m["counts"]["read"]["accepted"],
         "qa_rows": sum(s["qa"] for s in m["splits"].values()),
@@ -204,6 +233,7 @@ def measure_loop(tree_dir: Path, output: Path) -> dict:
     refs = planned.refs
     t0, c0 = time.perf_counter(), time.process_time()
     rows = images = 0
+    # its own (single) process: the launcher's planning is timed apart in launch()
     for ref in refs:
         report, _ = process_unit(ref, planned.ctx, planned.kind)
         rows += report["rows"]["qa"]
@@ -215,28 +245,37 @@ def measure_loop(tree_dir: Path, output: Path) -> dict:
 
 
 def measure(n_images: int, loop_images: int | None, deadline: float | None, work: Path,
-            save, log=print) -> dict:
+            save, log=print, size: int = 224, scale_to: int | None = None) -> dict:
     """Tree, build, loop; ``save(results)`` after each part."""
-    tree_dir, gen_s = tree(n_images)
-    log(f"  radimagenet: tree of {n_images} images "
+    tree_dir, gen_s = tree(n_images, size)
+    log(f"  radimagenet: tree of {n_images} {size} px images "
         + ("reused from the cache" if gen_s is None else f"written in {gen_s:.0f} s"))
-    res: dict = {"images_requested": n_images, "tree": str(tree_dir.relative_to(ROOT)),
+    res: dict = {"images_requested": n_images, "size_px": size,
+                 "tree": str(tree_dir.relative_to(ROOT)),
                  "tree_generation_s": None if gen_s is None else round(gen_s, 1)}
+    res["tree_pngs"] = png_bytes(tree_dir)
     log("  radimagenet: pipeline build, 2 workers"
         + (f" (stopped after {deadline:.0f} s)" if deadline else ""))
     built = res["build"] = measure_build(tree_dir, work, deadline)
     shutil.rmtree(work / "corpus", ignore_errors=True)
     save(res)
-    loop_tree, loop_gen_s = tree(loop_images) if loop_images else (tree_dir, None)
+    loop_tree, loop_gen_s = tree(loop_images, size) if loop_images else (tree_dir, None)
     res["loop_tree_generation_s"] = None if loop_gen_s is None else round(loop_gen_s, 1)
     log(f"  radimagenet: plain loop over {loop_images or n_images} images"
         + ("" if loop_gen_s is None else f" (tree written in {loop_gen_s:.0f} s)"))
     loop = res["plain_loop"] = measure_loop(loop_tree, work / "loop")
     shutil.rmtree(work / "loop", ignore_errors=True)
     res["loop_qa_rows_per_s"] = round(loop["qa_rows"] / loop["seconds"])
+    res["loop_images_per_s"] = round(loop["images"] / loop["seconds"])
     if built["completed"]:
         res["build_qa_rows_per_s"] = round(built["qa_rows"] / built["seconds"])
+        res["build_images_per_s"] = round(built["images"] / built["seconds"])
         res["ratio_to_plain_loop"] = round(res["build_qa_rows_per_s"] / res["loop_qa_rows_per_s"], 3)
+        if scale_to and scale_to != built["images"]:
+            f = scale_to / built["images"]
+            res["scaled"] = {"images": scale_to, "seconds": round(built["seconds"] * f),
+                             "cpu_s": round(built["cpu_s"] * f),
+                             "note": f"measured on {built['images']:,} images, scaled linearly"}
     save(res)
     return res
 
@@ -247,7 +286,8 @@ def summary(res: dict) -> str:
         built = [f"RadImageNet-VQA scale: {b['images']:,} images -> {b['qa_rows']:,} QA rows "
                  f"(+ benchmark {b['benchmark']})",
                  f"  build, 2 workers:  {b['seconds']:.1f} s {b['phases']}, "
-                 f"{res['build_qa_rows_per_s']:,} QA rows/s, output {b['output_bytes'] / 1e9:.2f} GB",
+                 f"{res['build_images_per_s']:,} images/s, {res['build_qa_rows_per_s']:,} QA rows/s, "
+                 f"CPU {b['cpu_s']:.0f} s, output {b['output_bytes'] / 1e9:.2f} GB",
                  f"  build / loop:      {res['ratio_to_plain_loop']:.2f}x"]
     else:
         built = [f"RadImageNet-VQA scale: {res['images_requested']:,} images",
@@ -255,15 +295,21 @@ def summary(res: dict) -> str:
     return "\n".join(built + [
         f"  peak RSS:          {b['peak_rss_bytes'] / 2**30:.2f} GiB (child + workers)",
         f"  plain loop:        {lp['images']:,} images in {lp['units']} units, "
-        f"{lp['seconds']:.1f} s, {res['loop_qa_rows_per_s']:,} QA rows/s "
+        f"{lp['seconds']:.1f} s (CPU {lp['cpu_s']:.1f} s), {res['loop_images_per_s']:,} images/s, "
+        f"{res['loop_qa_rows_per_s']:,} QA rows/s "
         f"(launcher {lp['launcher_s']} s, not counted)",
-        f"  tree generation:   {res['tree_generation_s'] or 'cached'} s",
-    ])
+        f"  tree:              {res['size_px']} px, mean PNG {res['tree_pngs']['png_bytes_mean']:,} B; "
+        f"generation {res['tree_generation_s'] or 'cached'} s",
+    ] + ([f"  scaled to {res['scaled']['images']:,}: {res['scaled']['seconds']} s "
+          f"({res['scaled']['note']})"] if "scaled" in res else []))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=750_000, help="tree size (default 750,000)")
+    ap.add_argument("--size", type=int, default=224, help="PNG side in pixels (default 224)")
+    ap.add_argument("--scale-to", type=int, default=0,
+                    help="also state the build's time scaled to this many images")
     ap.add_argument("--loop-images", type=int, default=0,
                     help="images of the plain loop's own tree (default 0: the build's tree)")
     ap.add_argument("--deadline", type=float, default=0,
@@ -280,7 +326,8 @@ def main(argv=None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="radvqa-bench-rin-"))
     try:
-        res = measure(args.images, args.loop_images or None, args.deadline or None, work, save)
+        res = measure(args.images, args.loop_images or None, args.deadline or None, work, save,
+                      size=args.size, scale_to=args.scale_to or None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(summary(res))

@@ -25,7 +25,7 @@ Each stage runs three ways, all calling the same functions in the same order:
 * ``2 workers``: FnApiRunner ``multi_processing``, ``--direct_num_workers=2``.
 
 The ``volumes`` and ``slices`` pipelines have the shape of ``BuildCorpus``' extraction
-(``Create`` → ``Reshuffle`` → one ``ParDo`` per unit); the ``QA`` pipeline is
+(``SpreadUnits`` — units dealt to the workers largest first — → one ``ParDo`` per unit); the ``QA`` pipeline is
 ``BuildCorpus`` itself.  Times are wall times of the whole run, Beam's start-up included;
 Beam's fixed cost is measured separately with a no-op DoFn of the same shape.  One warm-up
 unit runs in the loop first (imports, caches), untimed.
@@ -50,6 +50,7 @@ from bench.harness import (
     source_digest,
     startup_seconds,
 )
+from pipeline.beam.transforms import SpreadUnits
 
 STAGES = ("volumes", "slices", "QA")
 
@@ -146,7 +147,7 @@ class StageFn(beam.DoFn):
 
 def _stage_pipeline(refs, work, *args):
     def build(pipeline):
-        _ = (pipeline | "PlanUnits" >> beam.Create(refs) | "SpreadUnits" >> beam.Reshuffle()
+        _ = (pipeline | "SpreadUnits" >> SpreadUnits(refs)
              | "Stage" >> beam.ParDo(StageFn(work, *args)))
     return build
 

@@ -23,6 +23,7 @@ from pipeline.config.resources import resource_dir
 from pipeline.engine import execute
 from pipeline.errors import BuildFailed
 from pipeline.inputs.sample import write_sample
+from pipeline.io import shards
 from pipeline.launch.build import build, regenerate
 from pipeline.schema import layout
 
@@ -84,11 +85,19 @@ def test_regenerate_after_template_and_pool_edits_matches_a_fresh_build(tmp_path
     images_before = _stamps(out, "images")
     _edit(recipe / "tpl" / "existence_closed.yaml", "Is the {{ structure }}", "Can you see the {{ structure }}")
     _edit(recipe / "pool.yaml", "display: spleen", "display: splenic organ")
-    again = regenerate(str(out), **QUIET)
-    b = again.manifest["build"]
+    # run as the CLI would, in a fresh process: a text-only regenerate runs the units
+    # in-process and never imports Apache Beam; a fresh build (Beam) below is the same bytes
+    probe = ("import json, sys; from pipeline.launch.build import regenerate; "
+             f"r = regenerate({str(out)!r}, log=lambda m: None); "
+             "print(json.dumps(['apache_beam' in sys.modules, r.manifest['build']]))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)}, check=True)
+    beam_imported, b = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not beam_imported
     assert b["cases_extracted"] == 0 and b["cases_copied_from_stored_shards"] == 0
     unit_ids = sorted(p.split("/", 1)[1].removesuffix(".parquet")
-                      for p in again.manifest["files"] if p.startswith("images/"))
+                      for p in json.loads((out / "manifest.json").read_text())["files"]
+                      if p.startswith("images/"))
     assert sorted(b["units_kept_pixels"]) == unit_ids
     assert _stamps(out, "images") == images_before  # pixel shards not rewritten
     qa = pq.read_table(out / "qa").to_pylist()
@@ -265,3 +274,34 @@ def _worker_pids() -> list[int]:
         if ppid == me and b"sdk_worker" in cmd:
             out.append(pid)
     return out[:1]
+
+
+def _codecs(root: Path, config: str, column: str) -> set[str]:
+    out = set()
+    for p in (root / config).glob("*.parquet"):
+        meta = pq.ParquetFile(p).metadata
+        for g in range(meta.num_row_groups):
+            out |= {meta.row_group(g).column(i).compression for i in range(meta.num_columns)
+                    if meta.row_group(g).column(i).path_in_schema == column}
+    return out
+
+
+def test_changed_writer_options_rewrite_the_shards(tmp_path, sample_input, monkeypatch):
+    """The shard writer's options enter the fingerprint: unchanged, a rebuild skips every
+    unit; changed, every shard is written again in the new format (none left behind)."""
+    out = tmp_path / "out"
+    first = build("sample", str(out), input_dir=str(sample_input), **QUIET)
+    assert _codecs(out, "images", "image.bytes") == {"UNCOMPRESSED"}  # PNG is not recompressed
+    assert _codecs(out, "qa", "question") == {"ZSTD"}
+    stamps = _stamps(out, "images") | _stamps(out, "qa")
+    same = regenerate(str(out), **QUIET)
+    assert sorted(same.manifest["build"]["units_skipped"]) == sorted(
+        p.split("/", 1)[1].removesuffix(".parquet") for p in first.manifest["files"]
+        if p.startswith("images/"))
+    assert _stamps(out, "images") | _stamps(out, "qa") == stamps
+    monkeypatch.setitem(shards.WRITER, "image_codec", "zstd")
+    again = regenerate(str(out), **QUIET)
+    assert again.manifest["build"]["units_skipped"] == []
+    assert _codecs(out, "images", "image.bytes") == {"ZSTD"}
+    now = _stamps(out, "images") | _stamps(out, "qa")
+    assert now.keys() == stamps.keys() and all(now[k] != stamps[k] for k in stamps)

@@ -18,9 +18,12 @@ images are encoded, written and dropped inside the worker that read them.
 
 from __future__ import annotations
 
+import os
+
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
 from pipeline.engine import execute
 from pipeline.engine import units as U
@@ -101,6 +104,46 @@ def _rules(candidate_lists, pools):
     return rules_from((c for lst in candidate_lists for c in lst), pools)
 
 
+def local_workers(options) -> int:
+    """Worker processes of Beam's local runner (FnApiRunner / DirectRunner) under
+    ``options``; 0 for any other runner (it balances work itself)."""
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    if name.rsplit(".", 1)[-1] not in ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner"):
+        return 0
+    n = options.view_as(DirectOptions).direct_num_workers
+    return (os.cpu_count() or 1) if n == 0 else max(1, n)
+
+
+def _unpack(keyed_bins):
+    _, bins = keyed_bins
+    return [ref for refs in bins for ref in refs]
+
+
+class SpreadUnits(beam.PTransform):
+    """Unit refs -> a PCollection of them spread over the workers.
+
+    FnApiRunner hands each of its N local workers a fixed 1/N of a stage's input as one
+    bundle (no work stealing), so a random spread (``Reshuffle``) leaves one worker with
+    the larger units while the other idles.  On the local runner the refs are dealt into
+    N lists of equal work (:func:`pipeline.engine.units.balance`, largest first) and
+    grouped under N keys, one list per worker; on any other runner, ``Reshuffle``.
+    Outputs do not depend on which worker runs which unit.
+    """
+
+    def __init__(self, refs: list[U.UnitRef]):
+        super().__init__()
+        self._refs = list(refs)
+
+    def expand(self, pbegin):
+        workers = local_workers(pbegin.pipeline.options)
+        if workers <= 1:
+            return pbegin | "PlanUnits" >> beam.Create(self._refs) | "Spread" >> beam.Reshuffle()
+        bins = list(enumerate(U.balance(self._refs, workers)))
+        return (pbegin | "PlanUnits" >> beam.Create(bins) | "Spread" >> beam.GroupByKey()
+                | "Unpack" >> beam.FlatMap(_unpack))
+
+
 class BuildCorpus(beam.PTransform):
     """Unit descriptors -> shards and receipts on disk.
 
@@ -116,7 +159,7 @@ class BuildCorpus(beam.PTransform):
     def expand(self, pbegin):
         ctx = self._ctx
         kind = get_kind(ctx.kind)
-        refs = pbegin | "PlanUnits" >> beam.Create(self._refs) | "SpreadUnits" >> beam.Reshuffle()
+        refs = pbegin | "SpreadUnits" >> SpreadUnits(self._refs)
         if kind.balanced:
             extracted = refs | "ExtractUnits" >> beam.ParDo(ExtractUnitFn(ctx)).with_outputs(
                 DEAD, main="units")

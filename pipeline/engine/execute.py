@@ -24,7 +24,7 @@ from pipeline.engine.dead_letters import dead_letter, internal_error, jsonl, sor
 from pipeline.engine.units import BuildContext, PlannedCase, UnitRef, plan_digest, read_plan
 from pipeline.errors import CaseError
 from pipeline.io import shards
-from pipeline.qa.balance import Rules
+from pipeline.qa.balance import Rules, rules_from
 from pipeline.schema.layout import PROGRESS_DIR
 
 
@@ -279,3 +279,25 @@ def process_unit(ref: UnitRef, ctx: BuildContext, kind) -> tuple[dict, list[dict
     extracted = extract_unit(ref, ctx, kind)
     report, dead = render_unit(ref, extracted, ctx, kind)
     return report, extracted.dead + dead
+
+
+def run_in_process(refs: Sequence[UnitRef], ctx: BuildContext, kind) -> list[dict]:
+    """What ``pipeline.beam.transforms.BuildCorpus`` runs, in this process without Beam:
+    every unit extracted (kept pixels verified), the corpus-wide balancing rules from all
+    units' candidates, every unit rendered, then the kind's finishing step.  The same
+    functions in the same per-unit order give the same files; the launcher uses it when
+    Beam would only add its start-up (see ``pipeline.launch.build``).  Returns receipts."""
+    if kind.balanced:
+        extracted = []
+        for ref in refs:
+            ex = extract_unit(ref, ctx, kind)
+            ex.payload = None  # as the DoFn does: rendering reads the shards
+            extracted.append((ref, ex))
+        candidates = [c for ref, ex in extracted for c in unit_candidates(ref, ex.report, ctx, kind)]
+        rules = rules_from(candidates, ctx.pools)
+        receipts = [render_unit(ref, ex, ctx, kind, rules)[0] for ref, ex in extracted]
+    else:
+        receipts = [process_unit(ref, ctx, kind)[0] for ref in refs]
+    if kind.finish is not None:
+        kind.finish(ctx, receipts)
+    return receipts

@@ -22,8 +22,6 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from apache_beam.io.filesystems import FileSystems
-
 from pipeline.io import shards
 from pipeline.schema.layout import STATE_DIR, UNITS_DIR
 
@@ -40,8 +38,7 @@ class Stored:
 
 
 def _match(output: str, pattern: str) -> list[str]:
-    found = FileSystems.match([shards.join(output, pattern)])[0].metadata_list
-    return sorted(m.path for m in found)
+    return shards.match(output, pattern)
 
 
 def rel_path(output: str, path: str) -> str:
@@ -117,13 +114,13 @@ def move_aside(output: str, paths: Iterable[str], index_entries: list[dict]) -> 
     for rel in sorted(set(paths)):
         new = f"{PREVIOUS_DIR}/{rel}"
         src, dst = shards.join(output, rel), shards.join(output, new)
-        if not FileSystems.exists(src):
+        if not shards.path_exists(src):
             continue
         if "://" not in dst:
             os.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
-        if FileSystems.exists(dst):
-            FileSystems.delete([dst])
-        FileSystems.rename([src], [dst])
+        if shards.path_exists(dst):
+            shards.delete([dst])
+        shards.rename(src, dst)
         moved[rel] = new
     try:
         existing = json.loads(shards.read_bytes(output, PREVIOUS_SOURCES))
@@ -140,8 +137,8 @@ def move_aside(output: str, paths: Iterable[str], index_entries: list[dict]) -> 
 def delete_tree(output: str, rel: str) -> None:
     """Delete a state folder (plan, previous) if present."""
     path = shards.join(output, rel)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
+    if shards.path_exists(path):
+        shards.delete([path])
 
 
 def write_build_args(output: str, args: Mapping) -> None:

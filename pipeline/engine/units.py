@@ -127,6 +127,21 @@ def plan_split_shards(items: Iterable, split_of, fractions: Sequence[str], per_s
     return out
 
 
+def balance(refs: Sequence[UnitRef], bins: int) -> list[list[UnitRef]]:
+    """Deal ``refs`` into at most ``bins`` lists of about equal work, largest unit first
+    onto the least-loaded list (LPT).  A unit's work is its case count; an unchanged
+    (``done``) unit only verifies its files and counts a tenth.  Deterministic: ties go to
+    the lower list, equal units keep their order; empty lists are left out."""
+    loads = [0.0] * max(1, bins)
+    out: list[list[UnitRef]] = [[] for _ in loads]
+    weight = [max(1, r.n_cases) * (0.1 if r.mode == "done" else 1.0) for r in refs]
+    for i in sorted(range(len(refs)), key=lambda i: -weight[i]):
+        b = loads.index(min(loads))
+        loads[b] += weight[i]
+        out[b].append(refs[i])
+    return [b for b in out if b]
+
+
 def case_fingerprint(kind_name: str, version: str, settings_digest: str, case_json,
                      identity: Sequence) -> str:
     return keys.digest(kind_name, version, settings_digest,

@@ -21,8 +21,6 @@ from collections import Counter
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from apache_beam.io.filesystems import FileSystems
-
 from pipeline import __version__
 from pipeline.config.recipes import Recipe, pool_paths, template_paths
 from pipeline.core import keys
@@ -95,21 +93,21 @@ def collect_receipts(output: str, refs: Sequence[UnitRef]) -> list[dict]:
 def _remove_stale(output: str, configs, keep: set[str]) -> None:
     """Delete shards of an earlier build (other splits or shard counts) not in this one."""
     for config in configs:
-        match = FileSystems.match([shards.join(output, f"{config}/*.parquet")])[0]
-        stale = [m.path for m in match.metadata_list if state.rel_path(output, m.path) not in keep]
+        stale = [p for p in shards.match(output, f"{config}/*.parquet")
+                 if state.rel_path(output, p) not in keep]
         if stale:
-            FileSystems.delete(stale)
+            shards.delete(stale)
 
 
 def _remove_stale_state(output: str, refs: Sequence[UnitRef]) -> None:
     """Delete receipts and dead-letter parts of units this build no longer has."""
     live = {r.unit_id for r in refs}
     for folder in (UNITS_DIR, DEAD_UNITS_DIR):
-        for m in FileSystems.match([shards.join(output, f"{folder}/*")])[0].metadata_list:
-            name = m.path.rsplit("/", 1)[1]
+        for path in shards.match(output, f"{folder}/*"):
+            name = path.rsplit("/", 1)[1]
             unit = name.split(".", 1)[0]
             if unit not in live and unit != "benchmark":
-                FileSystems.delete([m.path])
+                shards.delete([path])
 
 
 def aggregate_counts(receipts: list[dict], rejects: list[dict], stats: dict) -> dict:

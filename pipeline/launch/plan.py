@@ -12,8 +12,6 @@ from __future__ import annotations
 import gc
 from collections import Counter
 
-from apache_beam.io.filesystems import FileSystems
-
 from pipeline.engine import state
 from pipeline.engine.units import PlannedCase, UnitRef, plan_digest, write_plan
 from pipeline.io import shards
@@ -59,9 +57,9 @@ def clean_temporaries(output: str, kind) -> None:
     folders = [*kind.configs, UNITS_DIR, PLAN_DIR, DEAD_LETTERS_DIR, DEAD_UNITS_DIR, REPORT_DIR, ""]
     for folder in folders:
         pattern = f"{folder}/*{shards.TMP_MARK}*" if folder else f"*{shards.TMP_MARK}*"
-        found = FileSystems.match([shards.join(output, pattern)])[0].metadata_list
+        found = shards.match(output, pattern)
         if found:
-            FileSystems.delete([m.path for m in found])
+            shards.delete(found)
 
 
 def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run):
@@ -118,7 +116,7 @@ def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run):
         if mode != "done":
             for rel in (ref.receipt,):
                 if shards.exists(output, rel):
-                    FileSystems.delete([shards.join(output, rel)])
+                    shards.delete([shards.join(output, rel)])
         refs.append(ref)
     return refs, n_stored, extras
 
