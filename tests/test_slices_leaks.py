@@ -157,7 +157,8 @@ def test_option_order_says_nothing_of_the_answer(tmp_path):
     hits = [tuple(r["options"]) in by_order
             and by_order[tuple(r["options"])].most_common(1)[0][0] == r["answer_text"] for r in test]
     assert np.mean(hits) < 0.25 + 0.08, np.mean(hits)
-    assert Counter(r["answer"] for r in out) == Counter({"A": 400, "B": 400, "C": 400, "D": 400})
+    letters = Counter(r["answer"] for r in out)  # a uniform permutation: each letter about a quarter
+    assert set(letters) == set("ABCD") and all(abs(n / len(out) - 0.25) < 0.04 for n in letters.values())
 
 
 
