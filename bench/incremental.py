@@ -37,7 +37,7 @@ def recipe_copy(folder: Path) -> Path:
     shutil.copy(resource_dir("distractor_pools") / "totalsegmentator.yaml", folder / "pool.yaml")
     text = (resource_dir("recipes") / "sample.yaml").read_text()
     for old, new in (("templates: [radvuqa]", "templates: [tpl]"),
-                     ("pools: [totalsegmentator]", "pools: [pool.yaml]")):
+                     ("pools: [totalsegmentator", "pools: [pool.yaml")):
         if old not in text:
             raise AssertionError(f"sample recipe changed: {old!r} not found")
         text = text.replace(old, new)

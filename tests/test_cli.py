@@ -80,7 +80,7 @@ def test_lint_fails_when_a_builtin_layout_class_is_missing_from_the_pools(tmp_pa
     del region["structures"]["costal_cartilages"]
     (tmp_path / "mypool.yaml").write_text(yaml.safe_dump(pool, sort_keys=False))
     recipe = (resource_dir("recipes") / "sample.yaml").read_text().replace(
-        "pools: [totalsegmentator]", "pools: [mypool.yaml]")
+        "pools: [totalsegmentator", "pools: [mypool.yaml")
     (tmp_path / "r.yaml").write_text(recipe)
     assert main(["lint", "--recipe", str(tmp_path / "r.yaml")]) == 1
     out = capsys.readouterr().out

@@ -671,11 +671,12 @@ def test_nothing_from_dead_letters_reaches_an_export(tree, tmp_path):
     # manifest) and .radvqa/
     copy = tmp_path / "corpus"
     shutil.copytree(corpus, copy)
-    shard = "instruct/test-00000-of-00001.parquet"
+    shard = sorted(f for f in json.loads((copy / "manifest.json").read_text())["files"]
+                   if f.startswith("instruct/test-"))[0]
     table = pq.read_table(copy / shard)
     leaked = table.set_column(table.column_names.index("question"), "question",
                               [["LEAKED QUESTION"] * table.num_rows])
-    pq.write_table(leaked, copy / "dead_letters" / "test-00000-of-00001.parquet")
+    pq.write_table(leaked, copy / "dead_letters" / "test-00000-of-00001.parquet")  # names a shard
     (copy / ".radvqa" / "instruct").mkdir(parents=True)
     pq.write_table(leaked, copy / ".radvqa" / "instruct" / "test-00000-of-00001.parquet")
     manifest = json.loads((copy / "manifest.json").read_text())

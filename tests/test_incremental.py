@@ -60,8 +60,10 @@ def _recipe_dir(tmp_path: Path, cases_per_shard: int = 2) -> Path:
     shutil.copytree(resource_dir("templates") / "radvuqa", d / "tpl")
     shutil.copy(resource_dir("distractor_pools") / "totalsegmentator.yaml", d / "pool.yaml")
     text = (resource_dir("recipes") / "sample.yaml").read_text()
-    text = text.replace("templates: [radvuqa]", "templates: [tpl]")
-    text = text.replace("pools: [totalsegmentator]", "pools: [pool.yaml]")
+    for old, new in (("templates: [radvuqa]", "templates: [tpl]"),
+                     ("pools: [totalsegmentator", "pools: [pool.yaml")):
+        assert old in text, f"sample recipe changed: {old!r} not found"  # never a silent no-op
+        text = text.replace(old, new)
     text = text.replace("cases_per_shard: 3", f"cases_per_shard: {cases_per_shard}")
     (d / "my.yaml").write_text(text)
     return d
