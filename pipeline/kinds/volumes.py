@@ -39,7 +39,7 @@ from pipeline.qa.audit import partial_counts
 from pipeline.schema.arrow import OOD3D_SCHEMA, QA3D_SCHEMA, VOLUMES_SCHEMA
 from pipeline.schema.records import CaseResult
 
-VOLUME_QA_VERSION = "2"
+VOLUME_QA_VERSION = "3"  # cropped masks, CT-RATE findings, order-free options
 
 
 @dataclass(frozen=True)

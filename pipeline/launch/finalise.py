@@ -39,7 +39,7 @@ from pipeline.report import write_report
 from pipeline.schema.arrow import SCHEMA_VERSION
 from pipeline.schema.layout import CARD, DEAD_UNITS_DIR, MANIFEST, REPORT, UNITS_DIR, parse_shard
 
-QA_VERSION = "2"
+QA_VERSION = "3"  # issue 13: order-free options, visual prompts, new families
 
 
 # ------------------------------------------------------------------------ fingerprints
