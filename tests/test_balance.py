@@ -11,7 +11,7 @@ import pytest
 from pipeline.config.recipes import load_recipe
 from pipeline.core import keys
 from pipeline.kinds.base import load_questions
-from pipeline.qa.balance import apply, candidate, cap_answers, rules_from
+from pipeline.qa.balance import apply, assign_distractors, candidate, cap_answers, rules_from
 from pipeline.qa.questions import generate_questions
 
 FAMILIES, POOLS = load_questions(load_recipe("radvuqa"))
@@ -174,3 +174,29 @@ def test_answer_balanced_multiple_choice_orders_options_independently_of_the_ans
         per_answer[r["answer_text"]][r["answer"]] += 1
     for letters in per_answer.values():  # each answer on every letter
         assert set(letters) == set("ABCD") and max(letters.values()) < 0.45 * sum(letters.values())
+
+
+def _option_sets(seed, counts, weighted):
+    items = [(keys.unit_interval(seed, f"{lab}{j}", "t"), lab) for lab, n in counts.items() for j in range(n)]
+    kept = cap_answers(items)
+    chosen = assign_distractors(kept, {}, weighted=weighted)
+    return [(frozenset(chosen[u]) | {a}, a) for u, a in kept if len(chosen[u]) == 3]
+
+
+def test_weighted_distractors_keep_the_option_set_from_pointing_at_the_answer():
+    """A few labels of very different frequency (a tree region's pathologies): taking the
+    labels with the most quota left gave a rare answer the frequent ones, so the option set
+    told the answer; drawn in proportion to the quota left, a lookup of each option set's
+    most common answer (learned on one population, scored on another) stays near chance."""
+    counts = {"normal": 300, "a": 120, "b": 60, "c": 30, "d": 20, "e": 15}
+
+    def lookup(weighted):
+        by: dict = {}
+        for s, a in _option_sets(1, counts, weighted):
+            by.setdefault(s, collections.Counter())[a] += 1
+        test = _option_sets(2, counts, weighted)
+        return sum(s in by and by[s].most_common(1)[0][0] == a for s, a in test) / len(test)
+
+    assert lookup(False) > 0.30  # the leak, kept as the default for the other pools
+    assert lookup(True) < 0.27
+    assert _option_sets(1, counts, True) == _option_sets(1, counts, True)  # deterministic

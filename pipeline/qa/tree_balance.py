@@ -13,7 +13,8 @@ known before any image is read) and handed to each image's questions:
 * **multiple choice** (``anatomy_mc``, ``pathology_mc``): answer positions by rank (exactly
   uniform per split) and distractors by quota (:func:`pipeline.qa.balance.assign_distractors`):
   each region or label, "no pathology seen" included, is offered three times for each
-  time it is correct, so no option text is a better blind guess.
+  time it is correct, so no option text is a better blind guess (the pathology labels
+  drawn in proportion to the quota left, so the option set does not point at the answer).
 * **abnormality**: the polarity ("abnormal?" / "normal?") alternates by rank within the
   normal and the abnormal images of each modality, and the paraphrase follows the rank
   too, so yes and no are exactly even, per text where the classes are even.  In
@@ -181,7 +182,10 @@ def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
             if len({a for _, a in members}) < len(LETTERS):
                 continue  # too few answers in the pool: the generator's fallback draws
             members.sort()
-            for u, chosen in assign_distractors(members, {}, _Related(rel)).items():
+            # drawn in proportion to the quota left, not the largest quotas: those gave a
+            # rare pathology the region's most frequent ones, the option set the answer
+            for u, chosen in assign_distractors(members, {}, _Related(rel),
+                                                weighted=level == "region").items():
                 if len(chosen) == len(LETTERS) - 1:
                     out[key_of_u[u]][name]["distractors"] = list(chosen)
     # abnormality polarity: alternate by rank within normal and abnormal images
