@@ -158,3 +158,17 @@ def read_segmentations(case, root: str, volume: Volume) -> tuple[dict[str, Mask]
         digests.append(digest)
         masks[name] = mask
     return masks, digests
+
+
+def listed_files(case) -> list[str]:
+    """Every file and folder the case lists: what fingerprints a case whose layout reads
+    nothing beyond them (its ``fingerprint_paths``)."""
+    return [path for _, path in case.files]
+
+
+def with_segmentations(case, root: str, volume: Volume) -> LoadedCase:
+    """The case loaded: ``volume`` with the masks of its ``segmentations/`` folder
+    (:func:`read_segmentations`), digested together."""
+    masks, digests = read_segmentations(case, root, volume)
+    return LoadedCase(volume, masks, (volume.content_sha256, *digests),
+                      case.file("segmentations"), dict(volume.notes))

@@ -36,7 +36,7 @@ from pipeline.core import keys
 from pipeline.core.geometry import Geometry
 from pipeline.core.volume_facts import CT_RATE_FINDINGS
 from pipeline.errors import CaseError
-from pipeline.inputs.layouts.base import LoadedCase, read_image
+from pipeline.inputs.layouts.base import LoadedCase, listed_files, read_image
 from pipeline.inputs.tree import InputTree
 
 NAME = re.compile(r"^(train|valid)_(\d+)_([a-z]+)_(\d+)\.nii(?:\.gz)?$")
@@ -216,8 +216,7 @@ class CtRateLayout:
                                          geometry=geometry)
         return LoadedCase(volume, {}, (volume.content_sha256,), labels_rel, notes, tuple(present))
 
-    def fingerprint_paths(self, case) -> list[str]:
-        return [path for _, path in case.files]
+    fingerprint_paths = staticmethod(listed_files)
 
 
 LAYOUT = CtRateLayout()

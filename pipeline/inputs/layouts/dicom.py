@@ -8,9 +8,10 @@ from pipeline.errors import CaseError
 from pipeline.inputs.layouts.base import (
     LoadedCase,
     has_files,
-    read_segmentations,
+    listed_files,
     rel,
     segmentations_files,
+    with_segmentations,
 )
 from pipeline.inputs.readers import list_files, reader_for
 from pipeline.inputs.tree import InputTree
@@ -42,12 +43,9 @@ class DicomLayout:
 
     def load(self, case, root: str, max_voxels: int) -> LoadedCase:
         volume = read_series(case, root, max_voxels)
-        masks, digests = read_segmentations(case, root, volume)
-        return LoadedCase(volume, masks, (volume.content_sha256, *digests),
-                          case.file("segmentations"), dict(volume.notes))
+        return with_segmentations(case, root, volume)
 
-    def fingerprint_paths(self, case) -> list[str]:
-        return [path for _, path in case.files]
+    fingerprint_paths = staticmethod(listed_files)
 
 
 LAYOUT = DicomLayout()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from pipeline.errors import CaseError
-from pipeline.inputs.layouts.base import LoadedCase, rel
+from pipeline.inputs.layouts.base import LoadedCase, listed_files, rel
 from pipeline.inputs.layouts.dicom import dicom_folder, read_series
 from pipeline.inputs.readers import mask_reader_for
 from pipeline.inputs.tree import InputTree
@@ -62,8 +62,7 @@ class DicomSegLayout:
         return LoadedCase(volume, masks, (volume.content_sha256, *digests), first,
                           dict(volume.notes))
 
-    def fingerprint_paths(self, case) -> list[str]:
-        return [path for _, path in case.files]
+    fingerprint_paths = staticmethod(listed_files)
 
 
 LAYOUT = DicomSegLayout()

@@ -8,12 +8,13 @@ from __future__ import annotations
 from pipeline.errors import CaseError
 from pipeline.inputs.layouts.base import (
     LoadedCase,
+    listed_files,
     pick,
     read_image,
-    read_segmentations,
     rel,
     segmentations_files,
     volume_stems,
+    with_segmentations,
 )
 from pipeline.inputs.tree import InputTree
 
@@ -58,12 +59,9 @@ class TotalsegLayout:
 
     def load(self, case, root: str, max_voxels: int) -> LoadedCase:
         volume = read_image(case, root, max_voxels)
-        masks, digests = read_segmentations(case, root, volume)
-        return LoadedCase(volume, masks, (volume.content_sha256, *digests),
-                          case.file("segmentations"), dict(volume.notes))
+        return with_segmentations(case, root, volume)
 
-    def fingerprint_paths(self, case) -> list[str]:
-        return [path for _, path in case.files]
+    fingerprint_paths = staticmethod(listed_files)
 
 
 LAYOUT = TotalsegLayout()

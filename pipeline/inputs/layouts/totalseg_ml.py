@@ -16,7 +16,14 @@ import os
 
 from pipeline.errors import CaseError
 from pipeline.inputs.class_lists import builtin_labels
-from pipeline.inputs.layouts.base import LoadedCase, pick, read_image, rel, volume_stems
+from pipeline.inputs.layouts.base import (
+    LoadedCase,
+    listed_files,
+    pick,
+    read_image,
+    rel,
+    volume_stems,
+)
 from pipeline.inputs.layouts.totalseg import IMAGE_STEMS, pick_image
 from pipeline.inputs.readers import mask_reader_for, read_label_table
 from pipeline.inputs.tree import InputTree
@@ -64,8 +71,7 @@ class TotalsegMlLayout:
             map_path, map_rel, volume.geometry, labels)
         return LoadedCase(volume, masks, (volume.content_sha256, digest), map_rel, notes)
 
-    def fingerprint_paths(self, case) -> list[str]:
-        return [path for _, path in case.files]
+    fingerprint_paths = staticmethod(listed_files)
 
 
 LAYOUT = TotalsegMlLayout()
