@@ -23,12 +23,28 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "bench"
 RADVQA = Path(sys.executable).with_name("radvqa")
 
-#: The two runner configurations every pipeline number comes from.
+#: The runner configurations every pipeline number comes from: one in-process worker, Beam's
+#: ``multi_processing`` (workers started as new interpreters when the pipeline starts), and
+#: radvqa's ``--workers 2`` (warm workers forked from a forkserver that preloads them while
+#: the launcher plans: pipeline/beam/warm.py).  ``--workers=N`` is radvqa's option, not Beam's:
+#: :func:`split_workers` takes it out.
 RUNNERS = {
     "1 worker": ["--runner=FnApiRunner", "--direct_running_mode=in_memory"],
     "2 workers": ["--runner=FnApiRunner", "--direct_running_mode=multi_processing",
                   "--direct_num_workers=2"],
+    "2 warm workers": ["--runner=FnApiRunner", "--workers=2"],
 }
+
+
+def split_workers(args: list[str]) -> tuple[list[str], int]:
+    """``(Beam's options, radvqa's --workers N)`` of a :data:`RUNNERS` entry."""
+    rest, workers = [], 1
+    for a in args:
+        if a.startswith("--workers="):
+            workers = int(a.split("=", 1)[1])
+        else:
+            rest.append(a)
+    return rest, workers
 
 
 def setup_imports() -> None:
@@ -122,7 +138,7 @@ def launch(recipe_name: str, input_dir: str | Path, output: str | Path) -> Launc
     from pipeline.launch import build as B
     from pipeline.launch import runner as R
 
-    def planned(refs, ctx, *_):
+    def planned(refs, ctx, *_, **__):
         raise _Planned(refs, ctx)
 
     original, in_process = R.run_pipeline, B.run_in_process
@@ -256,10 +272,36 @@ def run_beam(build: Callable, beam_args: list[str]) -> float:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from pipeline.beam.warm import WarmWorkers
+
+    beam_args, workers = split_workers(beam_args)
     t0 = time.perf_counter()
-    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    build(pipeline)
-    pipeline.run().wait_until_finish()
+    if workers == 1:
+        pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+        build(pipeline)
+        pipeline.run().wait_until_finish()
+    else:
+        with WarmWorkers(workers) as warm:
+            pipeline = beam.Pipeline(runner=warm.runner(),
+                                     options=PipelineOptions([*beam_args, *warm.options_args()]))
+            build(pipeline)
+            pipeline.run().wait_until_finish()
+    return time.perf_counter() - t0
+
+
+def warm_preload_seconds() -> float:
+    """Wall seconds from starting the warm workers' forkserver to its first fork done: the
+    start-up a ``--workers N`` build overlaps with discovery and planning.  Meaningful only
+    the first time in a process (the forkserver then stays up)."""
+    import multiprocessing
+
+    from pipeline.beam.preload import start_forkserver
+
+    t0 = time.perf_counter()
+    start_forkserver()
+    child = multiprocessing.get_context("forkserver").Process(target=os.getpid)
+    child.start()
+    child.join()
     return time.perf_counter() - t0
 
 

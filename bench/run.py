@@ -197,15 +197,22 @@ def stage_rows(res: dict) -> list[dict]:
         rows.append(_row("stages", "machine: 2 CPU-bound processes / 1 (sha256 loop)", "-",
                          f"{ceiling['ratio']:.2f}x",
                          note="the most any 2-worker run can gain on these CPUs"))
+    sw = res["beam_startup_s"].get("2 warm workers")
     rows.append(_row("stages", "Beam fixed cost (no-op pipeline)", "-",
-                     f"{s1:.2f} s at 1 worker, {s2:.2f} s at 2 workers",
+                     f"{s1:.2f} s at 1 worker, {s2:.2f} s at 2 workers"
+                     + ("" if sw is None else f", {sw:.2f} s at 2 warm workers"),
                      note=f"{res['cases']} cases in {res['units']} units"))
+    if "warm_preload_s" in res:
+        rows.append(_row("stages", "warm workers: forkserver start to first fork", "-",
+                         f"{res['warm_preload_s']:.2f} s",
+                         note=f"overlaps the launcher's {res['launcher_s']:.2f} s for these cases"))
     for stage in ("volumes", "slices", "QA"):
         r = res[stage]
         sec = r["seconds"]
         rate = {k: r["items"] / v for k, v in sec.items()}
-        rows.append(_row("stages", f"{stage}: {r['unit']}/s (loop | 1 worker | 2 workers)", "-",
-                         " | ".join(f"{rate[k]:,.1f}" for k in ("plain loop", "1 worker", "2 workers")),
+        ways = [k for k in ("plain loop", "1 worker", "2 workers", "2 warm workers") if k in rate]
+        rows.append(_row("stages", f"{stage}: {r['unit']}/s ({' | '.join(ways)})", "-",
+                         " | ".join(f"{rate[k]:,.1f}" for k in ways),
                          note=f"{r['items']:,} {r['unit']}; loop {sec['plain loop']:.1f} s "
                               f"(CPU {r['plain_loop_cpu_s']:.1f} s)"))
         ratio = sec["plain loop"] / sec["1 worker"]
@@ -214,12 +221,18 @@ def stage_rows(res: dict) -> list[dict]:
         scale = sec["1 worker"] / sec["2 workers"]
         bound = r.get("two_worker_bound")
         note = "" if bound is None else f"unit sizes allow at most {bound:.2f}x"
-        if stage == "slices":
+        warm = sec["1 worker"] / sec["2 warm workers"] if "2 warm workers" in sec else None
+        if stage == "slices" and warm is not None:
+            rows.append(_row("stages", "slices: 2 warm workers (--workers 2) / 1 worker", ">= 1.7",
+                             f"{warm:.2f}x", warm >= 1.7, note=note))
+            rows.append(_row("stages", "slices: 2 workers (multi_processing) / 1 worker", "-",
+                             f"{scale:.2f}x", note="Beam starts its workers on the critical path"))
+        elif stage == "slices":
             rows.append(_row("stages", "slices: 2 workers / 1 worker", ">= 1.7", f"{scale:.2f}x",
                              scale >= 1.7, note=note))
         else:
-            rows.append(_row("stages", f"{stage}: 2 workers / 1 worker", "-", f"{scale:.2f}x",
-                             note=note))
+            rows.append(_row("stages", f"{stage}: 2 workers / 1 worker", "-", f"{scale:.2f}x"
+                             + ("" if warm is None else f" (warm {warm:.2f}x)"), note=note))
     return rows
 
 

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
 
     b.add_argument("--retries", type=int, default=1,
                    help="rerun the pipeline this many times after a failure (finished units are kept)")
+    b.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="N local worker processes, started while the launcher plans (default 1)")
 
     g = sub.add_parser("regenerate", help="rebuild a corpus after editing templates, pools or "
                                           "splits: stored pixels reused, questions re-rendered")
@@ -43,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--recipe", help="recipe (default: the one of the last build)")
     g.add_argument("--input", help="input folder (default: the one of the last build)")
     g.add_argument("--max-reject-fraction", type=float, default=0.05)
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="N local worker processes (default 1)")
 
     s = sub.add_parser("sample", help="write the built-in synthetic sample inputs")
     s.add_argument("--output", required=True)
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             result = build(
                 args.recipe, args.output, input_dir=args.input, seed=args.seed,
                 layout=args.layout, beam_args=extra, max_reject_fraction=args.max_reject_fraction,
-                retries=args.retries,
+                retries=args.retries, workers=args.workers,
             )
             return result.exit_code
         if args.verb == "regenerate":
@@ -82,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.launch.build import regenerate
 
             result = regenerate(args.output, recipe=args.recipe, input_dir=args.input,
-                                beam_args=extra, max_reject_fraction=args.max_reject_fraction)
+                                beam_args=extra, max_reject_fraction=args.max_reject_fraction,
+                                workers=args.workers)
             return result.exit_code
         if args.verb == "sample":
             # only this verb writes phantoms (SimpleITK and pydicom behind it)

@@ -60,11 +60,25 @@ def corpus_2_workers(tmp_path_factory, sample_input):
     return out, result
 
 
+@pytest.fixture(scope="module")
+def corpus_warm_workers(tmp_path_factory, sample_input):
+    out = tmp_path_factory.mktemp("corpus-warm")
+    result = build("sample", str(out), input_dir=str(sample_input), workers=2, log=lambda m: None)
+    return out, result
+
+
 def test_in_memory_and_two_worker_builds_are_byte_identical(corpus, corpus_2_workers):
     a, b = _all_files(corpus[0]), _all_files(corpus_2_workers[0])
     assert set(a) == set(b)
     assert a == b
     assert len([p for p in a if p.endswith(".parquet")]) >= 9
+
+
+def test_warm_workers_build_is_byte_identical(corpus, corpus_warm_workers):
+    """``--workers 2``: Beam's FnApiRunner with an EXTERNAL environment served by workers
+    forked from a preloaded forkserver — the same bytes as the other local modes."""
+    a, b = _all_files(corpus[0]), _all_files(corpus_warm_workers[0])
+    assert a == b
 
 
 def test_audit_includes_the_learned_baseline(corpus):

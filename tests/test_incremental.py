@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing.forkserver
 import os
 import shutil
 import signal
@@ -261,6 +262,53 @@ def test_a_killed_worker_is_detected_and_the_build_retried(tmp_path, sample_inpu
     assert killed, "no worker was killed"
     assert result.manifest["build"]["attempts"] >= 2
     assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, sample_input))
+
+
+def test_a_killed_warm_worker_is_detected_and_the_build_retried(tmp_path, sample_input):
+    """``--workers 2``: a warm worker (forked by the forkserver, not a child of the
+    launcher) killed mid-build is seen by the pool's watcher; the launcher retries."""
+    recipe = _recipe_dir(tmp_path, cases_per_shard=1)
+    out = tmp_path / "out"
+    killed = []
+
+    def assassin():
+        deadline = time.monotonic() + 240
+        receipts = out / layout.UNITS_DIR
+        while time.monotonic() < deadline:
+            if any(receipts.glob("*.extract.json")):
+                pids = _warm_pids()
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+                    return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=assassin, daemon=True)
+    thread.start()
+    result = build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), retries=2,
+                   workers=2, **QUIET)
+    thread.join(timeout=5)
+    assert killed, "no warm worker was killed"
+    assert result.manifest["build"]["attempts"] >= 2
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, sample_input))
+
+
+def _warm_pids() -> list[int]:
+    """The forkserver's children: the warm workers."""
+    server = multiprocessing.forkserver._forkserver._forkserver_pid
+    return [pid for pid in _children_of(server)] if server else []
+
+
+def _children_of(parent: int) -> list[int]:
+    out = []
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
+                    out.append(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return sorted(out)
 
 
 def _worker_pids() -> list[int]:

@@ -9,6 +9,7 @@ their receipts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -19,6 +20,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.beam.transforms import BuildCorpus
+from pipeline.beam.warm import WarmWorkers
 from pipeline.engine.state import delete_tree
 from pipeline.engine.units import BuildContext, UnitRef
 from pipeline.errors import BuildFailed
@@ -155,9 +157,10 @@ class _Watchdog:
         threading.excepthook = self._previous
 
 
-def _kill_workers() -> int:
-    """SIGKILL this process's remaining Beam SDK worker subprocesses (Linux /proc)."""
-    me, killed = os.getpid(), 0
+def _kill_workers(warm: WarmWorkers | None = None) -> int:
+    """SIGKILL this process's remaining Beam SDK worker subprocesses (Linux /proc) and the
+    warm workers still alive."""
+    me, killed = os.getpid(), warm.kill_workers() if warm is not None else 0
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
@@ -178,23 +181,31 @@ def _kill_workers() -> int:
     return killed
 
 
-def run_pipeline(refs: list[UnitRef], ctx: BuildContext, beam_args, log) -> None:
-    """Run the Beam pipeline once; raises :class:`BuildFailed` when it fails."""
-    options = beam_options(beam_args)
+def run_pipeline(refs: list[UnitRef], ctx: BuildContext, beam_args, log, workers: int = 1) -> None:
+    """Run the Beam pipeline once; raises :class:`BuildFailed` when it fails.
+
+    ``workers`` > 1: Beam's FnApiRunner with that many warm worker processes
+    (:mod:`pipeline.beam.warm`; ``beam_args`` then name no runner or running mode)."""
     todo = [(r.unit_id, r.n_cases) for r in refs if r.mode != "done"]
     delete_tree(ctx.output, PROGRESS_DIR)  # markers of an earlier run would count twice
-    with Progress(ctx.output, todo, log), _Watchdog() as watchdog:
+    warm = WarmWorkers(workers) if workers > 1 else None
+    with Progress(ctx.output, todo, log), _Watchdog() as watchdog, warm or contextlib.nullcontext():
         try:
-            pipeline = beam.Pipeline(options=options)
+            if warm is None:
+                pipeline = beam.Pipeline(options=beam_options(beam_args))
+            else:
+                pipeline = beam.Pipeline(runner=warm.runner(),
+                                         options=PipelineOptions([*beam_args, *warm.options_args()]))
             _ = pipeline | "BuildCorpus" >> BuildCorpus(refs, ctx)
             pipeline.run().wait_until_finish()
         except KeyboardInterrupt:
             if not watchdog.errors:
                 raise
             watchdog.acknowledge()
-            _kill_workers()
+            _kill_workers(warm)
             raise BuildFailed("a worker died: " + "; ".join(watchdog.errors[:3])) from None
         except Exception as err:  # noqa: BLE001 — the runner wraps any worker error
-            _kill_workers()
+            _kill_workers(warm)
             text = str(err).strip().splitlines()
             raise BuildFailed(f"{type(err).__name__}: {text[-1] if text else ''}") from err
+

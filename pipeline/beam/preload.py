@@ -1,0 +1,32 @@
+"""The warm workers' forkserver, startable without importing Apache Beam.
+
+The launcher calls :func:`start_forkserver` first thing in a ``--workers N`` build, so the
+forkserver imports the worker's modules (:data:`PRELOAD`) on the other core while the
+launcher discovers and plans; :mod:`pipeline.beam.warm` forks the workers from it.
+Standard library only: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.forkserver
+import threading
+
+#: Modules the forkserver imports before its first fork: Beam's SDK harness and radvqa's
+#: Beam shell (which imports the engine and every kind).
+PRELOAD = ("apache_beam.runners.worker.sdk_worker", "pipeline.beam.transforms")
+
+_started = False
+_lock = threading.Lock()
+
+
+def start_forkserver() -> None:
+    """Start the preloading forkserver now; returns at once (it imports in the background).
+    Idempotent: one forkserver per launcher process, reused by every build and retry."""
+    global _started
+    with _lock:
+        if _started:
+            return
+        multiprocessing.set_forkserver_preload(list(PRELOAD))
+        multiprocessing.forkserver.ensure_running()
+        _started = True

@@ -1,0 +1,159 @@
+"""Warm local workers: Beam's FnApiRunner with N worker processes started before they are needed.
+
+``--direct_running_mode=multi_processing`` starts each SDK worker as a new interpreter
+when the pipeline starts (``python -m apache_beam.runners.worker.sdk_worker_main``): every
+worker imports Apache Beam and then radvqa — 2.5 s of a 2-core machine's time (measured),
+on the critical path, since no worker can run a unit before it. ``radvqa build --workers N``
+takes it off:
+
+1. At the start of the build, before discovery and planning, a ``multiprocessing``
+   *forkserver* is started with the worker's modules to preload (:data:`PRELOAD`: Beam's
+   SDK harness and :mod:`pipeline.beam.transforms`, hence every kind). It imports them in
+   its own process, on the other core, while the launcher plans.
+2. The launcher serves Beam's worker-pool API (``BeamFnExternalWorkerPool``, the one
+   ``worker_pool_main`` serves for portable runners) on a local port and runs the pipeline on
+   Beam's ``FnApiRunner`` with an ``EXTERNAL`` environment pointing at it and
+   ``direct_num_workers=N``.
+3. For each of its N workers the runner asks the pool to ``StartWorker``; the pool has the
+   forkserver fork a child that runs Beam's ``SdkHarness`` against the runner's control
+   endpoint — the same harness, protocol and bundles as ``multi_processing``; only the
+   imports are already done (a fork costs milliseconds).
+
+The forkserver never opens a gRPC channel before forking (it only imports), so each child
+creates its own. A worker that dies is reported as an exception on a thread (the launcher's
+watchdog turns it into a failed attempt and a retry, as with ``multi_processing``);
+:func:`kill_workers` kills the children that are left. Outputs are byte-identical to the
+other local modes (``tests/test_warm_workers.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from concurrent import futures
+
+import grpc
+from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.transforms.environments import ExternalEnvironment
+
+from pipeline.beam.preload import start_forkserver
+
+#: Beam's default for a worker's state cache (``--max_cache_memory_usage_mb`` = 100).
+STATE_CACHE_BYTES = 100 << 20
+
+
+def _run_harness(control_url: str, worker_id: str) -> None:
+    """In the forked child: Beam's SDK harness against the runner's control endpoint."""
+    from apache_beam.runners.worker.sdk_worker import SdkHarness  # preloaded: no cost
+
+    SdkHarness(control_url, worker_id=worker_id, state_cache_size=STATE_CACHE_BYTES).run()
+
+
+class WorkerDied(RuntimeError):
+    """A warm worker process exited with a non-zero status before the pool was closed."""
+
+
+class _Pool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
+    def __init__(self):
+        self.processes: dict[str, multiprocessing.process.BaseProcess] = {}
+        self.closing = threading.Event()
+        self._context = multiprocessing.get_context("forkserver")
+
+    def StartWorker(self, request, context):  # noqa: N802 — gRPC's method name
+        try:
+            process = self._context.Process(
+                target=_run_harness, args=(request.control_endpoint.url, request.worker_id),
+                name=f"radvqa-worker-{request.worker_id}", daemon=True)
+            process.start()
+        except Exception as err:  # noqa: BLE001 — returned to the runner, which raises it
+            return beam_fn_api_pb2.StartWorkerResponse(error=f"{type(err).__name__}: {err}")
+        self.processes[request.worker_id] = process
+        threading.Thread(target=self._watch, args=(request.worker_id, process), daemon=True,
+                         name=f"radvqa-watch-{request.worker_id}").start()
+        return beam_fn_api_pb2.StartWorkerResponse()
+
+    def StopWorker(self, request, context):  # noqa: N802 — gRPC's method name
+        process = self.processes.pop(request.worker_id, None)
+        if process is not None and process.is_alive():
+            process.terminate()
+        return beam_fn_api_pb2.StopWorkerResponse()
+
+    def _watch(self, worker_id: str, process) -> None:
+        process.join()
+        if process.exitcode and not self.closing.is_set():
+            # An exception on a thread: the launcher's watchdog (threading.excepthook)
+            # turns it into a failed attempt, as Beam's own worker handler does.
+            raise WorkerDied(f"worker {worker_id} (pid {process.pid}) exited with status "
+                             f"{process.exitcode}")
+
+
+class WarmWorkers:
+    """``with WarmWorkers(n) as warm: beam.Pipeline(runner=warm.runner(), options=…)``.
+
+    Serves the worker pool on a local port for the duration of the block; on exit stops
+    the server and terminates any worker still alive (normally each has exited when the
+    runner closed its control stream)."""
+
+    def __init__(self, workers: int):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+        self._pool = _Pool()
+        self._server: grpc.Server | None = None
+        self.address = ""
+
+    def __enter__(self) -> WarmWorkers:
+        start_forkserver()
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(self._pool, self._server)
+        port = self._server.add_insecure_port("localhost:0")
+        self._server.start()
+        self.address = f"localhost:{port}"
+        return self
+
+    def runner(self) -> FnApiRunner:
+        """Beam's FnApiRunner whose workers are this pool's (``direct_num_workers`` = N must
+        be in the pipeline's options: :func:`options_args`)."""
+        return FnApiRunner(default_environment=ExternalEnvironment(self.address))
+
+    def options_args(self) -> list[str]:
+        return [f"--direct_num_workers={self.workers}"]
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._pool.processes.values() if p.pid is not None]
+
+    def kill_workers(self) -> int:
+        """SIGKILL every worker still alive (the attempt has failed: their deaths are not
+        reported again); the number killed."""
+        self._pool.closing.set()
+        killed = 0
+        for process in list(self._pool.processes.values()):
+            if process.is_alive():
+                process.kill()
+                killed += 1
+        return killed
+
+    def __exit__(self, *exc):
+        self._pool.closing.set()
+        for process in list(self._pool.processes.values()):
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self._pool.processes.clear()
+        if self._server is not None:
+            self._server.stop(grace=None)
+
+
+class _QuietNumWorkers(logging.Filter):
+    """FnApiRunner warns that ``direct_num_workers`` > 1 wants ``multi_processing`` when the
+    running mode is ``in_memory``; with an EXTERNAL environment that advice does not apply."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "direct_running_mode" not in record.getMessage()
+
+
+logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").addFilter(
+    _QuietNumWorkers())

@@ -1,0 +1,53 @@
+"""``--workers N``: warm local workers (pipeline/beam/warm.py).  Byte-identity with the other
+local modes is in tests/test_build.py, a killed warm worker in tests/test_incremental.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import cli
+from pipeline.errors import ConfigError
+from pipeline.launch import build as build_module
+from pipeline.launch.build import check_workers
+
+
+@pytest.mark.parametrize("args", [["--runner=PortableRunner"], ["--runner=DataflowRunner"],
+                                  ["--direct_running_mode=multi_processing"],
+                                  ["--direct_num_workers=4"], ["--environment_type=EXTERNAL"]])
+def test_workers_refuse_a_second_way_to_choose_workers(args):
+    with pytest.raises(ConfigError, match="--workers 2"):
+        check_workers(2, args)
+
+
+def test_one_worker_accepts_any_beam_option():
+    check_workers(1, ["--runner=PortableRunner", "--direct_num_workers=4"])
+    check_workers(2, ["--runner=FnApiRunner", "--max_cache_memory_usage_mb=50"])
+    with pytest.raises(ConfigError, match="at least 1"):
+        check_workers(0, [])
+
+
+def test_the_cli_reports_a_conflict_with_exit_status_2(tmp_path, capsys):
+    code = cli.main(["build", "--output", str(tmp_path / "out"), "--workers", "2",
+                     "--direct_running_mode=multi_processing"])
+    assert code == 2
+    assert "--workers 2" in capsys.readouterr().err
+
+
+def test_the_forkserver_starts_before_the_recipe_is_even_loaded(tmp_path, monkeypatch):
+    """Start-up off the critical path: the workers' imports begin before discovery and
+    planning, not when the pipeline starts."""
+    order = []
+    monkeypatch.setattr(build_module, "start_forkserver", lambda: order.append("forkserver"))
+
+    def load_recipe(name):
+        order.append("recipe")
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(build_module, "load_recipe", load_recipe)
+    with pytest.raises(ConfigError, match="stop here"):
+        build_module.build("sample", str(tmp_path / "out"), workers=2, log=lambda m: None)
+    assert order == ["forkserver", "recipe"]
+    order.clear()
+    with pytest.raises(ConfigError, match="stop here"):
+        build_module.build("sample", str(tmp_path / "out"), workers=1, log=lambda m: None)
+    assert order == ["recipe"]
