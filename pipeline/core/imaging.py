@@ -216,22 +216,37 @@ def encode_prompt_png(gray: np.ndarray, target, others=(), width: int = 2, *,
     outline colours number at most 256 (palette: the grey levels present, ascending, then
     the colours), the index image compressed as a grey one is; an RGB PNG otherwise.
     """
+    return encode_prompt_pngs(gray, [(target, others)], width, level=level, strategy=strategy)[0]
+
+
+def encode_prompt_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int = 6,
+                       strategy: str = "default") -> list[bytes]:
+    """:func:`encode_prompt_png` of each ``(target, others)`` of ``prompts`` over one slice
+    (its grey levels counted once)."""
     g = _grey(gray, "encode_prompt_png")
-    outlines = _prompt_outlines(target, others)
-    if strategy == "rle":
-        levels = np.flatnonzero(np.bincount(g.ravel(), minlength=256))
-        used = sorted({c for _, c in outlines})
-        if len(levels) + len(used) <= 256:
-            lut = np.zeros(256, dtype=np.uint8)
-            lut[levels] = np.arange(len(levels))
-            index = np.ascontiguousarray(lut[g])
-            slot = {c: len(levels) + n for n, c in enumerate(used)}
-            for b, c in outlines:
-                _outline(index, b, slot[c], width)
-            colours = list(PROMPT_COLOURS.values())
-            palette = np.concatenate([np.repeat(levels[:, None], 3, axis=1),
-                                      np.array([colours[c] for c in used]).reshape(-1, 3)])
-            if g.shape[0] < 1 or g.shape[1] < 1:
-                raise ValueError(f"encode_prompt_png: empty image {g.shape}")
-            return _png(index, 3, level, strategy, palette.astype(np.uint8).tobytes())
-    return encode_png(draw_prompt(g, target, others, width), level, strategy)
+    if g.shape[0] < 1 or g.shape[1] < 1:
+        raise ValueError(f"encode_prompt_png: empty image {g.shape}")
+    outlines = [_prompt_outlines(target, others) for target, others in prompts]
+    if strategy != "rle":
+        return [encode_png(draw_prompt(g, t, o, width), level, strategy) for t, o in prompts]
+    levels = np.flatnonzero(np.bincount(g.ravel(), minlength=256))
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[levels] = np.arange(len(levels))
+    base = None
+    colours = list(PROMPT_COLOURS.values())
+    out = []
+    for (target, others), drawn in zip(prompts, outlines):
+        used = sorted({c for _, c in drawn})
+        if len(levels) + len(used) > 256:
+            out.append(encode_png(draw_prompt(g, target, others, width), level, strategy))
+            continue
+        if base is None:
+            base = lut[g]
+        index = base.copy()
+        slot = {c: len(levels) + n for n, c in enumerate(used)}
+        for b, c in drawn:
+            _outline(index, b, slot[c], width)
+        palette = np.concatenate([np.repeat(levels[:, None], 3, axis=1),
+                                  np.array([colours[c] for c in used]).reshape(-1, 3)])
+        out.append(_png(index, 3, level, strategy, palette.astype(np.uint8).tobytes()))
+    return out

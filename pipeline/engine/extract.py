@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.core import keys
 from pipeline.core.boxes import body_midline, slice_boxes, structure_stats
 from pipeline.core.geometry import Geometry
-from pipeline.core.imaging import PNG_STRATEGIES, encode_png, encode_prompt_png
+from pipeline.core.imaging import PNG_STRATEGIES, encode_png, encode_prompt_pngs
 from pipeline.core.masks import Mask, as_mask
 from pipeline.core.slices import (
     PLANES,
@@ -180,7 +180,8 @@ def extract_case(
         dx, dy = display_spacing(geometry.spacing, plane)
         for index in chosen:
             boxes = slice_boxes(masks, plane, index, geometry, midline)
-            view = display_slice(array, plane, index)
+            # float64 once for all the windows (apply_window would convert it per window)
+            view = np.asarray(display_slice(array, plane, index), dtype=np.float64)
             for window in windows:
                 images.append(
                     _image_row(case, split, volume, plane, index, window, view, boxes,
@@ -237,10 +238,10 @@ def _image_row(case, split, volume, plane, index, window: Window, view, boxes, s
     if prompt is not None:
         target, others = prompt
         label = target["label"]
-        drawn = {"bytes": encode_prompt_png(pixels, target, others, level=level, strategy=strategy),
-                 "path": f"{image_id}-boxed.png"}
-        easy = {"bytes": encode_prompt_png(pixels, target, level=level, strategy=strategy),
-                "path": f"{image_id}-boxed-easy.png"}
+        hard_png, easy_png = encode_prompt_pngs(pixels, [(target, others), (target, ())],
+                                                level=level, strategy=strategy)
+        drawn = {"bytes": hard_png, "path": f"{image_id}-boxed.png"}
+        easy = {"bytes": easy_png, "path": f"{image_id}-boxed-easy.png"}
     return {
         "image_id": image_id,
         "image": {"bytes": encode_png(pixels, level, strategy), "path": f"{image_id}.png"},
