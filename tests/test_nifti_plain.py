@@ -208,3 +208,48 @@ def test_component_counts_match_simpleitk():
             f.Execute(image)
             want = f.GetObjectCount() if mask.any() else 0
             assert count_components(mask, fully_connected=full) == want
+
+
+def test_a_drifted_mask_reads_on_the_nibabel_road_grid(tmp_path, monkeypatch):
+    """A mask whose sform drifts (no qform: ITK refuses it) is read plainly, on the grid and
+    with the voxels the nibabel road gives; a sheared one is still declined."""
+    drifted = LAS.copy()
+    drifted[:3, 1] += 3e-4 * LAS[:3, 0]
+    ct = save(tmp_path / "ct.nii.gz", np.zeros(SHAPE, np.int16), drifted, qform=0)
+    path = save(tmp_path / "liver.nii.gz", mask_data(), drifted, qform=0)
+    assert read_plain(str(path), "liver.nii.gz") is None
+    assert read_plain(str(path), "liver.nii.gz", drift=True) is not None
+    image = read_volume(str(ct), "ct.nii.gz", "CT")
+    assert image.notes["nifti_sform_orthonormalised"]  # the image keeps its note
+    mask, sha = read_mask(str(path), "liver.nii.gz", image.geometry)
+    monkeypatch.setattr("pipeline.inputs.readers.itk.read_plain", lambda *a, **k: None)
+    ref, ref_sha = read_mask(str(path), "liver.nii.gz", image.geometry)
+    assert sha == ref_sha and (mask.shape, mask.offset) == (ref.shape, ref.offset)
+    assert np.array_equal(mask.crop, ref.crop)
+    sheared = LAS.copy()
+    sheared[:3, 1] += 0.05 * LAS[:3, 0]
+    bad = save(tmp_path / "bad.nii.gz", mask_data(), sheared, qform=0)
+    assert read_plain(str(bad), "bad.nii.gz", drift=True) is None
+
+
+def test_small_pieces_give_the_same_masks(tmp_path, monkeypatch):
+    """Inflated a few bytes at a time (many pieces, most of them zero), masks and the k slab
+    their extent is searched in come out as from one piece."""
+    ct = save(tmp_path / "ct.nii.gz", np.zeros(SHAPE, np.int16), LAS)
+    image = read_volume(str(ct), "ct.nii.gz", "CT").geometry
+    rng = np.random.default_rng(5)
+    masks = [mask_data()]
+    for _ in range(4):
+        m = np.zeros(SHAPE, np.uint8)
+        lo = rng.integers(0, SHAPE)
+        hi = lo + rng.integers(1, 6, size=3)
+        m[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 255
+        masks.append(m)
+    paths = [save(tmp_path / f"m{n}.nii.gz", m, LAS) for n, m in enumerate(masks)]
+    whole = [read_mask(str(p), p.name, image) for p in paths]
+    monkeypatch.setattr("pipeline.inputs.readers.nifti_raw.PIECE", 23)
+    for p, (ref, sha) in zip(paths, whole):
+        assert read_plain(str(p), p.name, skip_zero=True).k_span is not None
+        mask, got_sha = read_mask(str(p), p.name, image)
+        assert got_sha == sha and (mask.shape, mask.offset) == (ref.shape, ref.offset)
+        assert np.array_equal(mask.crop, ref.crop)

@@ -219,9 +219,10 @@ def _on_image_grid(path: str, rel: str, image: Geometry, *, skip_zero: bool = Fa
 
     A plain gzipped NIfTI is read by :func:`~pipeline.inputs.readers.nifti_raw.read_plain`
     (``skip_zero``: ``None`` for an all-zero file), any other file by SimpleITK."""
-    plain = read_plain(path, rel, skip_zero=skip_zero)
+    plain = read_plain(path, rel, skip_zero=skip_zero, drift=True)
+    k_span = None
     if plain is not None:
-        array, geometry, bad, sha = plain.array, plain.geometry, 0, plain.sha256
+        array, geometry, bad, sha, k_span = plain.array, plain.geometry, 0, plain.sha256, plain.k_span
     else:
         array, geometry, bad = _read_itk(path, rel)
         sha = file_sha256(path)
@@ -236,7 +237,7 @@ def _on_image_grid(path: str, rel: str, image: Geometry, *, skip_zero: bool = Fa
             f"grid: found {'; '.join(problems)}, expected the mask on the image's grid",
             rel,
         )
-    return array, source_axis, flipped, bad, sha
+    return array, source_axis, flipped, bad, sha, k_span
 
 
 def _cropped(array: np.ndarray, lo, hi, source_axis, flipped, value=None) -> Mask:
@@ -269,7 +270,8 @@ def read_mask(path: str, rel: str, image: Geometry) -> tuple[Mask, str]:
     an empty mask ends there, any other is checked and reoriented within that box only
     (:class:`~pipeline.core.masks.Mask`).
     """
-    array, source_axis, flipped, bad, sha = _on_image_grid(path, rel, image, skip_zero=True)
+    array, source_axis, flipped, bad, sha, k_span = _on_image_grid(path, rel, image,
+                                                                   skip_zero=True)
     if bad:
         raise CaseError(
             "read", "mask.not_binary",
@@ -277,10 +279,12 @@ def read_mask(path: str, rel: str, image: Geometry) -> tuple[Mask, str]:
             rel,
         )
     # the buffer is [k, j, i] in memory: its extent is found there, then read as [i, j, k]
-    found = None if array is None else nonzero_extent(np.transpose(array, (2, 1, 0)))
+    k0, k1 = k_span or (0, None)  # the slab of k that holds every non-zero voxel
+    found = None if array is None else nonzero_extent(np.transpose(array[:, :, k0:k1], (2, 1, 0)))
     if found is None:
         return Mask(tuple(int(n) for n in image.shape)), sha
     lo, hi = found[0][::-1], found[1][::-1]
+    lo, hi = (lo[0], lo[1], lo[2] + k0), (hi[0], hi[1], hi[2] + k0)
     box = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     values = box[box != 0]
     if not (values[0] in (1, 255) and np.all(values == values[0])):
@@ -315,7 +319,7 @@ def read_label_map(
     The values' range is checked first; the extents of all labels come from one pass, then
     each label is compared and reoriented within its own box only.
     """
-    array, source_axis, flipped, bad, sha = _on_image_grid(path, rel, image)
+    array, source_axis, flipped, bad, sha, _ = _on_image_grid(path, rel, image)
     integer = np.issubdtype(array.dtype, np.integer)
     if bad or not (integer or np.array_equal(array, np.round(array))):
         raise CaseError(

@@ -14,8 +14,8 @@ Only *plain* files take this road: a single-member gzip stream (``.nii.gz``) of 
 single-file NIfTI-1 (``n+1``) header, 3D, an integer voxel type, no intensity scaling
 (``scl_slope`` 0, or 1 with ``scl_inter`` 0), millimetre (or unknown) units, voxel data
 complete and the gzip check values right, and a grid given by an sform whose axes are
-orthonormal within 1e-6 (float32 rounding; the drifted sforms ITK refuses are not plain)
-and, when a qform is set too, within :func:`~pipeline.core.geometry.geometry_mismatches`'
+orthonormal within 1e-6 (float32 rounding; for a mask, also one with float drift and no
+qform, on the grid the nibabel road reads it on) and, when a qform is set too, within :func:`~pipeline.core.geometry.geometry_mismatches`'
 tolerances of it, or by a qform alone.  :func:`read_plain` returns ``None`` for every
 other file, and the caller reads it as before (SimpleITK with every header check and
 dead-letter reason of :mod:`pipeline.inputs.readers.itk`), so no reason changes.
@@ -37,6 +37,8 @@ except ImportError:  # pragma: no cover - isal is a dependency; zlib reads the s
     _inflate_lib = zlib
 
 from pipeline.core.geometry import Geometry, geometry_mismatches, is_orthonormal
+from pipeline.errors import CaseError
+from pipeline.inputs.readers.nifti_header import header_sform
 
 #: NIfTI-1 integer datatypes -> numpy type (without byte order).
 _INTEGER_TYPES = {2: "u1", 4: "i2", 8: "i4", 256: "i1", 512: "u2", 768: "u4"}
@@ -56,6 +58,10 @@ class Plain:
     array: np.ndarray | None
     geometry: Geometry
     sha256: str
+    #: With ``skip_zero``: ``(first, last + 1)`` slices along the file's third axis (k, the
+    #: slowest) between which every non-zero voxel lies (from the inflated pieces that held
+    #: one), so a mask's extent is searched there only; ``None`` otherwise.
+    k_span: tuple[int, int] | None = None
 
 
 def _qform_geometry(header: bytes, endian: str, shape) -> Geometry | None:
@@ -109,8 +115,9 @@ def _sform_geometry(header: bytes, endian: str, shape) -> Geometry | None:
         return None
 
 
-def _grid(header: bytes, endian: str, shape) -> Geometry | None:
-    """The header's grid when it is plain (see the module docstring), else ``None``."""
+def _grid(header: bytes, endian: str, shape, rel: str, drift: bool) -> Geometry | None:
+    """The header's grid when it is plain (see the module docstring), else ``None``; with
+    ``drift``, also an sform with float drift and no qform, on its orthonormalised axes."""
     sform_code, = struct.unpack(endian + "h", header[254:256])
     qform_code, = struct.unpack(endian + "h", header[252:254])
     qform = _qform_geometry(header, endian, shape) if qform_code > 0 else None
@@ -119,6 +126,12 @@ def _grid(header: bytes, endian: str, shape) -> Geometry | None:
     if sform_code <= 0:
         return qform
     sform = _sform_geometry(header, endian, shape)
+    if sform is None and drift and qform_code <= 0:
+        try:
+            drifted = header_sform(header, endian, rel)
+        except CaseError:
+            return None  # sheared beyond drift: the ITK road names it
+        return None if drifted is None else drifted.geometry
     if sform is None or (qform is not None and geometry_mismatches(qform, sform)):
         return None
     return sform
@@ -163,13 +176,16 @@ def _inflated(inflate, raw: bytes):
 
 
 def read_plain(path: str, rel: str, *, max_voxels: int | None = None,
-               skip_zero: bool = False) -> Plain | None:
+               skip_zero: bool = False, drift: bool = False) -> Plain | None:
     """Read a plain gzipped NIfTI-1 file (module docstring), or ``None`` for any other
     file — one this function declines is read the ITK way, where its faults are named.
 
     ``skip_zero``: the voxels are kept only from the first inflated piece holding a
     non-zero byte; an all-zero file gives ``array=None``.  A file of more than
-    ``max_voxels`` voxels is declined before its data is inflated.
+    ``max_voxels`` voxels is declined before its data is inflated.  ``drift`` (masks): an
+    sform with float drift and no qform — a file ITK refuses, read by nibabel on the
+    orthonormalised grid of :func:`~pipeline.inputs.readers.nifti_header.check_nifti_sform`
+    — is read here on that same grid (a sheared one is still declined).
     """
     if not path.lower().endswith(".nii.gz"):
         return None
@@ -182,6 +198,7 @@ def read_plain(path: str, rel: str, *, max_voxels: int | None = None,
     head = b""
     plain = out = None
     filled = 0  # voxel bytes inflated so far
+    span = None  # voxel bytes [first, last) of the pieces holding a non-zero byte
     try:
         for piece in _inflated(inflate, raw):
             if plain is None:
@@ -195,7 +212,7 @@ def read_plain(path: str, rel: str, *, max_voxels: int | None = None,
                 voxels = shape[0] * shape[1] * shape[2]
                 if max_voxels and voxels > max_voxels:
                     return None
-                geometry = _grid(head[:348], endian, shape)
+                geometry = _grid(head[:348], endian, shape, rel, drift)
                 if geometry is None:
                     return None
                 size = voxels * dtype.itemsize
@@ -214,6 +231,7 @@ def read_plain(path: str, rel: str, *, max_voxels: int | None = None,
             if out is None:
                 out = np.zeros(size, dtype=np.uint8)  # calloc: pages mapped only when written
             out[filled:filled + len(values)] = values
+            span = (filled if span is None else span[0], filled + len(values))
             filled += len(values)
     except (zlib.error, _inflate_lib.error, _Declined):
         return None
@@ -226,4 +244,8 @@ def read_plain(path: str, rel: str, *, max_voxels: int | None = None,
         else:
             return Plain(None, geometry, sha)
     array = out.view(dtype).reshape(shape[::-1]).transpose(2, 1, 0)
-    return Plain(array, geometry, sha)
+    k_span = None
+    if skip_zero and span is not None:
+        plane = shape[0] * shape[1] * dtype.itemsize
+        k_span = (span[0] // plane, -(-span[1] // plane))
+    return Plain(array, geometry, sha, k_span)
