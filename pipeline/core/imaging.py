@@ -8,8 +8,8 @@ Two strategies (:data:`PNG_STRATEGIES`, the recipe's ``slices.png_strategy``):
 * ``default``: rows unfiltered, zlib at ``level`` (every PNG up to ``EXTRACT_VERSION`` 3);
 * ``rle``: every row filtered with Up (the byte above subtracted) and deflated with zlib's
   run-length strategy (``Z_RLE``, the same bytes at every level but 0, which stores).  On
-  windowed CT and MR slices it is 4-10x faster than level 6 and smaller (measured on the
-  pyradiomics lung CTs and brain MR: 7-12 % fewer bytes); a visual prompt
+  windowed CT and MR slices it is 4-6x faster than level 6 and smaller (measured on the
+  pyradiomics lung CTs and brain MR: 7-11 % fewer bytes); a visual prompt
   (:func:`encode_prompt_png`) is then stored with indexed colour — the slice's grey levels
   and the outline colours as its palette — whenever they number at most 256, and as RGB
   (Up, zlib level 3, where ``Z_RLE`` would double the size) otherwise.
@@ -35,7 +35,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 #: PNG encoding strategies (see the module docstring).
 PNG_STRATEGIES = ("default", "rle")
-#: zlib level of an RGB image under ``rle`` (level 3: within 2 % of level 6's size on RGB
+#: zlib level of an RGB image under ``rle`` (level 3: within 3 % of level 6's size on RGB
 #: slices at less than half its time; ``Z_RLE`` finds no run in three equal bytes a pixel).
 RLE_RGB_LEVEL = 3
 

@@ -7,16 +7,17 @@ pages the kernel must map and zero — measured at 1.5 mm: about 10,000 page fau
 (:mod:`pipeline.inputs.readers.nifti_header`) open each file three more times.  Here the
 file is read once (its SHA-256 from the same bytes), inflated in 4 KiB pieces of
 compressed input (by ISA-L's inflate, python-isal, when it is installed — about 4x faster
-than zlib 1.2 on masks and 2x on CT images, measured; zlib otherwise, the same bytes), and the voxel data is kept only from the first non-zero piece on
-(``skip_zero``): an all-zero mask never allocates its volume.
+than zlib 1.2 on masks and 2x on CT images, measured; zlib otherwise, the same bytes), and
+the voxel data is kept only from the first non-zero piece on (``skip_zero``): an all-zero
+mask never allocates its volume.
 
 Only *plain* files take this road: a single-member gzip stream (``.nii.gz``) of a
 single-file NIfTI-1 (``n+1``) header, 3D, an integer voxel type, no intensity scaling
-(``scl_slope`` 0, or 1 with ``scl_inter`` 0), millimetre (or unknown) units, voxel data
+(``scl_slope`` 0 or 1, ``scl_inter`` 0), millimetre (or unknown) units, voxel data
 complete and the gzip check values right, and a grid given by an sform whose axes are
 orthonormal within 1e-6 (float32 rounding; for a mask, also one with float drift and no
-qform, on the grid the nibabel road reads it on) and, when a qform is set too, within :func:`~pipeline.core.geometry.geometry_mismatches`'
-tolerances of it, or by a qform alone.  :func:`read_plain` returns ``None`` for every
+qform, on the grid the nibabel road reads it on) and, when a qform is set too, within
+:func:`~pipeline.core.geometry.geometry_mismatches`' tolerances of it, or by a qform alone.  :func:`read_plain` returns ``None`` for every
 other file, and the caller reads it as before (SimpleITK with every header check and
 dead-letter reason of :mod:`pipeline.inputs.readers.itk`), so no reason changes.
 """
@@ -155,7 +156,7 @@ def _header(header: bytes):
     vox_offset, slope, inter = struct.unpack(endian + "3f", header[108:120])
     if not (math.isfinite(vox_offset) and vox_offset >= _HEADER and vox_offset == int(vox_offset)):
         return None
-    if not (slope == 0 or (slope == 1 and inter == 0)):  # NaN fails both
+    if not (slope in (0, 1) and inter == 0):  # NaN fails both
         return None
     if header[123] & 7 not in (0, 2):  # units other than millimetre
         return None
