@@ -27,7 +27,8 @@ Sections (each module's docstring says exactly what it times and how):
 ``totalseg`` (:mod:`bench.totalseg`): generated TotalSegmentator CT cases at the release's
     geometry (1.5 mm, 256 x 256 x 330, 117 mask files) and at original resolution (0.8 mm,
     512 x 512 x 600): CPU per case (load + extract) against the CPU to read its files with
-    SimpleITK (target <= 1.5x), peak RSS of a one-worker ``radvqa build`` (<= 1 GiB at
+    the reader in use (the plain-NIfTI reader; target <= 1.5x; SimpleITK's read and the
+    ratio against it beside), peak RSS of a one-worker ``radvqa build`` (<= 1 GiB at
     1.5 mm, <= 3 GiB at 0.8 mm), and the extrapolated hours for the 1,228 release cases
     on 2 cores (goal < 1 h).  ``--totalseg 1.5mm`` skips the 0.8 mm half.
 

@@ -53,10 +53,23 @@ def mask_box(mask: np.ndarray) -> tuple[int, ...] | None:
 
 
 def count_components(mask: np.ndarray, *, fully_connected: bool = True) -> int:
-    """Number of connected components (8-/26-connectivity by default)."""
+    """Number of connected components (8-/26-connectivity by default).
+
+    2D (a slice's structure, about 600 calls a TotalSegmentator case): scipy's
+    ``ndimage.label``, about 30 µs a call against SimpleITK's 600 µs of per-call overhead
+    (measured on the 570 slice crops of a generated 1.5 mm case, same counts); 3D (one call
+    a structure): SimpleITK's filter, twice as fast as scipy's on whole organs.
+    """
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return 0
+    if mask.ndim == 2:
+        # Imported here: scipy.ndimage costs 0.31-0.39 s to import (``python -X importtime``,
+        # 2 runs), which only the extraction workers, and no other verb, should pay.
+        from scipy import ndimage
+
+        structure = np.ones((3, 3), bool) if fully_connected else None  # None: 4-connected
+        return int(ndimage.label(mask, structure=structure)[1])
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     f = sitk.ConnectedComponentImageFilter()
     f.SetFullyConnected(fully_connected)

@@ -168,6 +168,8 @@ def geometry_mismatches(
 
     Origins may differ by ``origin_frac`` of a voxel (rounding in headers).
     """
+    if found == expected:  # the same header numbers: nothing to compare
+        return []
     out = []
     if tuple(found.shape) != tuple(expected.shape):
         out.append(f"shape {tuple(found.shape)} != image shape {tuple(expected.shape)}")

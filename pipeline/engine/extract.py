@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.core import keys
 from pipeline.core.boxes import body_midline, slice_boxes, structure_stats
 from pipeline.core.geometry import Geometry
-from pipeline.core.imaging import draw_prompt, encode_png
+from pipeline.core.imaging import PNG_STRATEGIES, encode_png, encode_prompt_pngs
 from pipeline.core.masks import Mask, as_mask
 from pipeline.core.slices import (
     PLANES,
@@ -35,7 +35,7 @@ from pipeline.inputs.layouts import get_layout
 from pipeline.inputs.readers import Volume
 
 #: Bump when extraction output changes for the same inputs and settings.
-EXTRACT_VERSION = "3"
+EXTRACT_VERSION = "4"  # 4: PNGs filtered with Up and deflated with Z_RLE; prompts indexed
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class SliceSettings:
     structures: tuple[str, ...] | None = None
     max_voxels: int = 64_000_000
     png_level: int = 6
+    png_strategy: str = "rle"  # core/imaging.PNG_STRATEGIES
     boxed: bool = False  # also store each slice with a visual prompt drawn (image_boxed, _easy)
 
     def __post_init__(self) -> None:
@@ -64,6 +65,9 @@ class SliceSettings:
         lo, hi = self.mr_percentiles
         if not 0 <= lo < hi <= 100:
             raise ValueError(f"slices.mr_percentiles: found {self.mr_percentiles}, expected 0<=lo<hi<=100")
+        if self.png_strategy not in PNG_STRATEGIES:
+            raise ValueError(f"slices.png_strategy: found {self.png_strategy!r}, expected one of "
+                             f"{PNG_STRATEGIES}")
 
     @classmethod
     def from_recipe(cls, section: Mapping) -> SliceSettings:
@@ -82,6 +86,7 @@ class SliceSettings:
             structures=tuple(structures) if structures else None,
             max_voxels=int(section.get("max_voxels", 64_000_000)),
             png_level=int(section.get("png_level", 6)),
+            png_strategy=str(section.get("png_strategy", "rle")),
             boxed=bool(section.get("boxed", False)),
         )
 
@@ -175,11 +180,12 @@ def extract_case(
         dx, dy = display_spacing(geometry.spacing, plane)
         for index in chosen:
             boxes = slice_boxes(masks, plane, index, geometry, midline)
-            view = display_slice(array, plane, index)
+            # float64 once for all the windows (apply_window would convert it per window)
+            view = np.asarray(display_slice(array, plane, index), dtype=np.float64)
             for window in windows:
                 images.append(
                     _image_row(case, split, volume, plane, index, window, view, boxes,
-                               (dx, dy), case_labels, settings.png_level,
+                               (dx, dy), case_labels, (settings.png_level, settings.png_strategy),
                                settings.boxed and settings.min_area_px)
                 )
     if not images:
@@ -219,10 +225,12 @@ def prompt_boxes(image_id: str, boxes: list[dict], min_area_px: int) -> tuple[di
 
 
 def _image_row(case, split, volume, plane, index, window: Window, view, boxes, spacing,
-               case_labels, png_level, prompt_min_area=0) -> dict:
+               case_labels, png: tuple[int, str], prompt_min_area=0) -> dict:
     """One image row; with ``prompt_min_area`` (the recipe's ``slices.boxed``) also its
     visual prompt: ``image_boxed`` (the target in red beside its nearest structures in
-    green, blue and yellow), ``image_boxed_easy`` (the red box alone), ``prompt_label``."""
+    green, blue and yellow), ``image_boxed_easy`` (the red box alone), ``prompt_label``;
+    ``png``: the zlib level and strategy (:mod:`pipeline.core.imaging`)."""
+    level, strategy = png
     pixels = apply_window(view, window)
     image_id = keys.stable_key("image", case.key, plane, index, window.name)
     drawn = easy = label = None
@@ -230,13 +238,13 @@ def _image_row(case, split, volume, plane, index, window: Window, view, boxes, s
     if prompt is not None:
         target, others = prompt
         label = target["label"]
-        drawn = {"bytes": encode_png(draw_prompt(pixels, target, others), png_level),
-                 "path": f"{image_id}-boxed.png"}
-        easy = {"bytes": encode_png(draw_prompt(pixels, target), png_level),
-                "path": f"{image_id}-boxed-easy.png"}
+        hard_png, easy_png = encode_prompt_pngs(pixels, [(target, others), (target, ())],
+                                                level=level, strategy=strategy)
+        drawn = {"bytes": hard_png, "path": f"{image_id}-boxed.png"}
+        easy = {"bytes": easy_png, "path": f"{image_id}-boxed-easy.png"}
     return {
         "image_id": image_id,
-        "image": {"bytes": encode_png(pixels, png_level), "path": f"{image_id}.png"},
+        "image": {"bytes": encode_png(pixels, level, strategy), "path": f"{image_id}.png"},
         "image_boxed": drawn,
         "image_boxed_easy": easy,
         "prompt_label": label,

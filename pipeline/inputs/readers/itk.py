@@ -39,6 +39,7 @@ from pipeline.inputs.readers.base import (
 )
 from pipeline.inputs.readers.nifti_header import Sform, check_nifti_sform, scan_nifti
 from pipeline.inputs.readers.nifti_nibabel import read_with_nibabel
+from pipeline.inputs.readers.nifti_raw import read_plain
 
 
 def read_itk(path: str, rel: str, *, max_voxels: int | None = None) -> tuple[np.ndarray, Geometry]:
@@ -148,10 +149,50 @@ def _buffer(image: sitk.Image) -> np.ndarray:
     return np.asarray(_ImageBuffer(image))
 
 
+def itk_header_grid(path: str) -> Geometry | None:
+    """The grid SimpleITK reads from a file's header alone (3D, one component, orthonormal
+    axes), or ``None``."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+        if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
+            return None
+        geometry = Geometry(
+            shape=tuple(int(s) for s in reader.GetSize()),
+            spacing=tuple(float(s) for s in reader.GetSpacing()),
+            origin=tuple(float(o) for o in reader.GetOrigin()),
+            direction=tuple(float(d) for d in reader.GetDirection()),
+        )
+    except (RuntimeError, ValueError):
+        return None
+    return geometry if is_orthonormal(geometry.direction) else None
+
+
+def _read_plain_image(path: str, rel: str, max_voxels: int | None):
+    """``(array, grid, sha256)`` of a plain gzipped NIfTI image
+    (:func:`~pipeline.inputs.readers.nifti_raw.read_plain`: voxels inflated once, without
+    SimpleITK's fresh buffer and the header checks' re-opening), on the grid SimpleITK reads
+    from its header — the very numbers the ITK road gives; ``None`` for any other file."""
+    plain = read_plain(path, rel, max_voxels=max_voxels)
+    if plain is None:
+        return None
+    geometry = itk_header_grid(path)
+    if geometry is None or geometry_mismatches(geometry, plain.geometry):
+        return None
+    return plain.array, geometry, plain.sha256
+
+
 def read_volume(path: str, rel: str, modality: str, *, max_voxels: int | None = None) -> Volume:
     """Read an image volume (NIfTI, NRRD, MHA) into a canonical :class:`Volume`."""
     notes: dict = {}
-    array, geometry, bad = _read_itk(path, rel, max_voxels=max_voxels, notes=notes)
+    plain = _read_plain_image(path, rel, max_voxels)
+    if plain is not None:
+        array, geometry, sha = plain
+        bad = 0
+    else:
+        array, geometry, bad = _read_itk(path, rel, max_voxels=max_voxels, notes=notes)
+        sha = file_sha256(path)
     if bad:
         raise CaseError(
             "read", "volume.non_finite",
@@ -168,14 +209,23 @@ def read_volume(path: str, rel: str, modality: str, *, max_voxels: int | None = 
     canon = canonical_view(array, source_axis, flipped).astype(np.float32, order="K")
     if not np.issubdtype(array.dtype, np.integer):  # integers are finite, and so their floats
         check_finite(canon, rel)
-    return Volume(canon, cgeom, modality, {"Modality": modality}, file_sha256(path), notes)
+    return Volume(canon, cgeom, modality, {"Modality": modality}, sha, notes)
 
 
-def _on_image_grid(path: str, rel: str, image: Geometry):
+def _on_image_grid(path: str, rel: str, image: Geometry, *, skip_zero: bool = False):
     """Read a mask or label map whose grid is ``image``'s: ``(array, source_axis, flipped,
-    non-finite count)``, the array ``[i, j, k]`` in the file's own orientation and sharing
-    the reader's buffer (nothing is reoriented or copied here)."""
-    array, geometry, bad = _read_itk(path, rel)
+    non-finite count, sha256)``, the array ``[i, j, k]`` in the file's own orientation and
+    sharing the reader's buffer (nothing is reoriented or copied here).
+
+    A plain gzipped NIfTI is read by :func:`~pipeline.inputs.readers.nifti_raw.read_plain`
+    (``skip_zero``: ``None`` for an all-zero file), any other file by SimpleITK."""
+    plain = read_plain(path, rel, skip_zero=skip_zero, drift=True)
+    k_span = None
+    if plain is not None:
+        array, geometry, bad, sha, k_span = plain.array, plain.geometry, 0, plain.sha256, plain.k_span
+    else:
+        array, geometry, bad = _read_itk(path, rel)
+        sha = file_sha256(path)
     try:
         source_axis, flipped, cgeom = canonical_grid(geometry)
     except CaseError as err:
@@ -187,7 +237,7 @@ def _on_image_grid(path: str, rel: str, image: Geometry):
             f"grid: found {'; '.join(problems)}, expected the mask on the image's grid",
             rel,
         )
-    return array, source_axis, flipped, bad
+    return array, source_axis, flipped, bad, sha, k_span
 
 
 def _cropped(array: np.ndarray, lo, hi, source_axis, flipped, value=None) -> Mask:
@@ -220,7 +270,8 @@ def read_mask(path: str, rel: str, image: Geometry) -> tuple[Mask, str]:
     an empty mask ends there, any other is checked and reoriented within that box only
     (:class:`~pipeline.core.masks.Mask`).
     """
-    array, source_axis, flipped, bad = _on_image_grid(path, rel, image)
+    array, source_axis, flipped, bad, sha, k_span = _on_image_grid(path, rel, image,
+                                                                   skip_zero=True)
     if bad:
         raise CaseError(
             "read", "mask.not_binary",
@@ -228,16 +279,17 @@ def read_mask(path: str, rel: str, image: Geometry) -> tuple[Mask, str]:
             rel,
         )
     # the buffer is [k, j, i] in memory: its extent is found there, then read as [i, j, k]
-    found = nonzero_extent(np.transpose(array, (2, 1, 0)))
+    k0, k1 = k_span or (0, None)  # the slab of k that holds every non-zero voxel
+    found = None if array is None else nonzero_extent(np.transpose(array[:, :, k0:k1], (2, 1, 0)))
     if found is None:
-        shape = tuple(int(array.shape[source_axis[a]]) for a in range(3))
-        return Mask(shape), file_sha256(path)
+        return Mask(tuple(int(n) for n in image.shape)), sha
     lo, hi = found[0][::-1], found[1][::-1]
+    lo, hi = (lo[0], lo[1], lo[2] + k0), (hi[0], hi[1], hi[2] + k0)
     box = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     values = box[box != 0]
     if not (values[0] in (1, 255) and np.all(values == values[0])):
         raise _not_binary(array, rel)
-    return _cropped(array, lo, hi, source_axis, flipped), file_sha256(path)
+    return _cropped(array, lo, hi, source_axis, flipped), sha
 
 
 def _label_boxes(array: np.ndarray) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -267,7 +319,7 @@ def read_label_map(
     The values' range is checked first; the extents of all labels come from one pass, then
     each label is compared and reoriented within its own box only.
     """
-    array, source_axis, flipped, bad = _on_image_grid(path, rel, image)
+    array, source_axis, flipped, bad, sha, _ = _on_image_grid(path, rel, image)
     integer = np.issubdtype(array.dtype, np.integer)
     if bad or not (integer or np.array_equal(array, np.round(array))):
         raise CaseError(
@@ -294,7 +346,7 @@ def read_label_map(
         )
     masks = {name: _cropped(array, *boxes[value], source_axis, flipped, value)
              for value, name in sorted(labels.items()) if value in boxes}
-    return masks, file_sha256(path)
+    return masks, sha
 
 
 class ItkReader:

@@ -160,7 +160,11 @@ def check_nifti_sform(path: str, rel: str) -> Sform | None:
     found = _nifti1_header(path)
     if found is None:
         return None
-    header, endian = found
+    return header_sform(*found, rel)
+
+
+def header_sform(header: bytes, endian: str, rel: str) -> Sform | None:
+    """:func:`check_nifti_sform` of a header already read (its 348 bytes and byte order)."""
     if struct.unpack(endian + "h", header[254:256])[0] <= 0:  # sform_code: no sform
         return None
     rows = [struct.unpack(endian + "4f", header[o:o + 16]) for o in (280, 296, 312)]
