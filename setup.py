@@ -66,6 +66,8 @@ setup(
         "pillow>=10",
         # the shortcut audit's learned text-only baseline (pipeline/qa/learned.py)
         "scikit-learn>=1.3",
+        # 2D connected components of the boxes (pipeline/core/boxes.py); sparse features
+        "scipy>=1.10",
     ],
     extras_require={
         "test": [
