@@ -676,7 +676,11 @@ CASES = [
     BadInput("nifti-sform-float-drift", _sform_drift(3e-4), accepted(nifti_sform_orthonormalised=[
         "nifti-sform-float-drift/ct.nii.gz: sform axes 3.0e-04 off orthogonal with qform_code 0, "
         "which ITK refuses; read with nibabel on the nearest orthonormal axes, voxel centres "
-        "moved by at most 0.004 voxel (limit 0.1)"])),
+        "moved by at most 0.004 voxel (limit 0.1)",
+        # its mask shares the sform: read on the same grid, and noted too
+        "nifti-sform-float-drift/segmentations/liver.nii.gz: sform axes 3.0e-04 off orthogonal "
+        "with qform_code 0, which ITK refuses; read with radvqa's plain NIfTI reader on the "
+        "nearest orthonormal axes, voxel centres moved by at most 0.004 voxel (limit 0.1)"])),
     BadInput("nifti-sform-drift-over-bound", _sform_drift(6e-4, (300, 300, 2)),
              rejected(R, "geometry.non_orthogonal", "would move voxel centres by up to 0.127 voxel "
                       "across the 300 x 300 x 2 grid, expected at most 0.1 voxel", "ct.nii.gz")),

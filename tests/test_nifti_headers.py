@@ -85,9 +85,10 @@ def test_a_release_ct_itk_refuses_is_read_and_noted(tmp_path):
     settings = SliceSettings()
     result = process_case(by_name["s0000"], "train", str(root), settings)
     clean = process_case(by_name["clean"], "train", str(root), settings)
-    [note] = result.notes["nifti_sform_orthonormalised"]
+    note, mask_note = result.notes["nifti_sform_orthonormalised"]
     assert note.startswith("s0000/ct.nii.gz: sform axes 3.0e-04 off orthogonal with qform_code 0, "
                            "which ITK refuses; read with nibabel"), note
+    assert mask_note.startswith("s0000/segmentations/liver.nii.gz: sform axes 3.0e-04"), mask_note
     assert "nifti_sform_orthonormalised" not in clean.notes
     # The same voxels and the same slices as the file without drift.
     fields = ("label", "shape", "box3d", "voxels", "components", "laterality")

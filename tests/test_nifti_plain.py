@@ -221,11 +221,17 @@ def test_a_drifted_mask_reads_on_the_nibabel_road_grid(tmp_path, monkeypatch):
     assert read_plain(str(path), "liver.nii.gz", drift=True) is not None
     image = read_volume(str(ct), "ct.nii.gz", "CT")
     assert image.notes["nifti_sform_orthonormalised"]  # the image keeps its note
-    mask, sha = read_mask(str(path), "liver.nii.gz", image.geometry)
+    notes, ref_notes = {}, {}
+    mask, sha = read_mask(str(path), "liver.nii.gz", image.geometry, notes)
     monkeypatch.setattr("pipeline.inputs.readers.itk.read_plain", lambda *a, **k: None)
-    ref, ref_sha = read_mask(str(path), "liver.nii.gz", image.geometry)
+    ref, ref_sha = read_mask(str(path), "liver.nii.gz", image.geometry, ref_notes)
     assert sha == ref_sha and (mask.shape, mask.offset) == (ref.shape, ref.offset)
     assert np.array_equal(mask.crop, ref.crop)
+    # the mask's assumption is the case's too, on either road
+    [note] = notes["nifti_sform_orthonormalised"]
+    [ref_note] = ref_notes["nifti_sform_orthonormalised"]
+    assert note.startswith("liver.nii.gz: sform axes") and "plain NIfTI reader" in note
+    assert ref_note.startswith("liver.nii.gz: sform axes") and "nibabel" in ref_note
     sheared = LAS.copy()
     sheared[:3, 1] += 0.05 * LAS[:3, 0]
     bad = save(tmp_path / "bad.nii.gz", mask_data(), sheared, qform=0)

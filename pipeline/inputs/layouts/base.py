@@ -146,15 +146,16 @@ def read_image(case, root: str, max_voxels: int) -> Volume:
     return reader_for(files).read(files, modality=case.modality or "CT", max_voxels=max_voxels)
 
 
-def read_segmentations(case, root: str, volume: Volume) -> tuple[dict[str, Mask], list[str]]:
+def read_segmentations(case, root: str, volume: Volume, notes: dict | None = None
+                       ) -> tuple[dict[str, Mask], list[str]]:
     """``({structure: mask}, digests)`` of the case's ``segmentations/`` folder, one mask per
     file, each read by the mask reader the registry picks and checked against the image grid
     (held cropped to its extent: 117 files of a TotalSegmentator case, most of them empty,
-    cost their reading and one scan each)."""
+    cost their reading and one scan each); what the readers assumed goes to ``notes``."""
     masks: dict[str, Mask] = {}
     digests: list[str] = []
     for name, full, mrel in iter_mask_files(root, case.file("segmentations")):
-        mask, digest = mask_reader_for(full, mrel).read_mask(full, mrel, volume.geometry)
+        mask, digest = mask_reader_for(full, mrel).read_mask(full, mrel, volume.geometry, notes)
         digests.append(digest)
         masks[name] = mask
     return masks, digests
@@ -169,6 +170,7 @@ def listed_files(case) -> list[str]:
 def with_segmentations(case, root: str, volume: Volume) -> LoadedCase:
     """The case loaded: ``volume`` with the masks of its ``segmentations/`` folder
     (:func:`read_segmentations`), digested together."""
-    masks, digests = read_segmentations(case, root, volume)
+    notes = {k: list(v) if isinstance(v, list) else v for k, v in volume.notes.items()}
+    masks, digests = read_segmentations(case, root, volume, notes)
     return LoadedCase(volume, masks, (volume.content_sha256, *digests),
-                      case.file("segmentations"), dict(volume.notes))
+                      case.file("segmentations"), notes)

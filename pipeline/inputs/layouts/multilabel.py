@@ -53,7 +53,7 @@ class MultilabelLayout:
         map_rel = case.file("labels")
         map_path = os.path.join(root, map_rel)
         masks, digest = mask_reader_for(map_path, map_rel).read_label_map(
-            map_path, map_rel, volume.geometry, labels)
+            map_path, map_rel, volume.geometry, labels, notes)
         absent = sorted(set(labels.values()) - set(masks))
         if absent:
             notes["labels_absent"] = absent

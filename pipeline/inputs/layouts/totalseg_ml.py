@@ -68,7 +68,7 @@ class TotalsegMlLayout:
                 f"{map_rel}: no class map in the header, named by TotalSegmentator's "
                 f"{volume.modality} class list"]
         masks, digest = mask_reader_for(map_path, map_rel).read_label_map(
-            map_path, map_rel, volume.geometry, labels)
+            map_path, map_rel, volume.geometry, labels, notes)
         return LoadedCase(volume, masks, (volume.content_sha256, digest), map_rel, notes)
 
     fingerprint_paths = staticmethod(listed_files)

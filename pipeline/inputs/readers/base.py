@@ -113,16 +113,19 @@ class MaskReader(Protocol):
         """Whether the file ``rel`` (absolute ``path``) is this reader's format (by name)."""
         ...
 
-    def read_mask(self, path: str, rel: str, image: Geometry) -> tuple[Mask, str]:
+    def read_mask(self, path: str, rel: str, image: Geometry,
+                  notes: dict | None = None) -> tuple[Mask, str]:
         """A binary mask on ``image``'s canonical grid: ``(Mask, sha256 of the file)``.
         An empty mask should cost a header read and one scan of its voxels, never a
-        reoriented copy of them."""
+        reoriented copy of them.  What the reader assumed to read the file (e.g. an
+        orthonormalised sform) is added to ``notes`` (``{note: [lines]}``, the case's)."""
         ...
 
     def read_label_map(self, path: str, rel: str, image: Geometry,
-                       labels: dict[int, str]) -> tuple[dict[str, Mask], str]:
+                       labels: dict[int, str], notes: dict | None = None
+                       ) -> tuple[dict[str, Mask], str]:
         """A label map on ``image``'s grid split into ``{name: Mask}`` by ``labels``,
-        and the sha256 of the file."""
+        and the sha256 of the file; ``notes`` as :meth:`read_mask`'s."""
         ...
 
 

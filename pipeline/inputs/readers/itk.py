@@ -212,19 +212,23 @@ def read_volume(path: str, rel: str, modality: str, *, max_voxels: int | None = 
     return Volume(canon, cgeom, modality, {"Modality": modality}, sha, notes)
 
 
-def _on_image_grid(path: str, rel: str, image: Geometry, *, skip_zero: bool = False):
+def _on_image_grid(path: str, rel: str, image: Geometry, *, skip_zero: bool = False,
+                   notes: dict | None = None):
     """Read a mask or label map whose grid is ``image``'s: ``(array, source_axis, flipped,
     non-finite count, sha256)``, the array ``[i, j, k]`` in the file's own orientation and
     sharing the reader's buffer (nothing is reoriented or copied here).
 
     A plain gzipped NIfTI is read by :func:`~pipeline.inputs.readers.nifti_raw.read_plain`
-    (``skip_zero``: ``None`` for an all-zero file), any other file by SimpleITK."""
+    (``skip_zero``: ``None`` for an all-zero file), any other file by SimpleITK.  A grid
+    read on an orthonormalised sform is noted in ``notes["nifti_sform_orthonormalised"]``."""
     plain = read_plain(path, rel, skip_zero=skip_zero, drift=True)
     k_span = None
     if plain is not None:
         array, geometry, bad, sha, k_span = plain.array, plain.geometry, 0, plain.sha256, plain.k_span
+        if plain.note and notes is not None:
+            notes.setdefault("nifti_sform_orthonormalised", []).append(plain.note)
     else:
-        array, geometry, bad = _read_itk(path, rel)
+        array, geometry, bad = _read_itk(path, rel, notes=notes)
         sha = file_sha256(path)
     try:
         source_axis, flipped, cgeom = canonical_grid(geometry)
@@ -261,8 +265,10 @@ def _not_binary(array: np.ndarray, rel: str) -> CaseError:
     )
 
 
-def read_mask(path: str, rel: str, image: Geometry) -> tuple[Mask, str]:
-    """Read a binary mask on ``image``'s canonical grid; return ``(Mask, sha256)``.
+def read_mask(path: str, rel: str, image: Geometry, notes: dict | None = None
+              ) -> tuple[Mask, str]:
+    """Read a binary mask on ``image``'s canonical grid; return ``(Mask, sha256)``; what
+    was assumed (an orthonormalised sform) goes to ``notes``.
 
     Accepted values are {0, 1} and {0, 255}; a mask whose grid differs from the
     image's (after both are canonicalised) is rejected with every mismatching
@@ -271,7 +277,7 @@ def read_mask(path: str, rel: str, image: Geometry) -> tuple[Mask, str]:
     (:class:`~pipeline.core.masks.Mask`).
     """
     array, source_axis, flipped, bad, sha, k_span = _on_image_grid(path, rel, image,
-                                                                   skip_zero=True)
+                                                                   skip_zero=True, notes=notes)
     if bad:
         raise CaseError(
             "read", "mask.not_binary",
@@ -311,7 +317,7 @@ def _label_boxes(array: np.ndarray) -> dict[int, tuple[tuple[int, ...], tuple[in
 
 
 def read_label_map(
-    path: str, rel: str, image: Geometry, labels: dict[int, str]
+    path: str, rel: str, image: Geometry, labels: dict[int, str], notes: dict | None = None
 ) -> tuple[dict[str, Mask], str]:
     """Split a multilabel map into per-structure masks (canonical grid, each cropped to its
     extent: :class:`~pipeline.core.masks.Mask`).
@@ -319,7 +325,7 @@ def read_label_map(
     The values' range is checked first; the extents of all labels come from one pass, then
     each label is compared and reoriented within its own box only.
     """
-    array, source_axis, flipped, bad, sha, _ = _on_image_grid(path, rel, image)
+    array, source_axis, flipped, bad, sha, _ = _on_image_grid(path, rel, image, notes=notes)
     integer = np.issubdtype(array.dtype, np.integer)
     if bad or not (integer or np.array_equal(array, np.round(array))):
         raise CaseError(
@@ -371,11 +377,13 @@ class ItkReader:
         """A file whose name ends with a volume suffix."""
         return is_volume_file(rel)
 
-    def read_mask(self, path: str, rel: str, image: Geometry) -> tuple[Mask, str]:
+    def read_mask(self, path: str, rel: str, image: Geometry,
+                  notes: dict | None = None) -> tuple[Mask, str]:
         """:func:`read_mask`."""
-        return read_mask(path, rel, image)
+        return read_mask(path, rel, image, notes)
 
     def read_label_map(self, path: str, rel: str, image: Geometry,
-                       labels: dict[int, str]) -> tuple[dict[str, Mask], str]:
+                       labels: dict[int, str], notes: dict | None = None
+                       ) -> tuple[dict[str, Mask], str]:
         """:func:`read_label_map`."""
-        return read_label_map(path, rel, image, labels)
+        return read_label_map(path, rel, image, labels, notes)

@@ -137,10 +137,10 @@ class Sform:
     geometry: Geometry
     qform_code: int
 
-    def note(self, rel: str) -> str:
+    def note(self, rel: str, reader: str = "nibabel") -> str:
         """The line recorded in the case's notes when the file is read on :attr:`geometry`."""
         return (f"{rel}: sform axes {self.cosine:.1e} off orthogonal with qform_code "
-                f"{self.qform_code}, which ITK refuses; read with nibabel on the nearest "
+                f"{self.qform_code}, which ITK refuses; read with {reader} on the nearest "
                 f"orthonormal axes, voxel centres moved by at most {self.shift_voxels:.3f} "
                 f"voxel (limit {DRIFT_MAX_SHIFT_VOXELS:g})")
 

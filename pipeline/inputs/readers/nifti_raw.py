@@ -66,6 +66,8 @@ class Plain:
     #: slowest) between which every non-zero voxel lies (from the inflated pieces that held
     #: one), so a mask's extent is searched there only; ``None`` otherwise.
     k_span: tuple[int, int] | None = None
+    #: The case note of a grid read on an orthonormalised sform (``drift``), else ``None``.
+    note: str | None = None
 
 
 def _qform_geometry(header: bytes, endian: str, shape) -> Geometry | None:
@@ -119,26 +121,29 @@ def _sform_geometry(header: bytes, endian: str, shape) -> Geometry | None:
         return None
 
 
-def _grid(header: bytes, endian: str, shape, rel: str, drift: bool) -> Geometry | None:
-    """The header's grid when it is plain (see the module docstring), else ``None``; with
-    ``drift``, also an sform with float drift and no qform, on its orthonormalised axes."""
+def _grid(header: bytes, endian: str, shape, rel: str, drift: bool
+          ) -> tuple[Geometry | None, str | None]:
+    """``(grid, note)``: the header's grid when it is plain (see the module docstring), else
+    ``None``; with ``drift``, also an sform with float drift and no qform, on its
+    orthonormalised axes, with the note saying so."""
     sform_code, = struct.unpack(endian + "h", header[254:256])
     qform_code, = struct.unpack(endian + "h", header[252:254])
     qform = _qform_geometry(header, endian, shape) if qform_code > 0 else None
     if qform_code > 0 and qform is None:
-        return None
+        return None, None
     if sform_code <= 0:
-        return qform
+        return qform, None
     sform = _sform_geometry(header, endian, shape)
     if sform is None and drift and qform_code <= 0:
         try:
             drifted = header_sform(header, endian, rel)
         except CaseError:
-            return None  # sheared beyond drift: the ITK road names it
-        return None if drifted is None else drifted.geometry
+            return None, None  # sheared beyond drift: the ITK road names it
+        return ((None, None) if drifted is None
+                else (drifted.geometry, drifted.note(rel, "radvqa's plain NIfTI reader")))
     if sform is None or (qform is not None and geometry_mismatches(qform, sform)):
-        return None
-    return sform
+        return None, None
+    return sform, None
 
 
 def _header(header: bytes):
@@ -216,7 +221,7 @@ def read_plain(path: str, rel: str, *, max_voxels: int | None = None,
                 voxels = shape[0] * shape[1] * shape[2]
                 if max_voxels and voxels > max_voxels:
                     return None
-                geometry = _grid(head[:348], endian, shape, rel, drift)
+                geometry, note = _grid(head[:348], endian, shape, rel, drift)
                 if geometry is None:
                     return None
                 size = voxels * dtype.itemsize
@@ -246,10 +251,10 @@ def read_plain(path: str, rel: str, *, max_voxels: int | None = None,
         if not skip_zero:  # an all-zero file read whole: zeros without inflating again
             out = np.zeros(size, dtype=np.uint8)
         else:
-            return Plain(None, geometry, sha)
+            return Plain(None, geometry, sha, note=note)
     array = out.view(dtype).reshape(shape[::-1]).transpose(2, 1, 0)
     k_span = None
     if skip_zero and span is not None:
         plane = shape[0] * shape[1] * dtype.itemsize
         k_span = (span[0] // plane, -(-span[1] // plane))
-    return Plain(array, geometry, sha, k_span)
+    return Plain(array, geometry, sha, k_span, note)

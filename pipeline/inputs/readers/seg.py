@@ -199,15 +199,16 @@ class SegReader:
         """A file named ``*.dcm`` (the name TotalSegmentator and most tools give a SEG)."""
         return rel.lower().endswith(".dcm")
 
-    def read_mask(self, path: str, rel: str, image: Geometry) -> tuple[np.ndarray, str]:
+    def read_mask(self, path: str, rel: str, image: Geometry,
+                  notes: dict | None = None) -> tuple[np.ndarray, str]:
         """The SEG's one segment as a mask (a SEG of several segments is a label map)."""
         masks, digest = read_segments(path, rel, image)
         if len(masks) > 1:
             raise _bad("SegmentSequence (0062,0002)", f"{len(masks)} segments", "one", rel)
         return (next(iter(masks.values())) if masks else np.zeros(image.shape, bool)), digest
 
-    def read_label_map(self, path: str, rel: str, image: Geometry,
-                       labels: dict[int, str]) -> tuple[dict[str, np.ndarray], str]:
+    def read_label_map(self, path: str, rel: str, image: Geometry, labels: dict[int, str],
+                       notes: dict | None = None) -> tuple[dict[str, np.ndarray], str]:
         """Every segment by its own name (:func:`read_segments`); ``labels`` is not used: a SEG
         names its segments itself."""
         return read_segments(path, rel, image)
