@@ -21,7 +21,7 @@ import pytest
 
 from pipeline.config.resources import resource_dir
 from pipeline.engine import execute
-from pipeline.errors import BuildFailed
+from pipeline.errors import BuildFailed, ConfigError
 from pipeline.inputs.sample import write_sample
 from pipeline.io import shards
 from pipeline.launch.build import build, regenerate
@@ -113,6 +113,19 @@ def test_regenerate_after_template_and_pool_edits_matches_a_fresh_build(tmp_path
     assert sorted(third.manifest["build"]["units_skipped"]) == unit_ids
     assert corpus_digest(out) == corpus_digest(fresh)
     assert not (out / layout.PLAN_DIR).exists()  # plans name source files: removed when done
+    # unchanged files were not parsed again (pipeline.config.checked); an edited one is, and
+    # a bad edit fails as it always did, naming file and field or line
+    assert len(json.loads((out / layout.CONFIG_CACHE).read_text())["files"]) >= 13
+    template = recipe / "tpl" / "existence_closed.yaml"
+    good = template.read_text()
+    for bad, message in (("question_type: closed", "question_type: maybe"),
+                         ("variants:", "variants: [oops"),
+                         ("{{ structure }}", "{{ structure.__class__ }}")):
+        template.write_text(good.replace(bad, message, 1))
+        with pytest.raises(ConfigError, match=r"existence_closed\.yaml: (question_type: 'maybe'"
+                                              r"|line \d+, column \d+: invalid YAML|variants\[\d+\])"):
+            regenerate(str(out), **QUIET)
+    template.write_text(good)
 
 
 def test_split_change_copies_stored_rows_instead_of_decoding(tmp_path, sample_input):
