@@ -320,3 +320,32 @@ def test_changed_writer_options_rewrite_the_shards(tmp_path, sample_input, monke
     assert _codecs(out, "images", "image.bytes") == {"ZSTD"}
     now = _stamps(out, "images") | _stamps(out, "qa")
     assert now.keys() == stamps.keys() and all(now[k] != stamps[k] for k in stamps)
+
+
+def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path):
+    """The tree kind keeps its images beside their text: a template edit copies every image
+    from the stored shards (nothing read from the input again), in this process without
+    Beam, to the same bytes as a fresh build."""
+    from pipeline.inputs.sample_tree import write_tree
+    from pipeline.qa.label_pools import load_label_pools
+
+    pool = resource_dir("distractor_pools") / "radimagenet.yaml"
+    inp = tmp_path / "tree"
+    write_tree(inp, 240, load_label_pools([pool]), seed=3)
+    d = tmp_path / "recipe"
+    shutil.copytree(resource_dir("templates") / "radimagenet", d / "tpl")
+    shutil.copy(pool, d / "pool.yaml")
+    text = (resource_dir("recipes") / "radimagenet-vqa.yaml").read_text()
+    for old, new in (("templates: [radimagenet]", "templates: [tpl]"),
+                     ("pools: [radimagenet]", "pools: [pool.yaml]")):
+        assert old in text
+        text = text.replace(old, new)
+    (d / "my.yaml").write_text(text)
+    out = tmp_path / "out"
+    build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    _edit(d / "tpl" / "abnormality_closed.yaml", "Does this image appear normal?", "Does this image look normal?")
+    b = regenerate(str(out), **QUIET).manifest["build"]
+    assert b["cases_extracted"] == 0 and b["cases_copied_from_stored_shards"] > 0
+    fresh = tmp_path / "fresh"
+    build(str(d / "my.yaml"), str(fresh), input_dir=str(inp), **QUIET)
+    assert corpus_digest(out) == corpus_digest(fresh)

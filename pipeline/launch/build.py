@@ -118,7 +118,7 @@ def build(
             log_plan(refs, n_stored, log)
             collector.planned()  # after the unit plans (the tree's balancing): the run's turn
             try:
-                if in_process(refs, output, beam_args):
+                if in_process(refs, output, beam_args, stored_all=n_stored == len(cases)):
                     run_in_process(refs, ctx, kind)
                 else:
                     # Apache Beam is imported here only: 1.0 s of CPU (measured), half a
@@ -163,13 +163,15 @@ def regenerate(output: str, *, recipe: str | None = None, input_dir: str | None 
                  max_reject_fraction=max_reject_fraction, log=log)
 
 
-def in_process(refs, output: str, beam_args: Sequence[str]) -> bool:
+def in_process(refs, output: str, beam_args: Sequence[str], stored_all: bool = False) -> bool:
     """Run the units in this process, without Beam: no Beam option was given, the output
-    is local, and no unit extracts pixels (every unit is ``keep`` or ``done``: a
-    regenerate after editing templates or pools).  Beam's default runner would run the
-    same functions in one process; here its import and set-up (about 1.5 s) are skipped.
-    The files are the same bytes either way (``tests/test_incremental.py``)."""
-    return not beam_args and "://" not in output and all(r.mode != "build" for r in refs)
+    is local, and no unit extracts pixels (every unit is ``keep`` or ``done``, or every
+    case is copied from stored shards: a regenerate after editing templates, pools or
+    splits).  Beam's default runner would run the same functions in one process; here its
+    import and set-up (about 1.5 s) are skipped.  The files are the same bytes either way
+    (``tests/test_incremental.py``)."""
+    return not beam_args and "://" not in output and (
+        stored_all or all(r.mode != "build" for r in refs))
 
 
 def _state_json(output: str, rel: str):
