@@ -301,8 +301,10 @@ def run_in_process(refs: Sequence[UnitRef], ctx: BuildContext, kind) -> list[dic
             ex = extract_unit(ref, ctx, kind)
             ex.payload = None  # as the DoFn does: rendering reads the shards
             extracted.append((ref, ex))
-        candidates = [c for ref, ex in extracted for c in unit_candidates(ref, ex.report, ctx, kind)]
-        rules = rules_from(candidates, ctx.pools)
+        rules = None  # every unit unchanged (its receipt stands): nothing renders, no rules
+        if any(ex.done is None for _, ex in extracted):
+            candidates = [c for ref, ex in extracted for c in unit_candidates(ref, ex.report, ctx, kind)]
+            rules = rules_from(candidates, ctx.pools)
         receipts = [render_unit(ref, ex, ctx, kind, rules)[0] for ref, ex in extracted]
     else:
         receipts = [process_unit(ref, ctx, kind)[0] for ref in refs]
