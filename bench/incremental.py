@@ -12,6 +12,12 @@ including interpreter start-up and imports):
    case was extracted.
 
 The ratio full / regenerate is the measure (target: at least 10x).
+
+At a realistic size (:func:`measure_cli`, CLI only): the ``radvuqa`` recipe on its built-in
+sample's 60 patients (pixel shards apart from the questions: a template edit keeps them),
+and the ``radimagenet-vqa`` recipe on a cached 10,000-image tree of 224 px PNGs (images live
+in the ``alignment`` and ``benchmark`` shards beside their text: a template edit rewrites
+them).  Each with its own copy of its templates and pool, one template's wording edited.
 """
 
 from __future__ import annotations
@@ -26,27 +32,34 @@ from bench.harness import LAST_CLI_CPU, run_cli
 TEMPLATE = "existence_closed.yaml"
 EDITS = (("Is the {{ structure }}", "Can you see the {{ structure }}"),
          ("Can you see the {{ structure }}", "Is there a {{ structure }}"))
+#: recipe -> (its templates and pool, the template edited, the edit)
+REALISTIC = {
+    "radvuqa": ("radvuqa", "totalsegmentator", TEMPLATE, EDITS[0]),
+    "radimagenet-vqa": ("radimagenet", "radimagenet", "abnormality_closed.yaml",
+                        ("Does this image appear normal?", "Does this image look normal?")),
+}
 
 
-def recipe_copy(folder: Path) -> Path:
-    """The sample recipe with its own templates and pool; returns the recipe file."""
+def recipe_copy(folder: Path, recipe: str = "sample", templates: str = "radvuqa",
+                pool: str = "totalsegmentator") -> Path:
+    """A built-in recipe with its own templates and pool; returns the recipe file."""
     from pipeline.config.resources import resource_dir
 
     shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(resource_dir("templates") / "radvuqa", folder / "tpl")
-    shutil.copy(resource_dir("distractor_pools") / "totalsegmentator.yaml", folder / "pool.yaml")
-    text = (resource_dir("recipes") / "sample.yaml").read_text()
-    for old, new in (("templates: [radvuqa]", "templates: [tpl]"),
-                     ("pools: [totalsegmentator", "pools: [pool.yaml")):
+    shutil.copytree(resource_dir("templates") / templates, folder / "tpl")
+    shutil.copy(resource_dir("distractor_pools") / f"{pool}.yaml", folder / "pool.yaml")
+    text = (resource_dir("recipes") / f"{recipe}.yaml").read_text()
+    for old, new in ((f"templates: [{templates}]", "templates: [tpl]"),
+                     (f"pools: [{pool}", "pools: [pool.yaml")):
         if old not in text:
-            raise AssertionError(f"sample recipe changed: {old!r} not found")
+            raise AssertionError(f"{recipe} recipe changed: {old!r} not found")
         text = text.replace(old, new)
     (folder / "my.yaml").write_text(text)
     return folder / "my.yaml"
 
 
-def edit_template(recipe: Path, old: str, new: str) -> None:
-    path = recipe.parent / "tpl" / TEMPLATE
+def edit_template(recipe: Path, old: str, new: str, template: str = TEMPLATE) -> None:
+    path = recipe.parent / "tpl" / template
     text = path.read_text()
     if old not in text:
         raise AssertionError(f"{path}: {old!r} not found (template changed?)")
@@ -98,3 +111,31 @@ def measure(input_dir: Path, work: Path, log) -> dict:
     out["cli"] = {"full_build_s": round(full_s, 3), "regenerate_s": round(regen_s, 3),
                   "full_build_cpu_s": round(full_cpu, 3), "regenerate_cpu_s": round(regen_cpu, 3)}
     return out
+
+
+def measure_cli(recipe_name: str, input_dir: Path, work: Path, log) -> dict:
+    """Seconds (wall and CPU) of a full ``radvqa build`` of ``recipe_name`` (its own copy of
+    its templates and pool) and of ``radvqa regenerate`` after one template's wording edit
+    (:data:`REALISTIC`); the regenerate must extract and copy nothing."""
+    templates, pool, template, edit = REALISTIC[recipe_name]
+    recipe = recipe_copy(work / "recipe", recipe_name, templates, pool)
+    out, cli_log = work / "out", work / "cli.log"
+    shutil.rmtree(out, ignore_errors=True)
+    log(f"  regenerate: {recipe_name} CLI full build")
+    full_s, full_rss, _ = run_cli(["build", "--recipe", str(recipe), "--input", str(input_dir),
+                                   "--output", str(out)], cli_log)
+    full_cpu = LAST_CLI_CPU["seconds"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit_template(recipe, *edit, template=template)
+    log(f"  regenerate: {recipe_name} CLI regenerate")
+    regen_s, regen_rss, _ = run_cli(["regenerate", "--output", str(out)], cli_log)
+    regen_cpu = LAST_CLI_CPU["seconds"]
+    build = json.loads((out / "manifest.json").read_text())["build"]
+    if build["cases_extracted"]:
+        raise AssertionError(f"regenerate extracted cases: {build}")
+    return {"recipe": recipe_name, "cases": manifest["counts"]["read"]["accepted"],
+            "qa_rows": sum(s["qa"] for s in manifest["splits"].values()),
+            "template": template, "full_build_s": round(full_s, 3), "regenerate_s": round(regen_s, 3),
+            "full_build_cpu_s": round(full_cpu, 3), "regenerate_cpu_s": round(regen_cpu, 3),
+            "full_build_rss_gib": round(full_rss / 2**30, 2), "regenerate_rss_gib": round(regen_rss / 2**30, 2),
+            "regenerate_build": build}

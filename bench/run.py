@@ -16,7 +16,8 @@ Sections (each module's docstring says exactly what it times and how):
     also the end-to-end throughput at 2 workers.
 ``regenerate`` (:mod:`bench.incremental`)
     full build vs ``regenerate`` after a template edit on the built-in sample (API and
-    CLI).  Target: >= 10x.
+    CLI), and from the CLI at realistic sizes: ``radvuqa``'s 60-patient sample and a
+    ``--regen-images`` (default 10,000) 224 px RadImageNet tree.  Target: >= 10x.
 ``radimagenet`` (:mod:`bench.radimagenet_scale`, in a child process so its peak RSS
     is its own): ``--images`` 224 px PNGs (~47 KB each, RadImageNet's size) -> 10x as
     many QA rows at 2 workers, images/s and QA rows/s beside a plain single-process
@@ -149,15 +150,28 @@ def same_shards(stage_dir: Path, corpus: Path) -> dict:
     return {"files": len(wanted), "identical": len(wanted) - len(differ), "differ": differ[:10]}
 
 
-def run_regenerate(work: Path) -> dict:
-    from bench.incremental import measure
+def run_regenerate(work: Path, tree_images: int = 10_000) -> dict:
+    from bench.incremental import measure, measure_cli
+    from bench.radimagenet_scale import tree
     from pipeline.config.recipes import load_recipe
 
     n = int(load_recipe("sample").section("source").get("sample_patients", 10))
     inp, gen_s = phantoms(n)
     with worker_output_to(work / "workers.log"):
         res = measure(inp, work / "regenerate", log)
-    return res | {"phantoms_written_s": None if gen_s is None else round(gen_s, 1)}
+    res["phantoms_written_s"] = None if gen_s is None else round(gen_s, 1)
+    realistic = {}
+    n = int(load_recipe("radvuqa").section("source").get("sample_patients", 60))
+    big, _ = phantoms(n)
+    with worker_output_to(work / "workers.log"):
+        realistic["radvuqa"] = measure_cli("radvuqa", big, work / "regenerate-radvuqa", log)
+    if tree_images:
+        images, _ = tree(tree_images, size=224)
+        with worker_output_to(work / "workers.log"):
+            realistic["radimagenet-vqa"] = measure_cli("radimagenet-vqa", images,
+                                                       work / "regenerate-radimagenet", log)
+    shutil.rmtree(work / "regenerate-radimagenet", ignore_errors=True)
+    return res | {"realistic": realistic}
 
 
 def run_radimagenet(images: int, loop_images: int, deadline: float, work: Path,
@@ -271,6 +285,15 @@ def regenerate_rows(res: dict) -> list[dict]:
         rows.append(_row("regenerate", "CLI, CPU seconds: full build / regenerate", "-",
                          f"{ratio:.1f}x", note=f"{c['full_build_cpu_s']:.1f} s vs "
                          f"{c['regenerate_cpu_s']:.1f} s of CPU (child + workers)"))
+    for name, r in (res.get("realistic") or {}).items():
+        ratio = r["full_build_s"] / r["regenerate_s"]
+        what = f"{r['cases']:,} {'images' if name == 'radimagenet-vqa' else 'cases'}, {r['qa_rows']:,} QA"
+        rows.append(_row("regenerate", f"CLI at size, {name} ({what}): full build / regenerate",
+                         ">= 10x", f"{ratio:.1f}x", ratio >= 10,
+                         note=f"{r['full_build_s']:.1f} s vs {r['regenerate_s']:.1f} s"))
+        ratio = r["full_build_cpu_s"] / r["regenerate_cpu_s"]
+        rows.append(_row("regenerate", f"CLI at size, {name}, CPU seconds", "-", f"{ratio:.1f}x",
+                         note=f"{r['full_build_cpu_s']:.1f} s vs {r['regenerate_cpu_s']:.1f} s of CPU"))
     return rows
 
 
@@ -362,6 +385,8 @@ def main(argv=None) -> int:
                          "keeps make bench within 15 minutes when the build is slow")
     ap.add_argument("--totalseg", default="1.5mm,0.8mm",
                     help="geometries of the totalseg section (1.5mm, 0.8mm)")
+    ap.add_argument("--regen-images", type=int, default=10_000,
+                    help="RadImageNet tree of the regenerate section at size (0: skip it)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"sections, of {SECTIONS}")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     args = ap.parse_args(argv)
@@ -383,7 +408,7 @@ def main(argv=None) -> int:
     steps = {
         "stages": (lambda: run_stages(args.patients, work), stage_rows),
         "memory": (lambda: run_memory(args.patients, work), memory_rows),
-        "regenerate": (lambda: run_regenerate(work), regenerate_rows),
+        "regenerate": (lambda: run_regenerate(work, args.regen_images), regenerate_rows),
         "radimagenet": (lambda: run_radimagenet(args.images, args.loop_images, args.deadline,
                                                 work, args.size), radimagenet_rows),
         "totalseg": (lambda: run_totalseg([g.strip() for g in args.totalseg.split(",")

@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.config.resources import resource_dir
 from pipeline.engine import execute
-from pipeline.errors import BuildFailed
+from pipeline.errors import BuildFailed, ConfigError
 from pipeline.inputs.sample import write_sample
 from pipeline.io import shards
 from pipeline.launch.build import build, regenerate
@@ -114,6 +114,19 @@ def test_regenerate_after_template_and_pool_edits_matches_a_fresh_build(tmp_path
     assert sorted(third.manifest["build"]["units_skipped"]) == unit_ids
     assert corpus_digest(out) == corpus_digest(fresh)
     assert not (out / layout.PLAN_DIR).exists()  # plans name source files: removed when done
+    # unchanged files were not parsed again (pipeline.config.checked); an edited one is, and
+    # a bad edit fails as it always did, naming file and field or line
+    assert len(json.loads((out / layout.CONFIG_CACHE).read_text())["files"]) >= 13
+    template = recipe / "tpl" / "existence_closed.yaml"
+    good = template.read_text()
+    for bad, message in (("question_type: closed", "question_type: maybe"),
+                         ("variants:", "variants: [oops"),
+                         ("{{ structure }}", "{{ structure.__class__ }}")):
+        template.write_text(good.replace(bad, message, 1))
+        with pytest.raises(ConfigError, match=r"existence_closed\.yaml: (question_type: 'maybe'"
+                                              r"|line \d+, column \d+: invalid YAML|variants\[\d+\])"):
+            regenerate(str(out), **QUIET)
+    template.write_text(good)
 
 
 def test_split_change_copies_stored_rows_instead_of_decoding(tmp_path, sample_input):
@@ -355,3 +368,32 @@ def test_changed_writer_options_rewrite_the_shards(tmp_path, sample_input, monke
     assert _codecs(out, "images", "image.bytes") == {"ZSTD"}
     now = _stamps(out, "images") | _stamps(out, "qa")
     assert now.keys() == stamps.keys() and all(now[k] != stamps[k] for k in stamps)
+
+
+def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path):
+    """The tree kind keeps its images beside their text: a template edit copies every image
+    from the stored shards (nothing read from the input again), in this process without
+    Beam, to the same bytes as a fresh build."""
+    from pipeline.inputs.sample_tree import write_tree
+    from pipeline.qa.label_pools import load_label_pools
+
+    pool = resource_dir("distractor_pools") / "radimagenet.yaml"
+    inp = tmp_path / "tree"
+    write_tree(inp, 240, load_label_pools([pool]), seed=3)
+    d = tmp_path / "recipe"
+    shutil.copytree(resource_dir("templates") / "radimagenet", d / "tpl")
+    shutil.copy(pool, d / "pool.yaml")
+    text = (resource_dir("recipes") / "radimagenet-vqa.yaml").read_text()
+    for old, new in (("templates: [radimagenet]", "templates: [tpl]"),
+                     ("pools: [radimagenet]", "pools: [pool.yaml]")):
+        assert old in text
+        text = text.replace(old, new)
+    (d / "my.yaml").write_text(text)
+    out = tmp_path / "out"
+    build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    _edit(d / "tpl" / "abnormality_closed.yaml", "Does this image appear normal?", "Does this image look normal?")
+    b = regenerate(str(out), **QUIET).manifest["build"]
+    assert b["cases_extracted"] == 0 and b["cases_copied_from_stored_shards"] > 0
+    fresh = tmp_path / "fresh"
+    build(str(d / "my.yaml"), str(fresh), input_dir=str(inp), **QUIET)
+    assert corpus_digest(out) == corpus_digest(fresh)

@@ -145,3 +145,25 @@ def test_capped_sample_is_the_same_from_shards_and_rows(monkeypatch):
     g = result[("qa", "test", "anatomy", "multiple_choice")]
     assert (g["n"], g["scored"], g["train"]) == (200, 60, 150)
     assert result == learned_baseline(rows, rows)
+
+
+def test_cached_groups_are_not_fitted_again(monkeypatch):
+    """``cache``/``store``: an unchanged group's result comes from the last call's store (no
+    fit, same result through JSON); a group whose rows changed is fitted again."""
+    import json
+
+    rows = _rows(_box_bin, n_train=300, n_test=100) + _rows(_closed(True), 200, 80, seed=1)
+    store: dict = {}
+    first = learned_baseline(rows, rows, cache={}, store=store)
+    assert first == learned_baseline(rows, rows) and len(store) == 2
+    cache = json.loads(json.dumps(store))  # as the launcher keeps it in .radvqa/
+    fitted = []
+    real = learned._fit
+    monkeypatch.setattr(learned, "_fit", lambda x, y: fitted.append(1) or real(x, y))
+    again: dict = {}
+    assert learned_baseline(rows, rows, cache=cache, store=again) == first and not fitted
+    assert again == cache
+    edited = [r | {"question": r["question"].replace("Which", "What")} if r["question_type"]
+              == "multiple_choice" else r for r in rows]
+    assert learned_baseline(edited, edited, cache=cache, store={}) == learned_baseline(edited, edited)
+    assert len(fitted) == 3  # the edited group with the cache; both groups without it

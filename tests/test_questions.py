@@ -203,10 +203,16 @@ def test_rows_are_remembered_for_the_rendering_pass_per_build_and_record(monkeyp
     assert questions.questions_for(moved, ctx) == generate_questions(
         moved, FAMILIES, POOLS, seed=9, defer=True)
     assert len(questions._MEMO) == 3
-    # bounded by rows held
-    monkeypatch.setattr(questions, "MEMO_MAX_ROWS", len(fresh))
-    questions.questions_for(other, ctx)
-    assert len(questions._MEMO) == 1 and questions._MEMO_ROWS[0] <= max(len(fresh), 1) * 2
+    # bounded by rows held: once full it keeps what it holds (both passes visit the records
+    # in the same order: evicting the oldest would make every lookup miss) and drops only
+    # other builds' entries
+    monkeypatch.setattr(questions, "MEMO_MAX_ROWS", questions._MEMO_ROWS[0])
+    assert questions.questions_for(other, ctx) == generate_questions(other, FAMILIES, POOLS, seed=9, defer=True)
+    assert len(questions._MEMO) == 3  # full: not remembered, nothing of this build dropped
+    ctx3 = BuildContext(**{**ctx.__dict__, "qa_fp": "fp3"})
+    questions.questions_for(other, ctx3)
+    assert [k[0] for k in questions._MEMO][-1] == "fp3"
+    assert questions._MEMO_ROWS[0] <= questions.MEMO_MAX_ROWS
     # pools keep their memo tables out of pickles
     POOLS.related("liver", "spleen")
     assert "_related" in POOLS.__dict__

@@ -79,6 +79,12 @@ def load_yaml(path: Path) -> object:
     :data:`MAX_CONFIG_BYTES`, text that is not UTF-8.
     """
     path = Path(path)
+    return parse_config(read_config(path), path)
+
+
+def read_config(path: Path) -> bytes:
+    """The bytes of one configuration file; the file errors of :func:`load_yaml`."""
+    path = Path(path)
     if not path.is_file():
         what = "no such file" if not path.exists() else "not a regular file"
         raise ConfigError(f"{path}: cannot read: {what}")
@@ -89,6 +95,11 @@ def load_yaml(path: Path) -> object:
         raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from err
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes; not a radvqa config")
+    return raw
+
+
+def parse_config(raw: bytes, path: Path) -> object:
+    """The data of :func:`read_config`'s bytes; the text and YAML errors of :func:`load_yaml`."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -80,7 +80,7 @@ def read_stored(output: str, plan: Sequence[PlannedCase], kind, split: str):
         if hashlib.sha256(data).hexdigest() != sha:
             continue
         col = kind.key_column[config]
-        table = pq.read_table(io.BytesIO(data), columns=kind.stored_columns.get(config))
+        table = _read(data, kind.stored_columns.get(config))
         mask = pa.compute.is_in(table[col], value_set=pa.array(sorted(wanted_keys), pa.string()))
         table = table.filter(mask)
         if "split" in table.column_names:
@@ -212,8 +212,7 @@ def read_payload(output: str, report: Mapping, kind) -> dict[str, pa.Table]:
     out = {}
     for rel in report["pixel_files"]:
         config = rel.split("/", 1)[0]
-        table = pq.read_table(io.BytesIO(shards.read_bytes(output, rel)))
-        out[config] = table.drop_columns([c for c in kind.heavy_columns if c in table.column_names])
+        out[config] = _read(shards.read_bytes(output, rel), exclude=kind.heavy_columns)
     return out
 
 
@@ -227,12 +226,21 @@ def read_pixels(output: str, report: Mapping, config: str, key_column: str, pixe
     for rel in report["pixel_files"]:
         if rel.split("/", 1)[0] != config:
             continue
-        table = pq.read_table(io.BytesIO(shards.read_bytes(output, rel)),
-                              columns=[key_column, pixel_column])
+        table = _read(shards.read_bytes(output, rel), [key_column, pixel_column])
         table = table.filter(pa.compute.is_in(table[key_column], value_set=pa.array(wanted)))
         for key, value in zip(table[key_column].to_pylist(), table[pixel_column].to_pylist()):
             out[key] = value["bytes"] if isinstance(value, dict) else value
     return out
+
+
+def _read(data: bytes, columns=None, exclude=()) -> pa.Table:
+    """A shard's table (``columns``, else all but ``exclude``) from its bytes: the same
+    table as ``pq.read_table`` gives, without decoding the image columns a regenerate does
+    not need (0.06-0.12 s vs 0.02 s for radvuqa's 113 MB of pixel shards, measured)."""
+    pf = pq.ParquetFile(io.BytesIO(data))
+    if columns is None:
+        columns = [c for c in pf.schema_arrow.names if c not in exclude]
+    return pf.read(columns=columns)
 
 
 def unit_candidates(ref: UnitRef, report: Mapping, ctx: BuildContext, kind) -> list[tuple]:
@@ -293,8 +301,10 @@ def run_in_process(refs: Sequence[UnitRef], ctx: BuildContext, kind) -> list[dic
             ex = extract_unit(ref, ctx, kind)
             ex.payload = None  # as the DoFn does: rendering reads the shards
             extracted.append((ref, ex))
-        candidates = [c for ref, ex in extracted for c in unit_candidates(ref, ex.report, ctx, kind)]
-        rules = rules_from(candidates, ctx.pools)
+        rules = None  # every unit unchanged (its receipt stands): nothing renders, no rules
+        if any(ex.done is None for _, ex in extracted):
+            candidates = [c for ref, ex in extracted for c in unit_candidates(ref, ex.report, ctx, kind)]
+            rules = rules_from(candidates, ctx.pools)
         receipts = [render_unit(ref, ex, ctx, kind, rules)[0] for ref, ex in extracted]
     else:
         receipts = [process_unit(ref, ctx, kind)[0] for ref in refs]

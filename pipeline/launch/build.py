@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Sequence
 
 from pipeline.beam.preload import start_forkserver
+from pipeline.config import checked
 from pipeline.config.recipes import Recipe, load_recipe
 from pipeline.core import keys
 from pipeline.engine import state
@@ -39,7 +40,7 @@ from pipeline.kinds.registry import get_kind, kind_name
 from pipeline.launch.finalise import finalise, fingerprint
 from pipeline.launch.plan import PlanningCollector, clean_temporaries, log_plan, plan_units
 from pipeline.launch.summary import summary_table
-from pipeline.schema.layout import LAST_RUN, PLAN_DIR, PROGRESS_DIR
+from pipeline.schema.layout import CONFIG_CACHE, LAST_RUN, PLAN_DIR, PROGRESS_DIR
 from pipeline.schema.records import BuildResult
 
 
@@ -69,13 +70,16 @@ def build(
         recipe = load_recipe(recipe_name)
         kind = get_kind(_kind(recipe))
         seed = int(recipe.data["seed"] if seed is None else seed)
+        output = output.rstrip("/") or "/"
+        if "://" not in output:
+            output = os.path.abspath(output)
+        # template and pool files unchanged since the last build into this output are not
+        # parsed and validated again (pipeline.config.checked); edited ones are
+        checked.use(_state_json(output, CONFIG_CACHE))
         prep = kind.prepare(recipe)
         pkey, is_default = keys.resolve_pseudonym_key(recipe.section("privacy").get("pseudonym_key"))
         if is_default:
             log(f"warning: pseudonyms use the built-in default key; set ${keys.PSEUDONYM_KEY_ENV}")
-        output = output.rstrip("/") or "/"
-        if "://" not in output:
-            output = os.path.abspath(output)
         given_input = input_dir
         if input_dir is None:
             input_dir = kind.sample_input(output, recipe, log)
@@ -102,6 +106,7 @@ def build(
             "recipe": recipe_name if not os.path.exists(recipe_name) else os.path.abspath(recipe_name),
             "input": InputTree(given_input).root if given_input else None,
             "seed": seed, "layout": layout})
+        shards.write_json(output, CONFIG_CACHE, checked.cached())
         clean_temporaries(output, kind)
         log(f"radvqa build: recipe {recipe.name} ({kind.name}), {len(cases)} cases "
             f"({len(rejects)} rejected at discovery) in {len(planned)} units -> {output}")
@@ -121,7 +126,7 @@ def build(
             log_plan(refs, n_stored, log)
             collector.planned()  # after the unit plans (the tree's balancing): the run's turn
             try:
-                if in_process(refs, output, beam_args):
+                if in_process(refs, output, beam_args, stored_all=n_stored == len(cases)):
                     run_in_process(refs, ctx, kind)
                 else:
                     # Apache Beam is imported here only: 1.0 s of CPU (measured), half a
@@ -187,13 +192,23 @@ def check_workers(workers: int, beam_args: Sequence[str]) -> None:
             raise ConfigError(f"--workers {workers} sets the local workers itself; drop {arg}")
 
 
-def in_process(refs, output: str, beam_args: Sequence[str]) -> bool:
+def in_process(refs, output: str, beam_args: Sequence[str], stored_all: bool = False) -> bool:
     """Run the units in this process, without Beam: no Beam option was given, the output
-    is local, and no unit extracts pixels (every unit is ``keep`` or ``done``: a
-    regenerate after editing templates or pools).  Beam's default runner would run the
-    same functions in one process; here its import and set-up (about 1.5 s) are skipped.
-    The files are the same bytes either way (``tests/test_incremental.py``)."""
-    return not beam_args and "://" not in output and all(r.mode != "build" for r in refs)
+    is local, and no unit extracts pixels (every unit is ``keep`` or ``done``, or every
+    case is copied from stored shards: a regenerate after editing templates, pools or
+    splits).  Beam's default runner would run the same functions in one process; here its
+    import and set-up (about 1.5 s) are skipped.  The files are the same bytes either way
+    (``tests/test_incremental.py``)."""
+    return not beam_args and "://" not in output and (
+        stored_all or all(r.mode != "build" for r in refs))
+
+
+def _state_json(output: str, rel: str):
+    """A JSON file of the output's build state, or ``None`` (missing or unreadable)."""
+    try:
+        return json.loads(shards.read_bytes(output, rel))
+    except (OSError, ValueError):
+        return None
 
 
 def _kind(recipe: Recipe) -> str:

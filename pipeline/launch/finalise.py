@@ -37,7 +37,15 @@ from pipeline.qa.audit import SEP, audit, merge
 from pipeline.qa.learned import learned_from_shards
 from pipeline.report import write_report
 from pipeline.schema.arrow import SCHEMA_VERSION
-from pipeline.schema.layout import CARD, DEAD_UNITS_DIR, MANIFEST, REPORT, UNITS_DIR, parse_shard
+from pipeline.schema.layout import (
+    CARD,
+    DEAD_UNITS_DIR,
+    LEARNED_CACHE,
+    MANIFEST,
+    REPORT,
+    UNITS_DIR,
+    parse_shard,
+)
 
 QA_VERSION = "3"  # issue 13: order-free options, visual prompts, new families
 
@@ -225,7 +233,17 @@ def learned_audit(output: str, files, merged, settings) -> dict:
         if shard is not None and shard.ext == "parquet" and shard.config in configs:
             shards_.append((shard.config, rel))
     learn_from = (AUDIT_DEFAULTS | dict(settings))["learn_from"]
-    return learned_from_shards(Corpus(output).read_columns, shards_, learn_from)
+    # A regenerate re-fits only the groups whose rows changed (a template edit touches one
+    # or two of them); the others' results come from the last build's, by digest.
+    try:
+        cache = json.loads(shards.read_bytes(output, LEARNED_CACHE))["groups"]
+    except (OSError, ValueError, KeyError, TypeError):
+        cache = {}
+    store: dict = {}
+    result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
+                                 cache=cache, store=store)
+    shards.write_json(output, LEARNED_CACHE, {"groups": store})
+    return result
 
 
 def _build_section(receipts: list[dict], attempts: int, run_id: str | None) -> dict:

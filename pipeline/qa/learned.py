@@ -38,6 +38,7 @@ QA shard, then the texts of the sampled rows (:func:`learned_from_shards`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import json
@@ -46,12 +47,14 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from importlib import metadata
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from scipy.sparse import csr_matrix
-from sklearn.linear_model import LogisticRegression
 
+from pipeline.qa import text_features
 from pipeline.qa.text_features import Scales, pair_features
 
 TRAIN_CAP = 30_000
@@ -79,7 +82,12 @@ def _sample(rows: list[Mapping], cap: int) -> list[Mapping]:
 # ---------------------------------------------------------------------------- models
 
 
-def _model(classes: int) -> LogisticRegression:
+def _model(classes: int):
+    # scikit-learn only when a group is fitted: its import (scipy.stats and pandas behind
+    # it) costs 0.85-1.4 s of CPU (measured), more than the rest of a regenerate whose
+    # groups all come from the cache (learned_baseline's ``cache``).
+    from sklearn.linear_model import LogisticRegression
+
     # liblinear's dual solver: 7.5 s where its primal one took 100 s on 25,664 option pairs
     # (radimagenet-vqa pathology); measured
     if classes > 2:
@@ -93,7 +101,9 @@ class _Vocabulary:
     def __init__(self, dicts: list[dict]):
         self.index = {k: i for i, k in enumerate(sorted({k for d in dicts for k in d}))}
 
-    def matrix(self, dicts: list[dict]) -> csr_matrix:
+    def matrix(self, dicts: list[dict]):
+        from scipy.sparse import csr_matrix  # with scikit-learn, only to fit (see _model)
+
         data, cols, ptr = [], [], [0]
         for d in dicts:
             found = sorted((self.index[k], v) for k, v in d.items() if k in self.index)
@@ -104,7 +114,7 @@ class _Vocabulary:
                            np.asarray(ptr, dtype=np.int64)), shape=(len(dicts), max(1, len(self.index))))
 
 
-def _fit(dicts: list[dict], y) -> tuple[LogisticRegression, _Vocabulary]:
+def _fit(dicts: list[dict], y) -> tuple:
     vocab = _Vocabulary(dicts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a capped iteration count is part of the definition
@@ -170,7 +180,8 @@ def _letter(j: int) -> str:
 
 
 def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping],
-                     learn_from: Mapping[str, str] | None = None) -> dict:
+                     learn_from: Mapping[str, str] | None = None, *,
+                     cache: Mapping | None = None, store: dict | None = None) -> dict:
     """Accuracy of the learned text-only baseline per group.
 
     Parameters
@@ -183,6 +194,10 @@ def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping]
         are skipped.  The two may be the same rows.
     learn_from
         Config -> the config whose train rows it learns from (default: itself).
+    cache, store
+        Earlier results by :func:`group_digest` (same train and scored rows, code and library
+        versions): such a group is taken from ``cache``, not fitted again.  Every group's
+        entry of this call goes into ``store`` (the next call's ``cache``).
 
     Returns
     -------
@@ -211,11 +226,20 @@ def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping]
         rows = _sample(train.get(source, []), TRAIN_CAP)
         if source[2] == "multiple_choice":
             rows = [r for r in rows if r["answer"] in {_letter(j) for j in range(len(r["options"] or []))}]
+        tests = {key: _sample(groups[key], EVAL_CAP) for key in by_source[source]}
+        digest = (group_digest(source, rows, {k: (len(groups[k]), t) for k, t in tests.items()})
+                  if cache is not None or store is not None else None)
+        hit = (cache or {}).get(digest)
+        if hit is not None:
+            out.update((tuple(k), dict(v)) for k, v in hit)
+            if store is not None:
+                store[digest] = hit
+            continue
         scales = Scales(r["question"] for r in rows)
         learner = (_Choice if source[2] == "multiple_choice" else _Classes)(rows, scales)
         for key in by_source[source]:
             qtype = key[3]
-            test = _sample(groups[key], EVAL_CAP)
+            test = tests[key]
             if qtype == "multiple_choice":
                 test = [r for r in test if r["options"]]
                 chance = sum(1.0 / len(r["options"]) for r in test) / len(test) if test else 0.0
@@ -229,7 +253,37 @@ def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping]
             out[key] = {"n": len(groups[key]), "scored": len(test), "correct": round(credit, 4),
                         "accuracy": round(credit / len(test), 4) if test else None,
                         "chance": round(chance, 4), "reference": reference, "train": len(rows)}
+        if store is not None:
+            store[digest] = [[list(key), dict(out[key])] for key in by_source[source]]
     return out
+
+
+def group_digest(source: tuple, train: list[Mapping], tests: Mapping[tuple, tuple[int, list]]) -> str:
+    """What decides one learned group's results: this code and the libraries that fit it
+    (:func:`_code_digest`), the group, its train rows as learned from and, per scored group,
+    its size and scored rows (each row's question, options and answer, in sample order)."""
+    h = hashlib.sha256(_code_digest().encode())
+    parts = [list(source), [[r["question"], list(r["options"] or []), r["answer"]] for r in train]]
+    for key in sorted(tests):
+        n, rows = tests[key]
+        parts.append([list(key), n, [[r["question"], list(r["options"] or []), r["answer"]] for r in rows]])
+    h.update(json.dumps(parts, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    return h.hexdigest()
+
+
+@functools.cache
+def _code_digest() -> str:
+    """This module's and the text features' source, the caps, the fitting libraries' versions."""
+    h = hashlib.sha256(repr((TRAIN_CAP, EVAL_CAP, TOP_ANSWERS, C, MAX_ITER)).encode())
+    for path in (__file__, text_features.__file__):
+        with open(path, "rb") as f:
+            h.update(f.read())
+    for dist in ("scikit-learn", "scipy", "numpy"):
+        try:
+            h.update(f"{dist}={metadata.version(dist)}".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{dist}=missing".encode())
+    return h.hexdigest()
 
 
 def rows_from_table(config: str, table) -> list[dict]:
@@ -263,10 +317,12 @@ def sample_keys(meta: Iterable[tuple[str, str, str, str, str]],
     return {k: heapq.nsmallest(TRAIN_CAP if k[1] == "train" else EVAL_CAP, v) for k, v in groups.items()}
 
 
-def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Mapping[str, str]) -> dict:
+def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Mapping[str, str], *,
+                        cache: Mapping | None = None, store: dict | None = None) -> dict:
     """:func:`learned_baseline` over QA shards: ``shards`` are ``(config, rel)``, ``read(rel,
     columns)`` returns an Arrow table of those of ``columns`` the shard has.  Reads the
-    key columns of every shard, then the question texts of the sampled rows' shards."""
+    key columns of every shard, then the question texts of the sampled rows' shards.
+    ``cache`` and ``store`` as for :func:`learned_baseline`."""
     shards = sorted(shards)
     kept: dict[tuple, list] = {}
     sizes: Counter = Counter()
@@ -277,10 +333,14 @@ def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Map
         sizes.update(m[:4] for m in meta)
         kept = sample_keys(meta, kept)
     keep = {(k[0], qa_id) for k, v in kept.items() for _, qa_id in v}
+    ids = {c: [q for k, q in keep if k == c] for c in {c for c, _ in shards}}
     rows: list[dict] = []
     for config, rel in shards:
-        rows += [r for r in rows_from_table(config, read(rel, COLUMNS)) if (config, r["qa_id"]) in keep]
-    result = learned_baseline(rows, rows, learn_from)
+        t = read(rel, COLUMNS)
+        if None not in ids.get(config, ()):  # the sampled rows only, before Python objects
+            t = t.filter(pc.is_in(t["qa_id"], value_set=pa.array(ids.get(config, []), pa.string())))
+        rows += [r for r in rows_from_table(config, t) if (config, r["qa_id"]) in keep]
+    result = learned_baseline(rows, rows, learn_from, cache=cache, store=store)
     for key, g in result.items():
         g["n"] = sizes[key]  # the group's size, not the rows drawn from it
     return result

@@ -31,8 +31,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from pipeline.config.validation import validate
-from pipeline.config.yaml_files import load_yaml
+from pipeline.config.checked import load_checked
 from pipeline.errors import ConfigError
 
 #: Prefix of the labels that stand for a physiology entry (see the module docstring).
@@ -171,15 +170,19 @@ class Pools:
         chosen: list[str] = []
         for tier in tiers:
             pool = [c for c in tier if c not in excluded and not self.related(answer, c)]
+            new = list(chosen)  # what the pool has not been filtered against yet
             while len(chosen) < k:
+                # the same filter against every chosen label, applied once per label
+                shown = {self.display(x).lower() for x in new}
                 pool = [
                     c for c in pool
-                    if c not in chosen and all(not self.related(c, x) for x in chosen)
-                    and self.display(c).lower() not in {self.display(x).lower() for x in chosen}
+                    if c not in new and all(not self.related(c, x) for x in new)
+                    and self.display(c).lower() not in shown
                 ]
                 if not pool:
                     break
                 chosen.append(pool[int(gen.integers(len(pool)))])
+                new = chosen[-1:]
             if len(chosen) >= k:
                 break
         return chosen[:k]
@@ -195,9 +198,9 @@ def load_pools(paths: Iterable[str | Path]) -> Pools:
     function_of: dict[str, str] = {}
     for path in paths:
         path = Path(path)
-        data = load_yaml(path)
+        # parsed and validated unless unchanged; a physiology table has ``functions``
+        data = load_checked(path, lambda d: "physiology" if "functions" in d else "distractor_pool")
         if "functions" in data:  # a physiology table
-            validate(data, "physiology", str(path))
             sources.append(path.name)
             for entry, f in data["functions"].items():
                 if entry in functions:
@@ -208,7 +211,6 @@ def load_pools(paths: Iterable[str | Path]) -> Pools:
                     raise ConfigError(f"{path}: classes.{name}: no function entry {entry!r}")
                 function_of[name] = entry
             continue
-        validate(data, "distractor_pool", str(path))
         sources.append(path.name)
         groups.update((data.get("groups") or {}).keys())
         for region, spec in data["regions"].items():

@@ -109,7 +109,9 @@ def generate_questions(
 # On a runner that runs both passes in one process (FnApiRunner) the second one is a
 # lookup here.  Keyed by the build's QA fingerprint (templates, pools, settings, seed,
 # inputs) and a digest of the record itself; bounded by rows held; callers get fresh row
-# dicts, so nothing they change reaches the memo.
+# dicts, so nothing they change reaches the memo.  Both passes visit the records in the
+# same order, so once full the memo keeps what it holds (evicting the oldest would make a
+# corpus larger than the bound miss every time) and only drops other builds' entries.
 _MEMO: OrderedDict = OrderedDict()
 _MEMO_ROWS = [0]
 MEMO_MAX_ROWS = 50_000
@@ -127,8 +129,9 @@ def questions_for(record: Mapping, ctx) -> list[dict]:
     if rows is None:
         rows = generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
                                   settings=ctx.qa_settings, defer=True)
-        _MEMO[key] = rows
-        _MEMO_ROWS[0] += len(rows)
-        while _MEMO_ROWS[0] > MEMO_MAX_ROWS and len(_MEMO) > 1:
+        while _MEMO and _MEMO_ROWS[0] + len(rows) > MEMO_MAX_ROWS and next(iter(_MEMO))[0] != ctx.qa_fp:
             _MEMO_ROWS[0] -= len(_MEMO.popitem(last=False)[1])
+        if _MEMO_ROWS[0] + len(rows) <= MEMO_MAX_ROWS:
+            _MEMO[key] = rows
+            _MEMO_ROWS[0] += len(rows)
     return [dict(r) for r in rows]

@@ -40,8 +40,7 @@ from pathlib import Path
 from jinja2 import TemplateError, TemplateSyntaxError, nodes
 from jinja2.exceptions import UndefinedError
 
-from pipeline.config.validation import validate
-from pipeline.config.yaml_files import load_yaml
+from pipeline.config.checked import load_checked
 from pipeline.errors import CaseError, ConfigError
 from pipeline.qa.sandbox import (
     MAX_RENDERED_CHARS,
@@ -122,8 +121,7 @@ def _compile_checked(text: str, requires: tuple[str, ...], where: str):
 
 
 def load_family_file(path: Path) -> TemplateFamily:
-    data = load_yaml(path)
-    validate(data, "template_family", str(path))
+    data = load_checked(path, "template_family")  # parsed and validated unless unchanged
     ids = [v["id"] for v in data["variants"]]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:

@@ -32,6 +32,10 @@ LAST_RUN = f"{STATE_DIR}/last_run.json"
 REPORT_DIR = "report"
 REPORT = f"{REPORT_DIR}/index.html"
 REPORT_CACHE_DIR = f"{STATE_DIR}/report-cache"
+#: the learned text-only baseline's results per group, by the digest of what decides them
+LEARNED_CACHE = f"{STATE_DIR}/learned-cache.json"
+#: the template and pool files a build validated, by content (pipeline.config.checked)
+CONFIG_CACHE = f"{STATE_DIR}/config-cache.json"
 DEAD_LETTERS_DIR = "dead_letters"
 DEAD_UNITS_DIR = f"{DEAD_LETTERS_DIR}/units"
 DEAD_LETTERS_FILE = f"{DEAD_LETTERS_DIR}/dead_letters.jsonl"
