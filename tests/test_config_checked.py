@@ -59,3 +59,12 @@ def test_state_of_other_code_is_ignored_and_inexact_data_never_kept(tmp_path, mo
     assert checked.load_checked(path, "distractor_pool") == data and parsed == [path]
     assert not checked._exact({1: "liver"}) and not checked._exact({"d": __import__("datetime").date(2024, 1, 1)})
     assert checked._exact({"a": [1, 2.5, None, True, "x"]})
+
+
+def test_the_same_bytes_checked_against_another_schema_are_validated_again(tmp_path):
+    path = tmp_path / "pool.yaml"
+    shutil.copy(resource_dir("distractor_pools") / "totalsegmentator.yaml", path)
+    checked.load_checked(path, "distractor_pool")
+    checked.use(json.loads(json.dumps(checked.cached())))
+    with pytest.raises(ConfigError):  # a pool is not a recipe, cached or not
+        checked.load_checked(path, "recipe")

@@ -38,7 +38,9 @@ def load_checked(path: str | Path, schema: str | Callable[[object], str]) -> obj
     picks it from the parsed data.  Raises what ``load_yaml`` and ``validate`` raise."""
     path = Path(path)
     raw = yaml_files.read_config(path)
-    key = hashlib.sha256(raw).hexdigest()
+    # the schema a caller names is part of the key: the same bytes checked as another kind
+    # of file are checked again (a picked schema is a function of the bytes already)
+    key = hashlib.sha256(raw).hexdigest() + (f":{schema}" if isinstance(schema, str) else "")
     if key in _known:
         _used[key] = _known[key]
         return copy.deepcopy(_known[key])
