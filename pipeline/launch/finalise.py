@@ -34,7 +34,6 @@ from pipeline.kinds.tree import BENCHMARK_RECEIPT
 from pipeline.launch.card import render_card
 from pipeline.qa.audit import DEFAULTS as AUDIT_DEFAULTS
 from pipeline.qa.audit import SEP, audit, merge
-from pipeline.qa.learned import learned_from_shards
 from pipeline.report import write_report
 from pipeline.schema.arrow import SCHEMA_VERSION
 from pipeline.schema.layout import CARD, DEAD_UNITS_DIR, MANIFEST, REPORT, UNITS_DIR, parse_shard
@@ -225,6 +224,10 @@ def learned_audit(output: str, files, merged, settings) -> dict:
         if shard is not None and shard.ext == "parquet" and shard.config in configs:
             shards_.append((shard.config, rel))
     learn_from = (AUDIT_DEFAULTS | dict(settings))["learn_from"]
+    # scikit-learn (with scipy and pandas) costs 1.2-1.5 s of CPU to import (measured); here
+    # it is paid at finalisation, not before the launcher's planning
+    from pipeline.qa.learned import learned_from_shards
+
     return learned_from_shards(Corpus(output).read_columns, shards_, learn_from)
 
 
