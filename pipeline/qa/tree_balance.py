@@ -268,8 +268,9 @@ def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
                                [i for m, i in zip(members, idx) if m in keep])
         live = np.flatnonzero(asked)
         rank = _ranks(live[np.lexsort((by_key[live], u[live], split[live]))], split)
+        ranks = rank.tolist()
         for i in live.tolist():  # every question: its position by rank
-            plans[i][name] = {"position": int(rank[i])}
+            plans[i][name] = {"position": ranks[i]}
         for members, idx in pools_by:
             if len({a for _, a in members}) < len(LETTERS):
                 continue  # too few answers in the pool: the generator's fallback draws
