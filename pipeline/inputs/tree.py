@@ -98,27 +98,29 @@ class InputTree:
             folder = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
             prefix = "" if folder == "." else folder + "/"
             names = sorted(name for name in filenames if not name.startswith("."))
-            out += [prefix + name for name in names]
+            rels = [prefix + name for name in names]
+            out += rels
             if stat and names:
-                self._remember_stats(dirpath, prefix, names)
+                self._remember_stats(dirpath, names, rels)
         return out
 
-    def _remember_stats(self, dirpath: str, prefix: str, names: list[str]) -> None:
-        """``(size, mtime_ns)`` of ``names`` in ``dirpath`` into the stat cache (files that
-        cannot be stat'ed are left out: :meth:`stat` reports them missing)."""
+    def _remember_stats(self, dirpath: str, names: list[str], rels: list[str]) -> None:
+        """``(size, mtime_ns)`` of ``names`` in ``dirpath`` into the stat cache under their
+        relative paths ``rels`` (the listing's own strings); files that cannot be stat'ed
+        are left out (:meth:`stat` stats them again)."""
         fd = None
         if os.stat in os.supports_dir_fd:
             with contextlib.suppress(OSError):
                 fd = os.open(dirpath, os.O_RDONLY)
         try:
-            for name in names:
+            for name, rel in zip(names, rels):
                 try:
                     st = (os.stat(name, dir_fd=fd) if fd is not None
                           else os.stat(os.path.join(dirpath, name)))
                 except OSError:
                     continue
                 if stat_module.S_ISREG(st.st_mode):
-                    self._stats[prefix + name] = (st.st_size, st.st_mtime_ns)
+                    self._stats[rel] = (st.st_size, st.st_mtime_ns)
         finally:
             if fd is not None:
                 os.close(fd)
