@@ -114,7 +114,9 @@ class TreeKind(BaseKind):
         left_out = left_out_regions(cases, normal=normal)
         if not plan:
             return extras | {"benchmark": False, "benchmark_left_out": left_out}
-        unit_of = {c.key: ref.unit_id for ref, members in units for c in members}
+        unit_of = {}
+        for ref, members in units:  # a unit's id made once, not once per image
+            unit_of.update(dict.fromkeys([c.key for c in members], ref.unit_id))
         write_benchmark_plan(output, plan, unit_of)
         return extras | {"benchmark": True, "benchmark_left_out": left_out}
 

@@ -32,7 +32,7 @@ from pipeline.core import keys
 from pipeline.engine import state
 from pipeline.engine.execute import run_in_process
 from pipeline.engine.ood import settings as ood_settings
-from pipeline.engine.units import BuildContext, case_fingerprint
+from pipeline.engine.units import BuildContext, case_fingerprints
 from pipeline.errors import BuildFailed, ConfigError
 from pipeline.inputs.tree import InputTree
 from pipeline.io import shards
@@ -95,9 +95,9 @@ def build(
         # The shard writer's options are part of every case's fingerprint: other options
         # rebuild the shards (pixels and text) instead of keeping old-format files.
         sdigest = keys.digest(kind.settings_digest(prep["settings"]), shards.writer_digest())
-        fps = {kind.case_key(c): case_fingerprint(
-            kind.name, kind.version, sdigest, kind.case_json(c),
-            tree.identity(kind.case_paths(c)))[:32] for c in cases}
+        fps = dict(zip(map(kind.case_key, cases), [fp[:32] for fp in case_fingerprints(
+            kind.name, kind.version, sdigest, map(kind.case_json, cases),
+            map(tree.identity, map(kind.case_paths, cases)))]))
         fp = fingerprint(recipe, seed)
         qa_settings = dict(recipe.section("questions").get("settings") or {})
         qa_fp = keys.digest(fp, kind.name, json.dumps(sorted(fps.items())),

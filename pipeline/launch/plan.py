@@ -70,24 +70,23 @@ def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run):
     cases, extras)``."""
     receipts = state.load_receipts(output)
     index = state.StoredIndex.load(output, receipts, kind.stored_configs)
+    # per unit: its ref, cases, their keys and where an earlier build stored each case
     units = []
     for split, i, n, members in planned:
         ref = UnitRef(split, i, n, len(members))
-        cases = []
-        for c in members:
-            key = kind.case_key(c)
-            s = index.lookup(key, fps[key])
-            cases.append(PlannedCase(c, fps[key], dict(s.locations) if s else None,
-                                     s.content if s else ""))
-        units.append([ref, cases])
+        case_keys = [kind.case_key(c) for c in members]
+        found = [index.lookup(key, fps[key]) for key in case_keys] if len(index) else ()
+        stored = [dict(s.locations) if s else None for s in found] or [None] * len(members)
+        contents = [s.content if s else "" for s in found] or [""] * len(members)
+        units.append((ref, members, case_keys, stored, contents))
     # Which files does this run write?  Stored rows read from one of them by another unit
     # must be moved aside before the run.
-    writes = {ref.shard(c): ref.unit_id for ref, _ in units
+    writes = {ref.shard(c): ref.unit_id for ref, *_ in units
               for c in (*kind.pixel_configs, *kind.text_configs)}
     hazards = set()
-    for ref, cases in units:
-        for pc in cases:
-            for path, _ in (pc.stored or {}).values():
+    for ref, _, _, stored, _ in units:
+        for where in stored:
+            for path, _ in (where or {}).values():
                 if writes.get(path, ref.unit_id) != ref.unit_id:
                     hazards.add(path)
     if hazards:
@@ -97,19 +96,17 @@ def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run):
             if got:
                 entries.append({"cases": got[0], "locations": got[1]})
         moved = state.move_aside(output, hazards, entries)
-        for _, cases in units:
-            for n, pc in enumerate(cases):
-                if pc.stored and any(p in moved for p, _ in pc.stored.values()):
-                    cases[n] = PlannedCase(pc.case, pc.fp, {
-                        c: (moved.get(p, p), sha) for c, (p, sha) in pc.stored.items()}, pc.content)
-    extras = dict(before_run([(ref, [pc.case for pc in cases]) for ref, cases in units]))
+        for _, _, _, stored, _ in units:
+            for n, where in enumerate(stored):
+                if where and any(p in moved for p, _ in where.values()):
+                    stored[n] = {c: (moved.get(p, p), sha) for c, (p, sha) in where.items()}
+    extras = dict(before_run([(ref, members) for ref, members, *_ in units]))
     case_extras = extras.pop("case_extras", {})
     refs = []
-    n_stored = sum(1 for _, cases in units for pc in cases if pc.stored)
-    for ref, cases in units:
-        if case_extras:
-            cases = [PlannedCase(pc.case, pc.fp, pc.stored, pc.content,
-                                 case_extras.get(kind.case_key(pc.case))) for pc in cases]
+    n_stored = sum(1 for *_, stored, _ in units for where in stored if where)
+    for ref, members, case_keys, stored, contents in units:
+        cases = [PlannedCase(c, fps[key], where, content, case_extras.get(key))
+                 for c, key, where, content in zip(members, case_keys, stored, contents)]
         mode = _propose(ref, cases, receipts, kind, qa_fp)
         ref = UnitRef(ref.split, ref.index, ref.count, ref.n_cases, mode)
         write_plan(output, ref, cases, kind)

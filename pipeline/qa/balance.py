@@ -37,9 +37,12 @@ count gives the same corpus.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from pipeline.core import keys
 from pipeline.qa.options import LETTERS
@@ -160,17 +163,23 @@ def assign_distractors(kept: list[tuple[float, str]], excludes: Mapping[float, t
     span = range(n)
     ties = [[keys.unit_interval(t, label, "distractor-ties") for label in labels]
             for t in range(TIE_ORDERS)]
-    for u, answer in kept:
+    # The sort keys of every question, maintained as the quotas change: ``-quota`` or, with
+    # ``weighted``, the exponent ``1 / max(quota, 0.5)`` of the question's keyed draws
+    # (all drawn up front: one SHA-512 a question, one SHA-256 a label past the eighth).
+    if weighted:
+        expo = [1.0 / max(q, 0.5) for q in quota]
+        draws = _draws([u for u, _ in kept], n)
+    else:
+        neg = [-q for q in quota]
+    for j, (u, answer) in enumerate(kept):
         a = index[answer]
         rel_a = rel[a]
         excluded = {index[x] for x in excludes.get(u, ()) if x in index} if excludes else ()
         tie = ties[int(u * 2.0**40) % TIE_ORDERS]  # the low bits of u: not its rank
         if weighted:  # Efraimidis–Spirakis: the largest r ** (1 / w) first
-            draw = keys.unit_intervals(0, repr(float(u)), "distractor-draw")
-            order = sorted([(-(_draw(u, i, draw) ** (1.0 / max(quota[i], 0.5))), tie[i], i)
-                            for i in span])
+            order = sorted(zip([-(r ** e) for r, e in zip(draws[j], expo)], tie, span))
         else:
-            order = sorted([(-quota[i], tie[i], i) for i in span])
+            order = sorted(zip(neg, tie, span))
         chosen: list[int] = []
         for _, _, i in order:
             if i == a or rel_a[i] or i in excluded:
@@ -185,15 +194,30 @@ def assign_distractors(kept: list[tuple[float, str]], excludes: Mapping[float, t
                     break
         for i in chosen:
             quota[i] -= 1
+            if weighted:
+                expo[i] = 1.0 / max(quota[i], 0.5)
+            else:
+                neg[i] = -quota[i]
         out[u] = tuple([labels[i] for i in sorted(chosen, key=tie.__getitem__)])
     return out
 
 
-def _draw(u: float, i: int, first: tuple[float, ...]) -> float:
-    """The keyed uniform of label ``i`` for question ``u`` (the first eight from one hash)."""
-    if i < len(first):
-        return first[i]
-    return keys.unit_interval(i, repr(float(u)), "distractor-draw")
+def _draws(us: list[float], n: int) -> list[list[float]]:
+    """Per question ``u``, the keyed uniform of each label ``i`` of ``0..n-1``:
+    ``keys.unit_intervals(0, repr(u), "distractor-draw")[i]`` for the first eight (one
+    SHA-512), ``keys.unit_interval(i, repr(u), "distractor-draw")`` past them — the same
+    bytes hashed and the same numbers (a big-endian 64-bit integer over 2**64, rounded
+    once), converted by numpy instead of one Python call a number."""
+    sha256, sha512 = hashlib.sha256, hashlib.sha512
+    reprs = [repr(float(u)).encode() for u in us]
+    tail = b"\x1fdistractor-draw"
+    cols = np.frombuffer(b"".join([sha512(b"0\x1f" + r + tail).digest() for r in reprs]),
+                         dtype=">u8").reshape(-1, 8)[:, :n]
+    if n > 8:
+        extra = [np.frombuffer(b"".join([sha256(head + r + tail).digest()[:8] for r in reprs]),
+                               dtype=">u8") for head in (f"{i}\x1f".encode() for i in range(8, n))]
+        cols = np.column_stack([cols, *extra])
+    return (cols.astype(np.float64) / 2.0**64).tolist()
 
 
 def assign_blocks(kept: list[tuple[float, str]], excludes: Mapping[float, tuple], pools_,

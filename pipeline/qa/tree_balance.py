@@ -28,13 +28,19 @@ known before any image is read) and handed to each image's questions:
   normal images skip the pathology multiple choice (planned ``{"skip": True}``).
 
 Everything is a function of ``(seed, image keys, labels, splits)``, never of arrival order.
+The launcher plans every image of the tree (750K for RadImageNet), so the planning works on
+columns: one keyed hash per image and purpose, groups and ranks by numpy sorts; only the
+distractor quotas (:func:`pipeline.qa.balance.assign_distractors`) go question by question.
 Plans come from the file list, before any image is read: an image rejected when it is read
 leaves its partners one-sided (one text off by one per rejected image).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
 
 from pipeline.core import keys
 from pipeline.qa.balance import assign_distractors, cap_answers
@@ -52,18 +58,50 @@ def variant_of(seed: int, key: str, family: str, n_variants: int) -> int:
     return keys.KeyedStream(seed, key, f"{family}/variant").integers(n_variants)
 
 
-def derange(items: list[tuple[float, str, str]], related) -> dict[str, str]:
-    """``{key: source key}``: a bijection between ``items`` (``(u, key, answer)``) that maps
-    no item to one with the same or a related answer, where the answer counts allow
-    (no class of related answers more than half of the items); otherwise the first item
-    of the next class.
+def variants_of(seed: int, image_keys: Sequence[str], family: str, n_variants: int) -> list[int]:
+    """:func:`variant_of` for every key: the :class:`~pipeline.core.keys.KeyedStream` first draw
+    inlined (two SHA-256 a key); the rare key whose first draw is rejected takes the stream."""
+    sha256 = hashlib.sha256
+    head, tail, one = f"{int(seed)}\x1f", f"\x1f{family}/variant", (1).to_bytes(8, "big")
+    first = b"".join([sha256(sha256(f"{head}{k}{tail}".encode()).digest() + one).digest()[:8]
+                      for k in image_keys])
+    v = np.frombuffer(first, dtype=">u8").tolist()
+    limit = (1 << 64) - ((1 << 64) % n_variants)
+    return [x % n_variants if x < limit else variant_of(seed, k, family, n_variants)
+            for x, k in zip(v, image_keys)]
 
-    Answers are grouped into classes of related answers (synonyms, transitively), items
-    laid out class by class (classes in keyed order, answers and members by ``u``) and
-    shifted by the largest class's size: no item then lands in its own class.  Linear in
-    the items.  With a single class there is no valid source: ``{}`` (the generators draw).
-    """
-    answers = sorted({a for _, _, a in items})
+
+def uniforms(seed: int, image_keys: Sequence[str], purpose: str) -> np.ndarray:
+    """``(n, 8)`` float64: :func:`pipeline.core.keys.unit_intervals` of every key (the same
+    numbers: a big-endian 64-bit integer over 2**64, rounded once)."""
+    sha512 = hashlib.sha512
+    head, tail = f"{int(seed)}\x1f", f"\x1f{purpose}"
+    buf = b"".join([sha512(f"{head}{k}{tail}".encode()).digest() for k in image_keys])
+    return np.frombuffer(buf, dtype=">u8").reshape(-1, 8).astype(np.float64) / 2.0**64
+
+
+def _codes(values: Sequence) -> tuple[np.ndarray, list]:
+    """``(code of each value, the distinct values sorted)``: codes follow the sort order."""
+    distinct = sorted(set(values))
+    index = {v: n for n, v in enumerate(distinct)}
+    return np.array([index[v] for v in values], dtype=np.int64), distinct
+
+
+def _ranks(order: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Rank of each item of ``order`` (item indices sorted by group first) within its group;
+    ``-1`` for items not in ``order``."""
+    g = group[order]
+    start = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
+    first = np.repeat(start, np.diff(np.r_[start, len(g)]))
+    rank = np.full(len(group), -1, dtype=np.int64)
+    rank[order] = np.arange(len(g)) - first
+    return rank
+
+
+def answer_classes(answers: Sequence[str], related) -> dict[str, str]:
+    """``{answer: its class}``: answers grouped into classes of related answers (synonyms,
+    transitively), each class named by its first answer in sorted order's root."""
+    answers = sorted(set(answers))
     parent = {a: a for a in answers}
 
     def root(a):
@@ -76,29 +114,69 @@ def derange(items: list[tuple[float, str, str]], related) -> dict[str, str]:
         for b in answers[n + 1:]:
             if related(a, b):
                 parent[root(b)] = root(a)
-    classes: dict[str, list[tuple[str, float, str]]] = {}
-    for u, key, answer in items:
-        classes.setdefault(root(answer), []).append((answer, u, key))
-    if len(classes) < 2:
-        return {}
-    order = sorted(classes, key=lambda c: keys.unit_interval(0, c, "derange"))
-    seq: list[str] = []
-    block: list[tuple[int, int]] = []  # per position: its class's block [start, end)
-    for c in order:
-        members = sorted(classes[c])
-        start = len(seq)
-        seq.extend(key for _, _, key in members)
-        block.extend([(start, len(seq))] * len(members))
-    n = len(seq)
-    shift = max(len(v) for v in classes.values())
-    out = {}
-    for p, key in enumerate(seq):
-        start, end = block[p]
-        t = (p + shift) % n
-        if start <= t < end:  # only when a class holds more than half: its block's end
-            t = end % n
-        out[key] = seq[t]
-    return out
+    return {a: root(a) for a in answers}
+
+
+def derangement(group: np.ndarray, answer: Sequence[str], u: np.ndarray, tiebreak: np.ndarray,
+                related) -> np.ndarray:
+    """For every item, the index of its *source* (``-1``: none): within each group a bijection
+    that maps no item to one with the same or a related answer, where the answer counts allow
+    (no class of related answers more than half of the group); otherwise the first item of
+    the next class.
+
+    Answers are grouped into classes of related answers, items laid out class by class
+    (classes in keyed order, then by answer, ``u`` and ``tiebreak``) and shifted by the
+    largest class's size: no item then lands in its own class.  A group with a single class
+    has no valid source (the generators draw).
+    """
+    n = len(answer)
+    src = np.full(n, -1, dtype=np.int64)
+    if not n:
+        return src
+    a_code, distinct = _codes(answer)
+    a_index = {a: c for c, a in enumerate(distinct)}
+    n_groups = int(group.max()) + 1
+    # per group: each answer's class position (classes in keyed order), -1 for one class
+    class_pos = np.full((n_groups, len(distinct)), -1, dtype=np.int64)
+    pairs = np.unique(group * len(distinct) + a_code)
+    for g in np.unique(pairs // len(distinct)).tolist():
+        present = [distinct[c] for c in (pairs[pairs // len(distinct) == g] % len(distinct)).tolist()]
+        cls = answer_classes(present, related)
+        roots = list(dict.fromkeys(cls[a] for a in present))
+        if len(roots) < 2:
+            continue
+        order = sorted(roots, key=lambda c: keys.unit_interval(0, c, "derange"))
+        pos = {c: p for p, c in enumerate(order)}
+        for a in present:
+            class_pos[g, a_index[a]] = pos[cls[a]]
+    cpos = class_pos[group, a_code]
+    live = np.flatnonzero(cpos >= 0)
+    if not len(live):
+        return src
+    g_l, c_l = group[live], cpos[live]
+    order = live[np.lexsort((tiebreak[live], u[live], a_code[live], c_l, g_l))]
+    gs, cs = group[order], cpos[order]
+    m = len(order)
+    g_start = np.r_[0, np.flatnonzero(gs[1:] != gs[:-1]) + 1]
+    g_len = np.diff(np.r_[g_start, m])
+    b_start = np.r_[0, np.flatnonzero((gs[1:] != gs[:-1]) | (cs[1:] != cs[:-1])) + 1]
+    b_len = np.diff(np.r_[b_start, m])
+    # the largest class of each group: its shift
+    b_group = np.searchsorted(g_start, b_start, side="right") - 1
+    shift = np.zeros(len(g_start), dtype=np.int64)
+    np.maximum.at(shift, b_group, b_len)
+    each_g = np.repeat(np.arange(len(g_start)), g_len)
+    each_b = np.repeat(np.arange(len(b_start)), b_len)
+    base = g_start[each_g]
+    size = g_len[each_g]
+    p = np.arange(m) - base
+    start = b_start[each_b] - base
+    end = start + b_len[each_b]
+    t = (p + shift[each_g]) % size
+    inside = (start <= t) & (t < end)  # only when a class holds more than half: its block's end
+    t = np.where(inside, end % size, t)
+    src[order] = order[base + t]
+    return src
 
 
 def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
@@ -109,11 +187,27 @@ def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
     over all images as one ``population``, e.g. the benchmark).
     """
     images = list(images)
-    out: dict[str, dict] = {i.key: {} for i in images}
+    image_keys = [i.key for i in images]
+    plans: list[dict] = [{} for _ in images]
+    out = dict(zip(image_keys, plans))
+    if not images:
+        return out
     fam = {f.generator: name for name, f in families.items()}
-    # one pass: each image's uniforms and groups
-    us = [keys.unit_intervals(seed, i.key, "tree-balance") for i in images]
-    splits = [population or i.split for i in images]
+    us = uniforms(seed, image_keys, "tree-balance")
+    split, _ = _codes([population or i.split for i in images])
+    modality, _ = _codes([i.modality for i in images])
+    region_names = [i.region for i in images]
+    label_names = [i.label for i in images]
+    region, _ = _codes(region_names)
+    # ties of u (never seen: 64-bit keyed numbers) are broken by key, as a sort of
+    # (u, key) tuples would
+    if all(a < b for a, b in zip(image_keys, image_keys[1:])):
+        by_key = np.arange(len(images))
+    else:
+        by_key = np.empty(len(images), dtype=np.int64)
+        by_key[sorted(range(len(images)), key=image_keys.__getitem__)] = np.arange(len(images))
+    by_modality = split * (int(modality.max()) + 1) + modality
+    by_region = by_modality * (int(region.max()) + 1) + region
 
     def related_labels(a, b):
         return pools.related(a, b)
@@ -127,80 +221,82 @@ def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
         n_variants = len(families[name_p].variants)
         if len(families[name_a].variants) != n_variants:
             continue  # paraphrases cannot be paired
-        slot = U_SLOTS[absent]
-        groups: dict[tuple, list] = {}
-        answer_of: dict[str, str] = {}
-        for i, u, sp in zip(images, us, splits):
-            if level == "modality":
-                g, answer = (sp, i.modality), i.region
-            else:
-                g, answer = (sp, i.modality, i.region), i.label
-            groups.setdefault(g, []).append((u[slot], i.key, answer))
-            answer_of[i.key] = answer
-        rel = (lambda a, b: a == b) if level == "modality" else related_labels
-        for members in groups.values():
-            for key, src in derange(members, rel).items():
-                out[key][name_a] = {"wrong": answer_of[src],
-                                    "variant": variant_of(seed, src, name_p, n_variants)}
+        if level == "modality":
+            groups, answers, rel = by_modality, region_names, (lambda a, b: a == b)
+        else:
+            groups, answers, rel = by_region, label_names, related_labels
+        src = derangement(_dense(groups), answers, us[:, U_SLOTS[absent]], by_key, rel)
+        targets = np.flatnonzero(src >= 0)
+        sources = src[targets].tolist()
+        variants = variants_of(seed, [image_keys[s] for s in sources], name_p, n_variants)
+        for t, s, v in zip(targets.tolist(), sources, variants):
+            plans[t][name_a] = {"wrong": answers[s], "variant": v}
     # multiple choice: positions by rank, distractors by quota
     auto_normal = str(settings.get("no_pathology_option_rate", "auto")) == "auto"
     for gen, level in (("rin_anatomy_mc", "modality"), ("rin_pathology_mc", "region")):
         if gen not in fam or (gen == "rin_pathology_mc" and not auto_normal):
             continue
         name = fam[gen]
-        slot = U_SLOTS[gen]
-        by_split: dict[str, list[tuple[float, str]]] = {}
-        pools_by: dict[tuple, list[tuple[float, str]]] = {}
-        key_of_u: dict[float, str] = {}
-        for i, u, sp in zip(images, us, splits):
-            v = u[slot]
-            key_of_u[v] = i.key
-            by_split.setdefault(sp, []).append((v, i.key))
-            if level == "modality":
-                pools_by.setdefault((sp, i.modality), []).append((v, i.region))
-            else:
-                pools_by.setdefault((sp, i.modality, i.region), []).append((v, i.label))
+        u = us[:, U_SLOTS[gen]]
+        if level == "modality":
+            pool_of, answers, rel = _dense(by_modality), region_names, (lambda a, b: a == b)
+        else:
+            pool_of, answers, rel = _dense(by_region), label_names, related_labels
+        a_code, _ = _codes(answers)
+        order = np.lexsort((a_code, u, pool_of))
+        bounds = np.r_[0, np.flatnonzero(np.diff(pool_of[order])) + 1, len(order)]
+        u_list = u.tolist()
+        pools_by = []  # per pool: its members (u, answer) sorted, and their image indices
+        for b0, b1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            idx = order[b0:b1].tolist()
+            pools_by.append(([(u_list[i], answers[i]) for i in idx], idx))
+        asked = np.ones(len(images), dtype=bool)
         if population is not None:
             # a population of its own (the benchmark) asks each pool's questions only as
             # far as no answer is correct in more than a quarter of them (its normal images
             # are half of each region: two in three skip the pathology question)
-            for pool, members in pools_by.items():
+            for n, (members, idx) in enumerate(pools_by):
                 kept = cap_answers(members, len(LETTERS))
                 if kept is None:
                     continue
-                skip = set(members) - set(kept)
-                pools_by[pool] = kept
-                for u, _ in skip:
-                    out[key_of_u[u]][name] = {"skip": True}
-            by_split = {sp: [m for m in ms if name not in out[m[1]]] for sp, ms in by_split.items()}
-        for members in by_split.values():  # every question: its position by rank
-            members.sort()
-            for r, (_, key) in enumerate(members):
-                out[key][name] = {"position": r}
-        rel = (lambda a, b: a == b) if level == "modality" else related_labels
-        for members in pools_by.values():
+                keep = set(kept)
+                for m, i in zip(members, idx):
+                    if m not in keep:
+                        plans[i][name] = {"skip": True}
+                        asked[i] = False
+                pools_by[n] = ([m for m in members if m in keep],
+                               [i for m, i in zip(members, idx) if m in keep])
+        live = np.flatnonzero(asked)
+        rank = _ranks(live[np.lexsort((by_key[live], u[live], split[live]))], split)
+        ranks = rank.tolist()
+        for i in live.tolist():  # every question: its position by rank
+            plans[i][name] = {"position": ranks[i]}
+        for members, idx in pools_by:
             if len({a for _, a in members}) < len(LETTERS):
                 continue  # too few answers in the pool: the generator's fallback draws
-            members.sort()
+            index_of = {m[0]: i for m, i in zip(members, idx)}
             # drawn in proportion to the quota left, not the largest quotas: those gave a
             # rare pathology the region's most frequent ones, the option set the answer
-            for u, chosen in assign_distractors(members, {}, _Related(rel),
+            for v, chosen in assign_distractors(members, {}, _Related(rel),
                                                 weighted=level == "region").items():
                 if len(chosen) == len(LETTERS) - 1:
-                    out[key_of_u[u]][name]["distractors"] = list(chosen)
+                    plans[index_of[v]][name]["distractors"] = list(chosen)
     # abnormality polarity: alternate by rank within normal and abnormal images
     if "rin_abnormality" in fam:
         name = fam["rin_abnormality"]
-        slot = U_SLOTS["rin_abnormality"]
-        classes: dict[tuple, list[tuple[float, str]]] = {}
-        for i, u, sp in zip(images, us, splits):  # the text names the modality, not the region
-            classes.setdefault((sp, i.modality, pools.is_abnormal(i.label)), []).append((u[slot], i.key))
+        u = us[:, U_SLOTS["rin_abnormality"]]
+        abnormal = np.array([pools.is_abnormal(x) for x in label_names], dtype=np.int64)
+        classes = by_modality * 2 + abnormal  # the text names the modality, not the region
+        rank = _ranks(np.lexsort((by_key, u, classes)), classes)
         n_variants = len(families[name].variants)
-        for members in classes.values():  # and the paraphrase by rank: even per text
-            members.sort()
-            for r, (_, key) in enumerate(members):
-                out[key][name] = {"ask_normal": bool(r % 2), "variant": (r // 2) % n_variants}
+        for plan, r in zip(plans, rank.tolist()):  # and the paraphrase by rank: even per text
+            plan[name] = {"ask_normal": bool(r % 2), "variant": (r // 2) % n_variants}
     return out
+
+
+def _dense(codes: np.ndarray) -> np.ndarray:
+    """``codes`` renumbered 0..k-1 in their sorted order."""
+    return np.unique(codes, return_inverse=True)[1].reshape(-1)
 
 
 class _Related:
