@@ -45,7 +45,7 @@ from pipeline.schema.arrow import (
 from pipeline.schema.layout import PLAN_DIR, UNITS_DIR
 from pipeline.schema.records import CaseResult
 
-TREE_VERSION = "2"  # benchmark 50/50 per region, seeded distractor ties
+TREE_VERSION = "3"  # content digests hash the PNG's bytes as bytes (keys.digest)
 BENCHMARK_PLAN = f"{PLAN_DIR}/benchmark.json"
 BENCHMARK_RECEIPT = f"{UNITS_DIR}/benchmark.json"
 BENCHMARK_SHARD = "benchmark/test-00000-of-00001.parquet"
