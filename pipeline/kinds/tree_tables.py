@@ -92,17 +92,19 @@ def _choices(row):
     return row["options"] if row["question_type"] == "multiple_choice" else None
 
 
-def _image_array(keys_: list[str], data: list[bytes]) -> pa.Array:
-    return pa.StructArray.from_arrays(
-        [pa.array(data, pa.binary()), pa.array([f"{k}.png" for k in keys_], pa.string())],
-        fields=list(IMAGE_STRUCT))
+def image_array(data: list[bytes], paths: list[str]) -> pa.StructArray:
+    """Hugging Face ``Image`` structs (``{bytes, path}``), built from their two columns."""
+    return pa.StructArray.from_arrays([pa.array(data, pa.binary()), pa.array(paths, pa.string())],
+                                      fields=list(IMAGE_STRUCT))
 
 
-def render_tree_images(records: list[dict], data: list[bytes], ctx):
-    """Alignment and instruct tables for ``records`` (sorted by key) and their PNG bytes."""
+def render_tree_images(records: list[dict], images: pa.StructArray, ctx):
+    """Alignment and instruct tables for ``records`` (sorted by key) and their images (the
+    payload's ``image`` structs, in the same order: passed through to ``alignment``)."""
     align, inst = Columns(), Columns()
     tasks: Counter = Counter()
-    for record, png in zip(records, data):
+    captioned: list[int] = []
+    for i, record in enumerate(records):
         rows = generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
                                   settings=ctx.qa_settings)
         for row in rows:
@@ -111,7 +113,8 @@ def render_tree_images(records: list[dict], data: list[bytes], ctx):
             human = human_turn(row["question"], row["question_type"], row["options"])
             gpt = gpt_turn(row["answer"], row["answer_text"], row["question_type"])
             if row["task"] == CAPTION_TASK:
-                align.add(image_id=record["image_id"], image_bytes=png, human=human, gpt=gpt,
+                captioned.append(i)
+                align.add(image_id=record["image_id"], human=human, gpt=gpt,
                           modality=record["modality"], region=record["region"],
                           label=record["label"], split=record["split"], **meta)
             else:
@@ -120,16 +123,18 @@ def render_tree_images(records: list[dict], data: list[bytes], ctx):
                          answer_text=row["answer_text"], question_type=row["question_type"],
                          task=row["task"], template_id=row["template_id"],
                          split=record["split"], **meta)
-    return _alignment_table(align), _instruct_table(inst), tasks
+    if captioned != list(range(len(records))):
+        images = images.take(pa.array(captioned, pa.int64()))
+    return _alignment_table(align, images), _instruct_table(inst), tasks
 
 
-def _alignment_table(c: Columns) -> pa.Table:
+def _alignment_table(c: Columns, images: pa.StructArray) -> pa.Table:
     cols = c.cols
     if not len(c):
         return ALIGNMENT_SCHEMA.empty_table()
     s = pa.string()
     return pa.Table.from_arrays(
-        [pa.array(cols["image_id"], s), _image_array(cols["image_id"], cols["image_bytes"]),
+        [pa.array(cols["image_id"], s), images,
          _conversations(cols["human"], cols["gpt"]), _metadata(cols),
          pa.array(cols["modality"], s), pa.array(cols["region"], s), pa.array(cols["label"], s),
          pa.array(cols["split"], s)], schema=ALIGNMENT_SCHEMA)
@@ -173,7 +178,7 @@ def benchmark_table(picked: list[tuple[dict, bytes]], assign, ctx) -> tuple[pa.T
         return BENCHMARK_SCHEMA.empty_table(), composition
     table = pa.Table.from_arrays(
         [pa.array(cols["qa_id"], s), pa.array(cols["image_id"], s),
-         _image_array(cols["image_id"], cols["image_bytes"]),
+         image_array(cols["image_bytes"], [f"{k}.png" for k in cols["image_id"]]),
          pa.array(cols["question"], s), pa.array(cols["choices"], pa.list_(s)),
          pa.array(cols["answer"], s), pa.array(cols["question_type"], s),
          pa.array(cols["task"], s), pa.array(cols["template_id"], s), _metadata(cols),
