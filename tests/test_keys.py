@@ -16,6 +16,13 @@ def test_digest_is_stable_and_unambiguous():
     assert keys.digest("a", "bc") == "3fafa1cf2f19a7c1129beb20cf0983f73a489a221fc0dd2f16d1be292d089205"
 
 
+def test_stable_keys_under_a_prefix_are_stable_keys():
+    key = keys.stable_keys_under("qa", "img")
+    assert key("fam") == keys.stable_key("qa", "img", "fam")
+    assert key("fam", 2) == keys.stable_key("qa", "img", "fam", 2)
+    assert keys.stable_keys_under("a", n=8)("b") == keys.stable_key("a", "b", n=8)
+
+
 def test_digest_hashes_bytes_as_bytes():
     data = bytes(range(256)) * 200
     assert keys.digest("k", data) == keys.digest("k", bytearray(data)) == keys.digest("k", memoryview(data))

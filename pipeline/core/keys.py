@@ -61,6 +61,25 @@ def stable_key(*parts: object, n: int = KEY_HEX_CHARS) -> str:
     return digest(*parts)[:n]
 
 
+def stable_keys_under(*prefix: object, n: int = KEY_HEX_CHARS):
+    """``key(*parts)`` equal to ``stable_key(*prefix, *parts, n=n)``, with ``prefix`` hashed
+    once: for the many ids of one image (its questions' ``qa_id``)."""
+    h = hashlib.sha256()
+    for part in prefix:
+        data = str(part).encode("utf-8")
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+
+    def key(*parts: object) -> str:
+        c = h.copy()
+        for part in parts:
+            data = str(part).encode("utf-8")
+            c.update(len(data).to_bytes(8, "big"))
+            c.update(data)
+        return c.hexdigest()[:n]
+    return key
+
+
 def rng(seed: int, key: str, purpose: str) -> np.random.Generator:
     """A generator seeded from ``(seed, key, purpose)`` and nothing else."""
     d = hashlib.sha256(f"{int(seed)}\x1f{key}\x1f{purpose}".encode()).digest()
