@@ -74,7 +74,8 @@ def tree(n_images: int, size: int = 224) -> tuple[Path, float | None]:
     from pipeline.qa.label_pools import load_label_pools
 
     pool_file = resource_dir("distractor_pools") / "radimagenet.yaml"
-    stamp = (f"tree:{n_images}:{size}:{keys.digest(pool_file.read_bytes())}:"
+    # str(): the stamp of the trees cached before keys.digest hashed bytes as bytes
+    stamp = (f"tree:{n_images}:{size}:{keys.digest(str(pool_file.read_bytes()))}:"
              f"{source_digest(write_tree, label_frequencies, load_label_pools, encode_png)}")
     name = f"radimagenet-{n_images}" + ("" if size == 16 else f"-{size}")
     return cached_dir(name, stamp, lambda p: write_tree(

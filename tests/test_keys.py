@@ -12,6 +12,24 @@ def test_digest_is_stable_and_unambiguous():
     # A literal value: changing the key contract must be a deliberate act.
     assert keys.stable_key("image", "k", "axial", 3) == keys.stable_key("image", "k", "axial", 3)
     assert len(keys.stable_key("anything")) == keys.KEY_HEX_CHARS
+    # Text parts hash as they always did (every key and qa_id depends on it).
+    assert keys.digest("a", "bc") == "3fafa1cf2f19a7c1129beb20cf0983f73a489a221fc0dd2f16d1be292d089205"
+
+
+def test_stable_keys_under_a_prefix_are_stable_keys():
+    key = keys.stable_keys_under("qa", "img")
+    assert key("fam") == keys.stable_key("qa", "img", "fam")
+    assert key("fam", 2) == keys.stable_key("qa", "img", "fam", 2)
+    assert keys.stable_keys_under("a", n=8)("b") == keys.stable_key("a", "b", n=8)
+
+
+def test_digest_hashes_bytes_as_bytes():
+    data = bytes(range(256)) * 200
+    assert keys.digest("k", data) == keys.digest("k", bytearray(data)) == keys.digest("k", memoryview(data))
+    # bytes never collide with their text (nor with their repr, the old way of hashing them)
+    assert keys.digest(b"x") != keys.digest("x")
+    assert keys.digest(data) != keys.digest(str(data))
+    assert keys.digest(b"ab", b"c") != keys.digest(b"a", b"bc")
 
 
 def test_rng_depends_on_seed_key_and_purpose_only():

@@ -12,6 +12,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -23,6 +24,8 @@ from pipeline.errors import CaseError
 from pipeline.inputs.layouts.tree import TreeImage, check_png
 from pipeline.inputs.sample_tree import write_tree
 from pipeline.kinds.base import load_questions
+from pipeline.kinds.tree import KIND, ImagesById
+from pipeline.kinds.tree_tables import image_array
 from pipeline.launch.build import build
 from pipeline.qa.balance import assign_distractors
 from pipeline.qa.benchmark import capped_quotas, left_out_regions, select_benchmark
@@ -67,6 +70,21 @@ def test_bad_pngs_are_rejected_with_the_field(data, reason, fragment):
 
 def test_good_png_passes():
     assert check_png(PNG) == (8, 8)
+
+
+def test_image_structs_and_the_sorted_payload_table():
+    data = [PNG, b"", PNG[:20]]
+    arr = image_array(data, ["a.png", "b.png", "c.png"])
+    assert arr.equals(pa.StructArray.from_arrays(
+        [pa.array(data, pa.binary()), pa.array(["a.png", "b.png", "c.png"])], names=["bytes", "path"]))
+    assert dict(ImagesById(["a", "b", "c"], arr)) == {"a": PNG, "b": b"", "c": PNG[:20]}
+    rows = [{"image_id": k, "image": {"bytes": d, "path": f"{k}.png"}, "modality": "CT",
+             "region": "abdomen", "label": "normal", "split": "train"} for k, d in zip("cab", data)]
+    table = KIND.table("alignment", rows)
+    assert table["image_id"].to_pylist() == ["a", "b", "c"]
+    assert table.to_pylist() == pa.Table.from_pylist(rows, schema=table.schema).sort_by("image_id").to_pylist()
+    assert KIND.sort_table("alignment", table) is table  # built sorted: nothing moved
+    assert KIND.sort_table("alignment", table.take([2, 0, 1]))["image_id"].to_pylist() == ["a", "b", "c"]
 
 
 def test_label_wording():

@@ -210,6 +210,18 @@ def test_whitelisted_constructs_load_and_render(tmp_path, text, context, expecte
     assert render(fam, fam.variants[1], ctx) == expected
 
 
+def test_memoised_renders_follow_the_context_and_its_types(tmp_path):
+    fam = load_family_file(_write_family(tmp_path, "{% if plane %}{{ plane }} {{ structure }}{% else %}none{% endif %}"))
+    v = fam.variants[1]
+    ctx = {"structure": "liver", "options": ["a"]}
+    assert render(fam, v, ctx | {"plane": True}) == "True liver"
+    assert render(fam, v, ctx | {"plane": 1}) == "1 liver"  # equal keys, other type
+    assert render(fam, v, ctx | {"plane": 1.0}) == "1.0 liver"
+    for _ in range(2):  # a second call is served from the memo, the same text
+        assert render(fam, v, {"structure": "spleen", "plane": "axial"}) == "axial spleen"
+        assert render(fam, v, {"structure": "spleen", "plane": ""}) == "none"
+
+
 def test_requires_may_not_declare_reserved_names(tmp_path):
     path = _write_family(tmp_path, "{{ structure }}", requires=["structure", "cycler"])
     with pytest.raises(ConfigError, match=re.escape(f"{path}: requires[1]: 'cycler' is a name Jinja reserves")):

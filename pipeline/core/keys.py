@@ -33,12 +33,25 @@ PSEUDONYM_KEY_ENV = "RADVQA_PSEUDONYM_KEY"
 KEY_HEX_CHARS = 20
 
 
+#: Set in the 8-byte length prefix of a bytes part: no text part is 2**63 bytes long, so a
+#: bytes part never hashes like the text of the same bytes (``b"x"`` and ``"x"`` differ).
+_BYTES_TAG = 1 << 63
+
+
 def digest(*parts: object) -> str:
-    """SHA-256 hex digest of ``parts`` joined unambiguously (length-prefixed)."""
+    """SHA-256 hex digest of ``parts`` joined unambiguously (length-prefixed).
+
+    A ``bytes``-like part is hashed as its bytes (its length prefix tagged), anything
+    else as the UTF-8 of ``str(part)`` — so ``digest("x", 1) == digest("x", "1")``.
+    """
     h = hashlib.sha256()
     for part in parts:
-        data = str(part).encode("utf-8")
-        h.update(len(data).to_bytes(8, "big"))
+        if isinstance(part, (bytes, bytearray, memoryview)):
+            data = part
+            h.update((len(data) | _BYTES_TAG).to_bytes(8, "big"))
+        else:
+            data = str(part).encode("utf-8")
+            h.update(len(data).to_bytes(8, "big"))
         h.update(data)
     return h.hexdigest()
 
@@ -46,6 +59,25 @@ def digest(*parts: object) -> str:
 def stable_key(*parts: object, n: int = KEY_HEX_CHARS) -> str:
     """Short stable identifier (hex) derived from ``parts``."""
     return digest(*parts)[:n]
+
+
+def stable_keys_under(*prefix: object, n: int = KEY_HEX_CHARS):
+    """``key(*parts)`` equal to ``stable_key(*prefix, *parts, n=n)``, with ``prefix`` hashed
+    once: for the many ids of one image (its questions' ``qa_id``)."""
+    h = hashlib.sha256()
+    for part in prefix:
+        data = str(part).encode("utf-8")
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+
+    def key(*parts: object) -> str:
+        c = h.copy()
+        for part in parts:
+            data = str(part).encode("utf-8")
+            c.update(len(data).to_bytes(8, "big"))
+            c.update(data)
+        return c.hexdigest()[:n]
+    return key
 
 
 def rng(seed: int, key: str, purpose: str) -> np.random.Generator:

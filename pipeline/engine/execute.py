@@ -9,9 +9,12 @@ The Beam shell (:mod:`pipeline.beam.transforms`) only calls these.
 
 from __future__ import annotations
 
+import functools
+import gc
 import hashlib
 import io
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -26,6 +29,40 @@ from pipeline.errors import CaseError
 from pipeline.io import shards
 from pipeline.qa.balance import Rules, rules_from
 from pipeline.schema.layout import PROGRESS_DIR
+
+_FROZEN = [0]  # depth of the running unit calls (process_unit calls the other two)
+
+
+def _gc_frozen(fn):
+    """Run ``fn`` with everything alive before it frozen out of the garbage collector
+    (``gc.freeze``; thawed after).  A unit allocates ~100K objects a 10K-image unit, and each
+    of the few full collections they trigger would otherwise walk every object of the
+    worker too: measured 0.6 CPU s per 10K 224 px images, for nothing (142 objects freed).
+    The unit's own garbage is collected as before.  The freeze is process-wide: a unit that
+    starts while another thread's unit holds it runs unfrozen (never less correct).  The
+    Beam shell calls these functions; nothing else about them changes."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if _FROZEN[0]:
+            return fn(*args, **kwargs)
+        _system_arrow_pool()
+        _FROZEN[0] += 1
+        gc.freeze()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.unfreeze()
+            _FROZEN[0] -= 1
+    return run
+
+
+def _system_arrow_pool() -> None:
+    """Arrow's allocations from the C library's ``malloc`` (unless ``$ARROW_DEFAULT_MEMORY_POOL``
+    chooses): a 224 px unit builds and writes ~150 MB buffers, and with pyarrow's default
+    (mimalloc) the units of 10K images took 2.5-5.1 s of kernel time instead of 2.5 s, and
+    0.3 GB more peak RSS (measured side by side).  Buffers already allocated keep their pool."""
+    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ and pa.default_memory_pool().backend_name != "system":
+        pa.set_memory_pool(pa.system_memory_pool())
 
 
 def _verified(output: str, files: Mapping[str, Mapping]) -> bool:
@@ -99,6 +136,7 @@ def read_stored(output: str, plan: Sequence[PlannedCase], kind, split: str):
     return tables, stored_keys
 
 
+@_gc_frozen
 def extract_unit(ref: UnitRef, ctx: BuildContext, kind) -> Extracted:
     """Extract one unit (see the module docstring); writes its pixel shards and the
     extract receipt unless they are verified as kept."""
@@ -249,6 +287,7 @@ def unit_candidates(ref: UnitRef, report: Mapping, ctx: BuildContext, kind) -> l
     return kind.candidates(records, ctx)
 
 
+@_gc_frozen
 def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
                 rules=None) -> tuple[dict, list[dict]]:
     """Render a unit's questions; writes its text shards, dead letters and receipt."""
@@ -282,6 +321,7 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
     return full, dead
 
 
+@_gc_frozen
 def process_unit(ref: UnitRef, ctx: BuildContext, kind) -> tuple[dict, list[dict]]:
     """Extract and render in one call (kinds without corpus-wide balancing)."""
     extracted = extract_unit(ref, ctx, kind)

@@ -30,7 +30,7 @@ from pipeline.inputs.sample_tree import write_tree
 from pipeline.inputs.tree import InputTree
 from pipeline.io import shards
 from pipeline.kinds.base import BaseKind, Planned, load_questions, phantom_input
-from pipeline.kinds.tree_tables import benchmark_table, render_tree_images
+from pipeline.kinds.tree_tables import benchmark_table, image_array, render_tree_images
 from pipeline.qa.audit import partial_counts_columns
 from pipeline.qa.benchmark import left_out_regions, select_benchmark
 from pipeline.qa.label_pools import load_label_pools
@@ -45,7 +45,7 @@ from pipeline.schema.arrow import (
 from pipeline.schema.layout import PLAN_DIR, UNITS_DIR
 from pipeline.schema.records import CaseResult
 
-TREE_VERSION = "2"  # benchmark 50/50 per region, seeded distractor ties
+TREE_VERSION = "3"  # content digests hash the PNG's bytes as bytes (keys.digest)
 BENCHMARK_PLAN = f"{PLAN_DIR}/benchmark.json"
 BENCHMARK_RECEIPT = f"{UNITS_DIR}/benchmark.json"
 BENCHMARK_SHARD = "benchmark/test-00000-of-00001.parquet"
@@ -176,9 +176,20 @@ class TreeKind(BaseKind):
         return CaseResult({"alignment": [row]}, keys.digest(case.key, source), {})
 
     def table(self, config: str, rows: list[dict]) -> pa.Table:
-        return pa.Table.from_pylist(rows, schema=TREE_PAYLOAD_SCHEMA)
+        """The rows sorted by key (here, so that :meth:`sort_table` has nothing left to move),
+        column by column: each image's bytes are copied once, into the Arrow buffer."""
+        rows = sorted(rows, key=lambda r: r["image_id"])
+        s = pa.string()
+        return pa.Table.from_arrays(
+            [pa.array([r["image_id"] for r in rows], s),
+             image_array([r["image"]["bytes"] for r in rows], [r["image"]["path"] for r in rows]),
+             *(pa.array([r[c] for r in rows], s) for c in ("modality", "region", "label", "split"))],
+            schema=TREE_PAYLOAD_SCHEMA)
 
     def sort_table(self, config: str, table: pa.Table) -> pa.Table:
+        ids = table["image_id"]
+        if ids.num_chunks == 1 and all(a < b for a, b in zip(ids.to_pylist(), ids[1:].to_pylist())):
+            return table  # built sorted by :meth:`table`: no copy of the images
         return table.sort_by([("image_id", "ascending")])
 
     def records(self, payload: Mapping[str, pa.Table], split: str, ctx=None) -> list[dict]:
@@ -189,7 +200,8 @@ class TreeKind(BaseKind):
                                         t["region"].to_pylist(), t["label"].to_pylist())]
 
     def render(self, ref, records: list[dict], payload, ctx, rules, report):
-        images = [i["bytes"] for i in payload["alignment"]["image"].to_pylist()]
+        column = payload["alignment"]["image"]  # the images stay in Arrow, never copied out
+        images = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
         align, inst, tasks = render_tree_images(records, images, ctx)
         info = {
             "records": len(records),
@@ -201,7 +213,7 @@ class TreeKind(BaseKind):
             "audit": partial_counts_columns("instruct", inst),
         }
         tables = {"alignment": align, "instruct": inst}
-        by_id = {r["image_id"]: png for r, png in zip(records, images)}
+        by_id = ImagesById([r["image_id"] for r in records], images)
         table = ood.ood_table(ood.TREE, ref, records, ctx, report, pixels=by_id)
         if table is not None:
             tables["ood"] = table
@@ -209,6 +221,24 @@ class TreeKind(BaseKind):
 
 
 KIND = TreeKind()
+
+
+class ImagesById(Mapping):
+    """``{image id: PNG bytes}`` over a unit's Arrow image column: an image is copied out
+    of Arrow only when asked for (the ``ood`` rows ask for a few)."""
+
+    def __init__(self, ids: list[str], images: pa.StructArray):
+        self._index = {k: i for i, k in enumerate(ids)}
+        self._bytes = images.field("bytes")
+
+    def __getitem__(self, key: str) -> bytes:
+        return self._bytes[self._index[key]].as_py()
+
+    def __iter__(self):
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
 
 
 def read_image(root: str, img: TreeImage, max_pixels: int) -> tuple[bytes, bytes]:

@@ -1,8 +1,9 @@
 """The ``tree`` kind's tables, built column by column: ``alignment`` (image + caption
 conversation), ``instruct`` (the other questions as conversations) and ``benchmark``.
 
-No per-row dicts on the 7.5M-row path: each row's values are appended to column buffers
-(:class:`Columns`) and the table is assembled from Arrow arrays once per unit.  The
+No per-row dicts on the 7.5M-row path: each row's values are one tuple, the tuples are
+transposed into columns and the table is assembled from Arrow arrays once per unit (the
+benchmark's few rows go through :class:`Columns`).  The
 conversation turns are LLaVA-style: the user turn is ``<image>`` and the question (with
 ``A. …`` option lines for multiple choice), the assistant turn the answer.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline.core import keys
@@ -92,52 +94,84 @@ def _choices(row):
     return row["options"] if row["question_type"] == "multiple_choice" else None
 
 
-def _image_array(keys_: list[str], data: list[bytes]) -> pa.Array:
-    return pa.StructArray.from_arrays(
-        [pa.array(data, pa.binary()), pa.array([f"{k}.png" for k in keys_], pa.string())],
-        fields=list(IMAGE_STRUCT))
+def image_array(data: list[bytes], paths: list[str]) -> pa.StructArray:
+    """Hugging Face ``Image`` structs (``{bytes, path}``), built from their two columns.
+
+    The bytes are joined once and wrapped as the binary column's data buffer (offsets from
+    their lengths): an Arrow builder would grow its buffer by doubling, copying a unit's
+    ~150 MB of PNGs several times over."""
+    offsets = np.zeros(len(data) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, data), np.int64, len(data)), out=offsets[1:])
+    if offsets[-1] > np.iinfo(np.int32).max:  # over 2 GiB: pa.binary's 32-bit offsets cannot
+        binary = pa.array(data, pa.binary())  # hold it in one chunk; let Arrow say so
+    else:
+        binary = pa.Array.from_buffers(pa.binary(), len(data), [
+            None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(data))])
+    return pa.StructArray.from_arrays([binary, pa.array(paths, pa.string())],
+                                      fields=list(IMAGE_STRUCT))
 
 
-def render_tree_images(records: list[dict], data: list[bytes], ctx):
-    """Alignment and instruct tables for ``records`` (sorted by key) and their PNG bytes."""
-    align, inst = Columns(), Columns()
+def render_tree_images(records: list[dict], images: pa.StructArray, ctx):
+    """Alignment and instruct tables for ``records`` (sorted by key) and their images (the
+    payload's ``image`` structs, in the same order: passed through to ``alignment``)."""
+    pools = ctx.pools
+    align: list[tuple] = []
+    inst: list[tuple] = []
     tasks: Counter = Counter()
-    for record, png in zip(records, data):
-        rows = generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
-                                  settings=ctx.qa_settings)
-        for row in rows:
-            tasks[row["task"]] += 1
-            meta = _meta_values(row, record, ctx.pools)
-            human = human_turn(row["question"], row["question_type"], row["options"])
-            gpt = gpt_turn(row["answer"], row["answer_text"], row["question_type"])
-            if row["task"] == CAPTION_TASK:
-                align.add(image_id=record["image_id"], image_bytes=png, human=human, gpt=gpt,
-                          modality=record["modality"], region=record["region"],
-                          label=record["label"], split=record["split"], **meta)
+    captioned: list[int] = []
+    for i, record in enumerate(records):
+        image_id, split, label, m = (record["image_id"], record["split"], record["label"],
+                                     record["modality"])
+        # the metadata that is the image's, not the question's: once per image
+        image_meta = (pools.is_abnormal(label), pools.region_display(m, record["region"]),
+                      pools.modality_metadata(m), pools.display(label))
+        for row in generate_questions(record, ctx.families, pools, seed=ctx.seed,
+                                      settings=ctx.qa_settings):
+            task, qtype, answer_text = row["task"], row["question_type"], row["answer_text"]
+            tasks[task] += 1
+            human = human_turn(row["question"], qtype, row["options"])
+            gpt = gpt_turn(row["answer"], answer_text, qtype)
+            if task == CAPTION_TASK:
+                captioned.append(i)
+                align.append((image_id, human, gpt, m, record["region"], label, split,
+                              task, answer_text, *image_meta, row["qa_id"]))
             else:
-                inst.add(qa_id=row["qa_id"], image_id=record["image_id"], human=human, gpt=gpt,
-                         question=row["question"], choices=_choices(row), answer=row["answer"],
-                         answer_text=row["answer_text"], question_type=row["question_type"],
-                         task=row["task"], template_id=row["template_id"],
-                         split=record["split"], **meta)
-    return _alignment_table(align), _instruct_table(inst), tasks
+                inst.append((row["qa_id"], image_id, human, gpt, row["question"], _choices(row),
+                             row["answer"], answer_text, qtype, task, row["template_id"], split,
+                             task, answer_text, *image_meta, row["qa_id"]))
+    if captioned != list(range(len(records))):
+        images = images.take(pa.array(captioned, pa.int64()))
+    return (_alignment_table(_transposed(align, _ALIGN_COLUMNS), images),
+            _instruct_table(_transposed(inst, _INSTRUCT_COLUMNS)), tasks)
 
 
-def _alignment_table(c: Columns) -> pa.Table:
-    cols = c.cols
-    if not len(c):
+_META_COLUMNS = ("m_content_type", "m_correct_text", "m_is_abnormal", "m_location", "m_modality",
+                 "m_pathology", "m_question_id")
+_ALIGN_COLUMNS = ("image_id", "human", "gpt", "modality", "region", "label", "split",
+                  *_META_COLUMNS)
+_INSTRUCT_COLUMNS = ("qa_id", "image_id", "human", "gpt", "question", "choices", "answer",
+                     "answer_text", "question_type", "task", "template_id", "split",
+                     *_META_COLUMNS)
+
+
+def _transposed(rows: list[tuple], names: tuple[str, ...]) -> dict[str, list] | None:
+    """Row tuples as columns (name -> values); ``None`` for no rows."""
+    return dict(zip(names, (list(c) for c in zip(*rows)))) if rows else None
+
+
+def _alignment_table(cols: dict | None, images: pa.StructArray) -> pa.Table:
+    if cols is None:
         return ALIGNMENT_SCHEMA.empty_table()
     s = pa.string()
     return pa.Table.from_arrays(
-        [pa.array(cols["image_id"], s), _image_array(cols["image_id"], cols["image_bytes"]),
+        [pa.array(cols["image_id"], s), images,
          _conversations(cols["human"], cols["gpt"]), _metadata(cols),
          pa.array(cols["modality"], s), pa.array(cols["region"], s), pa.array(cols["label"], s),
          pa.array(cols["split"], s)], schema=ALIGNMENT_SCHEMA)
 
 
-def _instruct_table(c: Columns) -> pa.Table:
-    cols = c.cols
-    if not len(c):
+def _instruct_table(cols: dict | None) -> pa.Table:
+    if cols is None:
         return INSTRUCT_SCHEMA.empty_table()
     s = pa.string()
     return pa.Table.from_arrays(
@@ -173,7 +207,7 @@ def benchmark_table(picked: list[tuple[dict, bytes]], assign, ctx) -> tuple[pa.T
         return BENCHMARK_SCHEMA.empty_table(), composition
     table = pa.Table.from_arrays(
         [pa.array(cols["qa_id"], s), pa.array(cols["image_id"], s),
-         _image_array(cols["image_id"], cols["image_bytes"]),
+         image_array(cols["image_bytes"], [f"{k}.png" for k in cols["image_id"]]),
          pa.array(cols["question"], s), pa.array(cols["choices"], pa.list_(s)),
          pa.array(cols["answer"], s), pa.array(cols["question_type"], s),
          pa.array(cols["task"], s), pa.array(cols["template_id"], s), _metadata(cols),

@@ -64,7 +64,10 @@ def _file_digest(paths) -> str:
         )
         for p in items:
             with open(p, "rb") as f:
-                parts.append(os.path.relpath(p, os.path.dirname(root)) + ":" + keys.digest(f.read()))
+                # str(): the file's bytes as their repr, as before keys.digest hashed bytes as
+                # bytes — the published fingerprint (and every stored unit's qa_fp) unchanged
+                data = str(f.read())
+                parts.append(os.path.relpath(p, os.path.dirname(root)) + ":" + keys.digest(data))
     return keys.digest(*parts)
 
 

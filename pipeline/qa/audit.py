@@ -46,6 +46,7 @@ fail.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections import Counter
@@ -60,6 +61,7 @@ DEFAULTS = {"margin_pp": 3.0, "fail_pp": 10.0, "min_questions": 100, "on": "warn
 SEP = "\x1f"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a unit's questions repeat their texts: hash each once
 def _h(text: str) -> str:
     """Short texts as they are; longer ones as a 16-hex digest (keeps unit counts small
     when texts are unique, e.g. questions that quote a box)."""

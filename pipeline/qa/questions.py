@@ -56,6 +56,7 @@ def generate_questions(
     """
     conf = DEFAULT_SETTINGS | dict(settings or {})
     key = image["image_id"] if "image_id" in image else image["volume_id"]
+    qa_id = keys.stable_keys_under("qa", key)
     rows = []
     for name in sorted(families):
         family = families[name]
@@ -75,7 +76,7 @@ def generate_questions(
                 u = keys.KeyedStream(seed, key, f"{name}/balance{suffix}").random()
                 m = balance_mark(family, parts["context"], u, item)
             row = {
-                "qa_id": keys.stable_key("qa", key, name, n) if many else keys.stable_key("qa", key, name),
+                "qa_id": qa_id(name, n) if many else qa_id(name),
                 "image_id": key,
                 "case_key": image["case_key"],
                 "split": image["split"],

@@ -198,6 +198,36 @@ def render(family: TemplateFamily, variant: Variant, context: Mapping) -> str:
         template, has_loop, parts = _compiled(variant.text, family.requires)
     except (TemplateError, TemplateRejected) as err:
         raise CaseError("qa", "template.rejected", f"{family.source}: variant {variant.id}: {err}") from err
+    key = _memo_key(variant.text, family.requires, context) if parts is None else None
+    out = _RENDERED.get(key) if key is not None else None
+    if out is None:
+        out = _render(family, variant, context, template, has_loop, parts)
+        if key is not None:
+            if len(_RENDERED) >= RENDERED_MAX:
+                _RENDERED.clear()
+            _RENDERED[key] = out
+    return out
+
+
+#: Texts of Jinja-rendered variants (those with tags) by variant and context: the same
+#: label asked the same way renders once per process, not once per image.
+_RENDERED: dict[tuple, str] = {}
+RENDERED_MAX = 1 << 16
+_ATOMIC = frozenset({str, bool, int, float, type(None)})
+
+
+def _memo_key(text: str, requires: tuple, context: Mapping) -> tuple | None:
+    """The memo key of a render, or ``None`` when a context value is not a plain scalar.
+    Types are part of it: ``True`` and ``1`` are equal keys but render differently."""
+    items = []
+    for k, v in context.items():
+        if type(v) not in _ATOMIC:
+            return None
+        items.append((k, type(v), v))
+    return text, requires, tuple(items)
+
+
+def _render(family, variant, context, template, has_loop, parts) -> str:
     try:
         if parts is not None and PLAIN_FAST_PATH:
             pieces = []

@@ -212,17 +212,17 @@ def check_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, rel: str = "
                    f"signature: found {data[:8]!r}, expected the PNG signature {PNG_SIGNATURE!r}")
     pos, width = 8, None
     idat = []
+    view = memoryview(data)  # chunks are looked at in place: a 47 KB IDAT is never copied
     while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        length, kind = struct.unpack_from(">I4s", data, pos)
         name = kind.decode("latin-1")
-        chunk = data[pos + 8:pos + 8 + length]
-        crc = data[pos + 8 + length:pos + 12 + length]
-        if len(chunk) != length or len(crc) != 4:
+        chunk = view[pos + 8:pos + 8 + length]
+        if len(chunk) != length or pos + 12 + length > len(data):
             raise fail("image.unreadable",
                        f"chunk {name!r} at byte {pos}: truncated: found {len(data) - pos - 8} bytes, "
                        f"expected {length} + 4 (CRC)")
-        actual = zlib.crc32(kind + chunk) & 0xFFFFFFFF
-        stored = struct.unpack(">I", crc)[0]
+        actual = zlib.crc32(chunk, zlib.crc32(kind)) & 0xFFFFFFFF
+        stored = struct.unpack_from(">I", data, pos + 8 + length)[0]
         if actual != stored:
             raise fail("image.unreadable",
                        f"chunk {name!r} at byte {pos}: CRC mismatch: found {stored:#010x}, "
@@ -260,7 +260,7 @@ def check_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, rel: str = "
     limit = expected if expected is not None else 2 * row * height
     try:
         inflater = zlib.decompressobj()
-        raw = inflater.decompress(b"".join(idat), limit + 1)
+        raw = inflater.decompress(idat[0] if len(idat) == 1 else b"".join(idat), limit + 1)
     except zlib.error as err:
         raise fail("image.unreadable", f"IDAT: cannot inflate: {err}", err) from err
     if expected is not None and len(raw) != expected:
