@@ -5,8 +5,8 @@
   ``--size`` px PNGs, default 224 like RadImageNet's, textured grey images of ~47 KB each
   — the mean PNG size is measured and reported) is cached under
   ``.cache/bench/radimagenet-N-S``; writing it is timed once and is not part of the build.
-* The build: ``pipeline.launch.build.build("radimagenet-vqa", …, beam_args=[FnApiRunner,
-  multi_processing, 2 workers])`` from an empty output folder, called in a child process
+* The build: ``pipeline.launch.build.build("radimagenet-vqa", …, workers=2)`` (FnApiRunner,
+  two warm workers: ``radvqa build --workers 2``) from an empty output folder, called in a child process
   (so that its memory is its own, and so that it can be stopped): wall time of the call
   (launcher, pipeline, benchmark, finalisation, report), QA rows/s, output size, and the
   peak summed RSS of the child and its Beam workers, sampled every 50 ms, and the CPU
@@ -58,6 +58,7 @@ from bench.harness import (  # noqa: E402 — after the path set-up above
     machine,
     setup_imports,
     source_digest,
+    split_workers,
     worker_output_to,
 )
 
@@ -151,14 +152,15 @@ def build_child(tree_dir: str, output: str, work: str) -> None:
     log = TimedLog(work_dir / "build.log")
     started = time.time()
     with worker_output_to(work_dir / "workers.log"):
-        result = build(RECIPE, output, input_dir=tree_dir, log=log,
-                       beam_args=RUNNERS["2 workers"])
+        beam_args, workers = split_workers(RUNNERS["2 warm workers"])
+        result = build(RECIPE, output, input_dir=tree_dir, log=log, beam_args=beam_args,
+                       workers=workers)
     seconds = time.perf_counter() - log.t0
     cpu = cpu_seconds()
     m = result.manifest
     res = {
         "completed": True,
-        "runner": "2 workers",
+        "runner": "2 warm workers",
         "seconds": round(seconds, 1),
         "cpu_s": round(cpu, 1),
         "phases": phases(out, started, first_line(work_dir / "build.log", "units:")),
@@ -255,7 +257,7 @@ def measure(n_images: int, loop_images: int | None, deadline: float | None, work
                  "tree": str(tree_dir.relative_to(ROOT)),
                  "tree_generation_s": None if gen_s is None else round(gen_s, 1)}
     res["tree_pngs"] = png_bytes(tree_dir)
-    log("  radimagenet: pipeline build, 2 workers"
+    log("  radimagenet: pipeline build, 2 warm workers"
         + (f" (stopped after {deadline:.0f} s)" if deadline else ""))
     built = res["build"] = measure_build(tree_dir, work, deadline)
     shutil.rmtree(work / "corpus", ignore_errors=True)
@@ -286,13 +288,13 @@ def summary(res: dict) -> str:
     if b["completed"]:
         built = [f"RadImageNet-VQA scale: {b['images']:,} images -> {b['qa_rows']:,} QA rows "
                  f"(+ benchmark {b['benchmark']})",
-                 f"  build, 2 workers:  {b['seconds']:.1f} s {b['phases']}, "
+                 f"  build, 2 warm workers:  {b['seconds']:.1f} s {b['phases']}, "
                  f"{res['build_images_per_s']:,} images/s, {res['build_qa_rows_per_s']:,} QA rows/s, "
                  f"CPU {b['cpu_s']:.0f} s, output {b['output_bytes'] / 1e9:.2f} GB",
                  f"  build / loop:      {res['ratio_to_plain_loop']:.2f}x"]
     else:
         built = [f"RadImageNet-VQA scale: {res['images_requested']:,} images",
-                 f"  build, 2 workers:  stopped after {b['deadline_s']:.0f} s: {b['progress']}"]
+                 f"  build, 2 warm workers:  stopped after {b['deadline_s']:.0f} s: {b['progress']}"]
     return "\n".join(built + [
         f"  peak RSS:          {b['peak_rss_bytes'] / 2**30:.2f} GiB (child + workers)",
         f"  plain loop:        {lp['images']:,} images in {lp['units']} units, "
