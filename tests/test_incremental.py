@@ -334,7 +334,7 @@ def _worker_pids() -> list[int]:
                 cmd = f.read()
         except OSError:
             continue
-        if ppid == me and b"sdk_worker" in cmd:
+        if ppid == me and b"sdk_worker_main" in cmd:  # not the warm workers' forkserver
             out.append(pid)
     return out[:1]
 

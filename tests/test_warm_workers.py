@@ -51,3 +51,30 @@ def test_the_forkserver_starts_before_the_recipe_is_even_loaded(tmp_path, monkey
     with pytest.raises(ConfigError, match="stop here"):
         build_module.build("sample", str(tmp_path / "out"), workers=1, log=lambda m: None)
     assert order == ["recipe"]
+
+
+def test_a_dead_forkserver_is_started_again():
+    """A sweep of worker processes may take the forkserver with it: the next warm run
+    starts a new one instead of forking from a dead server."""
+    import multiprocessing
+    import multiprocessing.forkserver
+    import os
+    import signal
+
+    from pipeline.beam.preload import start_forkserver
+
+    start_forkserver()
+    first = multiprocessing.forkserver._forkserver._forkserver_pid
+    os.kill(first, signal.SIGKILL)
+    for _ in range(500):  # until it is gone (a zombie): a signal is not instantaneous
+        with open(f"/proc/{first}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        __import__("time").sleep(0.01)
+    start_forkserver()
+    second = multiprocessing.forkserver._forkserver._forkserver_pid
+    assert second != first
+    child = multiprocessing.get_context("forkserver").Process(target=os.getpid)
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0

@@ -16,17 +16,13 @@ import threading
 #: Beam shell (which imports the engine and every kind).
 PRELOAD = ("apache_beam.runners.worker.sdk_worker", "pipeline.beam.transforms")
 
-_started = False
 _lock = threading.Lock()
 
 
 def start_forkserver() -> None:
     """Start the preloading forkserver now; returns at once (it imports in the background).
-    Idempotent: one forkserver per launcher process, reused by every build and retry."""
-    global _started
+    One forkserver per launcher process, reused by every build and retry; one that died (a
+    worker sweep, a signal) is started again (``ensure_running`` checks)."""
     with _lock:
-        if _started:
-            return
         multiprocessing.set_forkserver_preload(list(PRELOAD))
         multiprocessing.forkserver.ensure_running()
-        _started = True

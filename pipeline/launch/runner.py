@@ -173,7 +173,9 @@ def _kill_workers(warm: WarmWorkers | None = None) -> int:
                 continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read()
-            if b"sdk_worker" in cmd:
+            # Beam's worker command (-m apache_beam.runners.worker.sdk_worker_main); not
+            # the warm workers' forkserver, whose command names the sdk_worker module too
+            if b"sdk_worker_main" in cmd:
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
         except (OSError, ValueError, IndexError):
