@@ -248,7 +248,16 @@ def test_a_killed_build_resumes_to_the_same_bytes(tmp_path, sample_input):
     assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, sample_input))
 
 
-def test_a_killed_worker_is_detected_and_the_build_retried(tmp_path, sample_input):
+@pytest.fixture(scope="module")
+def many_units_input(tmp_path_factory):
+    """16 cases, one unit each: a worker killed after the first unit's receipt still has
+    units to do (extraction is fast: 6 units could all be done by then)."""
+    root = tmp_path_factory.mktemp("input16")
+    write_sample(root, n_patients=16)
+    return root
+
+
+def test_a_killed_worker_is_detected_and_the_build_retried(tmp_path, many_units_input):
     """In multi_processing mode Beam would wait forever for a dead worker; the watchdog
     turns it into a failure, the launcher retries, and the result is a clean build's."""
     recipe = _recipe_dir(tmp_path, cases_per_shard=1)
@@ -268,16 +277,16 @@ def test_a_killed_worker_is_detected_and_the_build_retried(tmp_path, sample_inpu
 
     thread = threading.Thread(target=assassin, daemon=True)
     thread.start()
-    result = build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), retries=2,
+    result = build(str(recipe / "my.yaml"), str(out), input_dir=str(many_units_input), retries=2,
                    beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
                    **QUIET)
     thread.join(timeout=5)
     assert killed, "no worker was killed"
     assert result.manifest["build"]["attempts"] >= 2
-    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, sample_input))
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, many_units_input))
 
 
-def test_a_killed_warm_worker_is_detected_and_the_build_retried(tmp_path, sample_input):
+def test_a_killed_warm_worker_is_detected_and_the_build_retried(tmp_path, many_units_input):
     """``--workers 2``: a warm worker (forked by the forkserver, not a child of the
     launcher) killed mid-build is seen by the pool's watcher; the launcher retries."""
     recipe = _recipe_dir(tmp_path, cases_per_shard=1)
@@ -298,12 +307,12 @@ def test_a_killed_warm_worker_is_detected_and_the_build_retried(tmp_path, sample
 
     thread = threading.Thread(target=assassin, daemon=True)
     thread.start()
-    result = build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), retries=2,
+    result = build(str(recipe / "my.yaml"), str(out), input_dir=str(many_units_input), retries=2,
                    workers=2, **QUIET)
     thread.join(timeout=5)
     assert killed, "no warm worker was killed"
     assert result.manifest["build"]["attempts"] >= 2
-    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, sample_input))
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, many_units_input))
 
 
 def _warm_pids() -> list[int]:
