@@ -269,9 +269,11 @@ def test_a_killed_worker_is_detected_and_the_build_retried(tmp_path, many_units_
         receipts = out / layout.UNITS_DIR
         while time.monotonic() < deadline:
             if any(receipts.glob("*.extract.json")):
-                for pid in _worker_pids():
+                pids = _worker_pids()
+                for pid in pids:
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
+                if pids:
                     return
             time.sleep(0.05)
 
@@ -345,7 +347,8 @@ def _worker_pids() -> list[int]:
             continue
         if ppid == me and b"sdk_worker_main" in cmd:  # not the warm workers' forkserver
             out.append(pid)
-    return out[:1]
+    return out  # every one: an idle worker left by an earlier test in this process would
+                # otherwise be the one killed, and the build would have nothing to retry
 
 
 def _codecs(root: Path, config: str, column: str) -> set[str]:
