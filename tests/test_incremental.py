@@ -265,23 +265,8 @@ def test_a_killed_worker_is_detected_and_the_build_retried(tmp_path, many_units_
     turns it into a failure, the launcher retries, and the result is a clean build's."""
     recipe = _recipe_dir(tmp_path, cases_per_shard=1)
     out = tmp_path / "out"
-    killed = []
-
-    def assassin():
-        deadline = time.monotonic() + 240
-        receipts = out / layout.UNITS_DIR
-        while time.monotonic() < deadline:
-            if any(receipts.glob("*.extract.json")):
-                pids = _worker_pids()
-                for pid in pids:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                if pids:
-                    return
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=assassin, daemon=True)
-    thread.start()
+    killed: list[int] = []
+    thread = _kill_after_first_receipt(out, _worker_pids, killed)
     result = build(str(recipe / "my.yaml"), str(out), input_dir=str(many_units_input), retries=2,
                    beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
                    **QUIET)
@@ -296,28 +281,36 @@ def test_a_killed_warm_worker_is_detected_and_the_build_retried(tmp_path, many_u
     launcher) killed mid-build is seen by the pool's watcher; the launcher retries."""
     recipe = _recipe_dir(tmp_path, cases_per_shard=1)
     out = tmp_path / "out"
-    killed = []
-
-    def assassin():
-        deadline = time.monotonic() + 240
-        receipts = out / layout.UNITS_DIR
-        while time.monotonic() < deadline:
-            if any(receipts.glob("*.extract.json")):
-                pids = _warm_pids()
-                if pids:
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append(pids[0])
-                    return
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=assassin, daemon=True)
-    thread.start()
+    killed: list[int] = []
+    thread = _kill_after_first_receipt(out, lambda: _warm_pids()[:1], killed)
     result = build(str(recipe / "my.yaml"), str(out), input_dir=str(many_units_input), retries=2,
                    workers=2, **QUIET)
     thread.join(timeout=5)
     assert killed, "no warm worker was killed"
     assert result.manifest["build"]["attempts"] >= 2
     assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, many_units_input))
+
+
+def _kill_after_first_receipt(out: Path, find, killed: list[int]) -> threading.Thread:
+    """A thread that, once the first unit's extract receipt is in ``out``, SIGKILLs the
+    processes ``find()`` returns (as soon as it returns any) and records them in ``killed``."""
+
+    def assassin():
+        deadline = time.monotonic() + 240
+        receipts = out / layout.UNITS_DIR
+        while time.monotonic() < deadline:
+            if any(receipts.glob("*.extract.json")):
+                pids = find()
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                if pids:
+                    return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=assassin, daemon=True)
+    thread.start()
+    return thread
 
 
 def _warm_pids() -> list[int]:
