@@ -227,9 +227,14 @@ def _same(what: str, found: int, loop: int) -> None:
         raise AssertionError(f"{what}: wrote {found} rows, the plain loop {loop}")
 
 
-def measure(launch: Launch, input_dir: Path, log) -> dict:
-    """Every stage, three ways; returns raw seconds and counts per stage and runner."""
+def measure(launch: Launch, input_dir: Path, log, runners: dict | None = None,
+            qa: bool = True) -> dict:
+    """Every stage (``QA`` only when ``qa``), as a plain loop and on every runner of
+    ``runners`` (default :data:`bench.harness.RUNNERS`); returns raw seconds and counts per
+    stage and runner."""
     from pipeline.launch.runner import run_pipeline
+
+    runners = RUNNERS if runners is None else runners
 
     ctx, kind, refs = launch.ctx, launch.kind, launch.refs
     if any(r.mode != "build" for r in refs):
@@ -241,7 +246,7 @@ def measure(launch: Launch, input_dir: Path, log) -> dict:
                  "launcher_s": round(launch.seconds, 3), "warm_preload_s": round(preload_s, 3),
                  "loaded_case_cache_written_s": None if cache_s is None else round(cache_s, 1),
                  "beam_startup_s": {name: round(startup_seconds(len(refs), args), 3)
-                                    for name, args in RUNNERS.items()}}
+                                    for name, args in runners.items()}}
     quiet = lambda msg: None  # noqa: E731 — run_pipeline's progress lines
 
     # volumes
@@ -249,7 +254,7 @@ def measure(launch: Launch, input_dir: Path, log) -> dict:
     log("  stage volumes: plain loop")
     seconds, cpu, counts, per_unit = _loop(refs, load_volumes, ctx)
     runs = {"plain loop": seconds}
-    for name, args in RUNNERS.items():
+    for name, args in runners.items():
         log(f"  stage volumes: {name}")
         runs[name] = run_beam(_stage_pipeline(refs, load_volumes, ctx), args)
     out["volumes"] = {"items": counts["volumes"], "unit": "volumes", "seconds": runs,
@@ -262,7 +267,7 @@ def measure(launch: Launch, input_dir: Path, log) -> dict:
     log("  stage slices: plain loop")
     seconds, cpu, counts, per_unit = _loop(refs, extract_slices, ctx, str(cache))
     runs = {"plain loop": seconds}
-    for name, args in RUNNERS.items():
+    for name, args in runners.items():
         log(f"  stage slices: {name}")
         runs[name] = run_beam(_stage_pipeline(refs, extract_slices, ctx, str(cache)), args)
         _same(f"slices stage, {name}", slice_rows(ctx, refs), counts["slices"])
@@ -270,6 +275,8 @@ def measure(launch: Launch, input_dir: Path, log) -> dict:
                      "plain_loop_cpu_s": round(cpu, 3), "unit_cpu_s": per_unit,
                      "two_worker_bound": round(two_worker_bound(per_unit), 3)}
 
+    if not qa:
+        return _rounded(out, STAGES[:2])
     # QA, on the pixel shards the slices stage just wrote
     keep = [dataclasses.replace(r, mode="keep") for r in refs]
     qa_loop(keep[:1], ctx, kind)  # warm-up
@@ -277,7 +284,7 @@ def measure(launch: Launch, input_dir: Path, log) -> dict:
     seconds, cpu = qa_loop(keep, ctx, kind)
     runs = {"plain loop": seconds}
     rows = qa_rows(ctx, keep)
-    for name, args in RUNNERS.items():
+    for name, args in runners.items():
         log(f"  stage QA: {name}")
         beam_args, workers = split_workers(args)
         t0 = time.perf_counter()
@@ -286,6 +293,10 @@ def measure(launch: Launch, input_dir: Path, log) -> dict:
         _same(f"QA stage, {name}", qa_rows(ctx, keep), rows)
     out["QA"] = {"items": rows, "unit": "QA rows", "seconds": runs,
                  "plain_loop_cpu_s": round(cpu, 3)}
-    for stage in STAGES:
+    return _rounded(out, STAGES)
+
+
+def _rounded(out: dict, stages: tuple[str, ...]) -> dict:
+    for stage in stages:
         out[stage]["seconds"] = {k: round(v, 3) for k, v in out[stage]["seconds"].items()}
     return out
