@@ -57,6 +57,8 @@ class UnitRef:
     ``mode``: ``build`` (extract what is not stored, write everything), ``keep`` (the
     pixel shards already hold exactly these cases: verify them, render the questions),
     ``done`` (the last receipt is complete for this plan: verify, skip).
+    ``input_bytes``: the summed size of its cases' input files as the launcher stat'ed them
+    (0: unknown), the work estimate :func:`balance` deals units by.
     """
 
     split: str
@@ -64,6 +66,7 @@ class UnitRef:
     count: int
     n_cases: int
     mode: str = "build"
+    input_bytes: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < self.count:
@@ -159,12 +162,16 @@ def _plan_ungrouped(items: Iterable, split_of, fractions: Sequence[str], per_sha
 
 def balance(refs: Sequence[UnitRef], bins: int) -> list[list[UnitRef]]:
     """Deal ``refs`` into at most ``bins`` lists of about equal work, largest unit first
-    onto the least-loaded list (LPT).  A unit's work is its case count; an unchanged
-    (``done``) unit only verifies its files and counts a tenth.  Deterministic: ties go to
-    the lower list, equal units keep their order; empty lists are left out."""
+    onto the least-loaded list (LPT).  A unit's work is the size of its input files when
+    every unit knows it (a TotalSegmentator release's cases differ several-fold in slices;
+    extraction time follows the bytes read), else its case count; an unchanged (``done``)
+    unit only verifies its files and counts a tenth.  Deterministic: ties go to the lower
+    list, equal units keep their order; empty lists are left out."""
     loads = [0.0] * max(1, bins)
     out: list[list[UnitRef]] = [[] for _ in loads]
-    weight = [max(1, r.n_cases) * (0.1 if r.mode == "done" else 1.0) for r in refs]
+    by_bytes = bool(refs) and all(r.input_bytes > 0 for r in refs)
+    weight = [(r.input_bytes if by_bytes else max(1, r.n_cases)) * (0.1 if r.mode == "done" else 1.0)
+              for r in refs]
     for i in sorted(range(len(refs)), key=lambda i: -weight[i]):
         b = loads.index(min(loads))
         loads[b] += weight[i]

@@ -95,9 +95,10 @@ def build(
         # The shard writer's options are part of every case's fingerprint: other options
         # rebuild the shards (pixels and text) instead of keeping old-format files.
         sdigest = keys.digest(kind.settings_digest(prep["settings"]), shards.writer_digest())
+        sizes: dict[str, int] = {}  # input bytes per case: the units' work estimate
         fps = dict(zip(map(kind.case_key, cases), [fp[:32] for fp in case_fingerprints(
             kind.name, kind.version, sdigest, map(kind.case_json, cases),
-            map(tree.identity, map(kind.case_paths, cases)))]))
+            _sized(cases, kind, tree, sizes))]))
         fp = fingerprint(recipe, seed)
         qa_settings = dict(recipe.section("questions").get("settings") or {})
         qa_fp = keys.digest(fp, kind.name, json.dumps(sorted(fps.items())),
@@ -117,7 +118,7 @@ def build(
             attempts = attempt + 1
             refs, n_stored, extras = plan_units(
                 output, kind, planned, fps, qa_fp,
-                lambda units: kind.before_run(output, recipe, seed, units, cases, prep))
+                lambda units: kind.before_run(output, recipe, seed, units, cases, prep), sizes)
             extras = extras | {"run_id": run_id, "ood": ood_settings(recipe.section("ood"))}
             ctx = BuildContext(kind=kind.name, output=output, input_root=root,
                                settings=prep["settings"], families=prep["families"],
@@ -216,3 +217,12 @@ def _kind(recipe: Recipe) -> str:
         return kind_name(recipe.section("source").get("kind"))
     except ValueError as err:
         raise ConfigError(f"{recipe.path}: {err}") from err
+
+
+def _sized(cases, kind, tree: InputTree, sizes: dict[str, int]):
+    """Every case's stat identity (for its fingerprint), recording on the way the summed
+    size of its files in ``sizes`` under the case's key."""
+    for case in cases:
+        identity = tree.identity(kind.case_paths(case))
+        sizes[kind.case_key(case)] = sum(max(0, size) for _, size, _ in identity)
+        yield identity

@@ -9,6 +9,7 @@ aside first.  The launcher plans with the cyclic garbage collector paused
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from collections import Counter
 
@@ -62,19 +63,21 @@ def clean_temporaries(output: str, kind) -> None:
             shards.delete(found)
 
 
-def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run):
+def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run, sizes=None):
     """Refs (with proposed modes) and plan files for every unit; sources that another unit
     would overwrite are moved aside first.  ``before_run(units)`` (the kind's launcher
     step) returns extras for the context, and per-case question choices under
-    ``"case_extras"`` that go into the plan lines.  Returns ``(refs, number of stored
-    cases, extras)``."""
+    ``"case_extras"`` that go into the plan lines.  ``sizes``: input bytes per case key
+    (each unit's ``input_bytes``, its weight when the units are dealt to workers).
+    Returns ``(refs, number of stored cases, extras)``."""
     receipts = state.load_receipts(output)
     index = state.StoredIndex.load(output, receipts, kind.stored_configs)
     # per unit: its ref, cases, their keys and where an earlier build stored each case
     units = []
     for split, i, n, members in planned:
-        ref = UnitRef(split, i, n, len(members))
         case_keys = [kind.case_key(c) for c in members]
+        ref = UnitRef(split, i, n, len(members),
+                      input_bytes=sum(sizes.get(k, 0) for k in case_keys) if sizes else 0)
         found = [index.lookup(key, fps[key]) for key in case_keys] if len(index) else ()
         stored = [dict(s.locations) if s else None for s in found] or [None] * len(members)
         contents = [s.content if s else "" for s in found] or [""] * len(members)
@@ -108,7 +111,7 @@ def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run):
         cases = [PlannedCase(c, fps[key], where, content, case_extras.get(key))
                  for c, key, where, content in zip(members, case_keys, stored, contents)]
         mode = _propose(ref, cases, receipts, kind, qa_fp)
-        ref = UnitRef(ref.split, ref.index, ref.count, ref.n_cases, mode)
+        ref = dataclasses.replace(ref, mode=mode)
         write_plan(output, ref, cases, kind)
         if mode != "done":
             for rel in (ref.receipt,):
