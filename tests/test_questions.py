@@ -120,6 +120,45 @@ def test_distractors_same_region_never_related(answer):
         assert len({POOLS.display(p) for p in picks}) == 3
 
 
+def _pairwise_distractors(pools, answer, k, gen, candidates=None, exclude=()):
+    """The draw rule spelled out pair by pair (the tabulated clash sets must agree)."""
+    excluded = set(exclude) | {answer}
+    if candidates is not None:
+        tiers = [sorted(set(candidates))]
+    else:
+        region = pools.region_of(answer)
+        tiers = [pools.region_members(region)] + [pools.region_members(n) for n in pools.regions[region][1]]
+    chosen: list[str] = []
+    for tier in tiers:
+        pool = [c for c in tier if c not in excluded and not pools.related(answer, c)]
+        while len(chosen) < k:
+            pool = [c for c in pool if c not in chosen
+                    and not any(pools.related(c, x) for x in chosen)
+                    and pools.display(c).lower() not in {pools.display(x).lower() for x in chosen}]
+            if not pool:
+                break
+            chosen.append(pool[int(gen.integers(len(pool)))])
+        if len(chosen) >= k:
+            break
+    return chosen[:k]
+
+
+def test_distractors_equal_the_pairwise_rule_for_every_label_and_candidate_lists():
+    labels = sorted(POOLS.structures)
+    unknown = ["mystery_gland", "Mystery Gland", "another_thing", "liver"]  # not in the pools
+    for i, answer in enumerate(labels):
+        args = [(answer, None, ()), (answer, labels[::7] + unknown, ()),
+                (answer, None, tuple(labels[i + 1:i + 4]))]
+        if POOLS.function_label(answer):
+            fn = POOLS.function_label(answer)
+            args.append((fn, POOLS.function_labels(), ()))
+        for a, cands, exclude in args:
+            for k in (1, 3):
+                got = POOLS.distractors(a, k, keys.KeyedStream(i, a, "d"), candidates=cands, exclude=exclude)
+                want = _pairwise_distractors(POOLS, a, k, keys.KeyedStream(i, a, "d"), cands, exclude)
+                assert got == want, (a, k, cands is not None, exclude)
+
+
 @pytest.mark.parametrize(
     "a, b, related",
     [("liver", "liver_tumor", True), ("kidney_left", "kidney_cyst_left", True),
@@ -185,7 +224,7 @@ def test_rows_are_remembered_for_the_rendering_pass_per_build_and_record(monkeyp
     from pipeline.qa import questions
 
     monkeypatch.setattr(questions, "_MEMO", collections.OrderedDict())
-    monkeypatch.setattr(questions, "_MEMO_ROWS", [0])
+    monkeypatch.setattr(questions, "_MEMO_BYTES", [0])
     ctx = BuildContext(kind="slices", output="", input_root="", settings=None,
                        families=FAMILIES, pools=POOLS, seed=9, qa_fp="fp1")
     record, other = list(_records(2))
@@ -203,20 +242,22 @@ def test_rows_are_remembered_for_the_rendering_pass_per_build_and_record(monkeyp
     assert questions.questions_for(moved, ctx) == generate_questions(
         moved, FAMILIES, POOLS, seed=9, defer=True)
     assert len(questions._MEMO) == 3
-    # bounded by rows held: once full it keeps what it holds (both passes visit the records
+    # bounded by (pickled) bytes held: once full it keeps what it holds (both passes visit the records
     # in the same order: evicting the oldest would make every lookup miss) and drops only
     # other builds' entries
-    monkeypatch.setattr(questions, "MEMO_MAX_ROWS", questions._MEMO_ROWS[0])
+    monkeypatch.setattr(questions, "MEMO_MAX_BYTES", questions._MEMO_BYTES[0])
     assert questions.questions_for(other, ctx) == generate_questions(other, FAMILIES, POOLS, seed=9, defer=True)
     assert len(questions._MEMO) == 3  # full: not remembered, nothing of this build dropped
     ctx3 = BuildContext(**{**ctx.__dict__, "qa_fp": "fp3"})
     questions.questions_for(other, ctx3)
     assert [k[0] for k in questions._MEMO][-1] == "fp3"
-    assert questions._MEMO_ROWS[0] <= questions.MEMO_MAX_ROWS
+    assert questions._MEMO_BYTES[0] <= questions.MEMO_MAX_BYTES
     # pools keep their memo tables out of pickles
     POOLS.related("liver", "spleen")
-    assert "_related" in POOLS.__dict__
-    assert "_related" not in pickle.loads(pickle.dumps(POOLS)).__dict__
+    POOLS.distractors("liver", 3, questions.keys.KeyedStream(1, "k", "p"))
+    memos = {"_related", "_clash_sets", "_near_sets", "_all_labels"}
+    assert memos <= set(POOLS.__dict__)
+    assert not memos & set(pickle.loads(pickle.dumps(POOLS)).__dict__)
 
 
 def test_deferred_rows_are_worded_by_apply_exactly_as_undeferred_ones():

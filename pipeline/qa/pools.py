@@ -167,18 +167,18 @@ class Pools:
                 return []
             tiers = [self.region_members(region)]
             tiers += [self.region_members(n) for n in self.regions[region][1]]
+        known = self._universe()
         chosen: list[str] = []
         for tier in tiers:
-            pool = [c for c in tier if c not in excluded and not self.related(answer, c)]
+            near = self._clashes(answer, related_only=True)
+            pool = [c for c in tier if c not in excluded
+                    and not (c in near if c in known else self.related(answer, c))]
             new = list(chosen)  # what the pool has not been filtered against yet
             while len(chosen) < k:
-                # the same filter against every chosen label, applied once per label
-                shown = {self.display(x).lower() for x in new}
-                pool = [
-                    c for c in pool
-                    if c not in new and all(not self.related(c, x) for x in new)
-                    and self.display(c).lower() not in shown
-                ]
+                for x in new:  # the same filter against every chosen label, once per label
+                    bad = self._clashes(x)
+                    pool = [c for c in pool
+                            if not (c in bad if c in known else self._clash(c, x))]
                 if not pool:
                     break
                 chosen.append(pool[int(gen.integers(len(pool)))])
@@ -186,6 +186,30 @@ class Pools:
             if len(chosen) >= k:
                 break
         return chosen[:k]
+
+    def _clash(self, c: str, x: str) -> bool:
+        """May ``c`` not be offered beside ``x``: the same label, related (:meth:`related`),
+        or shown with the same text."""
+        return c == x or self.related(c, x) or self.display(c).lower() == self.display(x).lower()
+
+    def _universe(self) -> frozenset[str]:
+        """The labels whose clashes :meth:`_clashes` tabulates: every structure and every
+        function label with a display text."""
+        memo = self._memo("_all_labels")
+        if "all" not in memo:
+            memo["all"] = frozenset(self.structures) | frozenset(self.function_labels())
+        return memo["all"]
+
+    def _clashes(self, x: str, related_only: bool = False) -> frozenset[str]:
+        """The labels of :meth:`_universe` that clash with ``x`` (:meth:`_clash`), or with
+        ``related_only`` those :meth:`related` to it: computed once per label, so drawing
+        options is set lookups (the pairwise tests took a third of question generation)."""
+        memo = self._memo("_near_sets" if related_only else "_clash_sets")
+        hit = memo.get(x)
+        if hit is None:
+            test = (lambda c: self.related(x, c)) if related_only else (lambda c: self._clash(c, x))
+            hit = memo[x] = frozenset(c for c in self._universe() if test(c))
+        return hit
 
 
 def load_pools(paths: Iterable[str | Path]) -> Pools:

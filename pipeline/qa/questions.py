@@ -109,13 +109,15 @@ def generate_questions(
 # each record's questions twice: once for the balancing candidates, once to render them.
 # On a runner that runs both passes in one process (FnApiRunner) the second one is a
 # lookup here.  Keyed by the build's QA fingerprint (templates, pools, settings, seed,
-# inputs) and a digest of the record itself; bounded by rows held; callers get fresh row
-# dicts, so nothing they change reaches the memo.  Both passes visit the records in the
-# same order, so once full the memo keeps what it holds (evicting the oldest would make a
-# corpus larger than the bound miss every time) and only drops other builds' entries.
+# inputs) and a digest of the record itself; the rows are held pickled (about a third of
+# the memory of the dicts, so a 60-case radvuqa build's ~150K generated rows fit) and
+# bounded by bytes held; callers get fresh rows, so nothing they change reaches the memo.
+# Both passes visit the records in the same order, so once full the memo keeps what it
+# holds (evicting the oldest would make a corpus larger than the bound miss every time)
+# and only drops other builds' entries.
 _MEMO: OrderedDict = OrderedDict()
-_MEMO_ROWS = [0]
-MEMO_MAX_ROWS = 50_000
+_MEMO_BYTES = [0]
+MEMO_MAX_BYTES = 96 * 2**20
 
 
 def questions_for(record: Mapping, ctx) -> list[dict]:
@@ -126,13 +128,15 @@ def questions_for(record: Mapping, ctx) -> list[dict]:
         return generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
                                   settings=ctx.qa_settings, defer=True)
     key = (ctx.qa_fp, hashlib.sha256(pickle.dumps(dict(record), protocol=5)).digest())
-    rows = _MEMO.get(key)
-    if rows is None:
-        rows = generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
-                                  settings=ctx.qa_settings, defer=True)
-        while _MEMO and _MEMO_ROWS[0] + len(rows) > MEMO_MAX_ROWS and next(iter(_MEMO))[0] != ctx.qa_fp:
-            _MEMO_ROWS[0] -= len(_MEMO.popitem(last=False)[1])
-        if _MEMO_ROWS[0] + len(rows) <= MEMO_MAX_ROWS:
-            _MEMO[key] = rows
-            _MEMO_ROWS[0] += len(rows)
-    return [dict(r) for r in rows]
+    blob = _MEMO.get(key)
+    if blob is not None:
+        return pickle.loads(blob)
+    rows = generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
+                              settings=ctx.qa_settings, defer=True)
+    blob = pickle.dumps(rows, protocol=5)
+    while _MEMO and _MEMO_BYTES[0] + len(blob) > MEMO_MAX_BYTES and next(iter(_MEMO))[0] != ctx.qa_fp:
+        _MEMO_BYTES[0] -= len(_MEMO.popitem(last=False)[1])
+    if _MEMO_BYTES[0] + len(blob) <= MEMO_MAX_BYTES:
+        _MEMO[key] = blob
+        _MEMO_BYTES[0] += len(blob)
+    return rows
