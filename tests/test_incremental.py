@@ -405,3 +405,56 @@ def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path):
     fresh = tmp_path / "fresh"
     build(str(d / "my.yaml"), str(fresh), input_dir=str(inp), **QUIET)
     assert corpus_digest(out) == corpus_digest(fresh)
+
+
+class _Planted:
+    """Pickles as a call that creates ``path``: what a planted state file could try."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_regenerate_generates_only_the_edited_family_and_ignores_foreign_state(
+        tmp_path, sample_input, monkeypatch):
+    import collections
+    import pickle
+    import zlib
+
+    from pipeline.qa import questions
+
+    recipe = _recipe_dir(tmp_path)
+    out = tmp_path / "out"
+    build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), **QUIET)
+    stored = sorted((out / layout.QA_ROWS_DIR).glob("*.pkl"))
+    assert stored  # every rendered unit keeps its generated rows
+    _edit(recipe / "tpl" / "existence_closed.yaml", "Is the {{ structure }}", "Can you see the {{ structure }}")
+    asked = []
+    real = questions.generate_questions
+
+    def spy(record, families, *args, **kwargs):
+        asked.append(sorted(families))
+        return real(record, families, *args, **kwargs)
+
+    monkeypatch.setattr(questions, "generate_questions", spy)
+    monkeypatch.setattr(questions, "_MEMO", collections.OrderedDict())  # nothing from the build above
+    monkeypatch.setattr(questions, "_MEMO_BYTES", [0])
+    regenerate(str(out), **QUIET)
+    assert asked and all(a == ["existence_closed"] for a in asked)
+    fresh = tmp_path / "fresh"
+    build(str(recipe / "my.yaml"), str(fresh), input_dir=str(sample_input), **QUIET)
+    assert corpus_digest(out) == corpus_digest(fresh)
+    # a state file that is not plain data is never unpickled: every family generated again
+    marker = tmp_path / "planted"
+    for path in stored:
+        path.write_bytes(zlib.compress(pickle.dumps(_Planted(marker))))
+    _edit(recipe / "tpl" / "existence_closed.yaml", "Can you see the {{ structure }}", "Is there a {{ structure }}")
+    asked.clear()
+    regenerate(str(out), **QUIET)
+    assert not marker.exists()
+    assert len({f for a in asked for f in a}) > 1
+    fresh2 = tmp_path / "fresh2"
+    build(str(recipe / "my.yaml"), str(fresh2), input_dir=str(sample_input), **QUIET)
+    assert corpus_digest(out) == corpus_digest(fresh2)
