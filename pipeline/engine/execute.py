@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.engine import qa_rows
 from pipeline.engine.dead_letters import dead_letter, internal_error, jsonl, sort_dead, stage_counts
 from pipeline.engine.units import BuildContext, PlannedCase, UnitRef, plan_digest, read_plan
 from pipeline.errors import CaseError
@@ -285,8 +284,7 @@ def _read(data: bytes, columns=None, exclude=()) -> pa.Table:
 def unit_candidates(ref: UnitRef, report: Mapping, ctx: BuildContext, kind) -> list[tuple]:
     """Balancing candidates of a unit's questions (small tuples)."""
     records = kind.records(read_payload(ctx.output, report, kind), ref.split, ctx)
-    with qa_rows.scope(ctx, ref):
-        return kind.candidates(records, ctx)
+    return kind.candidates(records, ctx)
 
 
 @_gc_frozen
@@ -303,8 +301,7 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
     if extracted.extras:
         for r in records:
             r["assign"] = extracted.extras.get(r["case_key"])
-    with qa_rows.scope(ctx, ref, save=True):
-        tables, info, dead = kind.render(ref, records, payload, ctx, rules or Rules(), report)
+    tables, info, dead = kind.render(ref, records, payload, ctx, rules or Rules(), report)
     files = dict(report["pixel_files"])
     for config, table in tables.items():
         receipt = shards.write_table(ctx.output, ref.shard(config), table)

@@ -29,7 +29,7 @@ from pipeline.beam.preload import start_forkserver
 from pipeline.config import checked
 from pipeline.config.recipes import Recipe, load_recipe
 from pipeline.core import keys
-from pipeline.engine import qa_rows, state
+from pipeline.engine import state
 from pipeline.engine.execute import run_in_process
 from pipeline.engine.ood import settings as ood_settings
 from pipeline.engine.units import BuildContext, case_fingerprints
@@ -37,7 +37,7 @@ from pipeline.errors import BuildFailed, ConfigError
 from pipeline.inputs.tree import InputTree
 from pipeline.io import shards
 from pipeline.kinds.registry import get_kind, kind_name
-from pipeline.launch.finalise import finalise, fingerprint, qa_base_fingerprint
+from pipeline.launch.finalise import finalise, fingerprint
 from pipeline.launch.plan import PlanningCollector, clean_temporaries, log_plan, plan_units
 from pipeline.launch.summary import summary_table
 from pipeline.schema.layout import CONFIG_CACHE, LAST_RUN, PLAN_DIR, PROGRESS_DIR
@@ -99,11 +99,8 @@ def build(
         fps = dict(zip(map(kind.case_key, cases), [fp[:32] for fp in case_fingerprints(
             kind.name, kind.version, sdigest, map(kind.case_json, cases),
             _sized(cases, kind, tree, sizes))]))
-        qa_settings = dict(recipe.section("questions").get("settings") or {})
         fp = fingerprint(recipe, seed)
-        # what every family's generated rows depend on besides the family and the record
-        rows_base = keys.digest(kind.name, kind.version, sdigest, qa_base_fingerprint(recipe, seed),
-                                json.dumps(qa_settings, sort_keys=True, default=str))
+        qa_settings = dict(recipe.section("questions").get("settings") or {})
         qa_fp = keys.digest(fp, kind.name, json.dumps(sorted(fps.items())),
                             json.dumps([(s, i, n, [kind.case_key(c) for c in m]) for s, i, n, m in planned]))
         shards.write_json(output, state.BUILD_FILE, {
@@ -122,8 +119,7 @@ def build(
             refs, n_stored, extras = plan_units(
                 output, kind, planned, fps, qa_fp,
                 lambda units: kind.before_run(output, recipe, seed, units, cases, prep), sizes)
-            extras = extras | {"run_id": run_id, "ood": ood_settings(recipe.section("ood")),
-                               qa_rows.BASE_KEY: rows_base}
+            extras = extras | {"run_id": run_id, "ood": ood_settings(recipe.section("ood"))}
             ctx = BuildContext(kind=kind.name, output=output, input_root=root,
                                settings=prep["settings"], families=prep["families"],
                                pools=prep["pools"], seed=seed, qa_settings=qa_settings,

@@ -42,7 +42,6 @@ from pipeline.schema.layout import (
     DEAD_UNITS_DIR,
     LEARNED_CACHE,
     MANIFEST,
-    QA_ROWS_DIR,
     REPORT,
     UNITS_DIR,
     parse_shard,
@@ -81,15 +80,6 @@ def fingerprint(recipe: Recipe, seed: int) -> str:
     )
 
 
-def qa_base_fingerprint(recipe: Recipe, seed: int) -> str:
-    """:func:`fingerprint` without the templates: what generated questions depend on
-    besides their family (its template, digested by :mod:`pipeline.engine.qa_rows`)."""
-    data = public_recipe(recipe.data)
-    (data.get("questions") or {}).pop("templates", None)
-    return keys.digest(json.dumps(data, sort_keys=True), seed, _file_digest(pool_paths(recipe)),
-                       SCHEMA_VERSION, QA_VERSION, __version__)
-
-
 def public_recipe(data: dict) -> dict:
     """The recipe as published in the manifest: a pseudonym key is a secret, never copied."""
     out = json.loads(json.dumps(data))
@@ -123,7 +113,7 @@ def _remove_stale(output: str, configs, keep: set[str]) -> None:
 def _remove_stale_state(output: str, refs: Sequence[UnitRef]) -> None:
     """Delete receipts and dead-letter parts of units this build no longer has."""
     live = {r.unit_id for r in refs}
-    for folder in (UNITS_DIR, DEAD_UNITS_DIR, QA_ROWS_DIR):
+    for folder in (UNITS_DIR, DEAD_UNITS_DIR):
         for path in shards.match(output, f"{folder}/*"):
             name = path.rsplit("/", 1)[1]
             unit = name.split(".", 1)[0]

@@ -16,12 +16,9 @@ of boxes or labels in the record.
 from __future__ import annotations
 
 import hashlib
-import io
 import pickle
-import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from contextlib import contextmanager
 
 from pipeline.core import keys
 from pipeline.qa.balance import mark as balance_mark
@@ -126,98 +123,20 @@ MEMO_MAX_BYTES = 96 * 2**20
 def questions_for(record: Mapping, ctx) -> list[dict]:
     """``generate_questions(record, ctx.families, ctx.pools, …, defer=True)`` for a build
     context (:class:`pipeline.engine.units.BuildContext`), remembered for the next pass over the
-    record and, within :func:`stored_rows`, taken family by family from an earlier build's
-    rows.  Rows go through :func:`pipeline.qa.balance.apply`, which renders deferred ones."""
+    record.  Rows go through :func:`pipeline.qa.balance.apply`, which renders deferred ones."""
     if not ctx.qa_fp:
         return generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
                                   settings=ctx.qa_settings, defer=True)
-    digest = hashlib.sha256(pickle.dumps(dict(record), protocol=5)).digest()
-    key = (ctx.qa_fp, digest)
-    unit = getattr(_SCOPE, "unit", None)
+    key = (ctx.qa_fp, hashlib.sha256(pickle.dumps(dict(record), protocol=5)).digest())
     blob = _MEMO.get(key)
     if blob is not None:
-        rows = pickle.loads(blob)
-    else:
-        rows = _generated(record, ctx, unit and unit.stored.get(digest), unit)
-        blob = pickle.dumps(rows, protocol=5)
-        while _MEMO and _MEMO_BYTES[0] + len(blob) > MEMO_MAX_BYTES and next(iter(_MEMO))[0] != ctx.qa_fp:
-            _MEMO_BYTES[0] -= len(_MEMO.popitem(last=False)[1])
-        if _MEMO_BYTES[0] + len(blob) <= MEMO_MAX_BYTES:
-            _MEMO[key] = blob
-            _MEMO_BYTES[0] += len(blob)
-    if unit is not None:
-        unit.collected[digest] = (unit.fps, blob)
+        return pickle.loads(blob)
+    rows = generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
+                              settings=ctx.qa_settings, defer=True)
+    blob = pickle.dumps(rows, protocol=5)
+    while _MEMO and _MEMO_BYTES[0] + len(blob) > MEMO_MAX_BYTES and next(iter(_MEMO))[0] != ctx.qa_fp:
+        _MEMO_BYTES[0] -= len(_MEMO.popitem(last=False)[1])
+    if _MEMO_BYTES[0] + len(blob) <= MEMO_MAX_BYTES:
+        _MEMO[key] = blob
+        _MEMO_BYTES[0] += len(blob)
     return rows
-
-
-def _generated(record: Mapping, ctx, stored, unit) -> list[dict]:
-    """The record's rows: those of families whose fingerprint an earlier build's ``stored``
-    entry ``(family fingerprints, pickled rows)`` shares, the others generated (a family's
-    rows never depend on which other families run, so the union is what one generation of
-    every family gives)."""
-    kept: list[dict] = []
-    families = ctx.families
-    if stored is not None:
-        old_fps, old_blob = stored
-        same = {name for name, fp in old_fps if unit.family_fps.get(name) == fp}
-        try:
-            kept = [r for r in plain_loads(old_blob) if r["family"] in same] if same else []
-        except pickle.UnpicklingError:  # not plain data: never trusted, generated instead
-            kept, same = [], set()
-        families = {name: f for name, f in families.items() if name not in same}
-    rows = kept + (generate_questions(record, families, ctx.pools, seed=ctx.seed,
-                                      settings=ctx.qa_settings, defer=True) if families else [])
-    if kept:
-        rows.sort(key=lambda r: r["qa_id"])
-    return rows
-
-
-# ------------------------------------------------------------------ rows of earlier builds
-
-class _Unit(threading.local):
-    unit = None
-
-
-_SCOPE = _Unit()
-
-
-class StoredRows:
-    """What :func:`questions_for` consults and fills within :func:`stored_rows`."""
-
-    def __init__(self, stored: Mapping, family_fps: Mapping[str, str]):
-        self.stored = stored
-        self.family_fps = dict(family_fps)
-        self.fps = tuple(sorted(self.family_fps.items()))
-        self.collected: dict = {}
-
-
-def family_fingerprints(base: str, families: Mapping) -> dict[str, str]:
-    """Per family, the digest of what its generated rows depend on besides the record:
-    ``base`` (seed, settings, pools, code versions: the launcher's) and the family itself."""
-    return {name: keys.digest(base, repr(family)) for name, family in sorted(families.items())}
-
-
-@contextmanager
-def stored_rows(stored: Mapping, family_fps: Mapping[str, str]):
-    """Within: :func:`questions_for` takes each record's rows of the families whose
-    fingerprint is unchanged from ``stored`` (``record digest -> (family fingerprints,
-    pickled rows)``, an earlier build's) and generates only the others; yields the same
-    mapping for this build's rows (what the unit keeps for the next build)."""
-    scope = StoredRows(stored, family_fps)
-    _SCOPE.unit = scope
-    try:
-        yield scope.collected
-    finally:
-        _SCOPE.unit = None
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"stored rows may hold plain data only, found {module}.{name}")
-
-
-def plain_loads(data: bytes):
-    """``pickle.loads`` of plain data only (dicts, lists, tuples, strings, numbers, bytes):
-    files read back from a build's state folder never name a class or function."""
-    return _PlainUnpickler(io.BytesIO(data)).load()
-

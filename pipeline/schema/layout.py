@@ -34,9 +34,6 @@ REPORT = f"{REPORT_DIR}/index.html"
 REPORT_CACHE_DIR = f"{STATE_DIR}/report-cache"
 #: the learned text-only baseline's results per group, by the digest of what decides them
 LEARNED_CACHE = f"{STATE_DIR}/learned-cache.json"
-#: ``<unit>.pkl``: the unit's generated questions per record, by family fingerprint
-#: (pipeline.engine.qa_rows): a regenerate generates only the families that changed
-QA_ROWS_DIR = f"{STATE_DIR}/qa-rows"
 #: the template and pool files a build validated, by content (pipeline.config.checked)
 CONFIG_CACHE = f"{STATE_DIR}/config-cache.json"
 DEAD_LETTERS_DIR = "dead_letters"
