@@ -48,6 +48,18 @@ def _bomb() -> bytes:
             + _chunk(b"IDAT", zlib.compress(b"\0" * 10_000)) + _chunk(b"IEND", b""))
 
 
+def _idat_png(idat: bytes) -> bytes:
+    """An 8x8 grey PNG with ``idat`` as its image data (chunk CRCs right)."""
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0))
+            + _chunk(b"IDAT", idat) + _chunk(b"IEND", b""))
+
+
+_GOOD_IDAT = zlib.compress(bytes(range(72)))
+_BAD_BLOCK = _GOOD_IDAT[:2] + b"\xff" + _GOOD_IDAT[3:]  # block type 3: reserved, invalid
+_BAD_ADLER = _GOOD_IDAT[:-1] + bytes([_GOOD_IDAT[-1] ^ 1])
+_BAD_METHOD = b"\x79" + _GOOD_IDAT[1:]  # CM 9: not deflate
+
+
 @pytest.mark.parametrize(
     "data, reason, fragment",
     [
@@ -58,8 +70,15 @@ def _bomb() -> bytes:
         (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0))
          + _chunk(b"IDAT", zlib.compress(b"\0" * 20)) + _chunk(b"IEND", b""),
          "image.unreadable", "inflated to 20 bytes, expected 72"),
+        # chunk CRCs right, deflate stream wrong: inflating every byte is what finds them
+        (_idat_png(_BAD_BLOCK), "image.unreadable", "IDAT: cannot inflate"),
+        (_idat_png(_BAD_ADLER), "image.unreadable", "IDAT: cannot inflate"),
+        (_idat_png(_BAD_METHOD), "image.unreadable", "IDAT: cannot inflate"),
+        (_idat_png(zlib.compress(b"\0" * 200)), "image.unreadable",
+         "found more image data than IHDR promises"),
     ],
-    ids=["truncated", "bad-crc", "not-png", "decompression-bomb", "short-data"],
+    ids=["truncated", "bad-crc", "not-png", "decompression-bomb", "short-data", "bad-deflate-block",
+         "bad-adler32", "bad-zlib-method", "long-data"],
 )
 def test_bad_pngs_are_rejected_with_the_field(data, reason, fragment):
     with pytest.raises(CaseError) as err:
@@ -70,6 +89,7 @@ def test_bad_pngs_are_rejected_with_the_field(data, reason, fragment):
 
 def test_good_png_passes():
     assert check_png(PNG) == (8, 8)
+    assert check_png(_idat_png(_GOOD_IDAT)) == (8, 8)
 
 
 def test_image_structs_and_the_sorted_payload_table():
