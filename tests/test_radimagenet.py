@@ -23,6 +23,7 @@ from pipeline.core.imaging import encode_png
 from pipeline.errors import CaseError
 from pipeline.inputs.layouts.tree import TreeImage, check_png
 from pipeline.inputs.sample_tree import write_tree
+from pipeline.io import shards
 from pipeline.kinds.base import load_questions
 from pipeline.kinds.tree import KIND, ImagesById
 from pipeline.kinds.tree_tables import image_array
@@ -31,6 +32,7 @@ from pipeline.qa.balance import assign_distractors
 from pipeline.qa.benchmark import capped_quotas, left_out_regions, select_benchmark
 from pipeline.qa.label_pools import load_label_pools
 from pipeline.qa.questions import generate_questions
+from pipeline.schema.arrow import TREE_PAYLOAD_SCHEMA
 
 RECIPE = load_recipe("radimagenet-vqa")
 FAMILIES, POOLS = load_questions(RECIPE, pools_loader=load_label_pools)
@@ -448,3 +450,27 @@ def test_benchmark_options_are_fair(built):
             assert 0.2 <= c / offered[label] <= 0.34, (label, c, offered[label])
     positions = collections.Counter(r["answer"] for r in rows)
     assert max(positions.values()) - min(positions.values()) <= 1
+
+
+def test_a_local_shard_is_streamed_to_the_same_bytes_as_the_buffered_writer(tmp_path, monkeypatch):
+    """``shards.write_table`` streams a local shard to its file, hashing as it writes: the
+    same bytes as the in-memory writer (used for remote outputs), a receipt that matches
+    them, no temporary file left; a failed write leaves no file at all."""
+    ids = [f"{n:04d}" for n in range(50)]
+    table = pa.Table.from_arrays(
+        [pa.array(ids), image_array([PNG + bytes([n]) for n in range(50)], [f"{k}.png" for k in ids]),
+         *(pa.array(["x"] * 50) for _ in range(4))], schema=TREE_PAYLOAD_SCHEMA)
+    receipt = shards.write_table(str(tmp_path), "alignment/train-00000-of-00001.parquet", table)
+    data = (tmp_path / "alignment" / "train-00000-of-00001.parquet").read_bytes()
+    assert data == shards.table_bytes(table)
+    assert (receipt.sha256, receipt.bytes, receipt.rows) == (hashlib.sha256(data).hexdigest(),
+                                                             len(data), 50)
+    assert [p.name for p in (tmp_path / "alignment").iterdir()] == ["train-00000-of-00001.parquet"]
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shards.pq.ParquetWriter, "write_table", broken)
+    with pytest.raises(OSError):
+        shards.write_table(str(tmp_path), "instruct/train-00000-of-00001.parquet", table)
+    assert not list((tmp_path / "instruct").iterdir())
