@@ -6,8 +6,9 @@ so a retried or killed worker never leaves a partial file under a final name;
 ``gs://``, ``s3://`` and ``hdfs://`` outputs work wherever Beam's filesystems
 do.  The Parquet writer's options (codec per column, dictionary use, statistics,
 row-group size, format and page versions) are declared once, in :data:`WRITER`; rows
-are given sorted by key, and the bytes are hashed in memory: the same rows give the
-same file, byte for byte.  :func:`writer_digest` enters every case fingerprint
+are given sorted by key, and the bytes are hashed as they are written (a local shard is
+streamed to its file page by page; a remote one is built in memory, then uploaded): the
+same rows give the same file, byte for byte.  :func:`writer_digest` enters every case fingerprint
 (``pipeline.launch.build``), so a build with other writer options
 rewrites every shard instead of keeping old-format shards beside new ones.
 """
