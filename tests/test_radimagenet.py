@@ -23,6 +23,7 @@ from pipeline.core.imaging import encode_png
 from pipeline.errors import CaseError
 from pipeline.inputs.layouts.tree import TreeImage, check_png
 from pipeline.inputs.sample_tree import write_tree
+from pipeline.io import shards
 from pipeline.kinds.base import load_questions
 from pipeline.kinds.tree import KIND, ImagesById
 from pipeline.kinds.tree_tables import image_array
@@ -31,6 +32,7 @@ from pipeline.qa.balance import assign_distractors
 from pipeline.qa.benchmark import capped_quotas, left_out_regions, select_benchmark
 from pipeline.qa.label_pools import load_label_pools
 from pipeline.qa.questions import generate_questions
+from pipeline.schema.arrow import TREE_PAYLOAD_SCHEMA
 
 RECIPE = load_recipe("radimagenet-vqa")
 FAMILIES, POOLS = load_questions(RECIPE, pools_loader=load_label_pools)
@@ -48,6 +50,18 @@ def _bomb() -> bytes:
             + _chunk(b"IDAT", zlib.compress(b"\0" * 10_000)) + _chunk(b"IEND", b""))
 
 
+def _idat_png(idat: bytes) -> bytes:
+    """An 8x8 grey PNG with ``idat`` as its image data (chunk CRCs right)."""
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0))
+            + _chunk(b"IDAT", idat) + _chunk(b"IEND", b""))
+
+
+_GOOD_IDAT = zlib.compress(bytes(range(72)))
+_BAD_BLOCK = _GOOD_IDAT[:2] + b"\xff" + _GOOD_IDAT[3:]  # block type 3: reserved, invalid
+_BAD_ADLER = _GOOD_IDAT[:-1] + bytes([_GOOD_IDAT[-1] ^ 1])
+_BAD_METHOD = b"\x79" + _GOOD_IDAT[1:]  # CM 9: not deflate
+
+
 @pytest.mark.parametrize(
     "data, reason, fragment",
     [
@@ -58,8 +72,15 @@ def _bomb() -> bytes:
         (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0))
          + _chunk(b"IDAT", zlib.compress(b"\0" * 20)) + _chunk(b"IEND", b""),
          "image.unreadable", "inflated to 20 bytes, expected 72"),
+        # chunk CRCs right, deflate stream wrong: inflating every byte is what finds them
+        (_idat_png(_BAD_BLOCK), "image.unreadable", "IDAT: cannot inflate"),
+        (_idat_png(_BAD_ADLER), "image.unreadable", "IDAT: cannot inflate"),
+        (_idat_png(_BAD_METHOD), "image.unreadable", "IDAT: cannot inflate"),
+        (_idat_png(zlib.compress(b"\0" * 200)), "image.unreadable",
+         "found more image data than IHDR promises"),
     ],
-    ids=["truncated", "bad-crc", "not-png", "decompression-bomb", "short-data"],
+    ids=["truncated", "bad-crc", "not-png", "decompression-bomb", "short-data", "bad-deflate-block",
+         "bad-adler32", "bad-zlib-method", "long-data"],
 )
 def test_bad_pngs_are_rejected_with_the_field(data, reason, fragment):
     with pytest.raises(CaseError) as err:
@@ -70,6 +91,7 @@ def test_bad_pngs_are_rejected_with_the_field(data, reason, fragment):
 
 def test_good_png_passes():
     assert check_png(PNG) == (8, 8)
+    assert check_png(_idat_png(_GOOD_IDAT)) == (8, 8)
 
 
 def test_image_structs_and_the_sorted_payload_table():
@@ -428,3 +450,27 @@ def test_benchmark_options_are_fair(built):
             assert 0.2 <= c / offered[label] <= 0.34, (label, c, offered[label])
     positions = collections.Counter(r["answer"] for r in rows)
     assert max(positions.values()) - min(positions.values()) <= 1
+
+
+def test_a_local_shard_is_streamed_to_the_same_bytes_as_the_buffered_writer(tmp_path, monkeypatch):
+    """``shards.write_table`` streams a local shard to its file, hashing as it writes: the
+    same bytes as the in-memory writer (used for remote outputs), a receipt that matches
+    them, no temporary file left; a failed write leaves no file at all."""
+    ids = [f"{n:04d}" for n in range(50)]
+    table = pa.Table.from_arrays(
+        [pa.array(ids), image_array([PNG + bytes([n]) for n in range(50)], [f"{k}.png" for k in ids]),
+         *(pa.array(["x"] * 50) for _ in range(4))], schema=TREE_PAYLOAD_SCHEMA)
+    receipt = shards.write_table(str(tmp_path), "alignment/train-00000-of-00001.parquet", table)
+    data = (tmp_path / "alignment" / "train-00000-of-00001.parquet").read_bytes()
+    assert data == shards.table_bytes(table)
+    assert (receipt.sha256, receipt.bytes, receipt.rows) == (hashlib.sha256(data).hexdigest(),
+                                                             len(data), 50)
+    assert [p.name for p in (tmp_path / "alignment").iterdir()] == ["train-00000-of-00001.parquet"]
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shards.pq.ParquetWriter, "write_table", broken)
+    with pytest.raises(OSError):
+        shards.write_table(str(tmp_path), "instruct/train-00000-of-00001.parquet", table)
+    assert not list((tmp_path / "instruct").iterdir())

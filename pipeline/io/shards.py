@@ -6,8 +6,9 @@ so a retried or killed worker never leaves a partial file under a final name;
 ``gs://``, ``s3://`` and ``hdfs://`` outputs work wherever Beam's filesystems
 do.  The Parquet writer's options (codec per column, dictionary use, statistics,
 row-group size, format and page versions) are declared once, in :data:`WRITER`; rows
-are given sorted by key, and the bytes are hashed in memory: the same rows give the
-same file, byte for byte.  :func:`writer_digest` enters every case fingerprint
+are given sorted by key, and the bytes are hashed as they are written (a local shard is
+streamed to its file page by page; a remote one is built in memory, then uploaded): the
+same rows give the same file, byte for byte.  :func:`writer_digest` enters every case fingerprint
 (``pipeline.launch.build``), so a build with other writer options
 rewrites every shard instead of keeping old-format shards beside new ones.
 """
@@ -210,15 +211,57 @@ def table_bytes(table: pa.Table) -> bytes:
     return _table_buffer(table).to_pybytes()
 
 
+def _row_group(table: pa.Table) -> int:
+    """Rows per row group: about :data:`WRITER`'s ``row_group_bytes`` of the table."""
+    row_bytes = max(1, table.nbytes // max(1, table.num_rows))
+    return (max(1, min(table.num_rows, WRITER["row_group_bytes"] // row_bytes))
+            if table.num_rows else 1)
+
+
 def _table_buffer(table: pa.Table) -> pa.Buffer:
     """:func:`table_bytes` as an Arrow buffer: written by Arrow's own output stream, never
     copied into Python (a 224 px unit's shard is ~150 MB)."""
-    row_bytes = max(1, table.nbytes // max(1, table.num_rows))
-    row_group = (max(1, min(table.num_rows, WRITER["row_group_bytes"] // row_bytes))
-                 if table.num_rows else 1)
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, row_group_size=row_group, **write_options(table.schema))
+    pq.write_table(table, sink, row_group_size=_row_group(table), **write_options(table.schema))
     return sink.getvalue()
+
+
+class _HashingFile:
+    """A local file that hashes (SHA-256) and counts what is written to it: the Parquet
+    writer's pages go straight to the file, never gathered into one buffer of the whole
+    shard (a 224 px unit's ~470 MB, grown by doubling, then copied to the file)."""
+
+    closed = False
+
+    def __init__(self, f):
+        self._f, self.sha256, self.bytes = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def _write_table_local(final: str, rel: str, table: pa.Table) -> FileReceipt:
+    """:func:`write_table` for a local ``final`` path: the same bytes, streamed (see
+    :class:`_HashingFile`) to a temporary name, then renamed."""
+    tmp = f"{final}{TMP_MARK}{uuid.uuid4().hex}"
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    try:
+        with open(tmp, "wb", buffering=0) as f:
+            sink = _HashingFile(f)
+            with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), table.schema,
+                                  **write_options(table.schema)) as writer:
+                writer.write_table(table, row_group_size=_row_group(table))
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return FileReceipt(rel, sink.sha256.hexdigest(), sink.bytes, table.num_rows)
 
 
 def write_parquet(root: str, rel: str, rows: list[dict], schema: pa.Schema) -> FileReceipt:
@@ -226,6 +269,9 @@ def write_parquet(root: str, rel: str, rows: list[dict], schema: pa.Schema) -> F
 
 
 def write_table(root: str, rel: str, table: pa.Table) -> FileReceipt:
+    final = join(root, rel)
+    if not _remote(final):
+        return _write_table_local(final, rel, table)
     receipt = write_bytes(root, rel, memoryview(_table_buffer(table)))
     return FileReceipt(receipt.path, receipt.sha256, receipt.bytes, table.num_rows)
 

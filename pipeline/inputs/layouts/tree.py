@@ -37,6 +37,13 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
+try:  # ISA-L (python-isal): inflate 1.3-1.4x and CRC-32 ~4x faster than zlib on 224 px PNGs
+    from isal import isal_zlib as _zlib
+    _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _zlib.error)
+except ImportError:  # pragma: no cover - isal is a dependency; zlib checks the same bytes
+    _zlib = zlib
+    _INFLATE_ERRORS = (zlib.error,)
+
 from pipeline.core import keys
 from pipeline.errors import CaseError, ConfigError
 from pipeline.inputs.tree import InputTree, is_remote
@@ -212,6 +219,7 @@ def check_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, rel: str = "
                    f"signature: found {data[:8]!r}, expected the PNG signature {PNG_SIGNATURE!r}")
     pos, width = 8, None
     idat = []
+    _crc32 = _zlib.crc32
     view = memoryview(data)  # chunks are looked at in place: a 47 KB IDAT is never copied
     while pos + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
@@ -221,7 +229,7 @@ def check_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, rel: str = "
             raise fail("image.unreadable",
                        f"chunk {name!r} at byte {pos}: truncated: found {len(data) - pos - 8} bytes, "
                        f"expected {length} + 4 (CRC)")
-        actual = zlib.crc32(chunk, zlib.crc32(kind)) & 0xFFFFFFFF
+        actual = _crc32(chunk, _crc32(kind)) & 0xFFFFFFFF
         stored = struct.unpack_from(">I", data, pos + 8 + length)[0]
         if actual != stored:
             raise fail("image.unreadable",
@@ -259,9 +267,9 @@ def check_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, rel: str = "
     expected = row * height if not interlace else None
     limit = expected if expected is not None else 2 * row * height
     try:
-        inflater = zlib.decompressobj()
+        inflater = _zlib.decompressobj()
         raw = inflater.decompress(idat[0] if len(idat) == 1 else b"".join(idat), limit + 1)
-    except zlib.error as err:
+    except _INFLATE_ERRORS as err:
         raise fail("image.unreadable", f"IDAT: cannot inflate: {err}", err) from err
     if expected is not None and len(raw) != expected:
         raise fail("image.unreadable",
