@@ -132,7 +132,11 @@ def extract_case(
 ) -> tuple[list[dict], list[dict]]:
     """Image rows and structure rows of one loaded case (see module docstring); masks
     cropped (:class:`~pipeline.core.masks.Mask`) or whole boolean volumes."""
-    array, geometry = volume.array, volume.geometry
+    # A CT's stored integers as they are (its body mask and windows give the same pixels
+    # from them as from their float32 copy, which is never made); an MR's percentile window
+    # is computed in float32, so an MR is windowed from Volume.array
+    array = volume.voxels if volume.modality == "CT" else volume.array
+    geometry = volume.geometry
     masks = {n: as_mask(m) for n, m in masks.items()}
     if settings.resample_mm:
         array = resample(array, geometry.spacing, settings.resample_mm, nearest=False)
