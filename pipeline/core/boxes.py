@@ -144,14 +144,20 @@ def slice_boxes(
     out = []
     for label in sorted(masks):
         found = display_crop(as_mask(masks[label]), plane, index)
-        if found is None or not found[0].any():
+        if found is None:
             continue
         m, x0, y0 = found
-        bx0, by0, bx1, by1 = mask_box(m)
-        x_min, y_min, x_max, y_max = bx0 + x0, by0 + y0, bx1 + x0, by1 + y0
-        ys, xs = np.nonzero(m)
-        xs, ys = xs + x0, ys + y0
-        cx, cy = float(xs.mean()), float(ys.mean())
+        # box, area and centroid from the pixel counts per column and per row: the sums are
+        # integers, exact in float64, so the centroid is the mean of the pixels' coordinates
+        per_x, per_y = np.count_nonzero(m, axis=0), np.count_nonzero(m, axis=1)
+        area = int(per_x.sum())
+        if area == 0:
+            continue
+        xs, ys = np.flatnonzero(per_x), np.flatnonzero(per_y)
+        x_min, x_max = int(xs[0]) + x0, int(xs[-1]) + 1 + x0
+        y_min, y_max = int(ys[0]) + y0, int(ys[-1]) + 1 + y0
+        cx = float(int(np.dot(xs, per_x[xs])) + x0 * area) / area
+        cy = float(int(np.dot(ys, per_y[ys])) + y0 * area) / area
         ijk = display_to_index(plane, index, cx, cy, geometry.shape)
         k_level = int(np.clip(round(float(ijk[2])), 0, geometry.shape[2] - 1))
         if plane == "sagittal":
@@ -159,7 +165,6 @@ def slice_boxes(
         else:
             i_lo, i_hi = float(x_min), float(x_max)
         side = laterality(i_lo, i_hi, float(ijk[0]), float(midline[k_level]), si)
-        area = int(xs.size)
         out.append(
             {
                 "label": label,
