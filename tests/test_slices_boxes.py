@@ -179,7 +179,7 @@ def test_png_encoder_round_trips_through_pillow():
     assert encode_png(gray) == data
 
 
-@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8, np.int8])
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8, np.int8, np.dtype(">i2")])
 def test_window_tables_give_apply_windows_pixels(dtype):
     """A CT's integers windowed through a lookup table: every value of the type, each window,
     the very pixels apply_window gives from float64."""
@@ -241,3 +241,26 @@ def test_a_ct_extracts_the_same_rows_from_its_integers_as_from_float32():
             for voxels in (hu, hu.astype(np.float32))]
     assert Volume(hu, geom, "CT").array.dtype == np.float32
     assert rows[0] == rows[1] and len(rows[0][0]) > 10
+
+
+def test_structure_centroids_and_midlines_are_those_of_the_voxels():
+    """structure_stats' centroid from per-plane counts is the mean of the voxels' own indices
+    to the last bit; a CT's midline from the largest value along j is body_mask's."""
+    rng = np.random.default_rng(12)
+    shape = (21, 17, 9)
+    geom = Geometry(shape, (0.8, 0.8, 1.5), (-3.0, 4.0, 50.0))
+    hu = np.where(rng.random(shape) < 0.3, rng.integers(-400, 900, shape), -1000).astype(np.int16)
+    hu[:, :, 4] = -1000  # a level without body
+    mid = body_midline(hu, "CT")
+    body = (hu > -500).any(axis=1)
+    for k in range(shape[2]):
+        cols = np.flatnonzero(body[:, k])
+        if cols.size:
+            assert mid[k] == (cols[0] + cols[-1]) / 2.0
+    assert np.array_equal(mid, body_midline(hu.astype(np.float32), "CT"))
+    for n in range(5):
+        mask = rng.random(shape) < rng.uniform(0.01, 0.6)
+        stats = structure_stats(f"m{n}", mask, geom, mid)
+        centroid = np.argwhere(mask).mean(axis=0)
+        assert stats["centroid_lps"] == [round(float(v), 4) for v in geom.index_to_lps(centroid)]
+        assert stats["voxels"] == int(mask.sum())

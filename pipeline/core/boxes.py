@@ -94,8 +94,10 @@ def body_midline(volume: np.ndarray, modality: str) -> np.ndarray:
     The centre of the body's left-right extent; levels without body take the
     median over the levels with body (or the volume's centre).
     """
-    body = body_mask(volume, modality)
-    present = body.any(axis=1)  # [i, k]
+    if modality == "CT":  # body_mask's test on the largest value along j: no whole boolean volume
+        present = volume.max(axis=1) > -500  # [i, k]
+    else:
+        present = body_mask(volume, modality).any(axis=1)  # [i, k]
     mid = np.full(volume.shape[2], np.nan)
     for k in range(volume.shape[2]):
         cols = np.flatnonzero(present[:, k])
@@ -184,6 +186,17 @@ def slice_boxes(
     return out
 
 
+def _centroid(mask: Mask) -> tuple[np.ndarray, int]:
+    """``(centroid, voxels)`` of a non-empty mask: the mean grid index of its voxels, from
+    the voxel counts per plane of each axis (integer sums, exact in float64: the very mean
+    of the voxels' indices, without listing them)."""
+    crop = mask.crop
+    voxels = int(np.count_nonzero(crop))
+    sums = [int(np.dot(np.arange(n), np.count_nonzero(crop, axis=tuple(b for b in range(3) if b != a))))
+            + o * voxels for a, (n, o) in enumerate(zip(crop.shape, mask.offset))]
+    return np.array([float(t) / voxels for t in sums]), voxels
+
+
 def structure_stats(
     label: str, mask: Mask | np.ndarray, geometry: Geometry, midline: np.ndarray
 ) -> dict | None:
@@ -196,10 +209,8 @@ def structure_stats(
     box = mask.box
     if box is None:
         return None
-    idx = mask.indices()
-    centroid = idx.mean(axis=0)
+    centroid, voxels = _centroid(mask)
     k_level = int(np.clip(round(float(centroid[2])), 0, geometry.shape[2] - 1))
-    voxels = int(idx.shape[0])
     return {
         "label": label,
         "box3d": [int(v) for v in box],

@@ -253,7 +253,7 @@ def encode_prompt_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int 
             out.append(encode_png(draw_prompt(g, target, others, width), level, strategy))
             continue
         if base is None:
-            base = lut[g]
+            base = np.take(lut, g)
         index = base.copy()
         slot = {c: len(levels) + n for n, c in enumerate(used)}
         for b, c in drawn:

@@ -189,7 +189,7 @@ def extract_case(
         for index in chosen:
             boxes = slice_boxes(masks, plane, index, geometry, midline)
             view = display_slice(array, plane, index)
-            if None in tables:  # float64 once for all the windows (not once per window)
+            if any(t is None for t in tables):  # float64 once for all the windows (not once per window)
                 view = np.asarray(view, dtype=np.float64)
             for window, table in zip(windows, tables):
                 pixels = apply_window(view, window) if table is None else apply_window_table(view, table)
