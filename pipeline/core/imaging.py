@@ -1,9 +1,9 @@
-"""PNG encoding (deterministic, no imaging library) for stored slices.
+"""PNG encoding (deterministic, dependency-free) for stored slices.
 
-``zlib`` (or ISA-L) at a fixed level and strategy on fixed bytes gives the same file on
-every machine, which Pillow's encoder options do not promise across versions.
+``zlib`` at a fixed level and strategy on fixed bytes gives the same file on every
+machine, which Pillow's encoder options do not promise across versions.
 
-Three strategies (:data:`PNG_STRATEGIES`, the recipe's ``slices.png_strategy``):
+Two strategies (:data:`PNG_STRATEGIES`, the recipe's ``slices.png_strategy``):
 
 * ``default``: rows unfiltered, zlib at ``level`` (every PNG up to ``EXTRACT_VERSION`` 3);
 * ``rle``: every row filtered with Up (the byte above subtracted) and deflated with zlib's
@@ -12,14 +12,7 @@ Three strategies (:data:`PNG_STRATEGIES`, the recipe's ``slices.png_strategy``):
   pyradiomics lung CTs and brain MR: 7-11 % fewer bytes); a visual prompt
   (:func:`encode_prompt_png`) is then stored with indexed colour — the slice's grey levels
   and the outline colours as its palette — whenever they number at most 256, and as RGB
-  (Up, zlib level 3, where ``Z_RLE`` would double the size) otherwise (``EXTRACT_VERSION`` 4);
-* ``isal``: the rows and palettes of ``rle``, deflated by ISA-L (python-isal's
-  ``isal_zlib``, level 1 at every ``level`` but 0, which stores as zlib does): a zlib stream
-  like any other, which every PNG decoder reads; on the 648 PNGs of a generated 1.5 mm
-  TotalSegmentator case 2.3x faster than ``rle`` (0.13 against 0.31 s CPU) and 9.6 % larger
-  (21.0 against 19.2 MB).  ISA-L's bytes are fixed by its version and, on x86, by whether
-  the CPU has SSE4.2 (every x86-64 CPU since 2008 does); the default since
-  ``EXTRACT_VERSION`` 5.
+  (Up, zlib level 3, where ``Z_RLE`` would double the size) otherwise.
 """
 
 from __future__ import annotations
@@ -29,7 +22,6 @@ import struct
 import zlib
 
 import numpy as np
-from isal import isal_zlib
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -42,12 +34,10 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 #: PNG encoding strategies (see the module docstring).
-PNG_STRATEGIES = ("default", "rle", "isal")
+PNG_STRATEGIES = ("default", "rle")
 #: zlib level of an RGB image under ``rle`` (level 3: within 3 % of level 6's size on RGB
 #: slices at less than half its time; ``Z_RLE`` finds no run in three equal bytes a pixel).
 RLE_RGB_LEVEL = 3
-#: ISA-L's level under ``isal`` (levels 2 and 3 are no smaller on windowed slices, and slower).
-ISAL_LEVEL = 1
 
 
 def _rows(a: np.ndarray, up: bool) -> bytes:
@@ -69,12 +59,10 @@ def _png(pixels: np.ndarray, color_type: int, level: int, strategy: str,
     if strategy not in PNG_STRATEGIES:
         raise ValueError(f"PNG strategy must be one of {PNG_STRATEGIES}, got {strategy!r}")
     h, w = pixels.shape[:2]
-    rle = strategy != "default"  # rle and isal: rows filtered with Up
+    rle = strategy == "rle"
     data = _rows(pixels.reshape(h, -1), up=rle)
     if not rle:
         compressed = zlib.compress(data, level)
-    elif strategy == "isal":
-        compressed = isal_zlib.compress(data, ISAL_LEVEL) if level else zlib.compress(data, 0)
     elif color_type == 2:
         compressed = zlib.compress(data, min(level, RLE_RGB_LEVEL))
     else:
@@ -224,7 +212,7 @@ def encode_prompt_png(gray: np.ndarray, target, others=(), width: int = 2, *,
                       level: int = 6, strategy: str = "default") -> bytes:
     """The PNG of :func:`draw_prompt` ``(gray, target, others, width)`` — the same pixels.
 
-    ``default``: an RGB PNG.  ``rle`` and ``isal``: indexed colour when the slice's grey levels and the
+    ``default``: an RGB PNG.  ``rle``: indexed colour when the slice's grey levels and the
     outline colours number at most 256 (palette: the grey levels present, ascending, then
     the colours), the index image compressed as a grey one is; an RGB PNG otherwise.
     """
@@ -239,7 +227,7 @@ def encode_prompt_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int 
     if g.shape[0] < 1 or g.shape[1] < 1:
         raise ValueError(f"encode_prompt_png: empty image {g.shape}")
     outlines = [_prompt_outlines(target, others) for target, others in prompts]
-    if strategy == "default":
+    if strategy != "rle":
         return [encode_png(draw_prompt(g, t, o, width), level, strategy) for t, o in prompts]
     levels = np.flatnonzero(np.bincount(g.ravel(), minlength=256))
     lut = np.zeros(256, dtype=np.uint8)

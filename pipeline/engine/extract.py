@@ -37,8 +37,7 @@ from pipeline.inputs.layouts import get_layout
 from pipeline.inputs.readers import Volume
 
 #: Bump when extraction output changes for the same inputs and settings.
-EXTRACT_VERSION = "5"  # 4: PNGs filtered with Up and deflated with Z_RLE; prompts indexed
-#                        5: deflated by ISA-L (png_strategy isal; the same pixels)
+EXTRACT_VERSION = "4"  # 4: PNGs filtered with Up and deflated with Z_RLE; prompts indexed
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class SliceSettings:
     structures: tuple[str, ...] | None = None
     max_voxels: int = 64_000_000
     png_level: int = 6
-    png_strategy: str = "isal"  # core/imaging.PNG_STRATEGIES
+    png_strategy: str = "rle"  # core/imaging.PNG_STRATEGIES
     boxed: bool = False  # also store each slice with a visual prompt drawn (image_boxed, _easy)
 
     def __post_init__(self) -> None:
@@ -89,7 +88,7 @@ class SliceSettings:
             structures=tuple(structures) if structures else None,
             max_voxels=int(section.get("max_voxels", 64_000_000)),
             png_level=int(section.get("png_level", 6)),
-            png_strategy=str(section.get("png_strategy", "isal")),
+            png_strategy=str(section.get("png_strategy", "rle")),
             boxed=bool(section.get("boxed", False)),
         )
 
