@@ -239,7 +239,9 @@ def test_a_ct_extracts_the_same_rows_from_its_integers_as_from_float32():
     rows = [extract_case(case, "train", Volume(voxels, geom, "CT"),
                          {"liver": liver, "bone": bone}, settings)
             for voxels in (hu, hu.astype(np.float32))]
-    assert Volume(hu, geom, "CT").array.dtype == np.float32
+    volume = Volume(hu, geom, "CT")
+    assert volume.voxels is hu and volume.array.dtype == np.float32
+    assert volume.voxels is volume.array  # one copy held once the float32 one is made
     assert rows[0] == rows[1] and len(rows[0][0]) > 10
 
 

@@ -75,10 +75,13 @@ class Volume:
     @cached_property
     def array(self) -> np.ndarray:
         """The voxels as float32 (``voxels`` themselves when they are float32; else one copy
-        that keeps their memory order, made once)."""
+        that keeps their memory order, made once, which then stands for ``voxels`` too — the
+        same values — so that a volume holds one copy of its voxels, not two)."""
         if self.voxels.dtype == np.float32:
             return self.voxels
-        return self.voxels.astype(np.float32, order="K")
+        array = self.voxels.astype(np.float32, order="K")
+        object.__setattr__(self, "voxels", array)  # the integers' buffer is freed
+        return array
 
 
 class Reader(Protocol):
