@@ -6,6 +6,7 @@ PNG encodings and component counts the extraction uses since ``EXTRACT_VERSION``
 from __future__ import annotations
 
 import gzip
+import zlib
 from io import BytesIO
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
+from pipeline.core import imaging
 from pipeline.core.boxes import count_components
 from pipeline.core.imaging import draw_prompt, encode_png, encode_prompt_png
 from pipeline.errors import CaseError
@@ -165,7 +167,8 @@ def decoded(data: bytes) -> Image.Image:
     return image
 
 
-def test_rle_pngs_decode_to_the_same_pixels():
+def test_rle_pngs_decode_to_the_same_pixels(tmp_path):
+    """Read back by Pillow and by SimpleITK's libpng alike."""
     rng = np.random.default_rng(3)
     grey = np.clip(rng.normal(120, 40, (37, 53)), 0, 255).astype(np.uint8)
     rgb = draw_prompt(grey, {"x_min": 3, "y_min": 4, "x_max": 30, "y_max": 20})
@@ -173,9 +176,28 @@ def test_rle_pngs_decode_to_the_same_pixels():
         for level in (0, 1, 6):
             data = encode_png(pixels, level, "rle")
             assert np.array_equal(np.asarray(decoded(data)), pixels)
+            path = tmp_path / "decoded.png"
+            path.write_bytes(data)
+            assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), pixels)
             assert data == encode_png(pixels, level, "rle")  # deterministic
     with pytest.raises(ValueError):
         encode_png(grey, 6, "zstd")
+
+
+@pytest.mark.parametrize("level", [0, 1, 6, 9])
+def test_rle_pngs_are_zlibs_bytes_when_zlib_ng_deflates(level, monkeypatch):
+    """zlib-ng runs Z_RLE for its speed only: every PNG is byte for byte the one the
+    standard library's zlib writes (runs, noise, flat areas; several deflate blocks)."""
+    pytest.importorskip("zlib_ng")
+    rng = np.random.default_rng(level)
+    runs = np.repeat(rng.integers(0, 256, 60_000), rng.integers(4, 9, 60_000))[:300 * 640]
+    images = [runs.astype(np.uint8).reshape(300, 640),
+              rng.integers(0, 256, (257, 300), dtype=np.uint8),
+              np.zeros((512, 512), np.uint8),
+              np.clip(rng.normal(100, 30, (330, 256)), 0, 255).astype(np.uint8)]
+    fast = [encode_png(a, level, "rle") for a in images]
+    monkeypatch.setattr(imaging, "_rle_lib", zlib)
+    assert fast == [encode_png(a, level, "rle") for a in images]
 
 
 @pytest.mark.parametrize("levels", [40, 252, 253, 256])

@@ -14,15 +14,21 @@ from pipeline.core.boxes import (
 from pipeline.core.geometry import Geometry
 from pipeline.core.imaging import encode_png, png_size
 from pipeline.core.slices import (
+    PLANES,
     Window,
     apply_window,
+    apply_window_table,
     ct_window,
     display_slice,
     display_spacing,
     display_to_index,
     mr_window,
     select_slices,
+    window_table,
 )
+from pipeline.engine.extract import SliceSettings, extract_case
+from pipeline.inputs.discovery import CaseSource
+from pipeline.inputs.readers import Volume
 
 SHAPE = (10, 12, 8)  # i: right->left, j: anterior->posterior, k: inferior->superior
 
@@ -171,3 +177,92 @@ def test_png_encoder_round_trips_through_pillow():
     rgb = np.stack([gray, gray[::-1], 255 - gray], axis=-1)
     assert np.array_equal(np.asarray(Image.open(BytesIO(encode_png(rgb)))), rgb)
     assert encode_png(gray) == data
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8, np.int8, np.dtype(">i2")])
+def test_window_tables_give_apply_windows_pixels(dtype):
+    """A CT's integers windowed through a lookup table: every value of the type, each window,
+    the very pixels apply_window gives from float64."""
+    info = np.iinfo(dtype)
+    values = np.arange(info.min, info.max + 1).astype(dtype).reshape(-1, 256)
+    for name in ("soft_tissue", "lung", "bone", "brain"):
+        window = ct_window(name)
+        table = window_table(window, dtype)
+        assert np.array_equal(apply_window_table(values, table),
+                              apply_window(values.astype(np.float64), window))
+        assert np.array_equal(apply_window_table(values.T[::-1], table),  # a strided view
+                              apply_window(values.T[::-1].astype(np.float64), window))
+    assert window_table(ct_window("lung"), np.float32) is None
+    assert window_table(ct_window("lung"), np.int32) is None
+
+
+def test_slice_boxes_are_those_of_the_pixels():
+    """Box, area and centroid of irregular masks, from per-row and per-column counts, equal
+    those computed from the pixels' own coordinates (the centroid to the last bit)."""
+    rng = np.random.default_rng(11)
+    shape = (23, 19, 7)
+    geom = Geometry(shape, (0.7, 0.9, 2.5), (10.0, -5.0, 30.0))
+    masks = {f"m{n}": rng.random(shape) < rng.uniform(0.02, 0.5) for n in range(6)}
+    masks["m0"][:] = False
+    masks["m0"][3:5, 7, 2:4] = True
+    mid = np.full(shape[2], 11.0)
+    for plane, n in (("axial", 7), ("coronal", 19), ("sagittal", 23)):
+        for index in range(n):
+            boxes = {b["label"]: b for b in slice_boxes(masks, plane, index, geom, mid)}
+            for label, mask in masks.items():
+                ys, xs = np.nonzero(display_slice(mask, plane, index))
+                if not xs.size:
+                    assert label not in boxes
+                    continue
+                b = boxes[label]
+                assert (b["x_min"], b["y_min"], b["x_max"], b["y_max"]) == (
+                    xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+                assert b["area_px"] == xs.size
+                assert (b["centroid_x"], b["centroid_y"]) == (round(float(xs.mean()), 4),
+                                                              round(float(ys.mean()), 4))
+
+
+def test_a_ct_extracts_the_same_rows_from_its_integers_as_from_float32():
+    """Volume.voxels kept as int16 (the reader's buffer) and the same voxels as float32 give
+    the same image and structure rows, PNG bytes included."""
+    rng = np.random.default_rng(5)
+    shape = (40, 36, 12)
+    hu = np.full(shape, -1000, np.int16)
+    hu[3:37, 4:32, :] = rng.integers(-200, 1600, (34, 28, 12), dtype=np.int16)
+    liver = np.zeros(shape, bool)
+    liver[5:16, 6:20, 2:10] = True
+    bone = hu > 900
+    geom = Geometry(shape, (1.5, 1.5, 3.0), (0.0, 0.0, 0.0))
+    case = CaseSource("key", "patient", "case", "totalseg", "", (("image", "case/ct.nii.gz"),))
+    settings = SliceSettings(planes=PLANES, ct_windows=("soft_tissue", "lung", "bone"),
+                             min_area_px=4, boxed=True)
+    rows = [extract_case(case, "train", Volume(voxels, geom, "CT"),
+                         {"liver": liver, "bone": bone}, settings)
+            for voxels in (hu, hu.astype(np.float32))]
+    volume = Volume(hu, geom, "CT")
+    assert volume.voxels is hu and volume.array.dtype == np.float32
+    assert volume.voxels is volume.array  # one copy held once the float32 one is made
+    assert rows[0] == rows[1] and len(rows[0][0]) > 10
+
+
+def test_structure_centroids_and_midlines_are_those_of_the_voxels():
+    """structure_stats' centroid from per-plane counts is the mean of the voxels' own indices
+    to the last bit; a CT's midline from the largest value along j is body_mask's."""
+    rng = np.random.default_rng(12)
+    shape = (21, 17, 9)
+    geom = Geometry(shape, (0.8, 0.8, 1.5), (-3.0, 4.0, 50.0))
+    hu = np.where(rng.random(shape) < 0.3, rng.integers(-400, 900, shape), -1000).astype(np.int16)
+    hu[:, :, 4] = -1000  # a level without body
+    mid = body_midline(hu, "CT")
+    body = (hu > -500).any(axis=1)
+    for k in range(shape[2]):
+        cols = np.flatnonzero(body[:, k])
+        if cols.size:
+            assert mid[k] == (cols[0] + cols[-1]) / 2.0
+    assert np.array_equal(mid, body_midline(hu.astype(np.float32), "CT"))
+    for n in range(5):
+        mask = rng.random(shape) < rng.uniform(0.01, 0.6)
+        stats = structure_stats(f"m{n}", mask, geom, mid)
+        centroid = np.argwhere(mask).mean(axis=0)
+        assert stats["centroid_lps"] == [round(float(v), 4) for v in geom.index_to_lps(centroid)]
+        assert stats["voxels"] == int(mask.sum())

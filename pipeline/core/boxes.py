@@ -94,8 +94,10 @@ def body_midline(volume: np.ndarray, modality: str) -> np.ndarray:
     The centre of the body's left-right extent; levels without body take the
     median over the levels with body (or the volume's centre).
     """
-    body = body_mask(volume, modality)
-    present = body.any(axis=1)  # [i, k]
+    if modality == "CT":  # body_mask's test on the largest value along j: no whole boolean volume
+        present = volume.max(axis=1) > -500  # [i, k]
+    else:
+        present = body_mask(volume, modality).any(axis=1)  # [i, k]
     mid = np.full(volume.shape[2], np.nan)
     for k in range(volume.shape[2]):
         cols = np.flatnonzero(present[:, k])
@@ -144,14 +146,20 @@ def slice_boxes(
     out = []
     for label in sorted(masks):
         found = display_crop(as_mask(masks[label]), plane, index)
-        if found is None or not found[0].any():
+        if found is None:
             continue
         m, x0, y0 = found
-        bx0, by0, bx1, by1 = mask_box(m)
-        x_min, y_min, x_max, y_max = bx0 + x0, by0 + y0, bx1 + x0, by1 + y0
-        ys, xs = np.nonzero(m)
-        xs, ys = xs + x0, ys + y0
-        cx, cy = float(xs.mean()), float(ys.mean())
+        # box, area and centroid from the pixel counts per column and per row: the sums are
+        # integers, exact in float64, so the centroid is the mean of the pixels' coordinates
+        per_x, per_y = np.count_nonzero(m, axis=0), np.count_nonzero(m, axis=1)
+        area = int(per_x.sum())
+        if area == 0:
+            continue
+        xs, ys = np.flatnonzero(per_x), np.flatnonzero(per_y)
+        x_min, x_max = int(xs[0]) + x0, int(xs[-1]) + 1 + x0
+        y_min, y_max = int(ys[0]) + y0, int(ys[-1]) + 1 + y0
+        cx = float(int(np.dot(xs, per_x[xs])) + x0 * area) / area
+        cy = float(int(np.dot(ys, per_y[ys])) + y0 * area) / area
         ijk = display_to_index(plane, index, cx, cy, geometry.shape)
         k_level = int(np.clip(round(float(ijk[2])), 0, geometry.shape[2] - 1))
         if plane == "sagittal":
@@ -159,7 +167,6 @@ def slice_boxes(
         else:
             i_lo, i_hi = float(x_min), float(x_max)
         side = laterality(i_lo, i_hi, float(ijk[0]), float(midline[k_level]), si)
-        area = int(xs.size)
         out.append(
             {
                 "label": label,
@@ -179,6 +186,17 @@ def slice_boxes(
     return out
 
 
+def _centroid(mask: Mask) -> tuple[np.ndarray, int]:
+    """``(centroid, voxels)`` of a non-empty mask: the mean grid index of its voxels, from
+    the voxel counts per plane of each axis (integer sums, exact in float64: the very mean
+    of the voxels' indices, without listing them)."""
+    crop = mask.crop
+    voxels = int(np.count_nonzero(crop))
+    sums = [int(np.dot(np.arange(n), np.count_nonzero(crop, axis=tuple(b for b in range(3) if b != a))))
+            + o * voxels for a, (n, o) in enumerate(zip(crop.shape, mask.offset))]
+    return np.array([float(t) / voxels for t in sums]), voxels
+
+
 def structure_stats(
     label: str, mask: Mask | np.ndarray, geometry: Geometry, midline: np.ndarray
 ) -> dict | None:
@@ -191,10 +209,8 @@ def structure_stats(
     box = mask.box
     if box is None:
         return None
-    idx = mask.indices()
-    centroid = idx.mean(axis=0)
+    centroid, voxels = _centroid(mask)
     k_level = int(np.clip(round(float(centroid[2])), 0, geometry.shape[2] - 1))
-    voxels = int(idx.shape[0])
     return {
         "label": label,
         "box3d": [int(v) for v in box],

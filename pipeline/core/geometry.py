@@ -21,6 +21,7 @@ Conventions (see ``docs/conventions.md``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -109,8 +110,19 @@ def canonical_grid(geometry: Geometry) -> tuple[list[int], list[bool], Geometry]
 
     Returns ``(source_axis, flipped, canonical geometry)`` (see :func:`axis_permutation`);
     :func:`canonical_view` applies the first two to an array, :func:`canonical_offset`
-    to a box.
+    to a box.  Remembered per grid: a TotalSegmentator case's 117 masks share one.
     """
+    try:
+        hash(geometry)
+        remembered = _canonical_grid
+    except TypeError:  # a grid built from lists is worked out afresh
+        remembered = _canonical_grid.__wrapped__
+    source_axis, flipped, canon = remembered(geometry)
+    return list(source_axis), list(flipped), canon
+
+
+@lru_cache(maxsize=32)
+def _canonical_grid(geometry: Geometry) -> tuple[tuple[int, ...], tuple[bool, ...], Geometry]:
     source_axis, flipped = axis_permutation(geometry.direction)
     # The new voxel (0, 0, 0) is the source voxel at the far end of each flipped axis.
     first = [0, 0, 0]
@@ -123,7 +135,7 @@ def canonical_grid(geometry: Geometry) -> tuple[list[int], list[bool], Geometry]
         spacing=tuple(float(np.float32(geometry.spacing[source_axis[a]])) for a in range(3)),
         origin=tuple(round(float(x), 4) + 0.0 for x in origin),
     )
-    return source_axis, flipped, canon
+    return tuple(source_axis), tuple(flipped), canon
 
 
 def canonical_view(array: np.ndarray, source_axis, flipped) -> np.ndarray:

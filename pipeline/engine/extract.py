@@ -22,12 +22,14 @@ from pipeline.core.slices import (
     PLANES,
     Window,
     apply_window,
+    apply_window_table,
     ct_window,
     display_slice,
     display_spacing,
     mr_window,
     resample,
     select_slices,
+    window_table,
 )
 from pipeline.errors import CaseError
 from pipeline.inputs.discovery import CaseSource
@@ -131,7 +133,11 @@ def extract_case(
 ) -> tuple[list[dict], list[dict]]:
     """Image rows and structure rows of one loaded case (see module docstring); masks
     cropped (:class:`~pipeline.core.masks.Mask`) or whole boolean volumes."""
-    array, geometry = volume.array, volume.geometry
+    # A CT's stored integers as they are (its body mask and windows give the same pixels
+    # from them as from their float32 copy, which is never made); an MR's percentile window
+    # is computed in float32, so an MR is windowed from Volume.array
+    array = volume.voxels if volume.modality == "CT" else volume.array
+    geometry = volume.geometry
     masks = {n: as_mask(m) for n, m in masks.items()}
     if settings.resample_mm:
         array = resample(array, geometry.spacing, settings.resample_mm, nearest=False)
@@ -150,6 +156,7 @@ def extract_case(
         windows = [ct_window(name) for name in settings.ct_windows]
     else:
         windows = [mr_window(array, *settings.mr_percentiles)]
+    tables = [window_table(w, array.dtype) for w in windows]  # None unless integers
     case_labels = sorted(masks)
     structures = []
     for label in case_labels:
@@ -180,11 +187,13 @@ def extract_case(
         dx, dy = display_spacing(geometry.spacing, plane)
         for index in chosen:
             boxes = slice_boxes(masks, plane, index, geometry, midline)
-            # float64 once for all the windows (apply_window would convert it per window)
-            view = np.asarray(display_slice(array, plane, index), dtype=np.float64)
-            for window in windows:
+            view = display_slice(array, plane, index)
+            if any(t is None for t in tables):  # float64 once for all the windows (not once per window)
+                view = np.asarray(view, dtype=np.float64)
+            for window, table in zip(windows, tables):
+                pixels = apply_window(view, window) if table is None else apply_window_table(view, table)
                 images.append(
-                    _image_row(case, split, volume, plane, index, window, view, boxes,
+                    _image_row(case, split, volume, plane, index, window, pixels, boxes,
                                (dx, dy), case_labels, (settings.png_level, settings.png_strategy),
                                settings.boxed and settings.min_area_px)
                 )
@@ -224,14 +233,13 @@ def prompt_boxes(image_id: str, boxes: list[dict], min_area_px: int) -> tuple[di
     return target, others[:3]
 
 
-def _image_row(case, split, volume, plane, index, window: Window, view, boxes, spacing,
+def _image_row(case, split, volume, plane, index, window: Window, pixels, boxes, spacing,
                case_labels, png: tuple[int, str], prompt_min_area=0) -> dict:
     """One image row; with ``prompt_min_area`` (the recipe's ``slices.boxed``) also its
     visual prompt: ``image_boxed`` (the target in red beside its nearest structures in
     green, blue and yellow), ``image_boxed_easy`` (the red box alone), ``prompt_label``;
     ``png``: the zlib level and strategy (:mod:`pipeline.core.imaging`)."""
     level, strategy = png
-    pixels = apply_window(view, window)
     image_id = keys.stable_key("image", case.key, plane, index, window.name)
     drawn = easy = label = None
     prompt = prompt_boxes(image_id, boxes, prompt_min_area) if prompt_min_area else None

@@ -269,7 +269,7 @@ def _build_section(receipts: list[dict], attempts: int, run_id: str | None) -> d
 def versions() -> dict:
     """Versions of radvqa, its schema and QA stage, and the libraries that shape the bytes."""
     out = {"radvqa": __version__, "schema": SCHEMA_VERSION, "qa": QA_VERSION}
-    for dist in ("apache-beam", "numpy", "pyarrow", "pydicom", "SimpleITK", "jinja2"):
+    for dist in ("apache-beam", "numpy", "pyarrow", "pydicom", "SimpleITK", "jinja2", "zlib-ng"):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:

@@ -212,7 +212,7 @@ class CtRateLayout:
             if min(xy, z) <= 0:
                 raise CaseError("read", "metadata.bad_value", f"spacing: found {xy}, {z}, expected > 0", where)
             geometry = Geometry(volume.geometry.shape, (xy, xy, z), volume.geometry.origin)
-            volume = dataclasses.replace(volume, array=(volume.array * slope + intercept).astype(np.float32),
+            volume = dataclasses.replace(volume, voxels=(volume.array * slope + intercept).astype(np.float32),
                                          geometry=geometry)
         return LoadedCase(volume, {}, (volume.content_sha256,), labels_rel, notes, tuple(present))
 

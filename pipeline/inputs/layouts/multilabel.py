@@ -79,7 +79,7 @@ def infer_modality(volume: Volume, root: str, case) -> Volume:
         with open(hint, encoding="utf-8") as f:
             value = f.read().strip().upper()
     if value not in ("CT", "MR"):
-        value = "CT" if float(volume.array.min()) < -500 else "MR"
+        value = "CT" if float(volume.voxels.min()) < -500 else "MR"
     return dataclasses.replace(volume, modality=value, header={"Modality": value})
 
 

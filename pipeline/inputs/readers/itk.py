@@ -203,10 +203,14 @@ def read_volume(path: str, rel: str, modality: str, *, max_voxels: int | None = 
         source_axis, flipped, cgeom = canonical_grid(geometry)
     except CaseError as err:
         raise err.with_path(rel) from None
-    # Reoriented as a view, then converted to float32 in one copy that keeps the file's
-    # memory order (for a NIfTI, i fastest): a copy into C order would walk the buffer
-    # against its strides, about 3x slower at 256 x 256 x 330.
-    canon = canonical_view(array, source_axis, flipped).astype(np.float32, order="K")
+    # Reoriented as a view.  Integers of up to 16 bits (CT's int16) stay as stored, a view
+    # of the reader's buffer (Volume.array converts them when asked); other types are
+    # converted to float32 in one copy that keeps the file's memory order (for a NIfTI, i
+    # fastest): a copy into C order would walk the buffer against its strides, about 3x
+    # slower at 256 x 256 x 330.
+    canon = canonical_view(array, source_axis, flipped)
+    if not (np.issubdtype(canon.dtype, np.integer) and canon.dtype.itemsize <= 2):
+        canon = canon.astype(np.float32, order="K")
     if not np.issubdtype(array.dtype, np.integer):  # integers are finite, and so their floats
         check_finite(canon, rel)
     return Volume(canon, cgeom, modality, {"Modality": modality}, sha, notes)
