@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config.resources import resource_dir
-from pipeline.engine import execute
+from pipeline.engine import execute, ood
 from pipeline.errors import BuildFailed, ConfigError
 from pipeline.inputs.sample import write_sample
 from pipeline.io import shards
@@ -85,7 +85,7 @@ def test_regenerate_after_template_and_pool_edits_matches_a_fresh_build(tmp_path
     out = tmp_path / "out"
     first = build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), **QUIET)
     assert first.manifest["build"]["cases_extracted"] == 6
-    images_before = _stamps(out, "images")
+    images_before, ood_before = _stamps(out, "images"), _stamps(out, "ood")
     _edit(recipe / "tpl" / "existence_closed.yaml", "Is the {{ structure }}", "Can you see the {{ structure }}")
     _edit(recipe / "pool.yaml", "display: spleen", "display: splenic organ")
     # run as the CLI would, in a fresh process: a text-only regenerate runs the units
@@ -103,6 +103,7 @@ def test_regenerate_after_template_and_pool_edits_matches_a_fresh_build(tmp_path
                       if p.startswith("images/"))
     assert sorted(b["units_kept_pixels"]) == unit_ids
     assert _stamps(out, "images") == images_before  # pixel shards not rewritten
+    assert ood_before and _stamps(out, "ood") == ood_before  # nor the ood shards (same inputs)
     qa = pq.read_table(out / "qa").to_pylist()
     assert any(r["question"].startswith("Can you see the") for r in qa)
     assert any("splenic organ" in r["question"] + " ".join(r["options"]) + r["answer_text"] for r in qa)
@@ -142,6 +143,41 @@ def test_split_change_copies_stored_rows_instead_of_decoding(tmp_path, sample_in
     build(str(recipe / "my.yaml"), str(fresh), input_dir=str(sample_input), **QUIET)
     assert corpus_digest(out) == corpus_digest(fresh)
     assert not (out / ".radvqa" / "previous").exists()
+
+
+def test_ood_shards_are_kept_only_while_their_inputs_are_unchanged(tmp_path, sample_input, monkeypatch):
+    """A unit re-rendered after a template edit keeps its stored ``ood`` shard (same inputs
+    digest, file verified); other ``ood`` settings or other code behind the rows make the
+    rows again, to the bytes of a fresh build."""
+    recipe = _recipe_dir(tmp_path)
+    out = tmp_path / "out"
+    build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), **QUIET)
+    template = recipe / "tpl" / "existence_closed.yaml"
+    wordings = ["Is the {{ structure }}", "Can you see the {{ structure }}"]
+
+    def edit_template_and_regenerate():
+        _edit(template, wordings[0], wordings[1])
+        wordings.reverse()
+        regenerate(str(out), **QUIET)
+
+    def ood_bytes():
+        return {name: (out / "ood" / name).read_bytes() for name in _stamps(out, "ood")}
+
+    before, data = _stamps(out, "ood"), ood_bytes()
+    edit_template_and_regenerate()
+    assert before and _stamps(out, "ood") == before
+    _edit(recipe / "my.yaml", "per_image: 1", "per_image: 2")  # other ood settings
+    regenerate(str(out), **QUIET)
+    assert ood_bytes() != data
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, sample_input))
+    before, data = _stamps(out, "ood"), ood_bytes()
+    edit_template_and_regenerate()
+    assert _stamps(out, "ood") == before
+    monkeypatch.setattr(ood, "_code_digest", lambda: "other code")
+    edit_template_and_regenerate()
+    now = _stamps(out, "ood")
+    assert now.keys() == before.keys() and all(now[k] != before[k] for k in before)
+    assert ood_bytes() == data
 
 
 def test_an_edited_input_case_is_extracted_again_and_only_it(tmp_path, sample_input):

@@ -29,6 +29,7 @@ from pipeline.errors import CaseError
 from pipeline.io import shards
 from pipeline.qa.balance import Rules, rules_from
 from pipeline.schema.layout import PROGRESS_DIR
+from pipeline.schema.records import FileReceipt
 
 _FROZEN = [0]  # depth of the running unit calls (process_unit calls the other two)
 
@@ -304,7 +305,9 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
     tables, info, dead = kind.render(ref, records, payload, ctx, rules or Rules(), report)
     files = dict(report["pixel_files"])
     for config, table in tables.items():
-        receipt = shards.write_table(ctx.output, ref.shard(config), table)
+        # a FileReceipt: a stored shard kept as it is (its inputs did not change)
+        receipt = table if isinstance(table, FileReceipt) else shards.write_table(
+            ctx.output, ref.shard(config), table)
         files[receipt.path] = receipt.as_dict()
     dead = [d | {"unit": ref.unit_id} for d in dead]
     shards.write_bytes(ctx.output, ref.dead_part("qa"), jsonl(sort_dead(dead)))
