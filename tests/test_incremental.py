@@ -26,6 +26,7 @@ from pipeline.errors import BuildFailed, ConfigError
 from pipeline.inputs.sample import write_sample
 from pipeline.io import shards
 from pipeline.launch.build import build, regenerate
+from pipeline.qa import stored_rows
 from pipeline.schema import layout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,6 +179,44 @@ def test_ood_shards_are_kept_only_while_their_inputs_are_unchanged(tmp_path, sam
     now = _stamps(out, "ood")
     assert now.keys() == before.keys() and all(now[k] != before[k] for k in before)
     assert ood_bytes() == data
+
+
+def test_stored_question_rows_are_used_only_under_their_family_digest(tmp_path, sample_input, monkeypatch):
+    """A regenerate after a template edit generates only the edited family's rows; the
+    others come from ``.radvqa/rows`` (taken as stored: a tampered row shows), and other
+    code behind the rows makes every family's rows again, to the bytes of a fresh build."""
+    recipe = _recipe_dir(tmp_path)
+    out = tmp_path / "out"
+    build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), **QUIET)
+    rows_dir = out / layout.ROWS_DIR
+    template = recipe / "tpl" / "existence_closed.yaml"
+    # a new wording each time: the in-process memo of questions_for never holds its rows
+    wordings = [f"{w} {{{{ structure }}}}" for w in ("Is the", "Can you see the", "Is there a", "Do you see the")]
+
+    def edit_template_and_regenerate():
+        _edit(template, wordings[0], wordings[1])
+        wordings.append(wordings.pop(0))
+        regenerate(str(out), **QUIET)
+        return {p.name: p.stat().st_mtime_ns for p in rows_dir.iterdir()}
+
+    before = {p.name: p.stat().st_mtime_ns for p in rows_dir.iterdir()}
+    after = edit_template_and_regenerate()
+    written = {n for n, t in after.items() if before.get(n) != t}
+    assert written and all(".existence_closed." in n for n in written)
+    assert len(after) == len(before)  # the edited family's files under its old digest are gone
+    # a stored row is taken as it is
+    target = next(p for p in sorted(rows_dir.iterdir()) if ".grounding_open." in p.name)  # not balanced
+    stored = json.loads(target.read_text())
+    row = next(r for rows in stored.values() for r in rows if "balance" not in r and r["question"])
+    row["question"] = "TAMPERED?"
+    target.write_text(json.dumps(stored))
+    edit_template_and_regenerate()
+    assert "TAMPERED?" in pq.read_table(out / "qa").column("question").to_pylist()
+    monkeypatch.setattr(stored_rows, "code_digest", lambda: "other code")
+    after = edit_template_and_regenerate()
+    assert not set(after) & set(before)  # every family under a new digest
+    assert "TAMPERED?" not in pq.read_table(out / "qa").column("question").to_pylist()
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, sample_input))
 
 
 def test_an_edited_input_case_is_extracted_again_and_only_it(tmp_path, sample_input):

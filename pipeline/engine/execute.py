@@ -27,8 +27,9 @@ from pipeline.engine.dead_letters import dead_letter, internal_error, jsonl, sor
 from pipeline.engine.units import BuildContext, PlannedCase, UnitRef, plan_digest, read_plan
 from pipeline.errors import CaseError
 from pipeline.io import shards
+from pipeline.qa import stored_rows
 from pipeline.qa.balance import Rules, rules_from
-from pipeline.schema.layout import PROGRESS_DIR
+from pipeline.schema.layout import PROGRESS_DIR, ROWS_DIR
 from pipeline.schema.records import FileReceipt
 
 _FROZEN = [0]  # depth of the running unit calls (process_unit calls the other two)
@@ -285,7 +286,20 @@ def _read(data: bytes, columns=None, exclude=()) -> pa.Table:
 def unit_candidates(ref: UnitRef, report: Mapping, ctx: BuildContext, kind) -> list[tuple]:
     """Balancing candidates of a unit's questions (small tuples)."""
     records = kind.records(read_payload(ctx.output, report, kind), ref.split, ctx)
-    return kind.candidates(records, ctx)
+    with stored_rows.using(_row_store(ref, ctx, record=False)):
+        return kind.candidates(records, ctx)
+
+
+def _row_store(ref: UnitRef, ctx: BuildContext, record: bool) -> stored_rows.RowStore | None:
+    """The unit's generated rows an earlier build stored (:mod:`pipeline.qa.stored_rows`);
+    ``None`` when the launcher gave no family digests."""
+    digests = ctx.extras.get("qa_families")
+    if not digests:
+        return None
+    names = [p.rsplit("/", 1)[1] for p in shards.match(ctx.output, f"{ROWS_DIR}/{ref.unit_id}.*.json")]
+    return stored_rows.RowStore(
+        ref.unit_id, digests, names,
+        lambda name: json.loads(shards.read_bytes(ctx.output, f"{ROWS_DIR}/{name}")), record)
 
 
 @_gc_frozen
@@ -302,7 +316,14 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
     if extracted.extras:
         for r in records:
             r["assign"] = extracted.extras.get(r["case_key"])
-    tables, info, dead = kind.render(ref, records, payload, ctx, rules or Rules(), report)
+    with stored_rows.using(_row_store(ref, ctx, record=True)) as store:
+        tables, info, dead = kind.render(ref, records, payload, ctx, rules or Rules(), report)
+    if store is not None:  # for the next build: only edited families are generated again
+        write, stale = store.dump()
+        for name, data in write.items():
+            shards.write_bytes(ctx.output, f"{ROWS_DIR}/{name}", data)
+        if stale:
+            shards.delete([shards.join(ctx.output, f"{ROWS_DIR}/{name}") for name in stale])
     files = dict(report["pixel_files"])
     for config, table in tables.items():
         # a FileReceipt: a stored shard kept as it is (its inputs did not change)

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from pipeline.core import keys
+from pipeline.qa import stored_rows
 from pipeline.qa.balance import mark as balance_mark
 from pipeline.qa.generators import GENERATORS
 from pipeline.qa.options import LETTERS
@@ -127,9 +128,16 @@ def questions_for(record: Mapping, ctx) -> list[dict]:
                                   settings=ctx.qa_settings, defer=True)
     key = (ctx.qa_fp, hashlib.sha256(pickle.dumps(dict(record), protocol=5)).digest())
     rows = _MEMO.get(key)
+    store = stored_rows.current()
+    if rows is not None and store is not None:
+        store.keep(key[1].hex(), ctx.families, rows)
     if rows is None:
-        rows = generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
-                                  settings=ctx.qa_settings, defer=True)
+        def generate(families):
+            return generate_questions(record, families, ctx.pools, seed=ctx.seed,
+                                      settings=ctx.qa_settings, defer=True)
+
+        # families whose rows an earlier build stored, unchanged, are not generated again
+        rows = generate(ctx.families) if store is None else store.rows(key[1].hex(), ctx.families, generate)
         while _MEMO and _MEMO_ROWS[0] + len(rows) > MEMO_MAX_ROWS and next(iter(_MEMO))[0] != ctx.qa_fp:
             _MEMO_ROWS[0] -= len(_MEMO.popitem(last=False)[1])
         if _MEMO_ROWS[0] + len(rows) <= MEMO_MAX_ROWS:
