@@ -119,6 +119,11 @@ _MEMO_ROWS = [0]
 MEMO_MAX_ROWS = 50_000
 
 
+def record_digest(record: Mapping) -> bytes:
+    """What identifies a record's questions besides the build's settings (its pickle's sha256)."""
+    return hashlib.sha256(pickle.dumps(dict(record), protocol=5)).digest()
+
+
 def questions_for(record: Mapping, ctx) -> list[dict]:
     """``generate_questions(record, ctx.families, ctx.pools, …, defer=True)`` for a build
     context (:class:`pipeline.engine.units.BuildContext`), remembered for the next pass over the
@@ -126,7 +131,7 @@ def questions_for(record: Mapping, ctx) -> list[dict]:
     if not ctx.qa_fp:
         return generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
                                   settings=ctx.qa_settings, defer=True)
-    key = (ctx.qa_fp, hashlib.sha256(pickle.dumps(dict(record), protocol=5)).digest())
+    key = (ctx.qa_fp, record_digest(record))
     rows = _MEMO.get(key)
     store = stored_rows.current()
     if rows is not None and store is not None:

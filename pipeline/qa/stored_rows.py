@@ -93,9 +93,15 @@ def _exact(value) -> bool:
     return False
 
 
-def file_name(unit: str, family: str, digest: str) -> str:
-    """``<unit>.<family>.<digest, 16 hex>.json``: one family's rows of one unit."""
-    return f"{unit}.{family}.{digest[:16]}.json"
+def file_name(unit: str, family: str, digest: str, marks: bool = False) -> str:
+    """``<unit>.<family>.<digest, 16 hex>.json``: one family's rows of one unit;
+    ``….marks.json`` (``marks``): ``[split, balance mark, answer text]`` of its balanced
+    rows, all the balancing pass needs."""
+    return f"{unit}.{family}.{digest[:16]}.{'marks.' if marks else ''}json"
+
+
+def _marks(rows: list[dict]) -> list[list]:
+    return [[r["split"], r["balance"], r["answer_text"]] for r in rows if r.get("balance")]
 
 
 class RowStore:
@@ -111,20 +117,36 @@ class RowStore:
         self.unit, self.digests, self.record = unit, dict(digests), record
         self._names = set(names)
         self._load = load
-        self.valid = {f for f, d in self.digests.items() if file_name(unit, f, d) in self._names}
-        self._loaded: dict[str, dict] = {}
-        self._new: dict[str, dict[str, str]] = {}  # family -> record digest -> rows as JSON
+        self.valid = {f for f, d in self.digests.items()
+                      if {file_name(unit, f, d), file_name(unit, f, d, True)} <= self._names}
+        self._loaded: dict[tuple[str, bool], dict] = {}
+        self._new: dict[str, dict[str, tuple[str, str]]] = {}  # family -> record -> JSON (rows, marks)
         self._dirty: set[str] = set()  # valid families a record had to be generated for
         self.generated = self.reused = 0  # (record, family) pairs generated / taken
 
-    def _stored(self, family: str) -> dict:
-        if family not in self._loaded:
+    def _stored(self, family: str, marks: bool = False) -> dict:
+        if (family, marks) not in self._loaded:
             try:
-                data = self._load(file_name(self.unit, family, self.digests[family]))
+                data = self._load(file_name(self.unit, family, self.digests[family], marks))
             except (OSError, ValueError):
                 data = None
-            self._loaded[family] = data if isinstance(data, dict) else {}
-        return self._loaded[family]
+            self._loaded[family, marks] = data if isinstance(data, dict) else {}
+        return self._loaded[family, marks]
+
+    def marks(self, record_digest: str, families: Mapping, generate) -> list[list]:
+        """``[split, balance mark, answer text]`` of the record's balanced rows of
+        ``families`` (the balancing candidates' source): from the small marks files where
+        the family's files are current, from ``generate(missing families)`` for the rest."""
+        out, missing = [], {}
+        for f, fam in families.items():
+            found = self._stored(f, True).get(record_digest) if f in self.valid else None
+            if isinstance(found, list):
+                out += found
+            else:
+                missing[f] = fam
+        if missing:
+            out += _marks(generate(missing))
+        return out
 
     def rows(self, record_digest: str, families: Mapping, generate) -> list[dict]:
         """The rows of ``families`` for a record: stored ones where the family's file is
@@ -162,19 +184,22 @@ class RowStore:
                 by[r["family"]].append(r)
         for f, frows in by.items():
             if _exact(frows):
-                self._new.setdefault(f, {})[record_digest] = json.dumps(
-                    frows, ensure_ascii=False, separators=(",", ":"))
+                self._new.setdefault(f, {})[record_digest] = (
+                    json.dumps(frows, ensure_ascii=False, separators=(",", ":")),
+                    json.dumps(_marks(frows), ensure_ascii=False, separators=(",", ":")))
 
     def dump(self) -> tuple[dict[str, bytes], list[str]]:
         """``({file name: content} to write, [file names] to delete)``."""
         write = {}
         for f in sorted((set(self._new) - self.valid) | self._dirty):
-            texts = {r: json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+            texts = {r: (json.dumps(rows, ensure_ascii=False, separators=(",", ":")),
+                         json.dumps(_marks(rows), ensure_ascii=False, separators=(",", ":")))
                      for r, rows in self._stored(f).items()} if f in self.valid else {}
             texts |= self._new.get(f, {})
-            body = ",".join(f"{json.dumps(r)}:{t}" for r, t in sorted(texts.items()))
-            write[file_name(self.unit, f, self.digests[f])] = ("{" + body + "}").encode("utf-8")
-        keep = {file_name(self.unit, f, d) for f, d in self.digests.items()}
+            for n, marks in ((0, False), (1, True)):
+                body = ",".join(f"{json.dumps(r)}:{t[n]}" for r, t in sorted(texts.items()))
+                write[file_name(self.unit, f, self.digests[f], marks)] = ("{" + body + "}").encode("utf-8")
+        keep = {file_name(self.unit, f, d, m) for f, d in self.digests.items() for m in (False, True)}
         return write, sorted(n for n in self._names if n not in keep)
 
 
