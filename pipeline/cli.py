@@ -8,7 +8,10 @@ Arguments the CLI does not know are passed to Beam as pipeline options
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import multiprocessing
+import os
 import sys
 import time
 
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             result = regenerate(args.output, recipe=args.recipe, input_dir=args.input,
                                 beam_args=extra, max_reject_fraction=args.max_reject_fraction,
                                 workers=args.workers)
+            if argv is None:  # the radvqa command itself, not a caller in Python
+                _exit_without_teardown(result.exit_code)
             return result.exit_code
         if args.verb == "sample":
             # only this verb writes phantoms (SimpleITK and pydicom behind it)
@@ -112,6 +117,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"radvqa {args.verb}: error: {err}", file=sys.stderr)
         return 1
     return 1
+
+
+def _exit_without_teardown(code: int) -> None:
+    """End the process now when the run stayed in this process (no Apache Beam, no worker):
+    every file is written and closed, the exit handlers run, and the interpreter's own
+    teardown — clearing ~900 modules (scikit-learn, SciPy, pandas after a learned-baseline
+    fit) and their objects — is skipped: 0.4 s of CPU of a 2.2 s regenerate of the
+    sample (measured, ``os._exit`` against a normal exit).  Otherwise returns."""
+    if "apache_beam" in sys.modules or multiprocessing.active_children():
+        return
+    atexit._run_exitfuncs()  # logging's flush and the other registered handlers, as at exit
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _lint(recipe_name: str) -> int:

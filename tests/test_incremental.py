@@ -21,11 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config.resources import resource_dir
-from pipeline.engine import execute
+from pipeline.engine import execute, ood
 from pipeline.errors import BuildFailed, ConfigError
 from pipeline.inputs.sample import write_sample
 from pipeline.io import shards
 from pipeline.launch.build import build, regenerate
+from pipeline.qa import stored_rows
 from pipeline.schema import layout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,33 +86,42 @@ def test_regenerate_after_template_and_pool_edits_matches_a_fresh_build(tmp_path
     out = tmp_path / "out"
     first = build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), **QUIET)
     assert first.manifest["build"]["cases_extracted"] == 6
-    images_before = _stamps(out, "images")
+    images_before, ood_before = _stamps(out, "images"), _stamps(out, "ood")
     _edit(recipe / "tpl" / "existence_closed.yaml", "Is the {{ structure }}", "Can you see the {{ structure }}")
     _edit(recipe / "pool.yaml", "display: spleen", "display: splenic organ")
     # run as the CLI would, in a fresh process: a text-only regenerate runs the units
-    # in-process and never imports Apache Beam; a fresh build (Beam) below is the same bytes
+    # in-process and never imports Apache Beam, nor the readers' SimpleITK and pydicom; a
+    # fresh build (Beam) below is the same bytes
     probe = ("import json, sys; from pipeline.launch.build import regenerate; "
              f"r = regenerate({str(out)!r}, log=lambda m: None); "
-             "print(json.dumps(['apache_beam' in sys.modules, r.manifest['build']]))")
+             "print(json.dumps([[m for m in ('apache_beam', 'SimpleITK', 'pydicom') "
+             "if m in sys.modules], r.manifest['build']]))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)}, check=True)
-    beam_imported, b = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not beam_imported
+    heavy_imported, b = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert heavy_imported == []
     assert b["cases_extracted"] == 0 and b["cases_copied_from_stored_shards"] == 0
     unit_ids = sorted(p.split("/", 1)[1].removesuffix(".parquet")
                       for p in json.loads((out / "manifest.json").read_text())["files"]
                       if p.startswith("images/"))
     assert sorted(b["units_kept_pixels"]) == unit_ids
     assert _stamps(out, "images") == images_before  # pixel shards not rewritten
+    assert ood_before and _stamps(out, "ood") == ood_before  # nor the ood shards (same inputs)
     qa = pq.read_table(out / "qa").to_pylist()
     assert any(r["question"].startswith("Can you see the") for r in qa)
     assert any("splenic organ" in r["question"] + " ".join(r["options"]) + r["answer_text"] for r in qa)
     fresh = tmp_path / "fresh"
     build(str(recipe / "my.yaml"), str(fresh), input_dir=str(sample_input), **QUIET)
     assert corpus_digest(out) == corpus_digest(fresh)
-    # nothing changed since: every unit is skipped, the corpus stays the same
-    third = regenerate(str(out), **QUIET)
-    assert sorted(third.manifest["build"]["units_skipped"]) == unit_ids
+    # nothing changed since: every unit is skipped, the corpus stays the same — through the
+    # radvqa command, which ends without the interpreter's teardown (its output all there)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "regenerate", "--output", str(out)],
+                          capture_output=True, text=True, cwd=ROOT,
+                          env=os.environ | {"PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reused: " in proc.stderr and "shortcut audit" in proc.stderr  # the closing table, whole
+    third = json.loads((out / "manifest.json").read_text())
+    assert sorted(third["build"]["units_skipped"]) == unit_ids
     assert corpus_digest(out) == corpus_digest(fresh)
     assert not (out / layout.PLAN_DIR).exists()  # plans name source files: removed when done
     # unchanged files were not parsed again (pipeline.config.checked); an edited one is, and
@@ -142,6 +152,79 @@ def test_split_change_copies_stored_rows_instead_of_decoding(tmp_path, sample_in
     build(str(recipe / "my.yaml"), str(fresh), input_dir=str(sample_input), **QUIET)
     assert corpus_digest(out) == corpus_digest(fresh)
     assert not (out / ".radvqa" / "previous").exists()
+
+
+def test_ood_shards_are_kept_only_while_their_inputs_are_unchanged(tmp_path, sample_input, monkeypatch):
+    """A unit re-rendered after a template edit keeps its stored ``ood`` shard (same inputs
+    digest, file verified); other ``ood`` settings or other code behind the rows make the
+    rows again, to the bytes of a fresh build."""
+    recipe = _recipe_dir(tmp_path)
+    out = tmp_path / "out"
+    build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), **QUIET)
+    template = recipe / "tpl" / "existence_closed.yaml"
+    wordings = ["Is the {{ structure }}", "Can you see the {{ structure }}"]
+
+    def edit_template_and_regenerate():
+        _edit(template, wordings[0], wordings[1])
+        wordings.reverse()
+        regenerate(str(out), **QUIET)
+
+    def ood_bytes():
+        return {name: (out / "ood" / name).read_bytes() for name in _stamps(out, "ood")}
+
+    before, data = _stamps(out, "ood"), ood_bytes()
+    edit_template_and_regenerate()
+    assert before and _stamps(out, "ood") == before
+    _edit(recipe / "my.yaml", "per_image: 1", "per_image: 2")  # other ood settings
+    regenerate(str(out), **QUIET)
+    assert ood_bytes() != data
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, sample_input))
+    before, data = _stamps(out, "ood"), ood_bytes()
+    edit_template_and_regenerate()
+    assert _stamps(out, "ood") == before
+    monkeypatch.setattr(ood, "_code_digest", lambda: "other code")
+    edit_template_and_regenerate()
+    now = _stamps(out, "ood")
+    assert now.keys() == before.keys() and all(now[k] != before[k] for k in before)
+    assert ood_bytes() == data
+
+
+def test_stored_question_rows_are_used_only_under_their_family_digest(tmp_path, sample_input, monkeypatch):
+    """A regenerate after a template edit generates only the edited family's rows; the
+    others come from ``.radvqa/rows`` (taken as stored: a tampered row shows), and other
+    code behind the rows makes every family's rows again, to the bytes of a fresh build."""
+    recipe = _recipe_dir(tmp_path)
+    out = tmp_path / "out"
+    build(str(recipe / "my.yaml"), str(out), input_dir=str(sample_input), **QUIET)
+    rows_dir = out / layout.ROWS_DIR
+    template = recipe / "tpl" / "existence_closed.yaml"
+    # a new wording each time: the in-process memo of questions_for never holds its rows
+    wordings = [f"{w} {{{{ structure }}}}" for w in ("Is the", "Can you see the", "Is there a", "Do you see the")]
+
+    def edit_template_and_regenerate():
+        _edit(template, wordings[0], wordings[1])
+        wordings.append(wordings.pop(0))
+        regenerate(str(out), **QUIET)
+        return {p.name: p.stat().st_mtime_ns for p in rows_dir.iterdir()}
+
+    before = {p.name: p.stat().st_mtime_ns for p in rows_dir.iterdir()}
+    after = edit_template_and_regenerate()
+    written = {n for n, t in after.items() if before.get(n) != t}
+    assert written and all(".existence_closed." in n for n in written)
+    assert len(after) == len(before)  # the edited family's files under its old digest are gone
+    # a stored row is taken as it is
+    target = next(p for p in sorted(rows_dir.iterdir()) if ".grounding_open." in p.name)  # not balanced
+    stored = json.loads(target.read_text())
+    row = next(r for rows in stored.values() for r in rows if "balance" not in r and r["question"])
+    row["question"] = "TAMPERED?"
+    target.write_text(json.dumps(stored))
+    edit_template_and_regenerate()
+    assert "TAMPERED?" in pq.read_table(out / "qa").column("question").to_pylist()
+    monkeypatch.setattr(stored_rows, "code_digest", lambda: "other code")
+    after = edit_template_and_regenerate()
+    assert not set(after) & set(before)  # every family under a new digest
+    assert "TAMPERED?" not in pq.read_table(out / "qa").column("question").to_pylist()
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, sample_input))
 
 
 def test_an_edited_input_case_is_extracted_again_and_only_it(tmp_path, sample_input):

@@ -10,14 +10,23 @@ clean versus perturbed.
 The perturbations start from the *stored* pixels (the windowed PNG of a slice, the
 stored 8-bit PNG of a labelled image, the [0, 1] volume of the ``volumes`` config), so
 they never need the sources again and regeneration rewrites them from the corpus alone.
+A unit whose ``ood`` inputs did not change (its pixel shard's sha256, split, ``ood``
+settings, seed, writer options and the code that makes the rows: :func:`inputs_digest`)
+keeps the ``ood`` shard an earlier build wrote, verified by its sha256 — a template edit
+no longer perturbs and encodes every test image again (:func:`ood_output`).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +35,9 @@ from PIL import Image
 from pipeline.core import keys, perturb
 from pipeline.core.imaging import encode_png
 from pipeline.engine.execute import read_pixels
+from pipeline.io import shards
 from pipeline.schema.arrow import OOD3D_SCHEMA, OOD_SCHEMA
+from pipeline.schema.records import FileReceipt
 
 DEFAULTS = {"fraction": 1.0, "per_image": 1, "families": None, "levels": None, "split": "test"}
 
@@ -136,3 +147,74 @@ def ood_table(source: OodSource, ref, records: list[dict], ctx, report: Mapping,
                              source.pixel_column, wanted)
     return pa.Table.from_pylist(source.rows(pixels, ref.split, conf, ctx.seed),
                                 schema=source.schema)
+
+
+# ----------------------------------------------------------- keeping an unchanged shard
+
+_PIPELINE = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def _code_digest() -> str:
+    """The source that makes ``ood`` rows' bytes — every module of ``core`` (perturbations,
+    keys, PNG), this one, the Arrow schemas, the shard writer — and the libraries' versions."""
+    h = hashlib.sha256()
+    paths = sorted((_PIPELINE / "core").glob("*.py")) + [
+        _PIPELINE / "engine" / "ood.py", _PIPELINE / "schema" / "arrow.py", _PIPELINE / "io" / "shards.py"]
+    for path in paths:
+        h.update(keys.digest(path.name, path.read_bytes()).encode())
+    for dist in ("numpy", "pyarrow", "Pillow"):
+        try:
+            h.update(f"{dist}={metadata.version(dist)}".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{dist}=missing".encode())
+    h.update(zlib.ZLIB_RUNTIME_VERSION.encode())
+    return h.hexdigest()
+
+
+def inputs_digest(source: OodSource, ref, ctx, report: Mapping) -> str:
+    """Everything a unit's ``ood`` shard is made from: its clean pixels (the sha256 of the
+    unit's ``source.config`` shard, which also holds the record ids), split, the ``ood``
+    settings, seed, the shard writer's options and :func:`_code_digest`."""
+    pixels = sorted((rel, info["sha256"]) for rel, info in report["pixel_files"].items()
+                    if rel.split("/", 1)[0] == source.config)
+    return keys.digest(_code_digest(), source.config, source.key_column, source.pixel_column,
+                       json.dumps(ctx.extras.get("ood"), sort_keys=True), ctx.seed, ref.split,
+                       json.dumps(pixels), shards.writer_digest())
+
+
+def stored_shards(receipts: Mapping[str, Mapping], refs) -> dict[str, dict]:
+    """``{unit id: {"inputs": digest, "file": file info}}`` of the ``ood`` shards the last
+    build's receipts record with their :func:`inputs_digest` (launcher, before the run;
+    passed to the units in ``ctx.extras["ood_stored"]``)."""
+    out = {}
+    for ref in refs:
+        full = receipts.get(f"{ref.unit_id}.json") or {}
+        info = (full.get("files") or {}).get(ref.shard("ood"))
+        if full.get("ood_inputs") and info:
+            out[ref.unit_id] = {"inputs": full["ood_inputs"], "file": info}
+    return out
+
+
+def ood_output(source: OodSource, ref, records: list[dict], ctx, report: Mapping
+               ) -> tuple[pa.Table | FileReceipt | None, str | None]:
+    """``(the unit's ood table — or the receipt of the stored shard kept as it is —, its
+    inputs digest)``; ``(None, None)`` when the unit has no ``ood`` rows.
+
+    The stored shard is kept when the last build recorded the same :func:`inputs_digest`
+    for it and the file still has the recorded sha256: it holds the bytes this build would
+    write (``tests/test_incremental.py`` checks both, and that a changed input is redone)."""
+    conf = ctx.extras.get("ood")
+    if not conf or ref.split != conf["split"]:
+        return None, None
+    inputs = inputs_digest(source, ref, ctx, report)
+    stored = (ctx.extras.get("ood_stored") or {}).get(ref.unit_id)
+    if stored and stored["inputs"] == inputs:
+        rel, info = ref.shard("ood"), stored["file"]
+        try:
+            data = shards.read_bytes(ctx.output, rel)
+        except OSError:
+            data = b""
+        if hashlib.sha256(data).hexdigest() == info["sha256"]:
+            return FileReceipt(rel, info["sha256"], info["bytes"], info["rows"]), inputs
+    return ood_table(source, ref, records, ctx, report), inputs

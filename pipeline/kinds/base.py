@@ -296,10 +296,13 @@ class VolumeKind(BaseKind):
             made.append((record, rows))
         return made, dead
 
-    def ood_tables(self, ref: UnitRef, records: list[dict], ctx, report: Mapping) -> dict:
-        """``{"ood": table}`` for a unit of the recipe's ``ood.split``, else ``{}``."""
-        table = ood.ood_table(self.ood_source, ref, records, ctx, report)
-        return {} if table is None else {"ood": table}
+    def ood_tables(self, ref: UnitRef, records: list[dict], ctx, report: Mapping) -> tuple[dict, dict]:
+        """``({"ood": table}, {"ood_inputs": digest})`` for a unit of the recipe's
+        ``ood.split``, else ``({}, {})``; the table is the stored shard's
+        :class:`~pipeline.schema.records.FileReceipt` when its inputs did not change
+        (:func:`pipeline.engine.ood.ood_output`)."""
+        table, inputs = ood.ood_output(self.ood_source, ref, records, ctx, report)
+        return ({}, {}) if table is None else ({"ood": table}, {"ood_inputs": inputs})
 
 
 # ------------------------------------------------------------ shared launcher helpers

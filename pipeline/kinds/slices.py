@@ -82,7 +82,8 @@ class SlicesKind(VolumeKind):
             unknown.update(label for label in record["case_labels"] if not ctx.pools.known(label))
         rows.sort(key=lambda r: r["qa_id"])
         tables = {"qa": pa.Table.from_pylist(rows, schema=QA_SCHEMA)}
-        tables |= self.ood_tables(ref, records, ctx, report)
+        ood_tables, ood_info = self.ood_tables(ref, records, ctx, report)
+        tables |= ood_tables
         info = {
             "records": len(records),
             "rows": {"cases": len({r["case_key"] for r in records}), "images": len(records),
@@ -90,7 +91,7 @@ class SlicesKind(VolumeKind):
             "tasks": dict(sorted(tasks.items())),
             "labels_unknown_to_pools": sorted(unknown),
             "audit": partial_counts("qa", rows),
-        }
+        } | ood_info
         return tables, info, dead
 
 

@@ -191,8 +191,9 @@ class VolumesKind(VolumeKind):
             "audit": partial_counts("qa", rows),
         }
         tables = {"qa": pa.Table.from_pylist(rows, schema=QA3D_SCHEMA)}
-        tables |= self.ood_tables(ref, records, ctx, report)
-        return tables, info, dead
+        ood_tables, ood_info = self.ood_tables(ref, records, ctx, report)
+        tables |= ood_tables
+        return tables, info | ood_info, dead
 
 
 KIND = VolumesKind()

@@ -37,9 +37,10 @@ from pipeline.errors import BuildFailed, ConfigError
 from pipeline.inputs.tree import InputTree
 from pipeline.io import shards
 from pipeline.kinds.registry import get_kind, kind_name
-from pipeline.launch.finalise import finalise, fingerprint
+from pipeline.launch.finalise import QA_VERSION, finalise, fingerprint
 from pipeline.launch.plan import PlanningCollector, clean_temporaries, log_plan, plan_units
 from pipeline.launch.summary import summary_table
+from pipeline.qa.stored_rows import family_digests
 from pipeline.schema.layout import CONFIG_CACHE, LAST_RUN, PLAN_DIR, PROGRESS_DIR
 from pipeline.schema.records import BuildResult
 
@@ -119,7 +120,9 @@ def build(
             refs, n_stored, extras = plan_units(
                 output, kind, planned, fps, qa_fp,
                 lambda units: kind.before_run(output, recipe, seed, units, cases, prep), sizes)
-            extras = extras | {"run_id": run_id, "ood": ood_settings(recipe.section("ood"))}
+            extras = extras | {"run_id": run_id, "ood": ood_settings(recipe.section("ood")),
+                               "qa_families": family_digests(prep["families"], prep["pools"], seed,
+                                                             qa_settings, QA_VERSION)}
             ctx = BuildContext(kind=kind.name, output=output, input_root=root,
                                settings=prep["settings"], families=prep["families"],
                                pools=prep["pools"], seed=seed, qa_settings=qa_settings,

@@ -43,6 +43,7 @@ from pipeline.schema.layout import (
     LEARNED_CACHE,
     MANIFEST,
     REPORT,
+    ROWS_DIR,
     UNITS_DIR,
     parse_shard,
 )
@@ -113,7 +114,7 @@ def _remove_stale(output: str, configs, keep: set[str]) -> None:
 def _remove_stale_state(output: str, refs: Sequence[UnitRef]) -> None:
     """Delete receipts and dead-letter parts of units this build no longer has."""
     live = {r.unit_id for r in refs}
-    for folder in (UNITS_DIR, DEAD_UNITS_DIR):
+    for folder in (UNITS_DIR, DEAD_UNITS_DIR, ROWS_DIR):
         for path in shards.match(output, f"{folder}/*"):
             name = path.rsplit("/", 1)[1]
             unit = name.split(".", 1)[0]

@@ -13,7 +13,7 @@ import dataclasses
 import gc
 from collections import Counter
 
-from pipeline.engine import state
+from pipeline.engine import ood, state
 from pipeline.engine.units import PlannedCase, UnitRef, plan_digest, write_plan
 from pipeline.io import shards
 from pipeline.schema.layout import (
@@ -118,6 +118,8 @@ def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run, sizes=No
                 if shards.exists(output, rel):
                     shards.delete([shards.join(output, rel)])
         refs.append(ref)
+    # ood shards a unit may keep as they are (the receipts deleted above named them)
+    extras["ood_stored"] = ood.stored_shards(receipts, refs)
     return refs, n_stored, extras
 
 

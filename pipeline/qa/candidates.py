@@ -4,15 +4,18 @@ Every unit generates its records' questions once for the candidates (remembered 
 :func:`pipeline.qa.questions.questions_for` for the rendering pass) and reports, per
 balanced question, the small tuple :func:`pipeline.qa.balance.candidate` makes of its
 mark; :func:`pipeline.qa.balance.rules_from` turns the multiset of all units' candidates
-into the corpus's rules.
+into the corpus's rules.  With a unit's stored rows (:mod:`pipeline.qa.stored_rows`) the
+marks of unchanged families come from their small marks files instead, and only the
+other families are generated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from pipeline.qa import stored_rows
 from pipeline.qa.balance import candidate
-from pipeline.qa.questions import generate_questions, questions_for
+from pipeline.qa.questions import generate_questions, questions_for, record_digest
 
 
 def question_candidates(records: Iterable[Mapping], ctx) -> list[tuple]:
@@ -21,16 +24,22 @@ def question_candidates(records: Iterable[Mapping], ctx) -> list[tuple]:
     out = []
     if not families:
         return out
+    store = stored_rows.current()
     for record in records:
         try:
-            # every family's rows, remembered for the rendering pass (a family's rows
-            # never depend on which other families run)
-            rows = [r for r in questions_for(record, ctx) if r["family"] in families]
+            if store is not None and ctx.qa_fp:
+                # the marks of unchanged families from the unit's stored marks files; only
+                # the other families are generated (stored_rows)
+                marks = store.marks(record_digest(record).hex(), families, lambda fams, record=record: generate_questions(
+                    record, fams, ctx.pools, seed=ctx.seed, settings=ctx.qa_settings, defer=True))
+            else:
+                # every family's rows, remembered for the rendering pass (a family's rows
+                # never depend on which other families run)
+                marks = [[r["split"], r["balance"], r["answer_text"]] for r in questions_for(record, ctx)
+                         if r["family"] in families and r.get("balance")]
         except Exception:  # noqa: BLE001 — the rendering pass dead-letters the record
-            rows = generate_questions(record, families, ctx.pools, seed=ctx.seed,
-                                      settings=ctx.qa_settings)
-        for row in rows:
-            if row.get("balance"):
-                answer = row["answer_text"] if row["balance"]["mode"] == "answers" else ""
-                out.append(candidate(row["split"], row["balance"], answer))
+            marks = [[r["split"], r["balance"], r["answer_text"]] for r in generate_questions(
+                record, families, ctx.pools, seed=ctx.seed, settings=ctx.qa_settings) if r.get("balance")]
+        for split, mark, answer_text in marks:
+            out.append(candidate(split, mark, answer_text if mark["mode"] == "answers" else ""))
     return out

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from pipeline.core import keys
+from pipeline.qa import stored_rows
 from pipeline.qa.balance import mark as balance_mark
 from pipeline.qa.generators import GENERATORS
 from pipeline.qa.options import LETTERS
@@ -120,6 +121,11 @@ _MEMO_BYTES = [0]
 MEMO_MAX_BYTES = 96 * 2**20
 
 
+def record_digest(record: Mapping) -> bytes:
+    """What identifies a record's questions besides the build's settings (its pickle's sha256)."""
+    return hashlib.sha256(pickle.dumps(dict(record), protocol=5)).digest()
+
+
 def questions_for(record: Mapping, ctx) -> list[dict]:
     """``generate_questions(record, ctx.families, ctx.pools, …, defer=True)`` for a build
     context (:class:`pipeline.engine.units.BuildContext`), remembered for the next pass over the
@@ -127,12 +133,21 @@ def questions_for(record: Mapping, ctx) -> list[dict]:
     if not ctx.qa_fp:
         return generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
                                   settings=ctx.qa_settings, defer=True)
-    key = (ctx.qa_fp, hashlib.sha256(pickle.dumps(dict(record), protocol=5)).digest())
+    key = (ctx.qa_fp, record_digest(record))
+    store = stored_rows.current()
     blob = _MEMO.get(key)
     if blob is not None:
-        return pickle.loads(blob)
-    rows = generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
-                              settings=ctx.qa_settings, defer=True)
+        rows = pickle.loads(blob)
+        if store is not None:
+            store.keep(key[1].hex(), ctx.families, rows)
+        return rows
+
+    def generate(families):
+        return generate_questions(record, families, ctx.pools, seed=ctx.seed,
+                                  settings=ctx.qa_settings, defer=True)
+
+    # families whose rows an earlier build stored, unchanged, are not generated again
+    rows = generate(ctx.families) if store is None else store.rows(key[1].hex(), ctx.families, generate)
     blob = pickle.dumps(rows, protocol=5)
     while _MEMO and _MEMO_BYTES[0] + len(blob) > MEMO_MAX_BYTES and next(iter(_MEMO))[0] != ctx.qa_fp:
         _MEMO_BYTES[0] -= len(_MEMO.popitem(last=False)[1])

@@ -36,6 +36,8 @@ REPORT_CACHE_DIR = f"{STATE_DIR}/report-cache"
 LEARNED_CACHE = f"{STATE_DIR}/learned-cache.json"
 #: the template and pool files a build validated, by content (pipeline.config.checked)
 CONFIG_CACHE = f"{STATE_DIR}/config-cache.json"
+#: ``<unit>.json``: a unit's generated question rows per record and family (pipeline.qa.stored_rows)
+ROWS_DIR = f"{STATE_DIR}/rows"
 DEAD_LETTERS_DIR = "dead_letters"
 DEAD_UNITS_DIR = f"{DEAD_LETTERS_DIR}/units"
 DEAD_LETTERS_FILE = f"{DEAD_LETTERS_DIR}/dead_letters.jsonl"
