@@ -13,8 +13,8 @@ import multiprocessing.forkserver
 import threading
 
 #: Modules the forkserver imports before its first fork: Beam's SDK harness and radvqa's
-#: Beam shell (which imports the engine and every kind).
-PRELOAD = ("apache_beam.runners.worker.sdk_worker", "pipeline.beam.transforms")
+#: Beam shell (which imports the engine and every kind), and SimpleITK (imported on first use).
+PRELOAD = ("apache_beam.runners.worker.sdk_worker", "pipeline.beam.transforms", "SimpleITK")
 
 _lock = threading.Lock()
 

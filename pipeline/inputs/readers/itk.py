@@ -62,9 +62,8 @@ def _read_itk(path: str, rel: str, *, max_voxels: int | None = None, notes: dict
     :func:`~pipeline.inputs.readers.nifti_header.check_nifti_sform`, and a line
     saying so is added to ``notes["nifti_sform_orthonormalised"]``.
     """
-    # SimpleITK on first use: its import costs 0.05 s CPU, 0.1 s wall (measured), which a regenerate from stored pixels never needs
-    import SimpleITK as sitk
-
+    # SimpleITK on first use: its import costs 0.05 s CPU, 0.1 s wall (measured), which a
+    import SimpleITK as sitk  # regenerate from stored pixels never needs
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(path)
@@ -143,8 +142,7 @@ def _drift_itk_refuses(err: RuntimeError, path: str, rel: str) -> Sform | None:
 
 
 class _ImageBuffer:
-    """A SimpleITK image's pixel buffer for numpy, keeping the image alive: an array made
-    from it holds this object (and so the image) as its base, so no copy is needed."""
+    """A SimpleITK image's pixel buffer for numpy, kept alive by arrays made from it (no copy)."""
 
     def __init__(self, image: sitk.Image):
         import SimpleITK as sitk  # on first use (see _read_itk)
@@ -158,8 +156,7 @@ def _buffer(image: sitk.Image) -> np.ndarray:
 
 
 def itk_header_grid(path: str) -> Geometry | None:
-    """The grid SimpleITK reads from a file's header alone (3D, one component, orthonormal
-    axes), or ``None``."""
+    """The grid SimpleITK reads from a file's header alone (3D, 1 component, orthonormal axes) or None."""
     import SimpleITK as sitk  # on first use (see _read_itk)
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
