@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import heapq
+import itertools
 import json
 import os
 import sys
@@ -70,7 +70,7 @@ NAME = "learned_text"
 def _order_key(row: Mapping) -> tuple[str, str]:
     qa_id = str(row.get("qa_id") or "\x1f".join(
         [str(row.get("question")), *map(str, row.get("options") or []), str(row.get("answer"))]))
-    return hashlib.blake2b(qa_id.encode("utf-8"), digest_size=8, person=b"radvqa-learned").hexdigest(), qa_id
+    return hashlib.blake2b(qa_id.encode("utf-8"), digest_size=8, person=_PERSON).hexdigest(), qa_id
 
 
 def _sample(rows: list[Mapping], cap: int) -> list[Mapping]:
@@ -95,30 +95,75 @@ def _model(classes: int):
     return LogisticRegression(solver="liblinear", dual=True, C=C, max_iter=MAX_ITER, random_state=0)
 
 
+class _Rows:
+    """Feature dicts of a matrix's rows, each distinct one stored once: ``unique`` the dicts,
+    ``index`` each row's position in ``unique`` (a group's questions repeat a few templates)."""
+
+    def __init__(self):
+        self.unique: list[dict] = []
+        self.index: list[int] = []
+        self._seen: dict = {}
+
+    def add(self, key, make, *args) -> None:
+        """A row whose features are ``make(*args)``, the same as every earlier row's with ``key``."""
+        i = self._seen.get(key)
+        if i is None:
+            i = self._seen[key] = len(self.unique)
+            self.unique.append(make(*args))
+        self.index.append(i)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
 class _Vocabulary:
     """Feature name -> column, the train features in sorted order (unseen ones are dropped)."""
 
-    def __init__(self, dicts: list[dict]):
-        self.index = {k: i for i, k in enumerate(sorted({k for d in dicts for k in d}))}
+    def __init__(self, rows: _Rows):
+        self.index = {k: i for i, k in enumerate(sorted({k for d in rows.unique for k in d}))}
 
-    def matrix(self, dicts: list[dict]):
+    def matrix(self, rows: _Rows):
+        """The rows' CSR matrix: each row's known features, by column (the same matrix as
+        one built row by row: a repeated row is a copy of its first)."""
         from scipy.sparse import csr_matrix  # with scikit-learn, only to fit (see _model)
 
-        data, cols, ptr = [], [], [0]
-        for d in dicts:
-            found = sorted((self.index[k], v) for k, v in d.items() if k in self.index)
-            cols += [c for c, _ in found]
-            data += [v for _, v in found]
-            ptr.append(len(cols))
-        return csr_matrix((np.asarray(data, dtype=np.float64), np.asarray(cols, dtype=np.int64),
-                           np.asarray(ptr, dtype=np.int64)), shape=(len(dicts), max(1, len(self.index))))
+        dicts = rows.unique
+        lengths = np.fromiter(map(len, dicts), dtype=np.int64, count=len(dicts))
+        chain = itertools.chain.from_iterable
+        cols = np.fromiter(map(self.index.get, chain(dicts), itertools.repeat(-1)),
+                           dtype=np.int64, count=int(lengths.sum()))
+        data = np.fromiter(chain(map(dict.values, dicts)), dtype=np.float64, count=len(cols))
+        row = np.repeat(np.arange(len(dicts), dtype=np.int64), lengths)
+        known = cols >= 0
+        row, cols, data = row[known], cols[known], data[known]
+        order = np.lexsort((cols, row))
+        ptr = np.zeros(len(dicts) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(row, minlength=len(dicts)), out=ptr[1:])
+        unique = csr_matrix((data[order], cols[order], ptr),
+                            shape=(len(dicts), max(1, len(self.index))))
+        return unique[np.asarray(rows.index, dtype=np.intp)]
 
 
-def _fit(dicts: list[dict], y) -> tuple:
-    vocab = _Vocabulary(dicts)
+def _fit(x: _Rows, y) -> tuple:
+    vocab = _Vocabulary(x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a capped iteration count is part of the definition
-        return _model(len(set(y))).fit(vocab.matrix(dicts), np.asarray(y)), vocab
+        return _model(len(set(y))).fit(vocab.matrix(x), np.asarray(y)), vocab
+
+
+def _pairs(rows: list[Mapping], scales: Scales) -> _Rows:
+    """The (question, option, position) feature rows of multiple-choice ``rows``, in order."""
+    x = _Rows()
+    for r in rows:
+        question, options = r["question"], r["options"]
+        key = (question, tuple(options))
+        for j in range(len(options)):
+            x.add((key, j), _pair, scales, question, options, j)
+    return x
+
+
+def _pair(scales: Scales, question: str, options: list[str], j: int) -> dict:
+    return pair_features(scales.features(question), options, j)
 
 
 class _Choice:
@@ -126,31 +171,32 @@ class _Choice:
 
     def __init__(self, train: list[Mapping], scales: Scales):
         self.scales = scales
-        x, y = [], []
-        for r in train:
-            qf = scales.features(r["question"])
-            for j in range(len(r["options"])):
-                x.append(pair_features(qf, r["options"], j))
-                y.append(int(_letter(j) == r["answer"]))
-        self.model = _fit(x, y) if len(set(y)) == 2 else None
+        y = [int(_letter(j) == r["answer"]) for r in train for j in range(len(r["options"]))]
+        self.model = _fit(_pairs(train, scales), y) if len(set(y)) == 2 else None
 
     def credit(self, test: list[Mapping]) -> float:
         """Share of ``test`` answered by the best-scoring option (an exact tie shares it)."""
         if self.model is None:
             return sum(1.0 / len(r["options"]) for r in test)
         model, vocab = self.model
-        x, spans = [], []
+        spans, start = [], 0
         for r in test:
-            qf = self.scales.features(r["question"])
-            spans.append((len(x), len(r["options"]), r["answer"]))
-            x.extend(pair_features(qf, r["options"], j) for j in range(len(r["options"])))
-        scores = model.decision_function(vocab.matrix(x))
+            spans.append((start, len(r["options"]), r["answer"]))
+            start += len(r["options"])
+        scores = model.decision_function(vocab.matrix(_pairs(test, self.scales)))
         credit = 0.0
         for start, k, answer in spans:
             s = np.round(scores[start:start + k], 9)
             top = [j for j in range(k) if s[j] == s.max()]
             credit += sum(_letter(j) == answer for j in top) / len(top)
         return credit
+
+
+def _questions(rows: list[Mapping], scales: Scales) -> _Rows:
+    x = _Rows()
+    for r in rows:
+        x.add(r["question"], scales.features, r["question"])
+    return x
 
 
 class _Classes:
@@ -161,14 +207,15 @@ class _Classes:
         counts = Counter(r["answer"] for r in train)
         self.prior = max(sorted(counts), key=lambda a: counts[a]) if counts else None
         keep = set(sorted(counts, key=lambda a: (-counts[a], a))[:TOP_ANSWERS])
-        pairs = [(scales.features(r["question"]), r["answer"]) for r in train if r["answer"] in keep]
-        self.model = _fit([f for f, _ in pairs], [a for _, a in pairs]) if len(keep) > 1 else None
+        kept = [r for r in train if r["answer"] in keep]
+        self.model = (_fit(_questions(kept, scales), [r["answer"] for r in kept])
+                      if len(keep) > 1 else None)
 
     def credit(self, test: list[Mapping]) -> float:
         if self.model is None:
             return float(sum(r["answer"] == self.prior for r in test))
         model, vocab = self.model
-        guesses = model.predict(vocab.matrix([self.scales.features(r["question"]) for r in test]))
+        guesses = model.predict(vocab.matrix(_questions(test, self.scales)))
         return float(sum(g == r["answer"] for g, r in zip(guesses, test)))
 
 
@@ -292,11 +339,12 @@ def rows_from_table(config: str, table) -> list[dict]:
     opt = "choices" if "choices" in table.column_names else "options"
     cols = {c: table[c].to_pylist() for c in ("qa_id", "split", "task", "question_type", "question",
                                               opt, "answer") if c in table.column_names}
-    n = table.num_rows
-    return [{"config": config, "qa_id": cols.get("qa_id", [None] * n)[i], "split": cols["split"][i],
-             "task": cols["task"][i], "question_type": cols["question_type"][i],
-             "question": cols["question"][i] or "", "options": list(cols[opt][i] or []),
-             "answer": cols["answer"][i] or ""} for i in range(n)]
+    ids = cols.get("qa_id", [None] * table.num_rows)  # once: per row it made this quadratic
+    return [{"config": config, "qa_id": qa_id, "split": split, "task": task, "question_type": qtype,
+             "question": question or "", "options": list(options or []), "answer": answer or ""}
+            for qa_id, split, task, qtype, question, options, answer in zip(
+                ids, cols["split"], cols["task"], cols["question_type"], cols["question"], cols[opt],
+                cols["answer"])]
 
 
 #: Columns a QA shard is read with (text only, never an image).
@@ -304,17 +352,62 @@ COLUMNS = ("qa_id", "split", "task", "question_type", "question", "options", "ch
 _META = ("qa_id", "split", "task", "question_type")
 
 
-def sample_keys(meta: Iterable[tuple[str, str, str, str, str]],
-                kept: dict | None = None) -> dict[tuple, list]:
-    """Per group ``(config, split, task, question_type)`` the keys (:func:`_order_key`) of the
-    rows :func:`learned_baseline` would use, from ``(config, split, task, question_type,
-    qa_id)``: the first :data:`TRAIN_CAP` (train) or :data:`EVAL_CAP` (other splits) in
-    keyed-hash order.  Pass the previous result as ``kept`` to add a shard's rows: memory
-    stays bounded by the caps however large the corpus."""
-    groups: dict[tuple, list] = {k: list(v) for k, v in (kept or {}).items()}
-    for config, split, task, qtype, qa_id in meta:
-        groups.setdefault((config, split, task, qtype), []).append(_order_key({"qa_id": qa_id}))
-    return {k: heapq.nsmallest(TRAIN_CAP if k[1] == "train" else EVAL_CAP, v) for k, v in groups.items()}
+_PERSON = b"radvqa-learned"
+
+
+def _hash_keys(ids: list) -> np.ndarray:
+    """:func:`_order_key`'s keyed hash of each ``qa_id`` as big-endian integers: they sort as
+    its hex digests do."""
+    person, blake = _PERSON, hashlib.blake2b
+    return np.frombuffer(b"".join(
+        blake(q.encode("utf-8"), digest_size=8, person=person).digest() for q in ids),
+        dtype=">u8").astype(np.uint64)
+
+
+def _nsmallest(hashes: np.ndarray, ids: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``cap`` smallest ``(hash, qa_id)``, in that order (``heapq.nsmallest`` of
+    :func:`_order_key`; equal hashes, never seen in practice, sorted by their ``qa_id``)."""
+    order = np.argsort(hashes, kind="stable")
+    hashes, ids = hashes[order], ids[order]
+    if len(hashes) > 1 and bool(np.any(hashes[1:] == hashes[:-1])):
+        order = np.asarray(sorted(range(len(ids)), key=lambda i: (int(hashes[i]), str(ids[i]))))
+        hashes, ids = hashes[order], ids[order]
+    return hashes[:cap], ids[:cap]
+
+
+def sample_keys(table, config: str, kept: dict | None = None, sizes: Counter | None = None) -> dict:
+    """Per group ``(config, split, task, question_type)`` the ``(hashes, qa_ids)`` of the rows
+    :func:`learned_baseline` would use, from a table of ``split``, ``task``,
+    ``question_type`` and ``qa_id``: the first :data:`TRAIN_CAP` (train) or :data:`EVAL_CAP`
+    (other splits) in keyed-hash order (:func:`_order_key`).  Pass the previous result as
+    ``kept`` to add a shard's rows: memory stays bounded by the caps however large the
+    corpus.  ``sizes`` counts each group's rows."""
+    groups = dict(kept or {})
+    if not table.num_rows:
+        return groups
+    codes, names = [], []
+    for c in ("split", "task", "question_type"):
+        enc = pc.dictionary_encode(table[c]).combine_chunks()
+        codes.append(enc.indices.to_numpy(zero_copy_only=False))
+        names.append(enc.dictionary.to_pylist())
+    shape = tuple(len(n) for n in names)
+    flat = np.ravel_multi_index(tuple(codes), shape) if all(shape) else np.zeros(table.num_rows, int)
+    none = "\x1f".join(["None", "None"])  # _order_key's text of a row without a qa_id here
+    ids = np.asarray([q or none for q in table["qa_id"].to_pylist()], dtype=object)
+    hashes = _hash_keys(ids.tolist())
+    order = np.argsort(flat, kind="stable")
+    uniq, starts, counts = np.unique(flat[order], return_index=True, return_counts=True)
+    for code, start, n in zip(uniq.tolist(), starts.tolist(), counts.tolist()):
+        split, task, qtype = (names[i][j] for i, j in enumerate(np.unravel_index(code, shape)))
+        key = (config, split, task, qtype)
+        rows = order[start:start + n]
+        if sizes is not None:
+            sizes[key] += n
+        h, q = hashes[rows], ids[rows]
+        if key in groups:
+            h, q = np.concatenate([groups[key][0], h]), np.concatenate([groups[key][1], q])
+        groups[key] = _nsmallest(h, q, TRAIN_CAP if split == "train" else EVAL_CAP)
+    return groups
 
 
 def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Mapping[str, str], *,
@@ -324,22 +417,19 @@ def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Map
     key columns of every shard, then the question texts of the sampled rows' shards.
     ``cache`` and ``store`` as for :func:`learned_baseline`."""
     shards = sorted(shards)
-    kept: dict[tuple, list] = {}
+    kept: dict[tuple, tuple] = {}
     sizes: Counter = Counter()
     for config, rel in shards:
-        t = read(rel, _META)
-        meta = [(config, *row) for row in zip(*(t[c].to_pylist() for c in ("split", "task",
-                                                                           "question_type", "qa_id")))]
-        sizes.update(m[:4] for m in meta)
-        kept = sample_keys(meta, kept)
-    keep = {(k[0], qa_id) for k, v in kept.items() for _, qa_id in v}
-    ids = {c: [q for k, q in keep if k == c] for c in {c for c, _ in shards}}
+        kept = sample_keys(read(rel, _META), config, kept, sizes)
+    ids = {c: set() for c in {c for c, _ in shards}}
+    for key, (_, qa_ids) in kept.items():
+        ids[key[0]].update(qa_ids.tolist())
     rows: list[dict] = []
     for config, rel in shards:
         t = read(rel, COLUMNS)
         if None not in ids.get(config, ()):  # the sampled rows only, before Python objects
-            t = t.filter(pc.is_in(t["qa_id"], value_set=pa.array(ids.get(config, []), pa.string())))
-        rows += [r for r in rows_from_table(config, t) if (config, r["qa_id"]) in keep]
+            t = t.filter(pc.is_in(t["qa_id"], value_set=pa.array(list(ids.get(config, ())), pa.string())))
+        rows += [r for r in rows_from_table(config, t) if r["qa_id"] in ids[config]]
     result = learned_baseline(rows, rows, learn_from, cache=cache, store=store)
     for key, g in result.items():
         g["n"] = sizes[key]  # the group's size, not the rows drawn from it

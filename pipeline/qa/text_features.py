@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -48,17 +49,25 @@ class Scales:
 
     def __init__(self, questions: Iterable[str]):
         values: dict[str, list[float]] = {}
-        for q in questions:
+        for q, n in Counter(questions).items():  # a template's questions repeat: parsed once
             for k, v in _numbers(q).items():
-                values.setdefault(k, []).append(v)
+                values.setdefault(k, []).extend([v] * n)
         self.edges = {}
         self.scale = {}
         for k in sorted(values):
             arr = np.sort(np.asarray(values[k], dtype=np.float64))
             self.edges[k] = np.unique(np.quantile(arr, np.linspace(0, 1, BINS + 1)[1:-1]))
             self.scale[k] = float(np.max(np.abs(arr))) or 1.0
+        self._seen: dict[str, dict[str, float]] = {}
 
     def features(self, question: str) -> dict[str, float]:
+        """The question's named features (the same dict for the same question: do not change it)."""
+        found = self._seen.get(question)
+        if found is None:
+            found = self._seen[question] = self._features(question)
+        return found
+
+    def _features(self, question: str) -> dict[str, float]:
         out: dict[str, float] = {}
         text = question.lower()
         tokens = _TOKEN.findall(text)
