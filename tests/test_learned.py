@@ -8,7 +8,7 @@ import random
 import pyarrow as pa
 import pytest
 
-from pipeline.qa import learned
+from pipeline.qa import learned, learned_fit
 from pipeline.qa.audit import audit, merge, partial_counts
 from pipeline.qa.learned import learned_baseline
 
@@ -158,8 +158,8 @@ def test_cached_groups_are_not_fitted_again(monkeypatch):
     assert first == learned_baseline(rows, rows) and len(store) == 2
     cache = json.loads(json.dumps(store))  # as the launcher keeps it in .radvqa/
     fitted = []
-    real = learned._fit
-    monkeypatch.setattr(learned, "_fit", lambda x, y: fitted.append(1) or real(x, y))
+    real = learned_fit._fit
+    monkeypatch.setattr(learned_fit, "_fit", lambda x, y: fitted.append(1) or real(x, y))
     again: dict = {}
     assert learned_baseline(rows, rows, cache=cache, store=again) == first and not fitted
     assert again == cache

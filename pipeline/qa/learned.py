@@ -40,11 +40,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import itertools
 import json
 import os
 import sys
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from importlib import metadata
@@ -54,14 +52,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.qa import text_features
-from pipeline.qa.text_features import Scales, pair_features
+from pipeline.qa import learned_fit, text_features
+from pipeline.qa.learned_fit import MAX_ITER, TOP_ANSWERS, C, _letter, fit_group
 
 TRAIN_CAP = 30_000
 EVAL_CAP = 20_000
-TOP_ANSWERS = 50
-C = 1.0
-MAX_ITER = 200
 NAME = "learned_text"
 
 # ------------------------------------------------------------------------------ rows
@@ -79,156 +74,13 @@ def _sample(rows: list[Mapping], cap: int) -> list[Mapping]:
     return ordered[:cap]
 
 
-# ---------------------------------------------------------------------------- models
-
-
-def _model(classes: int):
-    # scikit-learn only when a group is fitted: its import (scipy.stats and pandas behind
-    # it) costs 0.85-1.4 s of CPU (measured), more than the rest of a regenerate whose
-    # groups all come from the cache (learned_baseline's ``cache``).
-    from sklearn.linear_model import LogisticRegression
-
-    # liblinear's dual solver: 7.5 s where its primal one took 100 s on 25,664 option pairs
-    # (radimagenet-vqa pathology); measured
-    if classes > 2:
-        return LogisticRegression(solver="lbfgs", C=C, max_iter=MAX_ITER)
-    return LogisticRegression(solver="liblinear", dual=True, C=C, max_iter=MAX_ITER, random_state=0)
-
-
-class _Rows:
-    """Feature dicts of a matrix's rows, each distinct one stored once: ``unique`` the dicts,
-    ``index`` each row's position in ``unique`` (a group's questions repeat a few templates)."""
-
-    def __init__(self):
-        self.unique: list[dict] = []
-        self.index: list[int] = []
-        self._seen: dict = {}
-
-    def add(self, key, make, *args) -> None:
-        """A row whose features are ``make(*args)``, the same as every earlier row's with ``key``."""
-        i = self._seen.get(key)
-        if i is None:
-            i = self._seen[key] = len(self.unique)
-            self.unique.append(make(*args))
-        self.index.append(i)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-
-class _Vocabulary:
-    """Feature name -> column, the train features in sorted order (unseen ones are dropped)."""
-
-    def __init__(self, rows: _Rows):
-        self.index = {k: i for i, k in enumerate(sorted({k for d in rows.unique for k in d}))}
-
-    def matrix(self, rows: _Rows):
-        """The rows' CSR matrix: each row's known features, by column (the same matrix as
-        one built row by row: a repeated row is a copy of its first)."""
-        from scipy.sparse import csr_matrix  # with scikit-learn, only to fit (see _model)
-
-        dicts = rows.unique
-        lengths = np.fromiter(map(len, dicts), dtype=np.int64, count=len(dicts))
-        chain = itertools.chain.from_iterable
-        cols = np.fromiter(map(self.index.get, chain(dicts), itertools.repeat(-1)),
-                           dtype=np.int64, count=int(lengths.sum()))
-        data = np.fromiter(chain(map(dict.values, dicts)), dtype=np.float64, count=len(cols))
-        row = np.repeat(np.arange(len(dicts), dtype=np.int64), lengths)
-        known = cols >= 0
-        row, cols, data = row[known], cols[known], data[known]
-        order = np.lexsort((cols, row))
-        ptr = np.zeros(len(dicts) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(row, minlength=len(dicts)), out=ptr[1:])
-        unique = csr_matrix((data[order], cols[order], ptr),
-                            shape=(len(dicts), max(1, len(self.index))))
-        return unique[np.asarray(rows.index, dtype=np.intp)]
-
-
-def _fit(x: _Rows, y) -> tuple:
-    vocab = _Vocabulary(x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a capped iteration count is part of the definition
-        return _model(len(set(y))).fit(vocab.matrix(x), np.asarray(y)), vocab
-
-
-def _pairs(rows: list[Mapping], scales: Scales) -> _Rows:
-    """The (question, option, position) feature rows of multiple-choice ``rows``, in order."""
-    x = _Rows()
-    for r in rows:
-        question, options = r["question"], r["options"]
-        key = (question, tuple(options))
-        for j in range(len(options)):
-            x.add((key, j), _pair, scales, question, options, j)
-    return x
-
-
-def _pair(scales: Scales, question: str, options: list[str], j: int) -> dict:
-    return pair_features(scales.features(question), options, j)
-
-
-class _Choice:
-    """The (question, option, position) pair classifier of one group, learned on its train rows."""
-
-    def __init__(self, train: list[Mapping], scales: Scales):
-        self.scales = scales
-        y = [int(_letter(j) == r["answer"]) for r in train for j in range(len(r["options"]))]
-        self.model = _fit(_pairs(train, scales), y) if len(set(y)) == 2 else None
-
-    def credit(self, test: list[Mapping]) -> float:
-        """Share of ``test`` answered by the best-scoring option (an exact tie shares it)."""
-        if self.model is None:
-            return sum(1.0 / len(r["options"]) for r in test)
-        model, vocab = self.model
-        spans, start = [], 0
-        for r in test:
-            spans.append((start, len(r["options"]), r["answer"]))
-            start += len(r["options"])
-        scores = model.decision_function(vocab.matrix(_pairs(test, self.scales)))
-        credit = 0.0
-        for start, k, answer in spans:
-            s = np.round(scores[start:start + k], 9)
-            top = [j for j in range(k) if s[j] == s.max()]
-            credit += sum(_letter(j) == answer for j in top) / len(top)
-        return credit
-
-
-def _questions(rows: list[Mapping], scales: Scales) -> _Rows:
-    x = _Rows()
-    for r in rows:
-        x.add(r["question"], scales.features, r["question"])
-    return x
-
-
-class _Classes:
-    """The question classifier of one closed or open group; ``prior`` its most frequent answer."""
-
-    def __init__(self, train: list[Mapping], scales: Scales):
-        self.scales = scales
-        counts = Counter(r["answer"] for r in train)
-        self.prior = max(sorted(counts), key=lambda a: counts[a]) if counts else None
-        keep = set(sorted(counts, key=lambda a: (-counts[a], a))[:TOP_ANSWERS])
-        kept = [r for r in train if r["answer"] in keep]
-        self.model = (_fit(_questions(kept, scales), [r["answer"] for r in kept])
-                      if len(keep) > 1 else None)
-
-    def credit(self, test: list[Mapping]) -> float:
-        if self.model is None:
-            return float(sum(r["answer"] == self.prior for r in test))
-        model, vocab = self.model
-        guesses = model.predict(vocab.matrix(_questions(test, self.scales)))
-        return float(sum(g == r["answer"] for g, r in zip(guesses, test)))
-
-
-def _letter(j: int) -> str:
-    return chr(ord("A") + j)
-
-
 # ------------------------------------------------------------------------------- API
 
 
 def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping],
                      learn_from: Mapping[str, str] | None = None, *,
-                     cache: Mapping | None = None, store: dict | None = None) -> dict:
+                     cache: Mapping | None = None, store: dict | None = None,
+                     map_fn=map) -> dict:
     """Accuracy of the learned text-only baseline per group.
 
     Parameters
@@ -245,6 +97,9 @@ def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping]
         Earlier results by :func:`group_digest` (same train and scored rows, code and library
         versions): such a group is taken from ``cache``, not fitted again.  Every group's
         entry of this call goes into ``store`` (the next call's ``cache``).
+    map_fn
+        ``map`` by default; a process pool's ``map`` fits the groups side by side (each
+        group's fit is its own: the same results either way).
 
     Returns
     -------
@@ -268,40 +123,28 @@ def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping]
     for key in sorted(groups):
         config, split, task, qtype = key
         by_source.setdefault((learn_from.get(config, config), task, qtype), []).append(key)
-    out = {}
+    out: dict[tuple, dict] = {}
+    jobs, digests = [], {}
     for source in sorted(by_source):
         rows = _sample(train.get(source, []), TRAIN_CAP)
         if source[2] == "multiple_choice":
             rows = [r for r in rows if r["answer"] in {_letter(j) for j in range(len(r["options"] or []))}]
-        tests = {key: _sample(groups[key], EVAL_CAP) for key in by_source[source]}
-        digest = (group_digest(source, rows, {k: (len(groups[k]), t) for k, t in tests.items()})
-                  if cache is not None or store is not None else None)
+        tests = {key: (len(groups[key]), _sample(groups[key], EVAL_CAP)) for key in by_source[source]}
+        digest = digests[source] = (group_digest(source, rows, tests)
+                                    if cache is not None or store is not None else None)
         hit = (cache or {}).get(digest)
-        if hit is not None:
+        if hit is None:
+            jobs.append((source, rows, tests))
+        else:
             out.update((tuple(k), dict(v)) for k, v in hit)
-            if store is not None:
-                store[digest] = hit
-            continue
-        scales = Scales(r["question"] for r in rows)
-        learner = (_Choice if source[2] == "multiple_choice" else _Classes)(rows, scales)
-        for key in by_source[source]:
-            qtype = key[3]
-            test = tests[key]
-            if qtype == "multiple_choice":
-                test = [r for r in test if r["options"]]
-                chance = sum(1.0 / len(r["options"]) for r in test) / len(test) if test else 0.0
-                reference = "uniform"
-            elif qtype == "closed":
-                chance, reference = 0.5, "uniform"
-            else:
-                hits = sum(r["answer"] == learner.prior for r in test)
-                chance, reference = (hits / len(test) if test else 0.0), "prior"
-            credit = learner.credit(test) if test else 0.0
-            out[key] = {"n": len(groups[key]), "scored": len(test), "correct": round(credit, 4),
-                        "accuracy": round(credit / len(test), 4) if test else None,
-                        "chance": round(chance, 4), "reference": reference, "train": len(rows)}
-        if store is not None:
-            store[digest] = [[list(key), dict(out[key])] for key in by_source[source]]
+    # the largest groups first (a pool's workers then finish together); results by key
+    jobs.sort(key=lambda job: -sum(len(r["options"] or []) or 1 for r in job[1]))
+    for result in (map_fn if len(jobs) > 1 else map)(fit_group, jobs):
+        out.update(result)
+    out = {key: out[key] for source in sorted(by_source) for key in by_source[source]}
+    if store is not None:
+        for source in sorted(by_source):
+            store[digests[source]] = [[list(key), dict(out[key])] for key in by_source[source]]
     return out
 
 
@@ -320,9 +163,10 @@ def group_digest(source: tuple, train: list[Mapping], tests: Mapping[tuple, tupl
 
 @functools.cache
 def _code_digest() -> str:
-    """This module's and the text features' source, the caps, the fitting libraries' versions."""
+    """This module's, the models' and the text features' source, the caps, the fitting
+    libraries' versions."""
     h = hashlib.sha256(repr((TRAIN_CAP, EVAL_CAP, TOP_ANSWERS, C, MAX_ITER)).encode())
-    for path in (__file__, text_features.__file__):
+    for path in (__file__, learned_fit.__file__, text_features.__file__):
         with open(path, "rb") as f:
             h.update(f.read())
     for dist in ("scikit-learn", "scipy", "numpy"):
@@ -411,11 +255,12 @@ def sample_keys(table, config: str, kept: dict | None = None, sizes: Counter | N
 
 
 def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Mapping[str, str], *,
-                        cache: Mapping | None = None, store: dict | None = None) -> dict:
+                        cache: Mapping | None = None, store: dict | None = None,
+                        map_fn=map) -> dict:
     """:func:`learned_baseline` over QA shards: ``shards`` are ``(config, rel)``, ``read(rel,
     columns)`` returns an Arrow table of those of ``columns`` the shard has.  Reads the
     key columns of every shard, then the question texts of the sampled rows' shards.
-    ``cache`` and ``store`` as for :func:`learned_baseline`."""
+    ``cache``, ``store`` and ``map_fn`` as for :func:`learned_baseline`."""
     shards = sorted(shards)
     kept: dict[tuple, tuple] = {}
     sizes: Counter = Counter()
@@ -430,7 +275,7 @@ def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Map
         if None not in ids.get(config, ()):  # the sampled rows only, before Python objects
             t = t.filter(pc.is_in(t["qa_id"], value_set=pa.array(list(ids.get(config, ())), pa.string())))
         rows += [r for r in rows_from_table(config, t) if r["qa_id"] in ids[config]]
-    result = learned_baseline(rows, rows, learn_from, cache=cache, store=store)
+    result = learned_baseline(rows, rows, learn_from, cache=cache, store=store, map_fn=map_fn)
     for key, g in result.items():
         g["n"] = sizes[key]  # the group's size, not the rows drawn from it
     return result
