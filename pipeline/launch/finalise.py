@@ -52,8 +52,9 @@ from pipeline.schema.layout import (
 QA_VERSION = "3"  # issue 13: order-free options, visual prompts, new families
 
 #: With ``--workers N`` (N > 1) and at least this many audited QA rows, the learned baseline's
-#: groups are fitted by N processes side by side (radimagenet-vqa at 100K images: 7 groups,
-#: two of them about 10 s each); below it a pool's start costs more than it saves.
+#: groups are fitted by N processes side by side, this one and N - 1 from a pool
+#: (radimagenet-vqa at 100K images: 7 groups, two of them about 10 s each); below it a
+#: pool's start costs more than it saves.
 POOL_MIN_ROWS = 50_000
 
 
@@ -253,11 +254,14 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1) -> dic
     store: dict = {}
     rows = sum(files[rel].get("rows") or 0 for _, rel in shards_)
     if workers > 1 and rows >= POOL_MIN_ROWS:
-        # forkserver: the children start from the warm workers' server (its imports done),
-        # never from this process's threads (gRPC's, after a Beam run)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        # N - 1 processes fit the largest groups while this one fits the others; forkserver:
+        # they start from the warm workers' server (its imports done), never from this
+        # process's threads (gRPC's, after a Beam run)
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(workers - 1, mp_context=context) as pool:
             result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
-                                         cache=cache, store=store, map_fn=pool.map)
+                                         cache=cache, store=store, pool=pool,
+                                         pool_jobs=workers - 1)
     else:
         result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
                                      cache=cache, store=store)

@@ -80,7 +80,7 @@ def _sample(rows: list[Mapping], cap: int) -> list[Mapping]:
 def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping],
                      learn_from: Mapping[str, str] | None = None, *,
                      cache: Mapping | None = None, store: dict | None = None,
-                     map_fn=map) -> dict:
+                     pool=None, pool_jobs: int = 1) -> dict:
     """Accuracy of the learned text-only baseline per group.
 
     Parameters
@@ -97,9 +97,10 @@ def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping]
         Earlier results by :func:`group_digest` (same train and scored rows, code and library
         versions): such a group is taken from ``cache``, not fitted again.  Every group's
         entry of this call goes into ``store`` (the next call's ``cache``).
-    map_fn
-        ``map`` by default; a process pool's ``map`` fits the groups side by side (each
-        group's fit is its own: the same results either way).
+    pool, pool_jobs
+        An executor (a process pool) and how many of the largest groups it fits while this
+        process fits the others: the groups side by side (each group's fit is its own, so
+        the results are the same).
 
     Returns
     -------
@@ -137,10 +138,13 @@ def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping]
             jobs.append((source, rows, tests))
         else:
             out.update((tuple(k), dict(v)) for k, v in hit)
-    # the largest groups first (a pool's workers then finish together); results by key
+    # the largest groups to the pool, the others here meanwhile; results by key
     jobs.sort(key=lambda job: -sum(len(r["options"] or []) or 1 for r in job[1]))
-    for result in (map_fn if len(jobs) > 1 else map)(fit_group, jobs):
-        out.update(result)
+    remote = [pool.submit(fit_group, job) for job in jobs[:pool_jobs]] if pool and len(jobs) > 1 else []
+    for job in jobs[len(remote):]:
+        out.update(fit_group(job))
+    for future in remote:
+        out.update(future.result())
     out = {key: out[key] for source in sorted(by_source) for key in by_source[source]}
     if store is not None:
         for source in sorted(by_source):
@@ -256,11 +260,11 @@ def sample_keys(table, config: str, kept: dict | None = None, sizes: Counter | N
 
 def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Mapping[str, str], *,
                         cache: Mapping | None = None, store: dict | None = None,
-                        map_fn=map) -> dict:
+                        pool=None, pool_jobs: int = 1) -> dict:
     """:func:`learned_baseline` over QA shards: ``shards`` are ``(config, rel)``, ``read(rel,
     columns)`` returns an Arrow table of those of ``columns`` the shard has.  Reads the
     key columns of every shard, then the question texts of the sampled rows' shards.
-    ``cache``, ``store`` and ``map_fn`` as for :func:`learned_baseline`."""
+    ``cache``, ``store``, ``pool`` and ``pool_jobs`` as for :func:`learned_baseline`."""
     shards = sorted(shards)
     kept: dict[tuple, tuple] = {}
     sizes: Counter = Counter()
@@ -275,7 +279,8 @@ def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Map
         if None not in ids.get(config, ()):  # the sampled rows only, before Python objects
             t = t.filter(pc.is_in(t["qa_id"], value_set=pa.array(list(ids.get(config, ())), pa.string())))
         rows += [r for r in rows_from_table(config, t) if r["qa_id"] in ids[config]]
-    result = learned_baseline(rows, rows, learn_from, cache=cache, store=store, map_fn=map_fn)
+    result = learned_baseline(rows, rows, learn_from, cache=cache, store=store, pool=pool,
+                              pool_jobs=pool_jobs)
     for key, g in result.items():
         g["n"] = sizes[key]  # the group's size, not the rows drawn from it
     return result

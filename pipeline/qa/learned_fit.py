@@ -92,7 +92,9 @@ def _fit(x: _Rows, y) -> tuple:
     vocab = _Vocabulary(x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a capped iteration count is part of the definition
-        return _model(len(set(y))).fit(vocab.matrix(x), np.asarray(y)), vocab
+        matrix = vocab.matrix(x)
+        x.unique.clear()  # in the matrix now: freed before the solver makes its own copy
+        return _model(len(set(y))).fit(matrix, np.asarray(y)), vocab
 
 
 def _pairs(rows: list[Mapping], pairs: Pairs) -> _Rows:
