@@ -21,6 +21,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from importlib.metadata import PackageNotFoundError, version
 
 from pipeline import __version__
@@ -253,16 +254,20 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1) -> dic
         cache = {}
     store: dict = {}
     rows = sum(files[rel].get("rows") or 0 for _, rel in shards_)
+    result = None
     if workers > 1 and rows >= POOL_MIN_ROWS:
         # N - 1 processes fit the largest groups while this one fits the others; forkserver:
         # they start from the warm workers' server (its imports done), never from this
         # process's threads (gRPC's, after a Beam run)
         context = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(workers - 1, mp_context=context) as pool:
-            result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
-                                         cache=cache, store=store, pool=pool,
-                                         pool_jobs=workers - 1)
-    else:
+        try:
+            with ProcessPoolExecutor(workers - 1, mp_context=context) as pool:
+                result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
+                                             cache=cache, store=store, pool=pool,
+                                             pool_jobs=workers - 1)
+        except BrokenProcessPool:  # a pool process died (out of memory, killed): fit here
+            store.clear()
+    if result is None:
         result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
                                      cache=cache, store=store)
     shards.write_json(output, LEARNED_CACHE, {"groups": store})
