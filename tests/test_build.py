@@ -95,6 +95,42 @@ def test_audit_includes_the_learned_baseline(corpus):
         assert g["learned_text"]["scored"] == again[key]["scored"] == g["n"]
 
 
+def test_learned_audit_on_a_pool_or_after_a_broken_one_gives_the_same_result(corpus, monkeypatch,
+                                                                           tmp_path):
+    """``--workers N`` on a large corpus fits the learned groups on a process pool; a pool
+    whose process died is not a failed build: the groups are fitted in the launcher."""
+    import shutil
+    from concurrent.futures.process import BrokenProcessPool
+
+    from pipeline.launch import finalise as fin
+
+    out = tmp_path / "corpus"
+    shutil.copytree(corpus[0], out)  # learned_audit writes its cache into the corpus
+    manifest = json.loads((out / "manifest.json").read_text())
+    merged = {f"{g['config']}{fin.SEP}{g['split']}": None for g in manifest["audit"]["groups"]}
+    settings = {"learn_from": manifest["audit"]["learn_from"]}
+
+    def run(workers):
+        (out / fin.LEARNED_CACHE).unlink(missing_ok=True)
+        return fin.learned_audit(str(out), manifest["files"], merged, settings, workers)
+
+    class Broken:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, *args):
+            raise BrokenProcessPool("a pool process died")
+
+    plain = run(1)
+    monkeypatch.setattr(fin, "POOL_MIN_ROWS", 0)
+    pooled = run(2)
+    monkeypatch.setattr(fin, "ProcessPoolExecutor", lambda *a, **k: Broken())
+    assert plain == pooled == run(2) and len(plain) > 1
+
+
 def test_manifest_lists_every_file_with_its_sha256_and_counts_balance(corpus):
     out, result = corpus
     manifest = json.loads((out / "manifest.json").read_text())

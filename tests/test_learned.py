@@ -8,7 +8,7 @@ import random
 import pyarrow as pa
 import pytest
 
-from pipeline.qa import learned
+from pipeline.qa import learned, learned_fit
 from pipeline.qa.audit import audit, merge, partial_counts
 from pipeline.qa.learned import learned_baseline
 
@@ -158,8 +158,8 @@ def test_cached_groups_are_not_fitted_again(monkeypatch):
     assert first == learned_baseline(rows, rows) and len(store) == 2
     cache = json.loads(json.dumps(store))  # as the launcher keeps it in .radvqa/
     fitted = []
-    real = learned._fit
-    monkeypatch.setattr(learned, "_fit", lambda x, y: fitted.append(1) or real(x, y))
+    real = learned_fit._fit
+    monkeypatch.setattr(learned_fit, "_fit", lambda x, y: fitted.append(1) or real(x, y))
     again: dict = {}
     assert learned_baseline(rows, rows, cache=cache, store=again) == first and not fitted
     assert again == cache
@@ -167,3 +167,48 @@ def test_cached_groups_are_not_fitted_again(monkeypatch):
               == "multiple_choice" else r for r in rows]
     assert learned_baseline(edited, edited, cache=cache, store={}) == learned_baseline(edited, edited)
     assert len(fitted) == 3  # the edited group with the cache; both groups without it
+
+
+def test_groups_fitted_by_a_process_pool_give_the_same_result():
+    """``pool``: the launcher's pool (``--workers N`` on a large corpus) fits the largest groups
+    while the launcher fits the others; each group's fit is its own, so the result and the
+    cache entries are the same."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    rows = (_rows(_box_bin, n_train=300, n_test=100) + _rows(_closed(True), 200, 80, seed=1)
+            + _rows(_keyword_position, 200, 80, seed=2))
+    plain_store: dict = {}
+    plain = learned_baseline(rows, rows, cache={}, store=plain_store)
+    pooled_store: dict = {}
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        pooled = learned_baseline(rows, rows, cache={}, store=pooled_store, pool=pool)
+    assert pooled == plain and list(pooled) == list(plain)
+    assert pooled_store == plain_store and list(pooled_store) == list(plain_store)
+
+
+def test_rows_repeated_in_a_group_give_the_matrix_built_row_by_row():
+    """A distinct feature row is built once and copied: the CSR matrix equals the one built
+    row by row (the fit sees the same numbers)."""
+    from scipy.sparse import csr_matrix
+
+    from pipeline.qa.text_features import Pairs, Scales, pair_features
+
+    rows = _rows(_keyword_position, n_train=200, n_test=0)
+    scales = Scales(r["question"] for r in rows)
+    x = learned_fit._pairs(rows, Pairs(scales))
+    assert len(x.unique) < len(x)
+    vocab = learned_fit._Vocabulary(x)
+    dicts = [x.unique[i] for i in x.index]
+    data, cols, ptr = [], [], [0]
+    for d in dicts:
+        found = sorted((vocab.index[k], v) for k, v in d.items() if k in vocab.index)
+        cols += [c for c, _ in found]
+        data += [v for _, v in found]
+        ptr.append(len(cols))
+    plain = csr_matrix((data, cols, ptr), shape=(len(dicts), len(vocab.index)))
+    got = vocab.matrix(x)
+    assert (got != plain).nnz == 0 and got.shape == plain.shape
+    assert (got.indptr == plain.indptr).all() and (got.indices == plain.indices).all()
+    assert all(d == pair_features(scales.features(r["question"]), r["options"], j)
+               for d, (r, j) in zip(dicts, [(r, j) for r in rows for j in range(len(r["options"]))]))

@@ -145,7 +145,7 @@ def build(
                         "resume: finished units are kept.") from err
                 log(f"attempt {attempts} failed ({err}); retrying — finished units are kept")
         manifest = finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx,
-                            is_default, attempts)
+                            is_default, attempts, workers)
         state.delete_tree(output, PLAN_DIR)
         state.delete_tree(output, PROGRESS_DIR)
         state.delete_tree(output, state.PREVIOUS_DIR)

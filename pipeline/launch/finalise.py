@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from importlib.metadata import PackageNotFoundError, version
 
 from pipeline import __version__
@@ -49,6 +52,12 @@ from pipeline.schema.layout import (
 )
 
 QA_VERSION = "3"  # issue 13: order-free options, visual prompts, new families
+
+#: With ``--workers N`` (N > 1) and at least this many audited QA rows, the learned baseline's
+#: groups are fitted by N processes side by side, this one and N - 1 from a pool
+#: (radimagenet-vqa at 100K images: 7 groups, two of them about 10 s each); below it a
+#: pool's start costs more than it saves.
+POOL_MIN_ROWS = 50_000
 
 
 # ------------------------------------------------------------------------ fingerprints
@@ -150,7 +159,7 @@ def aggregate_counts(receipts: list[dict], rejects: list[dict], stats: dict) -> 
 
 
 def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, default_key,
-             attempts) -> dict:
+             attempts, workers: int = 1) -> dict:
     """Collect receipts; merge dead letters; audit; write the card, report and manifest."""
     receipts = collect_receipts(output, refs)
     finish = None
@@ -182,7 +191,7 @@ def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, de
         split_rows["benchmark"]["test"] = finish["rows"]["benchmark"]
     merged = merge([r["audit"] for r in receipts] + ([finish["audit"]] if finish else []))
     settings = dict(kind.audit_defaults) | recipe.section("audit")
-    audit_result = audit(merged, settings, learned_audit(output, files, merged, settings))
+    audit_result = audit(merged, settings, learned_audit(output, files, merged, settings, workers))
     extras = dict(ctx.extras) | {"finish": finish,
                                  "pools_added": list(getattr(prep["pools"], "added", ()) or ())}
     kind_fields, card_lines, _ = kind.manifest_extras(output, receipts, extras)
@@ -227,9 +236,10 @@ def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, de
     return manifest
 
 
-def learned_audit(output: str, files, merged, settings) -> dict:
+def learned_audit(output: str, files, merged, settings, workers: int = 1) -> dict:
     """The learned text-only baseline (:mod:`pipeline.qa.learned`) over the QA shards of the
-    audited configs, read through :class:`~pipeline.io.corpus.Corpus` (text columns only)."""
+    audited configs, read through :class:`~pipeline.io.corpus.Corpus` (text columns only);
+    its groups fitted by ``workers`` processes when there are :data:`POOL_MIN_ROWS` rows."""
     configs = {key.split(SEP, 1)[0] for key in merged}
     shards_ = []
     for rel in files:
@@ -244,8 +254,23 @@ def learned_audit(output: str, files, merged, settings) -> dict:
     except (OSError, ValueError, KeyError, TypeError):
         cache = {}
     store: dict = {}
-    result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
-                                 cache=cache, store=store)
+    rows = sum(files[rel].get("rows") or 0 for _, rel in shards_)
+    result = None
+    if workers > 1 and rows >= POOL_MIN_ROWS:
+        # N - 1 processes fit the largest groups while this one fits the others; forkserver:
+        # they start from the warm workers' server (its imports done), never from this
+        # process's threads (gRPC's, after a Beam run)
+        context = multiprocessing.get_context("forkserver")
+        try:
+            with ProcessPoolExecutor(workers - 1, mp_context=context) as pool:
+                result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
+                                             cache=cache, store=store, pool=pool,
+                                             pool_jobs=workers - 1)
+        except BrokenProcessPool:  # a pool process died (out of memory, killed): fit here
+            store.clear()
+    if result is None:
+        result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
+                                     cache=cache, store=store)
     shards.write_json(output, LEARNED_CACHE, {"groups": store})
     return result
 

@@ -40,11 +40,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import heapq
 import json
 import os
 import sys
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from importlib import metadata
@@ -54,14 +52,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.qa import text_features
-from pipeline.qa.text_features import Scales, pair_features
+from pipeline.qa import learned_fit, text_features
+from pipeline.qa.learned_fit import MAX_ITER, TOP_ANSWERS, C, _letter, fit_group
 
 TRAIN_CAP = 30_000
 EVAL_CAP = 20_000
-TOP_ANSWERS = 50
-C = 1.0
-MAX_ITER = 200
 NAME = "learned_text"
 
 # ------------------------------------------------------------------------------ rows
@@ -70,7 +65,7 @@ NAME = "learned_text"
 def _order_key(row: Mapping) -> tuple[str, str]:
     qa_id = str(row.get("qa_id") or "\x1f".join(
         [str(row.get("question")), *map(str, row.get("options") or []), str(row.get("answer"))]))
-    return hashlib.blake2b(qa_id.encode("utf-8"), digest_size=8, person=b"radvqa-learned").hexdigest(), qa_id
+    return hashlib.blake2b(qa_id.encode("utf-8"), digest_size=8, person=_PERSON).hexdigest(), qa_id
 
 
 def _sample(rows: list[Mapping], cap: int) -> list[Mapping]:
@@ -79,109 +74,13 @@ def _sample(rows: list[Mapping], cap: int) -> list[Mapping]:
     return ordered[:cap]
 
 
-# ---------------------------------------------------------------------------- models
-
-
-def _model(classes: int):
-    # scikit-learn only when a group is fitted: its import (scipy.stats and pandas behind
-    # it) costs 0.85-1.4 s of CPU (measured), more than the rest of a regenerate whose
-    # groups all come from the cache (learned_baseline's ``cache``).
-    from sklearn.linear_model import LogisticRegression
-
-    # liblinear's dual solver: 7.5 s where its primal one took 100 s on 25,664 option pairs
-    # (radimagenet-vqa pathology); measured
-    if classes > 2:
-        return LogisticRegression(solver="lbfgs", C=C, max_iter=MAX_ITER)
-    return LogisticRegression(solver="liblinear", dual=True, C=C, max_iter=MAX_ITER, random_state=0)
-
-
-class _Vocabulary:
-    """Feature name -> column, the train features in sorted order (unseen ones are dropped)."""
-
-    def __init__(self, dicts: list[dict]):
-        self.index = {k: i for i, k in enumerate(sorted({k for d in dicts for k in d}))}
-
-    def matrix(self, dicts: list[dict]):
-        from scipy.sparse import csr_matrix  # with scikit-learn, only to fit (see _model)
-
-        data, cols, ptr = [], [], [0]
-        for d in dicts:
-            found = sorted((self.index[k], v) for k, v in d.items() if k in self.index)
-            cols += [c for c, _ in found]
-            data += [v for _, v in found]
-            ptr.append(len(cols))
-        return csr_matrix((np.asarray(data, dtype=np.float64), np.asarray(cols, dtype=np.int64),
-                           np.asarray(ptr, dtype=np.int64)), shape=(len(dicts), max(1, len(self.index))))
-
-
-def _fit(dicts: list[dict], y) -> tuple:
-    vocab = _Vocabulary(dicts)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a capped iteration count is part of the definition
-        return _model(len(set(y))).fit(vocab.matrix(dicts), np.asarray(y)), vocab
-
-
-class _Choice:
-    """The (question, option, position) pair classifier of one group, learned on its train rows."""
-
-    def __init__(self, train: list[Mapping], scales: Scales):
-        self.scales = scales
-        x, y = [], []
-        for r in train:
-            qf = scales.features(r["question"])
-            for j in range(len(r["options"])):
-                x.append(pair_features(qf, r["options"], j))
-                y.append(int(_letter(j) == r["answer"]))
-        self.model = _fit(x, y) if len(set(y)) == 2 else None
-
-    def credit(self, test: list[Mapping]) -> float:
-        """Share of ``test`` answered by the best-scoring option (an exact tie shares it)."""
-        if self.model is None:
-            return sum(1.0 / len(r["options"]) for r in test)
-        model, vocab = self.model
-        x, spans = [], []
-        for r in test:
-            qf = self.scales.features(r["question"])
-            spans.append((len(x), len(r["options"]), r["answer"]))
-            x.extend(pair_features(qf, r["options"], j) for j in range(len(r["options"])))
-        scores = model.decision_function(vocab.matrix(x))
-        credit = 0.0
-        for start, k, answer in spans:
-            s = np.round(scores[start:start + k], 9)
-            top = [j for j in range(k) if s[j] == s.max()]
-            credit += sum(_letter(j) == answer for j in top) / len(top)
-        return credit
-
-
-class _Classes:
-    """The question classifier of one closed or open group; ``prior`` its most frequent answer."""
-
-    def __init__(self, train: list[Mapping], scales: Scales):
-        self.scales = scales
-        counts = Counter(r["answer"] for r in train)
-        self.prior = max(sorted(counts), key=lambda a: counts[a]) if counts else None
-        keep = set(sorted(counts, key=lambda a: (-counts[a], a))[:TOP_ANSWERS])
-        pairs = [(scales.features(r["question"]), r["answer"]) for r in train if r["answer"] in keep]
-        self.model = _fit([f for f, _ in pairs], [a for _, a in pairs]) if len(keep) > 1 else None
-
-    def credit(self, test: list[Mapping]) -> float:
-        if self.model is None:
-            return float(sum(r["answer"] == self.prior for r in test))
-        model, vocab = self.model
-        guesses = model.predict(vocab.matrix([self.scales.features(r["question"]) for r in test]))
-        return float(sum(g == r["answer"] for g, r in zip(guesses, test)))
-
-
-def _letter(j: int) -> str:
-    return chr(ord("A") + j)
-
-
 # ------------------------------------------------------------------------------- API
 
 
 def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping],
                      learn_from: Mapping[str, str] | None = None, *,
-                     cache: Mapping | None = None, store: dict | None = None) -> dict:
+                     cache: Mapping | None = None, store: dict | None = None,
+                     pool=None, pool_jobs: int = 1) -> dict:
     """Accuracy of the learned text-only baseline per group.
 
     Parameters
@@ -198,6 +97,10 @@ def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping]
         Earlier results by :func:`group_digest` (same train and scored rows, code and library
         versions): such a group is taken from ``cache``, not fitted again.  Every group's
         entry of this call goes into ``store`` (the next call's ``cache``).
+    pool, pool_jobs
+        An executor (a process pool) and how many of the largest groups it fits while this
+        process fits the others: the groups side by side (each group's fit is its own, so
+        the results are the same).
 
     Returns
     -------
@@ -221,40 +124,31 @@ def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping]
     for key in sorted(groups):
         config, split, task, qtype = key
         by_source.setdefault((learn_from.get(config, config), task, qtype), []).append(key)
-    out = {}
+    out: dict[tuple, dict] = {}
+    jobs, digests = [], {}
     for source in sorted(by_source):
         rows = _sample(train.get(source, []), TRAIN_CAP)
         if source[2] == "multiple_choice":
             rows = [r for r in rows if r["answer"] in {_letter(j) for j in range(len(r["options"] or []))}]
-        tests = {key: _sample(groups[key], EVAL_CAP) for key in by_source[source]}
-        digest = (group_digest(source, rows, {k: (len(groups[k]), t) for k, t in tests.items()})
-                  if cache is not None or store is not None else None)
+        tests = {key: (len(groups[key]), _sample(groups[key], EVAL_CAP)) for key in by_source[source]}
+        digest = digests[source] = (group_digest(source, rows, tests)
+                                    if cache is not None or store is not None else None)
         hit = (cache or {}).get(digest)
-        if hit is not None:
+        if hit is None:
+            jobs.append((source, rows, tests))
+        else:
             out.update((tuple(k), dict(v)) for k, v in hit)
-            if store is not None:
-                store[digest] = hit
-            continue
-        scales = Scales(r["question"] for r in rows)
-        learner = (_Choice if source[2] == "multiple_choice" else _Classes)(rows, scales)
-        for key in by_source[source]:
-            qtype = key[3]
-            test = tests[key]
-            if qtype == "multiple_choice":
-                test = [r for r in test if r["options"]]
-                chance = sum(1.0 / len(r["options"]) for r in test) / len(test) if test else 0.0
-                reference = "uniform"
-            elif qtype == "closed":
-                chance, reference = 0.5, "uniform"
-            else:
-                hits = sum(r["answer"] == learner.prior for r in test)
-                chance, reference = (hits / len(test) if test else 0.0), "prior"
-            credit = learner.credit(test) if test else 0.0
-            out[key] = {"n": len(groups[key]), "scored": len(test), "correct": round(credit, 4),
-                        "accuracy": round(credit / len(test), 4) if test else None,
-                        "chance": round(chance, 4), "reference": reference, "train": len(rows)}
-        if store is not None:
-            store[digest] = [[list(key), dict(out[key])] for key in by_source[source]]
+    # the largest groups to the pool, the others here meanwhile; results by key
+    jobs.sort(key=lambda job: -sum(len(r["options"] or []) or 1 for r in job[1]))
+    remote = [pool.submit(fit_group, job) for job in jobs[:pool_jobs]] if pool and len(jobs) > 1 else []
+    for job in jobs[len(remote):]:
+        out.update(fit_group(job))
+    for future in remote:
+        out.update(future.result())
+    out = {key: out[key] for source in sorted(by_source) for key in by_source[source]}
+    if store is not None:
+        for source in sorted(by_source):
+            store[digests[source]] = [[list(key), dict(out[key])] for key in by_source[source]]
     return out
 
 
@@ -273,9 +167,10 @@ def group_digest(source: tuple, train: list[Mapping], tests: Mapping[tuple, tupl
 
 @functools.cache
 def _code_digest() -> str:
-    """This module's and the text features' source, the caps, the fitting libraries' versions."""
+    """This module's, the models' and the text features' source, the caps, the fitting
+    libraries' versions."""
     h = hashlib.sha256(repr((TRAIN_CAP, EVAL_CAP, TOP_ANSWERS, C, MAX_ITER)).encode())
-    for path in (__file__, text_features.__file__):
+    for path in (__file__, learned_fit.__file__, text_features.__file__):
         with open(path, "rb") as f:
             h.update(f.read())
     for dist in ("scikit-learn", "scipy", "numpy"):
@@ -292,11 +187,12 @@ def rows_from_table(config: str, table) -> list[dict]:
     opt = "choices" if "choices" in table.column_names else "options"
     cols = {c: table[c].to_pylist() for c in ("qa_id", "split", "task", "question_type", "question",
                                               opt, "answer") if c in table.column_names}
-    n = table.num_rows
-    return [{"config": config, "qa_id": cols.get("qa_id", [None] * n)[i], "split": cols["split"][i],
-             "task": cols["task"][i], "question_type": cols["question_type"][i],
-             "question": cols["question"][i] or "", "options": list(cols[opt][i] or []),
-             "answer": cols["answer"][i] or ""} for i in range(n)]
+    ids = cols.get("qa_id", [None] * table.num_rows)  # once: per row it made this quadratic
+    return [{"config": config, "qa_id": qa_id, "split": split, "task": task, "question_type": qtype,
+             "question": question or "", "options": list(options or []), "answer": answer or ""}
+            for qa_id, split, task, qtype, question, options, answer in zip(
+                ids, cols["split"], cols["task"], cols["question_type"], cols["question"], cols[opt],
+                cols["answer"])]
 
 
 #: Columns a QA shard is read with (text only, never an image).
@@ -304,43 +200,87 @@ COLUMNS = ("qa_id", "split", "task", "question_type", "question", "options", "ch
 _META = ("qa_id", "split", "task", "question_type")
 
 
-def sample_keys(meta: Iterable[tuple[str, str, str, str, str]],
-                kept: dict | None = None) -> dict[tuple, list]:
-    """Per group ``(config, split, task, question_type)`` the keys (:func:`_order_key`) of the
-    rows :func:`learned_baseline` would use, from ``(config, split, task, question_type,
-    qa_id)``: the first :data:`TRAIN_CAP` (train) or :data:`EVAL_CAP` (other splits) in
-    keyed-hash order.  Pass the previous result as ``kept`` to add a shard's rows: memory
-    stays bounded by the caps however large the corpus."""
-    groups: dict[tuple, list] = {k: list(v) for k, v in (kept or {}).items()}
-    for config, split, task, qtype, qa_id in meta:
-        groups.setdefault((config, split, task, qtype), []).append(_order_key({"qa_id": qa_id}))
-    return {k: heapq.nsmallest(TRAIN_CAP if k[1] == "train" else EVAL_CAP, v) for k, v in groups.items()}
+_PERSON = b"radvqa-learned"
+
+
+def _hash_keys(ids: list) -> np.ndarray:
+    """:func:`_order_key`'s keyed hash of each ``qa_id`` as big-endian integers: they sort as
+    its hex digests do."""
+    person, blake = _PERSON, hashlib.blake2b
+    return np.frombuffer(b"".join(
+        blake(q.encode("utf-8"), digest_size=8, person=person).digest() for q in ids),
+        dtype=">u8").astype(np.uint64)
+
+
+def _nsmallest(hashes: np.ndarray, ids: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``cap`` smallest ``(hash, qa_id)``, in that order (``heapq.nsmallest`` of
+    :func:`_order_key`; equal hashes, never seen in practice, sorted by their ``qa_id``)."""
+    order = np.argsort(hashes, kind="stable")
+    hashes, ids = hashes[order], ids[order]
+    if len(hashes) > 1 and bool(np.any(hashes[1:] == hashes[:-1])):
+        order = np.asarray(sorted(range(len(ids)), key=lambda i: (int(hashes[i]), str(ids[i]))))
+        hashes, ids = hashes[order], ids[order]
+    return hashes[:cap], ids[:cap]
+
+
+def sample_keys(table, config: str, kept: dict | None = None, sizes: Counter | None = None) -> dict:
+    """Per group ``(config, split, task, question_type)`` the ``(hashes, qa_ids)`` of the rows
+    :func:`learned_baseline` would use, from a table of ``split``, ``task``,
+    ``question_type`` and ``qa_id``: the first :data:`TRAIN_CAP` (train) or :data:`EVAL_CAP`
+    (other splits) in keyed-hash order (:func:`_order_key`).  Pass the previous result as
+    ``kept`` to add a shard's rows: memory stays bounded by the caps however large the
+    corpus.  ``sizes`` counts each group's rows."""
+    groups = dict(kept or {})
+    if not table.num_rows:
+        return groups
+    codes, names = [], []
+    for c in ("split", "task", "question_type"):
+        enc = pc.dictionary_encode(table[c]).combine_chunks()
+        codes.append(enc.indices.to_numpy(zero_copy_only=False))
+        names.append(enc.dictionary.to_pylist())
+    shape = tuple(len(n) for n in names)
+    flat = np.ravel_multi_index(tuple(codes), shape) if all(shape) else np.zeros(table.num_rows, int)
+    none = "\x1f".join(["None", "None"])  # _order_key's text of a row without a qa_id here
+    ids = np.asarray([q or none for q in table["qa_id"].to_pylist()], dtype=object)
+    hashes = _hash_keys(ids.tolist())
+    order = np.argsort(flat, kind="stable")
+    uniq, starts, counts = np.unique(flat[order], return_index=True, return_counts=True)
+    for code, start, n in zip(uniq.tolist(), starts.tolist(), counts.tolist()):
+        split, task, qtype = (names[i][j] for i, j in enumerate(np.unravel_index(code, shape)))
+        key = (config, split, task, qtype)
+        rows = order[start:start + n]
+        if sizes is not None:
+            sizes[key] += n
+        h, q = hashes[rows], ids[rows]
+        if key in groups:
+            h, q = np.concatenate([groups[key][0], h]), np.concatenate([groups[key][1], q])
+        groups[key] = _nsmallest(h, q, TRAIN_CAP if split == "train" else EVAL_CAP)
+    return groups
 
 
 def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Mapping[str, str], *,
-                        cache: Mapping | None = None, store: dict | None = None) -> dict:
+                        cache: Mapping | None = None, store: dict | None = None,
+                        pool=None, pool_jobs: int = 1) -> dict:
     """:func:`learned_baseline` over QA shards: ``shards`` are ``(config, rel)``, ``read(rel,
     columns)`` returns an Arrow table of those of ``columns`` the shard has.  Reads the
     key columns of every shard, then the question texts of the sampled rows' shards.
-    ``cache`` and ``store`` as for :func:`learned_baseline`."""
+    ``cache``, ``store``, ``pool`` and ``pool_jobs`` as for :func:`learned_baseline`."""
     shards = sorted(shards)
-    kept: dict[tuple, list] = {}
+    kept: dict[tuple, tuple] = {}
     sizes: Counter = Counter()
     for config, rel in shards:
-        t = read(rel, _META)
-        meta = [(config, *row) for row in zip(*(t[c].to_pylist() for c in ("split", "task",
-                                                                           "question_type", "qa_id")))]
-        sizes.update(m[:4] for m in meta)
-        kept = sample_keys(meta, kept)
-    keep = {(k[0], qa_id) for k, v in kept.items() for _, qa_id in v}
-    ids = {c: [q for k, q in keep if k == c] for c in {c for c, _ in shards}}
+        kept = sample_keys(read(rel, _META), config, kept, sizes)
+    ids = {c: set() for c in {c for c, _ in shards}}
+    for key, (_, qa_ids) in kept.items():
+        ids[key[0]].update(qa_ids.tolist())
     rows: list[dict] = []
     for config, rel in shards:
         t = read(rel, COLUMNS)
         if None not in ids.get(config, ()):  # the sampled rows only, before Python objects
-            t = t.filter(pc.is_in(t["qa_id"], value_set=pa.array(ids.get(config, []), pa.string())))
-        rows += [r for r in rows_from_table(config, t) if (config, r["qa_id"]) in keep]
-    result = learned_baseline(rows, rows, learn_from, cache=cache, store=store)
+            t = t.filter(pc.is_in(t["qa_id"], value_set=pa.array(list(ids.get(config, ())), pa.string())))
+        rows += [r for r in rows_from_table(config, t) if r["qa_id"] in ids[config]]
+    result = learned_baseline(rows, rows, learn_from, cache=cache, store=store, pool=pool,
+                              pool_jobs=pool_jobs)
     for key, g in result.items():
         g["n"] = sizes[key]  # the group's size, not the rows drawn from it
     return result

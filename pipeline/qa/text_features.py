@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -48,17 +49,25 @@ class Scales:
 
     def __init__(self, questions: Iterable[str]):
         values: dict[str, list[float]] = {}
-        for q in questions:
+        for q, n in Counter(questions).items():  # a template's questions repeat: parsed once
             for k, v in _numbers(q).items():
-                values.setdefault(k, []).append(v)
+                values.setdefault(k, []).extend([v] * n)
         self.edges = {}
         self.scale = {}
         for k in sorted(values):
             arr = np.sort(np.asarray(values[k], dtype=np.float64))
             self.edges[k] = np.unique(np.quantile(arr, np.linspace(0, 1, BINS + 1)[1:-1]))
             self.scale[k] = float(np.max(np.abs(arr))) or 1.0
+        self._seen: dict[str, dict[str, float]] = {}
 
     def features(self, question: str) -> dict[str, float]:
+        """The question's named features (the same dict for the same question: do not change it)."""
+        found = self._seen.get(question)
+        if found is None:
+            found = self._seen[question] = self._features(question)
+        return found
+
+    def _features(self, question: str) -> dict[str, float]:
         out: dict[str, float] = {}
         text = question.lower()
         tokens = _TOKEN.findall(text)
@@ -80,8 +89,43 @@ class Scales:
 
 
 def pair_features(qf: Mapping[str, float], options: list[str], j: int) -> dict[str, float]:
+    ot = "ot:" + options[j].lower()
+    out = _option_features(options, j, ot)
+    for k, v in qf.items():
+        out[f"{k}|{ot}"] = v
+        out[f"{k}|pos{j}"] = v
+    return out
+
+
+class Pairs:
+    """:func:`pair_features` of a question's options (the same dicts), its crossed question
+    features built once per (question, option text) and per (question, position): a
+    group's questions and options repeat."""
+
+    def __init__(self, scales: Scales):
+        self.scales = scales
+        self._by_text: dict[tuple[str, str], dict[str, float]] = {}
+        self._by_pos: dict[tuple[str, int], dict[str, float]] = {}
+
+    def features(self, question: str, options: list[str], j: int) -> dict[str, float]:
+        ot = "ot:" + options[j].lower()
+        out = _option_features(options, j, ot)
+        by_text = self._by_text.get((question, ot))
+        if by_text is None:
+            qf = self.scales.features(question)
+            by_text = self._by_text[question, ot] = {f"{k}|{ot}": v for k, v in qf.items()}
+        by_pos = self._by_pos.get((question, j))
+        if by_pos is None:
+            qf = self.scales.features(question)
+            by_pos = self._by_pos[question, j] = {f"{k}|pos{j}": v for k, v in qf.items()}
+        out.update(by_text)
+        out.update(by_pos)
+        return out
+
+
+def _option_features(options: list[str], j: int, ot: str) -> dict[str, float]:
+    """The option's own features (no question feature crossed in)."""
     text = options[j]
-    ot = "ot:" + text.lower()
     ranks = sorted(range(len(options)), key=lambda i: (options[i], i))
     out = {"bias": 1.0, ot: 1.0, f"pos{j}": 1.0, f"pos{j}|{ot}": 1.0,
            f"rank{ranks.index(j)}": 1.0, f"pos{j}|rank{ranks.index(j)}": 1.0,
@@ -92,7 +136,4 @@ def pair_features(qf: Mapping[str, float], options: list[str], j: int) -> dict[s
     out[f"lenrank{[i for _, i in lengths].index(j)}"] = 1.0
     for w in _TOKEN.findall(text.lower()):
         out["ow:" + w] = 1.0
-    for k, v in qf.items():
-        out[f"{k}|{ot}"] = v
-        out[f"{k}|pos{j}"] = v
     return out
