@@ -5,6 +5,7 @@ which says what was reused, differs)."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import multiprocessing.forkserver
@@ -214,10 +215,10 @@ def test_stored_question_rows_are_used_only_under_their_family_digest(tmp_path, 
     assert len(after) == len(before)  # the edited family's files under its old digest are gone
     # a stored row is taken as it is
     target = next(p for p in sorted(rows_dir.iterdir()) if ".grounding_open." in p.name)  # not balanced
-    stored = json.loads(target.read_text())
+    stored = json.loads(gzip.decompress(target.read_bytes()))
     row = next(r for rows in stored.values() for r in rows if "balance" not in r and r["question"])
     row["question"] = "TAMPERED?"
-    target.write_text(json.dumps(stored))
+    target.write_bytes(gzip.compress(json.dumps(stored).encode()))
     edit_template_and_regenerate()
     assert "TAMPERED?" in pq.read_table(out / "qa").column("question").to_pylist()
     monkeypatch.setattr(stored_rows, "code_digest", lambda: "other code")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import gzip
 import hashlib
 import io
 import json
@@ -300,10 +301,11 @@ def _row_store(ref: UnitRef, ctx: BuildContext, record: bool) -> stored_rows.Row
     digests = ctx.extras.get("qa_families")
     if not digests:
         return None
-    names = [p.rsplit("/", 1)[1] for p in shards.match(ctx.output, f"{ROWS_DIR}/{ref.unit_id}.*.json")]
+    names = [p.rsplit("/", 1)[1] for p in shards.match(ctx.output, f"{ROWS_DIR}/{ref.unit_id}.*.json.gz")]
     return stored_rows.RowStore(
         ref.unit_id, digests, names,
-        lambda name: json.loads(shards.read_bytes(ctx.output, f"{ROWS_DIR}/{name}")), record)
+        lambda name: json.loads(gzip.decompress(shards.read_bytes(ctx.output, f"{ROWS_DIR}/{name}"))),
+        record)
 
 
 @_gc_frozen
@@ -325,7 +327,7 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
     if store is not None:  # for the next build: only edited families are generated again
         write, stale = store.dump()
         for name, data in write.items():
-            shards.write_bytes(ctx.output, f"{ROWS_DIR}/{name}", data)
+            shards.write_bytes(ctx.output, f"{ROWS_DIR}/{name}", gzip.compress(data, 1, mtime=0))
         if stale:
             shards.delete([shards.join(ctx.output, f"{ROWS_DIR}/{name}") for name in stale])
     files = dict(report["pixel_files"])
