@@ -46,14 +46,20 @@ def digest(*parts: object) -> str:
     """
     h = hashlib.sha256()
     for part in parts:
-        if isinstance(part, (bytes, bytearray, memoryview)):
-            data = part
-            h.update((len(data) | _BYTES_TAG).to_bytes(8, "big"))
-        else:
-            data = str(part).encode("utf-8")
-            h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
+        add_part(h, part)
     return h.hexdigest()
+
+
+def add_part(h, part: object) -> None:
+    """Add one part of :func:`digest` to the hash ``h``: its 8-byte length prefix (tagged
+    for bytes), then its bytes — for callers that hash a common prefix once and copy it."""
+    if isinstance(part, (bytes, bytearray, memoryview)):
+        h.update((len(part) | _BYTES_TAG).to_bytes(8, "big"))
+        h.update(part)
+    else:
+        data = str(part).encode("utf-8")
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
 
 
 def stable_key(*parts: object, n: int = KEY_HEX_CHARS) -> str:
@@ -66,16 +72,12 @@ def stable_keys_under(*prefix: object, n: int = KEY_HEX_CHARS):
     once: for the many ids of one image (its questions' ``qa_id``)."""
     h = hashlib.sha256()
     for part in prefix:
-        data = str(part).encode("utf-8")
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
+        add_part(h, part)
 
     def key(*parts: object) -> str:
         c = h.copy()
         for part in parts:
-            data = str(part).encode("utf-8")
-            c.update(len(data).to_bytes(8, "big"))
-            c.update(data)
+            add_part(c, part)
         return c.hexdigest()[:n]
     return key
 

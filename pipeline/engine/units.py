@@ -192,20 +192,14 @@ def case_fingerprints(kind_name: str, version: str, settings_digest: str,
     copy — the launcher fingerprints every case of the input, 750K for a RadImageNet tree."""
     head = hashlib.sha256()
     for part in (kind_name, version, settings_digest):
-        _add_part(head, str(part).encode("utf-8"))
+        keys.add_part(head, part)
     out = []
     for case_json, identity in zip(cases_json, identities):
         h = head.copy()
-        _add_part(h, _sorted_json(case_json).encode("utf-8"))
-        _add_part(h, _sorted_json(list(identity)).encode("utf-8"))
+        keys.add_part(h, _sorted_json(case_json))
+        keys.add_part(h, _sorted_json(list(identity)))
         out.append(h.hexdigest())
     return out
-
-
-def _add_part(h, data: bytes) -> None:
-    """One part of :func:`pipeline.core.keys.digest`: its length (8 bytes, big-endian), then it."""
-    h.update(len(data).to_bytes(8, "big"))
-    h.update(data)
 
 
 def _sorted_json_encoder():
