@@ -57,8 +57,8 @@ def test_state_of_other_code_is_ignored_and_inexact_data_never_kept(tmp_path, mo
     assert checked.load_checked(path, "distractor_pool") == data and parsed == [path]
     checked.use(state)
     assert checked.load_checked(path, "distractor_pool") == data and parsed == [path]
-    assert not checked._exact({1: "liver"}) and not checked._exact({"d": __import__("datetime").date(2024, 1, 1)})
-    assert checked._exact({"a": [1, 2.5, None, True, "x"]})
+    assert not checked.json_exact({1: "liver"}) and not checked.json_exact({"d": __import__("datetime").date(2024, 1, 1)})
+    assert checked.json_exact({"a": [1, 2.5, None, True, "x"]})
 
 
 def test_the_same_bytes_checked_against_another_schema_are_validated_again(tmp_path):

@@ -46,7 +46,7 @@ def load_checked(path: str | Path, schema: str | Callable[[object], str]) -> obj
         return copy.deepcopy(_known[key])
     data = yaml_files.parse_config(raw, path)
     validation.validate(data, schema(data) if callable(schema) else schema, str(path))
-    if _exact(data):
+    if json_exact(data):
         _used[key] = copy.deepcopy(data)
     return data
 
@@ -75,14 +75,17 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
-def _exact(obj) -> bool:
-    """Whether JSON gives ``obj`` back exactly (types included)."""
-    if obj is None or isinstance(obj, (str, bool, int)):
+def json_exact(value) -> bool:
+    """Whether JSON gives ``value`` back equal and of the same types: plain ``str``, ``int``,
+    ``bool``, finite ``float``, ``None``, and lists and string-keyed dicts of them (no
+    subclass — a numpy float or an enum would come back as another type)."""
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
         return True
-    if isinstance(obj, float):
-        return math.isfinite(obj)
-    if isinstance(obj, list):
-        return all(_exact(v) for v in obj)
-    if isinstance(obj, dict):
-        return all(isinstance(k, str) and _exact(v) for k, v in obj.items())
+    if t is float:
+        return math.isfinite(value)
+    if t is list:
+        return all(json_exact(v) for v in value)
+    if t is dict:
+        return all(type(k) is str and json_exact(v) for k, v in value.items())
     return False

@@ -35,11 +35,10 @@ def question_candidates(records: Iterable[Mapping], ctx) -> list[tuple]:
             else:
                 # every family's rows, remembered for the rendering pass (a family's rows
                 # never depend on which other families run)
-                marks = [[r["split"], r["balance"], r["answer_text"]] for r in questions_for(record, ctx)
-                         if r["family"] in families and r.get("balance")]
+                marks = stored_rows.marks_of(r for r in questions_for(record, ctx) if r["family"] in families)
         except Exception:  # noqa: BLE001 — the rendering pass dead-letters the record
-            marks = [[r["split"], r["balance"], r["answer_text"]] for r in generate_questions(
-                record, families, ctx.pools, seed=ctx.seed, settings=ctx.qa_settings) if r.get("balance")]
+            marks = stored_rows.marks_of(generate_questions(
+                record, families, ctx.pools, seed=ctx.seed, settings=ctx.qa_settings))
         for split, mark, answer_text in marks:
             out.append(candidate(split, mark, answer_text if mark["mode"] == "answers" else ""))
     return out

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 
+from pipeline.config.checked import json_exact
 from pipeline.core import keys
 
 _PIPELINE = Path(__file__).resolve().parent.parent
@@ -80,20 +81,6 @@ def _canonical(obj):
     return [type(obj).__name__, repr(obj)]
 
 
-def _exact(value) -> bool:
-    """JSON gives ``value`` back equal and of the same types."""
-    t = type(value)
-    if t is str or t is int or t is bool or value is None:
-        return True
-    if t is float:
-        return value == value and value not in (float("inf"), float("-inf"))
-    if t is list:
-        return all(_exact(v) for v in value)
-    if t is dict:
-        return all(type(k) is str and _exact(v) for k, v in value.items())
-    return False
-
-
 def file_name(unit: str, family: str, digest: str, marks: bool = False) -> str:
     """``<unit>.<family>.<digest, 16 hex>.json.gz``: one family's rows of one unit
     (gzipped JSON: a tenth of the disk); ``….marks.json.gz`` (``marks``): ``[split, balance
@@ -101,8 +88,16 @@ def file_name(unit: str, family: str, digest: str, marks: bool = False) -> str:
     return f"{unit}.{family}.{digest[:16]}.{'marks.' if marks else ''}json.gz"
 
 
-def _marks(rows: list[dict]) -> list[list]:
+def marks_of(rows: Iterable[Mapping]) -> list[list]:
+    """``[split, balance mark, answer text]`` of the balanced rows among ``rows``: all the
+    balancing candidates need of a row."""
     return [[r["split"], r["balance"], r["answer_text"]] for r in rows if r.get("balance")]
+
+
+def _texts(rows: list[dict]) -> tuple[str, str]:
+    """A family's rows of a record and their marks, as the JSON texts its two files hold."""
+    return (json.dumps(rows, ensure_ascii=False, separators=(",", ":")),
+            json.dumps(marks_of(rows), ensure_ascii=False, separators=(",", ":")))
 
 
 class RowStore:
@@ -146,7 +141,7 @@ class RowStore:
             else:
                 missing[f] = fam
         if missing:
-            out += _marks(generate(missing))
+            out += marks_of(generate(missing))
         return out
 
     def rows(self, record_digest: str, families: Mapping, generate) -> list[dict]:
@@ -184,18 +179,14 @@ class RowStore:
             if r["family"] in by:
                 by[r["family"]].append(r)
         for f, frows in by.items():
-            if _exact(frows):
-                self._new.setdefault(f, {})[record_digest] = (
-                    json.dumps(frows, ensure_ascii=False, separators=(",", ":")),
-                    json.dumps(_marks(frows), ensure_ascii=False, separators=(",", ":")))
+            if json_exact(frows):
+                self._new.setdefault(f, {})[record_digest] = _texts(frows)
 
     def dump(self) -> tuple[dict[str, bytes], list[str]]:
         """``({file name: content} to write, [file names] to delete)``."""
         write = {}
         for f in sorted((set(self._new) - self.valid) | self._dirty):
-            texts = {r: (json.dumps(rows, ensure_ascii=False, separators=(",", ":")),
-                         json.dumps(_marks(rows), ensure_ascii=False, separators=(",", ":")))
-                     for r, rows in self._stored(f).items()} if f in self.valid else {}
+            texts = {r: _texts(rows) for r, rows in self._stored(f).items()} if f in self.valid else {}
             texts |= self._new.get(f, {})
             for n, marks in ((0, False), (1, True)):
                 body = ",".join(f"{json.dumps(r)}:{t[n]}" for r, t in sorted(texts.items()))
