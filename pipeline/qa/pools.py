@@ -168,9 +168,9 @@ class Pools:
             tiers = [self.region_members(region)]
             tiers += [self.region_members(n) for n in self.regions[region][1]]
         known = self._universe()
+        near = self._clashes(answer, related_only=True)
         chosen: list[str] = []
         for tier in tiers:
-            near = self._clashes(answer, related_only=True)
             pool = [c for c in tier if c not in excluded
                     and not (c in near if c in known else self.related(answer, c))]
             new = list(chosen)  # what the pool has not been filtered against yet
