@@ -95,10 +95,8 @@ class _Model:
         return z[np.asarray(x.index, dtype=np.intp)]
 
     def predict(self, x: _Rows) -> list:
-        """Each row's class: the highest score (the first on a tie); two classes: the second
-        where the score is above 0."""
-        z = self.scores(x)
-        best = (z[:, 0] > 0).astype(np.int64) if z.shape[1] == 1 else np.argmax(z, axis=1)
+        """Each row's class (:func:`pipeline.qa.logistic.predict`)."""
+        best = logistic.predict(self.vocab.matrix(x), self.model)[np.asarray(x.index, dtype=np.intp)]
         return [self.classes[i] for i in best.tolist()]
 
 
