@@ -23,9 +23,9 @@ same on every CPU) in a fixed order:
 
 * every sum is in an order fixed by code, never by the CPU: a whole vector's by numpy's
   pairwise summation (:func:`_total`; its eight accumulators are written so that SIMD
-  code keeps their order), a row's products by :func:`numpy.add.reduceat` (the first
-  plus the pairwise sum of the others), a scatter by :func:`numpy.bincount` (one by one,
-  in index order) — never BLAS (``np.dot``/``@``: OpenBLAS picks its kernel, and with it
+  code keeps their order), a row's products by :func:`numpy.add.reduceat` (one score
+  column: the first plus the pairwise sum of the others), a scatter by
+  :func:`numpy.bincount` (one by one, in index order) — never BLAS (``np.dot``/``@``: OpenBLAS picks its kernel, and with it
   the order of the additions and the use of FMA, by CPU);
 * ``exp`` and ``log`` are computed here from those operations (:func:`_exp`, :func:`_log`:
   a Cody-Waite reduction and a Taylor / ``atanh`` series, within a few units in the last
@@ -44,6 +44,7 @@ appearance in hash order).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -109,7 +110,7 @@ def _sum_by(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
 _LN2_HI = 6.93147180369123816490e-01  # low 32 bits zero: k · _LN2_HI is exact
 _LN2_LO = 1.90821492927058770002e-10
 _INV_LN2 = 1.44269504088896338700e+00
-_EXP_TERMS = tuple(1.0 / float(np.prod(np.arange(1, n + 1, dtype=np.float64))) for n in range(14))
+_EXP_TERMS = tuple(1.0 / math.factorial(n) for n in range(14))
 _LOG_TERMS = tuple(1.0 / n for n in range(3, 24, 2))
 
 
