@@ -67,14 +67,15 @@ setup(
         # report: plots and the gallery with boxes drawn
         "matplotlib>=3.8",
         "pillow>=10",
-        # the shortcut audit's learned text-only baseline (pipeline/qa/learned.py)
-        "scikit-learn>=1.3",
-        # 2D connected components of the boxes (pipeline/core/boxes.py); sparse features
+        # 2D connected components of the boxes (pipeline/core/boxes.py)
         "scipy>=1.10",
     ],
     extras_require={
         "test": [
             "pytest>=8", "datasets>=3.0", "pandas>=2.0", "pydicom-data", "ruff",
+            # tests/test_logistic.py: the learned baseline's own logistic regression against
+            # scikit-learn's; tests/test_slices_leaks.py's stronger text model
+            "scikit-learn>=1.3",
             # tests/test_ts_layouts.py: files written as the releases and TotalSegmentator write
             # them (NIfTI with header extensions; DICOM SEG)
             "nibabel>=5.0", "highdicom>=0.22",

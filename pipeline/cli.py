@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
 def _exit_without_teardown(code: int) -> None:
     """End the process now when the run stayed in this process (no Apache Beam, no worker):
     every file is written and closed, the exit handlers run, and the interpreter's own
-    teardown — clearing ~900 modules (scikit-learn, SciPy, pandas after a learned-baseline
-    fit) and their objects — is skipped: 0.4 s of CPU of a 2.2 s regenerate of the
-    sample (measured, ``os._exit`` against a normal exit).  Otherwise returns."""
+    teardown — clearing hundreds of modules and their objects — is skipped: 0.4 s of CPU of
+    a 2.2 s regenerate of the sample (measured, ``os._exit`` against a normal exit, when the
+    learned baseline still imported scikit-learn, SciPy and pandas).  Otherwise returns."""
     if "apache_beam" in sys.modules or multiprocessing.active_children():
         return
     atexit._run_exitfuncs()  # logging's flush and the other registered handlers, as at exit

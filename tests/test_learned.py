@@ -188,10 +188,9 @@ def test_groups_fitted_by_a_process_pool_give_the_same_result():
 
 
 def test_rows_repeated_in_a_group_give_the_matrix_built_row_by_row():
-    """A distinct feature row is built once and copied: the CSR matrix equals the one built
-    row by row (the fit sees the same numbers)."""
-    from scipy.sparse import csr_matrix
-
+    """A distinct feature row is built once and stands for its repeats: the matrix of the
+    distinct rows, each row read through ``index``, equals the one built row by row (the fit
+    sees the same numbers)."""
     from pipeline.qa.text_features import Pairs, Scales, pair_features
 
     rows = _rows(_keyword_position, n_train=200, n_test=0)
@@ -200,15 +199,32 @@ def test_rows_repeated_in_a_group_give_the_matrix_built_row_by_row():
     assert len(x.unique) < len(x)
     vocab = learned_fit._Vocabulary(x)
     dicts = [x.unique[i] for i in x.index]
-    data, cols, ptr = [], [], [0]
-    for d in dicts:
-        found = sorted((vocab.index[k], v) for k, v in d.items() if k in vocab.index)
-        cols += [c for c, _ in found]
-        data += [v for _, v in found]
-        ptr.append(len(cols))
-    plain = csr_matrix((data, cols, ptr), shape=(len(dicts), len(vocab.index)))
+    plain = [sorted((vocab.index[k], v) for k, v in d.items() if k in vocab.index) for d in dicts]
     got = vocab.matrix(x)
-    assert (got != plain).nnz == 0 and got.shape == plain.shape
-    assert (got.indptr == plain.indptr).all() and (got.indices == plain.indices).all()
+    assert got.shape == (len(x.unique), len(vocab.index))
+    assert (got.rows[1:] >= got.rows[:-1]).all()  # by row, then by column
+    by_row = [[] for _ in range(got.shape[0])]
+    for r, c, v in zip(got.rows.tolist(), got.indices.tolist(), got.data.tolist()):
+        by_row[r].append((c, v))
+    assert [by_row[i] for i in x.index] == plain
     assert all(d == pair_features(scales.features(r["question"]), r["options"], j)
                for d, (r, j) in zip(dicts, [(r, j) for r in rows for j in range(len(r["options"]))]))
+
+
+def test_cache_digest_names_the_model_version(monkeypatch):
+    """A group's cache digest covers the model's version (pipeline/qa/logistic.py): a cached
+    fit of another model (or of scikit-learn's, before) is never taken for this one's."""
+    from pipeline.qa import logistic
+
+    rows = _rows(_box_bin, n_train=50, n_test=20)
+    source = ("qa", "anatomy", "multiple_choice")
+    tests = {("qa", "test", "anatomy", "multiple_choice"): (20, rows[50:])}
+    before = learned.group_digest(source, rows[:50], tests)
+    try:
+        monkeypatch.setattr(logistic, "VERSION", logistic.VERSION + "-other")
+        learned._code_digest.cache_clear()
+        assert learned.group_digest(source, rows[:50], tests) != before
+    finally:
+        monkeypatch.undo()
+        learned._code_digest.cache_clear()
+    assert learned.group_digest(source, rows[:50], tests) == before

@@ -19,7 +19,7 @@ rows have, in sorted order):
   best-scoring option (an exact tie shares the credit), so option-text priors, position
   and option-order patterns and "this box → this structure" are learnable;
 * closed (yes/no) and open questions: a logistic regression over the question features
-  (multinomial, ``lbfgs``, for more than two answers), its classes the train answers (the
+  (multinomial — softmax — for more than two answers), its classes the train answers (the
   :data:`TOP_ANSWERS` most frequent; a rarer answer is never predicted).  Open questions are reported against the answer prior (the
   most frequent train answer of the group).
 
@@ -30,9 +30,10 @@ and area); knowledge that no train question shows.
 Determinism: rows are sorted by a keyed hash of ``qa_id`` (then ``qa_id``) before anything
 else, which also draws the subsample: at most :data:`TRAIN_CAP` train questions and
 :data:`EVAL_CAP` scored questions per group (every question of the built-in samples).  The
-solvers are fixed (``liblinear``'s dual solver with ``random_state`` 0 for two classes,
-``lbfgs`` for more; ``C`` = :data:`C`; at most :data:`MAX_ITER` iterations), so the result is
-the same for the same rows in any order.  The launcher reads only the key columns of every
+model is :mod:`pipeline.qa.logistic`'s (numpy only: L2-regularised, ``C`` = :data:`C`, a
+fixed L-BFGS of at most ``logistic.MAX_ITER`` iterations, every sum in a fixed order and its
+own ``exp`` and ``log``), so the result is the same floats for the same rows in any order,
+on any machine.  The launcher reads only the key columns of every
 QA shard, then the texts of the sampled rows (:func:`learned_from_shards`).
 """
 
@@ -45,15 +46,14 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from importlib import metadata
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.qa import learned_fit, text_features
-from pipeline.qa.learned_fit import MAX_ITER, TOP_ANSWERS, C, _letter, fit_group
+from pipeline.qa import learned_fit, logistic, text_features
+from pipeline.qa.learned_fit import TOP_ANSWERS, C, _letter, fit_group
 
 TRAIN_CAP = 30_000
 EVAL_CAP = 20_000
@@ -167,17 +167,14 @@ def group_digest(source: tuple, train: list[Mapping], tests: Mapping[tuple, tupl
 
 @functools.cache
 def _code_digest() -> str:
-    """This module's, the models' and the text features' source, the caps, the fitting
-    libraries' versions."""
-    h = hashlib.sha256(repr((TRAIN_CAP, EVAL_CAP, TOP_ANSWERS, C, MAX_ITER)).encode())
-    for path in (__file__, learned_fit.__file__, text_features.__file__):
+    """This module's, the models' and the text features' source, the caps, the model's
+    version and settings (:mod:`pipeline.qa.logistic`), numpy's version."""
+    h = hashlib.sha256(repr((TRAIN_CAP, EVAL_CAP, TOP_ANSWERS, C, logistic.VERSION,
+                             logistic.MAX_ITER, logistic.TOL, logistic.MEMORY)).encode())
+    for path in (__file__, learned_fit.__file__, logistic.__file__, text_features.__file__):
         with open(path, "rb") as f:
             h.update(f.read())
-    for dist in ("scikit-learn", "scipy", "numpy"):
-        try:
-            h.update(f"{dist}={metadata.version(dist)}".encode())
-        except metadata.PackageNotFoundError:
-            h.update(f"{dist}=missing".encode())
+    h.update(f"numpy={np.__version__}".encode())
     return h.hexdigest()
 
 

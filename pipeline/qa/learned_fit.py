@@ -1,42 +1,31 @@
 """The learned text-only baseline's models (:mod:`pipeline.qa.learned` draws the rows and
 reports): per group, a logistic regression over named text features
-(:mod:`pipeline.qa.text_features`) — the (question, option, position) pair classifier of
-multiple-choice groups, the question classifier of closed and open ones.
+(:mod:`pipeline.qa.text_features`; the model: :mod:`pipeline.qa.logistic`) — the (question,
+option, position) pair classifier of multiple-choice groups, the question classifier of
+closed and open ones.
 
 A group's feature rows repeat (a few templates, a few option lists): each distinct row is
-featurised once and copied into the CSR matrix (:class:`_Rows`), the same matrix as one
-built row by row.  :func:`fit_group` fits and scores one group; it is a top-level function
-so that a process pool can run groups side by side.
+featurised once (:class:`_Rows`) and is one row of the sparse matrix, fitted with how often
+it was seen with each class — the same objective as the rows one by one — and scored once.
+:func:`fit_group` fits and scores one group; it is a top-level function so that a process
+pool can run groups side by side.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import warnings
 from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
 
+from pipeline.qa import logistic
+from pipeline.qa.logistic import Sparse, sparse
 from pipeline.qa.text_features import Pairs, Scales
 
 TOP_ANSWERS = 50
 C = 1.0
-MAX_ITER = 200
-
-
-def _model(classes: int):
-    # scikit-learn only when a group is fitted: its import (scipy.stats and pandas behind
-    # it) costs 0.85-1.4 s of CPU (measured), more than the rest of a regenerate whose
-    # groups all come from the cache (learned_baseline's ``cache``).
-    from sklearn.linear_model import LogisticRegression
-
-    # liblinear's dual solver: 7.5 s where its primal one took 100 s on 25,664 option pairs
-    # (radimagenet-vqa pathology); measured
-    if classes > 2:
-        return LogisticRegression(solver="lbfgs", C=C, max_iter=MAX_ITER)
-    return LogisticRegression(solver="liblinear", dual=True, C=C, max_iter=MAX_ITER, random_state=0)
 
 
 class _Rows:
@@ -66,35 +55,53 @@ class _Vocabulary:
     def __init__(self, rows: _Rows):
         self.index = {k: i for i, k in enumerate(sorted({k for d in rows.unique for k in d}))}
 
-    def matrix(self, rows: _Rows):
-        """The rows' CSR matrix: each row's known features, by column (the same matrix as
-        one built row by row: a repeated row is a copy of its first)."""
-        from scipy.sparse import csr_matrix  # with scikit-learn, only to fit (see _model)
-
+    def matrix(self, rows: _Rows) -> Sparse:
+        """The matrix of the rows' distinct feature dicts (``rows.unique``; ``rows.index``
+        says which one each row is): each dict's known features, by column."""
         dicts = rows.unique
         lengths = np.fromiter(map(len, dicts), dtype=np.int64, count=len(dicts))
         chain = itertools.chain.from_iterable
         cols = np.fromiter(map(self.index.get, chain(dicts), itertools.repeat(-1)),
-                           dtype=np.int64, count=int(lengths.sum()))
+                           dtype=np.intp, count=int(lengths.sum()))
         data = np.fromiter(chain(map(dict.values, dicts)), dtype=np.float64, count=len(cols))
-        row = np.repeat(np.arange(len(dicts), dtype=np.int64), lengths)
+        row = np.repeat(np.arange(len(dicts), dtype=np.intp), lengths)
         known = cols >= 0
         row, cols, data = row[known], cols[known], data[known]
         order = np.lexsort((cols, row))
-        ptr = np.zeros(len(dicts) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(row, minlength=len(dicts)), out=ptr[1:])
-        unique = csr_matrix((data[order], cols[order], ptr),
-                            shape=(len(dicts), max(1, len(self.index))))
-        return unique[np.asarray(rows.index, dtype=np.intp)]
+        return sparse(data[order], cols[order], row[order], (len(dicts), max(1, len(self.index))))
 
 
-def _fit(x: _Rows, y) -> tuple:
-    vocab = _Vocabulary(x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a capped iteration count is part of the definition
-        matrix = vocab.matrix(x)
-        x.unique.clear()  # in the matrix now: freed before the solver makes its own copy
-        return _model(len(set(y))).fit(matrix, np.asarray(y)), vocab
+class _Model:
+    """The logistic regression (:func:`pipeline.qa.logistic.fit`, ``C`` = :data:`C`) of one
+    group's feature rows ``x`` with labels ``y``: ``classes`` the sorted labels, ``vocab``
+    the columns.  Each distinct row is one row of the fit, with how often it was seen with
+    each class (the same objective as the rows one by one)."""
+
+    def __init__(self, x: _Rows, y: list):
+        self.vocab = _Vocabulary(x)
+        self.classes = sorted(set(y))
+        matrix = self.vocab.matrix(x)
+        x.unique.clear()  # in the matrix now
+        label = {c: i for i, c in enumerate(self.classes)}
+        k = len(self.classes)
+        cells = np.asarray(x.index, dtype=np.int64) * k + np.fromiter(
+            map(label.__getitem__, y), dtype=np.int64, count=len(y))
+        counts = np.bincount(cells, minlength=matrix.shape[0] * k).reshape(matrix.shape[0], k)
+        self.model = logistic.fit(matrix, counts, C)
+
+    def scores(self, x: _Rows) -> np.ndarray:
+        """Each row's scores (two classes: one column, above 0 for the second class)."""
+        z = logistic.scores(self.vocab.matrix(x), self.model.coef, self.model.intercept)
+        return z[np.asarray(x.index, dtype=np.intp)]
+
+    def predict(self, x: _Rows) -> list:
+        """Each row's class (:func:`pipeline.qa.logistic.predict`)."""
+        best = logistic.predict(self.vocab.matrix(x), self.model)[np.asarray(x.index, dtype=np.intp)]
+        return [self.classes[i] for i in best.tolist()]
+
+
+def _fit(x: _Rows, y: list) -> _Model:
+    return _Model(x, y)
 
 
 def _pairs(rows: list[Mapping], pairs: Pairs) -> _Rows:
@@ -120,12 +127,11 @@ class _Choice:
         """Share of ``test`` answered by the best-scoring option (an exact tie shares it)."""
         if self.model is None:
             return sum(1.0 / len(r["options"]) for r in test)
-        model, vocab = self.model
         spans, start = [], 0
         for r in test:
             spans.append((start, len(r["options"]), r["answer"]))
             start += len(r["options"])
-        scores = model.decision_function(vocab.matrix(_pairs(test, self.pairs)))
+        scores = self.model.scores(_pairs(test, self.pairs))[:, 0]
         credit = 0.0
         for start, k, answer in spans:
             s = np.round(scores[start:start + k], 9)
@@ -156,8 +162,7 @@ class _Classes:
     def credit(self, test: list[Mapping]) -> float:
         if self.model is None:
             return float(sum(r["answer"] == self.prior for r in test))
-        model, vocab = self.model
-        guesses = model.predict(vocab.matrix(_questions(test, self.scales)))
+        guesses = self.model.predict(_questions(test, self.scales))
         return float(sum(g == r["answer"] for g, r in zip(guesses, test)))
 
 
