@@ -72,7 +72,7 @@ def count_components(mask: np.ndarray, *, fully_connected: bool = True) -> int:
     # SimpleITK on first use: its import costs 0.05 s CPU, 0.1 s wall (measured), which a regenerate from stored pixels never needs
     import SimpleITK as sitk
 
-    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image = sitk.GetImageFromArray(mask.view(np.uint8))  # bool bytes are 0 and 1: no cast
     f = sitk.ConnectedComponentImageFilter()
     f.SetFullyConnected(fully_connected)
     f.SetNumberOfThreads(1)  # masks are cropped: ITK's thread pool costs more than it saves
@@ -96,18 +96,56 @@ def body_midline(volume: np.ndarray, modality: str) -> np.ndarray:
     The centre of the body's left-right extent; levels without body take the
     median over the levels with body (or the volume's centre).
     """
-    if modality == "CT":  # body_mask's test on the largest value along j: no whole boolean volume
-        present = volume.max(axis=1) > -500  # [i, k]
+    if modality == "CT":
+        first, last = _ct_body_columns(volume)
+        mid = np.where(first >= 0, (first + last) / 2.0, np.nan)
     else:
         present = body_mask(volume, modality).any(axis=1)  # [i, k]
-    mid = np.full(volume.shape[2], np.nan)
-    for k in range(volume.shape[2]):
-        cols = np.flatnonzero(present[:, k])
-        if cols.size:
-            mid[k] = (cols[0] + cols[-1]) / 2.0
+        mid = np.full(volume.shape[2], np.nan)
+        for k in range(volume.shape[2]):
+            cols = np.flatnonzero(present[:, k])
+            if cols.size:
+                mid[k] = (cols[0] + cols[-1]) / 2.0
     fill = float(np.nanmedian(mid)) if np.isfinite(mid).any() else (volume.shape[0] - 1) / 2.0
     mid[~np.isfinite(mid)] = fill
     return mid
+
+
+#: Columns (``i``) of a CT scanned at a time from each side for the body's edges: 64 bytes
+#: of int16, one cache line of each row of a NIfTI's buffer.
+_EDGE_BLOCK = 32
+
+
+def _ct_body_columns(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, last)``: per axial level ``k``, the first and last column ``i`` holding a
+    voxel of :func:`body_mask` (above -500 HU, at any ``j``); ``-1`` at a level without one.
+
+    Scanned from both sides inward, :data:`_EDGE_BLOCK` columns at a time, each level only
+    until its edge is found: the air beside the patient is read, the body itself only where
+    it begins (at 0.8 mm: about a quarter of the scan instead of all of it)."""
+    n_i, _, n_k = volume.shape
+    by_k = np.transpose(volume, (2, 1, 0))  # [k, j, i]: a NIfTI buffer's own order (i fastest)
+    edges = []
+    for step in (1, -1):
+        found = np.full(n_k, -1, dtype=np.int64)
+        open_ = np.ones(n_k, dtype=bool) if step == 1 else edges[0] >= 0  # a level without
+        for start in range(0, n_i, _EDGE_BLOCK):                          # body: no right edge
+            rows = np.flatnonzero(open_)
+            if not rows.size:
+                break
+            cols = np.arange(start, min(n_i, start + _EDGE_BLOCK))
+            if step == -1:
+                cols = n_i - 1 - cols
+            lo, hi = int(cols.min()), int(cols.max()) + 1
+            part = by_k[:, :, lo:hi] if rows.size == n_k else by_k[rows, :, lo:hi]
+            present = part.max(axis=1) > -500  # [rows, columns lo..hi)
+            if step == -1:
+                present = present[:, ::-1]
+            hit = present.any(axis=1)
+            found[rows[hit]] = cols[present[hit].argmax(axis=1)]
+            open_[rows[hit]] = False
+        edges.append(found)
+    return edges[0], edges[1]
 
 
 def laterality(
@@ -192,10 +230,13 @@ def _centroid(mask: Mask) -> tuple[np.ndarray, int]:
     """``(centroid, voxels)`` of a non-empty mask: the mean grid index of its voxels, from
     the voxel counts per plane of each axis (integer sums, exact in float64: the very mean
     of the voxels' indices, without listing them)."""
-    crop = mask.crop
-    voxels = int(np.count_nonzero(crop))
-    sums = [int(np.dot(np.arange(n), np.count_nonzero(crop, axis=tuple(b for b in range(3) if b != a))))
-            + o * voxels for a, (n, o) in enumerate(zip(crop.shape, mask.offset))]
+    ones = mask.crop.view(np.uint8)  # bool bytes are 0 and 1
+    per_jk = ones.sum(axis=0, dtype=np.int32)  # two passes over the crop, not four
+    per_axis = (ones.reshape(ones.shape[0], -1).sum(axis=1, dtype=np.int64),
+                per_jk.sum(axis=1, dtype=np.int64), per_jk.sum(axis=0, dtype=np.int64))
+    voxels = int(per_axis[0].sum())
+    sums = [int(np.dot(np.arange(n), counts)) + o * voxels
+            for counts, n, o in zip(per_axis, mask.crop.shape, mask.offset)]
     return np.array([float(t) / voxels for t in sums]), voxels
 
 
