@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import cc3d
 import numpy as np
 
 from pipeline.core.geometry import Geometry
@@ -52,32 +53,21 @@ def mask_box(mask: np.ndarray) -> tuple[int, ...] | None:
 
 
 def count_components(mask: np.ndarray, *, fully_connected: bool = True) -> int:
-    """Number of connected components (8-/26-connectivity by default).
-
-    2D (a slice's structure, about 600 calls a TotalSegmentator case): scipy's
-    ``ndimage.label``, about 30 µs a call against SimpleITK's 600 µs of per-call overhead
-    (measured on the 570 slice crops of a generated 1.5 mm case, same counts); 3D (one call
-    a structure): SimpleITK's filter, twice as fast as scipy's on whole organs.
-    """
+    """Number of connected components (8-/26-connectivity by default; 4-/6- without
+    ``fully_connected``), by connected-components-3d (``cc3d``): at the 1.5 mm release
+    geometry about 570 slice crops and 22 whole structures a case, 0.04 s in all against
+    SimpleITK's filter (3D) and scipy's ``ndimage.label`` (2D) 0.05 s, at 0.8 mm 0.06
+    against 0.13 s (measured; the same counts, ``tests/test_nifti_plain.py``)."""
     mask = np.asarray(mask, dtype=bool)
+    if mask.ndim not in (2, 3):
+        raise ValueError(f"count_components: expected a 2D or 3D mask, got shape {mask.shape}")
     if not mask.any():
         return 0
     if mask.ndim == 2:
-        # Imported here: scipy.ndimage costs 0.31-0.39 s to import (``python -X importtime``,
-        # 2 runs), which only the extraction workers, and no other verb, should pay.
-        from scipy import ndimage
-
-        structure = np.ones((3, 3), bool) if fully_connected else None  # None: 4-connected
-        return int(ndimage.label(mask, structure=structure)[1])
-    # SimpleITK on first use: its import costs 0.05 s CPU, 0.1 s wall (measured), which a regenerate from stored pixels never needs
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(mask.view(np.uint8))  # bool bytes are 0 and 1: no cast
-    f = sitk.ConnectedComponentImageFilter()
-    f.SetFullyConnected(fully_connected)
-    f.SetNumberOfThreads(1)  # masks are cropped: ITK's thread pool costs more than it saves
-    f.Execute(image)
-    return int(f.GetObjectCount())
+        connectivity = 8 if fully_connected else 4
+    else:
+        connectivity = 26 if fully_connected else 6
+    return int(cc3d.connected_components(mask, connectivity=connectivity, return_N=True)[1])
 
 
 def body_mask(volume: np.ndarray, modality: str) -> np.ndarray:
