@@ -312,3 +312,19 @@ def test_sagittal_windows_of_a_nifti_buffer_are_unchanged():
         table = window_table(ct_window(name), view.dtype)
         assert np.array_equal(apply_window_table(np.ascontiguousarray(view), table),
                               apply_window_table(view, table))
+
+
+def test_a_box_centroid_point_is_display_to_index():
+    """slice_boxes' one-point conversion gives display_to_index's very floats."""
+    from pipeline.core.boxes import _display_point
+
+    rng = np.random.default_rng(2)
+    for plane in PLANES:
+        for _ in range(200):
+            x, y = float(rng.uniform(0, 600)), float(rng.uniform(0, 600))
+            index, nk = int(rng.integers(0, 500)), int(rng.integers(1, 700))
+            want = display_to_index(plane, index, x, y, (1, 1, nk))
+            got = _display_point(plane, index, x, y, nk)
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    with pytest.raises(ValueError):
+        _display_point("oblique", 0, 0.0, 0.0, 3)

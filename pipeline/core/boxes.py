@@ -190,8 +190,8 @@ def slice_boxes(
         y_min, y_max = int(ys[0]) + y0, int(ys[-1]) + 1 + y0
         cx = float(int(np.dot(xs, per_x[xs])) + x0 * area) / area
         cy = float(int(np.dot(ys, per_y[ys])) + y0 * area) / area
-        ijk = display_to_index(plane, index, cx, cy, geometry.shape)
-        k_level = int(np.clip(round(float(ijk[2])), 0, geometry.shape[2] - 1))
+        ijk = _display_point(plane, index, cx, cy, geometry.shape[2])
+        k_level = min(max(round(float(ijk[2])), 0), geometry.shape[2] - 1)
         if plane == "sagittal":
             i_lo, i_hi = float(index), float(index + 1)
         else:
@@ -216,14 +216,23 @@ def slice_boxes(
     return out
 
 
+def _display_point(plane: str, index: int, x: float, y: float, nk: int) -> np.ndarray:
+    """:func:`~pipeline.core.slices.display_to_index` of one point, without its array
+    broadcasting (about 600 points a TotalSegmentator case): the same float64 values."""
+    if plane == "axial":
+        return np.array([x, y, float(index)])
+    if plane == "coronal":
+        return np.array([x, float(index), nk - 1 - y])
+    if plane == "sagittal":
+        return np.array([float(index), x, nk - 1 - y])
+    return display_to_index(plane, index, x, y, (0, 0, nk))  # raises, naming the planes
+
+
 def _centroid(mask: Mask) -> tuple[np.ndarray, int]:
     """``(centroid, voxels)`` of a non-empty mask: the mean grid index of its voxels, from
     the voxel counts per plane of each axis (integer sums, exact in float64: the very mean
     of the voxels' indices, without listing them)."""
-    ones = mask.crop.view(np.uint8)  # bool bytes are 0 and 1
-    per_jk = ones.sum(axis=0, dtype=np.int32)  # two passes over the crop, not four
-    per_axis = (ones.reshape(ones.shape[0], -1).sum(axis=1, dtype=np.int64),
-                per_jk.sum(axis=1, dtype=np.int64), per_jk.sum(axis=0, dtype=np.int64))
+    per_axis = [mask.axis_counts(a) for a in range(3)]  # (counted once for slice selection too)
     voxels = int(per_axis[0].sum())
     sums = [int(np.dot(np.arange(n), counts)) + o * voxels
             for counts, n, o in zip(per_axis, mask.crop.shape, mask.offset)]
