@@ -107,3 +107,17 @@ def test_from_array_of_a_view_equals_the_copy(perm):
     m = blob(7)
     view = np.transpose(m.astype(np.uint8), perm)[::-1]
     assert np.array_equal(Mask.from_array(view).dense(), np.ascontiguousarray(view) != 0)
+
+
+def test_axis_counts_are_the_planes_voxel_counts():
+    """Mask.axis_counts (counted once for slice areas and centroids) is the count of the
+    crop's voxels on each plane, for every axis; an empty mask has none."""
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        dense = rng.random(tuple(int(n) for n in rng.integers(1, 12, 3))) < rng.uniform(0.05, 0.9)
+        mask = Mask.from_array(dense)
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            assert np.array_equal(mask.axis_counts(axis), mask.crop.sum(axis=other))
+            assert mask.axis_counts(axis).dtype == np.int64
+    assert all(Mask((3, 4, 5)).axis_counts(a).size == 0 for a in range(3))

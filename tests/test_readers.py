@@ -233,3 +233,26 @@ def test_masks_and_label_maps_are_read_through_the_mask_registry(tmp_path):
     with pytest.raises(CaseError) as err:
         mask_reader_for(str(tmp_path / "m.png"), "segmentations/m.png")
     assert err.value.reason == "mask.no_reader" and err.value.path == "segmentations/m.png"
+
+
+@pytest.mark.parametrize("dtype, values, ok", [
+    (np.uint8, (0, 1), True), (np.uint8, (0, 255), True), (np.uint16, (0, 1), True),
+    (np.int16, (0, 1), True), (np.int8, (0, -1), False), (np.uint8, (0, 1, 255), False),
+    (np.int16, (0, 1, -1), False)])
+def test_mask_values_checked_by_one_maximum_or_in_full(tmp_path, dtype, values, ok):
+    """An unsigned {0, 1} mask (the releases') is checked by its maximum alone; any other is
+    checked value by value, with the same verdicts as before."""
+    _write_nifti(tmp_path / "ct.nii.gz", VOL.astype(np.int16))
+    image = read_volume(str(tmp_path / "ct.nii.gz"), "ct.nii.gz", "CT")
+    data = np.zeros(VOL.shape, dtype=dtype)
+    body = np.argwhere(VOL > 0)
+    for n, (i, j, k) in enumerate(body):
+        data[i, j, k] = values[1 + n % (len(values) - 1)]
+    _write_nifti(tmp_path / "m.nii.gz", data)
+    if ok:
+        mask, _ = read_mask(str(tmp_path / "m.nii.gz"), "m", image.geometry)
+        assert np.array_equal(mask.dense(), VOL > 0)
+    else:
+        with pytest.raises(CaseError) as err:
+            read_mask(str(tmp_path / "m.nii.gz"), "m", image.geometry)
+        assert err.value.reason == "mask.not_binary"

@@ -266,3 +266,65 @@ def test_structure_centroids_and_midlines_are_those_of_the_voxels():
         centroid = np.argwhere(mask).mean(axis=0)
         assert stats["centroid_lps"] == [round(float(v), 4) for v in geom.index_to_lps(centroid)]
         assert stats["voxels"] == int(mask.sum())
+
+
+def _midline_of_every_column(hu: np.ndarray) -> np.ndarray:
+    """body_midline's definition read off the whole volume (the code before the edge scan)."""
+    present = hu.max(axis=1) > -500
+    mid = np.full(hu.shape[2], np.nan)
+    for k in range(hu.shape[2]):
+        cols = np.flatnonzero(present[:, k])
+        if cols.size:
+            mid[k] = (cols[0] + cols[-1]) / 2.0
+    fill = float(np.nanmedian(mid)) if np.isfinite(mid).any() else (hu.shape[0] - 1) / 2.0
+    mid[~np.isfinite(mid)] = fill
+    return mid
+
+
+def test_ct_midline_scanned_from_the_edges_is_the_whole_volumes():
+    """A CT's body edges are searched from both sides a block of columns at a time, each
+    level only until found: the same midline as every column read, on volumes narrower and
+    wider than a block, flipped and in NIfTI's memory order, with levels without body."""
+    rng = np.random.default_rng(5)
+    for trial in range(120):
+        shape = tuple(int(n) for n in rng.integers(1, 90, 3))
+        hu = np.full(shape, -1000, np.int16)
+        for _ in range(int(rng.integers(0, 4))):
+            lo = [int(rng.integers(0, n)) for n in shape]
+            hi = [int(rng.integers(a, n + 1)) for a, n in zip(lo, shape)]
+            hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = rng.integers(-499, 1000)
+        if trial % 2:
+            hu = hu[::-1]
+        if trial % 3 == 0:  # [k, j, i] in memory, as a NIfTI's buffer
+            hu = np.ascontiguousarray(hu.transpose(2, 1, 0)).transpose(2, 1, 0)
+        assert np.array_equal(body_midline(hu, "CT"), _midline_of_every_column(hu)), trial
+
+
+def test_sagittal_windows_of_a_nifti_buffer_are_unchanged():
+    """A sagittal slice of a buffer with i fastest is gathered once for all the windows:
+    the same pixels as each window's lookup on the strided view."""
+    rng = np.random.default_rng(8)
+    hu = rng.integers(-1024, 2000, (40, 30, 20)).astype(np.int16)
+    by_k = np.ascontiguousarray(hu.transpose(2, 1, 0)).transpose(2, 1, 0)
+    view = display_slice(by_k, "sagittal", 7)
+    assert view.strides[-1] != view.itemsize
+    for name in ("soft_tissue", "lung", "bone"):
+        table = window_table(ct_window(name), view.dtype)
+        assert np.array_equal(apply_window_table(np.ascontiguousarray(view), table),
+                              apply_window_table(view, table))
+
+
+def test_a_box_centroid_point_is_display_to_index():
+    """slice_boxes' one-point conversion gives display_to_index's very floats."""
+    from pipeline.core.boxes import _display_point
+
+    rng = np.random.default_rng(2)
+    for plane in PLANES:
+        for _ in range(200):
+            x, y = float(rng.uniform(0, 600)), float(rng.uniform(0, 600))
+            index, nk = int(rng.integers(0, 500)), int(rng.integers(1, 700))
+            want = display_to_index(plane, index, x, y, (1, 1, nk))
+            got = _display_point(plane, index, x, y, nk)
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    with pytest.raises(ValueError):
+        _display_point("oblique", 0, 0.0, 0.0, 3)

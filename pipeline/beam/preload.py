@@ -14,10 +14,10 @@ import threading
 
 #: Modules the forkserver imports before its first fork: Beam's SDK harness and radvqa's
 #: Beam shell (which imports the engine and every kind), and what extraction imports on
-#: first use (SimpleITK; scipy.ndimage, 0.15-0.35 s): a worker forked per pipeline would
-#: otherwise import them on the critical path, once per worker and run.
-PRELOAD = ("apache_beam.runners.worker.sdk_worker", "pipeline.beam.transforms", "SimpleITK",
-           "scipy.ndimage")
+#: first use (SimpleITK): a worker forked per pipeline would otherwise import them on the
+#: critical path, once per worker and run.  (scipy.ndimage, 0.15-0.35 s, was preloaded for
+#: the slice boxes' components, which cc3d counts now.)
+PRELOAD = ("apache_beam.runners.worker.sdk_worker", "pipeline.beam.transforms", "SimpleITK")
 
 _lock = threading.Lock()
 

@@ -39,10 +39,8 @@ _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(data)) + kind + data
-        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    )
+    return b"".join((struct.pack(">I", len(data)), kind, data,  # (one copy of data, not three)
+                     struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)) & 0xFFFFFFFF)))
 
 
 #: PNG encoding strategies (see the module docstring).
@@ -52,8 +50,9 @@ PNG_STRATEGIES = ("default", "rle")
 RLE_RGB_LEVEL = 3
 
 
-def _rows(a: np.ndarray, up: bool) -> bytes:
-    """PNG scanlines of ``a`` (``[rows, bytes]``): filter byte 0 (None) or 2 (Up) per row."""
+def _rows(a: np.ndarray, up: bool) -> np.ndarray:
+    """PNG scanlines of ``a`` (``[rows, bytes]``): filter byte 0 (None) or 2 (Up) per row,
+    as a C-contiguous ``uint8`` array (deflated as it is: no copy into bytes)."""
     h, n = a.shape
     raw = np.empty((h, 1 + n), dtype=np.uint8)
     raw[:, 0] = 2 if up else 0
@@ -62,7 +61,7 @@ def _rows(a: np.ndarray, up: bool) -> bytes:
         np.subtract(a[1:], a[:-1], out=raw[1:, 1:])  # modulo 256, as PNG's Up filter is
     else:
         raw[:, 1:] = a
-    return raw.tobytes()
+    return raw
 
 
 def _png(pixels: np.ndarray, color_type: int, level: int, strategy: str,

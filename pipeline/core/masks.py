@@ -24,6 +24,7 @@ unsigned and boolean arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -108,6 +109,21 @@ class Mask:
 
     def voxels(self) -> int:
         return int(np.count_nonzero(self.crop))
+
+    def axis_counts(self, axis: int) -> np.ndarray:
+        """The mask's voxels on each plane of the crop normal to ``axis`` (int64, length
+        ``crop.shape[axis]``): slice areas and centroids.  Counted for the three axes at once
+        (two passes over the crop) on first use and kept (a crop is never written to)."""
+        return self._axis_counts[axis]
+
+    @cached_property
+    def _axis_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self.crop.size:
+            return tuple(np.zeros(0, dtype=np.int64) for _ in range(3))
+        ones = self.crop.view(np.uint8)  # bool bytes are 0 and 1
+        per_jk = ones.sum(axis=0, dtype=np.int64)
+        return (ones.reshape(ones.shape[0], -1).sum(axis=1, dtype=np.int64),
+                per_jk.sum(axis=1), per_jk.sum(axis=0))
 
     def dense(self) -> np.ndarray:
         """The whole boolean volume (``shape``): for code that needs one, one mask at a time."""

@@ -168,7 +168,7 @@ def structure_areas(mask: np.ndarray | Mask, plane: str) -> np.ndarray:
     out = np.zeros(mask.shape[axis], dtype=np.int64)
     if mask.any():
         start = mask.offset[axis]
-        out[start:start + mask.crop.shape[axis]] = mask.crop.sum(axis=other, dtype=np.int64)
+        out[start:start + mask.crop.shape[axis]] = mask.axis_counts(axis)
     return out
 
 

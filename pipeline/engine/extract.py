@@ -190,6 +190,11 @@ def extract_case(
             view = display_slice(array, plane, index)
             if any(t is None for t in tables):  # float64 once for all the windows (not once per window)
                 view = np.asarray(view, dtype=np.float64)
+            elif len(tables) > 1 and view.strides[-1] != view.itemsize:
+                # a sagittal slice of a NIfTI's buffer (i fastest) gathers one voxel per
+                # cache line: gathered once, then looked up per window (3 windows at 1.5 mm:
+                # 0.39 instead of 1.1 ms a slice, measured)
+                view = np.ascontiguousarray(view)
             for window, table in zip(windows, tables):
                 pixels = apply_window(view, window) if table is None else apply_window_table(view, table)
                 images.append(

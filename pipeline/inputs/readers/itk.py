@@ -257,9 +257,9 @@ def _on_image_grid(path: str, rel: str, image: Geometry, *, skip_zero: bool = Fa
 def _cropped(array: np.ndarray, lo, hi, source_axis, flipped, value=None) -> Mask:
     """The :class:`Mask` of the non-zero voxels (or those equal to ``value``) of
     ``array[lo:hi]`` (source ``[i, j, k]``), reoriented: only that box is copied."""
-    part = canonical_view(array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], source_axis, flipped)
-    crop = (np.not_equal(part, 0, order="C") if value is None
-            else np.equal(part, value, order="C"))
+    box = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]  # compared in the buffer's order, then
+    test = np.not_equal(box, 0) if value is None else np.equal(box, value)  # reordered: 15
+    crop = np.ascontiguousarray(canonical_view(test, source_axis, flipped))  # not 34 ms (liver, 0.8 mm)
     offset = canonical_offset(lo, hi, array.shape, source_axis, flipped)
     shape = tuple(int(array.shape[source_axis[a]]) for a in range(3))
     return Mask(shape, offset, crop)
@@ -302,8 +302,8 @@ def read_mask(path: str, rel: str, image: Geometry, notes: dict | None = None
     lo, hi = found[0][::-1], found[1][::-1]
     lo, hi = (lo[0], lo[1], lo[2] + k0), (hi[0], hi[1], hi[2] + k0)
     box = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    values = box[box != 0]
-    if not (values[0] in (1, 255) and np.all(values == values[0])):
+    values = None if box.dtype.kind in "ub" and box.max() == 1 else box[box != 0]  # {0, 1}: a max
+    if values is not None and not (values[0] in (1, 255) and np.all(values == values[0])):
         raise _not_binary(array, rel)
     return _cropped(array, lo, hi, source_axis, flipped), sha
 
