@@ -27,14 +27,15 @@ def question_candidates(records: Iterable[Mapping], ctx) -> list[tuple]:
     store = stored_rows.current()
     for record in records:
         try:
-            if store is not None and ctx.qa_fp:
+            if store is not None and ctx.qa_fp and store.valid & families.keys():
                 # the marks of unchanged families from the unit's stored marks files; only
                 # the other families are generated (stored_rows)
                 marks = store.marks(record_digest(record).hex(), families, lambda fams, record=record: generate_questions(
                     record, fams, ctx.pools, seed=ctx.seed, settings=ctx.qa_settings, defer=True))
             else:
                 # every family's rows, remembered for the rendering pass (a family's rows
-                # never depend on which other families run)
+                # never depend on which other families run); so too when no family's marks
+                # are stored (e.g. the edited one alone, the others' rows kept as blocks)
                 marks = stored_rows.marks_of(r for r in questions_for(record, ctx) if r["family"] in families)
         except Exception:  # noqa: BLE001 — the rendering pass dead-letters the record
             marks = stored_rows.marks_of(generate_questions(
