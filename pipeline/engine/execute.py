@@ -97,7 +97,6 @@ class Extracted:
     payload: dict | None = None
     done: dict | None = None  # the verified complete receipt of a ``done`` unit
     extras: dict | None = None  # case key -> planned question choices
-    records: list | None = None  # the records, when the candidates pass made them
 
 
 def read_stored(output: str, plan: Sequence[PlannedCase], kind, split: str):
@@ -286,14 +285,12 @@ def _read(data: bytes, columns=None, exclude=()) -> pa.Table:
 
 
 def unit_candidates(ref: UnitRef, report: Mapping, ctx: BuildContext, kind,
-                    payload: Mapping[str, pa.Table] | None = None, records=None) -> list[tuple]:
+                    payload: Mapping[str, pa.Table] | None = None) -> list[tuple]:
     """Balancing candidates of a unit's questions (small tuples); ``payload``: the unit's
-    tables without pixels when the caller has them (else read from its shards); ``records``
-    the records made of them."""
-    if records is None:
-        if payload is None:
-            payload = read_payload(ctx.output, report, kind)
-        records = kind.records(payload, ref.split, ctx)
+    tables without pixels when the caller has them (else read from its shards)."""
+    if payload is None:
+        payload = read_payload(ctx.output, report, kind)
+    records = kind.records(payload, ref.split, ctx)
     with stored_rows.using(qa_blocks.row_store(ref, ctx, record=False)):
         out = kind.candidates(records, ctx)
     return out + qa_blocks.unit_candidate(ref, report, kind)
@@ -310,7 +307,7 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
     payload = extracted.payload
     if payload is None:
         payload = read_payload(ctx.output, report, kind)
-    records = extracted.records or kind.records(payload, ref.split, ctx)
+    records = kind.records(payload, ref.split, ctx)
     if extracted.extras:
         for r in records:
             r["assign"] = extracted.extras.get(r["case_key"])
@@ -378,9 +375,9 @@ def run_in_process(refs: Sequence[UnitRef], ctx: BuildContext, kind,
             for ref, ex in extracted:
                 # the tables without pixels, read once for both passes (what the rendering
                 # DoFn reads from the shards; 0.05 s of a sample's regenerate, measured)
+                # (not the records: as dicts 7x the memory, 77 MB for radvuqa's 60 patients)
                 ex.payload = read_payload(ctx.output, ex.report, kind)
-                ex.records = kind.records(ex.payload, ref.split, ctx)
-                candidates += unit_candidates(ref, ex.report, cctx, kind, records=ex.records)
+                candidates += unit_candidates(ref, ex.report, cctx, kind, ex.payload)
             rules = rules_from(candidates, ctx.pools)
         try:
             receipts = [render_unit(ref, ex, ctx, kind, rules, blocks)[0] for ref, ex in extracted]

@@ -42,7 +42,9 @@ class SlicesKind(VolumeKind):
     sample_folder = "sample-input"
     sample_patients = 10
     shard_size = ("cases_per_shard", 25)
-    qa_blocks = True  # finished rows kept per family (pipeline.engine.qa_blocks)
+    # finished rows kept per family (pipeline.engine.qa_blocks; no planned per-case choices,
+    # which the blocks' key would not cover)
+    qa_blocks = True
 
     # -- launcher ----------------------------------------------------------------------
     def prepare(self, recipe) -> dict:
