@@ -97,6 +97,7 @@ class Extracted:
     payload: dict | None = None
     done: dict | None = None  # the verified complete receipt of a ``done`` unit
     extras: dict | None = None  # case key -> planned question choices
+    records: list | None = None  # kept from the candidates pass (run_in_process)
 
 
 def read_stored(output: str, plan: Sequence[PlannedCase], kind, split: str):
@@ -285,12 +286,12 @@ def _read(data: bytes, columns=None, exclude=()) -> pa.Table:
 
 
 def unit_candidates(ref: UnitRef, report: Mapping, ctx: BuildContext, kind,
-                    payload: Mapping[str, pa.Table] | None = None) -> list[tuple]:
+                    payload: Mapping[str, pa.Table] | None = None, records=None) -> list[tuple]:
     """Balancing candidates of a unit's questions (small tuples); ``payload``: the unit's
-    tables without pixels when the caller has them (else read from its shards)."""
-    if payload is None:
-        payload = read_payload(ctx.output, report, kind)
-    records = kind.records(payload, ref.split, ctx)
+    tables without pixels when the caller has them (else read from its shards), or
+    ``records``, the records made from them."""
+    if records is None:
+        records = kind.records(payload or read_payload(ctx.output, report, kind), ref.split, ctx)
     with stored_rows.using(qa_blocks.row_store(ref, ctx, record=False)):
         out = kind.candidates(records, ctx)
     return out + qa_blocks.unit_candidate(ref, report, kind)
@@ -307,7 +308,7 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
     payload = extracted.payload
     if payload is None:
         payload = read_payload(ctx.output, report, kind)
-    records = kind.records(payload, ref.split, ctx)
+    records = kind.records(payload, ref.split, ctx) if extracted.records is None else extracted.records
     if extracted.extras:
         for r in records:
             r["assign"] = extracted.extras.get(r["case_key"])
@@ -352,6 +353,12 @@ def process_unit(ref: UnitRef, ctx: BuildContext, kind) -> tuple[dict, list[dict
     return report, extracted.dead + dead
 
 
+#: The records are kept between the in-process passes while their tables total at most
+#: this: as dicts they take 7x (radvuqa's 60 patients: 11 MB of Arrow, 77 MB of dicts,
+#: made again in 0.17 s; measured).
+RECORDS_KEPT_BYTES = 16 * 2**20
+
+
 def run_in_process(refs: Sequence[UnitRef], ctx: BuildContext, kind,
                    reuse_blocks: bool = True) -> list[dict]:
     """What ``pipeline.beam.transforms.BuildCorpus`` runs, in this process without Beam:
@@ -371,13 +378,15 @@ def run_in_process(refs: Sequence[UnitRef], ctx: BuildContext, kind,
             # families whose finished rows are stored for every unit are left out of the
             # candidates and the rendering: their blocks are merged in (qa_blocks)
             cctx = blocks.context(ctx) if blocks is not None else ctx
-            candidates = []
+            candidates, held = [], 0
             for ref, ex in extracted:
                 # the tables without pixels, read once for both passes (what the rendering
                 # DoFn reads from the shards; 0.05 s of a sample's regenerate, measured)
-                # (not the records: as dicts 7x the memory, 77 MB for radvuqa's 60 patients)
                 ex.payload = read_payload(ctx.output, ex.report, kind)
-                candidates += unit_candidates(ref, ex.report, cctx, kind, ex.payload)
+                records = kind.records(ex.payload, ref.split, ctx)
+                held += sum(t.nbytes for t in ex.payload.values())
+                ex.records = records if held <= RECORDS_KEPT_BYTES else None
+                candidates += unit_candidates(ref, ex.report, cctx, kind, records=records)
             rules = rules_from(candidates, ctx.pools)
         try:
             receipts = [render_unit(ref, ex, ctx, kind, rules, blocks)[0] for ref, ex in extracted]
