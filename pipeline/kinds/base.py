@@ -80,6 +80,9 @@ class Kind(Protocol):
     """What a case is called in the launcher's messages (``found no …``)."""
     audit_defaults: Mapping[str, Any]
     """Defaults of the recipe's ``audit`` section for this kind (the recipe's win)."""
+    qa_blocks: bool
+    """Whether ``render`` takes stored finished rows of whole families (``blocks``) and
+    gives its families' counts (info ``_blocks``): :mod:`pipeline.engine.qa_blocks`."""
     finish: Callable[[BuildContext, list[dict]], dict | None] | None
     """Run once on a worker after every unit's receipt (the tree's benchmark), or ``None``."""
 
@@ -169,6 +172,7 @@ class BaseKind:
     stored_columns: ClassVar[Mapping[str, list[str]]] = {}
     audit_defaults: ClassVar[Mapping[str, Any]] = {}
     balanced = False
+    qa_blocks = False
     finish = None
     schemas: ClassVar[Mapping[str, pa.Schema]]
 

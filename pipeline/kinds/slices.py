@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.engine import ood
 from pipeline.engine.extract import EXTRACT_VERSION, SliceSettings, process_case
@@ -21,7 +22,7 @@ from pipeline.inputs import sample
 from pipeline.inputs.discovery import CaseSource
 from pipeline.inputs.tree import InputTree
 from pipeline.kinds.base import VolumeKind
-from pipeline.qa.audit import partial_counts
+from pipeline.qa.audit import merge, partial_counts, partial_counts_columns
 from pipeline.schema.arrow import IMAGES_SCHEMA, OOD_SCHEMA, QA_SCHEMA, STRUCTURES_SCHEMA
 from pipeline.schema.records import CaseResult
 
@@ -41,6 +42,9 @@ class SlicesKind(VolumeKind):
     sample_folder = "sample-input"
     sample_patients = 10
     shard_size = ("cases_per_shard", 25)
+    # finished rows kept per family (pipeline.engine.qa_blocks; no planned per-case choices,
+    # which the blocks' key would not cover)
+    qa_blocks = True
 
     # -- launcher ----------------------------------------------------------------------
     def prepare(self, recipe) -> dict:
@@ -70,27 +74,51 @@ class SlicesKind(VolumeKind):
         return payload["images"].to_pylist()
 
     # -- questions ---------------------------------------------------------------------
-    def render(self, ref, records: list[dict], payload, ctx, rules, report):
+    def render(self, ref, records: list[dict], payload, ctx, rules, report, blocks=()):
+        """``blocks``: finished rows of families not rendered here, with their counts
+        (:mod:`pipeline.engine.qa_blocks`), merged in by ``qa_id``; the info's ``_blocks``
+        gives the rendered families' counts for their blocks."""
         made, dead = self.questions(records, ctx, rules)
         rows: list[dict] = []
-        tasks: Counter = Counter()
         unknown: set = set()
+        by_family: dict[str, list[dict]] = {f: [] for f in ctx.families}
         for record, qa in made:
             for row in qa:
                 rows.append(row)
-                tasks[row["task"]] += 1
+                by_family[row["family"]].append(row)
             unknown.update(label for label in record["case_labels"] if not ctx.pools.known(label))
         rows.sort(key=lambda r: r["qa_id"])
-        tables = {"qa": pa.Table.from_pylist(rows, schema=QA_SCHEMA)}
+        counts = {f: {"tasks": dict(Counter(r["task"] for r in fr)), "audit": partial_counts("qa", fr)}
+                  for f, fr in by_family.items()}
+        table = pa.Table.from_pylist(rows, schema=QA_SCHEMA)
+        parts = list(counts.values())
+        if blocks:
+            # a record dead-lettered here has no rows in any family
+            kept = None if len(made) == len(records) else pa.array(
+                sorted(r["image_id"] for r, _ in made), pa.string())
+            tables = [table]
+            for block, block_counts in blocks:
+                if kept is not None:
+                    block = block.filter(pc.is_in(block["image_id"], value_set=kept))
+                    block_counts = {"tasks": dict(Counter(block["task"].to_pylist())),
+                                    "audit": partial_counts_columns("qa", block)}
+                tables.append(block)
+                parts.append(block_counts)
+            table = pa.concat_tables(tables).sort_by("qa_id").combine_chunks()
+        tasks: Counter = Counter()
+        for part in parts:
+            tasks.update(part["tasks"])
+        tables = {"qa": table}
         ood_tables, ood_info = self.ood_tables(ref, records, ctx, report)
         tables |= ood_tables
         info = {
             "records": len(records),
             "rows": {"cases": len({r["case_key"] for r in records}), "images": len(records),
-                     "structures": payload["structures"].num_rows, "qa": len(rows)},
+                     "structures": payload["structures"].num_rows, "qa": table.num_rows},
             "tasks": dict(sorted(tasks.items())),
             "labels_unknown_to_pools": sorted(unknown),
-            "audit": partial_counts("qa", rows),
+            "audit": merge([part["audit"] for part in parts]),
+            "_blocks": None if dead else counts,
         } | ood_info
         return tables, info, dead
 

@@ -61,6 +61,9 @@ class Rules:
     answers: dict = field(default_factory=dict)  # (split, group) -> {answer: [kept u]} | None
     positions: dict = field(default_factory=dict)  # (split, family) -> [u]
     pools: dict = field(default_factory=dict)  # (split, pool) -> {u: distractor labels} | None
+    #: digest of the units' ``("unit", unit id, records digest)`` candidates: which records
+    #: the whole corpus has (the key of the stored finished rows, pipeline.engine.qa_blocks)
+    corpus: str = ""
 
     def __bool__(self) -> bool:
         return bool(self.answers or self.positions or self.pools)
@@ -94,15 +97,18 @@ def rules_from(candidates: Iterable[tuple], pools_=None) -> Rules:
     answers: dict[tuple, dict[str, list[float]]] = {}
     pools: dict[tuple, list[tuple[float, str]]] = {}
     excludes: dict[float, tuple] = {}
+    units: list[tuple] = []
     for c in candidates:
-        if c[0] == "answers":
+        if c[0] == "unit":
+            units.append(c[1:])
+        elif c[0] == "answers":
             _, split, group, answer, u = c
             answers.setdefault((split, group), {}).setdefault(answer, []).append(u)
         else:
             _, split, group, pool, label, u, exclude = c
             pools.setdefault((split, pool), []).append((u, label))
             excludes[u] = exclude
-    rules = Rules()
+    rules = Rules(corpus=corpus_digest(units) if units else "")
     for key, by in answers.items():
         if len(by) < 2:
             rules.answers[key] = None
@@ -123,6 +129,11 @@ def rules_from(candidates: Iterable[tuple], pools_=None) -> Rules:
             u for u, _ in kept if u in assigned)
     rules.positions = {k: sorted(v) for k, v in kept_positions.items()}
     return rules
+
+
+def corpus_digest(units: Iterable[tuple[str, str]]) -> str:
+    """The digest of every unit's ``(unit id, records digest)``, in any order."""
+    return keys.digest(json.dumps(sorted(map(list, units))))
 
 
 def assign_distractors(kept: list[tuple[float, str]], excludes: Mapping[float, tuple], pools_=None,

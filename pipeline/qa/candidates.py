@@ -25,9 +25,14 @@ def question_candidates(records: Iterable[Mapping], ctx) -> list[tuple]:
     if not families:
         return out
     store = stored_rows.current()
+    # Only balanced families to generate (those without stored rows; e.g. the one edited,
+    # the others kept as blocks): their rows through questions_for, remembered for the
+    # rendering pass — generated once, not once per pass.  Otherwise the marks.
+    marks_files = store is not None and ctx.qa_fp and any(
+        f not in families for f in ctx.families if f not in store.valid)
     for record in records:
         try:
-            if store is not None and ctx.qa_fp:
+            if marks_files:
                 # the marks of unchanged families from the unit's stored marks files; only
                 # the other families are generated (stored_rows)
                 marks = store.marks(record_digest(record).hex(), families, lambda fams, record=record: generate_questions(

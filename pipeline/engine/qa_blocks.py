@@ -1,0 +1,200 @@
+"""A unit's finished QA rows of each template family, kept between builds as blocks.
+
+:mod:`pipeline.qa.stored_rows` keeps a family's *generated* rows per record; with them
+alone a regenerate after one template edit still reads every family's rows back, balances
+them and words the balanced ones again — Python work per row of the whole corpus, for
+the one family that changed (radvuqa, 60 patients, 68K rows: 7 of the regenerate's 10 s).
+
+A family's finished rows in a unit (what the unit's ``qa`` shard holds of it, after
+balancing) depend on the family's digest (:func:`pipeline.qa.stored_rows.family_digests`:
+the family, pools, seed, question settings, QA version and code), the unit's records and
+the family's corpus-wide balancing rules.  Every rule is keyed by its family
+(:mod:`pipeline.qa.balance`: an ``answers`` group and an ``options`` pool start with the
+family's name), so a family's rules are a function of its own candidates over the corpus:
+of its digest and every unit's records.  A unit's records are made from its pixel shards
+(:func:`unit_digest`: their sha256, the split); the corpus's are the digest of every
+unit's (:attr:`pipeline.qa.balance.Rules.corpus`, from the ``("unit", …)`` candidates
+each unit reports).  So a block named by :func:`block_key` holds the rows this build
+would render — and a family whose block is current for every unit is neither generated,
+balanced nor worded again: its blocks are read and merged with the other families' rows
+(:class:`Blocks`).
+
+Blocks are Arrow IPC files (``.radvqa/rows/<unit>.<family>.<key>.qa.arrow``, LZ4), the
+family's rows in the unit's ``qa`` schema, with their task counts and audit counts in the
+schema metadata: read with pyarrow's IPC reader, never unpickled (``.radvqa/`` travels
+with a corpus folder).  A unit whose questions gave dead letters writes none (its rows
+are not every record's), and a record's dead letter drops its rows from the blocks read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.core import keys
+from pipeline.engine.units import BuildContext, UnitRef
+from pipeline.io import shards
+from pipeline.qa import stored_rows
+from pipeline.qa.balance import corpus_digest
+from pipeline.qa.stored_rows import code_digest
+from pipeline.schema.layout import ROWS_DIR
+
+SUFFIX = ".qa.arrow"
+_META = b"radvqa.block"
+#: the modules that turn a family's balanced rows into a unit's qa table
+_CODE = ("engine/qa_blocks.py", "engine/execute.py", "kinds/base.py", "kinds/slices.py")
+
+
+@functools.cache
+def _code() -> str:
+    root = Path(__file__).resolve().parent.parent
+    return keys.digest(code_digest(), pa.__version__, *((root / p).read_bytes() for p in _CODE))
+
+
+class Unreadable(Exception):
+    """A stored block went missing or cannot be read (the run renders every family)."""
+
+
+def unit_digest(ref, report: Mapping) -> str:
+    """What a unit's records are made from: its pixel shards (sha256) and its split."""
+    pixels = sorted((rel, info["sha256"]) for rel, info in report["pixel_files"].items())
+    return keys.digest(ref.unit_id, ref.split, json.dumps(pixels))
+
+
+def block_key(family_digest: str, corpus: str) -> str:
+    """Everything a family's finished rows in a unit depend on (the unit's records are
+    among the corpus's)."""
+    return keys.digest(_code(), family_digest, corpus)[:16]
+
+
+def block_name(unit: str, family: str, key: str) -> str:
+    return f"{unit}.{family}.{key}{SUFFIX}"
+
+
+class Blocks:
+    """The stored blocks of a build whose corpus digest is ``corpus`` (``digests``: the
+    families' digests).  :attr:`reused`: the families whose block is current for every one
+    of ``units`` (the units rendered): they are read, not rendered."""
+
+    def __init__(self, output: str, digests: Mapping[str, str], corpus: str,
+                 units: Iterable[str] = ()):
+        self.output, self.corpus = output, corpus
+        self.keys = {f: block_key(d, corpus) for f, d in digests.items()}
+        units = list(units)
+        names = {p.rsplit("/", 1)[1] for p in shards.match(output, f"{ROWS_DIR}/*{SUFFIX}")} if units else set()
+        self.reused = frozenset(f for f, k in self.keys.items()
+                                if units and all(block_name(u, f, k) in names for u in units))
+
+    def context(self, ctx):
+        """``ctx`` with only the families to render; its ``qa_fp`` (the key of the
+        in-process memo of generated rows, pipeline.qa.questions) marked as such."""
+        if not self.reused:
+            return ctx
+        return dataclasses.replace(
+            ctx, families={f: v for f, v in ctx.families.items() if f not in self.reused},
+            qa_fp=keys.digest(ctx.qa_fp, "without", *sorted(self.reused)) if ctx.qa_fp else "")
+
+    def read(self, unit: str, schema: pa.Schema) -> list[tuple[pa.Table, dict]]:
+        """``[(table, {"tasks", "audit"})]`` of the unit's reused families; raises
+        :class:`Unreadable` when a block is missing or unreadable."""
+        out = []
+        for f in sorted(self.reused):
+            name = block_name(unit, f, self.keys[f])
+            try:
+                data = shards.read_bytes(self.output, f"{ROWS_DIR}/{name}")
+                table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
+                table.validate(full=True)  # offsets in bounds: the folder may come from elsewhere
+                meta = json.loads(table.schema.metadata[_META])
+                ok = table.schema.remove_metadata() == schema.remove_metadata()
+            except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as err:
+                raise Unreadable(name) from err
+            if not ok:
+                raise Unreadable(f"{name}: another schema")
+            out.append((table.replace_schema_metadata(schema.metadata), meta))
+        return out
+
+    def write(self, unit: str, table: pa.Table, meta: Mapping[str, Mapping]) -> None:
+        """Write the unit's blocks of the families in ``meta`` (``{family: {"tasks",
+        "audit"}}``) from its finished ``qa`` table, and delete its blocks under other keys."""
+        families = table["family"]
+        for f in sorted(meta):
+            if f not in self.keys:
+                continue
+            part = table.filter(pc.equal(families, f))
+            part = part.replace_schema_metadata(
+                (part.schema.metadata or {}) | {_META: json.dumps(meta[f], sort_keys=True)})
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_file(sink, part.schema,
+                                 options=pa.ipc.IpcWriteOptions(compression="lz4")) as writer:
+                writer.write_table(part)
+            shards.write_bytes(self.output, f"{ROWS_DIR}/{block_name(unit, f, self.keys[f])}",
+                               sink.getvalue().to_pybytes())
+        current = {block_name(unit, f, k) for f, k in self.keys.items()}
+        stale = [p for p in shards.match(self.output, f"{ROWS_DIR}/{unit}.*{SUFFIX}")
+                 if p.rsplit("/", 1)[1] not in current]
+        if stale:
+            shards.delete(stale)
+
+
+def corpus_of(refs_reports: Iterable[tuple]) -> str:
+    """The corpus digest the units' ``("unit", …)`` candidates give, from their reports."""
+    return corpus_digest((ref.unit_id, unit_digest(ref, report)) for ref, report in refs_reports)
+
+
+def for_run(extracted, ctx, kind) -> Blocks | None:
+    """The blocks usable by an in-process run (:func:`pipeline.engine.execute.run_in_process`):
+    ``extracted`` is every unit's ``(ref, Extracted)``, whose reports give the corpus digest
+    its candidates will; ``None`` for a kind without blocks or with planned per-case
+    choices (``Extracted.extras``, not part of the digest)."""
+    digests = ctx.extras.get("qa_families")
+    if not kind.qa_blocks or not digests or any(ex.extras for _, ex in extracted):
+        return None
+    return Blocks(ctx.output, digests, corpus_of((ref, ex.report) for ref, ex in extracted),
+                  [ref.unit_id for ref, ex in extracted if ex.done is None])
+
+
+def for_unit(extracted, ctx, kind, rules) -> Blocks | None:
+    """Blocks to write for a unit rendered without stored ones (e.g. on Beam's runners):
+    when the kind keeps them and the rules name the corpus."""
+    digests = ctx.extras.get("qa_families")
+    if kind.qa_blocks and rules.corpus and digests and not extracted.extras:
+        return Blocks(ctx.output, digests, rules.corpus)
+    return None
+
+
+def unit_candidate(ref, report: Mapping, kind) -> list[tuple]:
+    """``[("unit", unit id, its records' digest)]`` for a kind with blocks (every unit's
+    make the rules' corpus digest, :func:`pipeline.qa.balance.rules_from`), else ``[]``."""
+    return [("unit", ref.unit_id, unit_digest(ref, report))] if kind.qa_blocks else []
+
+
+def row_store(ref: UnitRef, ctx: BuildContext, record: bool) -> stored_rows.RowStore | None:
+    """The unit's generated rows an earlier build stored (:mod:`pipeline.qa.stored_rows`);
+    ``None`` when the launcher gave no family digests."""
+    digests = ctx.extras.get("qa_families")
+    if not digests:
+        return None
+    names = [p.rsplit("/", 1)[1] for p in shards.match(ctx.output, f"{ROWS_DIR}/{ref.unit_id}.*.json.gz")]
+    return stored_rows.RowStore(
+        ref.unit_id, digests, names,
+        lambda name: json.loads(gzip.decompress(shards.read_bytes(ctx.output, f"{ROWS_DIR}/{name}"))),
+        record)
+
+
+def write_row_store(output: str, store: stored_rows.RowStore | None) -> None:
+    """Write a unit's row store's new files, delete its stale ones (for the next build:
+    only edited families are generated again)."""
+    if store is None:
+        return
+    write, stale = store.dump()
+    for name, data in write.items():
+        shards.write_bytes(output, f"{ROWS_DIR}/{name}", gzip.compress(data, 1, mtime=0))
+    if stale:
+        shards.delete([shards.join(output, f"{ROWS_DIR}/{name}") for name in stale])
