@@ -515,3 +515,17 @@ def test_a_units_images_read_into_one_buffer_match_the_case_by_case_path(tmp_pat
     assert got == want and progress == list(range(len(cases)))
     assert tables["alignment"].equals(want_table)
     assert all(not isinstance(o, Exception) and not o.rows for o in outcomes) != broken
+
+
+def test_audit_counts_of_a_table_count_equal_rows_once_with_their_number():
+    from pipeline.qa.audit import partial_counts, partial_counts_columns
+
+    rows = [{"split": "train", "task": t, "question_type": q, "question": text, "options": o, "answer": a}
+            for t, q, text, o, a in [
+                ("anatomy", "open", "Which organ?", [], "liver"),
+                ("anatomy", "multiple_choice", "Which organ? long enough to be hashed", ["a", "bb", "c"], "B"),
+                ("anatomy", "open", "Which organ?", [], "liver"),
+                ("anatomy", "multiple_choice", "Which organ? long enough to be hashed", ["a", "bb", "c"], "B"),
+                ("anatomy", "multiple_choice", "Which organ? long enough to be hashed", ["bb", "a", "c"], "A")]]
+    table = pa.Table.from_pylist(rows)
+    assert partial_counts_columns("instruct", table) == partial_counts("instruct", rows)
