@@ -474,3 +474,58 @@ def test_a_local_shard_is_streamed_to_the_same_bytes_as_the_buffered_writer(tmp_
     with pytest.raises(OSError):
         shards.write_table(str(tmp_path), "instruct/train-00000-of-00001.parquet", table)
     assert not list((tmp_path / "instruct").iterdir())
+
+
+def _extract_one_by_one(cases, ctx):
+    rows, outcomes = [], []
+    for case in cases:
+        try:
+            result = KIND.extract_case(case, "train", ctx)
+        except CaseError as err:
+            outcomes.append((err.reason, err.path, err.message))
+            continue
+        rows += result.rows["alignment"]
+        outcomes.append(result.content)
+    return KIND.table("alignment", rows), outcomes
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["in-place", "with-rejects-and-metadata"])
+def test_a_units_images_read_into_one_buffer_match_the_case_by_case_path(tmp_path, broken):
+    from types import SimpleNamespace
+
+    from pipeline.kinds.tree import TreeSettings
+
+    files = {f"CT/abdomen/normal/{n}.png": encode_png(np.full((8, 8), n, np.uint8)) for n in range(5)}
+    if broken:
+        text = _chunk(b"tEXt", b"Comment\0scanner")  # stripped: the column is joined instead
+        files["CT/abdomen/normal/1.png"] = files["CT/abdomen/normal/1.png"][:33] + text + \
+            files["CT/abdomen/normal/1.png"][33:]
+        files["CT/abdomen/normal/3.png"] = PNG[:30]
+    for rel, data in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    cases = [TreeImage(f"k{n}", rel, "CT", "abdomen", "normal", "train") for n, rel in enumerate(files)]
+    if broken:
+        cases.append(TreeImage("k9", "CT/abdomen/normal/missing.png", "CT", "abdomen", "normal", "train"))
+    ctx = SimpleNamespace(input_root=str(tmp_path), settings=TreeSettings())
+    progress = []
+    tables, outcomes = KIND.extract_cases(cases, "train", ctx, progress.append)
+    want_table, want = _extract_one_by_one(cases, ctx)
+    got = [o.content if not isinstance(o, Exception) else (o.reason, o.path, o.message) for o in outcomes]
+    assert got == want and progress == list(range(len(cases)))
+    assert tables["alignment"].equals(want_table)
+    assert all(not isinstance(o, Exception) and not o.rows for o in outcomes) != broken
+
+
+def test_audit_counts_of_a_table_count_equal_rows_once_with_their_number():
+    from pipeline.qa.audit import partial_counts, partial_counts_columns
+
+    rows = [{"split": "train", "task": t, "question_type": q, "question": text, "options": o, "answer": a}
+            for t, q, text, o, a in [
+                ("anatomy", "open", "Which organ?", [], "liver"),
+                ("anatomy", "multiple_choice", "Which organ? long enough to be hashed", ["a", "bb", "c"], "B"),
+                ("anatomy", "open", "Which organ?", [], "liver"),
+                ("anatomy", "multiple_choice", "Which organ? long enough to be hashed", ["a", "bb", "c"], "B"),
+                ("anatomy", "multiple_choice", "Which organ? long enough to be hashed", ["bb", "a", "c"], "A")]]
+    table = pa.Table.from_pylist(rows)
+    assert partial_counts_columns("instruct", table) == partial_counts("instruct", rows)

@@ -192,23 +192,25 @@ def _build_unit(ref, ctx, kind, plan, digest) -> Extracted:
     cases: dict[str, list[str]] = {}
     notes: Counter = Counter()
     n_stored = 0
-    for done, pc in enumerate(plan):
-        marker(done)
+    todo = []
+    for pc in plan:
         key = kind.case_key(pc.case)
         if key in stored_keys:
             cases[key] = [pc.fp, pc.content]
             n_stored += 1
-            continue
-        try:
-            result = kind.extract_case(pc.case, ref.split, ctx)
-        except CaseError as err:
+        else:
+            todo.append(pc)
+    # a kind may extract the unit's cases in one pass, its payload tables built as it goes
+    batch = kind.extract_cases([pc.case for pc in todo], ref.split, ctx, marker) \
+        if kind.extract_cases is not None else None
+    fresh_tables, outcomes = batch if batch is not None else (
+        None, (_extract_one(kind, pc.case, ref.split, ctx, marker, n) for n, pc in enumerate(todo)))
+    for pc, result in zip(todo, outcomes):
+        key = kind.case_key(pc.case)
+        if isinstance(result, BaseException):
+            err = result if isinstance(result, CaseError) else internal_error("extract", result)
             dead.append(dead_letter(key, kind.case_source(pc.case), err, ref.unit_id))
             by_stage.setdefault(err.stage, Counter())[err.reason] += 1
-            continue
-        except Exception as exc:  # a bug or an unforeseen input: never crash the build
-            err = internal_error("extract", exc)
-            dead.append(dead_letter(key, kind.case_source(pc.case), err, ref.unit_id))
-            by_stage["extract"][err.reason] += 1
             continue
         for config, config_rows in result.rows.items():
             rows[config].extend(config_rows)
@@ -218,7 +220,7 @@ def _build_unit(ref, ctx, kind, plan, digest) -> Extracted:
     payload = {}
     for config in kind.payload_configs:
         parts = stored_tables.get(config, [])
-        fresh = kind.table(config, rows[config])
+        fresh = fresh_tables[config] if fresh_tables is not None else kind.table(config, rows[config])
         table = pa.concat_tables([*(t.select(fresh.schema.names).cast(fresh.schema) for t in parts),
                                   fresh]) if parts else fresh
         payload[config] = kind.sort_table(config, table)
@@ -247,6 +249,16 @@ def _build_unit(ref, ctx, kind, plan, digest) -> Extracted:
         shards.write_json(ctx.output, ref.extract_receipt, report)
     extras = {kind.case_key(pc.case): pc.extra for pc in plan if pc.extra}
     return Extracted(report, dead, payload, extras=extras or None)
+
+
+def _extract_one(kind, case, split: str, ctx, marker, done: int):
+    """One case extracted by ``kind.extract_case``: its :class:`CaseResult`, or the exception
+    that rejects it (a :class:`CaseError`; anything else becomes an internal error)."""
+    marker(done)
+    try:
+        return kind.extract_case(case, split, ctx)
+    except Exception as exc:  # a bug or an unforeseen input: never crash the build
+        return exc
 
 
 def read_payload(output: str, report: Mapping, kind) -> dict[str, pa.Table]:

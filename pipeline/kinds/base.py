@@ -145,6 +145,13 @@ class Kind(Protocol):
         """Worker: a payload config's freshly extracted rows as an Arrow table."""
         ...
 
+    extract_cases: Callable[..., tuple[dict[str, pa.Table], list] | None] | None
+    """Worker, optional (``None``): ``extract_cases(cases, split, ctx, progress)`` extracts a
+    unit's cases in one pass: ``(payload tables per config, one outcome per case)`` — a
+    :class:`CaseResult` (its ``rows`` already in the tables) or the exception that rejects
+    the case — or ``None`` to leave them to :meth:`extract_case` one by one; ``progress(n)``
+    after ``n`` cases."""
+
     def sort_table(self, config: str, table: pa.Table) -> pa.Table:
         """Worker: a unit's payload table (fresh and stored rows) in its shard order."""
         ...
@@ -174,6 +181,7 @@ class BaseKind:
     balanced = False
     qa_blocks = False
     finish = None
+    extract_cases = None
     schemas: ClassVar[Mapping[str, pa.Schema]]
 
     def before_run(self, output, recipe, seed, units, cases, prep) -> dict:

@@ -94,19 +94,21 @@ def _choices(row):
     return row["options"] if row["question_type"] == "multiple_choice" else None
 
 
-def image_array(data: list[bytes], paths: list[str]) -> pa.StructArray:
+def image_array(data: list, paths: list[str], joined=None) -> pa.StructArray:
     """Hugging Face ``Image`` structs (``{bytes, path}``), built from their two columns.
 
     The bytes are joined once and wrapped as the binary column's data buffer (offsets from
     their lengths): an Arrow builder would grow its buffer by doubling, copying a unit's
-    ~150 MB of PNGs several times over."""
+    ~150 MB of PNGs several times over.  ``joined``: the bytes already laid end to end in
+    one buffer (``data`` then only gives their lengths), used as it is."""
     offsets = np.zeros(len(data) + 1, np.int64)
     np.cumsum(np.fromiter(map(len, data), np.int64, len(data)), out=offsets[1:])
     if offsets[-1] > np.iinfo(np.int32).max:  # over 2 GiB: pa.binary's 32-bit offsets cannot
-        binary = pa.array(data, pa.binary())  # hold it in one chunk; let Arrow say so
+        binary = pa.array([bytes(d) for d in data], pa.binary())  # hold it in one chunk; let Arrow say so
     else:
         binary = pa.Array.from_buffers(pa.binary(), len(data), [
-            None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(data))])
+            None, pa.py_buffer(offsets.astype(np.int32)),
+            pa.py_buffer(b"".join(data) if joined is None else joined)])
     return pa.StructArray.from_arrays([binary, pa.array(paths, pa.string())],
                                       fields=list(IMAGE_STRUCT))
 

@@ -98,31 +98,35 @@ def partial_counts_columns(config: str, table) -> dict:
     opt_col = "choices" if "choices" in table.column_names else "options"
     cols = [table[c].to_pylist() for c in ("split", "task", "question_type", "question",
                                             opt_col, "answer")]
+    # equal rows counted once, with their number (a tree unit's ten questions an image
+    # repeat their texts): the same counts, first seen first
+    cols[4] = [tuple(o) if o else () for o in cols[4]]
     out: dict[str, dict] = {}
-    for split, task, qtype, question, options, answer in zip(*cols):
-        _count_row(out, config, split, task, qtype, question, options or [], answer)
+    for (split, task, qtype, question, options, answer), n in Counter(zip(*cols)).items():
+        _count_row(out, config, split, task, qtype, question, list(options), answer, n)
     return out
 
 
-def _count_row(out, config, split, task, qtype, question, options, answer) -> None:
+def _count_row(out, config, split, task, qtype, question, options, answer, n: int = 1) -> None:
+    """Count ``n`` equal rows."""
     g = out.setdefault(_group_key(config, split, task, qtype), {
         "n": 0, "answers": {}, "question_answer": {}, "positions": {}, "offered": {},
         "correct": {}, "longest_correct": 0, "option_sets": {}})
-    g["n"] += 1
+    g["n"] += n
     answer_h = _h(answer)
-    _add(g["answers"], answer_h)
-    _add(g["question_answer"], _h(question) + SEP + answer_h)
+    _add(g["answers"], answer_h, n)
+    _add(g["question_answer"], _h(question) + SEP + answer_h, n)
     if qtype == "multiple_choice" and options:
         pos = LETTERS.index(answer) if answer in LETTERS else -1
-        _add(g["positions"], answer)
+        _add(g["positions"], answer, n)
         hashed = [_h(o) for o in options]
         for o in hashed:
-            _add(g["offered"], o)
+            _add(g["offered"], o, n)
         if 0 <= pos < len(options):
-            _add(g["correct"], hashed[pos])
+            _add(g["correct"], hashed[pos], n)
             longest = max(range(len(options)), key=lambda i: (len(options[i]), -i))
-            g["longest_correct"] += int(longest == pos)
-            _add(g["option_sets"], SEP.join([*hashed, str(pos)]))
+            g["longest_correct"] += n * int(longest == pos)
+            _add(g["option_sets"], SEP.join([*hashed, str(pos)]), n)
 
 
 def merge(parts: Iterable[Mapping]) -> dict:

@@ -196,7 +196,7 @@ def assign_splits(image_keys: list[str], fractions: Mapping[str, float], seed: i
     return [names[i] for i in which.tolist()]
 
 
-def check_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, rel: str = "") -> tuple[int, int]:
+def check_png(data: bytes | memoryview, *, max_pixels: int = DEFAULT_MAX_PIXELS, rel: str = "") -> tuple[int, int]:
     """Validate a PNG without trusting it; returns ``(width, height)``.
 
     Checks the signature, every chunk's length and CRC, the IHDR fields, a
@@ -214,9 +214,9 @@ def check_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, rel: str = "
         err.__cause__ = cause
         return err
 
-    if data[:8] != PNG_SIGNATURE:
+    if data[:8] != PNG_SIGNATURE:  # bytes(): ``data`` may be a memoryview (a unit's buffer)
         raise fail("image.unreadable",
-                   f"signature: found {data[:8]!r}, expected the PNG signature {PNG_SIGNATURE!r}")
+                   f"signature: found {bytes(data[:8])!r}, expected the PNG signature {PNG_SIGNATURE!r}")
     pos, width = 8, None
     idat = []
     _crc32 = _zlib.crc32

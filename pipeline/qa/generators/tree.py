@@ -10,16 +10,29 @@ from __future__ import annotations
 
 from pipeline.qa.generators.common import MODALITY_NAMES, coin, shuffled
 
+#: ``_rin_base`` per pools object (held here, so its id is not reused while cached) and
+#: (modality, region, label): ten questions an image, a few hundred distinct triples a tree.
+_BASES: dict[int, tuple[object, dict]] = {}
+
 
 def _rin_base(image, pools) -> dict:
+    """The context every question of an image shares (a fresh dict each call)."""
     m, r, label = image["modality"], image["region"], image["label"]
-    return {
-        "modality_name": MODALITY_NAMES.get(m, m),
-        "modality_long": pools.modality_display(m),
-        "region": pools.region_display(m, r),
-        "pathology": pools.display(label),
-        "is_normal": not pools.is_abnormal(label),
-    }
+    held = _BASES.get(id(pools))
+    if held is None or held[0] is not pools:
+        if len(_BASES) >= 8:
+            _BASES.clear()
+        held = _BASES[id(pools)] = (pools, {})
+    base = held[1].get((m, r, label))
+    if base is None:
+        base = held[1][(m, r, label)] = {
+            "modality_name": MODALITY_NAMES.get(m, m),
+            "modality_long": pools.modality_display(m),
+            "region": pools.region_display(m, r),
+            "pathology": pools.display(label),
+            "is_normal": not pools.is_abnormal(label),
+        }
+    return dict(base)
 
 
 def _other_regions(image, pools, k, gen) -> list[str]:
