@@ -381,7 +381,16 @@ def radimagenet_rows(res: dict) -> list[dict]:
         if "scaled" in res:
             sc = res["scaled"]
             rows.append(_row("radimagenet", f"build wall time scaled to {sc['images']:,}", "< 300 s",
-                             f"{sc['seconds']} s", sc["seconds"] < 300, note=sc["note"]))
+                             f"{sc['seconds']} s", sc["seconds"] < 300 if "scaled_line" not in res else None,
+                             note=sc["note"] + ("; an upper bound: every fixed part charged per "
+                                                f"{b['images']:,} images" if "scaled_line" in res else "")))
+        if "scaled_line" in res:
+            ln = res["scaled_line"]
+            rows.append(_row("radimagenet", f"build wall time projected to {ln['images']:,}", "< 300 s",
+                             f"{ln['seconds']} s", ln["seconds"] < 300,
+                             note=ln["note"] + ": " + ", ".join(
+                                 f"{k.removesuffix('_s')} {v:.0f} s" for k, v in ln["phases"].items())
+                                  + f", other {ln['other_s']:.0f} s"))
     else:
         p = b["progress"]
         planning = "not finished" if p["planning_s"] is None else f"{p['planning_s']:.0f} s"
