@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pipeline.config.resources import resource_dir
-from pipeline.engine import execute
+from pipeline.engine import state
 from pipeline.inputs.meta_table import STRADDLE_RULE, parse_meta_table, resolve_splits
 from pipeline.inputs.sample import write_sample
 from pipeline.launch import runner
@@ -86,7 +86,7 @@ def v2_build(tmp_path_factory):
     lines: list[str] = []
     patch = pytest.MonkeyPatch()
     patch.setattr(runner, "PROGRESS_EVERY_S", 0.05)
-    patch.setattr(execute, "PROGRESS_EVERY_S", 0.0)
+    patch.setattr(state, "PROGRESS_EVERY_S", 0.0)
     try:
         result = build(str(recipe_path), str(out), input_dir=str(root),
                        beam_args=["--direct_running_mode=in_memory"], log=lines.append)

@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import os
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,12 +24,12 @@ import pyarrow.parquet as pq
 
 from pipeline.engine import qa_blocks
 from pipeline.engine.dead_letters import dead_letter, internal_error, jsonl, sort_dead, stage_counts
+from pipeline.engine.state import ProgressMarker
 from pipeline.engine.units import BuildContext, PlannedCase, UnitRef, plan_digest, read_plan
 from pipeline.errors import CaseError
 from pipeline.io import shards
 from pipeline.qa import stored_rows
 from pipeline.qa.balance import Rules, rules_from
-from pipeline.schema.layout import PROGRESS_DIR
 from pipeline.schema.records import FileReceipt
 
 _FROZEN = [0]  # depth of the running unit calls (process_unit calls the other two)
@@ -160,32 +159,9 @@ def extract_unit(ref: UnitRef, ctx: BuildContext, kind) -> Extracted:
     return _build_unit(ref, ctx, kind, plan, digest)
 
 
-#: Seconds between two progress markers of one unit (a marker is one small write).
-PROGRESS_EVERY_S = 1.0
-
-
-class _Marker:
-    """Writes ``.radvqa/progress/<unit>`` (cases of the unit extracted so far) at most every
-    :data:`PROGRESS_EVERY_S` seconds, for the launcher's progress line.  Build state only:
-    never in the manifest, and no output byte depends on it."""
-
-    def __init__(self, output: str, unit_id: str):
-        self._output, self._path = output, f"{PROGRESS_DIR}/{unit_id}"
-        self._last = time.monotonic()
-
-    def __call__(self, done: int) -> None:
-        now = time.monotonic()
-        if now - self._last >= PROGRESS_EVERY_S:
-            self._last = now
-            try:
-                shards.write_bytes(self._output, self._path, str(done).encode())
-            except OSError:  # progress is a courtesy: never fail a unit over it
-                pass
-
-
 def _build_unit(ref, ctx, kind, plan, digest) -> Extracted:
     stored_tables, stored_keys = read_stored(ctx.output, plan, kind, ref.split)
-    marker = _Marker(ctx.output, ref.unit_id)
+    marker = ProgressMarker(ctx.output, ref.unit_id)
     rows: dict[str, list[dict]] = {c: [] for c in kind.payload_configs}
     dead: list[dict] = []
     by_stage: dict[str, Counter] = {"read": Counter(), "extract": Counter()}

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pipeline.io import shards
-from pipeline.schema.layout import STATE_DIR, UNITS_DIR
+from pipeline.schema.layout import PROGRESS_DIR, STATE_DIR, UNITS_DIR
 
 PREVIOUS_DIR = f"{STATE_DIR}/previous"
 PREVIOUS_SOURCES = f"{PREVIOUS_DIR}/sources.json"
@@ -152,3 +153,26 @@ def read_build_args(output: str) -> dict:
         raise FileNotFoundError(
             f"--output: {output} holds no earlier build ({BUILD_FILE} not found); run "
             "`radvqa build` first") from err
+
+
+#: Seconds between two progress markers of one unit (a marker is one small write).
+PROGRESS_EVERY_S = 1.0
+
+
+class ProgressMarker:
+    """Writes ``.radvqa/progress/<unit>`` (cases of the unit extracted so far) at most every
+    :data:`PROGRESS_EVERY_S` seconds, for the launcher's progress line.  Build state only:
+    never in the manifest, and no output byte depends on it."""
+
+    def __init__(self, output: str, unit_id: str):
+        self._output, self._path = output, f"{PROGRESS_DIR}/{unit_id}"
+        self._last = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_EVERY_S:
+            self._last = now
+            try:
+                shards.write_bytes(self._output, self._path, str(done).encode())
+            except OSError:  # progress is a courtesy: never fail a unit over it
+                pass

@@ -50,7 +50,7 @@ class Progress:
     (``FnApiRunner.run()`` exposes no metrics mid-run); prints cases done / total, rate and
     ETA whenever the count moves.  A unit's cases count as done when its receipt is written;
     before that, as many as its marker ``.radvqa/progress/<unit>`` says were extracted
-    (:class:`pipeline.engine.execute._Marker`), so a build of a few large units still moves."""
+    (:class:`pipeline.engine.state.ProgressMarker`), so a build of a few large units still moves."""
 
     def __init__(self, output: str, units: list[tuple[str, int]], log, every: float | None = None):
         self._markers = [f"{PROGRESS_DIR}/{unit_id}" for unit_id, _ in units]
