@@ -81,13 +81,19 @@ def extracted(ref, ctx, kind, plan: Sequence, digest: str):
     payload = {}
     for config in kind.keep_configs:
         rel = ref.shard(config)
-        try:
-            data = shards.read_bytes(ctx.output, rel)
+        path = shards.join(ctx.output, rel)
+        try:  # a local shard hashed as it streams, then memory-mapped: never held whole
+            if "://" in path:
+                source = io.BytesIO(shards.read_bytes(ctx.output, rel))
+                sha = hashlib.sha256(source.getbuffer()).hexdigest()
+            else:
+                with open(path, "rb") as f:
+                    sha, source = hashlib.file_digest(f, "sha256").hexdigest(), path
         except OSError:
             return None
-        if hashlib.sha256(data).hexdigest() != files[rel]["sha256"]:
+        if sha != files[rel]["sha256"]:
             return None
-        pf = pq.ParquetFile(io.BytesIO(data))
+        pf = pq.ParquetFile(source, memory_map=True)
         payload[config] = pf.read(columns=[c for c in pf.schema_arrow.names
                                            if c not in kind.heavy_columns])
         if payload[config].num_rows != len(plan):
