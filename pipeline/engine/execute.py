@@ -244,7 +244,7 @@ def _extract_one(kind, case, split: str, ctx, marker, done: int):
 def read_payload(output: str, report: Mapping, kind) -> dict[str, pa.Table]:
     """A unit's pixel tables without their pixel columns (the records' source)."""
     out = {}
-    for rel in report["pixel_files"]:
+    for rel in {**report["pixel_files"], **report.get("kept_text", {})}:  # kept_text: tree
         config = rel.split("/", 1)[0]
         out[config] = _read(shards.read_bytes(output, rel), exclude=kind.heavy_columns)
     return out
