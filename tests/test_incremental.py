@@ -487,12 +487,40 @@ def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path):
     (d / "my.yaml").write_text(text)
     out = tmp_path / "out"
     build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+
+    def files():  # alignment shard -> (inode, mtime): a file written again gets new ones
+        return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "alignment").glob("*")}
+
+    def fresh(name):
+        build(str(d / "my.yaml"), str(tmp_path / name), input_dir=str(inp), **QUIET)
+        return corpus_digest(tmp_path / name)
+
+    before = files()
+    units = sorted(p.stem for p in (out / "alignment").glob("*.parquet"))
+    assert len(units) >= 2
+    # a question's wording: every alignment shard (images + captions) kept as it is
     _edit(d / "tpl" / "abnormality_closed.yaml", "Does this image appear normal?", "Does this image look normal?")
     b = regenerate(str(out), **QUIET).manifest["build"]
     assert b["cases_extracted"] == 0 and b["cases_copied_from_stored_shards"] > 0
-    fresh = tmp_path / "fresh"
-    build(str(d / "my.yaml"), str(fresh), input_dir=str(inp), **QUIET)
-    assert corpus_digest(out) == corpus_digest(fresh)
+    assert b["units_kept_text_shards"] == units and files() == before
+    assert corpus_digest(out) == fresh("fresh")
+    # a caption's wording: every alignment shard written again
+    _edit(d / "tpl" / "caption.yaml", "Summarise what this image shows.", "Summarize what this image shows.")
+    b = regenerate(str(out), **QUIET).manifest["build"]
+    assert b["units_kept_text_shards"] == [] and b["cases_extracted"] == 0
+    now = files()
+    assert now.keys() == before.keys() and all(now[k] != before[k] for k in now)
+    assert corpus_digest(out) == fresh("fresh2")
+    # one image file changed: it is read again, its unit's shard written, the others kept
+    pngs = sorted(inp.rglob("*.png"))
+    changed = next(p for p in pngs if p.read_bytes() != pngs[0].read_bytes())
+    changed.write_bytes(pngs[0].read_bytes())
+    before = files()
+    b = regenerate(str(out), **QUIET).manifest["build"]
+    assert b["cases_extracted"] == 1 and len(b["units_kept_text_shards"]) == len(units) - 1
+    now = files()
+    assert sum(now[k] != before[k] for k in now) == 1
+    assert corpus_digest(out) == fresh("fresh3")
 
 
 def test_unedited_families_finished_rows_are_reused_as_blocks(tmp_path, sample_input, monkeypatch):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.engine import qa_blocks
+from pipeline.engine import kept_text, qa_blocks
 from pipeline.engine.dead_letters import dead_letter, internal_error, jsonl, sort_dead, stage_counts
 from pipeline.engine.state import ProgressMarker
 from pipeline.engine.units import BuildContext, PlannedCase, UnitRef, plan_digest, read_plan
@@ -156,6 +156,10 @@ def extract_unit(ref: UnitRef, ctx: BuildContext, kind) -> Extracted:
                 and _verified(ctx.output, receipt["pixel_files"])):
             return Extracted(receipt | {"kept": True,
                                         "reuse": {"stored_cases": 0, "extracted_cases": 0}}, [])
+    kept = kept_text.extracted(ref, ctx, kind, plan, digest) if ref.mode == "build" else None
+    if kept is not None:  # a stored text shard kept as it is: its pixels never read
+        extras = {kind.case_key(pc.case): pc.extra for pc in plan if pc.extra}
+        return Extracted(kept[0], [], kept[1], extras=extras or None)
     return _build_unit(ref, ctx, kind, plan, digest)
 
 
@@ -240,7 +244,7 @@ def _extract_one(kind, case, split: str, ctx, marker, done: int):
 def read_payload(output: str, report: Mapping, kind) -> dict[str, pa.Table]:
     """A unit's pixel tables without their pixel columns (the records' source)."""
     out = {}
-    for rel in report["pixel_files"]:
+    for rel in {**report["pixel_files"], **report.get("kept_text", {})}:  # kept_text: tree
         config = rel.split("/", 1)[0]
         out[config] = _read(shards.read_bytes(output, rel), exclude=kind.heavy_columns)
     return out

@@ -182,7 +182,12 @@ class BaseKind:
     qa_blocks = False
     finish = None
     extract_cases = None
+    keep_configs: ClassVar[tuple[str, ...]] = ()  # engine/kept_text.py
     schemas: ClassVar[Mapping[str, pa.Schema]]
+
+    def keep_digest(self, ctx) -> str | None:
+        """What the ``keep_configs`` shards are made from besides the unit's plan."""
+        return None
 
     def before_run(self, output, recipe, seed, units, cases, prep) -> dict:
         return {}

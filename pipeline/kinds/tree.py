@@ -1,8 +1,9 @@
 """Corpus kind ``tree``: RadImageNet-style labelled 2D images → RadImageNet-VQA configs.
 
 One image is one case.  Extraction reads its stored PNG bytes and checks them (never
-decoded or re-encoded); regeneration copies them from the ``alignment`` shard that holds
-them instead of reading the input tree again.  Rendering writes, per unit, the
+decoded or re-encoded); regeneration keeps a unit's ``alignment`` shard as it is when its
+makings did not change (:mod:`pipeline.engine.kept_text`), else copies the images from it.
+Rendering writes, per unit, the
 ``alignment`` shard (image + caption conversation + metadata) and the ``instruct`` shard
 (nine questions per image), built column by column (:mod:`pipeline.kinds.tree_tables`).
 The stratified ``benchmark`` is written once every unit is done, from the launcher's
@@ -11,11 +12,13 @@ plan and the accepted images' stored bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +27,7 @@ import pyarrow.parquet as pq
 from pipeline.config.recipes import pool_paths
 from pipeline.core import keys
 from pipeline.core.imaging import strip_png_metadata
-from pipeline.engine import ood
+from pipeline.engine import kept_text, ood
 from pipeline.engine.units import plan_split_shards
 from pipeline.errors import CaseError
 from pipeline.inputs.layouts.tree import TreeImage, check_png, discover_tree
@@ -32,7 +35,13 @@ from pipeline.inputs.sample_tree import write_tree
 from pipeline.inputs.tree import InputTree
 from pipeline.io import shards
 from pipeline.kinds.base import BaseKind, Planned, load_questions, phantom_input
-from pipeline.kinds.tree_tables import benchmark_table, image_array, render_tree_images
+from pipeline.kinds.tree_tables import (
+    CAPTION_TASK,
+    ImagesById,
+    benchmark_table,
+    image_array,
+    render_tree_images,
+)
 from pipeline.qa.audit import partial_counts_columns
 from pipeline.qa.benchmark import left_out_regions, select_benchmark
 from pipeline.qa.label_pools import load_label_pools
@@ -45,12 +54,14 @@ from pipeline.schema.arrow import (
     TREE_PAYLOAD_SCHEMA,
 )
 from pipeline.schema.layout import PLAN_DIR, UNITS_DIR
-from pipeline.schema.records import CaseResult
+from pipeline.schema.records import CaseResult, FileReceipt
 
 TREE_VERSION = "3"  # content digests hash the PNG's bytes as bytes (keys.digest)
 BENCHMARK_PLAN = f"{PLAN_DIR}/benchmark.json"
 BENCHMARK_RECEIPT = f"{UNITS_DIR}/benchmark.json"
 BENCHMARK_SHARD = "benchmark/test-00000-of-00001.parquet"
+_KEEP_CODE = tuple(Path(__file__).resolve().parent.parent / p for p in (  # alignment's code
+    "kinds/tree.py", "kinds/tree_tables.py", "schema/arrow.py", "io/shards.py"))
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class TreeKind(BaseKind):
     name = "tree"
     version = TREE_VERSION
     pixel_configs = ()
+    keep_configs = ("alignment",)
     payload_configs = ("alignment",)
     stored_configs = ("alignment",)
     text_configs = ("alignment", "instruct", "ood")
@@ -257,46 +269,42 @@ class TreeKind(BaseKind):
                 for k, m, r, lab in zip(t["image_id"].to_pylist(), t["modality"].to_pylist(),
                                         t["region"].to_pylist(), t["label"].to_pylist())]
 
+    def keep_digest(self, ctx) -> str | None:
+        """``alignment``'s makings besides the plan: the caption families' digests and code."""
+        fams = ctx.extras.get("qa_families") or {}
+        caps = [(n, fams.get(n)) for n, f in sorted(ctx.families.items()) if f.task == CAPTION_TASK]
+        return keys.digest(json.dumps(caps), *(p.read_bytes() for p in _KEEP_CODE)) if fams else None
+
     def render(self, ref, records: list[dict], payload, ctx, rules, report):
-        column = payload["alignment"]["image"]  # the images stay in Arrow, never copied out
+        kept, qctx = report.get("kept_text"), ctx  # alignment stands: other questions only
+        if kept:  # (engine/kept_text), the images never read
+            qctx = dataclasses.replace(ctx, qa_fp=keys.digest(ctx.qa_fp, "kept"), families={
+                n: f for n, f in ctx.families.items() if f.task != CAPTION_TASK})
+        column = ALIGNMENT_SCHEMA.empty_table()["image"] if kept else payload["alignment"]["image"]
         images = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-        align, inst, tasks = render_tree_images(records, images, ctx)
+        align, inst, tasks = render_tree_images(records, images, qctx)
+        if kept:
+            (rel, f), = kept.items()
+            align = FileReceipt(rel, f["sha256"], f["bytes"], f["rows"])
+            tasks[CAPTION_TASK] += f["rows"]
+        n_align = align.rows if kept else align.num_rows
         info = {
             "records": len(records),
             "rows": {"cases": len(records), "images": len(records),
-                     "alignment": align.num_rows, "instruct": inst.num_rows,
-                     "qa": align.num_rows + inst.num_rows},
+                     "alignment": n_align, "instruct": inst.num_rows, "qa": n_align + inst.num_rows},
             "tasks": dict(sorted(tasks.items())),
-            "labels_unknown_to_pools": [],
-            "audit": partial_counts_columns("instruct", inst),
-        }
+            "labels_unknown_to_pools": [], "audit": partial_counts_columns("instruct", inst),
+        } | kept_text.receipt_key(ref, ctx, self, report, n_align, len(records))
         tables = {"alignment": align, "instruct": inst}
-        by_id = ImagesById([r["image_id"] for r in records], images)
-        table = ood.ood_table(ood.TREE, ref, records, ctx, report, pixels=by_id)
+        by_id = None if kept else ImagesById([r["image_id"] for r in records], images)  # kept:
+        table = ood.ood_table(ood.TREE, ref, records, ctx,  # the chosen images read from it
+                              report | {"pixel_files": kept or {}}, by_id)
         if table is not None:
             tables["ood"] = table
         return tables, info, []
 
 
 KIND = TreeKind()
-
-
-class ImagesById(Mapping):
-    """``{image id: PNG bytes}`` over a unit's Arrow image column: an image is copied out
-    of Arrow only when asked for (the ``ood`` rows ask for a few)."""
-
-    def __init__(self, ids: list[str], images: pa.StructArray):
-        self._index = {k: i for i, k in enumerate(ids)}
-        self._bytes = images.field("bytes")
-
-    def __getitem__(self, key: str) -> bytes:
-        return self._bytes[self._index[key]].as_py()
-
-    def __iter__(self):
-        return iter(self._index)
-
-    def __len__(self) -> int:
-        return len(self._index)
 
 
 def _read_into(path: str, out: memoryview) -> bool:

@@ -11,6 +11,7 @@ conversation turns are LLaVA-style: the user turn is ``<image>`` and the questio
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -215,3 +216,21 @@ def benchmark_table(picked: list[tuple[dict, bytes]], assign, ctx) -> tuple[pa.T
          pa.array(cols["task"], s), pa.array(cols["template_id"], s), _metadata(cols),
          pa.array(cols["split"], s)], schema=BENCHMARK_SCHEMA)
     return table, composition
+
+
+class ImagesById(Mapping):
+    """``{image id: PNG bytes}`` over a unit's Arrow image column: an image is copied out
+    of Arrow only when asked for (the ``ood`` rows ask for a few)."""
+
+    def __init__(self, ids: list[str], images: pa.StructArray):
+        self._index = {k: i for i, k in enumerate(ids)}
+        self._bytes = images.field("bytes")
+
+    def __getitem__(self, key: str) -> bytes:
+        return self._bytes[self._index[key]].as_py()
+
+    def __iter__(self):
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)

@@ -278,16 +278,19 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1) -> dic
 def _build_section(receipts: list[dict], attempts: int, run_id: str | None) -> dict:
     """How this build ran: what it reused.  The one part of the manifest that differs
     between a fresh build and an incremental one (every other byte is the same)."""
-    kept, done, stored, extracted = [], [], 0, 0
+    kept, text, done, stored, extracted = [], [], [], 0, 0
     for r in receipts:
         if r.get("run") != run_id:
             done.append(r["unit"])
             continue
         if r.get("kept"):
             kept.append(r["unit"])
+        if r.get("kept_text"):
+            text.append(r["unit"])
         stored += r["reuse"]["stored_cases"]
         extracted += r["reuse"]["extracted_cases"]
     return {"units_skipped": sorted(done), "units_kept_pixels": sorted(kept),
+            "units_kept_text_shards": sorted(text),
             "cases_copied_from_stored_shards": stored, "cases_extracted": extracted,
             "attempts": attempts}
 

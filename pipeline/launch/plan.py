@@ -13,7 +13,7 @@ import dataclasses
 import gc
 from collections import Counter
 
-from pipeline.engine import ood, state
+from pipeline.engine import kept_text, ood, state
 from pipeline.engine.units import PlannedCase, UnitRef, plan_digest, write_plan
 from pipeline.io import shards
 from pipeline.schema.layout import (
@@ -120,6 +120,7 @@ def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run, sizes=No
         refs.append(ref)
     # ood shards a unit may keep as they are (the receipts deleted above named them)
     extras["ood_stored"] = ood.stored_shards(receipts, refs)
+    extras["text_stored"] = kept_text.stored(receipts, refs, kind)  # shards kept as they are
     return refs, n_stored, extras
 
 
