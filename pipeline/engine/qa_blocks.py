@@ -12,9 +12,11 @@ the family's corpus-wide balancing rules.  Every rule is keyed by its family
 (:mod:`pipeline.qa.balance`: an ``answers`` group and an ``options`` pool start with the
 family's name), so a family's rules are a function of its own candidates over the corpus:
 of its digest and every unit's records.  A unit's records are made from its pixel shards
-(:func:`unit_digest`: their sha256, the split); the corpus's are the digest of every
-unit's (:attr:`pipeline.qa.balance.Rules.corpus`, from the ``("unit", …)`` candidates
-each unit reports).  So a block named by :func:`block_key` holds the rows this build
+(:func:`unit_digest`: their sha256, the split; a volume record's temporal history is its
+patient's other studies, all in its unit, and its findings list comes from the question
+settings, in the family digest); the corpus's are the digest of every unit's
+(:attr:`pipeline.qa.balance.Rules.corpus`, from the ``("unit", …)`` candidates each unit
+reports).  So a block named by :func:`block_key` holds the rows this build
 would render — and a family whose block is current for every unit is neither generated,
 balanced nor worded again: its blocks are read and merged with the other families' rows
 (:class:`Blocks`).
@@ -49,7 +51,8 @@ from pipeline.schema.layout import ROWS_DIR
 SUFFIX = ".qa.arrow"
 _META = b"radvqa.block"
 #: the modules that turn a family's balanced rows into a unit's qa table
-_CODE = ("engine/qa_blocks.py", "engine/execute.py", "kinds/base.py", "kinds/slices.py")
+_CODE = ("engine/qa_blocks.py", "engine/execute.py", "kinds/base.py", "kinds/slices.py",
+         "kinds/volumes.py")
 
 
 @functools.cache
