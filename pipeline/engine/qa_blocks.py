@@ -91,9 +91,10 @@ class Blocks:
         self.output, self.corpus = output, corpus
         self.keys = {f: block_key(d, corpus) for f, d in digests.items()}
         units = list(units)
-        names = {p.rsplit("/", 1)[1] for p in shards.match(output, f"{ROWS_DIR}/*{SUFFIX}")} if units else set()
+        # the stored blocks' names, listed once (None: not listed, Beam's per-unit writers)
+        self.names = {p.rsplit("/", 1)[1] for p in shards.match(output, f"{ROWS_DIR}/*{SUFFIX}")} if units else None
         self.reused = frozenset(f for f, k in self.keys.items()
-                                if units and all(block_name(u, f, k) in names for u in units))
+                                if units and all(block_name(u, f, k) in self.names for u in units))
 
     def context(self, ctx):
         """``ctx`` with only the families to render; its ``qa_fp`` (the key of the
@@ -140,8 +141,12 @@ class Blocks:
             shards.write_bytes(self.output, f"{ROWS_DIR}/{block_name(unit, f, self.keys[f])}",
                                sink.getvalue().to_pybytes())
         current = {block_name(unit, f, k) for f, k in self.keys.items()}
-        stale = [p for p in shards.match(self.output, f"{ROWS_DIR}/{unit}.*{SUFFIX}")
-                 if p.rsplit("/", 1)[1] not in current]
+        if self.names is None:
+            listed = shards.match(self.output, f"{ROWS_DIR}/{unit}.*{SUFFIX}")
+        else:  # the listing made for this run (only this unit's writer adds blocks of it)
+            listed = [shards.join(self.output, f"{ROWS_DIR}/{n}") for n in sorted(self.names)
+                      if n.startswith(unit + ".") and n.endswith(SUFFIX)]
+        stale = [p for p in listed if p.rsplit("/", 1)[1] not in current]
         if stale:
             shards.delete(stale)
 
