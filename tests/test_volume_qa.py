@@ -245,3 +245,67 @@ def test_temporal_option_order_does_not_give_the_answer_away():
     for cls in TEMPORAL_CLASSES:
         letters = collections.Counter(r["answer"] for r in rows if r["answer_text"] == cls)
         assert set(letters) == set("ABCD"), (cls, letters)
+
+
+def test_unedited_volume_families_finished_rows_are_reused_as_blocks(tmp_path, longitudinal, monkeypatch):
+    """The volumes kind keeps its finished rows per family as the slices kind does
+    (pipeline.engine.qa_blocks; its balancing rules are keyed by family and a record's
+    temporal history comes from its own unit): after one word of the longitudinal
+    template is edited only that family is generated and its blocks rewritten, the others
+    read back — also when the edit dead-letters the third studies (their rows leave every
+    family's blocks) — each time the bytes of a fresh build."""
+    import shutil
+
+    from bench.incremental import edit_template, recipe_copy
+    from pipeline.engine import qa_blocks
+    from pipeline.launch.build import regenerate
+    from pipeline.qa import candidates, questions
+    from pipeline.schema.layout import ROWS_DIR
+
+    quiet = {"log": lambda m: None}
+    recipe = recipe_copy(tmp_path / "recipe", "3d-rad", "3d-rad", "totalsegmentator")
+
+    def corpus(root: Path) -> dict:
+        out = {}
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and ".radvqa" not in p.parts:
+                data = p.read_bytes()
+                if p.name == "manifest.json":
+                    data = json.dumps(json.loads(data) | {"build": None}, sort_keys=True).encode()
+                out[p.relative_to(root).as_posix()] = hashlib.sha256(data).hexdigest()
+        return out
+
+    def fresh(name: str) -> dict:
+        build(str(recipe), str(tmp_path / name), input_dir=str(longitudinal), **quiet)
+        digests = corpus(tmp_path / name)
+        shutil.rmtree(tmp_path / name)
+        return digests
+
+    out = tmp_path / "out"
+    build(str(recipe), str(out), input_dir=str(longitudinal), **quiet)
+    rows_dir = out / ROWS_DIR
+    before = {p.name: p.stat().st_mtime_ns for p in rows_dir.glob(f"*{qa_blocks.SUFFIX}")}
+    assert {n.split(".")[1] for n in before} >= {"existence", "longitudinal_temporal", "computation"}
+    generated: set[str] = set()
+    for module in (questions, candidates):
+        real = module.generate_questions
+        monkeypatch.setattr(module, "generate_questions", lambda record, families, *a, real=real, **k:
+                            generated.update(families) or real(record, families, *a, **k))
+    template, old = "longitudinal_temporal.yaml", "How would you classify it"
+    edit_template(recipe, old, "How would you grade it", template)
+    regenerate(str(out), **quiet)
+    assert generated == {"longitudinal_temporal"}
+    now = {p.name: p.stat().st_mtime_ns for p in rows_dir.glob(f"*{qa_blocks.SUFFIX}")}
+    assert len(now) == len(before)
+    assert {n for n, t in now.items() if before.get(n) != t} == {
+        n for n in now if ".longitudinal_temporal." in n}
+    assert corpus(out) == fresh("fresh")
+    # a wording that fails on the third studies (two prior studies): all their rows go
+    edit_template(recipe, "How would you grade it",
+                  "{% if sequence|length > 3 %}{{ finding|round }}{% endif %}How would you grade it", template)
+    generated.clear()
+    regenerate(str(out), **quiet)
+    assert generated == {"longitudinal_temporal"}
+    dead = (out / "dead_letters" / "dead_letters.jsonl").read_text()
+    assert "template.render_error" in dead
+    assert corpus(out) == fresh("fresh2")

@@ -12,9 +12,11 @@ the family's corpus-wide balancing rules.  Every rule is keyed by its family
 (:mod:`pipeline.qa.balance`: an ``answers`` group and an ``options`` pool start with the
 family's name), so a family's rules are a function of its own candidates over the corpus:
 of its digest and every unit's records.  A unit's records are made from its pixel shards
-(:func:`unit_digest`: their sha256, the split); the corpus's are the digest of every
-unit's (:attr:`pipeline.qa.balance.Rules.corpus`, from the ``("unit", …)`` candidates
-each unit reports).  So a block named by :func:`block_key` holds the rows this build
+(:func:`unit_digest`: their sha256, the split; a volume record's temporal history is its
+patient's other studies, all in its unit, and its findings list comes from the question
+settings, in the family digest); the corpus's are the digest of every unit's
+(:attr:`pipeline.qa.balance.Rules.corpus`, from the ``("unit", …)`` candidates each unit
+reports).  So a block named by :func:`block_key` holds the rows this build
 would render — and a family whose block is current for every unit is neither generated,
 balanced nor worded again: its blocks are read and merged with the other families' rows
 (:class:`Blocks`).
@@ -49,7 +51,8 @@ from pipeline.schema.layout import ROWS_DIR
 SUFFIX = ".qa.arrow"
 _META = b"radvqa.block"
 #: the modules that turn a family's balanced rows into a unit's qa table
-_CODE = ("engine/qa_blocks.py", "engine/execute.py", "kinds/base.py", "kinds/slices.py")
+_CODE = ("engine/qa_blocks.py", "engine/execute.py", "kinds/base.py", "kinds/slices.py",
+         "kinds/volumes.py")
 
 
 @functools.cache
@@ -88,9 +91,10 @@ class Blocks:
         self.output, self.corpus = output, corpus
         self.keys = {f: block_key(d, corpus) for f, d in digests.items()}
         units = list(units)
-        names = {p.rsplit("/", 1)[1] for p in shards.match(output, f"{ROWS_DIR}/*{SUFFIX}")} if units else set()
+        # the stored blocks' names, listed once (None: not listed, Beam's per-unit writers)
+        self.names = {p.rsplit("/", 1)[1] for p in shards.match(output, f"{ROWS_DIR}/*{SUFFIX}")} if units else None
         self.reused = frozenset(f for f, k in self.keys.items()
-                                if units and all(block_name(u, f, k) in names for u in units))
+                                if units and all(block_name(u, f, k) in self.names for u in units))
 
     def context(self, ctx):
         """``ctx`` with only the families to render; its ``qa_fp`` (the key of the
@@ -137,8 +141,12 @@ class Blocks:
             shards.write_bytes(self.output, f"{ROWS_DIR}/{block_name(unit, f, self.keys[f])}",
                                sink.getvalue().to_pybytes())
         current = {block_name(unit, f, k) for f, k in self.keys.items()}
-        stale = [p for p in shards.match(self.output, f"{ROWS_DIR}/{unit}.*{SUFFIX}")
-                 if p.rsplit("/", 1)[1] not in current]
+        if self.names is None:
+            listed = shards.match(self.output, f"{ROWS_DIR}/{unit}.*{SUFFIX}")
+        else:  # the listing made for this run (only this unit's writer adds blocks of it)
+            listed = [shards.join(self.output, f"{ROWS_DIR}/{n}") for n in sorted(self.names)
+                      if n.startswith(unit + ".") and n.endswith(SUFFIX)]
+        stale = [p for p in listed if p.rsplit("/", 1)[1] not in current]
         if stale:
             shards.delete(stale)
 

@@ -132,8 +132,12 @@ def match(root: str, pattern: str) -> list[str]:
     if prefix == full:
         return [full] if os.path.exists(full) else []
     rx = _pattern(full)
-    return sorted(p for d, _, files in os.walk(os.path.dirname(prefix))
-                  for p in (os.path.join(d, f) for f in files) if rx.match(p))
+    # a file directly in the folder must start with the prefix's last part (a unit's files
+    # among a build's ~500 in .radvqa/rows: the regex run on those only)
+    top, head = os.path.split(prefix)
+    return sorted(p for d, _, files in os.walk(top)
+                  for p in (os.path.join(d, f) for f in files if d != top or f.startswith(head))
+                  if rx.match(p))
 
 
 def delete(paths: list[str]) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core import keys
 from pipeline.core.boxes import mask_box
@@ -35,7 +36,7 @@ from pipeline.inputs.sample_ctrate import SAMPLE_VERSION as CTRATE_SAMPLE_VERSIO
 from pipeline.inputs.sample_ctrate import write_ctrate_sample
 from pipeline.inputs.tree import InputTree
 from pipeline.kinds.base import Planned, VolumeKind, phantom_input
-from pipeline.qa.audit import partial_counts
+from pipeline.qa.audit import merge, partial_counts
 from pipeline.schema.arrow import OOD3D_SCHEMA, QA3D_SCHEMA, VOLUMES_SCHEMA
 from pipeline.schema.records import CaseResult
 
@@ -73,6 +74,10 @@ class VolumesKind(VolumeKind):
     sample_folder = "sample-longitudinal"
     sample_patients = 4
     shard_size = ("patients_per_shard", 8)
+    # finished rows kept per family (pipeline.engine.qa_blocks): every balancing rule is
+    # keyed by its family and a record's questions see only its unit's records (the
+    # patient's history), so an unedited family's rows stand while the units' shards do
+    qa_blocks = True
 
     # -- launcher ----------------------------------------------------------------------
     def read_settings(self, recipe) -> VolumeSettings:
@@ -159,7 +164,10 @@ class VolumesKind(VolumeKind):
         return records
 
     # -- questions ---------------------------------------------------------------------
-    def render(self, ref, records: list[dict], payload, ctx, rules, report):
+    def render(self, ref, records: list[dict], payload, ctx, rules, report, blocks=()):
+        """``blocks``: finished rows of families not rendered here, with their counts
+        (:mod:`pipeline.engine.qa_blocks`), merged in by ``qa_id``; the info's ``_blocks``
+        gives the rendered families' counts for their blocks."""
         made, dead = self.questions(records, ctx, rules)
         rows = []
         for r, qa in made:
@@ -175,28 +183,60 @@ class VolumesKind(VolumeKind):
                     "template_id": row["template_id"],
                 })
         rows.sort(key=lambda x: x["qa_id"])
+        by_family: dict[str, list[dict]] = {f: [] for f in ctx.families}
+        for row in rows:
+            by_family[row["family"]].append(row)
+        counts = {f: family_counts(fr) for f, fr in by_family.items()}
+        table = pa.Table.from_pylist(rows, schema=QA3D_SCHEMA)
+        parts = list(counts.values())
+        if blocks:
+            # a record dead-lettered here has no rows in any family
+            kept = None if len(made) == len(records) else pa.array(
+                sorted(r["volume_id"] for r, _ in made), pa.string())
+            tables = [table]
+            for block, block_counts in blocks:
+                if kept is not None:
+                    block = block.filter(pc.is_in(block["volume_id"], value_set=kept))
+                    block_counts = family_counts(block.select(
+                        ["split", "task", "question_type", "question", "options", "answer",
+                         "answer_text", "answer_value"]).to_pylist())
+                tables.append(block)
+                parts.append(block_counts)
+            table = pa.concat_tables(tables).sort_by("qa_id").combine_chunks()
         tasks: Counter = Counter()
         dist: dict[str, Counter] = {}
-        for row in rows:
-            tasks[row["task"]] += 1
-            answer = "<numeric>" if row["answer_value"] is not None else row["answer_text"]
-            dist.setdefault(row["task"], Counter())[answer] += 1
+        for part in parts:
+            tasks.update(part["tasks"])
+            for task, answers in part["answers"].items():
+                dist.setdefault(task, Counter()).update(answers)
         info = {
             "records": len(records),
             "rows": {"cases": len(records), "volumes": len(records), "images": len(records),
-                     "qa": len(rows)},
+                     "qa": table.num_rows},
             "tasks": dict(sorted(tasks.items())),
             "answers": {t: dict(sorted(c.items())) for t, c in sorted(dist.items())},
             "labels_unknown_to_pools": [],
-            "audit": partial_counts("qa", rows),
+            "audit": merge([part["audit"] for part in parts]),
+            "_blocks": None if dead else counts,
         }
-        tables = {"qa": pa.Table.from_pylist(rows, schema=QA3D_SCHEMA)}
+        tables = {"qa": table}
         ood_tables, ood_info = self.ood_tables(ref, records, ctx, report)
         tables |= ood_tables
         return tables, info | ood_info, dead
 
 
 KIND = VolumesKind()
+
+
+def family_counts(rows: list[dict]) -> dict:
+    """A family's rows' counts in a unit (a block's metadata): ``tasks``, ``audit`` and
+    ``answers`` (per task, numeric answers as ``<numeric>``)."""
+    dist: dict[str, Counter] = {}
+    for row in rows:
+        answer = "<numeric>" if row["answer_value"] is not None else row["answer_text"]
+        dist.setdefault(row["task"], Counter())[answer] += 1
+    return {"tasks": dict(Counter(r["task"] for r in rows)), "audit": partial_counts("qa", rows),
+            "answers": {t: dict(c) for t, c in dist.items()}}
 
 
 def answer_lines(answers) -> list[str]:
