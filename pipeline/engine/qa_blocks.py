@@ -151,6 +151,25 @@ class Blocks:
             shards.delete(stale)
 
 
+def merged(table: pa.Table, blocks, kept_ids, id_column: str, recount) -> tuple[pa.Table, list]:
+    """A unit's ``qa`` table: ``table`` (the rows rendered now, sorted by ``qa_id``) with the
+    ``(block, counts)`` read for the unit, sorted by ``qa_id``; and the blocks' counts.
+    ``kept_ids`` are the ids (``id_column``) of the records that gave rows, ``None`` when
+    every record did: a record dead-lettered here has no rows in any family, so its rows
+    leave the blocks too, and ``recount(block)`` counts what is left."""
+    if not blocks:
+        return table, []
+    kept = None if kept_ids is None else pa.array(sorted(kept_ids), pa.string())
+    tables, parts = [table], []
+    for block, counts in blocks:
+        if kept is not None:
+            block = block.filter(pc.is_in(block[id_column], value_set=kept))
+            counts = recount(block)
+        tables.append(block)
+        parts.append(counts)
+    return pa.concat_tables(tables).sort_by("qa_id").combine_chunks(), parts
+
+
 def corpus_of(refs_reports: Iterable[tuple]) -> str:
     """The corpus digest the units' ``("unit", …)`` candidates give, from their reports."""
     return corpus_digest((ref.unit_id, unit_digest(ref, report)) for ref, report in refs_reports)

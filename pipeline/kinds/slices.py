@@ -13,9 +13,8 @@ from collections import Counter
 from collections.abc import Mapping
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from pipeline.engine import ood
+from pipeline.engine import ood, qa_blocks
 from pipeline.engine.extract import EXTRACT_VERSION, SliceSettings, process_case
 from pipeline.errors import ConfigError
 from pipeline.inputs import sample
@@ -90,21 +89,12 @@ class SlicesKind(VolumeKind):
         rows.sort(key=lambda r: r["qa_id"])
         counts = {f: {"tasks": dict(Counter(r["task"] for r in fr)), "audit": partial_counts("qa", fr)}
                   for f, fr in by_family.items()}
-        table = pa.Table.from_pylist(rows, schema=QA_SCHEMA)
-        parts = list(counts.values())
-        if blocks:
-            # a record dead-lettered here has no rows in any family
-            kept = None if len(made) == len(records) else pa.array(
-                sorted(r["image_id"] for r, _ in made), pa.string())
-            tables = [table]
-            for block, block_counts in blocks:
-                if kept is not None:
-                    block = block.filter(pc.is_in(block["image_id"], value_set=kept))
-                    block_counts = {"tasks": dict(Counter(block["task"].to_pylist())),
-                                    "audit": partial_counts_columns("qa", block)}
-                tables.append(block)
-                parts.append(block_counts)
-            table = pa.concat_tables(tables).sort_by("qa_id").combine_chunks()
+        table, stored = qa_blocks.merged(
+            pa.Table.from_pylist(rows, schema=QA_SCHEMA), blocks,
+            None if len(made) == len(records) else [r["image_id"] for r, _ in made], "image_id",
+            lambda b: {"tasks": dict(Counter(b["task"].to_pylist())),
+                       "audit": partial_counts_columns("qa", b)})
+        parts = [*counts.values(), *stored]
         tasks: Counter = Counter()
         for part in parts:
             tasks.update(part["tasks"])

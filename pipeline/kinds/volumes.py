@@ -19,14 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.core import keys
 from pipeline.core.boxes import mask_box
 from pipeline.core.masks import as_mask
 from pipeline.core.slices import apply_window, ct_window, mr_window, resample
 from pipeline.core.volume_facts import lesion_facts
-from pipeline.engine import ood
+from pipeline.engine import ood, qa_blocks
 from pipeline.engine.extract import load_case
 from pipeline.engine.units import plan_split_shards
 from pipeline.inputs import sample
@@ -187,22 +186,13 @@ class VolumesKind(VolumeKind):
         for row in rows:
             by_family[row["family"]].append(row)
         counts = {f: family_counts(fr) for f, fr in by_family.items()}
-        table = pa.Table.from_pylist(rows, schema=QA3D_SCHEMA)
-        parts = list(counts.values())
-        if blocks:
-            # a record dead-lettered here has no rows in any family
-            kept = None if len(made) == len(records) else pa.array(
-                sorted(r["volume_id"] for r, _ in made), pa.string())
-            tables = [table]
-            for block, block_counts in blocks:
-                if kept is not None:
-                    block = block.filter(pc.is_in(block["volume_id"], value_set=kept))
-                    block_counts = family_counts(block.select(
-                        ["split", "task", "question_type", "question", "options", "answer",
-                         "answer_text", "answer_value"]).to_pylist())
-                tables.append(block)
-                parts.append(block_counts)
-            table = pa.concat_tables(tables).sort_by("qa_id").combine_chunks()
+        table, stored = qa_blocks.merged(
+            pa.Table.from_pylist(rows, schema=QA3D_SCHEMA), blocks,
+            None if len(made) == len(records) else [r["volume_id"] for r, _ in made], "volume_id",
+            lambda b: family_counts(b.select(
+                ["split", "task", "question_type", "question", "options", "answer",
+                 "answer_text", "answer_value"]).to_pylist()))
+        parts = [*counts.values(), *stored]
         tasks: Counter = Counter()
         dist: dict[str, Counter] = {}
         for part in parts:
