@@ -93,3 +93,18 @@ def test_keyed_stream_is_deterministic_and_uniform():
     assert 0 <= keys.KeyedStream(3, "x", "y").random() < 1
     with pytest.raises(ValueError):
         keys.KeyedStream(1, "k", "p").integers(0)
+
+
+def test_source_digest_follows_each_files_name_and_bytes_the_versions_and_extra(tmp_path):
+    a, b = tmp_path / "pkg" / "a.py", tmp_path / "pkg" / "b.py"
+    a.parent.mkdir()
+    a.write_text("x = 1\n")
+    b.write_text("y = 2\n")
+    base = keys.source_digest([a, b], root=tmp_path, dists=("numpy",))
+    assert base == keys.source_digest([a, b], root=tmp_path, dists=("numpy",))
+    assert base != keys.source_digest([a, b], dists=("numpy",))  # names relative to root
+    assert base != keys.source_digest([a, b], root=tmp_path)  # numpy's version
+    assert base != keys.source_digest([a, b], root=tmp_path, dists=("numpy",), extra=("v2",))
+    assert keys.source_digest([a], dists=("no-such-dist",)) != keys.source_digest([a])
+    b.write_text("y = 3\n")
+    assert base != keys.source_digest([a, b], root=tmp_path, dists=("numpy",))

@@ -24,6 +24,8 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 
@@ -48,6 +50,24 @@ def digest(*parts: object) -> str:
     for part in parts:
         add_part(h, part)
     return h.hexdigest()
+
+
+def source_digest(paths: Iterable, *, root=None, dists: Iterable[str] = (),
+                  extra: Iterable = ()) -> str:
+    """The digest of the code behind a stored result, the key under which a later build
+    reuses it: each file's name (relative to ``root``, else its base name) and bytes, in
+    the order given; each distribution's installed version (``missing`` when absent);
+    then ``extra``."""
+    parts: list = []
+    for path in paths:
+        path = Path(path)
+        parts += [path.relative_to(root).as_posix() if root else path.name, path.read_bytes()]
+    for dist in dists:
+        try:
+            parts.append(f"{dist}={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{dist}=missing")
+    return digest(*parts, *extra)
 
 
 def add_part(h, part: object) -> None:

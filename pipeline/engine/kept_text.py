@@ -23,8 +23,6 @@ import hashlib
 import io
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from importlib import metadata
-from pathlib import Path
 
 import pyarrow.parquet as pq
 
@@ -35,11 +33,7 @@ from pipeline.io import shards
 
 @functools.cache
 def _code() -> str:
-    try:
-        arrow = metadata.version("pyarrow")
-    except metadata.PackageNotFoundError:
-        arrow = "missing"
-    return keys.digest(arrow, Path(__file__).read_bytes())
+    return keys.source_digest([__file__], dists=("pyarrow",))
 
 
 def key(ref, ctx, kind, planned: str) -> str | None:

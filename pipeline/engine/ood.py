@@ -25,7 +25,6 @@ import json
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -158,18 +157,10 @@ _PIPELINE = Path(__file__).resolve().parent.parent
 def _code_digest() -> str:
     """The source that makes ``ood`` rows' bytes — every module of ``core`` (perturbations,
     keys, PNG), this one, the Arrow schemas, the shard writer — and the libraries' versions."""
-    h = hashlib.sha256()
     paths = sorted((_PIPELINE / "core").glob("*.py")) + [
         _PIPELINE / "engine" / "ood.py", _PIPELINE / "schema" / "arrow.py", _PIPELINE / "io" / "shards.py"]
-    for path in paths:
-        h.update(keys.digest(path.name, path.read_bytes()).encode())
-    for dist in ("numpy", "pyarrow", "Pillow"):
-        try:
-            h.update(f"{dist}={metadata.version(dist)}".encode())
-        except metadata.PackageNotFoundError:
-            h.update(f"{dist}=missing".encode())
-    h.update(zlib.ZLIB_RUNTIME_VERSION.encode())
-    return h.hexdigest()
+    return keys.source_digest(paths, root=_PIPELINE, dists=("numpy", "pyarrow", "Pillow"),
+                              extra=(zlib.ZLIB_RUNTIME_VERSION,))
 
 
 def inputs_digest(source: OodSource, ref, ctx, report: Mapping) -> str:

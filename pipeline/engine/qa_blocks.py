@@ -58,7 +58,8 @@ _CODE = ("engine/qa_blocks.py", "engine/execute.py", "kinds/base.py", "kinds/sli
 @functools.cache
 def _code() -> str:
     root = Path(__file__).resolve().parent.parent
-    return keys.digest(code_digest(), pa.__version__, *((root / p).read_bytes() for p in _CODE))
+    return keys.digest(code_digest(), keys.source_digest([root / p for p in _CODE], root=root,
+                                                         dists=("pyarrow",)))
 
 
 class Unreadable(Exception):

@@ -52,6 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.core import keys
 from pipeline.qa import learned_fit, logistic, text_features
 from pipeline.qa.learned_fit import TOP_ANSWERS, C, _letter, fit_group
 
@@ -169,13 +170,10 @@ def group_digest(source: tuple, train: list[Mapping], tests: Mapping[tuple, tupl
 def _code_digest() -> str:
     """This module's, the models' and the text features' source, the caps, the model's
     version and settings (:mod:`pipeline.qa.logistic`), numpy's version."""
-    h = hashlib.sha256(repr((TRAIN_CAP, EVAL_CAP, TOP_ANSWERS, C, logistic.VERSION,
-                             logistic.MAX_ITER, logistic.TOL, logistic.MEMORY)).encode())
-    for path in (__file__, learned_fit.__file__, logistic.__file__, text_features.__file__):
-        with open(path, "rb") as f:
-            h.update(f.read())
-    h.update(f"numpy={np.__version__}".encode())
-    return h.hexdigest()
+    return keys.source_digest(
+        (__file__, learned_fit.__file__, logistic.__file__, text_features.__file__), dists=("numpy",),
+        extra=(repr((TRAIN_CAP, EVAL_CAP, TOP_ANSWERS, C, logistic.VERSION, logistic.MAX_ITER,
+                     logistic.TOL, logistic.MEMORY)),))
 
 
 def rows_from_table(config: str, table) -> list[dict]:

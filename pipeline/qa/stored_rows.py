@@ -19,12 +19,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import threading
 import zlib
 from collections.abc import Iterable, Mapping
-from importlib import metadata
 from pathlib import Path
 
 from pipeline.config.checked import json_exact
@@ -38,15 +36,8 @@ _LOCAL = threading.local()
 def code_digest() -> str:
     """The source that generates rows — every module of ``qa`` (generators, templates,
     pools, balancing marks) and of ``core`` (keys, geometry) — and Jinja's version."""
-    h = hashlib.sha256()
     paths = sorted((_PIPELINE / "qa").rglob("*.py")) + sorted((_PIPELINE / "core").glob("*.py"))
-    for path in paths:
-        h.update(keys.digest(path.relative_to(_PIPELINE).as_posix(), path.read_bytes()).encode())
-    try:
-        h.update(f"jinja2={metadata.version('jinja2')}".encode())
-    except metadata.PackageNotFoundError:
-        h.update(b"jinja2=missing")
-    return h.hexdigest()
+    return keys.source_digest(paths, root=_PIPELINE, dists=("jinja2",))
 
 
 def family_digests(families: Mapping, pools, seed: int, settings: Mapping | None,
