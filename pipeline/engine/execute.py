@@ -30,6 +30,7 @@ from pipeline.errors import CaseError
 from pipeline.io import shards
 from pipeline.qa import stored_rows
 from pipeline.qa.balance import Rules, rules_from
+from pipeline.schema import pyarrays
 from pipeline.schema.records import FileReceipt
 
 _FROZEN = [0]  # depth of the running unit calls (process_unit calls the other two)
@@ -121,11 +122,11 @@ def read_stored(output: str, plan: Sequence[PlannedCase], kind, split: str):
             continue
         col = kind.key_column[config]
         table = _read(data, kind.stored_columns.get(config))
-        mask = pa.compute.is_in(table[col], value_set=pa.array(sorted(wanted_keys), pa.string()))
+        mask = pa.compute.is_in(table[col], value_set=pyarrays.array(sorted(wanted_keys), pa.string()))
         table = table.filter(mask)
         if "split" in table.column_names:
             table = table.set_column(table.schema.get_field_index("split"), "split",
-                                     pa.array([split] * table.num_rows, pa.string()))
+                                     pyarrays.array([split] * table.num_rows, pa.string()))
         tables.setdefault(config, []).append(table)
         found = set(table[col].to_pylist())
         ok.setdefault(config, set()).update(found & wanted_keys)
@@ -261,7 +262,7 @@ def read_pixels(output: str, report: Mapping, config: str, key_column: str, pixe
         if rel.split("/", 1)[0] != config:
             continue
         table = _read(shards.read_bytes(output, rel), [key_column, pixel_column])
-        table = table.filter(pa.compute.is_in(table[key_column], value_set=pa.array(wanted)))
+        table = table.filter(pa.compute.is_in(table[key_column], value_set=pyarrays.array(wanted, pa.string())))
         for key, value in zip(table[key_column].to_pylist(), table[pixel_column].to_pylist()):
             out[key] = value["bytes"] if isinstance(value, dict) else value
     return out

@@ -35,6 +35,7 @@ from pipeline.core import keys, perturb
 from pipeline.core.imaging import encode_png
 from pipeline.engine.execute import read_pixels
 from pipeline.io import shards
+from pipeline.schema import pyarrays
 from pipeline.schema.arrow import OOD3D_SCHEMA, OOD_SCHEMA
 from pipeline.schema.records import FileReceipt
 
@@ -144,8 +145,7 @@ def ood_table(source: OodSource, ref, records: list[dict], ctx, report: Mapping,
         wanted = {i for i, _, _ in chosen(ids, conf, ctx.seed)}
         pixels = read_pixels(ctx.output, report, source.config, source.key_column,
                              source.pixel_column, wanted)
-    return pa.Table.from_pylist(source.rows(pixels, ref.split, conf, ctx.seed),
-                                schema=source.schema)
+    return pyarrays.table(source.rows(pixels, ref.split, conf, ctx.seed), source.schema)
 
 
 # ----------------------------------------------------------- keeping an unchanged shard

@@ -46,6 +46,7 @@ from pipeline.io import shards
 from pipeline.qa import stored_rows
 from pipeline.qa.balance import corpus_digest
 from pipeline.qa.stored_rows import code_digest
+from pipeline.schema import pyarrays
 from pipeline.schema.layout import ROWS_DIR
 
 SUFFIX = ".qa.arrow"
@@ -132,7 +133,7 @@ class Blocks:
         for f in sorted(meta):
             if f not in self.keys:
                 continue
-            part = table.filter(pc.equal(families, f))
+            part = table.filter(pc.equal(families, pyarrays.scalar(f, pa.string())))
             part = part.replace_schema_metadata(
                 (part.schema.metadata or {}) | {_META: json.dumps(meta[f], sort_keys=True)})
             sink = pa.BufferOutputStream()
@@ -160,7 +161,7 @@ def merged(table: pa.Table, blocks, kept_ids, id_column: str, recount) -> tuple[
     leave the blocks too, and ``recount(block)`` counts what is left."""
     if not blocks:
         return table, []
-    kept = None if kept_ids is None else pa.array(sorted(kept_ids), pa.string())
+    kept = None if kept_ids is None else pyarrays.array(sorted(kept_ids), pa.string())
     tables, parts = [table], []
     for block, counts in blocks:
         if kept is not None:

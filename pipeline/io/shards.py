@@ -26,6 +26,7 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.schema import pyarrays
 from pipeline.schema.records import FileReceipt
 
 #: Every option of the Parquet writer, in one place.  Encoded images (the ``bytes`` of
@@ -207,7 +208,7 @@ def exists(root: str, rel: str) -> bool:
 
 def parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
     """Serialise ``rows`` (already in their final order) with the :data:`WRITER` options."""
-    return table_bytes(pa.Table.from_pylist(rows, schema=schema))
+    return table_bytes(pyarrays.table(rows, schema))
 
 
 def table_bytes(table: pa.Table) -> bytes:
@@ -269,7 +270,7 @@ def _write_table_local(final: str, rel: str, table: pa.Table) -> FileReceipt:
 
 
 def write_parquet(root: str, rel: str, rows: list[dict], schema: pa.Schema) -> FileReceipt:
-    return write_table(root, rel, pa.Table.from_pylist(rows, schema=schema))
+    return write_table(root, rel, pyarrays.table(rows, schema))
 
 
 def write_table(root: str, rel: str, table: pa.Table) -> FileReceipt:

@@ -41,6 +41,7 @@ from pipeline.qa.generators import GENERATORS
 from pipeline.qa.pools import load_pools
 from pipeline.qa.questions import questions_for
 from pipeline.qa.templates import load_families
+from pipeline.schema import pyarrays
 from pipeline.schema.layout import STATE_DIR
 from pipeline.schema.records import CaseResult
 
@@ -205,7 +206,7 @@ class BaseKind:
         return keys.digest(repr(settings))
 
     def table(self, config: str, rows: list[dict]) -> pa.Table:
-        return pa.Table.from_pylist(rows, schema=self.schemas[config])
+        return pyarrays.table(rows, self.schemas[config])
 
     def candidates(self, records: list[dict], ctx) -> list[tuple]:
         return []

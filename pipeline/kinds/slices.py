@@ -22,6 +22,7 @@ from pipeline.inputs.discovery import CaseSource
 from pipeline.inputs.tree import InputTree
 from pipeline.kinds.base import VolumeKind
 from pipeline.qa.audit import merge, partial_counts, partial_counts_columns
+from pipeline.schema import pyarrays
 from pipeline.schema.arrow import IMAGES_SCHEMA, OOD_SCHEMA, QA_SCHEMA, STRUCTURES_SCHEMA
 from pipeline.schema.records import CaseResult
 
@@ -90,7 +91,7 @@ class SlicesKind(VolumeKind):
         counts = {f: {"tasks": dict(Counter(r["task"] for r in fr)), "audit": partial_counts("qa", fr)}
                   for f, fr in by_family.items()}
         table, stored = qa_blocks.merged(
-            pa.Table.from_pylist(rows, schema=QA_SCHEMA), blocks,
+            pyarrays.table(rows, QA_SCHEMA), blocks,
             None if len(made) == len(records) else [r["image_id"] for r, _ in made], "image_id",
             lambda b: {"tasks": dict(Counter(b["task"].to_pylist())),
                        "audit": partial_counts_columns("qa", b)})

@@ -36,6 +36,7 @@ from pipeline.inputs.sample_ctrate import write_ctrate_sample
 from pipeline.inputs.tree import InputTree
 from pipeline.kinds.base import Planned, VolumeKind, phantom_input
 from pipeline.qa.audit import merge, partial_counts
+from pipeline.schema import pyarrays
 from pipeline.schema.arrow import OOD3D_SCHEMA, QA3D_SCHEMA, VOLUMES_SCHEMA
 from pipeline.schema.records import CaseResult
 
@@ -187,7 +188,7 @@ class VolumesKind(VolumeKind):
             by_family[row["family"]].append(row)
         counts = {f: family_counts(fr) for f, fr in by_family.items()}
         table, stored = qa_blocks.merged(
-            pa.Table.from_pylist(rows, schema=QA3D_SCHEMA), blocks,
+            pyarrays.table(rows, QA3D_SCHEMA), blocks,
             None if len(made) == len(records) else [r["volume_id"] for r, _ in made], "volume_id",
             lambda b: family_counts(b.select(
                 ["split", "task", "question_type", "question", "options", "answer",

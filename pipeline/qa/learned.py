@@ -55,6 +55,7 @@ import pyarrow.parquet as pq
 from pipeline.core import keys
 from pipeline.qa import learned_fit, logistic, text_features
 from pipeline.qa.learned_fit import TOP_ANSWERS, C, _letter, fit_group
+from pipeline.schema import pyarrays
 
 TRAIN_CAP = 30_000
 EVAL_CAP = 20_000
@@ -231,7 +232,7 @@ def sample_keys(table, config: str, kept: dict | None = None, sizes: Counter | N
     codes, names = [], []
     for c in ("split", "task", "question_type"):
         enc = pc.dictionary_encode(table[c]).combine_chunks()
-        codes.append(enc.indices.to_numpy(zero_copy_only=False))
+        codes.append(pyarrays.to_numpy(enc.indices))
         names.append(enc.dictionary.to_pylist())
     shape = tuple(len(n) for n in names)
     flat = np.ravel_multi_index(tuple(codes), shape) if all(shape) else np.zeros(table.num_rows, int)
@@ -272,7 +273,7 @@ def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Map
     for config, rel in shards:
         t = read(rel, COLUMNS)
         if None not in ids.get(config, ()):  # the sampled rows only, before Python objects
-            t = t.filter(pc.is_in(t["qa_id"], value_set=pa.array(list(ids.get(config, ())), pa.string())))
+            t = t.filter(pc.is_in(t["qa_id"], value_set=pyarrays.array(list(ids.get(config, ())), pa.string())))
         rows += [r for r in rows_from_table(config, t) if r["qa_id"] in ids[config]]
     result = learned_baseline(rows, rows, learn_from, cache=cache, store=store, pool=pool,
                               pool_jobs=pool_jobs)

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from pipeline.io.corpus import Corpus, present_columns
 from pipeline.report.contents import QTYPE_ORDER, image_config
+from pipeline.schema import pyarrays
 
 GALLERY_SIZE = 24  # questions shown in the gallery (2D corpora)
 GALLERY_VOLUMES = 4  # volumes shown in the gallery (3D corpora)
@@ -69,7 +70,7 @@ class GalleryPool:
 
     def collect(self, pf: pq.ParquetFile, t: pa.Table) -> None:
         """Add the questions of one shard (``t`` holds its id column) about pool images."""
-        mask = pc.is_in(t.column(self.id_col), value_set=pa.array(sorted(self.where), pa.string()))
+        mask = pc.is_in(t.column(self.id_col), value_set=pyarrays.array(sorted(self.where), pa.string()))
         if not pc.any(mask).as_py():
             return
         rest = [c for c in present_columns(pf, QUESTION_COLUMNS) if c not in t.column_names]
@@ -206,7 +207,7 @@ def attach_rows(items: list[GalleryItem], pool: GalleryPool) -> None:
     for rel in sorted(by_shard):
         head = pool.heads[rel]
         head = head.select([c for c in pool.columns if c in head.column_names])
-        mask = pc.is_in(head.column(pool.id_col), value_set=pa.array(sorted(by_shard[rel]), pa.string()))
+        mask = pc.is_in(head.column(pool.id_col), value_set=pyarrays.array(sorted(by_shard[rel]), pa.string()))
         for r in head.filter(mask).to_pylist():
             rows[r[pool.id_col]] = r
     for item in items:

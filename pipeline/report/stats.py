@@ -23,6 +23,7 @@ from PIL import Image
 from pipeline.core.imaging import png_size
 from pipeline.io.corpus import Corpus, present_columns
 from pipeline.report.gallery import GalleryPool
+from pipeline.schema import pyarrays
 
 MAX_DISTINCT = 50_000  # answers tracked per group before the tail is pruned
 SIZE_SAMPLE = 1000  # PNG headers read per split for image sizes when not stored as columns
@@ -60,7 +61,7 @@ def group_counts(table: pa.Table, keys: list[str]) -> Counter:
     for k in keys:
         encoded = pc.dictionary_encode(table.column(k).combine_chunks(), null_encoding="encode")
         values.append(encoded.dictionary.to_pylist())
-        codes.append(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64))
+        codes.append(pyarrays.to_numpy(encoded.indices).astype(np.int64))
     if math.prod(max(1, len(v)) for v in values) < 2 ** 62:  # one mixed-radix code per row
         code = np.zeros(table.num_rows, np.int64)
         for v, c in zip(values, codes):
@@ -163,10 +164,11 @@ def scan_images(corpus: Corpus, stats: Stats) -> None:
         boxes = t.column("boxes").combine_chunks()
         flat = pc.list_flatten(boxes)
         stats.box_labels.update(_value_counts(pc.struct_field(flat, "label")))
-        area = pc.struct_field(flat, "area_px").to_numpy(zero_copy_only=False).astype(np.float64)
-        lengths = pc.fill_null(pc.list_value_length(boxes), 0).to_numpy(zero_copy_only=False)
-        pixels = (t.column("width").to_numpy().astype(np.float64)
-                  * t.column("height").to_numpy().astype(np.float64))
+        area = pyarrays.to_numpy(pc.struct_field(flat, "area_px")).astype(np.float64)
+        lengths = pc.list_value_length(boxes)
+        lengths = pyarrays.to_numpy(pc.fill_null(lengths, pyarrays.scalar(0, lengths.type)))
+        pixels = (pyarrays.to_numpy(t.column("width")).astype(np.float64)
+                  * pyarrays.to_numpy(t.column("height")).astype(np.float64))
         frac = 100.0 * area / np.maximum(np.repeat(pixels, lengths), 1.0)
         stats.area_px = _add_hist(stats.area_px, area, AREA_PX_EDGES)
         stats.area_frac = _add_hist(stats.area_frac, frac, AREA_FRAC_EDGES)
