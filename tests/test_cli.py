@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
+import sys
 
 import numpy as np
 import pytest
 
+from pipeline import cli
 from pipeline.cli import main
 from pipeline.engine.extract import SliceSettings, extract_case, load_case
 from pipeline.inputs.discovery import discover_cases
@@ -87,3 +90,21 @@ def test_lint_fails_when_a_builtin_layout_class_is_missing_from_the_pools(tmp_pa
     assert ("distractor_pools/totalsegmentator_classes.yaml (CT, the TotalSegmentator layouts): "
             "1 class name(s) the pools lack: costal_cartilages") in out
     assert "1 problem(s)" in out
+
+
+def test_the_command_pauses_the_collector_for_its_imports_only(monkeypatch, capsys):
+    """The radvqa command (no argv given) imports with the cyclic collector paused, then
+    sets what the imports made aside and collects again; a caller in Python is left alone."""
+    seen = []
+    collect = cli._collect_from_here
+    monkeypatch.setattr(cli, "_collect_from_here", lambda: (seen.append(gc.isenabled()), collect()))
+    monkeypatch.setattr(sys, "argv", ["radvqa", "lint", "--recipe", "sample"])
+    try:
+        assert main() == 0
+        assert seen[0] is False and gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.enable()
+        gc.unfreeze()
+    seen.clear()
+    assert main(["lint", "--recipe", "sample"]) == 0
+    assert seen and all(seen) and gc.isenabled()
