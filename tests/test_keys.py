@@ -108,3 +108,14 @@ def test_source_digest_follows_each_files_name_and_bytes_the_versions_and_extra(
     assert keys.source_digest([a], dists=("no-such-dist",)) != keys.source_digest([a])
     b.write_text("y = 3\n")
     assert base != keys.source_digest([a, b], root=tmp_path, dists=("numpy",))
+
+
+def test_installed_version_is_importlib_metadatas():
+    from importlib import metadata
+
+    for dist in ("numpy", "pyarrow", "jinja2", "no-such-distribution-radvqa"):
+        try:
+            expected = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            expected = "missing"
+        assert keys.installed_version(dist) == expected

@@ -18,6 +18,7 @@ Contract (changing anything here changes every corpus ever built):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -63,11 +64,28 @@ def source_digest(paths: Iterable, *, root=None, dists: Iterable[str] = (),
         path = Path(path)
         parts += [path.relative_to(root).as_posix() if root else path.name, path.read_bytes()]
     for dist in dists:
-        try:
-            parts.append(f"{dist}={metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            parts.append(f"{dist}=missing")
+        parts.append(f"{dist}={installed_version(dist)}")
     return digest(*parts, *extra)
+
+
+@functools.cache
+def installed_version(dist: str) -> str:
+    """``importlib.metadata.version(dist)``, ``"missing"`` when it is not installed; read from
+    the metadata file's header lines alone.  ``version()`` parses the whole file with the email
+    parser (numpy's holds its licences): 0.5 ms a look-up, and a regenerate of the sample made
+    16 of them for 9 distributions (measured)."""
+    try:
+        found = metadata.distribution(dist)
+    except metadata.PackageNotFoundError:
+        return "missing"
+    text = found.read_text("METADATA") or found.read_text("PKG-INFO") or ""
+    for line in text.splitlines():
+        if not line.strip():  # the end of the headers
+            break
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == "version":
+            return value.strip()
+    return found.version
 
 
 def add_part(h, part: object) -> None:

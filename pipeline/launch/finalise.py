@@ -22,7 +22,6 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from importlib.metadata import PackageNotFoundError, version
 
 from pipeline import __version__
 from pipeline.config.recipes import Recipe, pool_paths, template_paths
@@ -299,8 +298,5 @@ def versions() -> dict:
     """Versions of radvqa, its schema and QA stage, and the libraries that shape the bytes."""
     out = {"radvqa": __version__, "schema": SCHEMA_VERSION, "qa": QA_VERSION}
     for dist in ("apache-beam", "numpy", "pyarrow", "pydicom", "SimpleITK", "jinja2", "zlib-ng"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "missing"
+        out[dist] = keys.installed_version(dist)
     return out

@@ -16,10 +16,10 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
+from pipeline.core.keys import installed_version
 from pipeline.report.stats import AnswerStats, top_items
 
 # Part of every chart's cache key: bump it with any change to the drawing code
@@ -68,13 +68,7 @@ class Chart:
 @functools.lru_cache(maxsize=1)
 def library_versions() -> dict[str, str]:
     """Installed versions of the libraries that draw and encode charts (no import needed)."""
-    out = {}
-    for dist in CHART_LIBRARIES:
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "missing"
-    return out
+    return {dist: installed_version(dist) for dist in CHART_LIBRARIES}
 
 
 def clip_text(text, n: int) -> str:
