@@ -56,7 +56,10 @@ class Scales:
         self.scale = {}
         for k in sorted(values):
             arr = np.sort(np.asarray(values[k], dtype=np.float64))
-            self.edges[k] = np.unique(np.quantile(arr, np.linspace(0, 1, BINS + 1)[1:-1]))
+            # return_index: np.unique's sorting path, the same values; its hashing path first
+            # imports numpy.ma (7 ms of CPU, a regenerate's only use of it) to ask is_masked
+            self.edges[k] = np.unique(np.quantile(arr, np.linspace(0, 1, BINS + 1)[1:-1]),
+                                      return_index=True)[0]
             self.scale[k] = float(np.max(np.abs(arr))) or 1.0
         self._seen: dict[str, dict[str, float]] = {}
 

@@ -7,14 +7,11 @@ stored image it refers to (``image_boxed_easy`` or ``image_boxed``,
 
 from __future__ import annotations
 
-import io
-
-from PIL import Image
-
 from pipeline.report.gallery import GalleryItem, GalleryPool, attach_rows, select_2d, select_volumes
 from pipeline.report.html import esc, img_tag
 from pipeline.report.views import (
     ANSWER_BOX_COLOUR,
+    LazyImage,
     boxed_view,
     hex_colour,
     label_colours,
@@ -67,29 +64,28 @@ def gallery_2d(items: list[GalleryItem], kind: str, log=print, cache=None) -> li
     for it in items:
         if it.row is None or not (it.row.get("image") or {}).get("bytes"):
             continue
-        try:
-            with Image.open(io.BytesIO(it.row["image"]["bytes"])) as im:
-                im.load()
-                src = im.copy()
-        except Exception:  # a corrupt stored image: the build's checks should have caught it
-            log(f"  gallery: image {it.image_id} could not be decoded; skipped")
-            continue
         boxes = [(b["label"], (b["x_min"], b["y_min"], b["x_max"], b["y_max"]))
                  for b in (it.row.get("boxes") or [])]
         data = it.row["image"]["bytes"]
-        shown, scale = boxed_view(src, data, boxes, colours, cache)
-        views = [img_tag(shown, f"image {it.image_id} with its boxes", cls="view boxes")]
-        for q in it.questions:
-            prompt = _prompt_view(it, q, log, cache)
-            if prompt:
-                views.append(prompt)
-            if q.get("answer_box"):
-                ab, _ = boxed_view(src, data, [("answer", tuple(q["answer_box"]))],
-                                   {"answer": ANSWER_BOX_COLOUR}, cache)
-                views.append(img_tag(ab, f"answer box of question {q['qa_id']}", cls="view answer-box",
-                                     attrs=f' data-qa-id="{esc(q["qa_id"])}" '
-                                           f'data-box="{",".join(str(int(v)) for v in q["answer_box"])}" '
-                                           f'data-colour="{hex_colour(ANSWER_BOX_COLOUR)}"'))
+        try:  # decoded only for a view not in the cache (pipeline.report.views)
+            src = LazyImage.stored(data)
+            shown, scale = boxed_view(src, data, boxes, colours, cache)
+            views = [img_tag(shown, f"image {it.image_id} with its boxes", cls="view boxes")]
+            for q in it.questions:
+                prompt = _prompt_view(it, q, log, cache)
+                if prompt:
+                    views.append(prompt)
+                if q.get("answer_box"):
+                    ab, _ = boxed_view(src, data, [("answer", tuple(q["answer_box"]))],
+                                       {"answer": ANSWER_BOX_COLOUR}, cache)
+                    views.append(img_tag(ab, f"answer box of question {q['qa_id']}",
+                                         cls="view answer-box",
+                                         attrs=f' data-qa-id="{esc(q["qa_id"])}" '
+                                               f'data-box="{",".join(str(int(v)) for v in q["answer_box"])}" '
+                                               f'data-colour="{hex_colour(ANSWER_BOX_COLOUR)}"'))
+        except Exception:  # a corrupt stored image: the build's checks should have caught it
+            log(f"  gallery: image {it.image_id} could not be decoded; skipped")
+            continue
         row = it.row
         if kind == "slices":
             tag = (f"{row.get('modality')} · {row.get('plane')} · slice {row.get('slice_index')} · "
@@ -120,15 +116,12 @@ def _prompt_view(it: GalleryItem, q: dict, log, cache) -> str | None:
     if column is None:
         return None
     data = (it.row.get(column) or {}).get("bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            src = im.copy()
+    try:  # decoded only when its view is not in the cache (pipeline.report.views)
+        png, _ = boxed_view(LazyImage.stored(data), data, [], {}, cache)
     except Exception:  # absent or corrupt: the build's checks should have caught it
         log(f"  gallery: image {it.image_id}: {column} of question {q['qa_id']} could not be decoded; "
             "its view skipped")
         return None
-    png, _ = boxed_view(src, data, [], {}, cache)
     return img_tag(png, f"{column} of question {q['qa_id']} (its visual prompt)", cls="view prompt",
                    attrs=f' data-qa-id="{esc(q["qa_id"])}" data-column="{column}" '
                          f'data-label="{esc(it.row.get("prompt_label"))}"')
@@ -151,7 +144,7 @@ def gallery_volumes(items: list[GalleryItem], cache=None) -> list[str]:
             continue
         plane, k, hits = slices[it.image_id]
         boxes = [(label, (b[2], b[1], b[5], b[4])) for label, b in hits]  # x = i, y = j
-        shown, scale = boxed_view(Image.fromarray(plane, "L"),
+        shown, scale = boxed_view(LazyImage.pixels(plane),
                                   repr(plane.shape).encode() + plane.tobytes(), boxes, colours, cache)
         row = it.row
         tag = (f"{row.get('modality')} · volume {' × '.join(str(s) for s in row.get('shape') or [])} "

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image
 
 from pipeline.core.imaging import png_size
 from pipeline.io.corpus import Corpus, present_columns
@@ -181,6 +180,10 @@ def image_size(data: bytes) -> tuple[int, int] | None:
         return png_size(data)
     except Exception:  # not a PNG, or a truncated header: Pillow may still read it
         pass
+    # Pillow for what is not a PNG only: its import with its decoders is 15 ms of a
+    # regenerate's CPU (pipeline.report.views)
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data)) as img:
             return img.size
