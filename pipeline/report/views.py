@@ -85,7 +85,8 @@ class LazyImage:
         try:
             size = png_size(data)
         except ValueError:  # not a PNG: Pillow reads the header (of what it can decode)
-            size = _open(data).size
+            with _open(data) as im:
+                size = im.size
         return cls(size, lambda: _decoded(data))
 
     @classmethod
