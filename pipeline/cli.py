@@ -21,6 +21,14 @@ from pipeline.errors import BuildFailed, ConfigError
 #: The verbs whose arguments never touch the export parser's choices and help.
 _NOT_EXPORT = ("build", "regenerate", "sample", "lint", "report")
 
+#: Set for the radvqa command (and so its Beam workers) before numpy is imported, unless the
+#: user set it: numpy's OpenBLAS starts a thread per core at import, and they spin while idle —
+#: `import numpy` took 0.20 s of CPU against 0.085 s with one thread (measured on a 2-core
+#: VM), 0.13 s of a 0.6 s text-only regenerate of the sample.  Nothing here gives BLAS more
+#: than a few columns (3x3 geometry; pipeline.qa.logistic avoids BLAS by design), so no
+#: work is lost, and no result changes (same bytes, tested by the sample builds).
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "1")
+
 
 def _parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The verbs' parser; for ``verb`` one of :data:`_NOT_EXPORT`, without the export
@@ -74,7 +82,8 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the radvqa command itself: see _collect_from_here
+    if argv is None:  # the radvqa command itself: see _collect_from_here and BLAS_THREADS
+        os.environ.setdefault(*BLAS_THREADS)
         gc.disable()
     words = sys.argv[1:] if argv is None else argv
     parser = _parser(words[0] if words else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 import sys
 
@@ -94,14 +95,18 @@ def test_lint_fails_when_a_builtin_layout_class_is_missing_from_the_pools(tmp_pa
 
 def test_the_command_pauses_the_collector_for_its_imports_only(monkeypatch, capsys):
     """The radvqa command (no argv given) imports with the cyclic collector paused, then
-    sets what the imports made aside and collects again; a caller in Python is left alone."""
+    sets what the imports made aside and collects again, and asks for one BLAS thread (a
+    user's setting kept); a caller in Python is left alone."""
     seen = []
     collect = cli._collect_from_here
     monkeypatch.setattr(cli, "_collect_from_here", lambda: (seen.append(gc.isenabled()), collect()))
     monkeypatch.setattr(sys, "argv", ["radvqa", "lint", "--recipe", "sample"])
+    environ = {k: v for k, v in os.environ.items() if k != cli.BLAS_THREADS[0]}
+    monkeypatch.setattr(os, "environ", environ)  # what the command sets, for its workers too
     try:
         assert main() == 0
         assert seen[0] is False and gc.isenabled() and gc.get_freeze_count() > 0
+        assert environ[cli.BLAS_THREADS[0]] == "1"
     finally:
         gc.enable()
         gc.unfreeze()
