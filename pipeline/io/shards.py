@@ -230,42 +230,40 @@ def _table_buffer(table: pa.Table) -> pa.Buffer:
     return sink.getvalue()
 
 
-class _HashingFile:
-    """A local file that hashes (SHA-256) and counts what is written to it: the Parquet
-    writer's pages go straight to the file, never gathered into one buffer of the whole
-    shard (a 224 px unit's ~470 MB, grown by doubling, then copied to the file)."""
+#: The read-back buffer of :func:`_file_sha256` (a shard is hashed in pieces of this size).
+_HASH_CHUNK = 8 << 20
 
-    closed = False
 
-    def __init__(self, f):
-        self._f, self.sha256, self.bytes = f, hashlib.sha256(), 0
-
-    def write(self, data) -> int:
-        self.sha256.update(data)
-        self.bytes += len(data)
-        return self._f.write(data)
-
-    def flush(self) -> None:
-        self._f.flush()
+def _file_sha256(path: str) -> str:
+    """SHA-256 of a local file, read in :data:`_HASH_CHUNK` pieces into one reused buffer."""
+    h, buf = hashlib.sha256(), bytearray(_HASH_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(view):
+            h.update(view[:n])
+    return h.hexdigest()
 
 
 def _write_table_local(final: str, rel: str, table: pa.Table) -> FileReceipt:
-    """:func:`write_table` for a local ``final`` path: the same bytes, streamed (see
-    :class:`_HashingFile`) to a temporary name, then renamed."""
+    """:func:`write_table` for a local ``final`` path: the same bytes, written by Arrow's own
+    file (its pages go straight to the file, never gathered into one buffer of the whole
+    shard, a 224 px unit's ~470 MB) to a temporary name, hashed by reading the file back
+    (just written: from the page cache), then renamed.  Measured on a 10K-image 224 px
+    unit: a Python sink that hashed each page as it went costs ~2x the CPU — Arrow hands
+    it every page as a new ``bytes`` object, one page fault per 4 KB written."""
     tmp = f"{final}{TMP_MARK}{uuid.uuid4().hex}"
     os.makedirs(os.path.dirname(final), exist_ok=True)
     try:
-        with open(tmp, "wb", buffering=0) as f:
-            sink = _HashingFile(f)
-            with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), table.schema,
-                                  **write_options(table.schema)) as writer:
-                writer.write_table(table, row_group_size=_row_group(table))
+        with pa.OSFile(tmp, "wb") as sink, pq.ParquetWriter(
+                sink, table.schema, **write_options(table.schema)) as writer:
+            writer.write_table(table, row_group_size=_row_group(table))
+        sha256, size = _file_sha256(tmp), os.path.getsize(tmp)
         os.replace(tmp, final)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    return FileReceipt(rel, sink.sha256.hexdigest(), sink.bytes, table.num_rows)
+    return FileReceipt(rel, sha256, size, table.num_rows)
 
 
 def write_parquet(root: str, rel: str, rows: list[dict], schema: pa.Schema) -> FileReceipt:
