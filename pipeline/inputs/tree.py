@@ -19,7 +19,6 @@ import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 
-
 #: Files :meth:`InputTree.opened_ahead` keeps open ahead of the one being read.  Measured on
 #: a 30K-image 224 px tree out of the page cache, read one file after another: 0.27 ms of
 #: waiting per image (vs 0.07 ms of CPU), more than a third of a unit's time.
