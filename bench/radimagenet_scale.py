@@ -210,6 +210,9 @@ def measure_build(tree_dir: Path, work: Path, deadline: float | None) -> dict:
 
     output = work / "corpus"
     shutil.rmtree(output, ignore_errors=True)
+    # the log of an earlier build in ``work`` (the second point's build follows the first):
+    # its lines would be taken for this build's (planning timed from its "units:" line)
+    (work / "build.log").unlink(missing_ok=True)
     child = multiprocessing.get_context("spawn").Process(
         target=this.build_child, args=(str(tree_dir), str(output), str(work)))
     t0 = time.perf_counter()
