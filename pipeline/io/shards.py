@@ -6,16 +6,17 @@ so a retried or killed worker never leaves a partial file under a final name;
 ``gs://``, ``s3://`` and ``hdfs://`` outputs work wherever Beam's filesystems
 do.  The Parquet writer's options (codec per column, dictionary use, statistics,
 row-group size, format and page versions) are declared once, in :data:`WRITER`; rows
-are given sorted by key, and the bytes are hashed as they are written (a local shard is
-streamed to its file page by page; a remote one is built in memory, then uploaded): the
-same rows give the same file, byte for byte.  :func:`writer_digest` enters every case fingerprint
+are given sorted by key, and the bytes are hashed (a small local shard is written to its
+file page by page by Arrow, then read back from the page cache and hashed; a large one,
+an image shard, built in a reused buffer, hashed there and written around the page cache,
+:data:`DIRECT_MIN_BYTES`; a remote one built in memory, then uploaded): the same rows
+give the same file, byte for byte.  :func:`writer_digest` enters every case fingerprint
 (``pipeline.launch.build``), so a build with other writer options
 rewrites every shard instead of keeping old-format shards beside new ones.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -27,6 +28,11 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+try:  # POSIX: the O_DIRECT writer clears O_DIRECT for a shard's last partial block
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: shards go through the page cache
+    fcntl = None
 
 from pipeline.schema.records import FileReceipt
 
@@ -289,7 +295,7 @@ def _write_table_direct(final: str, rel: str, table: pa.Table) -> FileReceipt | 
     without), then renamed.  ``None`` when this cannot be done here (no ``O_DIRECT``, a
     file system that refuses it, a table that outgrew its buffer): the caller writes the
     shard through the page cache instead."""
-    if not hasattr(os, "O_DIRECT"):
+    if fcntl is None or not hasattr(os, "O_DIRECT"):
         return None
     need = int(table.nbytes * 1.1) + (16 << 20)
     if _DIRECT["buffer"] is None or len(_DIRECT["buffer"]) < need:
