@@ -185,21 +185,46 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def tree_ticks(pid: int) -> dict[int, int]:
+    """User + system CPU clock ticks of ``pid`` and each of its descendants, by pid
+    (``/proc/<pid>/stat``; children already reaped are not in the tree)."""
+    out, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children(p))
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[p] = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
 class PeakRSS:
     """Peak of :func:`tree_rss` of one process tree, sampled every ``every`` seconds
-    on a background thread while the ``with`` block runs."""
+    on a background thread while the ``with`` block runs; and :attr:`cpu_seconds`, the
+    CPU seconds of every process seen in the tree (each one's last sample: the Beam
+    workers included, which ``getrusage`` of the launcher does not count, since they
+    are the forkserver's children; a process's last ``every`` seconds may be missed)."""
 
     def __init__(self, pid: int | None = None, every: float = 0.05):
         self.pid = pid or os.getpid()
         self.peak = 0
         self.samples = 0
+        self._ticks: dict[int, int] = {}
         self._every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self._ticks.values()) / os.sysconf("SC_CLK_TCK")
+
     def _run(self) -> None:
         while True:
             self.peak = max(self.peak, tree_rss(self.pid))
+            self._ticks.update(tree_ticks(self.pid))
             self.samples += 1
             if self._stop.wait(self._every):
                 return

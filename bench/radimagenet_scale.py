@@ -10,8 +10,10 @@
   (so that its memory is its own, and so that it can be stopped): wall time of the call
   (launcher, pipeline, benchmark, finalisation, report), QA rows/s, output size, and the
   peak summed RSS of the child and its Beam workers, sampled every 50 ms, and the CPU
-  seconds of the child and its reaped workers (``getrusage``: comparable on a shared
-  machine, where wall time is not).  The wall time
+  seconds of the child and its reaped children (``getrusage``: the launcher's, since the
+  warm workers are the forkserver's children) and of the whole process tree, workers
+  included (``tree_cpu_s``, sampled from ``/proc``: comparable on a shared machine, where
+  wall time is not).  The wall time
   is split into phases from the launcher's time-stamped log lines and the mtimes of the
   receipts it wrote.  With ``--deadline`` the build is stopped (its process tree killed)
   once that many seconds have passed, and the progress it had made is reported instead.
@@ -208,6 +210,9 @@ def measure_build(tree_dir: Path, work: Path, deadline: float | None) -> dict:
 
     output = work / "corpus"
     shutil.rmtree(output, ignore_errors=True)
+    # the log of an earlier build in ``work`` (the second point's build follows the first):
+    # its lines would be taken for this build's (planning timed from its "units:" line)
+    (work / "build.log").unlink(missing_ok=True)
     child = multiprocessing.get_context("spawn").Process(
         target=this.build_child, args=(str(tree_dir), str(output), str(work)))
     t0 = time.perf_counter()
@@ -223,12 +228,13 @@ def measure_build(tree_dir: Path, work: Path, deadline: float | None) -> dict:
     if stopped:
         return {"completed": False, "deadline_s": deadline, "progress": got,
                 "peak_rss_bytes": rss.peak, "rss_samples": rss.samples,
+                "tree_cpu_s": round(rss.cpu_seconds, 1),
                 "process_wall_s": round(wall, 1)}
     if child.exitcode != 0:
         raise RuntimeError(f"the build child exited with {child.exitcode}; see {work}/build.log")
     res = json.loads((work / "build.json").read_text())
     return res | {"peak_rss_bytes": rss.peak, "rss_samples": rss.samples,
-                  "process_wall_s": round(wall, 1)}
+                  "tree_cpu_s": round(rss.cpu_seconds, 1), "process_wall_s": round(wall, 1)}
 
 
 def measure_loop(tree_dir: Path, output: Path) -> dict:
@@ -323,7 +329,7 @@ def summary(res: dict) -> str:
                  f"(+ benchmark {b['benchmark']})",
                  f"  build, 2 warm workers:  {b['seconds']:.1f} s {b['phases']}, "
                  f"{res['build_images_per_s']:,} images/s, {res['build_qa_rows_per_s']:,} QA rows/s, "
-                 f"CPU {b['cpu_s']:.0f} s, output {b['output_bytes'] / 1e9:.2f} GB",
+                 f"CPU {b['cpu_s']:.0f} s launcher, {b.get('tree_cpu_s', 0):.0f} s with the workers, output {b['output_bytes'] / 1e9:.2f} GB",
                  f"  build / loop:      {res['ratio_to_plain_loop']:.2f}x"]
     else:
         built = [f"RadImageNet-VQA scale: {res['images_requested']:,} images",

@@ -375,7 +375,8 @@ def radimagenet_rows(res: dict) -> list[dict]:
                  "-" if "scaled" in res else "< 300 s", f"{b['seconds']:.0f} s",
                  None if "scaled" in res else b["seconds"] < 300,
                  note=f"{_n(res.get('build_images_per_s'))} images/s, "
-                      f"{res['build_qa_rows_per_s']:,} QA rows/s, CPU {b.get('cpu_s', '-')} s; "
+                      f"{res['build_qa_rows_per_s']:,} QA rows/s, CPU {b.get('cpu_s', '-')} s launcher, "
+                      f"{b.get('tree_cpu_s', '-')} s with the workers; "
                       + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in b["phases"].items())),
         ]
         if "scaled" in res:

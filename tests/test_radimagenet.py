@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -452,17 +453,28 @@ def test_benchmark_options_are_fair(built):
     assert max(positions.values()) - min(positions.values()) <= 1
 
 
-def test_a_local_shard_is_streamed_to_the_same_bytes_as_the_buffered_writer(tmp_path, monkeypatch):
-    """``shards.write_table`` streams a local shard to its file, hashing as it writes: the
-    same bytes as the in-memory writer (used for remote outputs), a receipt that matches
-    them, no temporary file left; a failed write leaves no file at all."""
+@pytest.mark.parametrize("direct", [False, True], ids=["page-cache", "o-direct"])
+def test_a_local_shard_is_streamed_to_the_same_bytes_as_the_buffered_writer(tmp_path, monkeypatch,
+                                                                             direct):
+    """``shards.write_table`` writes a local shard to its file (a large one from a reused
+    buffer with ``O_DIRECT``, the last partial block without): the same bytes as the
+    in-memory writer (used for remote outputs), a receipt that matches them, no temporary
+    file left; a failed write leaves no file at all."""
+    if direct:
+        try:
+            os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+            os.remove(tmp_path / "probe")
+        except (AttributeError, OSError):
+            pytest.skip("no O_DIRECT here")
+        monkeypatch.setattr(shards, "DIRECT_MIN_BYTES", 0)
+        monkeypatch.setattr(shards, "_write_table_local", None)  # not taken (calling it fails)
     ids = [f"{n:04d}" for n in range(50)]
     table = pa.Table.from_arrays(
-        [pa.array(ids), image_array([PNG + bytes([n]) for n in range(50)], [f"{k}.png" for k in ids]),
+        [pa.array(ids), image_array([PNG * 300 + bytes([n]) for n in range(50)], [f"{k}.png" for k in ids]),
          *(pa.array(["x"] * 50) for _ in range(4))], schema=TREE_PAYLOAD_SCHEMA)
     receipt = shards.write_table(str(tmp_path), "alignment/train-00000-of-00001.parquet", table)
     data = (tmp_path / "alignment" / "train-00000-of-00001.parquet").read_bytes()
-    assert data == shards.table_bytes(table)
+    assert data == shards.table_bytes(table) and len(data) % 4096  # a partial last block
     assert (receipt.sha256, receipt.bytes, receipt.rows) == (hashlib.sha256(data).hexdigest(),
                                                              len(data), 50)
     assert [p.name for p in (tmp_path / "alignment").iterdir()] == ["train-00000-of-00001.parquet"]
@@ -470,6 +482,7 @@ def test_a_local_shard_is_streamed_to_the_same_bytes_as_the_buffered_writer(tmp_
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
+    monkeypatch.undo()  # (the direct writer falls back to the page cache on an error)
     monkeypatch.setattr(shards.pq.ParquetWriter, "write_table", broken)
     with pytest.raises(OSError):
         shards.write_table(str(tmp_path), "instruct/train-00000-of-00001.parquet", table)
@@ -529,3 +542,25 @@ def test_audit_counts_of_a_table_count_equal_rows_once_with_their_number():
                 ("anatomy", "multiple_choice", "Which organ? long enough to be hashed", ["bb", "a", "c"], "A")]]
     table = pa.Table.from_pylist(rows)
     assert partial_counts_columns("instruct", table) == partial_counts("instruct", rows)
+
+
+def test_files_opened_ahead_come_in_order_and_are_closed_when_the_reader_stops(tmp_path):
+    from pipeline.inputs.tree import InputTree
+
+    for n in range(6):
+        (tmp_path / f"{n}.png").write_bytes(bytes([n]) * (n + 1))
+    rels = [f"{n}.png" for n in range(6)] + ["missing.png"]
+    got = InputTree(str(tmp_path)).opened_ahead(rels, ahead=2)
+    files = list(got)
+    assert [f and f.read() for f in files] == [bytes([n]) * (n + 1) for n in range(6)] + [None]
+    for f in files[:-1]:
+        f.close()
+    opened = []
+    tree = InputTree(str(tmp_path))
+    real = tree._open_ahead
+    tree._open_ahead = lambda rel: opened.append(real(rel)) or opened[-1]
+    stopped = tree.opened_ahead(rels, ahead=3)
+    next(stopped).close()
+    assert len(opened) == 4  # three ahead of the one handed out
+    stopped.close()  # the three opened ahead of it are closed
+    assert all(f.closed for f in opened)

@@ -16,7 +16,14 @@ import os
 import shutil
 import stat as stat_module
 import tempfile
+from collections import deque
 from collections.abc import Iterable, Iterator
+
+#: Files :meth:`InputTree.opened_ahead` keeps open ahead of the one being read.  Measured on
+#: a 30K-image 224 px tree out of the page cache, read one file after another: 0.27 ms of
+#: waiting per image (vs 0.07 ms of CPU), more than a third of a unit's time.
+READ_AHEAD = 64
+_FADVISE = hasattr(os, "posix_fadvise")
 
 
 def is_remote(path: str) -> bool:
@@ -171,6 +178,39 @@ class InputTree:
                 return f.read()
         with open(self.path(rel), "rb") as f:
             return f.read()
+
+    def opened_ahead(self, rels: Iterable[str], ahead: int = READ_AHEAD) -> Iterator:
+        """Each local file of ``rels`` opened (unbuffered binary; ``None`` when it cannot be
+        opened), in order; the caller reads and closes it.  The files are opened ``ahead``
+        of the one handed out and each asked of the kernel as it is opened
+        (``posix_fadvise(WILLNEED)``): on a tree that is not in the page cache (a 750K-image
+        tree is ~35 GB) the next files' reads overlap the caller's work on this one, rather
+        than each read waiting for the disk in turn.  Files still open when the caller stops
+        are closed."""
+        window: deque = deque()
+        try:
+            for rel in rels:
+                window.append(self._open_ahead(rel))
+                if len(window) > ahead:
+                    yield window.popleft()
+            while window:
+                yield window.popleft()
+        finally:
+            for f in window:
+                if f is not None:
+                    f.close()
+
+    def _open_ahead(self, rel: str):
+        try:
+            f = open(self.path(rel), "rb", buffering=0)
+        except OSError:
+            return None
+        if _FADVISE:
+            try:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass  # a hint only
+        return f
 
     @contextlib.contextmanager
     def local(self, rels: Iterable[str]) -> Iterator[str]:

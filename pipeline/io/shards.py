@@ -6,9 +6,11 @@ so a retried or killed worker never leaves a partial file under a final name;
 ``gs://``, ``s3://`` and ``hdfs://`` outputs work wherever Beam's filesystems
 do.  The Parquet writer's options (codec per column, dictionary use, statistics,
 row-group size, format and page versions) are declared once, in :data:`WRITER`; rows
-are given sorted by key, and the bytes are hashed as they are written (a local shard is
-streamed to its file page by page; a remote one is built in memory, then uploaded): the
-same rows give the same file, byte for byte.  :func:`writer_digest` enters every case fingerprint
+are given sorted by key, and the bytes are hashed (a small local shard is written to its
+file page by page by Arrow, then read back from the page cache and hashed; a large one,
+an image shard, built in a reused buffer, hashed there and written around the page cache,
+:data:`DIRECT_MIN_BYTES`; a remote one built in memory, then uploaded): the same rows
+give the same file, byte for byte.  :func:`writer_digest` enters every case fingerprint
 (``pipeline.launch.build``), so a build with other writer options
 rewrites every shard instead of keeping old-format shards beside new ones.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import mmap
 import os
 import re
 import shutil
@@ -25,6 +28,11 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+try:  # POSIX: the O_DIRECT writer clears O_DIRECT for a shard's last partial block
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: shards go through the page cache
+    fcntl = None
 
 from pipeline.schema import pyarrays
 from pipeline.schema.records import FileReceipt
@@ -231,51 +239,123 @@ def _table_buffer(table: pa.Table) -> pa.Buffer:
     return sink.getvalue()
 
 
-class _HashingFile:
-    """A local file that hashes (SHA-256) and counts what is written to it: the Parquet
-    writer's pages go straight to the file, never gathered into one buffer of the whole
-    shard (a 224 px unit's ~470 MB, grown by doubling, then copied to the file)."""
+#: The read-back buffer of :func:`_file_sha256` (a shard is hashed in pieces of this size).
+_HASH_CHUNK = 8 << 20
 
-    closed = False
 
-    def __init__(self, f):
-        self._f, self.sha256, self.bytes = f, hashlib.sha256(), 0
-
-    def write(self, data) -> int:
-        self.sha256.update(data)
-        self.bytes += len(data)
-        return self._f.write(data)
-
-    def flush(self) -> None:
-        self._f.flush()
+def _file_sha256(path: str) -> str:
+    """SHA-256 of a local file, read in :data:`_HASH_CHUNK` pieces into one reused buffer."""
+    h, buf = hashlib.sha256(), bytearray(_HASH_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(view):
+            h.update(view[:n])
+    return h.hexdigest()
 
 
 def _write_table_local(final: str, rel: str, table: pa.Table) -> FileReceipt:
-    """:func:`write_table` for a local ``final`` path: the same bytes, streamed (see
-    :class:`_HashingFile`) to a temporary name, then renamed."""
+    """:func:`write_table` for a local ``final`` path: the same bytes, written by Arrow's own
+    file (its pages go straight to the file, never gathered into one buffer of the whole
+    shard, a 224 px unit's ~470 MB) to a temporary name, hashed by reading the file back
+    (just written: from the page cache), then renamed.  Measured on a 10K-image 224 px
+    unit: a Python sink that hashed each page as it went costs ~2x the CPU — Arrow hands
+    it every page as a new ``bytes`` object, one page fault per 4 KB written."""
     tmp = f"{final}{TMP_MARK}{uuid.uuid4().hex}"
     os.makedirs(os.path.dirname(final), exist_ok=True)
     try:
-        with open(tmp, "wb", buffering=0) as f:
-            sink = _HashingFile(f)
-            with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), table.schema,
-                                  **write_options(table.schema)) as writer:
-                writer.write_table(table, row_group_size=_row_group(table))
+        with pa.OSFile(tmp, "wb") as sink, pq.ParquetWriter(
+                sink, table.schema, **write_options(table.schema)) as writer:
+            writer.write_table(table, row_group_size=_row_group(table))
+        sha256, size = _file_sha256(tmp), os.path.getsize(tmp)
         os.replace(tmp, final)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    return FileReceipt(rel, sink.sha256.hexdigest(), sink.bytes, table.num_rows)
+    return FileReceipt(rel, sha256, size, table.num_rows)
 
 
 def write_parquet(root: str, rel: str, rows: list[dict], schema: pa.Schema) -> FileReceipt:
     return write_table(root, rel, pyarrays.table(rows, schema))
 
 
+#: A local shard of at least this many bytes (an image shard: a 10K-image unit's 224 px
+#: ``alignment`` is ~470 MB) is built in one reused page-aligned buffer and written around
+#: the page cache (``O_DIRECT``); smaller ones (text, receipts) go through the page cache.
+#: Measured on this VM (2 vCPU, virtio disk), a 380 MB shard: 0.9 s of system CPU through
+#: the page cache (a fresh page per 4 KB written), 0.02 s with ``O_DIRECT``, same bytes.
+DIRECT_MIN_BYTES = 64 << 20
+_DIRECT = {"buffer": None}  # the reused buffer of this process (one shard at a time)
+_ALIGN = 4096
+
+
+def _write_table_direct(final: str, rel: str, table: pa.Table) -> FileReceipt | None:
+    """:func:`write_table` of a large local table (see :data:`DIRECT_MIN_BYTES`): the Parquet
+    bytes built in this process's buffer (grown when a table needs more, never shrunk),
+    hashed there, written to a temporary name with ``O_DIRECT`` (the last partial block
+    without), then renamed.  ``None`` when this cannot be done here (no ``O_DIRECT``, a
+    file system that refuses it, a table that outgrew its buffer): the caller writes the
+    shard through the page cache instead."""
+    if fcntl is None or not hasattr(os, "O_DIRECT"):
+        return None
+    need = int(table.nbytes * 1.1) + (16 << 20)
+    if _DIRECT["buffer"] is None or len(_DIRECT["buffer"]) < need:
+        _DIRECT["buffer"] = None
+        size = int(need * 1.25) >> 21 << 21 or 1 << 21  # headroom: units differ in size
+        _DIRECT["buffer"] = mmap.mmap(-1, size + (2 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mmap, "MADV_HUGEPAGE"):  # 2 MB pages: a page fault per 2 MB, not per 4 KB
+            _DIRECT["buffer"].madvise(mmap.MADV_HUGEPAGE)
+    buf = _DIRECT["buffer"]
+    try:
+        sink = pa.FixedSizeBufferWriter(pa.py_buffer(buf))
+        with pq.ParquetWriter(sink, table.schema, **write_options(table.schema)) as writer:
+            writer.write_table(table, row_group_size=_row_group(table))
+        size = sink.tell()
+    except (pa.ArrowException, OSError):  # outgrew the buffer (never seen): the page cache
+        return None
+    tmp = f"{final}{TMP_MARK}{uuid.uuid4().hex}"
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    with memoryview(buf) as whole:
+        data = whole[:size]
+        sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o666)
+        except OSError:  # e.g. tmpfs: no O_DIRECT
+            return None
+        try:
+            aligned, pos = size - size % _ALIGN, 0
+            while pos < aligned:
+                pos += os.write(fd, data[pos:aligned])
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            while pos < size:
+                pos += os.write(fd, data[pos:size])
+            os.close(fd)
+            fd = None
+            os.replace(tmp, final)
+        except OSError:  # O_DIRECT refused at write time: the page cache
+            if fd is not None:
+                os.close(fd)
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            return None
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        finally:
+            data.release()
+    return FileReceipt(rel, sha256, size, table.num_rows)
+
+
 def write_table(root: str, rel: str, table: pa.Table) -> FileReceipt:
     final = join(root, rel)
     if not _remote(final):
+        if table.nbytes >= DIRECT_MIN_BYTES:
+            receipt = _write_table_direct(final, rel, table)
+            if receipt is not None:
+                return receipt
         return _write_table_local(final, rel, table)
     receipt = write_bytes(root, rel, memoryview(_table_buffer(table)))
     return FileReceipt(receipt.path, receipt.sha256, receipt.bytes, table.num_rows)

@@ -213,12 +213,13 @@ class TreeKind(BaseKind):
         data: list = []
         in_place = True
         offset = 0
-        for n, (case, size) in enumerate(zip(cases, sizes)):
+        opened = root.opened_ahead(c.source for c in cases)
+        for n, (case, size, f) in enumerate(zip(cases, sizes, opened)):
             progress(n)
             here = view[offset:offset + size]
             offset += size
             try:
-                if size and _read_into(root.path(case.source), here):
+                if _read_into(f, here) and size:  # (reads and closes f, whatever its size)
                     source = stored = here
                     try:
                         check_png(source, max_pixels=max_pixels)
@@ -307,11 +308,13 @@ class TreeKind(BaseKind):
 KIND = TreeKind()
 
 
-def _read_into(path: str, out: memoryview) -> bool:
-    """Read the file at ``path`` into ``out``; whether it filled ``out`` exactly (``False``
-    for a file that cannot be opened or whose size changed)."""
+def _read_into(f, out: memoryview) -> bool:
+    """Read the opened file ``f`` into ``out`` and close it; whether it filled ``out``
+    exactly (``False`` for a file that could not be opened, ``None``, or whose size changed)."""
+    if f is None:
+        return False
     try:
-        with open(path, "rb", buffering=0) as f:
+        with f:
             return f.readinto(out) == len(out) and not f.read(1)
     except OSError:
         return False
