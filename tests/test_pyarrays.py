@@ -106,6 +106,15 @@ def test_to_numpy_reads_numbers_as_arrow_converts_them():
         np.testing.assert_array_equal(ours, theirs)
 
 
+def test_from_numpy_equals_pyarrows_conversion():
+    for a in (np.arange(5, dtype=np.int64), np.arange(6, dtype=np.uint32)[::2],
+              np.array([0.5, -1.0], np.float32), np.zeros(0, np.int64)):
+        ours = pyarrays.from_numpy(a)
+        assert ours.equals(pa.array(a)) and ours.type == pa.array(a).type
+    with pytest.raises(ValueError, match="1-D numeric"):
+        pyarrays.from_numpy(np.array(["a"]))
+
+
 def test_nothing_here_imports_pandas():
     probe = (
         "import sys, pyarrow as pa, pyarrow.compute as pc; "
@@ -113,6 +122,7 @@ def test_nothing_here_imports_pandas():
         "t = pyarrays.table([{'qa_id': 'a', 'options': ['x'], 'answer_box': [1, 2]}], QA_SCHEMA); "
         "pc.equal(t['qa_id'], pyarrays.scalar('a', pa.string())); "
         "pyarrays.to_numpy(pyarrays.array([1.0, 2.0], pa.float64())); "
+        "import numpy as np; t.take(pyarrays.from_numpy(np.zeros(1, np.int64))); "
         "print('pandas' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT,
                           env=os.environ | {"PYTHONPATH": str(ROOT)}, check=True)

@@ -48,7 +48,6 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -284,7 +283,7 @@ def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Map
     # objects; a row without a qa_id is never learned from (it has no identity to sample by)
     for (config, rel), places in zip(shards, _places(kept, len(shards))):
         if len(places):
-            t = read(rel, COLUMNS).take(pa.array(places, pa.int64()))
+            t = read(rel, COLUMNS).take(pyarrays.from_numpy(places.astype(np.int64)))
             rows += [r for r in rows_from_table(config, t) if r["qa_id"] is not None]
     result = learned_baseline(rows, rows, learn_from, cache=cache, store=store, pool=pool,
                               pool_jobs=pool_jobs)

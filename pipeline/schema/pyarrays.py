@@ -44,6 +44,15 @@ def array(values: Iterable, type: pa.DataType) -> pa.Array:
     return pa.array(values, type) if built is None else built
 
 
+def from_numpy(values: np.ndarray) -> pa.Array:
+    """``pa.array(values)`` of a 1-D numeric numpy array (which asks the probe too), sharing
+    its buffer."""
+    a = np.ascontiguousarray(values)
+    if a.ndim != 1 or a.dtype.kind not in "iuf":
+        raise ValueError(f"from_numpy: a 1-D numeric array, got {a.dtype} of shape {a.shape}")
+    return pa.Array.from_buffers(pa.from_numpy_dtype(a.dtype), len(a), [None, pa.py_buffer(a)])
+
+
 def scalar(value, type: pa.DataType) -> pa.Scalar:
     """``pa.scalar(value, type)``, e.g. for a compute function's operand (given a plain
     Python value, it converts it with the probe)."""
