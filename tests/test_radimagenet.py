@@ -489,6 +489,19 @@ def test_a_local_shard_is_streamed_to_the_same_bytes_as_the_buffered_writer(tmp_
     assert not list((tmp_path / "instruct").iterdir())
 
 
+def test_a_thread_never_shares_the_direct_writers_buffer(tmp_path, monkeypatch):
+    """While one thread of a worker process holds the reused buffer, another thread's large
+    shard goes through the page cache (same bytes) instead of sharing the buffer."""
+    monkeypatch.setattr(shards, "DIRECT_MIN_BYTES", 0)
+    monkeypatch.setattr(shards, "_write_table_direct", None)  # not taken (calling it fails)
+    table = pa.table({"image_id": ["a", "b"], "text": ["x", "y"]})
+    with shards._DIRECT_LOCK:  # another thread is writing through the buffer
+        receipt = shards.write_table(str(tmp_path), "alignment/t.parquet", table)
+    data = (tmp_path / "alignment" / "t.parquet").read_bytes()
+    assert data == shards.table_bytes(table) and receipt.sha256 == hashlib.sha256(data).hexdigest()
+    assert not shards._DIRECT_LOCK.locked()
+
+
 def _extract_one_by_one(cases, ctx):
     rows, outcomes = [], []
     for case in cases:

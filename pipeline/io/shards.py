@@ -24,6 +24,7 @@ import mmap
 import os
 import re
 import shutil
+import threading
 import uuid
 
 import pyarrow as pa
@@ -286,6 +287,10 @@ def write_parquet(root: str, rel: str, rows: list[dict], schema: pa.Schema) -> F
 #: the page cache (a fresh page per 4 KB written), 0.02 s with ``O_DIRECT``, same bytes.
 DIRECT_MIN_BYTES = 64 << 20
 _DIRECT = {"buffer": None}  # the reused buffer of this process (one shard at a time)
+#: Held while a thread uses the buffer: a worker process that runs bundles on several
+#: threads (Beam's ``multi_threading`` mode, a Flink/Spark SDK harness) never shares it;
+#: a thread that finds it taken writes through the page cache instead of waiting.
+_DIRECT_LOCK = threading.Lock()
 _ALIGN = 4096
 
 
@@ -352,8 +357,11 @@ def _write_table_direct(final: str, rel: str, table: pa.Table) -> FileReceipt | 
 def write_table(root: str, rel: str, table: pa.Table) -> FileReceipt:
     final = join(root, rel)
     if not _remote(final):
-        if table.nbytes >= DIRECT_MIN_BYTES:
-            receipt = _write_table_direct(final, rel, table)
+        if table.nbytes >= DIRECT_MIN_BYTES and _DIRECT_LOCK.acquire(blocking=False):
+            try:
+                receipt = _write_table_direct(final, rel, table)
+            finally:
+                _DIRECT_LOCK.release()
             if receipt is not None:
                 return receipt
         return _write_table_local(final, rel, table)
