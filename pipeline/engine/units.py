@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import NamedTuple
@@ -58,7 +59,7 @@ class UnitRef:
     pixel shards already hold exactly these cases: verify them, render the questions),
     ``done`` (the last receipt is complete for this plan: verify, skip).
     ``input_bytes``: the summed size of its cases' input files as the launcher stat'ed them
-    (0: unknown), the work estimate :func:`balance` deals units by.
+    (0: unknown), the work estimate :func:`work_order` sorts units by.
     """
 
     split: str
@@ -160,23 +161,34 @@ def _plan_ungrouped(items: Iterable, split_of, fractions: Sequence[str], per_sha
     return out
 
 
-def balance(refs: Sequence[UnitRef], bins: int) -> list[list[UnitRef]]:
-    """Deal ``refs`` into at most ``bins`` lists of about equal work, largest unit first
-    onto the least-loaded list (LPT).  A unit's work is the size of its input files when
-    every unit knows it (a TotalSegmentator release's cases differ several-fold in slices;
-    extraction time follows the bytes read), else its case count; an unchanged (``done``)
-    unit only verifies its files and counts a tenth.  Deterministic: ties go to the lower
-    list, equal units keep their order; empty lists are left out."""
-    loads = [0.0] * max(1, bins)
-    out: list[list[UnitRef]] = [[] for _ in loads]
+def work_order(refs: Sequence[UnitRef]) -> list[UnitRef]:
+    """``refs`` largest unit first: the order local workers claim them in (:func:`claim`),
+    so the last units to start are the small ones.  A unit's work is the size of its input
+    files when every unit knows it (a TotalSegmentator release's cases differ several-fold
+    in slices; extraction time follows the bytes read), else its case count; an unchanged
+    (``done``) unit only verifies its files and counts a tenth.  Deterministic: equal units
+    keep their order."""
     by_bytes = bool(refs) and all(r.input_bytes > 0 for r in refs)
     weight = [(r.input_bytes if by_bytes else max(1, r.n_cases)) * (0.1 if r.mode == "done" else 1.0)
               for r in refs]
-    for i in sorted(range(len(refs)), key=lambda i: -weight[i]):
-        b = loads.index(min(loads))
-        loads[b] += weight[i]
-        out[b].append(refs[i])
-    return [b for b in out if b]
+    return [refs[i] for i in sorted(range(len(refs)), key=lambda i: -weight[i])]
+
+
+def claim(order: Sequence[UnitRef], folder: str) -> Iterator[UnitRef]:
+    """The units of ``order`` that this caller claims first, one at a time, lazily.
+
+    Every local worker runs this over the same ``order`` and the same (empty, local)
+    ``folder``; a unit goes to the first caller to create ``folder/<its position>``
+    (``O_CREAT | O_EXCL``: atomic, whatever the processes).  Each caller walks the whole
+    list, so every unit is claimed exactly once; a caller claims the next unit only when
+    asked for it — after the unit before is processed — so whichever worker is free takes
+    it (work balancing without the runner's help)."""
+    for position, ref in enumerate(order):
+        try:
+            os.close(os.open(os.path.join(folder, str(position)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        yield ref
 
 
 def case_fingerprint(kind_name: str, version: str, settings_digest: str, case_json,
