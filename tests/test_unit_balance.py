@@ -72,6 +72,8 @@ def test_a_claim_is_taken_only_when_the_next_unit_is_asked_for(tmp_path):
     assert next(first).index == 0 and sorted(os.listdir(tmp_path)) == ["0"]
     assert _indices(claim(order, str(tmp_path))) == [1, 2]  # another worker takes the rest
     assert list(first) == []
+    with pytest.raises(FileNotFoundError, match="run is over"):  # a worker left by a failed run
+        next(claim(order, str(tmp_path / "removed")))
 
 
 class _Gate(beam.DoFn):

@@ -182,12 +182,16 @@ def claim(order: Sequence[UnitRef], folder: str) -> Iterator[UnitRef]:
     (``O_CREAT | O_EXCL``: atomic, whatever the processes).  Each caller walks the whole
     list, so every unit is claimed exactly once; a caller claims the next unit only when
     asked for it — after the unit before is processed — so whichever worker is free takes
-    it (work balancing without the runner's help)."""
+    it (work balancing without the runner's help).  Once the launcher has removed ``folder``
+    (the run is over: a worker left behind by a failed attempt), claiming raises."""
     for position, ref in enumerate(order):
         try:
             os.close(os.open(os.path.join(folder, str(position)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             continue
+        except FileNotFoundError:
+            raise FileNotFoundError(f"claims folder {folder} is gone: its pipeline run is over, "
+                                    "this worker claims nothing more") from None
         yield ref
 
 
