@@ -59,7 +59,8 @@ from bench.harness import (
     startup_seconds,
     warm_preload_seconds,
 )
-from pipeline.beam.transforms import SpreadUnits, claim_folder
+from pipeline.beam.transforms import SpreadUnits
+from pipeline.engine.units import claim_folder
 
 STAGES = ("volumes", "slices", "QA")
 

@@ -4,6 +4,7 @@ bytes, else case counts), by whichever worker is free."""
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 import threading
 import time
@@ -13,9 +14,9 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.beam.transforms import SpreadUnits, claim_folder, local_workers
+from pipeline.beam.transforms import SpreadUnits, local_workers
 from pipeline.beam.warm import WarmWorkers
-from pipeline.engine.units import UnitRef, claim, work_order
+from pipeline.engine.units import CLAIMS_PREFIX, UnitRef, claim, claim_folder, work_order
 from pipeline.errors import BuildFailed
 from pipeline.inputs.sample import write_sample
 from pipeline.launch import build as B
@@ -74,6 +75,20 @@ def test_a_claim_is_taken_only_when_the_next_unit_is_asked_for(tmp_path):
     assert list(first) == []
     with pytest.raises(FileNotFoundError, match="run is over"):  # a worker left by a failed run
         next(claim(order, str(tmp_path / "removed")))
+
+
+def test_claims_folders_a_killed_launcher_left_are_removed_by_the_next(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])  # a pid that has exited
+    dead.wait()
+    (tmp_path / f"{CLAIMS_PREFIX}{dead.pid}-abc").mkdir()
+    (tmp_path / f"{CLAIMS_PREFIX}{dead.pid}-abc" / "0").touch()
+    (tmp_path / f"{CLAIMS_PREFIX}{os.getppid()}-def").mkdir()  # a live launcher's
+    with claim_folder() as claims:
+        assert os.path.basename(claims).startswith(f"{CLAIMS_PREFIX}{os.getpid()}-")
+        assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(claims),
+                                                       f"{CLAIMS_PREFIX}{os.getppid()}-def"])
+    assert os.listdir(tmp_path) == [f"{CLAIMS_PREFIX}{os.getppid()}-def"]
 
 
 class _Gate(beam.DoFn):

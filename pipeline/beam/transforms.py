@@ -15,13 +15,14 @@ Shape of a build (element shape after each labelled step)::
 Kinds without corpus-wide balancing (the labelled 2D tree) extract and render a unit in
 one step, ``ProcessUnits``; kinds with a finishing step (the tree's benchmark) run
 ``Finish`` once every unit's receipt is in.  No pixel data crosses a shuffle: each unit's
-images are encoded, written and dropped inside the worker that read them.
+images are encoded, written and dropped inside the worker that read them.  On Beam's local
+runner with N workers, ``SpreadUnits`` gives each worker one slot from which it claims the
+next unit whenever it is free (work balancing the runner does not do; see the class).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -118,13 +119,6 @@ def local_workers(options) -> int:
     return (os.cpu_count() or 1) if n == 0 else max(1, n)
 
 
-def claim_folder() -> tempfile.TemporaryDirectory:
-    """``with claim_folder() as claims:`` a new, empty folder for the claims of one pipeline
-    run with :class:`SpreadUnits` (removed when the block ends, the run's workers done or
-    killed).  In this machine's temporary folder: the local runner's workers run here."""
-    return tempfile.TemporaryDirectory(prefix="radvqa-claims-", ignore_cleanup_errors=True)
-
-
 def _claim(_slot, order, folder):
     return U.claim(order, folder)
 
@@ -142,7 +136,8 @@ class SpreadUnits(beam.PTransform):
     claiming generator is fused with the consumer ``ParDo`` in the same stage, so a worker
     claims its next unit only after processing the last, and whichever worker is free takes
     it — a worker that starts late simply claims less.  Claims are files in ``claims``
-    (:func:`claim_folder`), which the caller makes for this run and removes after it: a new
+    (:func:`pipeline.engine.units.claim_folder`), which the caller makes for this run and
+    removes after it: a new
     run (the launcher's retry) claims afresh.  On any other runner, ``Reshuffle`` (it
     balances work itself).  Outputs do not depend on which worker runs which unit.
     """
@@ -158,7 +153,7 @@ class SpreadUnits(beam.PTransform):
             return pbegin | "PlanUnits" >> beam.Create(self._refs) | "Spread" >> beam.Reshuffle()
         if self._claims is None:
             raise ValueError(f"SpreadUnits on {workers} local workers needs a claims folder "
-                             "(claim_folder())")
+                             "(engine.units.claim_folder())")
         return (pbegin | "PlanSlots" >> beam.Create([(slot, slot) for slot in range(workers)])
                 | "Spread" >> beam.GroupByKey()
                 | "Claim" >> beam.FlatMap(_claim, U.work_order(self._refs), self._claims))

@@ -27,15 +27,19 @@ Contract (changing it changes how corpora are rebuilt, never their bytes):
   (the operator-only folder); the launcher merges them (:mod:`pipeline.engine.dead_letters`).
 
 This module holds the contract's data (:class:`UnitRef`, :class:`PlannedCase`,
-:class:`BuildContext`), planning and the plan files; :mod:`pipeline.engine.execute` runs a
+:class:`BuildContext`), planning, the plan files, and how local workers share the units
+(:func:`work_order`, :func:`claim`: each claims the next unit, largest first, when free); :mod:`pipeline.engine.execute` runs a
 unit on a worker.  Paths and shard names are :mod:`pipeline.schema.layout`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -172,6 +176,38 @@ def work_order(refs: Sequence[UnitRef]) -> list[UnitRef]:
     weight = [(r.input_bytes if by_bytes else max(1, r.n_cases)) * (0.1 if r.mode == "done" else 1.0)
               for r in refs]
     return [refs[i] for i in sorted(range(len(refs)), key=lambda i: -weight[i])]
+
+
+#: Prefix of the claims folders in the temporary folder: ``radvqa-claims-<launcher pid>-…``.
+CLAIMS_PREFIX = "radvqa-claims-"
+
+
+@contextlib.contextmanager
+def claim_folder() -> Iterator[str]:
+    """``with claim_folder() as claims:`` a new, empty folder for the claims of one pipeline
+    run (:func:`claim`), removed when the block ends.  In this machine's temporary folder,
+    where the local runner's workers run; named after the launcher's pid, so that folders
+    a killed launcher left behind are removed by the next one."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name[len(CLAIMS_PREFIX):].split("-", 1)[0] if name.startswith(CLAIMS_PREFIX) else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=f"{CLAIMS_PREFIX}{os.getpid()}-", dir=root)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def claim(order: Sequence[UnitRef], folder: str) -> Iterator[UnitRef]:

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.beam.transforms import BuildCorpus, claim_folder
+from pipeline.beam.transforms import BuildCorpus
 from pipeline.beam.warm import WarmWorkers
 from pipeline.engine.state import delete_tree
-from pipeline.engine.units import BuildContext, UnitRef
+from pipeline.engine.units import BuildContext, UnitRef, claim_folder
 from pipeline.errors import BuildFailed
 from pipeline.io import shards
 from pipeline.schema.layout import PROGRESS_DIR, UNITS_DIR
