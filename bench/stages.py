@@ -31,7 +31,8 @@ Each stage runs four ways, all calling the same functions in the same order:
   reported beside the launcher's own time for these cases (``launcher_s``).
 
 The ``volumes`` and ``slices`` pipelines have the shape of ``BuildCorpus``' extraction
-(``SpreadUnits`` — units dealt to the workers largest first — → one ``ParDo`` per unit); the ``QA`` pipeline is
+(``SpreadUnits`` — each worker claims the next unit, largest first, when it is free —
+→ one ``ParDo`` per unit); the ``QA`` pipeline is
 ``BuildCorpus`` itself.  Times are wall times of the whole run, Beam's start-up included;
 Beam's fixed cost is measured separately with a no-op DoFn of the same shape.  One warm-up
 unit runs in the loop first (imports, caches), untimed.
@@ -59,6 +60,7 @@ from bench.harness import (
     warm_preload_seconds,
 )
 from pipeline.beam.transforms import SpreadUnits
+from pipeline.engine.units import claim_folder
 
 STAGES = ("volumes", "slices", "QA")
 
@@ -153,11 +155,15 @@ class StageFn(beam.DoFn):
 # ------------------------------------------------------------------------- the runs
 
 
-def _stage_pipeline(refs, work, *args):
+def _run_stage(refs, beam_args, work, *args) -> float:
+    """Wall seconds of one stage pipeline (``SpreadUnits`` → ``work`` per unit), with its
+    own claims folder, as :func:`pipeline.launch.runner.run_pipeline` makes one per run."""
     def build(pipeline):
-        _ = (pipeline | "SpreadUnits" >> SpreadUnits(refs)
+        _ = (pipeline | "SpreadUnits" >> SpreadUnits(refs, claims)
              | "Stage" >> beam.ParDo(StageFn(work, *args)))
-    return build
+
+    with claim_folder() as claims:
+        return run_beam(build, beam_args)
 
 
 def _loop(refs, work, *args) -> tuple[float, float, dict, list[float]]:
@@ -177,8 +183,9 @@ def _loop(refs, work, *args) -> tuple[float, float, dict, list[float]]:
 def two_worker_bound(unit_seconds: list[float]) -> float:
     """The best 2-worker speedup the units' sizes allow (no start-up cost): total work
     over the longer of two workers' shares, units placed largest first on the less loaded
-    worker.  Beam's in-process runner deals units out to its workers statically, so
-    uneven units cap the scaling below 2x."""
+    worker — what the workers' claims do when each unit costs what it did in the loop
+    (``SpreadUnits``: a free worker claims the next unit, largest first).  Uneven units
+    cap the scaling below 2x."""
     loads = [0.0, 0.0]
     for t in sorted(unit_seconds, reverse=True):
         loads[loads.index(min(loads))] += t
@@ -256,7 +263,7 @@ def measure(launch: Launch, input_dir: Path, log, runners: dict | None = None,
     runs = {"plain loop": seconds}
     for name, args in runners.items():
         log(f"  stage volumes: {name}")
-        runs[name] = run_beam(_stage_pipeline(refs, load_volumes, ctx), args)
+        runs[name] = _run_stage(refs, args, load_volumes, ctx)
     out["volumes"] = {"items": counts["volumes"], "unit": "volumes", "seconds": runs,
                       "plain_loop_cpu_s": round(cpu, 3), "unit_cpu_s": per_unit,
                       "two_worker_bound": round(two_worker_bound(per_unit), 3),
@@ -269,7 +276,7 @@ def measure(launch: Launch, input_dir: Path, log, runners: dict | None = None,
     runs = {"plain loop": seconds}
     for name, args in runners.items():
         log(f"  stage slices: {name}")
-        runs[name] = run_beam(_stage_pipeline(refs, extract_slices, ctx, str(cache)), args)
+        runs[name] = _run_stage(refs, args, extract_slices, ctx, str(cache))
         _same(f"slices stage, {name}", slice_rows(ctx, refs), counts["slices"])
     out["slices"] = {"items": counts["slices"], "unit": "slices", "seconds": runs,
                      "plain_loop_cpu_s": round(cpu, 3), "unit_cpu_s": per_unit,

@@ -2,8 +2,10 @@
 
 Shape of a build (element shape after each labelled step)::
 
-    PlanUnits          UnitRef                      (small: identity, size, proposed mode)
-    SpreadUnits        UnitRef                      (Reshuffle: descriptors only, no pixels)
+    PlanUnits          UnitRef                      (small: identity, size, proposed mode;
+                                                    local workers: PlanSlots, one slot each)
+    SpreadUnits        UnitRef                      (descriptors only, no pixels: local workers
+                                                    claim them one by one; else Reshuffle)
     ExtractUnits       (UnitRef, report)            writes pixel shards; dead letters tagged
     BalanceCandidates  [(split, group, answer, u)]  (small tuples, one list per unit)
     CollectCandidates  [[…]]                        (ToList: small)
@@ -13,7 +15,9 @@ Shape of a build (element shape after each labelled step)::
 Kinds without corpus-wide balancing (the labelled 2D tree) extract and render a unit in
 one step, ``ProcessUnits``; kinds with a finishing step (the tree's benchmark) run
 ``Finish`` once every unit's receipt is in.  No pixel data crosses a shuffle: each unit's
-images are encoded, written and dropped inside the worker that read them.
+images are encoded, written and dropped inside the worker that read them.  On Beam's local
+runner with N workers, ``SpreadUnits`` gives each worker one slot from which it claims the
+next unit whenever it is free (work balancing the runner does not do; see the class).
 """
 
 from __future__ import annotations
@@ -115,51 +119,63 @@ def local_workers(options) -> int:
     return (os.cpu_count() or 1) if n == 0 else max(1, n)
 
 
-def _unpack(keyed_bins):
-    _, bins = keyed_bins
-    return [ref for refs in bins for ref in refs]
+def _claim(_slot, order, folder):
+    return U.claim(order, folder)
 
 
 class SpreadUnits(beam.PTransform):
     """Unit refs -> a PCollection of them spread over the workers.
 
     FnApiRunner hands each of its N local workers a fixed 1/N of a stage's input as one
-    bundle (no work stealing), so a random spread (``Reshuffle``) leaves one worker with
-    the larger units while the other idles.  On the local runner the refs are dealt into
-    N lists of equal work (:func:`pipeline.engine.units.balance`, largest first) and
-    grouped under N keys, one list per worker; on any other runner, ``Reshuffle``.
-    Outputs do not depend on which worker runs which unit.
+    bundle (no work stealing: ``ParallelBundleManager`` partitions the input once), so any
+    fixed deal leaves one worker idle at the end whenever the units' real cost differs
+    from the estimate or the machine slows one process for a while.  On the local runner,
+    therefore, the stage's input is N *slots* (grouped under N keys: one per worker) and
+    each slot claims units lazily from one shared list, largest first
+    (:func:`pipeline.engine.units.work_order`, :func:`pipeline.engine.units.claim`): the
+    claiming generator is fused with the consumer ``ParDo`` in the same stage, so a worker
+    claims its next unit only after processing the last, and whichever worker is free takes
+    it — a worker that starts late simply claims less.  Claims are files in ``claims``
+    (:func:`pipeline.engine.units.claim_folder`), which the caller makes for this run and
+    removes after it: a new
+    run (the launcher's retry) claims afresh.  On any other runner, ``Reshuffle`` (it
+    balances work itself).  Outputs do not depend on which worker runs which unit.
     """
 
-    def __init__(self, refs: list[U.UnitRef]):
+    def __init__(self, refs: list[U.UnitRef], claims: str | None = None):
         super().__init__()
         self._refs = list(refs)
+        self._claims = claims
 
     def expand(self, pbegin):
         workers = local_workers(pbegin.pipeline.options)
         if workers <= 1:
             return pbegin | "PlanUnits" >> beam.Create(self._refs) | "Spread" >> beam.Reshuffle()
-        bins = list(enumerate(U.balance(self._refs, workers)))
-        return (pbegin | "PlanUnits" >> beam.Create(bins) | "Spread" >> beam.GroupByKey()
-                | "Unpack" >> beam.FlatMap(_unpack))
+        if self._claims is None:
+            raise ValueError(f"SpreadUnits on {workers} local workers needs a claims folder "
+                             "(engine.units.claim_folder())")
+        return (pbegin | "PlanSlots" >> beam.Create([(slot, slot) for slot in range(workers)])
+                | "Spread" >> beam.GroupByKey()
+                | "Claim" >> beam.FlatMap(_claim, U.work_order(self._refs), self._claims))
 
 
 class BuildCorpus(beam.PTransform):
-    """Unit descriptors -> shards and receipts on disk.
+    """Unit descriptors -> shards and receipts on disk (``claims``: see :class:`SpreadUnits`).
 
     Returns ``{"receipts": PCollection[dict], "dead_letters": PCollection[dict]}``; the
     launcher reads the receipts back from the output (they are also written there).
     """
 
-    def __init__(self, refs: list[U.UnitRef], ctx: U.BuildContext):
+    def __init__(self, refs: list[U.UnitRef], ctx: U.BuildContext, claims: str | None = None):
         super().__init__()
         self._refs = list(refs)
         self._ctx = ctx
+        self._claims = claims
 
     def expand(self, pbegin):
         ctx = self._ctx
         kind = get_kind(ctx.kind)
-        refs = pbegin | "SpreadUnits" >> SpreadUnits(self._refs)
+        refs = pbegin | "SpreadUnits" >> SpreadUnits(self._refs, self._claims)
         if kind.balanced:
             extracted = refs | "ExtractUnits" >> beam.ParDo(ExtractUnitFn(ctx)).with_outputs(
                 DEAD, main="units")

@@ -27,15 +27,20 @@ Contract (changing it changes how corpora are rebuilt, never their bytes):
   (the operator-only folder); the launcher merges them (:mod:`pipeline.engine.dead_letters`).
 
 This module holds the contract's data (:class:`UnitRef`, :class:`PlannedCase`,
-:class:`BuildContext`), planning and the plan files; :mod:`pipeline.engine.execute` runs a
+:class:`BuildContext`), planning, the plan files, and how local workers share the units
+(:func:`work_order`, :func:`claim`: each claims the next unit, largest first, when free); :mod:`pipeline.engine.execute` runs a
 unit on a worker.  Paths and shard names are :mod:`pipeline.schema.layout`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import NamedTuple
@@ -58,7 +63,7 @@ class UnitRef:
     pixel shards already hold exactly these cases: verify them, render the questions),
     ``done`` (the last receipt is complete for this plan: verify, skip).
     ``input_bytes``: the summed size of its cases' input files as the launcher stat'ed them
-    (0: unknown), the work estimate :func:`balance` deals units by.
+    (0: unknown), the work estimate :func:`work_order` sorts units by.
     """
 
     split: str
@@ -160,23 +165,70 @@ def _plan_ungrouped(items: Iterable, split_of, fractions: Sequence[str], per_sha
     return out
 
 
-def balance(refs: Sequence[UnitRef], bins: int) -> list[list[UnitRef]]:
-    """Deal ``refs`` into at most ``bins`` lists of about equal work, largest unit first
-    onto the least-loaded list (LPT).  A unit's work is the size of its input files when
-    every unit knows it (a TotalSegmentator release's cases differ several-fold in slices;
-    extraction time follows the bytes read), else its case count; an unchanged (``done``)
-    unit only verifies its files and counts a tenth.  Deterministic: ties go to the lower
-    list, equal units keep their order; empty lists are left out."""
-    loads = [0.0] * max(1, bins)
-    out: list[list[UnitRef]] = [[] for _ in loads]
+def work_order(refs: Sequence[UnitRef]) -> list[UnitRef]:
+    """``refs`` largest unit first: the order local workers claim them in (:func:`claim`),
+    so the last units to start are the small ones.  A unit's work is the size of its input
+    files when every unit knows it (a TotalSegmentator release's cases differ several-fold
+    in slices; extraction time follows the bytes read), else its case count; an unchanged
+    (``done``) unit only verifies its files and counts a tenth.  Deterministic: equal units
+    keep their order."""
     by_bytes = bool(refs) and all(r.input_bytes > 0 for r in refs)
     weight = [(r.input_bytes if by_bytes else max(1, r.n_cases)) * (0.1 if r.mode == "done" else 1.0)
               for r in refs]
-    for i in sorted(range(len(refs)), key=lambda i: -weight[i]):
-        b = loads.index(min(loads))
-        loads[b] += weight[i]
-        out[b].append(refs[i])
-    return [b for b in out if b]
+    return [refs[i] for i in sorted(range(len(refs)), key=lambda i: -weight[i])]
+
+
+#: Prefix of the claims folders in the temporary folder: ``radvqa-claims-<launcher pid>-…``.
+CLAIMS_PREFIX = "radvqa-claims-"
+
+
+@contextlib.contextmanager
+def claim_folder() -> Iterator[str]:
+    """``with claim_folder() as claims:`` a new, empty folder for the claims of one pipeline
+    run (:func:`claim`), removed when the block ends.  In this machine's temporary folder,
+    where the local runner's workers run; named after the launcher's pid, so that folders
+    a killed launcher left behind are removed by the next one."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name[len(CLAIMS_PREFIX):].split("-", 1)[0] if name.startswith(CLAIMS_PREFIX) else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=f"{CLAIMS_PREFIX}{os.getpid()}-", dir=root)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
+def claim(order: Sequence[UnitRef], folder: str) -> Iterator[UnitRef]:
+    """The units of ``order`` that this caller claims first, one at a time, lazily.
+
+    Every local worker runs this over the same ``order`` and the same (empty, local)
+    ``folder``; a unit goes to the first caller to create ``folder/<its position>``
+    (``O_CREAT | O_EXCL``: atomic, whatever the processes).  Each caller walks the whole
+    list, so every unit is claimed exactly once; a caller claims the next unit only when
+    asked for it — after the unit before is processed — so whichever worker is free takes
+    it (work balancing without the runner's help).  Once the launcher has removed ``folder``
+    (the run is over: a worker left behind by a failed attempt), claiming raises."""
+    for position, ref in enumerate(order):
+        try:
+            os.close(os.open(os.path.join(folder, str(position)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            raise FileNotFoundError(f"claims folder {folder} is gone: its pipeline run is over, "
+                                    "this worker claims nothing more") from None
+        yield ref
 
 
 def case_fingerprint(kind_name: str, version: str, settings_digest: str, case_json,

@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline.beam.transforms import BuildCorpus
 from pipeline.beam.warm import WarmWorkers
 from pipeline.engine.state import delete_tree
-from pipeline.engine.units import BuildContext, UnitRef
+from pipeline.engine.units import BuildContext, UnitRef, claim_folder
 from pipeline.errors import BuildFailed
 from pipeline.io import shards
 from pipeline.schema.layout import PROGRESS_DIR, UNITS_DIR
@@ -187,18 +187,22 @@ def run_pipeline(refs: list[UnitRef], ctx: BuildContext, beam_args, log, workers
     """Run the Beam pipeline once; raises :class:`BuildFailed` when it fails.
 
     ``workers`` > 1: Beam's FnApiRunner with that many warm worker processes
-    (:mod:`pipeline.beam.warm`; ``beam_args`` then name no runner or running mode)."""
+    (:mod:`pipeline.beam.warm`; ``beam_args`` then name no runner or running mode).  Local
+    workers claim the units one by one in a claims folder made for this run
+    (:class:`~pipeline.beam.transforms.SpreadUnits`), so a retry claims afresh."""
     todo = [(r.unit_id, r.n_cases) for r in refs if r.mode != "done"]
     delete_tree(ctx.output, PROGRESS_DIR)  # markers of an earlier run would count twice
     warm = WarmWorkers(workers) if workers > 1 else None
-    with Progress(ctx.output, todo, log), _Watchdog() as watchdog, warm or contextlib.nullcontext():
+    # the claims folder outlives the workers (its block is left last): a new run, a new one
+    with claim_folder() as claims, Progress(ctx.output, todo, log), _Watchdog() as watchdog, \
+            warm or contextlib.nullcontext():
         try:
             if warm is None:
                 pipeline = beam.Pipeline(options=beam_options(beam_args))
             else:
                 pipeline = beam.Pipeline(runner=warm.runner(),
                                          options=PipelineOptions([*beam_args, *warm.options_args()]))
-            _ = pipeline | "BuildCorpus" >> BuildCorpus(refs, ctx)
+            _ = pipeline | "BuildCorpus" >> BuildCorpus(refs, ctx, claims)
             pipeline.run().wait_until_finish()
         except KeyboardInterrupt:
             if not watchdog.errors:
