@@ -158,29 +158,51 @@ class _Watchdog:
 
 
 def _kill_workers(warm: WarmWorkers | None = None) -> int:
-    """SIGKILL this process's remaining Beam SDK worker subprocesses (Linux /proc) and the
-    warm workers still alive."""
-    me, killed = os.getpid(), warm.kill_workers() if warm is not None else 0
+    """SIGKILL this process's remaining Beam SDK worker processes (Linux /proc) and the
+    warm workers still alive.
+
+    ``multi_processing`` starts each worker through a shell (``Popen(..., shell=True)``):
+    the launcher's child is ``sh -c '… sdk_worker_main …'`` and the worker is its child.
+    Killing only the shell would leave the worker running under init, still connected and
+    working into the retry, so every descendant whose command names ``sdk_worker_main`` is
+    killed, found from one snapshot of the process table."""
+    killed = warm.kill_workers() if warm is not None else 0
+    for pid in worker_processes(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except OSError:
+            continue
+    return killed
+
+
+def worker_processes(root: int) -> list[int]:
+    """Descendants of process ``root`` whose command line names Beam's worker module
+    (``-m apache_beam.runners.worker.sdk_worker_main``, and the shell that started one), from
+    one snapshot of ``/proc`` (empty where there is none); not the warm workers'
+    forkserver, whose command names the ``sdk_worker`` module only."""
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
-        return 0
+        return []
+    children: dict[int, list[int]] = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid != me:
-                continue
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read()
-            # Beam's worker command (-m apache_beam.runners.worker.sdk_worker_main); not
-            # the warm workers' forkserver, whose command names the sdk_worker module too
-            if b"sdk_worker_main" in cmd:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
+                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(pid)
         except (OSError, ValueError, IndexError):
             continue
-    return killed
+    out, todo = [], list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, ())
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"sdk_worker_main" in f.read():
+                    out.append(pid)
+        except OSError:
+            continue
+    return sorted(out)
 
 
 def run_pipeline(refs: list[UnitRef], ctx: BuildContext, beam_args, log, workers: int = 1) -> None:
