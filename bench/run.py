@@ -69,8 +69,9 @@ from bench.harness import (  # noqa: E402 — after the path set-up above
 )
 
 SECTIONS = ("stages", "memory", "regenerate", "radimagenet", "totalseg")
-#: Shard size of the release-geometry stage benchmark (see :func:`run_release_stages`).
-RELEASE_CASES_PER_SHARD = 2
+#: Shard size of the release-geometry stage benchmark (see :func:`run_release_stages`; 2
+#: until 114a265).
+RELEASE_CASES_PER_SHARD = 1
 FULL_IMAGES = 750_000  # RadImageNet-VQA's size: the radimagenet targets are for this many
 GIB = 2**30
 
@@ -130,8 +131,10 @@ def run_stages(patients: int, release_cases: int, work: Path) -> dict:
 def run_release_stages(n_cases: int, work: Path) -> dict:
     """The volumes and slices stages on TotalSegmentator CT cases at the release's geometry
     (:mod:`bench.totalseg_cases`, 1.5 mm), built with ``radvuqa`` in shards of
-    :data:`RELEASE_CASES_PER_SHARD` cases: a release build has ~50 shards of 25 cases, a
-    benchmark of a few cases needs small shards to have as many units to balance.  One
+    :data:`RELEASE_CASES_PER_SHARD` cases: a release build has ~50 shards of 25 cases for 2
+    workers, so a benchmark of 16 cases needs one-case units to come near that ratio (with 8
+    units of 2, the stage ends half a unit, on average, after one worker ran out: the
+    benchmark measured its own granularity more than the scaling; README, Benchmarks).  One
     worker against ``--workers 2`` (the phantom stages above also show ``multi_processing``)."""
     import yaml
 
