@@ -261,6 +261,10 @@ def test_a_dofn_failing_on_its_first_attempt_is_retried(tmp_path, sample_input, 
     def flaky(ref, ctx, kind):
         if ref.unit_id.startswith("train-00000") and not failed:
             failed.append(ref.unit_id)
+            # as a worker killed mid-write leaves it: the retry must not ship it
+            partial = Path(ctx.output) / "structures" / f"{ref.unit_id}.parquet{shards.TMP_MARK}cafe"
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_bytes(b"PAR1 half a shard")
             raise RuntimeError("injected failure on the first attempt")
         return real(ref, ctx, kind)
 

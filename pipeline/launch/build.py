@@ -109,7 +109,6 @@ def build(
             "input": InputTree(given_input).root if given_input else None,
             "seed": seed, "layout": layout})
         shards.write_json(output, CONFIG_CACHE, checked.cached())
-        clean_temporaries(output, kind)
         log(f"radvqa build: recipe {recipe.name} ({kind.name}), {len(cases)} cases "
             f"({len(rejects)} rejected at discovery) in {len(planned)} units -> {output}")
         ctx = None
@@ -117,6 +116,9 @@ def build(
         run_id = uuid.uuid4().hex
         for attempt in range(retries + 1):
             attempts = attempt + 1
+            # before each attempt: a worker of the one before, killed mid-write, leaves its
+            # temporary file (never a final name) — it must not reach the corpus
+            clean_temporaries(output, kind)
             refs, n_stored, extras = plan_units(
                 output, kind, planned, fps, qa_fp,
                 lambda units: kind.before_run(output, recipe, seed, units, cases, prep), sizes)

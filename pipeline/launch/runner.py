@@ -167,13 +167,31 @@ def _kill_workers(warm: WarmWorkers | None = None) -> int:
     working into the retry, so every descendant whose command names ``sdk_worker_main`` is
     killed, found from one snapshot of the process table."""
     killed = warm.kill_workers() if warm is not None else 0
-    for pid in worker_processes(os.getpid()):
+    pids = worker_processes(os.getpid())
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
             killed += 1
         except OSError:
             continue
+    _wait_gone(pids)
     return killed
+
+
+def _wait_gone(pids: list[int], timeout: float = 10.0) -> None:
+    """Until every process of ``pids`` has exited (gone, or a zombie: it runs no more code),
+    so that no killed worker writes after the launcher cleans up for its retry; they are
+    not the launcher's children (the shell's), so they cannot be waited for."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except (OSError, IndexError):
+                break
+            time.sleep(0.01)
 
 
 def worker_processes(root: int) -> list[int]:
