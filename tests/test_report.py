@@ -494,6 +494,44 @@ def test_slice_gallery_shows_visual_prompt_questions_with_their_prompted_image(r
     assert shown >= 1
 
 
+def test_an_undecodable_stored_image_is_skipped_and_logged_but_a_drawing_bug_is_not(monkeypatch):
+    """A corrupt image skips its figure, an absent prompted image its view (both logged,
+    as :class:`views.Undecodable`, also when the decode is deferred to a cache miss); an
+    error in drawing a decodable image is a bug and propagates."""
+    png = io.BytesIO()
+    Image.new("L", (8, 8), 40).save(png, "PNG")
+    good, corrupt = png.getvalue(), png.getvalue()[:-30]  # a whole header, no image data
+    for data in (None, b"", b"not an image"):
+        with pytest.raises(views.Undecodable):
+            views.LazyImage.stored(data)
+    lazy = views.LazyImage.stored(corrupt)
+    assert lazy.size == (8, 8)
+    with pytest.raises(views.Undecodable):
+        lazy.image()
+
+    from pipeline.report.gallery_html import gallery_2d
+
+    box = {"label": "liver", "x_min": 1, "y_min": 1, "x_max": 4, "y_max": 4}
+    red = {"qa_id": "q1", "question": "What is in the red box?", "visual_prompt": "red_box",
+           "answer": "liver"}
+    item = lambda data, questions=(): gallery.GalleryItem(  # noqa: E731
+        "i1", "test", list(questions), {"image": {"bytes": data}, "boxes": [box],
+                                        "image_boxed_easy": {"bytes": None}})
+    logged = []
+    assert gallery_2d([item(corrupt)], "slices", log=logged.append) == []
+    assert logged == ["  gallery: image i1 could not be decoded; skipped"]
+    logged.clear()
+    (figure,) = gallery_2d([item(good, [red])], "slices", log=logged.append)
+    assert "image_boxed_easy of question q1 could not be decoded" in logged[0] and 'class="view boxes"' in figure
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug in drawing")
+
+    monkeypatch.setattr(views, "draw_boxes", broken)
+    with pytest.raises(KeyError, match="a bug in drawing"):
+        gallery_2d([item(good)], "slices", log=logged.append)
+
+
 def test_volume_gallery_draws_the_3d_boxes_crossing_the_middle_slice(reports):
     corpus = reports["volumes"][0]
     stored = {r["volume_id"]: r for r in _rows(corpus, "volumes", ["volume_id", "shape", "boxes3d"])}

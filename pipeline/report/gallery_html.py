@@ -12,6 +12,7 @@ from pipeline.report.html import esc, img_tag
 from pipeline.report.views import (
     ANSWER_BOX_COLOUR,
     LazyImage,
+    Undecodable,
     boxed_view,
     hex_colour,
     label_colours,
@@ -83,7 +84,7 @@ def gallery_2d(items: list[GalleryItem], kind: str, log=print, cache=None) -> li
                                          attrs=f' data-qa-id="{esc(q["qa_id"])}" '
                                                f'data-box="{",".join(str(int(v)) for v in q["answer_box"])}" '
                                                f'data-colour="{hex_colour(ANSWER_BOX_COLOUR)}"'))
-        except Exception:  # a corrupt stored image: the build's checks should have caught it
+        except Undecodable:  # a corrupt stored image: the build's checks should have caught it
             log(f"  gallery: image {it.image_id} could not be decoded; skipped")
             continue
         row = it.row
@@ -118,7 +119,7 @@ def _prompt_view(it: GalleryItem, q: dict, log, cache) -> str | None:
     data = (it.row.get(column) or {}).get("bytes")
     try:  # decoded only when its view is not in the cache (pipeline.report.views)
         png, _ = boxed_view(LazyImage.stored(data), data, [], {}, cache)
-    except Exception:  # absent or corrupt: the build's checks should have caught it
+    except Undecodable:  # absent or corrupt: the build's checks should have caught it
         log(f"  gallery: image {it.image_id}: {column} of question {q['qa_id']} could not be decoded; "
             "its view skipped")
         return None

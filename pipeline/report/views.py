@@ -65,6 +65,10 @@ def scaled_box(box, scale: float, width: int, height: int) -> tuple[int, int, in
     return max(X0, 0), max(Y0, 0), X1 - 1, Y1 - 1
 
 
+class Undecodable(ValueError):
+    """Stored image bytes that are absent or that Pillow cannot read."""
+
+
 class LazyImage:
     """An image decoded on first use (:meth:`image`); its ``size`` known without decoding."""
 
@@ -79,15 +83,17 @@ class LazyImage:
         return self._image
 
     @classmethod
-    def stored(cls, data: bytes) -> LazyImage:
+    def stored(cls, data: bytes | None) -> LazyImage:
         """A stored image's bytes: its size from the PNG header, else from Pillow's header
-        read; raises what Pillow raises for bytes it cannot read."""
+        read.  :class:`Undecodable` for absent bytes, or (here or when decoded) bytes
+        Pillow cannot read."""
+        if not data:
+            raise Undecodable("no image bytes")
         try:
             size = png_size(data)
         except ValueError:  # not a PNG: Pillow reads the header (of what it can decode)
-            with _open(data) as im:
-                size = im.size
-        return cls(size, lambda: _decoded(data))
+            size = _read(data, lambda im: im.size)
+        return cls(size, lambda: _read(data, _loaded))
 
     @classmethod
     def pixels(cls, plane: np.ndarray) -> LazyImage:
@@ -95,17 +101,21 @@ class LazyImage:
         return cls((plane.shape[1], plane.shape[0]), lambda: _from_array(plane, "L"))
 
 
-def _open(data: bytes):
+def _read(data: bytes, what: Callable):
+    """``what(image)`` of Pillow's image of ``data``; :class:`Undecodable` when it fails."""
     # Pillow on a cache miss only (see the module docstring)
     from PIL import Image
 
-    return Image.open(io.BytesIO(data))
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return what(im)
+    except Exception as err:  # Pillow raises many kinds for bad bytes
+        raise Undecodable(f"{type(err).__name__}: {err}") from err
 
 
-def _decoded(data: bytes):
-    with _open(data) as im:
-        im.load()
-        return im.copy()
+def _loaded(im):
+    im.load()
+    return im.copy()
 
 
 def _from_array(arr: np.ndarray, mode: str):
@@ -191,7 +201,7 @@ def boxed_view(src: LazyImage, data: bytes, boxes, colours: Mapping, cache=None)
     """PNG of ``src`` (decoded from ``data``) scaled for the gallery with ``boxes`` drawn,
     and the scale; from ``cache`` (the report's :class:`~pipeline.report.chart_cache.ChartCache`) when an identical view
     was drawn before — a regenerated corpus shows the same images — without decoding
-    ``src``.  Raises what decoding raises."""
+    ``src``.  :class:`Undecodable` for a stored image that cannot be decoded."""
     scale = display_scale(*src.size)
     key = None
     if cache is not None:
