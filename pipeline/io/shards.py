@@ -337,17 +337,13 @@ def _write_table_direct(final: str, rel: str, table: pa.Table) -> FileReceipt | 
             os.close(fd)
             fd = None
             os.replace(tmp, final)
-        except OSError:  # O_DIRECT refused at write time: the page cache
+        except BaseException as err:
             if fd is not None:
                 os.close(fd)
             if os.path.exists(tmp):
                 os.remove(tmp)
-            return None
-        except BaseException:
-            if fd is not None:
-                os.close(fd)
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            if isinstance(err, OSError):  # O_DIRECT refused at write time: the page cache
+                return None
             raise
         finally:
             data.release()
