@@ -186,12 +186,18 @@ def _wait_gone(pids: list[int], timeout: float = 10.0) -> None:
     for pid in pids:
         while time.monotonic() < deadline:
             try:
-                with open(f"/proc/{pid}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        break
+                if _stat(pid)[0] == "Z":
+                    break
             except (OSError, IndexError):
                 break
             time.sleep(0.01)
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (which may hold spaces and
+    parentheses): ``[state, ppid, …]``."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
 
 
 def worker_processes(root: int) -> list[int]:
@@ -206,8 +212,7 @@ def worker_processes(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(pid)
+            children.setdefault(int(_stat(pid)[1]), []).append(pid)
         except (OSError, ValueError, IndexError):
             continue
     out, todo = [], list(children.get(root, ()))
