@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.core import keys
 from pipeline.core.boxes import body_midline, slice_boxes, structure_stats
 from pipeline.core.geometry import Geometry
-from pipeline.core.imaging import PNG_STRATEGIES, encode_png, encode_prompt_pngs
+from pipeline.core.imaging import PNG_STRATEGIES, encode_slice_pngs
 from pipeline.core.masks import Mask, as_mask
 from pipeline.core.slices import (
     PLANES,
@@ -37,7 +37,9 @@ from pipeline.inputs.layouts import get_layout
 from pipeline.inputs.readers import Volume
 
 #: Bump when extraction output changes for the same inputs and settings.
-EXTRACT_VERSION = "4"  # 4: PNGs filtered with Up and deflated with Z_RLE; prompts indexed
+EXTRACT_VERSION = "5"  # 4: PNGs filtered with Up and deflated with Z_RLE; prompts indexed
+#                        5: deflated in bands shared by a slice's plain and prompt PNGs;
+#                           prompts on a grey-ramp palette
 
 
 @dataclass(frozen=True)
@@ -248,16 +250,15 @@ def _image_row(case, split, volume, plane, index, window: Window, pixels, boxes,
     image_id = keys.stable_key("image", case.key, plane, index, window.name)
     drawn = easy = label = None
     prompt = prompt_boxes(image_id, boxes, prompt_min_area) if prompt_min_area else None
+    prompts = [] if prompt is None else [prompt, (prompt[0], ())]
+    plain_png, prompt_pngs = encode_slice_pngs(pixels, prompts, level=level, strategy=strategy)
     if prompt is not None:
-        target, others = prompt
-        label = target["label"]
-        hard_png, easy_png = encode_prompt_pngs(pixels, [(target, others), (target, ())],
-                                                level=level, strategy=strategy)
-        drawn = {"bytes": hard_png, "path": f"{image_id}-boxed.png"}
-        easy = {"bytes": easy_png, "path": f"{image_id}-boxed-easy.png"}
+        label = prompt[0]["label"]
+        drawn = {"bytes": prompt_pngs[0], "path": f"{image_id}-boxed.png"}
+        easy = {"bytes": prompt_pngs[1], "path": f"{image_id}-boxed-easy.png"}
     return {
         "image_id": image_id,
-        "image": {"bytes": encode_png(pixels, level, strategy), "path": f"{image_id}.png"},
+        "image": {"bytes": plain_png, "path": f"{image_id}.png"},
         "image_boxed": drawn,
         "image_boxed_easy": easy,
         "prompt_label": label,

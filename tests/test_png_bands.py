@@ -1,0 +1,132 @@
+"""The ``rle`` PNGs of a slice since ``EXTRACT_VERSION`` 5 (``pipeline/core/imaging.py``):
+Up-filtered rows deflated in bands, each band's bytes shared by the plain PNG and the
+visual prompts wherever their filtered rows are the same; the pixels are those of
+:func:`~pipeline.core.imaging.draw_prompt` and the bytes are zlib's, every time."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from io import BytesIO
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.core import imaging
+from pipeline.core.imaging import BAND_ROWS, draw_prompt, encode_png, encode_slice_pngs
+
+
+def box(x0, y0, x1, y1, label="b"):
+    return {"label": label, "x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1}
+
+
+#: On a 200-row slice (bands 0-63, 64-127, 128-191, 192-199): the target crosses band 1
+#: only; the others band 1, band 2 and band 0.
+TARGET = box(20, 70, 90, 110)
+OTHERS = [box(40, 80, 70, 100), box(100, 150, 140, 171), box(5, 10, 30, 31)]
+
+
+def slice_(levels: int, seed: int = 0) -> np.ndarray:
+    """A CT-like 200 x 150 slice: air (0) around a noisy body using ``levels`` grey levels."""
+    rng = np.random.default_rng(seed)
+    g = np.zeros((200, 150), np.uint8)
+    g[20:190, 15:140] = rng.integers(1, levels, (170, 125))
+    return g
+
+
+def chunk(png: bytes, name: bytes) -> bytes:
+    pos, out = 8, b""
+    while pos < len(png):
+        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
+        if kind == name:
+            out += png[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    return out
+
+
+def idat(png: bytes) -> bytes:
+    return chunk(png, b"IDAT")
+
+
+def rgb(png: bytes) -> tuple[str, np.ndarray]:
+    image = Image.open(BytesIO(png))
+    image.load()
+    return image.mode, np.asarray(image.convert("RGB"))
+
+
+@pytest.mark.parametrize("levels", [60, 250])
+def test_prompts_share_the_plain_pngs_bands_and_decode_to_draw_prompts_pixels(levels):
+    assert BAND_ROWS == 64  # (the boxes above are placed for it)
+    g = slice_(levels)
+    prompts = [(TARGET, OTHERS), (TARGET, [])]
+    plain, (hard, easy) = encode_slice_pngs(g, prompts, level=6, strategy="rle")
+    assert plain == encode_png(g, 6, "rle")
+    assert np.array_equal(np.asarray(Image.open(BytesIO(plain))), g)
+    for (target, others), png in zip(prompts, (hard, easy)):
+        mode, pixels = rgb(png)
+        assert mode == "P" and np.array_equal(pixels, draw_prompt(g, target, others))
+        assert zlib.decompress(idat(png))  # a whole zlib stream, its Adler-32 right
+    # the first band's deflated bytes, as the plain PNG has them, open the easy prompt's
+    # stream (no outline there) but not the hard one's (an other box crosses band 0)
+    raw = imaging._up_rows(g, 0, g.shape[0])
+    first = imaging._deflate([(raw[:BAND_ROWS], False)], 6)[0]
+    assert idat(plain)[2:2 + len(first)] == first == idat(easy)[2:2 + len(first)]
+    assert idat(hard)[2:2 + len(first)] != first
+    # the last band (rows 192-199) is crossed by no box: the same closing bytes everywhere
+    last = imaging._deflate([(raw[192:], True)], 6)[0]
+    assert all(idat(png)[-4 - len(last):-4] == last for png in (plain, hard, easy))
+    # deterministic, and zlib's own bytes when zlib-ng deflates
+    assert encode_slice_pngs(g, prompts, level=6, strategy="rle") == (plain, [hard, easy])
+
+
+def test_slice_pngs_are_zlibs_bytes_when_zlib_ng_deflates(monkeypatch):
+    pytest.importorskip("zlib_ng")
+    cases = [(slice_(levels, seed), level) for seed, levels in enumerate((30, 200, 256))
+             for level in (1, 6)]
+    prompts = [(TARGET, OTHERS), (TARGET, [])]
+    fast = [encode_slice_pngs(g, prompts, level=level, strategy="rle") for g, level in cases]
+    monkeypatch.setattr(imaging, "_rle_lib", zlib)
+    assert fast == [encode_slice_pngs(g, prompts, level=level, strategy="rle") for g, level in cases]
+
+
+def test_outline_colours_take_levels_above_the_slice_or_else_unused_ones():
+    """Above the slice's highest level when there is room (a short palette); else the
+    lowest unused levels; with too few of those, an RGB PNG.  The pixels never change."""
+    g = slice_(100)  # levels 0..99: the colours at 100, 101, 102, 103
+    plain, (hard,) = encode_slice_pngs(g, [(TARGET, OTHERS)], level=6, strategy="rle")
+    palette = np.frombuffer(chunk(hard, b"PLTE"), np.uint8).reshape(-1, 3)
+    assert len(palette) == 104 and palette[100].tolist() == [255, 0, 0]
+    assert np.array_equal(palette[:100], np.repeat(np.arange(100, dtype=np.uint8)[:, None], 3, 1))
+    top = g.copy()
+    top[0, 0], top[0, 1] = 255, 254  # the top used; 100..253 unused: red at 100 again
+    _, (hard,) = encode_slice_pngs(top, [(TARGET, OTHERS)], level=6, strategy="rle")
+    mode, pixels = rgb(hard)
+    assert mode == "P" and np.array_equal(pixels, draw_prompt(top, TARGET, OTHERS))
+    assert chunk(hard, b"PLTE")[300:303] == bytes((255, 0, 0)) and len(chunk(hard, b"PLTE")) == 768
+    full = (np.arange(200 * 150) % 256).astype(np.uint8).reshape(200, 150)  # every level used
+    _, (hard, easy) = encode_slice_pngs(full, [(TARGET, OTHERS), (TARGET, [])], level=6,
+                                        strategy="rle")
+    for png, others in ((hard, OTHERS), (easy, [])):
+        mode, pixels = rgb(png)
+        assert mode == "RGB" and np.array_equal(pixels, draw_prompt(full, TARGET, others))
+
+
+@pytest.mark.parametrize("level", [0, 1, 9])
+def test_every_level_and_shape_decodes(level):
+    rng = np.random.default_rng(level)
+    for h, w in ((1, 1), (63, 5), (64, 7), (65, 9), (129, 33)):
+        g = rng.integers(0, 200, (h, w), dtype=np.uint8)
+        prompts = [(box(0, 0, w, h), [box(0, h // 2, max(1, w // 2), h)]), (box(0, 0, w, h), [])]
+        plain, pngs = encode_slice_pngs(g, prompts, level=level, strategy="rle")
+        assert np.array_equal(np.asarray(Image.open(BytesIO(plain))), g)
+        for (target, others), png in zip(prompts, pngs):
+            assert np.array_equal(rgb(png)[1], draw_prompt(g, target, others))
+
+
+def test_adler32_combine_is_zlibs():
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    for cut in (0, 1, 65_520, 65_521, 65_522, 131_042, 199_999, 200_000):
+        a, b = data[:cut], data[cut:]
+        assert imaging._adler32_combine(zlib.adler32(a), zlib.adler32(b), len(b)) == zlib.adler32(data)
