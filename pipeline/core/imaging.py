@@ -67,6 +67,9 @@ RLE_RGB_LEVEL = 3
 BAND_ROWS = 64
 #: zlib's header for a ``Z_RLE`` stream (deflate, 32 KiB window, FLEVEL 0).
 _ZLIB_HEADER = b"\x78\x01"
+_IEND = _chunk(b"IEND", b"")
+#: The grey-ramp palette of a prompt (outline colours written over it).
+_RAMP = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
 
 
 def _up_rows(a: np.ndarray, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -130,7 +133,7 @@ def _png_file(w: int, h: int, color_type: int, compressed: bytes, palette: bytes
     return (
         _SIGNATURE + _chunk(b"IHDR", header)
         + (_chunk(b"PLTE", palette) if palette is not None else b"")
-        + _chunk(b"IDAT", compressed) + _chunk(b"IEND", b"")
+        + _chunk(b"IDAT", compressed) + _IEND
     )
 
 
@@ -346,7 +349,7 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
         if slot is None or not all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h for x0, y0, x1, y1 in boxes):
             out.append(encode_png(draw_prompt(g, target, others, width), level, strategy))
             continue
-        palette = np.repeat(np.arange(max(top, *slot.values()) + 1, dtype=np.uint8)[:, None], 3, axis=1)
+        palette = _RAMP[:max(top, *slot.values()) + 1].copy()
         for c, v in slot.items():
             palette[v] = colours[c]
         index = g.copy()
