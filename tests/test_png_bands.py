@@ -14,15 +14,15 @@ import pytest
 from PIL import Image
 
 from pipeline.core import imaging
-from pipeline.core.imaging import BAND_ROWS, draw_prompt, encode_png, encode_slice_pngs
+from pipeline.core.imaging import draw_prompt, encode_png, encode_slice_pngs
 
 
 def box(x0, y0, x1, y1, label="b"):
     return {"label": label, "x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1}
 
 
-#: On a 200-row slice (bands 0-63, 64-127, 128-191, 192-199): the target crosses band 1
-#: only; the others band 1, band 2 and band 0.
+#: On a 200-row slice: the boxed prompt's outlines change rows 10-171 (filtered), the
+#: easy one's 70-110, so the bands are rows 0-9, 10-69, 70-110, 111-171 and 172-199.
 TARGET = box(20, 70, 90, 110)
 OTHERS = [box(40, 80, 70, 100), box(100, 150, 140, 171), box(5, 10, 30, 31)]
 
@@ -57,25 +57,25 @@ def rgb(png: bytes) -> tuple[str, np.ndarray]:
 
 @pytest.mark.parametrize("levels", [60, 250])
 def test_prompts_share_the_plain_pngs_bands_and_decode_to_draw_prompts_pixels(levels):
-    assert BAND_ROWS == 64  # (the boxes above are placed for it)
     g = slice_(levels)
     prompts = [(TARGET, OTHERS), (TARGET, [])]
     plain, (hard, easy) = encode_slice_pngs(g, prompts, level=6, strategy="rle")
-    assert plain == encode_png(g, 6, "rle")
     assert np.array_equal(np.asarray(Image.open(BytesIO(plain))), g)
     for (target, others), png in zip(prompts, (hard, easy)):
         mode, pixels = rgb(png)
         assert mode == "P" and np.array_equal(pixels, draw_prompt(g, target, others))
         assert zlib.decompress(idat(png))  # a whole zlib stream, its Adler-32 right
-    # the first band's deflated bytes, as the plain PNG has them, open the easy prompt's
-    # stream (no outline there) but not the hard one's (an other box crosses band 0)
+    # the plain PNG's stream is its five bands' deflated bytes; the easy prompt reuses all
+    # but the middle one, the boxed prompt the first and the last
     raw = imaging._up_rows(g, 0, g.shape[0])
-    first = imaging._deflate([(raw[:BAND_ROWS], False)], 6)[0]
-    assert idat(plain)[2:2 + len(first)] == first == idat(easy)[2:2 + len(first)]
-    assert idat(hard)[2:2 + len(first)] != first
-    # the last band (rows 192-199) is crossed by no box: the same closing bytes everywhere
-    last = imaging._deflate([(raw[192:], True)], 6)[0]
-    assert all(idat(png)[-4 - len(last):-4] == last for png in (plain, hard, easy))
+    bands = [(0, 10), (10, 70), (70, 111), (111, 172), (172, 200)]
+    seg = imaging._deflate([(raw[a:z], z == 200) for a, z in bands], 6)
+    head = b"\x78\x01"
+    assert idat(plain) == head + b"".join(seg) + struct.pack(">I", zlib.adler32(raw.tobytes()))
+    assert idat(easy).startswith(head + seg[0] + seg[1]) and idat(easy)[:-4].endswith(seg[3] + seg[4])
+    assert idat(hard).startswith(head + seg[0]) and idat(hard)[:-4].endswith(seg[4])
+    assert not idat(hard).startswith(head + seg[0] + seg[1])
+    assert encode_slice_pngs(g, [], level=6, strategy="rle")[0] == encode_png(g, 6, "rle")
     # deterministic, and zlib's own bytes when zlib-ng deflates
     assert encode_slice_pngs(g, prompts, level=6, strategy="rle") == (plain, [hard, easy])
 
