@@ -104,6 +104,12 @@ def test_outline_colours_take_levels_above_the_slice_or_else_unused_ones():
     mode, pixels = rgb(hard)
     assert mode == "P" and np.array_equal(pixels, draw_prompt(top, TARGET, OTHERS))
     assert chunk(hard, b"PLTE")[300:303] == bytes((255, 0, 0)) and len(chunk(hard, b"PLTE")) == 768
+    lifted = top.copy()
+    lifted[lifted < 7] = 7  # 0..6 unused, the lowest levels: red at 0, the others 1, 2, 3
+    _, (hard,) = encode_slice_pngs(lifted, [(TARGET, OTHERS)], level=6, strategy="rle")
+    mode, pixels = rgb(hard)
+    assert mode == "P" and np.array_equal(pixels, draw_prompt(lifted, TARGET, OTHERS))
+    assert chunk(hard, b"PLTE")[:12] == bytes((255, 0, 0, 0, 200, 0, 0, 100, 255, 255, 220, 0))
     full = (np.arange(200 * 150) % 256).astype(np.uint8).reshape(200, 150)  # every level used
     _, (hard, easy) = encode_slice_pngs(full, [(TARGET, OTHERS), (TARGET, [])], level=6,
                                         strategy="rle")

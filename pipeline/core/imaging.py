@@ -343,8 +343,10 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
         if top + len(used) <= 255:  # outline colours above the slice's highest level
             slot = {c: top + 1 + n for n, c in enumerate(used)}
         else:  # else at its lowest unused levels, if it leaves enough
-            if free is None:
-                free = np.flatnonzero(np.bincount(g.ravel(), minlength=256) == 0)
+            if free is None:  # (all below the slice's lowest level, when there are enough)
+                low = int(g.min())
+                free = (np.arange(low) if low >= len(PROMPT_COLOURS)
+                        else np.flatnonzero(np.bincount(g.ravel(), minlength=256) == 0))
             slot = {c: int(free[n]) for n, c in enumerate(used)} if len(used) <= len(free) else None
         boxes = [(int(b["x_min"]), int(b["y_min"]), int(b["x_max"]), int(b["y_max"])) for b, _ in drawn]
         if slot is None or not all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h for x0, y0, x1, y1 in boxes):
