@@ -181,11 +181,13 @@ def slice_boxes(
         m, x0, y0 = found
         # box, area and centroid from the pixel counts per column and per row: the sums are
         # integers, exact in float64, so the centroid is the mean of the pixels' coordinates
-        per_x, per_y = np.count_nonzero(m, axis=0), np.count_nonzero(m, axis=1)
+        ones = m.view(np.uint8)  # bool bytes are 0 and 1: sums are counts (numpy's
+        per_x = ones.sum(axis=0, dtype=np.int64)  # count_nonzero with an axis does this in Python)
+        per_y = ones.sum(axis=1, dtype=np.int64)
         area = int(per_x.sum())
         if area == 0:
             continue
-        xs, ys = np.flatnonzero(per_x), np.flatnonzero(per_y)
+        xs, ys = per_x.nonzero()[0], per_y.nonzero()[0]
         x_min, x_max = int(xs[0]) + x0, int(xs[-1]) + 1 + x0
         y_min, y_max = int(ys[0]) + y0, int(ys[-1]) + 1 + y0
         cx = float(int(np.dot(xs, per_x[xs])) + x0 * area) / area
@@ -206,7 +208,7 @@ def slice_boxes(
                 "y_max": y_max,
                 "area_px": area,
                 "area_mm2": round(area * dx * dy, 4),
-                "components": count_components(m),
+                "components": int(cc3d.connected_components(m, connectivity=8, return_N=True)[1]),
                 "centroid_x": round(cx, 4),
                 "centroid_y": round(cy, 4),
                 "centroid_lps": [round(float(v), 4) for v in geometry.index_to_lps(ijk)],
