@@ -110,9 +110,10 @@ def _band_slices(h: int, cuts=()) -> list[slice]:
     return [slice(a, b) for a, b in zip(edges, edges[1:])]
 
 
-def _zlib_stream(segments: list[bytes], adler: int) -> bytes:
-    """A zlib stream of the deflate ``segments`` of scanlines whose Adler-32 is ``adler``."""
-    return b"".join((_ZLIB_HEADER, *segments, struct.pack(">I", adler & 0xFFFFFFFF)))
+def _zlib_stream(segments: list[bytes], adler: int) -> list[bytes]:
+    """The pieces of a zlib stream of the deflate ``segments`` of scanlines whose Adler-32
+    is ``adler`` (joined only into the PNG file, one copy)."""
+    return [_ZLIB_HEADER, *segments, struct.pack(">I", adler & 0xFFFFFFFF)]
 
 
 def _adler32_combine(first: int, second: int, second_len: int) -> int:
@@ -128,13 +129,18 @@ def _stored(raw: np.ndarray) -> bytes:
     return c.compress(raw) + c.flush()
 
 
-def _png_file(w: int, h: int, color_type: int, compressed: bytes, palette: bytes | None = None) -> bytes:
-    header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    return (
-        _SIGNATURE + _chunk(b"IHDR", header)
-        + (_chunk(b"PLTE", palette) if palette is not None else b"")
-        + _chunk(b"IDAT", compressed) + _IEND
-    )
+def _png_file(w: int, h: int, color_type: int, compressed: bytes | list[bytes],
+              palette: bytes | None = None) -> bytes:
+    """A PNG file of one IDAT chunk holding ``compressed`` (bytes, or pieces to join)."""
+    pieces = [compressed] if isinstance(compressed, bytes) else compressed
+    crc = _rle_lib.crc32(b"IDAT")
+    for piece in pieces:
+        crc = _rle_lib.crc32(piece, crc)
+    return b"".join((
+        _SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)),
+        _chunk(b"PLTE", palette) if palette is not None else b"",
+        struct.pack(">I4s", sum(map(len, pieces)), b"IDAT"), *pieces,
+        struct.pack(">I", crc & 0xFFFFFFFF), _IEND))
 
 
 def _png(pixels: np.ndarray, color_type: int, level: int, strategy: str) -> bytes:
