@@ -18,13 +18,11 @@ from pipeline.core.slices import (
     Window,
     apply_window,
     apply_window_table,
-    apply_window_tables,
     ct_window,
     display_slice,
     display_spacing,
     display_to_index,
     mr_window,
-    pack_window_tables,
     select_slices,
     window_table,
 )
@@ -196,16 +194,6 @@ def test_window_tables_give_apply_windows_pixels(dtype):
                               apply_window(values.T[::-1].astype(np.float64), window))
     assert window_table(ct_window("lung"), np.float32) is None
     assert window_table(ct_window("lung"), np.int32) is None
-    # up to four windows packed in one table: each one's pixels from a single lookup
-    names = ("soft_tissue", "lung", "bone", "brain")
-    for n in (2, 3, 4):
-        windows = [ct_window(name) for name in names[:n]]
-        packed = pack_window_tables([window_table(w, dtype) for w in windows])
-        for view in (values, values.T[::-1]):
-            got = apply_window_tables(view, packed, n)
-            assert len(got) == n and all(
-                g.shape == view.shape and np.array_equal(g, apply_window(view.astype(np.float64), w))
-                for g, w in zip(got, windows))
 
 
 def test_slice_boxes_are_those_of_the_pixels():

@@ -23,12 +23,10 @@ from pipeline.core.slices import (
     Window,
     apply_window,
     apply_window_table,
-    apply_window_tables,
     ct_window,
     display_slice,
     display_spacing,
     mr_window,
-    pack_window_tables,
     resample,
     select_slices,
     window_table,
@@ -161,8 +159,6 @@ def extract_case(
     else:
         windows = [mr_window(array, *settings.mr_percentiles)]
     tables = [window_table(w, array.dtype) for w in windows]  # None unless integers
-    packed = (pack_window_tables(tables) if 1 < len(tables) <= 4 and all(t is not None for t in tables)
-              else None)
     case_labels = sorted(masks)
     structures = []
     for label in case_labels:
@@ -194,16 +190,15 @@ def extract_case(
         for index in chosen:
             boxes = slice_boxes(masks, plane, index, geometry, midline)
             view = display_slice(array, plane, index)
-            if packed is not None:  # every window from one lookup a pixel
-                windowed = apply_window_tables(view, packed, len(windows))
-            elif any(t is None for t in tables):  # float64 once for all the windows
+            if any(t is None for t in tables):  # float64 once for all the windows (not once per window)
                 view = np.asarray(view, dtype=np.float64)
-                windowed = [apply_window(view, window) for window in windows]
-            else:
-                if len(tables) > 1 and view.strides[-1] != view.itemsize:
-                    view = np.ascontiguousarray(view)  # (a sagittal slice: gathered once)
-                windowed = [apply_window_table(view, table) for table in tables]
-            for window, pixels in zip(windows, windowed):
+            elif len(tables) > 1 and view.strides[-1] != view.itemsize:
+                # a sagittal slice of a NIfTI's buffer (i fastest) gathers one voxel per
+                # cache line: gathered once, then looked up per window (3 windows at 1.5 mm:
+                # 0.39 instead of 1.1 ms a slice, measured)
+                view = np.ascontiguousarray(view)
+            for window, table in zip(windows, tables):
+                pixels = apply_window(view, window) if table is None else apply_window_table(view, table)
                 images.append(
                     _image_row(case, split, volume, plane, index, window, pixels, boxes,
                                (dx, dy), case_labels, (settings.png_level, settings.png_strategy),
