@@ -70,10 +70,10 @@ _IEND = _chunk(b"IEND", b"")
 _RAMP = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
 
 
-def _up_rows(a: np.ndarray, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+def _up_rows(a: np.ndarray, start: int, stop: int) -> np.ndarray:
     """PNG scanlines ``start:stop`` of ``a`` filtered with Up (filter byte 2; the first row
-    against the row above it, or unfiltered at the top), into ``out`` when given."""
-    raw = np.empty((stop - start, 1 + a.shape[1]), dtype=np.uint8) if out is None else out
+    against the row above it, or unfiltered at the top), a C-contiguous ``uint8`` array."""
+    raw = np.empty((stop - start, 1 + a.shape[1]), dtype=np.uint8)
     raw[:, 0] = 2
     if start:
         np.subtract(a[start], a[start - 1], out=raw[0, 1:])
