@@ -7,13 +7,12 @@ Rendering writes, per unit, the
 ``alignment`` shard (image + caption conversation + metadata) and the ``instruct`` shard
 (nine questions per image), built column by column (:mod:`pipeline.kinds.tree_tables`).
 The stratified ``benchmark`` is written once every unit is done, from the launcher's
-plan and the accepted images' stored bytes.
+plan and the accepted images' stored bytes (:mod:`pipeline.kinds.tree_benchmark`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 from collections.abc import Mapping
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.config.recipes import pool_paths
 from pipeline.core import keys
@@ -35,6 +33,7 @@ from pipeline.inputs.sample_tree import write_tree
 from pipeline.inputs.tree import InputTree
 from pipeline.io import shards
 from pipeline.kinds.base import BaseKind, Planned, load_questions, phantom_input
+from pipeline.kinds.tree_benchmark import benchmark_images, plan_strata
 from pipeline.kinds.tree_tables import (
     CAPTION_TASK,
     ImagesById,
@@ -338,40 +337,14 @@ def read_image(root: str, img: TreeImage, max_pixels: int) -> tuple[bytes, bytes
 
 
 def write_benchmark_plan(output: str, plan, unit_of: Mapping[str, str]) -> None:
-    """The launcher's stratified plan: ``[(stratum, quota, [[key, unit], …])]``; names
-    no source file (the images are read back from the alignment shards)."""
-    strata = [[s, q, [[i.key, unit_of[i.key]] for i in cands]] for s, q, cands in plan]
-    shards.write_json(output, BENCHMARK_PLAN, {"strata": strata})
+    """The launcher's stratified plan (:func:`pipeline.kinds.tree_benchmark.plan_strata`)."""
+    shards.write_json(output, BENCHMARK_PLAN, {"strata": plan_strata(plan, unit_of)})
 
 
 def run_benchmark(ctx, reports: list[dict]) -> dict:
     """Take each stratum's first ``quota`` accepted candidates; write ``benchmark``."""
     plan = json.loads(shards.read_bytes(ctx.output, BENCHMARK_PLAN))
-    accepted = {r["unit"]: set(r["cases"]) for r in reports}
-    chosen: dict[str, set[str]] = {}
-    short = {}
-    for stratum, quota, candidates in plan["strata"]:
-        taken = 0
-        for key, unit in candidates:
-            if taken == quota:
-                break
-            if key in accepted.get(unit, ()):
-                chosen.setdefault(unit, set()).add(key)
-                taken += 1
-        if taken < quota:
-            short[stratum] = quota - taken
-    picked: list[tuple[dict, bytes]] = []
-    for unit, wanted in sorted(chosen.items()):
-        rel = f"alignment/{unit}.parquet"
-        path = shards.join(ctx.output, rel)
-        # a local shard memory-mapped: only the wanted rows' images are copied out (a
-        # 10K-image 224 px shard is ~470 MB, the benchmark wants a tenth of its images)
-        table = pq.read_table(io.BytesIO(shards.read_bytes(ctx.output, rel)) if "://" in path
-                              else path, columns=list(TREE_PAYLOAD_SCHEMA.names), memory_map=True)
-        table = table.filter(pa.compute.is_in(table["image_id"], value_set=pa.array(sorted(wanted))))
-        recs = KIND.records({"alignment": table}, "test")
-        picked.extend(zip(recs, [i["bytes"] for i in table["image"].to_pylist()]))
-    picked.sort(key=lambda x: x[0]["image_id"])
+    picked, short = benchmark_images(ctx, plan["strata"], reports)
     # The benchmark is balanced as a population of its own: its questions are planned over
     # its images (not the test split's), so they get ids of their own.
     population = [TreeImage(r["image_id"], "", r["modality"], r["region"], r["label"], "test")
