@@ -143,6 +143,11 @@ class TreeKind(BaseKind):
             return None
         return run_benchmark(ctx, receipts)
 
+    @staticmethod
+    def finish_input(receipt: dict) -> dict:
+        """What :func:`run_benchmark` reads of a receipt: the test units' accepted images."""
+        return {"unit": receipt["unit"], "cases": receipt["cases"] if receipt["split"] == "test" else {}}
+
     def manifest_extras(self, output, receipts, extras) -> tuple[dict, list[str], list[str]]:
         out, card, lines = {}, [], []
         bench = extras.get("finish")
