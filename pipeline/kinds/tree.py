@@ -19,6 +19,7 @@ import multiprocessing
 import os
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,9 +123,13 @@ class TreeKind(BaseKind):
         """Balanced question choices for every image (:mod:`pipeline.qa.tree_balance`) and the
         stratified benchmark plan — all from the file list, independent of workers."""
         settings = dict(recipe.section("questions").get("settings") or {})
-        with _planning_pool(prep.get("workers", 1), len(cases)) as pool:
-            extras = {"case_extras": plan_tree_questions(cases, prep["families"], prep["pools"],
-                                                         seed, settings, pool=pool)}
+        try:
+            with _planning_pool(prep.get("workers", 1), len(cases)) as pool:
+                plans = plan_tree_questions(cases, prep["families"], prep["pools"], seed, settings,
+                                            pool=pool)
+        except BrokenProcessPool:  # its process died (out of memory, killed): all planned here
+            plans = plan_tree_questions(cases, prep["families"], prep["pools"], seed, settings)
+        extras = {"case_extras": plans}
         normal = prep["pools"].normal_label
         plan = select_benchmark(cases, int(recipe.section("benchmark").get("images", 1000)), seed,
                                 normal=normal)
