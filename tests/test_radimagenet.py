@@ -5,6 +5,7 @@ and the end-to-end build (determinism, CSV splits, dead letters, datasets)."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import os
@@ -577,3 +578,45 @@ def test_files_opened_ahead_come_in_order_and_are_closed_when_the_reader_stops(t
     assert len(opened) == 4  # three ahead of the one handed out
     stopped.close()  # the three opened ahead of it are closed
     assert all(f.closed for f in opened)
+
+
+def test_benchmark_images_from_the_inputs_are_the_shards_bytes(tmp_path, monkeypatch):
+    """The benchmark reads its chosen images from the input files when they are still the
+    ones extracted (their content digest), else from the alignment shards: the same shard
+    either way — all from the inputs, none (a tree that is gone), or a mix (files changed
+    since they were read)."""
+    from pipeline.kinds import tree as tree_kind
+    from pipeline.kinds import tree_benchmark
+
+    root = tmp_path / "tree"
+    write_tree(root, 1200, load_label_pools([resource_dir("distractor_pools") / "radimagenet.yaml"]))
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    for n, p in enumerate(sorted(root.rglob("*.png"))):
+        q = changed / p.relative_to(root)
+        q.parent.mkdir(parents=True, exist_ok=True)
+        q.write_bytes(p.read_bytes() + (b"x" if n % 2 else b""))  # half of them changed
+    shard = tmp_path / "out" / "benchmark" / "test-00000-of-00001.parquet"
+    shas, read = {}, collections.defaultdict(collections.Counter)
+    real, real_stored = tree_kind.run_benchmark, tree_benchmark._stored_image
+
+    def stored(tree, *args):
+        data = real_stored(tree, *args)
+        read[Path(tree.root).name][data is not None] += 1
+        return data
+
+    def spy(ctx, reports):
+        reports = list(reports)
+        for where in (tmp_path / "gone", changed, root):
+            report = real(dataclasses.replace(ctx, input_root=str(where)), reports)
+            shas[where.name] = shard.read_bytes()
+        return report
+
+    monkeypatch.setattr(tree_kind, "run_benchmark", spy)
+    monkeypatch.setattr(tree_benchmark, "_stored_image", stored)
+    result = build("radimagenet-vqa", str(tmp_path / "out"), input_dir=str(root), log=lambda m: None)
+    n = result.manifest["benchmark"]["images"]
+    assert n >= 10
+    assert read == {"gone": {False: n}, "changed": {True: read["changed"][True], False: n - read["changed"][True]},
+                    "tree": {True: n}} and 0 < read["changed"][True] < n
+    assert shas["gone"] == shas["changed"] == shas["tree"]

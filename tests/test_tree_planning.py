@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import random
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
@@ -192,6 +194,9 @@ def test_columnar_plans_are_the_per_image_plans(questions, population):
     got = plan_tree_questions(images, families, pools, 11, {}, population=population)
     assert got == want
     assert plan_tree_questions(images[::-1], families, pools, 11, {}, population) == want
+    # about half of the distractor assignments in another process: the same plans
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        assert plan_tree_questions(images, families, pools, 11, {}, population, pool=pool) == want
 
 
 def test_distractor_draws_are_the_per_question_draws():

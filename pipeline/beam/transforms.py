@@ -194,6 +194,8 @@ class BuildCorpus(beam.PTransform):
                 DEAD, main="receipts")
             dead = rendered[DEAD]
         if kind.finish is not None:
+            inputs = rendered.receipts if kind.finish_input is None else (
+                rendered.receipts | "FinishInputs" >> beam.Map(kind.finish_input))
             _ = (pbegin | "FinishSeed" >> beam.Create([None])
-                 | "Finish" >> beam.ParDo(FinishFn(ctx), beam.pvalue.AsList(rendered.receipts)))
+                 | "Finish" >> beam.ParDo(FinishFn(ctx), beam.pvalue.AsList(inputs)))
         return {"receipts": rendered.receipts, "dead_letters": dead}

@@ -38,10 +38,13 @@ _FROZEN = [0]  # depth of the running unit calls (process_unit calls the other t
 
 def _gc_frozen(fn):
     """Run ``fn`` with everything alive before it frozen out of the garbage collector
-    (``gc.freeze``; thawed after).  A unit allocates ~100K objects a 10K-image unit, and each
-    of the few full collections they trigger would otherwise walk every object of the
-    worker too: measured 0.6 CPU s per 10K 224 px images, for nothing (142 objects freed).
-    The unit's own garbage is collected as before.  The freeze is process-wide: a unit that
+    (``gc.freeze``; thawed after) and the cycle collector off meanwhile (on again after, if
+    it was).  A unit allocates ~100K objects a 10K-image unit, and each of the few full
+    collections they trigger would otherwise walk every object of the worker too: measured
+    0.6 CPU s per 10K 224 px images, for nothing (142 objects freed); with the worker's
+    objects frozen, the collections still walked the unit's own: 0.6-0.7 CPU s per 16K
+    224 px images (of 7.6-8.5 s), for nothing again.  A unit's cyclic garbage (few objects)
+    waits for the first collection after it.  The freeze is process-wide: a unit that
     starts while another thread's unit holds it runs unfrozen (never less correct).  The
     Beam shell calls these functions; nothing else about them changes."""
     @functools.wraps(fn)
@@ -51,9 +54,13 @@ def _gc_frozen(fn):
         _system_arrow_pool()
         _FROZEN[0] += 1
         gc.freeze()
+        enabled = gc.isenabled()
+        gc.disable()
         try:
             return fn(*args, **kwargs)
         finally:
+            if enabled:
+                gc.enable()
             gc.unfreeze()
             _FROZEN[0] -= 1
     return run

@@ -86,6 +86,9 @@ class Kind(Protocol):
     gives its families' counts (info ``_blocks``): :mod:`pipeline.engine.qa_blocks`."""
     finish: Callable[[BuildContext, list[dict]], dict | None] | None
     """Run once on a worker after every unit's receipt (the tree's benchmark), or ``None``."""
+    finish_input: Callable[[dict], dict] | None
+    """What ``finish`` needs of a unit's receipt, taken where the unit ran (a receipt of a
+    10K-image unit is ~2 MB, passed to the finishing worker), or ``None``: all of it."""
 
     def prepare(self, recipe: Recipe) -> dict:
         """Launcher, first: validated settings, families, pools and shard size (``prep``)."""
@@ -182,6 +185,7 @@ class BaseKind:
     balanced = False
     qa_blocks = False
     finish = None
+    finish_input = None
     extract_cases = None
     keep_configs: ClassVar[tuple[str, ...]] = ()  # engine/kept_text.py
     schemas: ClassVar[Mapping[str, pa.Schema]]

@@ -7,22 +7,24 @@ Rendering writes, per unit, the
 ``alignment`` shard (image + caption conversation + metadata) and the ``instruct`` shard
 (nine questions per image), built column by column (:mod:`pipeline.kinds.tree_tables`).
 The stratified ``benchmark`` is written once every unit is done, from the launcher's
-plan and the accepted images' stored bytes.
+plan and the accepted images' stored bytes (:mod:`pipeline.kinds.tree_benchmark`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import io
 import json
+import multiprocessing
 import os
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.config.recipes import pool_paths
 from pipeline.core import keys
@@ -35,6 +37,7 @@ from pipeline.inputs.sample_tree import write_tree
 from pipeline.inputs.tree import InputTree
 from pipeline.io import shards
 from pipeline.kinds.base import BaseKind, Planned, load_questions, phantom_input
+from pipeline.kinds.tree_benchmark import benchmark_images, plan_strata
 from pipeline.kinds.tree_tables import (
     CAPTION_TASK,
     ImagesById,
@@ -120,8 +123,13 @@ class TreeKind(BaseKind):
         """Balanced question choices for every image (:mod:`pipeline.qa.tree_balance`) and the
         stratified benchmark plan — all from the file list, independent of workers."""
         settings = dict(recipe.section("questions").get("settings") or {})
-        extras = {"case_extras": plan_tree_questions(cases, prep["families"], prep["pools"],
-                                                     seed, settings)}
+        try:
+            with _planning_pool(prep.get("workers", 1), len(cases)) as pool:
+                plans = plan_tree_questions(cases, prep["families"], prep["pools"], seed, settings,
+                                            pool=pool)
+        except BrokenProcessPool:  # its process died (out of memory, killed): all planned here
+            plans = plan_tree_questions(cases, prep["families"], prep["pools"], seed, settings)
+        extras = {"case_extras": plans}
         normal = prep["pools"].normal_label
         plan = select_benchmark(cases, int(recipe.section("benchmark").get("images", 1000)), seed,
                                 normal=normal)
@@ -139,6 +147,11 @@ class TreeKind(BaseKind):
         if not ctx.extras.get("benchmark"):
             return None
         return run_benchmark(ctx, receipts)
+
+    @staticmethod
+    def finish_input(receipt: dict) -> dict:
+        """What :func:`run_benchmark` reads of a receipt: the test units' accepted images."""
+        return {"unit": receipt["unit"], "cases": receipt["cases"] if receipt["split"] == "test" else {}}
 
     def manifest_extras(self, output, receipts, extras) -> tuple[dict, list[str], list[str]]:
         out, card, lines = {}, [], []
@@ -307,6 +320,23 @@ class TreeKind(BaseKind):
 
 KIND = TreeKind()
 
+#: With ``--workers N`` (N > 1) and at least this many images, a process from the warm
+#: workers' forkserver assigns about half of the distractors while the launcher plans the
+#: rest (100K images: 2.0 s of 3.6 s of question planning were distractors); below it the
+#: process's start costs more than it saves.
+PLAN_POOL_MIN_IMAGES = 50_000
+
+
+@contextlib.contextmanager
+def _planning_pool(workers: int, n_images: int):
+    """A one-process pool for :func:`plan_tree_questions`, or ``None``; forkserver: forked
+    from the warm workers' server, never from the launcher itself."""
+    if workers < 2 or n_images < PLAN_POOL_MIN_IMAGES:
+        yield None
+        return
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        yield pool
+
 
 def _read_into(f, out: memoryview) -> bool:
     """Read the opened file ``f`` into ``out`` and close it; whether it filled ``out``
@@ -338,40 +368,14 @@ def read_image(root: str, img: TreeImage, max_pixels: int) -> tuple[bytes, bytes
 
 
 def write_benchmark_plan(output: str, plan, unit_of: Mapping[str, str]) -> None:
-    """The launcher's stratified plan: ``[(stratum, quota, [[key, unit], …])]``; names
-    no source file (the images are read back from the alignment shards)."""
-    strata = [[s, q, [[i.key, unit_of[i.key]] for i in cands]] for s, q, cands in plan]
-    shards.write_json(output, BENCHMARK_PLAN, {"strata": strata})
+    """The launcher's stratified plan (:func:`pipeline.kinds.tree_benchmark.plan_strata`)."""
+    shards.write_json(output, BENCHMARK_PLAN, {"strata": plan_strata(plan, unit_of)})
 
 
 def run_benchmark(ctx, reports: list[dict]) -> dict:
     """Take each stratum's first ``quota`` accepted candidates; write ``benchmark``."""
     plan = json.loads(shards.read_bytes(ctx.output, BENCHMARK_PLAN))
-    accepted = {r["unit"]: set(r["cases"]) for r in reports}
-    chosen: dict[str, set[str]] = {}
-    short = {}
-    for stratum, quota, candidates in plan["strata"]:
-        taken = 0
-        for key, unit in candidates:
-            if taken == quota:
-                break
-            if key in accepted.get(unit, ()):
-                chosen.setdefault(unit, set()).add(key)
-                taken += 1
-        if taken < quota:
-            short[stratum] = quota - taken
-    picked: list[tuple[dict, bytes]] = []
-    for unit, wanted in sorted(chosen.items()):
-        rel = f"alignment/{unit}.parquet"
-        path = shards.join(ctx.output, rel)
-        # a local shard memory-mapped: only the wanted rows' images are copied out (a
-        # 10K-image 224 px shard is ~470 MB, the benchmark wants a tenth of its images)
-        table = pq.read_table(io.BytesIO(shards.read_bytes(ctx.output, rel)) if "://" in path
-                              else path, columns=list(TREE_PAYLOAD_SCHEMA.names), memory_map=True)
-        table = table.filter(pa.compute.is_in(table["image_id"], value_set=pa.array(sorted(wanted))))
-        recs = KIND.records({"alignment": table}, "test")
-        picked.extend(zip(recs, [i["bytes"] for i in table["image"].to_pylist()]))
-    picked.sort(key=lambda x: x[0]["image_id"])
+    picked, short = benchmark_images(ctx, plan["strata"], reports)
     # The benchmark is balanced as a population of its own: its questions are planned over
     # its images (not the test split's), so they get ids of their own.
     population = [TreeImage(r["image_id"], "", r["modality"], r["region"], r["label"], "test")

@@ -77,7 +77,7 @@ def build(
         # template and pool files unchanged since the last build into this output are not
         # parsed and validated again (pipeline.config.checked); edited ones are
         checked.use(_state_json(output, CONFIG_CACHE))
-        prep = kind.prepare(recipe)
+        prep = kind.prepare(recipe) | {"workers": workers}  # (the tree kind plans on two)
         pkey, is_default = keys.resolve_pseudonym_key(recipe.section("privacy").get("pseudonym_key"))
         if is_default:
             log(f"warning: pseudonyms use the built-in default key; set ${keys.PSEUDONYM_KEY_ENV}")

@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core import keys
 from pipeline.qa import learned_fit, logistic, text_features
-from pipeline.qa.learned_fit import TOP_ANSWERS, C, _letter, fit_group
+from pipeline.qa.learned_fit import TOP_ANSWERS, C, _letter, fit_group, gc_paused
 from pipeline.schema import pyarrays
 
 TRAIN_CAP = 30_000
@@ -126,23 +126,30 @@ def learned_baseline(train_rows: Iterable[Mapping], eval_rows: Iterable[Mapping]
         config, split, task, qtype = key
         by_source.setdefault((learn_from.get(config, config), task, qtype), []).append(key)
     out: dict[tuple, dict] = {}
-    jobs, digests = [], {}
+    candidates, digests = [], {}
     for source in sorted(by_source):
         rows = _sample(train.get(source, []), TRAIN_CAP)
         if source[2] == "multiple_choice":
             rows = [r for r in rows if r["answer"] in {_letter(j) for j in range(len(r["options"] or []))}]
         tests = {key: (len(groups[key]), _sample(groups[key], EVAL_CAP)) for key in by_source[source]}
-        digest = digests[source] = (group_digest(source, rows, tests)
+        candidates.append((source, rows, tests))
+    # the largest groups to the pool, the others here meanwhile; results by key.  Each
+    # group's digest (its cache entry) is taken just before it is fitted or submitted: the
+    # pool's groups start before the other groups' digests are made
+    candidates.sort(key=lambda job: -sum(len(r["options"] or []) or 1 for r in job[1]))
+    jobs, remote = [], []
+    for job in candidates:
+        source = job[0]
+        digest = digests[source] = (group_digest(*job)
                                     if cache is not None or store is not None else None)
         hit = (cache or {}).get(digest)
-        if hit is None:
-            jobs.append((source, rows, tests))
-        else:
+        if hit is not None:
             out.update((tuple(k), dict(v)) for k, v in hit)
-    # the largest groups to the pool, the others here meanwhile; results by key
-    jobs.sort(key=lambda job: -sum(len(r["options"] or []) or 1 for r in job[1]))
-    remote = [pool.submit(fit_group, job) for job in jobs[:pool_jobs]] if pool and len(jobs) > 1 else []
-    for job in jobs[len(remote):]:
+        elif pool and len(remote) < pool_jobs and len(candidates) > 1:
+            remote.append(pool.submit(fit_group, job))
+        else:
+            jobs.append(job)
+    for job in jobs:
         out.update(fit_group(job))
     for future in remote:
         out.update(future.result())
@@ -273,7 +280,11 @@ def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Map
     columns)`` returns an Arrow table of those of ``columns`` the shard has.  Reads the
     key columns of every shard, then the question texts of the sampled rows' shards.
     ``cache``, ``store``, ``pool`` and ``pool_jobs`` as for :func:`learned_baseline`."""
-    shards = sorted(shards)
+    with gc_paused():
+        return _learned_from_shards(read, sorted(shards), learn_from, cache, store, pool, pool_jobs)
+
+
+def _learned_from_shards(read, shards, learn_from, cache, store, pool, pool_jobs) -> dict:
     kept: dict[tuple, tuple] = {}
     sizes: Counter = Counter()
     for n, (config, rel) in enumerate(shards):

@@ -180,11 +180,15 @@ def derangement(group: np.ndarray, answer: Sequence[str], u: np.ndarray, tiebrea
 
 
 def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
-                        settings: Mapping, population: str | None = None) -> dict[str, dict]:
+                        settings: Mapping, population: str | None = None,
+                        pool=None) -> dict[str, dict]:
     """Per image key, what its balanced questions ask: ``{key: {family: {...}}}``.
 
     ``images``: :class:`pipeline.inputs.layouts.tree.TreeImage`; groups are formed per split (or
-    over all images as one ``population``, e.g. the benchmark).
+    over all images as one ``population``, e.g. the benchmark).  ``pool``: an executor (a
+    process pool) that takes about half of the distractor assignments (one per pool of
+    questions, each its own: the same choices wherever it runs) while this process does
+    the others.
     """
     images = list(images)
     image_keys = [i.key for i in images]
@@ -233,6 +237,7 @@ def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
             plans[t][name_a] = {"wrong": answers[s], "variant": v}
     # multiple choice: positions by rank, distractors by quota
     auto_normal = str(settings.get("no_pathology_option_rate", "auto")) == "auto"
+    assignments: list[tuple] = []  # (family, members, their images, pools, weighted)
     for gen, level in (("rin_anatomy_mc", "modality"), ("rin_pathology_mc", "region")):
         if gen not in fam or (gen == "rin_pathology_mc" and not auto_normal):
             continue
@@ -274,13 +279,16 @@ def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
         for members, idx in pools_by:
             if len({a for _, a in members}) < len(LETTERS):
                 continue  # too few answers in the pool: the generator's fallback draws
-            index_of = {m[0]: i for m, i in zip(members, idx)}
             # drawn in proportion to the quota left, not the largest quotas: those gave a
             # rare pathology the region's most frequent ones, the option set the answer
-            for v, chosen in assign_distractors(members, {}, _Related(rel),
-                                                weighted=level == "region").items():
-                if len(chosen) == len(LETTERS) - 1:
-                    plans[index_of[v]][name]["distractors"] = list(chosen)
+            # (anatomy: related means equal, assign_distractors' default without pools)
+            assignments.append((name, members, idx, pools if level == "region" else None,
+                                level == "region"))
+    for name, members, idx, chosen_by in _assigned(assignments, pool):
+        index_of = {m[0]: i for m, i in zip(members, idx)}
+        for v, chosen in chosen_by.items():
+            if len(chosen) == len(LETTERS) - 1:
+                plans[index_of[v]][name]["distractors"] = list(chosen)
     # abnormality polarity: alternate by rank within normal and abnormal images
     if "rin_abnormality" in fam:
         name = fam["rin_abnormality"]
@@ -294,13 +302,26 @@ def plan_tree_questions(images: Iterable, families: Mapping, pools, seed: int,
     return out
 
 
+def _assign(members: list, pools, weighted: bool) -> dict:
+    return assign_distractors(members, {}, pools, weighted=weighted)
+
+
+def _assigned(assignments: list[tuple], pool) -> list[tuple]:
+    """``(family, members, images, {u: distractors})`` of every assignment, in order: with a
+    ``pool``, the largest ones go to it until it holds about half of the questions."""
+    remote: dict[int, object] = {}
+    if pool is not None and len(assignments) > 1:
+        load, half = 0, sum(len(a[1]) for a in assignments) / 2
+        for n in sorted(range(len(assignments)), key=lambda n: -len(assignments[n][1])):
+            if load + len(assignments[n][1]) <= half or not remote:
+                _, members, _, pools, weighted = assignments[n]
+                remote[n] = pool.submit(_assign, members, pools, weighted)
+                load += len(assignments[n][1])
+    local = {n: _assign(a[1], a[3], a[4]) for n, a in enumerate(assignments) if n not in remote}
+    return [(a[0], a[1], a[2], remote[n].result() if n in remote else local[n])
+            for n, a in enumerate(assignments)]
+
+
 def _dense(codes: np.ndarray) -> np.ndarray:
     """``codes`` renumbered 0..k-1 in their sorted order."""
     return np.unique(codes, return_inverse=True)[1].reshape(-1)
-
-
-class _Related:
-    """Adapter giving :func:`assign_distractors` a ``related`` method."""
-
-    def __init__(self, fn):
-        self.related = fn
