@@ -12,7 +12,6 @@ plan and the accepted images' stored bytes.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -34,6 +33,7 @@ from pipeline.inputs.layouts.tree import TreeImage, check_png, discover_tree
 from pipeline.inputs.sample_tree import write_tree
 from pipeline.inputs.tree import InputTree
 from pipeline.io import shards
+from pipeline.kinds import tree_blocks
 from pipeline.kinds.base import BaseKind, Planned, load_questions, phantom_input
 from pipeline.kinds.tree_tables import (
     CAPTION_TASK,
@@ -277,13 +277,15 @@ class TreeKind(BaseKind):
         return keys.digest(json.dumps(caps), *(p.read_bytes() for p in _KEEP_CODE)) if fams else None
 
     def render(self, ref, records: list[dict], payload, ctx, rules, report):
-        kept, qctx = report.get("kept_text"), ctx  # alignment stands: other questions only
-        if kept:  # (engine/kept_text), the images never read
-            qctx = dataclasses.replace(ctx, qa_fp=keys.digest(ctx.qa_fp, "kept"), families={
-                n: f for n, f in ctx.families.items() if f.task != CAPTION_TASK})
+        kept = report.get("kept_text")  # alignment stands (engine/kept_text); stored families
+        # are read, not rendered (kinds/tree_blocks)
+        blocks, stored, qctx = tree_blocks.context(ref.unit_id, records, ctx, bool(kept))
         column = ALIGNMENT_SCHEMA.empty_table()["image"] if kept else payload["alignment"]["image"]
         images = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-        align, inst, tasks = render_tree_images(records, images, qctx)
+        align, inst, tasks, families = render_tree_images(records, images, qctx)
+        if blocks is not None:
+            tree_blocks.write(blocks, ref.unit_id, inst, families)
+            inst = tree_blocks.merged(inst, stored, tasks)
         if kept:
             (rel, f), = kept.items()
             align = FileReceipt(rel, f["sha256"], f["bytes"], f["rows"])

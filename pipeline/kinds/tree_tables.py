@@ -116,12 +116,14 @@ def image_array(data: list, paths: list[str], joined=None) -> pa.StructArray:
 
 def render_tree_images(records: list[dict], images: pa.StructArray, ctx):
     """Alignment and instruct tables for ``records`` (sorted by key) and their images (the
-    payload's ``image`` structs, in the same order: passed through to ``alignment``)."""
+    payload's ``image`` structs, in the same order: passed through to ``alignment``), the
+    task counts and each instruct row's family."""
     pools = ctx.pools
     align: list[tuple] = []
     inst: list[tuple] = []
     tasks: Counter = Counter()
     captioned: list[int] = []
+    families: list[str] = []  # each instruct row's (pipeline.kinds.tree_blocks)
     for i, record in enumerate(records):
         image_id, split, label, m = (record["image_id"], record["split"], record["label"],
                                      record["modality"])
@@ -139,13 +141,14 @@ def render_tree_images(records: list[dict], images: pa.StructArray, ctx):
                 align.append((image_id, human, gpt, m, record["region"], label, split,
                               task, answer_text, *image_meta, row["qa_id"]))
             else:
+                families.append(row["family"])
                 inst.append((row["qa_id"], image_id, human, gpt, row["question"], _choices(row),
                              row["answer"], answer_text, qtype, task, row["template_id"], split,
                              task, answer_text, *image_meta, row["qa_id"]))
     if captioned != list(range(len(records))):
         images = images.take(pa.array(captioned, pa.int64()))
     return (_alignment_table(_transposed(align, _ALIGN_COLUMNS), images),
-            _instruct_table(_transposed(inst, _INSTRUCT_COLUMNS)), tasks)
+            _instruct_table(_transposed(inst, _INSTRUCT_COLUMNS)), tasks, families)
 
 
 _META_COLUMNS = ("m_content_type", "m_correct_text", "m_is_abnormal", "m_location", "m_modality",
