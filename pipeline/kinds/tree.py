@@ -302,10 +302,11 @@ class TreeKind(BaseKind):
         } | kept_text.receipt_key(ref, ctx, self, report, n_align, len(records))
         tables = {"alignment": align, "instruct": inst}
         by_id = None if kept else ImagesById([r["image_id"] for r in records], images)  # kept:
-        table = ood.ood_table(ood.TREE, ref, records, ctx,  # the chosen images read from it
-                              report | {"pixel_files": kept or {}}, by_id)
+        table, inputs = ood.ood_output(  # the chosen images read from it; a stored ood shard
+            ood.TREE, ref, records, ctx, report | {"pixel_files": kept or {}}, by_id,  # kept
+            ood.planned_inputs_digest(ood.TREE, ref, ctx, report["planned"]))  # as it is
         if table is not None:
-            tables["ood"] = table
+            tables["ood"], info["ood_inputs"] = table, inputs
         return tables, info, []
 
 
