@@ -285,9 +285,8 @@ class TreeKind(BaseKind):
         images = image_array([], []) if kept else (
             column.chunk(0) if column.num_chunks == 1 else column.combine_chunks())
         align, inst, tasks, families = render_tree_images(records, images, qctx)
-        if blocks is not None:
-            tree_blocks.write(blocks, ref.unit_id, inst, families)
-            inst = tree_blocks.merged(inst, stored, tasks)
+        audit = tree_blocks.audit(tree_blocks.write(blocks, ref.unit_id, inst, families), stored)
+        inst = tree_blocks.merged(inst, stored, tasks)
         if kept:
             (rel, f), = kept.items()
             align = FileReceipt(rel, f["sha256"], f["bytes"], f["rows"])
@@ -298,7 +297,7 @@ class TreeKind(BaseKind):
             "rows": {"cases": len(records), "images": len(records),
                      "alignment": n_align, "instruct": inst.num_rows, "qa": n_align + inst.num_rows},
             "tasks": dict(sorted(tasks.items())),
-            "labels_unknown_to_pools": [], "audit": partial_counts_columns("instruct", inst),
+            "labels_unknown_to_pools": [], "audit": audit,
         } | kept_text.receipt_key(ref, ctx, self, report, n_align, len(records))
         tables = {"alignment": align, "instruct": inst}
         by_id = None if kept else ImagesById([r["image_id"] for r in records], images)  # kept:

@@ -27,10 +27,12 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core import keys
 from pipeline.engine import qa_blocks
 from pipeline.kinds.tree_tables import CAPTION_TASK
+from pipeline.qa.audit import merge, partial_counts_columns
 from pipeline.qa.stored_rows import code_digest
 from pipeline.schema import pyarrays
 from pipeline.schema.arrow import INSTRUCT_SCHEMA
@@ -94,24 +96,32 @@ def read(blocks: qa_blocks.Blocks, unit: str) -> list[tuple[pa.Table, dict]]:
             for t, meta in stored]
 
 
-def write(blocks: qa_blocks.Blocks, unit: str, inst: pa.Table, families: list[str]) -> None:
-    """Write the blocks of the families rendered now (``families``: each ``inst`` row's)."""
-    rendered = sorted(set(blocks.keys) - blocks.reused)
-    tasks: dict[str, Counter] = {f: Counter() for f in rendered}
-    for f, task in zip(families, inst["task"].to_pylist()):
-        if f in tasks:
-            tasks[f][task] += 1
-    meta = {f: {"tasks": dict(sorted(c.items()))} for f, c in tasks.items()}
-    table = inst.append_column(FAMILY, pyarrays.array(families, pa.string()))
-    blocks.write(unit, table, meta)
+def write(blocks: qa_blocks.Blocks | None, unit: str, inst: pa.Table, families: list[str]) -> dict:
+    """``{family: {"tasks", "audit"}}`` of the families rendered now (``families``: each
+    ``inst`` row's), their blocks written when there are ``blocks``."""
+    names = pyarrays.array(families, pa.string())
+    meta = {}
+    for f in sorted(set(families)):
+        part = inst.filter(pc.equal(names, pyarrays.scalar(f, pa.string())))
+        meta[f] = {"tasks": dict(sorted(Counter(part["task"].to_pylist()).items())),
+                   "audit": partial_counts_columns("instruct", part)}
+    if blocks is not None:
+        blocks.write(unit, inst.append_column(FAMILY, names), meta)
+    return meta
+
+
+def audit(meta: dict, stored: list[tuple[pa.Table, dict]]) -> dict:
+    """The unit's ``instruct`` audit counts: its families' partial counts summed (counts add
+    up; every use of them is order-free, :mod:`pipeline.qa.audit`)."""
+    return merge([m["audit"] for _, m in sorted(meta.items())] + [m["audit"] for _, m in stored])
 
 
 def merged(inst: pa.Table, stored: list[tuple[pa.Table, dict]], tasks: Counter) -> pa.Table:
     """``inst`` (rows rendered now) with the stored families' rows, in the order a full
     rendering gives (by image, then ``qa_id``); their task counts added to ``tasks``."""
-    if not stored:
-        return inst
     for _, meta in stored:
         tasks.update(meta.get("tasks") or {})
+    if not stored:
+        return inst
     table = pa.concat_tables([inst, *(t for t, _ in stored)])
     return table.sort_by([("image_id", "ascending"), ("qa_id", "ascending")]).combine_chunks()
