@@ -57,7 +57,7 @@ from pipeline.schema.arrow import (
 from pipeline.schema.layout import PLAN_DIR, UNITS_DIR
 from pipeline.schema.records import CaseResult, FileReceipt
 
-TREE_VERSION = "3"  # content digests hash the PNG's bytes as bytes (keys.digest)
+TREE_VERSION = "4"  # 4: the benchmark's images dictionary-encoded (io/shards.WRITER)
 BENCHMARK_PLAN = f"{PLAN_DIR}/benchmark.json"
 BENCHMARK_RECEIPT = f"{UNITS_DIR}/benchmark.json"
 BENCHMARK_SHARD = "benchmark/test-00000-of-00001.parquet"
