@@ -469,11 +469,16 @@ def test_changed_writer_options_rewrite_the_shards(tmp_path, sample_input, monke
     assert now.keys() == stamps.keys() and all(now[k] != stamps[k] for k in stamps)
 
 
-def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path):
+def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path, monkeypatch):
     """The tree kind keeps its images beside their text: a template edit copies every image
     from the stored shards (nothing read from the input again), in this process without
-    Beam, to the same bytes as a fresh build."""
+    Beam, to the same bytes as a fresh build.  Only the edited family is generated again
+    (the others' finished rows come from their blocks, kinds/tree_blocks.py; an unreadable
+    block: every family rendered again, same bytes), and the ood shard stays as it is."""
+    from pipeline.engine import qa_blocks
     from pipeline.inputs.sample_tree import write_tree
+    from pipeline.kinds import tree as tree_kind
+    from pipeline.kinds import tree_tables
     from pipeline.qa.label_pools import load_label_pools
 
     pool = resource_dir("distractor_pools") / "radimagenet.yaml"
@@ -498,15 +503,40 @@ def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path):
         build(str(d / "my.yaml"), str(tmp_path / name), input_dir=str(inp), **QUIET)
         return corpus_digest(tmp_path / name)
 
+    def stat(path):
+        return path.stat().st_ino, path.stat().st_mtime_ns
+
     before = files()
     units = sorted(p.stem for p in (out / "alignment").glob("*.parquet"))
     assert len(units) >= 2
-    # a question's wording: every alignment shard (images + captions) kept as it is
+    rows_dir = out / layout.ROWS_DIR
+    blocks = {p.name: stat(p) for p in rows_dir.glob(f"*{qa_blocks.SUFFIX}")}
+    assert len(blocks) == 9 * len(units)  # the nine question families (captions: alignment)
+    (ood_shard,) = (out / "ood").glob("*.parquet")
+    ood_before = stat(ood_shard)
+    generated: set[str] = set()  # the families the units render (the benchmark: all)
+    real = tree_tables.render_tree_images
+    monkeypatch.setattr(tree_kind, "render_tree_images", lambda records, images, ctx:
+                        generated.update(ctx.families) or real(records, images, ctx))
+    # a question's wording: every alignment shard (images + captions) kept as it is, and the
+    # other families' rows and the ood shard
     _edit(d / "tpl" / "abnormality_closed.yaml", "Does this image appear normal?", "Does this image look normal?")
     b = regenerate(str(out), **QUIET).manifest["build"]
     assert b["cases_extracted"] == 0 and b["cases_copied_from_stored_shards"] > 0
     assert b["units_kept_text_shards"] == units and files() == before
+    assert generated == {"abnormality_closed"}
+    now = {p.name: stat(p) for p in rows_dir.glob(f"*{qa_blocks.SUFFIX}")}
+    assert len(now) == len(blocks)
+    assert {n for n in now if blocks.get(n) != now[n]} == {n for n in now if ".abnormality_closed." in n}
+    assert stat(ood_shard) == ood_before
     assert corpus_digest(out) == fresh("fresh")
+    # an unreadable block: every family rendered again, to the same bytes
+    _edit(d / "tpl" / "abnormality_closed.yaml", "Does this image look normal?", "Is this image normal?")
+    cut = sorted(rows_dir.glob(f"*.anatomy_open.*{qa_blocks.SUFFIX}"))[0]
+    cut.write_bytes(b"ARROW1 cut")
+    regenerate(str(out), **QUIET)
+    assert cut.read_bytes() != b"ARROW1 cut"
+    assert corpus_digest(out) == fresh("fresh1")
     # a caption's wording: every alignment shard written again
     _edit(d / "tpl" / "caption.yaml", "Summarise what this image shows.", "Summarize what this image shows.")
     b = regenerate(str(out), **QUIET).manifest["build"]

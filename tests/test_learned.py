@@ -228,3 +228,42 @@ def test_cache_digest_names_the_model_version(monkeypatch):
         monkeypatch.undo()
         learned._code_digest.cache_clear()
     assert learned.group_digest(source, rows[:50], tests) == before
+
+
+def test_shards_with_a_cache_fit_only_the_groups_whose_rows_changed(monkeypatch):
+    """``learned_from_shards`` with ``cache``/``store`` (the launcher's way, qa/learned_groups.py):
+    the same result as without; a second call taking the first's store fits nothing; an edit of
+    one group's questions fits that group only, with the result of a fresh call; a group whose
+    learned-from config is another (the benchmark's) follows its train rows."""
+    import json
+
+    rows = (_rows(_box_bin, n_train=300, n_test=100) + _rows(_closed(True), 200, 80, seed=1))
+    bench = [r | {"config": "benchmark", "qa_id": "b" + r["qa_id"]} for r in rows if r["split"] == "test"]
+
+    def shards(rows):
+        out = {}
+        for config in ("qa", "benchmark"):
+            mine = [{k: v for k, v in r.items() if k != "config"} for r in rows if r["config"] == config]
+            for i in range(2):
+                out[(config, f"{config}/part-{i}")] = pa.Table.from_pylist(mine[i::2])
+        return out
+
+    def run(rows, **kw):
+        tables = shards(rows)
+        by_rel = {rel: t for (_, rel), t in tables.items()}
+        return learned.learned_from_shards(lambda rel, cols: by_rel[rel].select(
+            [c for c in cols if c in by_rel[rel].column_names]), list(tables), {"benchmark": "qa"}, **kw)
+
+    plain = run(rows + bench)
+    store: dict = {}
+    assert run(rows + bench, cache={}, store=store) == plain and len(store) == 2
+    cache = json.loads(json.dumps(store))
+    fitted = []
+    real = learned_fit._fit
+    monkeypatch.setattr(learned_fit, "_fit", lambda x, y: fitted.append(1) or real(x, y))
+    again: dict = {}
+    assert run(rows + bench, cache=cache, store=again) == plain and not fitted and again == cache
+    edited = [r | {"question": r["question"].replace("Is the", "Can you see the")}
+              if r["question_type"] == "closed" else r for r in rows + bench]
+    assert run(edited, cache=cache, store={}) == run(edited)
+    assert len(fitted) == 3  # the closed group with the cache; both groups without it

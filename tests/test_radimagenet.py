@@ -399,6 +399,16 @@ def test_tree_build_is_byte_reproducible_and_loads(tmp_path, built, tree):
     assert _digests(out) == _digests(again)
     bench = load_dataset(str(out), "benchmark", split="test")
     assert isinstance(bench[0]["image"], Image.Image)
+    # the benchmark's images (one per question) are dictionary-encoded: each distinct one
+    # stored once per row group, read back as the alignment's bytes
+    (shard,) = (out / "benchmark").glob("*.parquet")
+    meta = pq.ParquetFile(shard).metadata
+    col = [meta.row_group(0).column(i).path_in_schema for i in range(meta.num_columns)].index("image.bytes")
+    assert "RLE_DICTIONARY" in meta.row_group(0).column(col).encodings
+    images = {r["image_id"]: r["image"]["bytes"] for r in pq.read_table(
+        out / "alignment", columns=["image_id", "image"]).to_pylist()}
+    assert all(images[r["image_id"]] == r["image"]["bytes"]
+               for r in pq.read_table(shard, columns=["image_id", "image"]).to_pylist())
     instruct = load_dataset(str(out), "instruct", split="validation")
     row = instruct[0]
     assert row["conversations"][0]["from"] == "human" and row["conversations"][0]["value"].startswith("<image>\n")

@@ -190,18 +190,31 @@ def stored_shards(receipts: Mapping[str, Mapping], refs) -> dict[str, dict]:
     return out
 
 
-def ood_output(source: OodSource, ref, records: list[dict], ctx, report: Mapping
+def planned_inputs_digest(source: OodSource, ref, ctx, planned: str) -> str:
+    """:func:`inputs_digest` for a unit whose pixel shard is written after its ``ood`` rows
+    (the tree kind's ``alignment``): its plan's digest (every case's key and fingerprint:
+    the input file's identity, the kind's version and settings, the writer's options)
+    stands for the shard's sha256."""
+    return keys.digest(_code_digest(), source.config, source.key_column, source.pixel_column,
+                       json.dumps(ctx.extras.get("ood"), sort_keys=True), ctx.seed, ref.split,
+                       "planned", planned, shards.writer_digest())
+
+
+def ood_output(source: OodSource, ref, records: list[dict], ctx, report: Mapping,
+               pixels: Mapping[str, bytes] | None = None, inputs: str | None = None,
                ) -> tuple[pa.Table | FileReceipt | None, str | None]:
     """``(the unit's ood table — or the receipt of the stored shard kept as it is —, its
     inputs digest)``; ``(None, None)`` when the unit has no ``ood`` rows.
 
     The stored shard is kept when the last build recorded the same :func:`inputs_digest`
     for it and the file still has the recorded sha256: it holds the bytes this build would
-    write (``tests/test_incremental.py`` checks both, and that a changed input is redone)."""
+    write (``tests/test_incremental.py`` checks both, and that a changed input is redone).
+    ``pixels`` as for :func:`ood_table`; ``inputs``: the digest when the caller made it
+    (:func:`planned_inputs_digest`)."""
     conf = ctx.extras.get("ood")
     if not conf or ref.split != conf["split"]:
         return None, None
-    inputs = inputs_digest(source, ref, ctx, report)
+    inputs = inputs or inputs_digest(source, ref, ctx, report)
     stored = (ctx.extras.get("ood_stored") or {}).get(ref.unit_id)
     if stored and stored["inputs"] == inputs:
         rel, info = ref.shard("ood"), stored["file"]
@@ -211,4 +224,4 @@ def ood_output(source: OodSource, ref, records: list[dict], ctx, report: Mapping
             data = b""
         if hashlib.sha256(data).hexdigest() == info["sha256"]:
             return FileReceipt(rel, info["sha256"], info["bytes"], info["rows"]), inputs
-    return ood_table(source, ref, records, ctx, report), inputs
+    return ood_table(source, ref, records, ctx, report, pixels), inputs

@@ -13,7 +13,6 @@ plan and the accepted images' stored bytes (:mod:`pipeline.kinds.tree_benchmark`
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import multiprocessing
 import os
@@ -36,6 +35,7 @@ from pipeline.inputs.layouts.tree import TreeImage, check_png, discover_tree
 from pipeline.inputs.sample_tree import write_tree
 from pipeline.inputs.tree import InputTree
 from pipeline.io import shards
+from pipeline.kinds import tree_blocks
 from pipeline.kinds.base import BaseKind, Planned, load_questions, phantom_input
 from pipeline.kinds.tree_benchmark import benchmark_images, plan_strata
 from pipeline.kinds.tree_tables import (
@@ -59,7 +59,7 @@ from pipeline.schema.arrow import (
 from pipeline.schema.layout import PLAN_DIR, UNITS_DIR
 from pipeline.schema.records import CaseResult, FileReceipt
 
-TREE_VERSION = "3"  # content digests hash the PNG's bytes as bytes (keys.digest)
+TREE_VERSION = "4"  # 4: the benchmark's images dictionary-encoded (io/shards.WRITER)
 BENCHMARK_PLAN = f"{PLAN_DIR}/benchmark.json"
 BENCHMARK_RECEIPT = f"{UNITS_DIR}/benchmark.json"
 BENCHMARK_SHARD = "benchmark/test-00000-of-00001.parquet"
@@ -290,13 +290,15 @@ class TreeKind(BaseKind):
         return keys.digest(json.dumps(caps), *(p.read_bytes() for p in _KEEP_CODE)) if fams else None
 
     def render(self, ref, records: list[dict], payload, ctx, rules, report):
-        kept, qctx = report.get("kept_text"), ctx  # alignment stands: other questions only
-        if kept:  # (engine/kept_text), the images never read
-            qctx = dataclasses.replace(ctx, qa_fp=keys.digest(ctx.qa_fp, "kept"), families={
-                n: f for n, f in ctx.families.items() if f.task != CAPTION_TASK})
-        column = ALIGNMENT_SCHEMA.empty_table()["image"] if kept else payload["alignment"]["image"]
-        images = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-        align, inst, tasks = render_tree_images(records, images, qctx)
+        kept = report.get("kept_text")  # alignment stands (engine/kept_text); stored families
+        # are read, not rendered (kinds/tree_blocks)
+        blocks, stored, qctx = tree_blocks.context(ref.unit_id, records, ctx, bool(kept))
+        column = None if kept else payload["alignment"]["image"]  # (no empty table: pandas)
+        images = image_array([], []) if kept else (
+            column.chunk(0) if column.num_chunks == 1 else column.combine_chunks())
+        align, inst, tasks, families = render_tree_images(records, images, qctx)
+        audit = tree_blocks.audit(tree_blocks.write(blocks, ref.unit_id, inst, families), stored)
+        inst = tree_blocks.merged(inst, stored, tasks)
         if kept:
             (rel, f), = kept.items()
             align = FileReceipt(rel, f["sha256"], f["bytes"], f["rows"])
@@ -307,14 +309,15 @@ class TreeKind(BaseKind):
             "rows": {"cases": len(records), "images": len(records),
                      "alignment": n_align, "instruct": inst.num_rows, "qa": n_align + inst.num_rows},
             "tasks": dict(sorted(tasks.items())),
-            "labels_unknown_to_pools": [], "audit": partial_counts_columns("instruct", inst),
+            "labels_unknown_to_pools": [], "audit": audit,
         } | kept_text.receipt_key(ref, ctx, self, report, n_align, len(records))
         tables = {"alignment": align, "instruct": inst}
         by_id = None if kept else ImagesById([r["image_id"] for r in records], images)  # kept:
-        table = ood.ood_table(ood.TREE, ref, records, ctx,  # the chosen images read from it
-                              report | {"pixel_files": kept or {}}, by_id)
+        table, inputs = ood.ood_output(  # the chosen images read from it; a stored ood shard
+            ood.TREE, ref, records, ctx, report | {"pixel_files": kept or {}}, by_id,  # kept
+            ood.planned_inputs_digest(ood.TREE, ref, ctx, report["planned"]))  # as it is
         if table is not None:
-            tables["ood"] = table
+            tables["ood"], info["ood_inputs"] = table, inputs
         return tables, info, []
 
 

@@ -21,6 +21,7 @@ from pipeline.core import keys
 from pipeline.core.imaging import strip_png_metadata
 from pipeline.inputs.tree import InputTree
 from pipeline.io import shards
+from pipeline.schema import pyarrays
 from pipeline.schema.arrow import TREE_PAYLOAD_SCHEMA
 
 
@@ -82,9 +83,11 @@ def _from_shard(output: str, unit: str, wanted: set[str]) -> list[tuple[dict, by
     those rows' bytes are copied out."""
     rel = f"alignment/{unit}.parquet"
     path = shards.join(output, rel)
-    table = pq.read_table(io.BytesIO(shards.read_bytes(output, rel)) if "://" in path else path,
-                          columns=list(TREE_PAYLOAD_SCHEMA.names), memory_map=True)
-    table = table.filter(pc.is_in(table["image_id"], value_set=pa.array(sorted(wanted))))
+    # (pq.ParquetFile: pq.read_table imports pyarrow.dataset and pandas, 0.2 s)
+    table = pq.ParquetFile(io.BytesIO(shards.read_bytes(output, rel)) if "://" in path else path,
+                           memory_map=True).read(list(TREE_PAYLOAD_SCHEMA.names))
+    table = table.filter(pc.is_in(table["image_id"], value_set=pyarrays.array(
+        sorted(wanted), pa.string())))
     columns = [table[c].to_pylist() for c in ("image_id", "modality", "region", "label")]
     return [(_record(*fields), image["bytes"])
             for *fields, image in zip(*columns, table["image"].to_pylist())]

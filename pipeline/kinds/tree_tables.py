@@ -19,6 +19,7 @@ import pyarrow as pa
 from pipeline.core import keys
 from pipeline.qa.options import LETTERS
 from pipeline.qa.questions import generate_questions
+from pipeline.schema import pyarrays
 from pipeline.schema.arrow import (
     ALIGNMENT_SCHEMA,
     BENCHMARK_SCHEMA,
@@ -29,6 +30,16 @@ from pipeline.schema.arrow import (
 )
 
 CAPTION_TASK = "caption"
+#: Columns of up to this many values are built by :func:`pipeline.schema.pyarrays.array`, which
+#: never imports pandas (pa.array's probe does, 0.13-0.19 s of CPU once a process); longer
+#: ones by ``pa.array``, 50 ns a string faster (a full build's units, 90K rows of 10K images)
+FEW_VALUES = 50_000
+
+
+def _arr(values, type: pa.DataType) -> pa.Array:
+    """``pa.array(values, type)`` (the same array either way: tests/test_pyarrays.py)."""
+    values = values if isinstance(values, list) else list(values)
+    return pyarrays.array(values, type) if len(values) <= FEW_VALUES else pa.array(values, type)
 
 
 def human_turn(question: str, question_type: str, options) -> str:
@@ -66,17 +77,17 @@ def _conversations(humans: list[str], gpts: list[str]) -> pa.Array:
     values = [None] * (2 * n)
     values[0::2], values[1::2] = humans, gpts
     turns = pa.StructArray.from_arrays(
-        [pa.array(["human", "gpt"] * n, pa.string()), pa.array(values, pa.string())], fields=list(TURN)
+        [_arr(["human", "gpt"] * n, pa.string()), _arr(values, pa.string())], fields=list(TURN)
     )
-    return pa.ListArray.from_arrays(pa.array(range(0, 2 * n + 1, 2), pa.int32()), turns)
+    return pa.ListArray.from_arrays(_arr(range(0, 2 * n + 1, 2), pa.int32()), turns)
 
 
 def _metadata(c: dict) -> pa.Array:
     return pa.StructArray.from_arrays(
-        [pa.array(c["m_content_type"], pa.string()), pa.array(c["m_correct_text"], pa.string()),
-         pa.array(c["m_is_abnormal"], pa.bool_()), pa.array(c["m_location"], pa.string()),
-         pa.array(c["m_modality"], pa.string()), pa.array(c["m_pathology"], pa.string()),
-         pa.array(c["m_question_id"], pa.string())],
+        [_arr(c["m_content_type"], pa.string()), _arr(c["m_correct_text"], pa.string()),
+         _arr(c["m_is_abnormal"], pa.bool_()), _arr(c["m_location"], pa.string()),
+         _arr(c["m_modality"], pa.string()), _arr(c["m_pathology"], pa.string()),
+         _arr(c["m_question_id"], pa.string())],
         fields=list(METADATA),
     )
 
@@ -110,18 +121,20 @@ def image_array(data: list, paths: list[str], joined=None) -> pa.StructArray:
         binary = pa.Array.from_buffers(pa.binary(), len(data), [
             None, pa.py_buffer(offsets.astype(np.int32)),
             pa.py_buffer(b"".join(data) if joined is None else joined)])
-    return pa.StructArray.from_arrays([binary, pa.array(paths, pa.string())],
+    return pa.StructArray.from_arrays([binary, _arr(paths, pa.string())],
                                       fields=list(IMAGE_STRUCT))
 
 
 def render_tree_images(records: list[dict], images: pa.StructArray, ctx):
     """Alignment and instruct tables for ``records`` (sorted by key) and their images (the
-    payload's ``image`` structs, in the same order: passed through to ``alignment``)."""
+    payload's ``image`` structs, in the same order: passed through to ``alignment``), the
+    task counts and each instruct row's family."""
     pools = ctx.pools
     align: list[tuple] = []
     inst: list[tuple] = []
     tasks: Counter = Counter()
     captioned: list[int] = []
+    families: list[str] = []  # each instruct row's (pipeline.kinds.tree_blocks)
     for i, record in enumerate(records):
         image_id, split, label, m = (record["image_id"], record["split"], record["label"],
                                      record["modality"])
@@ -139,13 +152,14 @@ def render_tree_images(records: list[dict], images: pa.StructArray, ctx):
                 align.append((image_id, human, gpt, m, record["region"], label, split,
                               task, answer_text, *image_meta, row["qa_id"]))
             else:
+                families.append(row["family"])
                 inst.append((row["qa_id"], image_id, human, gpt, row["question"], _choices(row),
                              row["answer"], answer_text, qtype, task, row["template_id"], split,
                              task, answer_text, *image_meta, row["qa_id"]))
     if captioned != list(range(len(records))):
-        images = images.take(pa.array(captioned, pa.int64()))
+        images = images.take(_arr(captioned, pa.int64()))
     return (_alignment_table(_transposed(align, _ALIGN_COLUMNS), images),
-            _instruct_table(_transposed(inst, _INSTRUCT_COLUMNS)), tasks)
+            _instruct_table(_transposed(inst, _INSTRUCT_COLUMNS)), tasks, families)
 
 
 _META_COLUMNS = ("m_content_type", "m_correct_text", "m_is_abnormal", "m_location", "m_modality",
@@ -157,6 +171,11 @@ _INSTRUCT_COLUMNS = ("qa_id", "image_id", "human", "gpt", "question", "choices",
                      *_META_COLUMNS)
 
 
+def _empty(schema: pa.Schema) -> pa.Table:
+    """``schema.empty_table()``, which imports pandas (see :data:`FEW_VALUES`)."""
+    return pa.Table.from_arrays([pyarrays.array([], f.type) for f in schema], schema=schema)
+
+
 def _transposed(rows: list[tuple], names: tuple[str, ...]) -> dict[str, list] | None:
     """Row tuples as columns (name -> values); ``None`` for no rows."""
     return dict(zip(names, (list(c) for c in zip(*rows)))) if rows else None
@@ -164,26 +183,26 @@ def _transposed(rows: list[tuple], names: tuple[str, ...]) -> dict[str, list] | 
 
 def _alignment_table(cols: dict | None, images: pa.StructArray) -> pa.Table:
     if cols is None:
-        return ALIGNMENT_SCHEMA.empty_table()
+        return _empty(ALIGNMENT_SCHEMA)
     s = pa.string()
     return pa.Table.from_arrays(
-        [pa.array(cols["image_id"], s), images,
+        [_arr(cols["image_id"], s), images,
          _conversations(cols["human"], cols["gpt"]), _metadata(cols),
-         pa.array(cols["modality"], s), pa.array(cols["region"], s), pa.array(cols["label"], s),
-         pa.array(cols["split"], s)], schema=ALIGNMENT_SCHEMA)
+         _arr(cols["modality"], s), _arr(cols["region"], s), _arr(cols["label"], s),
+         _arr(cols["split"], s)], schema=ALIGNMENT_SCHEMA)
 
 
 def _instruct_table(cols: dict | None) -> pa.Table:
     if cols is None:
-        return INSTRUCT_SCHEMA.empty_table()
+        return _empty(INSTRUCT_SCHEMA)
     s = pa.string()
     return pa.Table.from_arrays(
-        [pa.array(cols["qa_id"], s), pa.array(cols["image_id"], s),
-         _conversations(cols["human"], cols["gpt"]), pa.array(cols["question"], s),
-         pa.array(cols["choices"], pa.list_(s)), pa.array(cols["answer"], s),
-         pa.array(cols["answer_text"], s), pa.array(cols["question_type"], s),
-         pa.array(cols["task"], s), pa.array(cols["template_id"], s), _metadata(cols),
-         pa.array(cols["split"], s)], schema=INSTRUCT_SCHEMA)
+        [_arr(cols["qa_id"], s), _arr(cols["image_id"], s),
+         _conversations(cols["human"], cols["gpt"]), _arr(cols["question"], s),
+         _arr(cols["choices"], pa.list_(s)), _arr(cols["answer"], s),
+         _arr(cols["answer_text"], s), _arr(cols["question_type"], s),
+         _arr(cols["task"], s), _arr(cols["template_id"], s), _metadata(cols),
+         _arr(cols["split"], s)], schema=INSTRUCT_SCHEMA)
 
 
 def benchmark_table(picked: list[tuple[dict, bytes]], assign, ctx) -> tuple[pa.Table, Counter]:
@@ -207,14 +226,14 @@ def benchmark_table(picked: list[tuple[dict, bytes]], assign, ctx) -> tuple[pa.T
                   **_meta_values(row, record, ctx.pools))
     cols, s = c.cols, pa.string()
     if not len(c):
-        return BENCHMARK_SCHEMA.empty_table(), composition
+        return _empty(BENCHMARK_SCHEMA), composition
     table = pa.Table.from_arrays(
-        [pa.array(cols["qa_id"], s), pa.array(cols["image_id"], s),
+        [_arr(cols["qa_id"], s), _arr(cols["image_id"], s),
          image_array(cols["image_bytes"], [f"{k}.png" for k in cols["image_id"]]),
-         pa.array(cols["question"], s), pa.array(cols["choices"], pa.list_(s)),
-         pa.array(cols["answer"], s), pa.array(cols["question_type"], s),
-         pa.array(cols["task"], s), pa.array(cols["template_id"], s), _metadata(cols),
-         pa.array(cols["split"], s)], schema=BENCHMARK_SCHEMA)
+         _arr(cols["question"], s), _arr(cols["choices"], pa.list_(s)),
+         _arr(cols["answer"], s), _arr(cols["question_type"], s),
+         _arr(cols["task"], s), _arr(cols["template_id"], s), _metadata(cols),
+         _arr(cols["split"], s)], schema=BENCHMARK_SCHEMA)
     return table, composition
 
 

@@ -52,7 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.core import keys
-from pipeline.qa import learned_fit, logistic, text_features
+from pipeline.qa import learned_fit, learned_groups, logistic, text_features
 from pipeline.qa.learned_fit import TOP_ANSWERS, C, _letter, fit_group, gc_paused
 from pipeline.schema import pyarrays
 
@@ -289,15 +289,20 @@ def _learned_from_shards(read, shards, learn_from, cache, store, pool, pool_jobs
     sizes: Counter = Counter()
     for n, (config, rel) in enumerate(shards):
         kept = sample_keys(read(rel, _META), config, kept, sizes, shard=n)
-    rows: list[dict] = []
     # the sampled rows taken by their places (each qa_id is a row's own), before Python
     # objects; a row without a qa_id is never learned from (it has no identity to sample by)
+    taken = []
     for (config, rel), places in zip(shards, _places(kept, len(shards))):
         if len(places):
-            t = read(rel, COLUMNS).take(pyarrays.from_numpy(places.astype(np.int64)))
-            rows += [r for r in rows_from_table(config, t) if r["qa_id"] is not None]
-    result = learned_baseline(rows, rows, learn_from, cache=cache, store=store, pool=pool,
-                              pool_jobs=pool_jobs)
+            taken.append((config, read(rel, COLUMNS).take(pyarrays.from_numpy(places.astype(np.int64)))))
+
+    def fit(parts) -> dict:
+        rows = [r for config, t in parts for r in rows_from_table(config, t) if r["qa_id"] is not None]
+        return learned_baseline(rows, rows, learn_from, pool=pool, pool_jobs=pool_jobs)
+    if cache is None and store is None:
+        result = fit(taken)
+    else:  # groups whose sampled rows are unchanged are taken from the cache, never made rows
+        result = learned_groups.cached(taken, kept, learn_from, cache or {}, store, _code_digest(), fit)
     for key, g in result.items():
         g["n"] = sizes[key]  # the group's size, not the rows drawn from it
     return result
