@@ -61,9 +61,7 @@ def count_components(mask: np.ndarray, *, fully_connected: bool = True) -> int:
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim not in (2, 3):
         raise ValueError(f"count_components: expected a 2D or 3D mask, got shape {mask.shape}")
-    if not mask.any():
-        return 0
-    if mask.ndim == 2:
+    if mask.ndim == 2:  # (an empty mask: cc3d counts 0)
         connectivity = 8 if fully_connected else 4
     else:
         connectivity = 26 if fully_connected else 6
@@ -208,7 +206,7 @@ def slice_boxes(
                 "y_max": y_max,
                 "area_px": area,
                 "area_mm2": round(area * dx * dy, 4),
-                "components": int(cc3d.connected_components(m, connectivity=8, return_N=True)[1]),
+                "components": count_components(m),
                 "centroid_x": round(cx, 4),
                 "centroid_y": round(cy, 4),
                 "centroid_lps": [round(float(v), 4) for v in geometry.index_to_lps(ijk)],
