@@ -43,6 +43,7 @@ from pipeline.kinds.tree_tables import (
     ImagesById,
     benchmark_table,
     image_array,
+    image_record,
     render_tree_images,
 )
 from pipeline.qa.audit import partial_counts_columns
@@ -278,8 +279,7 @@ class TreeKind(BaseKind):
 
     def records(self, payload: Mapping[str, pa.Table], split: str, ctx=None) -> list[dict]:
         t = payload["alignment"]
-        return [{"image_id": k, "case_key": k, "split": split, "modality": m, "region": r,
-                 "label": lab}
+        return [image_record(k, split, m, r, lab)
                 for k, m, r, lab in zip(t["image_id"].to_pylist(), t["modality"].to_pylist(),
                                         t["region"].to_pylist(), t["label"].to_pylist())]
 

@@ -21,6 +21,7 @@ from pipeline.core import keys
 from pipeline.core.imaging import strip_png_metadata
 from pipeline.inputs.tree import InputTree
 from pipeline.io import shards
+from pipeline.kinds.tree_tables import image_record
 from pipeline.schema import pyarrays
 from pipeline.schema.arrow import TREE_PAYLOAD_SCHEMA
 
@@ -53,18 +54,13 @@ def benchmark_images(ctx, strata: list, reports: list[dict]) -> tuple[list[tuple
             if data is None:
                 from_shards.setdefault(unit, set()).add(key)
             else:
-                picked.append((_record(key, modality, region, label), data))
+                picked.append((image_record(key, "test", modality, region, label), data))
         if taken < quota:
             short[stratum] = quota - taken
     for unit, wanted in sorted(from_shards.items()):
         picked += _from_shard(ctx.output, unit, wanted)
     picked.sort(key=lambda x: x[0]["image_id"])
     return picked, short
-
-
-def _record(key: str, modality: str, region: str, label: str) -> dict:
-    return {"image_id": key, "case_key": key, "split": "test", "modality": modality,
-            "region": region, "label": label}
 
 
 def _stored_image(tree: InputTree, key: str, source: str, content: str) -> bytes | None:
@@ -89,5 +85,5 @@ def _from_shard(output: str, unit: str, wanted: set[str]) -> list[tuple[dict, by
     table = table.filter(pc.is_in(table["image_id"], value_set=pyarrays.array(
         sorted(wanted), pa.string())))
     columns = [table[c].to_pylist() for c in ("image_id", "modality", "region", "label")]
-    return [(_record(*fields), image["bytes"])
-            for *fields, image in zip(*columns, table["image"].to_pylist())]
+    return [(image_record(key, "test", *fields), image["bytes"])
+            for key, *fields, image in zip(*columns, table["image"].to_pylist())]

@@ -106,6 +106,13 @@ def _choices(row):
     return row["options"] if row["question_type"] == "multiple_choice" else None
 
 
+def image_record(key: str, split: str, modality: str, region: str, label: str) -> dict:
+    """A tree image's record (:meth:`pipeline.kinds.tree.TreeKind.records`; the benchmark's
+    are made by the same): the image is its own case."""
+    return {"image_id": key, "case_key": key, "split": split, "modality": modality,
+            "region": region, "label": label}
+
+
 def image_array(data: list, paths: list[str], joined=None) -> pa.StructArray:
     """Hugging Face ``Image`` structs (``{bytes, path}``), built from their two columns.
 
