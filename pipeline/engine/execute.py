@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core.collector import collector_paused
 from pipeline.engine import kept_text, qa_blocks
 from pipeline.engine.dead_letters import dead_letter, internal_error, jsonl, sort_dead, stage_counts
 from pipeline.engine.state import ProgressMarker
@@ -54,13 +55,10 @@ def _gc_frozen(fn):
         _system_arrow_pool()
         _FROZEN[0] += 1
         gc.freeze()
-        enabled = gc.isenabled()
-        gc.disable()
         try:
-            return fn(*args, **kwargs)
+            with collector_paused():
+                return fn(*args, **kwargs)
         finally:
-            if enabled:
-                gc.enable()
             gc.unfreeze()
             _FROZEN[0] -= 1
     return run

@@ -13,15 +13,14 @@ pool can run groups side by side.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import itertools
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
+from pipeline.core.collector import collector_paused
 from pipeline.qa import logistic
 from pipeline.qa.logistic import Sparse, sparse
 from pipeline.qa.text_features import Pairs, Scales
@@ -168,22 +167,6 @@ class _Classes:
         return float(sum(g == r["answer"] for g, r in zip(guesses, test)))
 
 
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Python's cycle collector off for a while (then on again, if it was): the learned
-    baseline makes millions of small dicts and lists and no cycle, and each full collection
-    walks every live object of the process — 1.4-1.7 s each, several of them, measured at
-    100K images (the key-column sample, the rows, the digests and the fits: 16 s of CPU
-    with it, 13 s without)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 @functools.cache
 def _letter(j: int) -> str:
     return chr(ord("A") + j)
@@ -192,7 +175,7 @@ def _letter(j: int) -> str:
 def fit_group(job: tuple) -> dict[tuple, dict]:
     """One learned group: ``(source, train rows, {key: (n, scored rows)})`` -> its results
     (:func:`learned_baseline`'s); a top-level function, so that a process pool can run it."""
-    with gc_paused():
+    with collector_paused():  # millions of small objects, no cycle (core/collector)
         return _fit_group(*job)
 
 

@@ -11,8 +11,6 @@ bump of :data:`~pipeline.report.charts.CHART_VERSION`.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import io
 import math
 import re
@@ -27,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation
 from PIL import Image
 
+from pipeline.core.collector import collector_paused
 from pipeline.report.charts import CHART_KINDS, CHART_RC, DPI, PAD_PT, PALETTE, Chart
 
 
@@ -37,7 +36,7 @@ def render_chart(chart: Chart) -> bytes:
     canvas; axes are placed by :func:`_arrange` from the measured sizes of their labels, so no
     layout engine draws the figure a second time.
     """
-    with _collector_paused(), matplotlib.style.context("default"), matplotlib.rc_context(CHART_RC):
+    with collector_paused(), matplotlib.style.context("default"), matplotlib.rc_context(CHART_RC):
         fig = Figure(figsize=tuple(chart.spec["size"]), dpi=DPI)
         canvas = FigureCanvasAgg(fig)
         grid = DRAW[chart.kind](fig, chart.spec)
@@ -47,23 +46,6 @@ def render_chart(chart: Chart) -> bytes:
         buf = io.BytesIO()
         img.convert("RGB").save(buf, format="PNG")
     return buf.getvalue()
-
-
-@contextlib.contextmanager
-def _collector_paused():
-    """No cyclic garbage collection while one figure is drawn.
-
-    A figure allocates ~10^5 short-lived objects, which start full collections over every
-    live object of the process (~2·10^5 in a build, with Beam loaded): 10-15 % of a chart's
-    time.  The figure's cycles are collected once the collector runs again.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 @dataclass
