@@ -106,7 +106,8 @@ def write_options(schema: pa.Schema, writer: dict | None = None) -> dict:
     if w.get("question_images") == "dictionary" and "qa_id" in schema.names and isinstance(dictionary, list):
         images = [p for p, t in leaves if _is_image(p, t)]
         if images:
-            dictionary = [p for p, _ in leaves if p in set(other) | set(images)]
+            encoded = {*other, *images}
+            dictionary = [p for p, _ in leaves if p in encoded]
             extra["dictionary_pagesize_limit"] = w["row_group_bytes"]
     return dict(compression=compression or w["codec"], compression_level=levels or None,
                 use_dictionary=dictionary, write_statistics=pick(w["statistics"]),
