@@ -30,6 +30,10 @@ _NOT_EXPORT = ("build", "regenerate", "sample", "lint", "report")
 BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "1")
 
 
+VERIFY_HELP = ("hash every file kept from the last build (default: a file whose size, times "
+               "and inode are those its receipt recorded is trusted; any other is hashed)")
+
+
 def _parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The verbs' parser; for ``verb`` one of :data:`_NOT_EXPORT`, without the export
     formats' choices and help (their modules are the export verb's own)."""
@@ -55,6 +59,7 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
                    help="rerun the pipeline this many times after a failure (finished units are kept)")
     b.add_argument("--workers", type=int, default=1, metavar="N",
                    help="N local worker processes, started while the launcher plans (default 1)")
+    b.add_argument("--verify-shards", action="store_true", help=VERIFY_HELP)
 
     g = sub.add_parser("regenerate", help="rebuild a corpus after editing templates, pools or "
                                           "splits: stored pixels reused, questions re-rendered")
@@ -64,6 +69,7 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--max-reject-fraction", type=float, default=0.05)
     g.add_argument("--workers", type=int, default=1, metavar="N",
                    help="N local worker processes (default 1)")
+    g.add_argument("--verify-shards", action="store_true", help=VERIFY_HELP)
 
     s = sub.add_parser("sample", help="write the built-in synthetic sample inputs")
     s.add_argument("--output", required=True)
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             result = build(
                 args.recipe, args.output, input_dir=args.input, seed=args.seed,
                 layout=args.layout, beam_args=extra, max_reject_fraction=args.max_reject_fraction,
-                retries=args.retries, workers=args.workers,
+                retries=args.retries, workers=args.workers, verify_shards=args.verify_shards,
             )
             return result.exit_code
         if args.verb == "regenerate":
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             _collect_from_here()
             result = regenerate(args.output, recipe=args.recipe, input_dir=args.input,
                                 beam_args=extra, max_reject_fraction=args.max_reject_fraction,
-                                workers=args.workers)
+                                workers=args.workers, verify_shards=args.verify_shards)
             if argv is None:  # the radvqa command itself, not a caller in Python
                 _exit_without_teardown(result.exit_code)
             return result.exit_code

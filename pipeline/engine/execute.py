@@ -1,7 +1,8 @@
 """Running one work unit on a worker: extract its pixel rows, render its questions.
 
 The contract is :mod:`pipeline.engine.units`'s.  :func:`extract_unit` reuses what the
-plan says is stored (every file's sha256 checked first) and extracts the rest through the
+plan says is stored (every file checked first: its stat receipt, else its sha256,
+:mod:`pipeline.io.kept_files`) and extracts the rest through the
 kind; :func:`render_unit` renders the unit's questions from the records and writes its
 text shards, dead-letter part and receipt.  :func:`process_unit` does both in one call.
 The Beam shell (:mod:`pipeline.beam.transforms`) only calls these.
@@ -28,7 +29,7 @@ from pipeline.engine.dead_letters import dead_letter, internal_error, jsonl, sor
 from pipeline.engine.state import ProgressMarker
 from pipeline.engine.units import BuildContext, PlannedCase, UnitRef, plan_digest, read_plan
 from pipeline.errors import CaseError
-from pipeline.io import shards
+from pipeline.io import kept_files, shards
 from pipeline.qa import stored_rows
 from pipeline.qa.balance import Rules, rules_from
 from pipeline.schema import pyarrays
@@ -71,18 +72,6 @@ def _system_arrow_pool() -> None:
     0.3 GB more peak RSS (measured side by side).  Buffers already allocated keep their pool."""
     if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ and pa.default_memory_pool().backend_name != "system":
         pa.set_memory_pool(pa.system_memory_pool())
-
-
-def _verified(output: str, files: Mapping[str, Mapping]) -> bool:
-    """Every file exists with the recorded sha256."""
-    for rel, info in files.items():
-        try:
-            data = shards.read_bytes(output, rel)
-        except OSError:
-            return False
-        if hashlib.sha256(data).hexdigest() != info["sha256"]:
-            return False
-    return True
 
 
 def _read_receipt(output: str, rel: str) -> dict | None:
@@ -142,6 +131,13 @@ def read_stored(output: str, plan: Sequence[PlannedCase], kind, split: str):
             k = kind.case_key(pc.case)
             if all(k in ok.get(c, ()) for c in pc.stored):
                 stored_keys.add(k)
+    # a case with one config's file changed is extracted again, every config: its rows
+    # found in the others' files are dropped (else written twice)
+    lost = pyarrays.array(sorted(set().union(*ok.values()) - stored_keys), pa.string())
+    if len(lost):
+        tables = {config: [t.filter(pa.compute.invert(pa.compute.is_in(
+            t[kind.key_column[config]], value_set=lost))) for t in parts]
+            for config, parts in tables.items()}
     return tables, stored_keys
 
 
@@ -154,12 +150,14 @@ def extract_unit(ref: UnitRef, ctx: BuildContext, kind) -> Extracted:
     if ref.mode == "done":
         receipt = _read_receipt(ctx.output, ref.receipt)
         if (receipt and receipt.get("planned") == digest and receipt.get("qa_fp") == ctx.qa_fp
-                and _verified(ctx.output, receipt["files"])):
+                and kept_files.all_unchanged(ctx.output, receipt["files"], receipt.get("stat"),
+                                             ctx.extras.get("verify_shards", False))):
             return Extracted(receipt, [], done=receipt)
     if ref.mode in ("keep", "done") and kind.pixel_configs:
         receipt = _read_receipt(ctx.output, ref.extract_receipt)
         if (receipt and receipt.get("planned") == digest
-                and _verified(ctx.output, receipt["pixel_files"])):
+                and kept_files.all_unchanged(ctx.output, receipt["pixel_files"],
+                                             receipt.get("stat"), ctx.extras.get("verify_shards", False))):
             return Extracted(receipt | {"kept": True,
                                         "reuse": {"stored_cases": 0, "extracted_cases": 0}}, [])
     kept = kept_text.extracted(ref, ctx, kind, plan, digest) if ref.mode == "build" else None
@@ -232,6 +230,7 @@ def _build_unit(ref, ctx, kind, plan, digest) -> Extracted:
     }
     shards.write_bytes(ctx.output, ref.dead_part("extract"), jsonl(sort_dead(dead)))
     if kind.pixel_configs:
+        report["stat"] = kept_files.identities(ctx.output, files)  # (io/kept_files)
         shards.write_json(ctx.output, ref.extract_receipt, report)
     extras = {kind.case_key(pc.case): pc.extra for pc in plan if pc.extra}
     return Extracted(report, dead, payload, extras=extras or None)
@@ -339,6 +338,7 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
         "kept": bool(report.get("kept")),
         "run": ctx.extras.get("run_id"),
     } | info
+    full["stat"] = kept_files.identities(ctx.output, files)  # the next build trusts these
     shards.write_json(ctx.output, ref.receipt, full)
     return full, dead
 

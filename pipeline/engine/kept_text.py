@@ -11,7 +11,8 @@ the shard writer's options), its id and split.  The unit's receipt records the k
 (``text_key``) when the shard holds a row for every planned case.
 
 On the next build, a unit whose key is the same and whose every case is stored in that
-very shard (sha256 checked, as every kept shard is) keeps it: :func:`extracted` reads
+very shard (checked as every kept shard is: its stat receipt, else its sha256,
+:mod:`pipeline.io.kept_files`) keeps it: :func:`extracted` reads
 its columns but the pixel ones (the records' source) and the kind's ``render`` returns
 the shard's :class:`~pipeline.schema.records.FileReceipt` instead of a table.
 """
@@ -19,7 +20,6 @@ the shard's :class:`~pipeline.schema.records.FileReceipt` instead of a table.
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core import keys
 from pipeline.engine.dead_letters import jsonl, stage_counts
-from pipeline.io import shards
+from pipeline.io import kept_files, shards
 
 
 @functools.cache
@@ -56,7 +56,9 @@ def stored(receipts: Mapping[str, Mapping], refs, kind) -> dict[str, dict]:
         files = full.get("files") or {}
         wanted = {ref.shard(c): files.get(ref.shard(c)) for c in kind.keep_configs}
         if full.get("text_key") and all(wanted.values()):
-            out[ref.unit_id] = {"key": full["text_key"], "files": wanted}
+            stat = full.get("stat") or {}
+            out[ref.unit_id] = {"key": full["text_key"], "files": wanted,
+                                "stat": {rel: stat[rel] for rel in wanted if rel in stat}}
     return out
 
 
@@ -73,21 +75,20 @@ def extracted(ref, ctx, kind, plan: Sequence, digest: str):
                                 for c in kind.keep_configs):
             return None
     payload = {}
+    stat = held.get("stat") or {}
     for config in kind.keep_configs:
         rel = ref.shard(config)
         path = shards.join(ctx.output, rel)
-        try:  # a local shard hashed as it streams, then memory-mapped: never held whole
-            if "://" in path:
-                source = io.BytesIO(shards.read_bytes(ctx.output, rel))
-                sha = hashlib.sha256(source.getbuffer()).hexdigest()
-            else:
-                with open(path, "rb") as f:
-                    sha, source = hashlib.file_digest(f, "sha256").hexdigest(), path
+        # trusted by its stat receipt, else hashed as it streams (io/kept_files); a local
+        # shard then memory-mapped: never held whole
+        if not kept_files.unchanged(ctx.output, rel, files[rel]["sha256"], stat.get(rel),
+                                    bool(ctx.extras.get("verify_shards"))):
+            return None
+        try:
+            source = io.BytesIO(shards.read_bytes(ctx.output, rel)) if "://" in path else path
+            pf = pq.ParquetFile(source, memory_map=True)
         except OSError:
             return None
-        if sha != files[rel]["sha256"]:
-            return None
-        pf = pq.ParquetFile(source, memory_map=True)
         payload[config] = pf.read(columns=[c for c in pf.schema_arrow.names
                                            if c not in kind.heavy_columns])
         if payload[config].num_rows != len(plan):

@@ -12,14 +12,14 @@ stored 8-bit PNG of a labelled image, the [0, 1] volume of the ``volumes`` confi
 they never need the sources again and regeneration rewrites them from the corpus alone.
 A unit whose ``ood`` inputs did not change (its pixel shard's sha256, split, ``ood``
 settings, seed, writer options and the code that makes the rows: :func:`inputs_digest`)
-keeps the ``ood`` shard an earlier build wrote, verified by its sha256 — a template edit
+keeps the ``ood`` shard an earlier build wrote, verified by its stat receipt or sha256
+(:mod:`pipeline.io.kept_files`) — a template edit
 no longer perturbs and encodes every test image again (:func:`ood_output`).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import zlib
@@ -33,7 +33,7 @@ import pyarrow as pa
 from pipeline.core import keys, perturb
 from pipeline.core.imaging import encode_png
 from pipeline.engine.execute import read_pixels
-from pipeline.io import shards
+from pipeline.io import kept_files, shards
 from pipeline.schema import pyarrays
 from pipeline.schema.arrow import OOD3D_SCHEMA, OOD_SCHEMA
 from pipeline.schema.records import FileReceipt
@@ -186,7 +186,8 @@ def stored_shards(receipts: Mapping[str, Mapping], refs) -> dict[str, dict]:
         full = receipts.get(f"{ref.unit_id}.json") or {}
         info = (full.get("files") or {}).get(ref.shard("ood"))
         if full.get("ood_inputs") and info:
-            out[ref.unit_id] = {"inputs": full["ood_inputs"], "file": info}
+            out[ref.unit_id] = {"inputs": full["ood_inputs"], "file": info,
+                                "stat": (full.get("stat") or {}).get(ref.shard("ood"))}
     return out
 
 
@@ -218,10 +219,7 @@ def ood_output(source: OodSource, ref, records: list[dict], ctx, report: Mapping
     stored = (ctx.extras.get("ood_stored") or {}).get(ref.unit_id)
     if stored and stored["inputs"] == inputs:
         rel, info = ref.shard("ood"), stored["file"]
-        try:
-            data = shards.read_bytes(ctx.output, rel)
-        except OSError:
-            data = b""
-        if hashlib.sha256(data).hexdigest() == info["sha256"]:
+        if kept_files.unchanged(ctx.output, rel, info["sha256"], stored.get("stat"),
+                                bool(ctx.extras.get("verify_shards"))):
             return FileReceipt(rel, info["sha256"], info["bytes"], info["rows"]), inputs
     return ood_table(source, ref, records, ctx, report, pixels), inputs

@@ -56,12 +56,15 @@ def build(
     max_reject_fraction: float = 0.05,
     retries: int = 1,
     workers: int = 1,
+    verify_shards: bool = False,
     log=None,
 ) -> BuildResult:
     """Build (or incrementally rebuild) a corpus; see the README's user guide.
 
     ``workers`` > 1 runs the units on that many warm local worker processes
-    (:mod:`pipeline.beam.warm`), whose imports start now, beside discovery and planning."""
+    (:mod:`pipeline.beam.warm`), whose imports start now, beside discovery and planning.
+    ``verify_shards``: every file kept from an earlier build is hashed, not trusted by its
+    unchanged stat receipt (:mod:`pipeline.io.kept_files`)."""
     check_workers(workers, beam_args)
     if workers > 1:
         start_forkserver()
@@ -123,6 +126,7 @@ def build(
                 output, kind, planned, fps, qa_fp,
                 lambda units: kind.before_run(output, recipe, seed, units, cases, prep), sizes)
             extras = extras | {"run_id": run_id, "ood": ood_settings(recipe.section("ood")),
+                               "verify_shards": verify_shards,
                                "qa_families": family_digests(prep["families"], prep["pools"], seed,
                                                              qa_settings, QA_VERSION)}
             ctx = BuildContext(kind=kind.name, output=output, input_root=root,
@@ -168,13 +172,14 @@ def build(
 
 def regenerate(output: str, *, recipe: str | None = None, input_dir: str | None = None,
                beam_args: Sequence[str] = (), max_reject_fraction: float = 0.05,
-               workers: int = 1, log=None) -> BuildResult:
+               workers: int = 1, verify_shards: bool = False, log=None) -> BuildResult:
     """Rebuild the corpus in ``output`` with its last build's arguments (after editing
     templates, pools or split settings): stored pixels are reused, questions re-rendered."""
     args = state.read_build_args(output)
     return build(recipe or args["recipe"], output, input_dir=input_dir or args["input"],
                  seed=args.get("seed"), layout=args.get("layout"), beam_args=beam_args,
-                 max_reject_fraction=max_reject_fraction, workers=workers, log=log)
+                 max_reject_fraction=max_reject_fraction, workers=workers,
+                 verify_shards=verify_shards, log=log)
 
 
 #: Beam options that choose the local runner's workers, which ``--workers`` sets itself.
