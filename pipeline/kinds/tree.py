@@ -12,13 +12,9 @@ plan and the accepted images' stored bytes (:mod:`pipeline.kinds.tree_benchmark`
 
 from __future__ import annotations
 
-import contextlib
 import json
-import multiprocessing
 import os
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +31,7 @@ from pipeline.inputs.layouts.tree import TreeImage, check_png, discover_tree
 from pipeline.inputs.sample_tree import write_tree
 from pipeline.inputs.tree import InputTree
 from pipeline.io import shards
-from pipeline.kinds import tree_blocks
+from pipeline.kinds import tree_blocks, tree_plans
 from pipeline.kinds.base import BaseKind, Planned, load_questions, phantom_input
 from pipeline.kinds.tree_benchmark import benchmark_images, plan_strata
 from pipeline.kinds.tree_tables import (
@@ -49,7 +45,6 @@ from pipeline.kinds.tree_tables import (
 from pipeline.qa.audit import partial_counts_columns
 from pipeline.qa.benchmark import left_out_regions, select_benchmark
 from pipeline.qa.label_pools import load_label_pools
-from pipeline.qa.tree_balance import plan_tree_questions
 from pipeline.schema.arrow import (
     ALIGNMENT_SCHEMA,
     BENCHMARK_SCHEMA,
@@ -124,12 +119,9 @@ class TreeKind(BaseKind):
         """Balanced question choices for every image (:mod:`pipeline.qa.tree_balance`) and the
         stratified benchmark plan — all from the file list, independent of workers."""
         settings = dict(recipe.section("questions").get("settings") or {})
-        try:
-            with _planning_pool(prep.get("workers", 1), len(cases)) as pool:
-                plans = plan_tree_questions(cases, prep["families"], prep["pools"], seed, settings,
-                                            pool=pool)
-        except BrokenProcessPool:  # its process died (out of memory, killed): all planned here
-            plans = plan_tree_questions(cases, prep["families"], prep["pools"], seed, settings)
+        # the plan of the last build into this output when made of the same (kinds/tree_plans)
+        plans = tree_plans.split_plans(output, cases, prep["families"], prep["pools"], seed,
+                                       settings, prep.get("workers", 1))
         extras = {"case_extras": plans}
         normal = prep["pools"].normal_label
         plan = select_benchmark(cases, int(recipe.section("benchmark").get("images", 1000)), seed,
@@ -323,24 +315,6 @@ class TreeKind(BaseKind):
 
 KIND = TreeKind()
 
-#: With ``--workers N`` (N > 1) and at least this many images, a process from the warm
-#: workers' forkserver assigns about half of the distractors while the launcher plans the
-#: rest (100K images: 2.0 s of 3.6 s of question planning were distractors); below it the
-#: process's start costs more than it saves.
-PLAN_POOL_MIN_IMAGES = 50_000
-
-
-@contextlib.contextmanager
-def _planning_pool(workers: int, n_images: int):
-    """A one-process pool for :func:`plan_tree_questions`, or ``None``; forkserver: forked
-    from the warm workers' server, never from the launcher itself."""
-    if workers < 2 or n_images < PLAN_POOL_MIN_IMAGES:
-        yield None
-        return
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
-        yield pool
-
-
 def _read_into(f, out: memoryview) -> bool:
     """Read the opened file ``f`` into ``out`` and close it; whether it filled ``out``
     exactly (``False`` for a file that could not be opened, ``None``, or whose size changed)."""
@@ -383,8 +357,8 @@ def run_benchmark(ctx, reports: list[dict]) -> dict:
     # its images (not the test split's), so they get ids of their own.
     population = [TreeImage(r["image_id"], "", r["modality"], r["region"], r["label"], "test")
                   for r, _ in picked]
-    assign = plan_tree_questions(population, ctx.families, ctx.pools, ctx.seed, ctx.qa_settings,
-                                 population="benchmark")
+    assign = tree_plans.planned(ctx.output, population, ctx.families, ctx.pools, ctx.seed,
+                                ctx.qa_settings, population="benchmark")
     table, composition = benchmark_table(picked, assign, ctx)
     skipped = sum(1 for a in assign.values() for p in a.values() if p.get("skip"))
     receipt = shards.write_table(ctx.output, BENCHMARK_SHARD, table)

@@ -1,0 +1,134 @@
+"""The tree kind's question plans, remembered across builds into the same output.
+
+:func:`pipeline.qa.tree_balance.plan_tree_questions` plans every image's balanced
+questions from the file list on the launcher: 0.25-0.3 s of CPU of a 2.9 s regenerate of a
+10K-image tree (measured), 3.6 s at 100K images.  A template's wording edit cannot change
+that plan: it is a function of the images (key, split, modality, region, label), the
+families' generators and paraphrase counts (not their wording), the pools, the seed, the
+questions' settings, the population and the planning code.  :func:`plan_key` digests
+exactly these; :func:`load` returns the plan stored under the same key in
+``.radvqa/question-plans/<population>.json`` (``splits`` or ``benchmark``), else the
+caller plans and :func:`store` keeps it (:func:`planned` does both).
+
+Any change of those inputs gives another key — an image added, renamed, moved to another
+split or relabelled, a family added or its paraphrases counted differently, a pool or
+setting edited, the seed, or any byte of the planning code — and the plan is made again.
+The stored file holds its key; an unreadable or foreign one is planned again.  Cost: a
+JSON file of about 250 bytes an image (2.5 MB at 10K images; ~190 MB at RadImageNet's 750K,
+written in about 1 s and read in about 2 s, extrapolated from 10K and 100K — against
+about 27 s of planning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import multiprocessing
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from pipeline.core import keys
+from pipeline.io import shards
+from pipeline.qa.tree_balance import plan_tree_questions
+from pipeline.schema.layout import STATE_DIR
+
+PLANS_DIR = f"{STATE_DIR}/question-plans"
+_PACKAGE = Path(__file__).resolve().parent.parent
+#: The planning code: every module :func:`plan_tree_questions` runs, and this one.
+_CODE = ("kinds/tree_plans.py", "qa/tree_balance.py", "qa/balance.py", "qa/options.py",
+         "qa/label_pools.py", "core/keys.py")
+
+
+@functools.cache
+def _code() -> str:
+    return keys.source_digest([_PACKAGE / p for p in _CODE], root=_PACKAGE, dists=("numpy",))
+
+
+def _pools_json(pools) -> str:
+    """The pools' content as canonical JSON (sets sorted): a key part, stable across runs."""
+    data = dataclasses.asdict(pools) if dataclasses.is_dataclass(pools) else vars(pools)
+    return json.dumps(data, sort_keys=True, default=sorted)
+
+
+def plan_key(images: Sequence, families: Mapping, pools, seed: int, settings: Mapping,
+             population: str | None) -> str:
+    """Everything a plan is made of (see the module docstring)."""
+    fams = sorted((name, f.generator, len(f.variants)) for name, f in families.items())
+    rows = "\x1e".join(f"{i.key}\x1f{i.split}\x1f{i.modality}\x1f{i.region}\x1f{i.label}"
+                       for i in images)
+    return keys.digest(_code(), json.dumps(fams), _pools_json(pools), int(seed),
+                       json.dumps(dict(settings), sort_keys=True, default=str),
+                       population or "", len(images), rows)
+
+
+def load(output: str, key: str, population: str | None = None) -> dict[str, dict] | None:
+    """The plan stored under ``key`` (:func:`plan_key`), or ``None``."""
+    try:
+        stored = json.loads(shards.read_bytes(output, _rel(population)))
+        if isinstance(stored, dict) and stored.get("key") == key:
+            return stored["plans"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def store(output: str, key: str, plans: dict, population: str | None = None) -> None:
+    """Keep ``plans`` under ``key``.  What JSON gives back equals the plan (plain str, int,
+    bool, lists, str-keyed dicts): the units' plan files carry it as JSON already."""
+    shards.write_bytes(output, _rel(population),
+                       json.dumps({"key": key, "plans": plans}).encode("utf-8"))
+
+
+def planned(output: str, images: Sequence, families: Mapping, pools, seed: int,
+            settings: Mapping, population: str | None = None) -> dict[str, dict]:
+    """:func:`plan_tree_questions`'s plan, the stored one when its key is this plan's."""
+    images = list(images)
+    key = plan_key(images, families, pools, seed, settings, population)
+    plans = load(output, key, population)
+    if plans is None:
+        plans = plan_tree_questions(images, families, pools, seed, settings, population=population)
+        store(output, key, plans, population)
+    return plans
+
+
+def split_plans(output: str, images: Sequence, families: Mapping, pools, seed: int,
+                settings: Mapping, workers: int = 1) -> dict[str, dict]:
+    """The launcher's plan of every image (groups per split): the stored one when its key is
+    this plan's, else planned — with a second process when :func:`_planning_pool` gives one."""
+    images = list(images)
+    key = plan_key(images, families, pools, seed, settings, None)
+    plans = load(output, key)
+    if plans is None:
+        try:
+            with _planning_pool(workers, len(images)) as pool:
+                plans = plan_tree_questions(images, families, pools, seed, settings, pool=pool)
+        except BrokenProcessPool:  # its process died (out of memory, killed): all planned here
+            plans = plan_tree_questions(images, families, pools, seed, settings)
+        store(output, key, plans)
+    return plans
+
+
+#: With ``--workers N`` (N > 1) and at least this many images, a process from the warm
+#: workers' forkserver assigns about half of the distractors while the launcher plans the
+#: rest (100K images: 2.0 s of 3.6 s of question planning were distractors); below it the
+#: process's start costs more than it saves.
+PLAN_POOL_MIN_IMAGES = 50_000
+
+
+@contextlib.contextmanager
+def _planning_pool(workers: int, n_images: int):
+    """A one-process pool for :func:`plan_tree_questions`, or ``None``; forkserver: forked
+    from the warm workers' server, never from the launcher itself."""
+    if workers < 2 or n_images < PLAN_POOL_MIN_IMAGES:
+        yield None
+        return
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        yield pool
+
+
+def _rel(population: str | None) -> str:
+    return f"{PLANS_DIR}/{population or 'splits'}.json"

@@ -1,0 +1,96 @@
+"""The tree's question plans remembered across builds (pipeline/kinds/tree_plans.py): the
+stored plan is the one planning gives, and any change of what a plan is made of (images,
+labels, splits, families' generators and paraphrase counts, pools, seed, settings,
+population, planning code) misses it; a regenerate after a wording edit plans nothing, one
+after an image is relabelled plans again — both the same bytes as a fresh build."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+from pipeline.config.recipes import load_recipe
+from pipeline.config.resources import resource_dir
+from pipeline.inputs.sample_tree import write_tree
+from pipeline.kinds import tree_plans
+from pipeline.kinds.base import load_questions
+from pipeline.launch.build import build, regenerate
+from pipeline.qa.label_pools import load_label_pools
+from pipeline.qa.tree_balance import plan_tree_questions
+from tests.test_incremental import QUIET, _edit, corpus_digest
+from tests.test_tree_planning import POOL_FILE, _images
+
+
+def test_a_stored_plan_is_the_plan_and_any_changed_input_misses_it(tmp_path, monkeypatch):
+    families, pools = load_questions(load_recipe("radimagenet-vqa"),
+                                     pools_loader=lambda paths: load_label_pools(paths))
+    images = _images(pools, 400, seed=4)
+    out = str(tmp_path)
+    got = tree_plans.planned(out, images, families, pools, 7, {})
+    assert got == plan_tree_questions(images, families, pools, 7, {})
+    key = tree_plans.plan_key(images, families, pools, 7, {}, None)
+    assert tree_plans.load(out, key) == got  # JSON gives the plan back equal
+    first = images[0]
+    other = next(lab for lab in pools.labels(first.modality, first.region) if lab != first.label)
+    name, fam = next((n, f) for n, f in sorted(families.items()) if len(f.variants) > 1)
+    changed = {
+        "an image relabelled": ([first._replace(label=other), *images[1:]], families, pools, 7, {}, None),
+        "an image moved to another split": (
+            [first._replace(split="test" if first.split != "test" else "train"), *images[1:]],
+            families, pools, 7, {}, None),
+        "an image removed": (images[1:], families, pools, 7, {}, None),
+        "a paraphrase fewer": (images, families | {name: dataclasses.replace(
+            fam, variants=fam.variants[:-1])}, pools, 7, {}, None),
+        "a family left out": (images, {k: v for k, v in families.items() if k != name}, pools, 7, {}, None),
+        "a pool edited": (images, families, dataclasses.replace(
+            pools, overrides=dict(pools.overrides) | {"fracture": "broken bone"}), 7, {}, None),
+        "the seed": (images, families, pools, 8, {}, None),
+        "a setting": (images, families, pools, 7, {"no_pathology_option_rate": 0.3}, None),
+        "the population": (images, families, pools, 7, {}, "benchmark"),
+    }
+    for what, args in changed.items():
+        assert tree_plans.plan_key(*args) != key, what
+        assert tree_plans.load(out, tree_plans.plan_key(*args)) is None, what
+    # a paraphrase's wording is not part of the plan
+    reworded = families | {name: dataclasses.replace(fam, variants=tuple(reversed(fam.variants)))}
+    assert tree_plans.plan_key(images, reworded, pools, 7, {}, None) == key
+    # the planning code
+    monkeypatch.setattr(tree_plans, "_code", lambda: "other code")
+    assert tree_plans.load(out, tree_plans.plan_key(images, families, pools, 7, {}, None)) is None
+
+
+def test_regenerate_reuses_the_plan_until_an_image_is_relabelled(tmp_path, monkeypatch):
+    pool = resource_dir("distractor_pools") / "radimagenet.yaml"
+    inp = tmp_path / "tree"
+    write_tree(inp, 160, load_label_pools([POOL_FILE]), seed=5)
+    d = tmp_path / "recipe"
+    shutil.copytree(resource_dir("templates") / "radimagenet", d / "tpl")
+    shutil.copy(pool, d / "pool.yaml")
+    text = (resource_dir("recipes") / "radimagenet-vqa.yaml").read_text()
+    text = text.replace("templates: [radimagenet]", "templates: [tpl]").replace(
+        "pools: [radimagenet]", "pools: [pool.yaml]")
+    (d / "my.yaml").write_text(text)
+    out = tmp_path / "out"
+    build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    planned = []
+    real = tree_plans.plan_tree_questions
+    monkeypatch.setattr(tree_plans, "plan_tree_questions", lambda images, *a, **k: planned.append(
+        k.get("population")) or real(images, *a, **k))
+
+    def fresh(name):
+        build(str(d / "my.yaml"), str(tmp_path / name), input_dir=str(inp), **QUIET)
+        return corpus_digest(tmp_path / name)
+
+    _edit(d / "tpl" / "abnormality_closed.yaml", "Does this image appear normal?", "Does this image look normal?")
+    regenerate(str(out), **QUIET)
+    assert planned == []  # neither the splits' plan nor the benchmark's
+    assert corpus_digest(out) == fresh("fresh")
+    # an image moved to another label's folder: planned again
+    png = sorted(p for p in inp.rglob("*.png") if p.parts[-4] != "US")[0]
+    labels = sorted(q.name for q in png.parent.parent.iterdir() if q.is_dir() and q != png.parent)
+    target = png.parent.parent / labels[0] / png.name
+    png.rename(target)
+    planned.clear()
+    regenerate(str(out), **QUIET)
+    assert None in planned
+    assert corpus_digest(out) == fresh("fresh1")
