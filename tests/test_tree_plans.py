@@ -2,7 +2,10 @@
 stored plan is the one planning gives, and any change of what a plan is made of (images,
 labels, splits, families' generators and paraphrase counts, pools, seed, settings,
 population, planning code) misses it; a regenerate after a wording edit plans nothing, one
-after an image is relabelled plans again — both the same bytes as a fresh build."""
+after an image is relabelled plans again — both the same bytes as a fresh build.  The
+report's alignment statistics likewise (pipeline/report/alignment_cache.py): kept while
+the alignment shards are the same bytes, scanned again when a caption edit rewrites them,
+and always scanned by ``radvqa report`` on a corpus alone."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from pipeline.kinds.base import load_questions
 from pipeline.launch.build import build, regenerate
 from pipeline.qa.label_pools import load_label_pools
 from pipeline.qa.tree_balance import plan_tree_questions
+from pipeline.report import alignment_cache, write_report
 from tests.test_incremental import QUIET, _edit, corpus_digest
 from tests.test_tree_planning import POOL_FILE, _images
 
@@ -59,7 +63,7 @@ def test_a_stored_plan_is_the_plan_and_any_changed_input_misses_it(tmp_path, mon
     assert tree_plans.load(out, tree_plans.plan_key(images, families, pools, 7, {}, None)) is None
 
 
-def test_regenerate_reuses_the_plan_until_an_image_is_relabelled(tmp_path, monkeypatch):
+def test_regenerate_reuses_plans_and_alignment_stats_until_their_inputs_change(tmp_path, monkeypatch):
     pool = resource_dir("distractor_pools") / "radimagenet.yaml"
     inp = tmp_path / "tree"
     write_tree(inp, 160, load_label_pools([POOL_FILE]), seed=5)
@@ -72,7 +76,10 @@ def test_regenerate_reuses_the_plan_until_an_image_is_relabelled(tmp_path, monke
     (d / "my.yaml").write_text(text)
     out = tmp_path / "out"
     build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
-    planned = []
+    planned, scanned = [], []
+    real_scan = alignment_cache.scan_alignment
+    monkeypatch.setattr(alignment_cache, "scan_alignment", lambda corpus, stats: scanned.append(
+        1) or real_scan(corpus, stats))
     real = tree_plans.plan_tree_questions
     monkeypatch.setattr(tree_plans, "plan_tree_questions", lambda images, *a, **k: planned.append(
         k.get("population")) or real(images, *a, **k))
@@ -84,7 +91,18 @@ def test_regenerate_reuses_the_plan_until_an_image_is_relabelled(tmp_path, monke
     _edit(d / "tpl" / "abnormality_closed.yaml", "Does this image appear normal?", "Does this image look normal?")
     regenerate(str(out), **QUIET)
     assert planned == []  # neither the splits' plan nor the benchmark's
+    assert scanned == []  # the alignment shards are the same bytes
     assert corpus_digest(out) == fresh("fresh")
+    scanned.clear()
+    write_report(str(out))  # radvqa report: the corpus alone, always scanned
+    assert scanned == [1] and corpus_digest(out) == corpus_digest(tmp_path / "fresh")
+    # a caption's wording: every alignment shard written again, scanned again
+    _edit(d / "tpl" / "caption.yaml", "Summarise what this image shows.", "Summarize what this image shows.")
+    scanned.clear()
+    planned.clear()
+    regenerate(str(out), **QUIET)
+    assert scanned == [1] and planned == []
+    assert corpus_digest(out) == fresh("fresh_caption")
     # an image moved to another label's folder: planned again
     png = sorted(p for p in inp.rglob("*.png") if p.parts[-4] != "US")[0]
     labels = sorted(q.name for q in png.parent.parent.iterdir() if q.is_dir() and q != png.parent)

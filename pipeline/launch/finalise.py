@@ -227,7 +227,7 @@ def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, de
     }
     # The report reads the corpus (manifest included), then takes its place in the manifest.
     shards.write_json(output, MANIFEST, manifest)
-    write_report(output)
+    write_report(output, shards_verified=True)  # every shard just written or verified
     data = shards.read_bytes(output, REPORT)
     files[REPORT] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "rows": None}
     manifest["files"] = dict(sorted(files.items()))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import time
 
 from pipeline.io.corpus import Corpus
+from pipeline.report import alignment_cache
 from pipeline.report.audit import audit_section
 from pipeline.report.chart_cache import ChartCache, Plots
 from pipeline.report.contents import QA_CONFIGS, corpus_kind
@@ -45,17 +46,19 @@ from pipeline.report.sections import (
     distributions_section,
     header_section,
 )
-from pipeline.report.stats import Stats, scan_alignment, scan_images, scan_qa, scan_volumes
+from pipeline.report.stats import Stats, scan_images, scan_qa, scan_volumes
 from pipeline.schema.layout import REPORT
 
 __all__ = ["REPORT", "render_report", "write_report"]
 
 
-def render_report(corpus_dir: str, log=None, cache: ChartCache | None = None) -> str:
+def render_report(corpus_dir: str, log=None, cache: ChartCache | None = None,
+                  shards_verified: bool = False) -> str:
     """The report's HTML for the corpus at ``corpus_dir``.
 
     Reads the corpus; writes nothing but, when given a ``cache``, the charts and gallery
-    views it had to draw.
+    views it had to draw (and, with ``shards_verified``, the alignment statistics:
+    :mod:`~pipeline.report.alignment_cache`).
     """
     log = log or (lambda msg: None)
     corpus = Corpus(corpus_dir)
@@ -69,7 +72,7 @@ def render_report(corpus_dir: str, log=None, cache: ChartCache | None = None) ->
     if "images" in corpus.configs:
         scan_images(corpus, stats)
     if "alignment" in corpus.configs:
-        scan_alignment(corpus, stats)
+        alignment_cache.scan(corpus, stats, trusted=shards_verified and cache is not None)
     if "volumes" in corpus.configs:
         scan_volumes(corpus, stats)
     log("  statistics done")
@@ -93,7 +96,7 @@ def render_report(corpus_dir: str, log=None, cache: ChartCache | None = None) ->
             f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def write_report(corpus_dir: str, log=None) -> str:
+def write_report(corpus_dir: str, log=None, shards_verified: bool = False) -> str:
     """Write ``corpus_dir/report/index.html`` from the corpus alone; return its path.
 
     Parameters
@@ -102,12 +105,15 @@ def write_report(corpus_dir: str, log=None) -> str:
         A built corpus (local folder or a Beam filesystem URL) with its ``manifest.json``.
     log
         Optional ``callable(str)`` for progress lines.
+    shards_verified
+        The caller (a build) has just written or verified every shard the manifest lists:
+        statistics remembered under their sha256 may be used (never for a corpus alone).
     """
     started = time.monotonic()
     log = log or (lambda msg: None)
     corpus = Corpus(corpus_dir)
     cache = ChartCache(corpus, log)
-    page = render_report(corpus_dir, log, cache).encode("utf-8")
+    page = render_report(corpus_dir, log, cache, shards_verified).encode("utf-8")
     path = corpus.write(REPORT, page)
     stale = cache.prune()
     log(f"  charts: {cache.hits} from the cache, {cache.misses} drawn, {len(stale)} stale removed")
