@@ -231,7 +231,7 @@ def _build_unit(ref, ctx, kind, plan, digest) -> Extracted:
     shards.write_bytes(ctx.output, ref.dead_part("extract"), jsonl(sort_dead(dead)))
     if kind.pixel_configs:
         report["stat"] = kept_files.identities(ctx.output, files)  # (io/kept_files)
-        shards.write_json(ctx.output, ref.extract_receipt, report)
+        shards.write_json(ctx.output, ref.extract_receipt, report, compact=True)
     extras = {kind.case_key(pc.case): pc.extra for pc in plan if pc.extra}
     return Extracted(report, dead, payload, extras=extras or None)
 
@@ -339,7 +339,7 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
         "run": ctx.extras.get("run_id"),
     } | info
     full["stat"] = kept_files.identities(ctx.output, files)  # the next build trusts these
-    shards.write_json(ctx.output, ref.receipt, full)
+    shards.write_json(ctx.output, ref.receipt, full, compact=True)
     return full, dead
 
 

@@ -88,9 +88,10 @@ def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run, sizes=No
               for c in (*kind.pixel_configs, *kind.text_configs)}
     hazards = set()
     for ref, _, _, stored, _ in units:
+        uid = ref.unit_id  # (a property: made once a unit, not twice a case)
         for where in stored:
             for path, _ in (where or {}).values():
-                if writes.get(path, ref.unit_id) != ref.unit_id:
+                if writes.get(path, uid) != uid:
                     hazards.add(path)
     if hazards:
         entries = []
