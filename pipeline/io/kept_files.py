@@ -13,7 +13,8 @@ identity is still exactly the recorded one, and hashes every other: a file rewri
 edited in place (its ctime moves even when its size and mtime are put back with ``utime``),
 replaced by a copy, moved aside or restored from a backup (other inode or ctime) is hashed
 and, when its bytes differ, rebuilt.  What a stat cannot see — bytes changed under a fixed
-ctime (a disk fault, a filesystem edited offline) — is what ``--verify-shards`` is for:
+ctime (a disk fault, a filesystem edited offline, or an edit of the same size within the
+filesystem's timestamp tick of the receipt, a few ms) — is what ``--verify-shards`` is for:
 with it (``verify=True`` here) every kept file is hashed, whatever its stat.  Remote files
 (``gs://`` …) have no stat identity here: they are always hashed.
 """
