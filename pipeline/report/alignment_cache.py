@@ -6,7 +6,8 @@ regenerate of a 10K-image 224 px tree (measured), for numbers that a question te
 edit cannot change — those shards are kept byte for byte.  :func:`scan` keeps what it
 added to the statistics in ``.radvqa/report-alignment-stats.json`` under a key of every
 scanned shard's path and sha256 (as the manifest records them) and of the code that
-scans (this module, ``stats.py``, ``core/imaging.py``, pyarrow's and numpy's versions).
+scans (this module, ``stats.py``, ``core/imaging.py``, ``io/corpus.py``, the versions of
+pyarrow, numpy and Pillow).
 Any other shard, byte, shard list or code gives another key and the shards are scanned
 again.  Only a build passes the digests (``write_report(..., shards_verified=True)``: it
 has just written or verified every shard); ``radvqa report`` on a corpus alone always
@@ -32,8 +33,8 @@ _PACKAGE = Path(__file__).resolve().parent.parent
 @functools.cache
 def _code() -> str:
     return keys.source_digest([_PACKAGE / p for p in ("report/alignment_cache.py", "report/stats.py",
-                                                      "core/imaging.py")],
-                              root=_PACKAGE, dists=("pyarrow", "numpy"))
+                                                      "core/imaging.py", "io/corpus.py")],
+                              root=_PACKAGE, dists=("pyarrow", "numpy", "Pillow"))
 
 
 def stats_key(corpus: Corpus) -> str | None:
