@@ -20,6 +20,7 @@ the shard's :class:`~pipeline.schema.records.FileReceipt` instead of a table.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -79,13 +80,18 @@ def extracted(ref, ctx, kind, plan: Sequence, digest: str):
     for config in kind.keep_configs:
         rel = ref.shard(config)
         path = shards.join(ctx.output, rel)
-        # trusted by its stat receipt, else hashed as it streams (io/kept_files); a local
-        # shard then memory-mapped: never held whole
-        if not kept_files.unchanged(ctx.output, rel, files[rel]["sha256"], stat.get(rel),
-                                    bool(ctx.extras.get("verify_shards"))):
-            return None
         try:
-            source = io.BytesIO(shards.read_bytes(ctx.output, rel)) if "://" in path else path
+            if "://" in path:  # remote: read once, hashed (no stat identity)
+                source = io.BytesIO(shards.read_bytes(ctx.output, rel))
+                if hashlib.sha256(source.getbuffer()).hexdigest() != files[rel]["sha256"]:
+                    return None
+            # local: trusted by its stat receipt, else hashed as it streams
+            # (io/kept_files); then memory-mapped: never held whole
+            elif kept_files.unchanged(ctx.output, rel, files[rel]["sha256"], stat.get(rel),
+                                      bool(ctx.extras.get("verify_shards"))):
+                source = path
+            else:
+                return None
             pf = pq.ParquetFile(source, memory_map=True)
         except OSError:
             return None
