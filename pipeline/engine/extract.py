@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.core import keys
-from pipeline.core.boxes import body_midline, slice_boxes, structure_stats
+from pipeline.core.boxes import body_midline, plane_boxes, structure_stats
 from pipeline.core.geometry import Geometry
 from pipeline.core.imaging import PNG_STRATEGIES, encode_slice_pngs
 from pipeline.core.masks import Mask, as_mask
@@ -24,8 +24,8 @@ from pipeline.core.slices import (
     apply_window,
     apply_window_table,
     ct_window,
-    display_slice,
     display_spacing,
+    display_stack,
     mr_window,
     resample,
     select_slices,
@@ -36,6 +36,9 @@ from pipeline.inputs.discovery import CaseSource
 from pipeline.inputs.layouts import get_layout
 from pipeline.inputs.readers import Volume
 
+#: Slices of one plane gathered and windowed at a time (a stack of 24 CT slices at 0.8 mm,
+#: 512 x 600 px: 15 MB of int16, 7 MB a window).
+STACK_SLICES = 32
 #: Bump when extraction output changes for the same inputs and settings.
 EXTRACT_VERSION = "5"  # 4: PNGs filtered with Up and deflated with Z_RLE; prompts indexed
 #                        5: deflated in bands shared by a slice's plain and prompt PNGs;
@@ -187,23 +190,22 @@ def extract_case(
             structures=settings.structures,
         )
         dx, dy = display_spacing(geometry.spacing, plane)
-        for index in chosen:
-            boxes = slice_boxes(masks, plane, index, geometry, midline)
-            view = display_slice(array, plane, index)
-            if any(t is None for t in tables):  # float64 once for all the windows (not once per window)
-                view = np.asarray(view, dtype=np.float64)
-            elif len(tables) > 1 and view.strides[-1] != view.itemsize:
-                # a sagittal slice of a NIfTI's buffer (i fastest) gathers one voxel per
-                # cache line: gathered once, then looked up per window (3 windows at 1.5 mm:
-                # 0.39 instead of 1.1 ms a slice, measured)
-                view = np.ascontiguousarray(view)
+        boxes = plane_boxes(masks, plane, chosen, geometry, midline)
+        for start in range(0, len(chosen), STACK_SLICES):
+            part = chosen[start:start + STACK_SLICES]
+            # the part's slices gathered once, then windowed whole (one lookup a window)
+            stack = display_stack(array, plane, part)
+            if any(t is None for t in tables):  # float64 once for all the windows
+                stack = stack.astype(np.float64)
             for window, table in zip(windows, tables):
-                pixels = apply_window(view, window) if table is None else apply_window_table(view, table)
-                images.append(
-                    _image_row(case, split, volume, plane, index, window, pixels, boxes,
-                               (dx, dy), case_labels, (settings.png_level, settings.png_strategy),
-                               settings.boxed and settings.min_area_px)
-                )
+                pixels = apply_window(stack, window) if table is None else apply_window_table(stack, table)
+                for index, slice_pixels in zip(part, pixels):
+                    images.append(
+                        _image_row(case, split, volume, plane, index, window, slice_pixels,
+                                   boxes[index], (dx, dy), case_labels,
+                                   (settings.png_level, settings.png_strategy),
+                                   settings.boxed and settings.min_area_px)
+                    )
     if not images:
         raise CaseError(
             "extract", "slices.none_selected",
