@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.core import keys
 from pipeline.core.boxes import body_midline, plane_boxes, structure_stats
 from pipeline.core.geometry import Geometry
-from pipeline.core.imaging import PNG_STRATEGIES, encode_slice_pngs
+from pipeline.core.imaging import PNG_STRATEGIES, encode_slice_pngs, up_filtered
 from pipeline.core.masks import Mask, as_mask
 from pipeline.core.slices import (
     PLANES,
@@ -163,6 +163,7 @@ def extract_case(
         windows = [mr_window(array, *settings.mr_percentiles)]
     tables = [window_table(w, array.dtype) for w in windows]  # None unless integers
     case_labels = sorted(masks)
+    image_key = keys.stable_keys_under("image", case.key)  # (plane, index, window name)
     structures = []
     for label in case_labels:
         stats = structure_stats(label, masks[label], geometry, midline)
@@ -199,12 +200,15 @@ def extract_case(
                 stack = stack.astype(np.float64)
             for window, table in zip(windows, tables):
                 pixels = apply_window(stack, window) if table is None else apply_window_table(stack, table)
-                for index, slice_pixels in zip(part, pixels):
+                # the PNG scanlines and highest levels of the whole stack at once
+                rows = up_filtered(pixels) if settings.png_strategy == "rle" else [None] * len(part)
+                tops = pixels.max(axis=(1, 2)).tolist()
+                for index, slice_pixels, slice_rows, top in zip(part, pixels, rows, tops):
                     images.append(
                         _image_row(case, split, volume, plane, index, window, slice_pixels,
-                                   boxes[index], (dx, dy), case_labels,
+                                   boxes[index], (dx, dy), case_labels, image_key,
                                    (settings.png_level, settings.png_strategy),
-                                   settings.boxed and settings.min_area_px)
+                                   settings.boxed and settings.min_area_px, (slice_rows, top))
                     )
     if not images:
         raise CaseError(
@@ -243,17 +247,21 @@ def prompt_boxes(image_id: str, boxes: list[dict], min_area_px: int) -> tuple[di
 
 
 def _image_row(case, split, volume, plane, index, window: Window, pixels, boxes, spacing,
-               case_labels, png: tuple[int, str], prompt_min_area=0) -> dict:
+               case_labels, image_key, png: tuple[int, str], prompt_min_area=0,
+               known=(None, None)) -> dict:
     """One image row; with ``prompt_min_area`` (the recipe's ``slices.boxed``) also its
     visual prompt: ``image_boxed`` (the target in red beside its nearest structures in
     green, blue and yellow), ``image_boxed_easy`` (the red box alone), ``prompt_label``;
-    ``png``: the zlib level and strategy (:mod:`pipeline.core.imaging`)."""
+    ``png``: the zlib level and strategy (:mod:`pipeline.core.imaging`); ``image_key``:
+    :func:`~pipeline.core.keys.stable_keys_under` ``("image", case.key)``; ``known``: the
+    slice's Up-filtered scanlines and highest level, or ``None`` for each."""
     level, strategy = png
-    image_id = keys.stable_key("image", case.key, plane, index, window.name)
+    image_id = image_key(plane, index, window.name)
     drawn = easy = label = None
     prompt = prompt_boxes(image_id, boxes, prompt_min_area) if prompt_min_area else None
     prompts = [] if prompt is None else [prompt, (prompt[0], ())]
-    plain_png, prompt_pngs = encode_slice_pngs(pixels, prompts, level=level, strategy=strategy)
+    plain_png, prompt_pngs = encode_slice_pngs(pixels, prompts, level=level, strategy=strategy,
+                                               up_rows=known[0], top=known[1])
     if prompt is not None:
         label = prompt[0]["label"]
         drawn = {"bytes": prompt_pngs[0], "path": f"{image_id}-boxed.png"}
