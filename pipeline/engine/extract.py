@@ -241,8 +241,12 @@ def prompt_boxes(image_id: str, boxes: list[dict], min_area_px: int) -> tuple[di
         return ((b["x_min"] + b["x_max"]) / 2.0, (b["y_min"] + b["y_max"]) / 2.0)
 
     tx, ty = centre(target)
-    others = sorted((b for b in boxes if b["label"] != target["label"]),
-                    key=lambda b: ((centre(b)[0] - tx) ** 2 + (centre(b)[1] - ty) ** 2, b["label"]))
+
+    def nearness(b):
+        cx, cy = centre(b)
+        return (cx - tx) ** 2 + (cy - ty) ** 2, b["label"]
+
+    others = sorted((b for b in boxes if b["label"] != target["label"]), key=nearness)
     return target, others[:3]
 
 
