@@ -1,6 +1,5 @@
-"""Per-plane extraction work done once for all of a plane's chosen slices: the boxes of
-``plane_boxes`` and the slices of ``display_stack`` equal the per-slice reference
-(``slice_boxes``, ``display_slice``) exactly."""
+"""Boxes found once for all of a plane's chosen slices: ``plane_boxes`` equals the
+per-slice reference ``slice_boxes`` exactly."""
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ import pytest
 from pipeline.core.boxes import plane_boxes, slice_boxes
 from pipeline.core.geometry import Geometry
 from pipeline.core.masks import Mask
-from pipeline.core.slices import PLANES, display_slice, display_stack
+from pipeline.core.slices import PLANES
 
 SHAPE = (23, 19, 17)
 
@@ -48,27 +47,3 @@ def test_plane_boxes_equal_slice_boxes(plane):
         for index in indices:
             assert got[index] == slice_boxes(masks, plane, index, geometry, midline), (plane, index)
 
-
-def _layouts(volume: np.ndarray):
-    """The volume in C order, in a NIfTI buffer's order (i fastest), and as a reoriented
-    view of such a buffer (negative strides), as canonicalise hands them."""
-    yield volume
-    yield np.asfortranarray(volume)
-    flipped = np.asfortranarray(volume[::-1, :, ::-1])
-    yield flipped[::-1, :, ::-1]
-    buffer = np.ascontiguousarray(volume.transpose(2, 1, 0)[:, ::-1])  # [k, j reversed, i]
-    yield buffer[:, ::-1].transpose(2, 1, 0)
-
-
-@pytest.mark.parametrize("plane", PLANES)
-def test_display_stack_equals_display_slices(plane):
-    rng = np.random.default_rng(3)
-    volume = rng.integers(-1024, 3000, size=SHAPE, dtype=np.int16)
-    n = SHAPE[{"axial": 2, "coronal": 1, "sagittal": 0}[plane]]
-    for layout in _layouts(volume):
-        assert np.array_equal(layout, volume)
-        for indices in ([0], [n - 1, 2, 5], list(range(n))):
-            stack = display_stack(layout, plane, indices)
-            assert stack.flags.c_contiguous and stack.dtype == volume.dtype
-            assert np.array_equal(stack, np.stack([display_slice(volume, plane, i) for i in indices]))
-    assert display_stack(volume, plane, []).shape == (0, *display_slice(volume, plane, 0).shape)

@@ -137,16 +137,3 @@ def test_adler32_combine_is_zlibs():
         a, b = data[:cut], data[cut:]
         assert imaging._adler32_combine(zlib.adler32(a), zlib.adler32(b), len(b)) == zlib.adler32(data)
 
-
-@pytest.mark.parametrize("levels", [60, 256])
-def test_a_stacks_scanlines_and_highest_levels_give_the_same_pngs(levels):
-    """encode_slice_pngs with a slice's scanlines from up_filtered (the whole stack's at
-    once) and its highest level given: the bytes it makes without them."""
-    stack = np.stack([slice_(levels, seed) for seed in range(3)])
-    rows = imaging.up_filtered(stack)
-    prompts = [(TARGET, OTHERS), (TARGET, ())]
-    for g, r, top in zip(stack, rows, stack.max(axis=(1, 2)).tolist()):
-        assert np.array_equal(r, imaging._up_rows(g, 0, g.shape[0]))
-        for level in (0, 6):
-            assert encode_slice_pngs(g, prompts, level=level, strategy="rle", up_rows=r, top=top) \
-                == encode_slice_pngs(g, prompts, level=level, strategy="rle")

@@ -277,18 +277,6 @@ def encode_prompt_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int 
     return encode_slice_pngs(gray, prompts, width, level=level, strategy=strategy)[1]
 
 
-def up_filtered(stack: np.ndarray) -> np.ndarray:
-    """The PNG scanlines of every slice of a ``[n, rows, cols]`` ``uint8`` stack filtered
-    with Up (``[n, rows, 1 + cols]``; each slice's as :func:`encode_slice_pngs` makes them),
-    in three array operations for the whole stack instead of four a slice."""
-    n, h, w = stack.shape
-    raw = np.empty((n, h, 1 + w), dtype=np.uint8)
-    raw[:, :, 0] = 2
-    raw[:, 0, 1:] = stack[:, 0]
-    np.subtract(stack[:, 1:], stack[:, :-1], out=raw[:, 1:, 1:])  # modulo 256, as PNG's
-    return raw
-
-
 _BYTES = [bytes((v,)) for v in range(256)]
 
 
@@ -307,13 +295,11 @@ def _lowest_unused(g: np.ndarray, k: int) -> list[int]:
 
 
 def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int = 6,
-                      strategy: str = "default", up_rows: np.ndarray | None = None,
-                      top: int | None = None) -> tuple[bytes, list[bytes]]:
+                      strategy: str = "default") -> tuple[bytes, list[bytes]]:
     """``(encode_png(gray, level, strategy), [encode_prompt_png of each (target, others) of
     prompts])``; under ``rle`` each band of Up-filtered rows is deflated once per distinct
     set of outlines crossing it, and its bytes shared by every PNG of the slice that has
-    those rows (module docstring).  ``up_rows`` (the slice's from :func:`up_filtered`) and
-    ``top`` (its highest level), when given, are used instead of being computed again."""
+    those rows (module docstring)."""
     g = _grey(gray, "encode_prompt_png")
     h, w = g.shape
     if h < 1 or w < 1:
@@ -323,7 +309,7 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
         return (encode_png(g, level, strategy),
                 [encode_png(draw_prompt(g, t, o, width), level, strategy) for t, o in prompts])
     g = np.ascontiguousarray(g)
-    raw = _up_rows(g, 0, h) if up_rows is None else up_rows
+    raw = _up_rows(g, 0, h)
     # bands cut where each prompt's outlines begin and end (the first row and the row below
     # the last that it changes): fewer blocks than a cut at every box's edges, the same CPU
     bands = _band_slices(h, [e for drawn in outlines for e in (
@@ -338,7 +324,7 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
         plain = _png_file(w, h, 0, _stored(raw))
     if not prompts:
         return plain, []
-    top = int(g.max()) if top is None else int(top)
+    top = int(g.max())
     free = None
     colours = list(PROMPT_COLOURS.values())
     out = []
