@@ -136,3 +136,14 @@ def test_adler32_combine_is_zlibs():
     for cut in (0, 1, 65_520, 65_521, 65_522, 131_042, 199_999, 200_000):
         a, b = data[:cut], data[cut:]
         assert imaging._adler32_combine(zlib.adler32(a), zlib.adler32(b), len(b)) == zlib.adler32(data)
+
+
+
+def test_lowest_unused_levels_are_the_histograms_first_empty_bins():
+    rng = np.random.default_rng(11)
+    for used in (1, 3, 200, 252, 253, 255, 256):
+        levels = rng.permutation(256)[:used]
+        g = rng.choice(levels, size=(40, 30)).astype(np.uint8)
+        empty = np.flatnonzero(np.bincount(g.ravel(), minlength=256) == 0)
+        for k in (1, 4):
+            assert imaging._lowest_unused(g, k) == empty[:k].tolist()

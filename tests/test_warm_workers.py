@@ -66,3 +66,22 @@ def test_every_warm_run_asks_for_a_live_forkserver(monkeypatch):
     preload.start_forkserver()
     preload.start_forkserver()
     assert len(calls) == 2
+
+
+def test_spare_workers_forked_ahead_end_when_no_run_asks_for_them():
+    """WarmWorkers forks its N workers when it opens (each waits for the runner's endpoint);
+    spares no run asked for exit cleanly when it closes."""
+    from pipeline.beam.preload import start_forkserver
+    from pipeline.beam.warm import _Pool
+
+    start_forkserver()
+    pool = _Pool()
+    pool.fork_spares_soon(2)
+    pool._forking.join()
+    spares = [process for process, _ in pool._spares]
+    assert len(spares) == 2 and all(p.is_alive() for p in spares)
+    spares[0].kill()  # one dies before it is needed: closing still ends the other
+    spares[0].join()
+    pool.close_spares()
+    assert not pool._spares
+    assert not spares[1].is_alive() and spares[1].exitcode == 0

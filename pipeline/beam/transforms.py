@@ -154,7 +154,12 @@ class SpreadUnits(beam.PTransform):
         if self._claims is None:
             raise ValueError(f"SpreadUnits on {workers} local workers needs a claims folder "
                              "(engine.units.claim_folder())")
-        return (pbegin | "PlanSlots" >> beam.Create([(slot, slot) for slot in range(workers)])
+        # Create's own Reshuffle (its default for more than one element) would be a second
+        # shuffle stage before the GroupByKey that spreads the slots: one more round of
+        # bundles on the critical path (a no-op pipeline on 2 warm workers: 0.30 -> 0.22 s
+        # to its end, medians of 10 alternating runs, contended)
+        return (pbegin | "PlanSlots" >> beam.Create([(slot, slot) for slot in range(workers)],
+                                                    reshuffle=False)
                 | "Spread" >> beam.GroupByKey()
                 | "Claim" >> beam.FlatMap(_claim, U.work_order(self._refs), self._claims))
 

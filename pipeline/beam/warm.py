@@ -14,10 +14,11 @@ takes it off:
    ``worker_pool_main`` serves for portable runners) on a local port and runs the pipeline on
    Beam's ``FnApiRunner`` with an ``EXTERNAL`` environment pointing at it and
    ``direct_num_workers=N``.
-3. For each of its N workers the runner asks the pool to ``StartWorker``; the pool has the
-   forkserver fork a child that runs Beam's ``SdkHarness`` against the runner's control
-   endpoint — the same harness, protocol and bundles as ``multi_processing``; only the
-   imports are already done (a fork costs milliseconds).
+3. For each of its N workers the runner asks the pool to ``StartWorker``; the pool hands the
+   runner's control endpoint to one of N children the forkserver forked when the pool
+   opened (while the pipeline was being built; else it forks one now), which runs Beam's
+   ``SdkHarness`` against it — the same harness, protocol and bundles as
+   ``multi_processing``; only the imports and the fork are already done.
 
 The forkserver never opens a gRPC channel before forking (it only imports), so each child
 creates its own. A worker that dies is reported as an exception on a thread (the launcher's
@@ -51,6 +52,19 @@ def _run_harness(control_url: str, worker_id: str) -> None:
     SdkHarness(control_url, worker_id=worker_id, state_cache_size=STATE_CACHE_BYTES).run()
 
 
+def _await_harness(conn) -> None:
+    """In a child forked ahead of need (:meth:`_Pool.fork_spares`): wait for the runner's
+    control endpoint and worker id, then run the harness; ``None`` (an unused spare) ends it."""
+    try:
+        job = conn.recv()
+    except EOFError:  # the launcher closed the pipe: never needed
+        return
+    finally:
+        conn.close()
+    if job is not None:
+        _run_harness(*job)
+
+
 class WorkerDied(RuntimeError):
     """A warm worker process exited with a non-zero status before the pool was closed."""
 
@@ -60,13 +74,73 @@ class _Pool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
         self.processes: dict[str, multiprocessing.process.BaseProcess] = {}
         self.closing = threading.Event()
         self._context = multiprocessing.get_context("forkserver")
+        self._spares: list[tuple[multiprocessing.process.BaseProcess, object]] = []
+        self._lock = threading.Lock()
+        self._forking: threading.Thread | None = None
+
+    def fork_spares_soon(self, n: int) -> None:
+        """:meth:`fork_spares` on a thread: the launcher builds the pipeline meanwhile (a
+        forkserver still importing would hold the forks back, not the launcher)."""
+        self._forking = threading.Thread(target=self.fork_spares, args=(n,), daemon=True,
+                                         name="radvqa-fork-spares")
+        self._forking.start()
+
+    def fork_spares(self, n: int) -> None:
+        """Fork ``n`` workers now, each waiting for its endpoint, so that the runner's
+        ``StartWorker`` only sends it: a fork through the forkserver took 15-150 ms per
+        worker (measured, contended) on the stage's critical path, the runner asking for
+        its workers one after the other once the pipeline is built."""
+        for _ in range(n):
+            parent, child = self._context.Pipe()
+            process = self._context.Process(target=_await_harness, args=(child,),
+                                            name="radvqa-worker-spare", daemon=True)
+            process.start()
+            child.close()
+            with self._lock:
+                self._spares.append((process, parent))
+
+    def _spare(self, url: str, worker_id: str):
+        """A spare that took the job, or ``None`` (none left, or each one left is dead)."""
+        if self._forking is not None:
+            self._forking.join()  # forks under way: waiting for them is no slower than forking
+        while True:
+            with self._lock:
+                if not self._spares:
+                    return None
+                process, conn = self._spares.pop(0)
+            try:
+                conn.send((url, worker_id))
+                return process
+            except OSError:  # died before it was needed: the next, or a fork now
+                process.join(timeout=1)
+            finally:
+                conn.close()
+
+    def close_spares(self) -> None:
+        """End the spares no run asked for."""
+        if self._forking is not None:
+            self._forking.join()
+        with self._lock:
+            spares, self._spares = self._spares, []
+        for process, conn in spares:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+            conn.close()
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
 
     def StartWorker(self, request, context):  # noqa: N802 — gRPC's method name
         try:
-            process = self._context.Process(
-                target=_run_harness, args=(request.control_endpoint.url, request.worker_id),
-                name=f"radvqa-worker-{request.worker_id}", daemon=True)
-            process.start()
+            process = self._spare(request.control_endpoint.url, request.worker_id)
+            if process is None:
+                process = self._context.Process(
+                    target=_run_harness, args=(request.control_endpoint.url, request.worker_id),
+                    name=f"radvqa-worker-{request.worker_id}", daemon=True)
+                process.start()
         except Exception as err:  # noqa: BLE001 — returned to the runner, which raises it
             return beam_fn_api_pb2.StartWorkerResponse(error=f"{type(err).__name__}: {err}")
         self.processes[request.worker_id] = process
@@ -106,6 +180,7 @@ class WarmWorkers:
 
     def __enter__(self) -> WarmWorkers:
         start_forkserver()
+        self._pool.fork_spares_soon(self.workers)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(self._pool, self._server)
         port = self._server.add_insecure_port("localhost:0")
@@ -128,6 +203,7 @@ class WarmWorkers:
         """SIGKILL every worker still alive (the attempt has failed: their deaths are not
         reported again); the number killed."""
         self._pool.closing.set()
+        self._pool.close_spares()
         killed = 0
         for process in list(self._pool.processes.values()):
             if process.is_alive():
@@ -137,6 +213,7 @@ class WarmWorkers:
 
     def __exit__(self, *exc):
         self._pool.closing.set()
+        self._pool.close_spares()
         for process in list(self._pool.processes.values()):
             process.join(timeout=10)
             if process.is_alive():

@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline.core.geometry import Geometry
 from pipeline.core.masks import Mask, as_mask
-from pipeline.core.slices import display_crop, display_spacing, display_to_index
+from pipeline.core.slices import PLANE_AXIS, display_crop, display_spacing, display_to_index
 
 #: A structure whose centroid lies this close to the midline is ``midline``.
 MIDLINE_MARGIN_MM = 10.0
@@ -213,6 +213,85 @@ def slice_boxes(
                 "laterality": side,
             }
         )
+    return out
+
+
+def plane_boxes(
+    masks: Mapping[str, Mask | np.ndarray],
+    plane: str,
+    indices,
+    geometry: Geometry,
+    midline: np.ndarray,
+) -> dict[int, list[dict]]:
+    """:func:`slice_boxes` of every slice of ``indices`` of ``plane``, keyed by index: the
+    very same boxes (``tests/test_plane_boxes.py``), from one gather and two axis sums per
+    structure over all its chosen slices instead of a crop, two sums and their scans per
+    slice (at the 1.5 mm release geometry about 570 boxes a case over 72 slices)."""
+    dx, dy = display_spacing(geometry.spacing, plane)
+    si, nk = geometry.spacing[0], geometry.shape[2]
+    axis = PLANE_AXIS[plane]
+    wanted = np.asarray(sorted({int(i) for i in indices}), dtype=np.int64)
+    out: dict[int, list[dict]] = {int(i): [] for i in wanted.tolist()}
+    # Geometry.index_to_lps's very operations, its arrays made once
+    origin, scale, to_lps = (np.asarray(geometry.origin), np.asarray(geometry.spacing),
+                             geometry.matrix.T)
+    for label in sorted(masks):
+        mask = as_mask(masks[label])
+        if not mask.any():
+            continue
+        o, n = mask.offset[axis], mask.crop.shape[axis]
+        sel = wanted[(wanted >= o) & (wanted < o + n)]
+        if not sel.size:
+            continue
+        # [slice, x, y] in crop axes: x is the first of the other two axes, y the second
+        # (display rows run from superior down on coronal and sagittal slices: reversed)
+        stack = np.ascontiguousarray(np.moveaxis(np.take(mask.crop, sel - o, axis=axis), axis, 0))
+        ones = stack.view(np.uint8)  # bool bytes are 0 and 1: sums are counts
+        per_x = ones.sum(axis=2, dtype=np.int64)  # [slice, x]
+        per_y = ones.sum(axis=1, dtype=np.int64)  # [slice, y]
+        others = [a for a in range(3) if a != axis]
+        x0 = mask.offset[others[0]]
+        if plane == "axial":
+            y0 = mask.offset[others[1]]
+        else:
+            per_y = per_y[:, ::-1]
+            y0 = mask.shape[2] - (mask.offset[2] + mask.crop.shape[2])
+        area = per_x.sum(axis=1)
+        sum_x = per_x @ np.arange(per_x.shape[1], dtype=np.int64)  # integers: exact
+        sum_y = per_y @ np.arange(per_y.shape[1], dtype=np.int64)
+        has_x, has_y = per_x > 0, per_y > 0
+        lo_x, lo_y = has_x.argmax(axis=1), has_y.argmax(axis=1)
+        hi_x = per_x.shape[1] - has_x[:, ::-1].argmax(axis=1)
+        hi_y = per_y.shape[1] - has_y[:, ::-1].argmax(axis=1)
+        for s, (index, a, sx, sy, xa, xb, ya, yb) in enumerate(zip(
+                sel.tolist(), area.tolist(), sum_x.tolist(), sum_y.tolist(), lo_x.tolist(),
+                hi_x.tolist(), lo_y.tolist(), hi_y.tolist())):
+            if a == 0:
+                continue
+            x_min, x_max, y_min, y_max = xa + x0, xb + x0, ya + y0, yb + y0
+            cx = float(sx + x0 * a) / a
+            cy = float(sy + y0 * a) / a
+            ijk = _display_point(plane, index, cx, cy, nk)
+            k_level = min(max(round(float(ijk[2])), 0), nk - 1)
+            if plane == "sagittal":
+                i_lo, i_hi = float(index), float(index + 1)
+            else:
+                i_lo, i_hi = float(x_min), float(x_max)
+            out[index].append({
+                "label": label,
+                "x_min": x_min,
+                "y_min": y_min,
+                "x_max": x_max,
+                "y_max": y_max,
+                "area_px": a,
+                "area_mm2": round(a * dx * dy, 4),
+                # a slice's components: transposed and flipped, the same count
+                "components": count_components(stack[s]),
+                "centroid_x": round(cx, 4),
+                "centroid_y": round(cy, 4),
+                "centroid_lps": [round(v, 4) for v in (origin + (ijk * scale) @ to_lps).tolist()],
+                "laterality": laterality(i_lo, i_hi, float(ijk[0]), float(midline[k_level]), si),
+            })
     return out
 
 

@@ -36,7 +36,6 @@ for 2 of 1,296 PNGs between two builds of the same code and inputs, so it is not
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import zlib
 
@@ -217,38 +216,6 @@ def strip_png_metadata(data: bytes) -> bytes:
     return b"".join(parts) if dropped else data
 
 
-#: Box outline colours (RGB), picked per label by a stable hash.
-BOX_COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-               (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-               (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-               (170, 255, 195))
-
-
-def box_colour(label: str) -> tuple[int, int, int]:
-    return BOX_COLOURS[hashlib.sha256(label.encode("utf-8")).digest()[0] % len(BOX_COLOURS)]
-
-
-def draw_boxes(gray: np.ndarray, boxes) -> np.ndarray:
-    """An RGB copy of a ``uint8`` slice with each box's outline drawn (one pixel, the
-    box's own edge pixels: columns ``x_min`` and ``x_max - 1``, rows ``y_min`` and
-    ``y_max - 1``), in a colour per label; ``boxes`` carry ``label, x_min, y_min, x_max,
-    y_max`` in pixels, maxima exclusive.  Boxes are drawn in label order."""
-    g = np.asarray(gray)
-    if g.dtype != np.uint8 or g.ndim != 2:
-        raise ValueError(f"draw_boxes: expected a 2D uint8 image, got {g.dtype} {g.shape}")
-    rgb = np.repeat(g[:, :, None], 3, axis=2)
-    for b in sorted(boxes, key=lambda b: b["label"]):
-        x0, y0, x1, y1 = int(b["x_min"]), int(b["y_min"]), int(b["x_max"]), int(b["y_max"])
-        if x1 <= x0 or y1 <= y0:
-            continue
-        colour = box_colour(b["label"])
-        rgb[y0, x0:x1] = colour
-        rgb[y1 - 1, x0:x1] = colour
-        rgb[y0:y1, x0] = colour
-        rgb[y0:y1, x1 - 1] = colour
-    return rgb
-
-
 #: Named outline colours of visual prompts (RGB): the target of a question about a drawn
 #: box is always in the first (``red``); other structures' boxes of the hard variant take
 #: the others.  Pure hues, so a reader can name them.
@@ -310,6 +277,23 @@ def encode_prompt_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int 
     return encode_slice_pngs(gray, prompts, width, level=level, strategy=strategy)[1]
 
 
+_BYTES = [bytes((v,)) for v in range(256)]
+
+
+def _lowest_unused(g: np.ndarray, k: int) -> list[int]:
+    """The ``k`` lowest grey levels (or fewer, if fewer are left) that ``g`` does not use:
+    the first ``k`` of ``flatnonzero(bincount(g) == 0)``, by a byte search a level (a used
+    level is found at once, in about a third of bincount's time on a 1.5 mm slice)."""
+    data = g.tobytes()
+    out = []
+    for v, b in enumerate(_BYTES):
+        if b not in data:
+            out.append(v)
+            if len(out) == k:
+                break
+    return out
+
+
 def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int = 6,
                       strategy: str = "default") -> tuple[bytes, list[bytes]]:
     """``(encode_png(gray, level, strategy), [encode_prompt_png of each (target, others) of
@@ -352,7 +336,7 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
             if free is None:  # (all below the slice's lowest level, when there are enough)
                 low = int(g.min())
                 free = (np.arange(low) if low >= len(PROMPT_COLOURS)
-                        else np.flatnonzero(np.bincount(g.ravel(), minlength=256) == 0))
+                        else _lowest_unused(g, len(PROMPT_COLOURS)))
             slot = {c: int(free[n]) for n, c in enumerate(used)} if len(used) <= len(free) else None
         boxes = [(int(b["x_min"]), int(b["y_min"]), int(b["x_max"]), int(b["y_max"])) for b, _ in drawn]
         if slot is None or not all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h for x0, y0, x1, y1 in boxes):
