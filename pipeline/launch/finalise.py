@@ -26,7 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pipeline import __version__
 from pipeline.config.recipes import Recipe, pool_paths, template_paths
 from pipeline.core import keys
-from pipeline.engine import state
+from pipeline.engine import learned_samples, state
 from pipeline.engine.dead_letters import merge_dead_letters
 from pipeline.engine.units import UnitRef
 from pipeline.errors import BuildFailed
@@ -254,6 +254,7 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1) -> dic
         cache = {}
     store: dict = {}
     rows = sum(files[rel].get("rows") or 0 for _, rel in shards_)
+    sampled = learned_samples.reader(output, files, {rel for _, rel in shards_})  # workers'
     result = None
     if workers > 1 and rows >= POOL_MIN_ROWS:
         # N - 1 processes fit the largest groups while this one fits the others; forkserver:
@@ -264,12 +265,12 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1) -> dic
             with ProcessPoolExecutor(workers - 1, mp_context=context) as pool:
                 result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
                                              cache=cache, store=store, pool=pool,
-                                             pool_jobs=workers - 1)
+                                             pool_jobs=workers - 1, sampled=sampled)
         except BrokenProcessPool:  # a pool process died (out of memory, killed): fit here
             store.clear()
     if result is None:
         result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
-                                     cache=cache, store=store)
+                                     cache=cache, store=store, sampled=sampled)
     shards.write_json(output, LEARNED_CACHE, {"groups": store})
     return result
 
