@@ -22,7 +22,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 from pipeline.config.recipes import pool_paths
@@ -44,6 +43,7 @@ from pipeline.kinds.tree_tables import (
     benchmark_table,
     image_array,
     image_record,
+    read_buffer,
     render_tree_images,
 )
 from pipeline.qa.audit import partial_counts_columns
@@ -219,7 +219,7 @@ class TreeKind(BaseKind):
                 sizes.append(os.stat(root.path(case.source)).st_size)
             except OSError:
                 sizes.append(0)  # read_image names the error
-        buffer = np.empty(sum(sizes), np.uint8)
+        buffer = read_buffer(sum(sizes))  # (reused from unit to unit)
         view = memoryview(buffer)
         max_pixels = ctx.settings.max_pixels
         outcomes: list = []
