@@ -44,6 +44,7 @@ from pipeline.kinds.tree_tables import (
     image_array,
     image_record,
     read_buffer,
+    release_read_buffer,
     render_tree_images,
 )
 from pipeline.qa.audit import partial_counts_columns
@@ -145,9 +146,8 @@ class TreeKind(BaseKind):
 
     def finish(self, ctx, receipts):
         """Worker, after every unit: the stratified ``benchmark`` (when one was planned)."""
-        if not ctx.extras.get("benchmark"):
-            return None
-        return run_benchmark(ctx, receipts)
+        release_read_buffer()  # this worker's units are done
+        return run_benchmark(ctx, receipts) if ctx.extras.get("benchmark") else None
 
     @staticmethod
     def finish_input(receipt: dict) -> dict:

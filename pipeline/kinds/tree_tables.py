@@ -133,6 +133,12 @@ def read_buffer(n: int) -> np.ndarray:
     return base[:n]  # units differ in size
 
 
+def release_read_buffer() -> None:
+    """Let this process's image buffer go (its units done: the benchmark step's memory is
+    then not on top of it); freed once nothing refers to it."""
+    _READ["base"] = None
+
+
 def image_array(data: list, paths: list[str], joined=None) -> pa.StructArray:
     """Hugging Face ``Image`` structs (``{bytes, path}``), built from their two columns.
 
