@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.collector import collector_paused
-from pipeline.engine import kept_text, qa_blocks
+from pipeline.engine import kept_text, learned_samples, qa_blocks
 from pipeline.engine.dead_letters import dead_letter, internal_error, jsonl, sort_dead, stage_counts
 from pipeline.engine.state import ProgressMarker
 from pipeline.engine.units import BuildContext, PlannedCase, UnitRef, plan_digest, read_plan
@@ -327,6 +327,7 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
         receipt = table if isinstance(table, FileReceipt) else shards.write_table(
             ctx.output, ref.shard(config), table)
         files[receipt.path] = receipt.as_dict()
+    learned_samples.write(ctx.output, ref, tables, files, info.get("audit"))  # for the audit
     dead = [d | {"unit": ref.unit_id} for d in dead]
     shards.write_bytes(ctx.output, ref.dead_part("qa"), jsonl(sort_dead(dead)))
     rejected = Counter(d["reason"] for d in dead)

@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 from pipeline.config.recipes import pool_paths
@@ -40,6 +39,8 @@ from pipeline.kinds.tree_tables import (
     benchmark_table,
     image_array,
     image_record,
+    read_buffer,
+    release_read_buffer,
     render_tree_images,
 )
 from pipeline.qa.audit import partial_counts_columns
@@ -137,9 +138,8 @@ class TreeKind(BaseKind):
 
     def finish(self, ctx, receipts):
         """Worker, after every unit: the stratified ``benchmark`` (when one was planned)."""
-        if not ctx.extras.get("benchmark"):
-            return None
-        return run_benchmark(ctx, receipts)
+        release_read_buffer()  # this worker's units are done
+        return run_benchmark(ctx, receipts) if ctx.extras.get("benchmark") else None
 
     @staticmethod
     def finish_input(receipt: dict) -> dict:
@@ -211,7 +211,7 @@ class TreeKind(BaseKind):
                 sizes.append(os.stat(root.path(case.source)).st_size)
             except OSError:
                 sizes.append(0)  # read_image names the error
-        buffer = np.empty(sum(sizes), np.uint8)
+        buffer = read_buffer(sum(sizes))  # (reused from unit to unit)
         view = memoryview(buffer)
         max_pixels = ctx.settings.max_pixels
         outcomes: list = []

@@ -26,7 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pipeline import __version__
 from pipeline.config.recipes import Recipe, pool_paths, template_paths
 from pipeline.core import keys
-from pipeline.engine import state
+from pipeline.engine import learned_samples, state
 from pipeline.engine.dead_letters import merge_dead_letters
 from pipeline.engine.units import UnitRef
 from pipeline.errors import BuildFailed
@@ -37,7 +37,7 @@ from pipeline.launch.card import render_card
 from pipeline.qa.audit import DEFAULTS as AUDIT_DEFAULTS
 from pipeline.qa.audit import SEP, audit, merge
 from pipeline.qa.learned import learned_from_shards
-from pipeline.report import write_report
+from pipeline.report import prepare_report, write_report
 from pipeline.schema.arrow import SCHEMA_VERSION
 from pipeline.schema.layout import (
     CARD,
@@ -190,15 +190,9 @@ def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, de
         split_rows["benchmark"]["test"] = finish["rows"]["benchmark"]
     merged = merge([r["audit"] for r in receipts] + ([finish["audit"]] if finish else []))
     settings = dict(kind.audit_defaults) | recipe.section("audit")
-    audit_result = audit(merged, settings, learned_audit(output, files, merged, settings, workers))
     extras = dict(ctx.extras) | {"finish": finish,
                                  "pools_added": list(getattr(prep["pools"], "added", ()) or ())}
     kind_fields, card_lines, _ = kind.manifest_extras(output, receipts, extras)
-    card = render_card(
-        recipe=public_recipe(recipe.data) | {"seed": seed}, fingerprint=fp, split_rows=split_rows, files=files, counts=counts,
-        tasks=tasks, default_key=default_key, config_names=kind.configs, extra=card_lines,
-        schemas=kind.schemas, kind=kind.name, audit=audit_result)
-    files[CARD] = shards.write_bytes(output, CARD, card.encode("utf-8")).as_dict()
     inputs = {k: v[1] for r in receipts for k, v in r["cases"].items()}
     manifest = {
         "radvqa_manifest": 2,
@@ -220,14 +214,28 @@ def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, de
         "tasks": dict(sorted(tasks.items())),
         "labels_unknown_to_pools": sorted(unknown) + sorted(
             "/".join(t) for t in extras["pools_added"]),
-        "audit": audit_result,
+        "audit": None,  # below
         **kind_fields,
         "build": _build_section(receipts, attempts, ctx.extras.get("run_id")),
         "files": dict(sorted(files.items())),
     }
+    # while a pool process fits the learned baseline's largest group, this one scans the
+    # shards for the report (the manifest so far lists them) instead of waiting
+    prepared = []
+    audit_result = audit(merged, settings, learned_audit(
+        output, files, merged, settings, workers,
+        meanwhile=lambda: prepared.append(prepare_report(output, dict(manifest)))))
+    card = render_card(
+        recipe=public_recipe(recipe.data) | {"seed": seed}, fingerprint=fp, split_rows=split_rows, files=files, counts=counts,
+        tasks=tasks, default_key=default_key, config_names=kind.configs, extra=card_lines,
+        schemas=kind.schemas, kind=kind.name, audit=audit_result)
+    files[CARD] = shards.write_bytes(output, CARD, card.encode("utf-8")).as_dict()
+    manifest["audit"] = audit_result
+    manifest["files"] = dict(sorted(files.items()))
     # The report reads the corpus (manifest included), then takes its place in the manifest.
     shards.write_json(output, MANIFEST, manifest)
-    write_report(output, shards_verified=True)  # every shard just written or verified
+    write_report(output, prepared=prepared[0] if prepared else None,
+                 shards_verified=True)  # every shard just written or verified
     data = shards.read_bytes(output, REPORT)
     files[REPORT] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "rows": None}
     manifest["files"] = dict(sorted(files.items()))
@@ -235,10 +243,12 @@ def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, de
     return manifest
 
 
-def learned_audit(output: str, files, merged, settings, workers: int = 1) -> dict:
+def learned_audit(output: str, files, merged, settings, workers: int = 1, meanwhile=None) -> dict:
     """The learned text-only baseline (:mod:`pipeline.qa.learned`) over the QA shards of the
     audited configs, read through :class:`~pipeline.io.corpus.Corpus` (text columns only);
-    its groups fitted by ``workers`` processes when there are :data:`POOL_MIN_ROWS` rows."""
+    its groups fitted by ``workers`` processes when there are :data:`POOL_MIN_ROWS` rows.
+    ``meanwhile()`` runs here once this process has fitted its groups, before it waits
+    for the pool's (:class:`_Meanwhile`); never when no group goes to the pool."""
     configs = {key.split(SEP, 1)[0] for key in merged}
     shards_ = []
     for rel in files:
@@ -254,6 +264,7 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1) -> dic
         cache = {}
     store: dict = {}
     rows = sum(files[rel].get("rows") or 0 for _, rel in shards_)
+    sampled = learned_samples.reader(output, files, {rel for _, rel in shards_})  # workers'
     result = None
     if workers > 1 and rows >= POOL_MIN_ROWS:
         # N - 1 processes fit the largest groups while this one fits the others; forkserver:
@@ -263,15 +274,39 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1) -> dic
         try:
             with ProcessPoolExecutor(workers - 1, mp_context=context) as pool:
                 result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
-                                             cache=cache, store=store, pool=pool,
-                                             pool_jobs=workers - 1)
+                                             cache=cache, store=store,
+                                             pool=_Meanwhile(pool, meanwhile),
+                                             pool_jobs=workers - 1, sampled=sampled)
         except BrokenProcessPool:  # a pool process died (out of memory, killed): fit here
             store.clear()
     if result is None:
         result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
-                                     cache=cache, store=store)
+                                     cache=cache, store=store, sampled=sampled)
     shards.write_json(output, LEARNED_CACHE, {"groups": store})
     return result
+
+
+class _Meanwhile:
+    """A process pool whose first wait for a result first runs ``work()`` in this process
+    (once; a failure of it is dropped: what it prepares is then done later, as before)."""
+
+    def __init__(self, pool, work):
+        self.pool, self.work = pool, work
+
+    def submit(self, fn, *args):
+        future = self.pool.submit(fn, *args)
+        owner = self
+
+        class Waiting:
+            def result(self):
+                work, owner.work = owner.work, None
+                if work is not None:
+                    try:
+                        work()
+                    except Exception:  # noqa: BLE001 — the report scans again and says why
+                        pass
+                return future.result()
+        return Waiting()
 
 
 def _build_section(receipts: list[dict], attempts: int, run_id: str | None) -> dict:

@@ -33,8 +33,9 @@ else, which also draws the subsample: at most :data:`TRAIN_CAP` train questions 
 model is :mod:`pipeline.qa.logistic`'s (numpy only: L2-regularised, ``C`` = :data:`C`, a
 fixed L-BFGS of at most ``logistic.MAX_ITER`` iterations, every sum in a fixed order and its
 own ``exp`` and ``log``), so the result is the same floats for the same rows in any order,
-on any machine.  The launcher reads only the key columns of every
-QA shard, then the texts of the sampled rows (:func:`learned_from_shards`).
+on any machine.  The launcher merges the shards' samples their workers drew
+(:mod:`pipeline.qa.learned_keys`; else reads a shard's key columns), then reads the texts
+of the sampled rows (:func:`learned_from_shards`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core import keys
 from pipeline.core.collector import collector_paused
-from pipeline.qa import learned_fit, learned_groups, logistic, text_features
+from pipeline.qa import learned_fit, learned_groups, learned_keys, logistic, text_features
 from pipeline.qa.learned_fit import TOP_ANSWERS, C, _letter, fit_group
 from pipeline.schema import pyarrays
 
@@ -225,6 +226,8 @@ def _nsmallest(hashes: np.ndarray, ids: np.ndarray, cap: int, *carried: np.ndarr
     order = np.argsort(hashes, kind="stable")
     hashes, ids, carried = hashes[order], ids[order], [c[order] for c in carried]
     if len(hashes) > 1 and bool(np.any(hashes[1:] == hashes[:-1])):
+        if any(i is None for i in ids):  # rows of a worker's sample (learned_keys): no qa_id
+            raise learned_keys.NeedIds()
         order = np.asarray(sorted(range(len(ids)), key=lambda i: (int(hashes[i]), str(ids[i]))))
         hashes, ids, carried = hashes[order], ids[order], [c[order] for c in carried]
     return (hashes[:cap], ids[:cap], *(c[:cap] for c in carried))
@@ -263,8 +266,15 @@ def sample_keys(table, config: str, kept: dict | None = None, sizes: Counter | N
         got = [hashes[rows], ids[rows]] + ([] if shard is None else [(shard << 32) | rows])
         if key in groups:
             got = [np.concatenate([old, new]) for old, new in zip(groups[key], got)]
-        groups[key] = _nsmallest(*got[:2], TRAIN_CAP if split == "train" else EVAL_CAP, *got[2:])
+        groups[key] = _nsmallest(*got[:2], _cap(split), *got[2:])
     return groups
+
+
+def shard_sample(table, config: str, sha256: str) -> bytes:
+    """A worker's :func:`sample_keys` of the QA shard it wrote (``table``, whose file has
+    ``sha256``), for the launcher to merge (:mod:`pipeline.qa.learned_keys`)."""
+    sizes: Counter = Counter()
+    return learned_keys.encode(sample_keys(table, config, None, sizes, shard=0), sizes, sha256)
 
 
 def _places(kept: Mapping[tuple, tuple], n_shards: int) -> list[np.ndarray]:
@@ -276,20 +286,42 @@ def _places(kept: Mapping[tuple, tuple], n_shards: int) -> list[np.ndarray]:
 
 def learned_from_shards(read, shards: Iterable[tuple[str, str]], learn_from: Mapping[str, str], *,
                         cache: Mapping | None = None, store: dict | None = None,
-                        pool=None, pool_jobs: int = 1) -> dict:
+                        pool=None, pool_jobs: int = 1, sampled=None) -> dict:
     """:func:`learned_baseline` over QA shards: ``shards`` are ``(config, rel)``, ``read(rel,
     columns)`` returns an Arrow table of those of ``columns`` the shard has.  Reads the
     key columns of every shard, then the question texts of the sampled rows' shards.
-    ``cache``, ``store``, ``pool`` and ``pool_jobs`` as for :func:`learned_baseline`."""
+    ``sampled(config, rel)``: a shard's sample as its worker drew it
+    (:func:`pipeline.qa.learned_keys.decode`), or ``None`` — its key columns then read
+    and hashed here.  ``cache``, ``store``, ``pool`` and ``pool_jobs`` as for
+    :func:`learned_baseline`."""
     with collector_paused():  # (core/collector: 16 -> 13 s of CPU at 100K images)
-        return _learned_from_shards(read, sorted(shards), learn_from, cache, store, pool, pool_jobs)
+        shards = sorted(shards)
+        try:
+            kept, sizes = _sample_shards(read, shards, sampled)
+        except learned_keys.NeedIds:  # equal hashes: ordered by qa_id, every shard read here
+            kept, sizes = _sample_shards(read, shards, None)
+        return _learned_from_shards(read, shards, learn_from, cache, store, pool, pool_jobs,
+                                    kept, sizes)
 
 
-def _learned_from_shards(read, shards, learn_from, cache, store, pool, pool_jobs) -> dict:
+def _cap(split: str) -> int:
+    return TRAIN_CAP if split == "train" else EVAL_CAP
+
+
+def _sample_shards(read, shards, sampled) -> tuple[dict, Counter]:
     kept: dict[tuple, tuple] = {}
     sizes: Counter = Counter()
     for n, (config, rel) in enumerate(shards):
-        kept = sample_keys(read(rel, _META), config, kept, sizes, shard=n)
+        got = sampled(config, rel) if sampled is not None else None
+        if got is None:
+            kept = sample_keys(read(rel, _META), config, kept, sizes, shard=n)
+        else:
+            kept = learned_keys.merged(kept, sizes, got, n, _cap)
+    return kept, sizes
+
+
+def _learned_from_shards(read, shards, learn_from, cache, store, pool, pool_jobs, kept,
+                         sizes) -> dict:
     # the sampled rows taken by their places (each qa_id is a row's own), before Python
     # objects; a row without a qa_id is never learned from (it has no identity to sample by)
     taken = []

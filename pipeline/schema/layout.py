@@ -34,6 +34,9 @@ REPORT = f"{REPORT_DIR}/index.html"
 REPORT_CACHE_DIR = f"{STATE_DIR}/report-cache"
 #: the learned text-only baseline's results per group, by the digest of what decides them
 LEARNED_CACHE = f"{STATE_DIR}/learned-cache.json"
+#: ``<config>/<unit>.npz``: the learned baseline's sample of a QA shard, drawn by the worker
+#: that wrote it (pipeline.qa.learned_keys)
+LEARNED_KEYS_DIR = f"{STATE_DIR}/learned-keys"
 #: the template and pool files a build validated, by content (pipeline.config.checked)
 CONFIG_CACHE = f"{STATE_DIR}/config-cache.json"
 #: ``<unit>.json``: a unit's generated question rows per record and family (pipeline.qa.stored_rows)
@@ -83,6 +86,11 @@ def shard_name(split: str, index: int, count: int, ext: str = "parquet") -> str:
 def shard_path(config: str, split: str, index: int, count: int, ext: str = "parquet") -> str:
     """``<config>/<split>-SSSSS-of-NNNNN.<ext>``, relative to the corpus root."""
     return f"{config}/{shard_name(split, index, count, ext)}"
+
+
+def learned_keys_path(shard_rel: str) -> str:
+    """Where the learned baseline's sample of the shard ``shard_rel`` is stored."""
+    return f"{LEARNED_KEYS_DIR}/{shard_rel.rsplit('.', 1)[0]}.npz"
 
 
 def parse_shard(rel: str) -> ShardName | None:
