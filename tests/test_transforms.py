@@ -73,6 +73,7 @@ def test_extract_and_render_fns_emit_receipts_and_dead_letters(two_cases):
     # The unit's shards, receipts and dead-letter parts under their final names, nothing temporary
     # (the progress markers are build state the launcher removes when the build ends).
     assert [f for f in _files(ctx.output) if not f.startswith(".radvqa/progress/")] == [
+        ".radvqa/learned-keys/qa/train-00000-of-00001.npz",  # the learned audit's sample of qa
         ".radvqa/plan/train-00000-of-00001.jsonl",
         ".radvqa/units/train-00000-of-00001.extract.json",
         ".radvqa/units/train-00000-of-00001.json",
