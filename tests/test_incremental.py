@@ -469,21 +469,16 @@ def test_changed_writer_options_rewrite_the_shards(tmp_path, sample_input, monke
     assert now.keys() == stamps.keys() and all(now[k] != stamps[k] for k in stamps)
 
 
-def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path, monkeypatch):
-    """The tree kind keeps its images beside their text: a template edit copies every image
-    from the stored shards (nothing read from the input again), in this process without
-    Beam, to the same bytes as a fresh build.  Only the edited family is generated again
-    (the others' finished rows come from their blocks, kinds/tree_blocks.py; an unreadable
-    block: every family rendered again, same bytes), and the ood shard stays as it is."""
-    from pipeline.engine import qa_blocks
+def editable_tree_recipe(tmp_path, images: int, seed: int):
+    """A generated RadImageNet-style tree of ``images`` images and a copy of the
+    ``radimagenet-vqa`` recipe whose templates (``recipe/tpl``) and pool a test may edit:
+    ``(input tree, recipe folder)``; the recipe is ``recipe/my.yaml``."""
     from pipeline.inputs.sample_tree import write_tree
-    from pipeline.kinds import tree as tree_kind
-    from pipeline.kinds import tree_tables
     from pipeline.qa.label_pools import load_label_pools
 
     pool = resource_dir("distractor_pools") / "radimagenet.yaml"
     inp = tmp_path / "tree"
-    write_tree(inp, 240, load_label_pools([pool]), seed=3)
+    write_tree(inp, images, load_label_pools([pool]), seed=seed)
     d = tmp_path / "recipe"
     shutil.copytree(resource_dir("templates") / "radimagenet", d / "tpl")
     shutil.copy(pool, d / "pool.yaml")
@@ -493,6 +488,20 @@ def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path, m
         assert old in text
         text = text.replace(old, new)
     (d / "my.yaml").write_text(text)
+    return inp, d
+
+
+def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path, monkeypatch):
+    """The tree kind keeps its images beside their text: a template edit copies every image
+    from the stored shards (nothing read from the input again), in this process without
+    Beam, to the same bytes as a fresh build.  Only the edited family is generated again
+    (the others' finished rows come from their blocks, kinds/tree_blocks.py; an unreadable
+    block: every family rendered again, same bytes), and the ood shard stays as it is."""
+    from pipeline.engine import qa_blocks
+    from pipeline.kinds import tree as tree_kind
+    from pipeline.kinds import tree_tables
+
+    inp, d = editable_tree_recipe(tmp_path, 240, seed=3)
     out = tmp_path / "out"
     build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
 

@@ -10,19 +10,16 @@ and always scanned by ``radvqa report`` on a corpus alone."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 
 from pipeline.config.recipes import load_recipe
-from pipeline.config.resources import resource_dir
-from pipeline.inputs.sample_tree import write_tree
 from pipeline.kinds import tree_plans
 from pipeline.kinds.base import load_questions
 from pipeline.launch.build import build, regenerate
 from pipeline.qa.label_pools import load_label_pools
 from pipeline.qa.tree_balance import plan_tree_questions
 from pipeline.report import alignment_cache, write_report
-from tests.test_incremental import QUIET, _edit, corpus_digest
-from tests.test_tree_planning import POOL_FILE, _images
+from tests.test_incremental import QUIET, _edit, corpus_digest, editable_tree_recipe
+from tests.test_tree_planning import _images
 
 
 def test_a_stored_plan_is_the_plan_and_any_changed_input_misses_it(tmp_path, monkeypatch):
@@ -64,16 +61,7 @@ def test_a_stored_plan_is_the_plan_and_any_changed_input_misses_it(tmp_path, mon
 
 
 def test_regenerate_reuses_plans_and_alignment_stats_until_their_inputs_change(tmp_path, monkeypatch):
-    pool = resource_dir("distractor_pools") / "radimagenet.yaml"
-    inp = tmp_path / "tree"
-    write_tree(inp, 160, load_label_pools([POOL_FILE]), seed=5)
-    d = tmp_path / "recipe"
-    shutil.copytree(resource_dir("templates") / "radimagenet", d / "tpl")
-    shutil.copy(pool, d / "pool.yaml")
-    text = (resource_dir("recipes") / "radimagenet-vqa.yaml").read_text()
-    text = text.replace("templates: [radimagenet]", "templates: [tpl]").replace(
-        "pools: [radimagenet]", "pools: [pool.yaml]")
-    (d / "my.yaml").write_text(text)
+    inp, d = editable_tree_recipe(tmp_path, 160, seed=5)
     out = tmp_path / "out"
     build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
     planned, scanned = [], []
