@@ -263,11 +263,16 @@ def sample_keys(table, config: str, kept: dict | None = None, sizes: Counter | N
         rows = order[start:start + n]
         if sizes is not None:
             sizes[key] += n
-        got = [hashes[rows], ids[rows]] + ([] if shard is None else [(shard << 32) | rows])
-        if key in groups:
-            got = [np.concatenate([old, new]) for old, new in zip(groups[key], got)]
-        groups[key] = _nsmallest(*got[:2], _cap(split), *got[2:])
+        _keep(groups, key, [hashes[rows], ids[rows]] + ([] if shard is None else [(shard << 32) | rows]))
     return groups
+
+
+def _keep(groups: dict, key: tuple, got: list) -> None:
+    """``groups[key]``: the group's cap of its rows and ``got``'s, in hash order."""
+    if key in groups:
+        got = [np.concatenate([old, new]) for old, new in zip(groups[key], got)]
+    groups[key] = _nsmallest(*got[:2], _cap(key[1]), *got[2:])
+
 
 
 def shard_sample(table, config: str, sha256: str) -> bytes:
@@ -316,7 +321,7 @@ def _sample_shards(read, shards, sampled) -> tuple[dict, Counter]:
         if got is None:
             kept = sample_keys(read(rel, _META), config, kept, sizes, shard=n)
         else:
-            kept = learned_keys.merged(kept, sizes, got, n, _cap)
+            kept = learned_keys.merged(kept, sizes, got, n, _keep)
     return kept, sizes
 
 

@@ -7,9 +7,10 @@ read back and every ``qa_id`` hashed (1.0-1.3 s of launcher CPU at 100K RadImage
 images, 7.5M hashes at 750K).  A worker holds the table it has just written: it draws the
 shard's own sample there (:func:`encode`: per group the keyed hashes and rows of the rows
 the baseline could use, at most its cap) and stores it beside the shard's receipt, with
-the shard's sha256.  The launcher merges the shards' samples (:func:`merged`) instead of
-hashing: taking the smallest hashes of each shard's smallest is the same as taking them
-of all rows.  A sample that is missing, unreadable or made for other bytes of the shard
+the shard's sha256.  The launcher merges the shards' samples
+(:func:`merged`, by the rule :func:`~pipeline.qa.learned.sample_keys` adds a shard's
+rows with) instead of hashing: taking the smallest hashes of each shard's smallest is the
+same as taking them of all rows.  A sample that is missing, unreadable or made for other bytes of the shard
 (a killed worker, a shard from an older build) is made on the launcher as before, so
 the result never depends on which way it was made (``tests/test_learned_keys.py``).
 
@@ -69,22 +70,14 @@ def decode(data: bytes | None, config: str, sha256: str) -> dict | None:
         return None
 
 
-def merged(kept: dict, sizes: Counter, got: dict, shard: int, caps) -> dict:
+def merged(kept: dict, sizes: Counter, got: dict, shard: int, keep) -> dict:
     """``kept`` (:func:`pipeline.qa.learned.sample_keys`' result so far) with a shard's
-    decoded sample added, the shard numbered ``shard``; ``caps(split)`` a group's cap.
-    Raises :class:`NeedIds` on equal hashes (only ``qa_id`` could order them)."""
+    decoded sample added, the shard numbered ``shard``; ``keep(groups, key, got)`` adds a
+    group's rows as ``sample_keys`` does (``pipeline.qa.learned._keep``).  These rows carry
+    no ``qa_id``, so equal hashes among a group's candidates raise :class:`NeedIds`."""
     groups = dict(kept)
     for key, (n, hashes, rows) in got.items():
         sizes[key] += n
-        places = (np.int64(shard) << 32) | rows.astype(np.int64)
-        ids = np.full(len(hashes), None, dtype=object)
-        new = [hashes, ids, places]
-        if key in groups:
-            new = [np.concatenate([old, add]) for old, add in zip(groups[key], new)]
-        order = np.argsort(new[0], kind="stable")
-        ordered = [a[order] for a in new]
-        if len(order) > 1 and bool(np.any(ordered[0][1:] == ordered[0][:-1])):
-            raise NeedIds(key)
-        cap = caps(key[1])
-        groups[key] = tuple(a[:cap] for a in ordered)
+        keep(groups, key, [hashes, np.full(len(hashes), None, dtype=object),
+                           (np.int64(shard) << 32) | rows.astype(np.int64)])
     return groups
