@@ -67,8 +67,7 @@ def file_sha256(root: str, rel: str) -> str:
     path = shards.join(root, rel)
     if "://" in path:
         return hashlib.sha256(shards.read_bytes(root, rel)).hexdigest()
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return shards.local_sha256(path)
 
 
 def all_unchanged(root: str, files: Mapping[str, Mapping], stats: Mapping | None = None,

@@ -255,11 +255,11 @@ def _table_buffer(table: pa.Table) -> pa.Buffer:
     return sink.getvalue()
 
 
-#: The read-back buffer of :func:`_file_sha256` (a shard is hashed in pieces of this size).
+#: The read-back buffer of :func:`local_sha256` (a shard is hashed in pieces of this size).
 _HASH_CHUNK = 8 << 20
 
 
-def _file_sha256(path: str) -> str:
+def local_sha256(path: str) -> str:
     """SHA-256 of a local file, read in :data:`_HASH_CHUNK` pieces into one reused buffer."""
     # a small file's buffer no larger than the file (a zeroed 8 MB one cost 0.7 ms a file)
     h, buf = hashlib.sha256(), bytearray(max(1, min(_HASH_CHUNK, os.path.getsize(path) + 1)))
@@ -283,7 +283,7 @@ def _write_table_local(final: str, rel: str, table: pa.Table) -> FileReceipt:
         with pa.OSFile(tmp, "wb") as sink, pq.ParquetWriter(
                 sink, table.schema, **write_options(table.schema)) as writer:
             writer.write_table(table, row_group_size=_row_group(table))
-        sha256, size = _file_sha256(tmp), os.path.getsize(tmp)
+        sha256, size = local_sha256(tmp), os.path.getsize(tmp)
         os.replace(tmp, final)
     except BaseException:
         if os.path.exists(tmp):
