@@ -121,8 +121,8 @@ class TreeKind(BaseKind):
         stratified benchmark plan — all from the file list, independent of workers."""
         settings = dict(recipe.section("questions").get("settings") or {})
         # the plan of the last build into this output when made of the same (kinds/tree_plans)
-        plans = tree_plans.split_plans(output, cases, prep["families"], prep["pools"], seed,
-                                       settings, prep.get("workers", 1))
+        plans = tree_plans.planned(output, cases, prep["families"], prep["pools"], seed,
+                                   settings, workers=prep.get("workers", 1))
         extras = {"case_extras": plans}
         normal = prep["pools"].normal_label
         plan = select_benchmark(cases, int(recipe.section("benchmark").get("images", 1000)), seed,

@@ -85,31 +85,22 @@ def store(output: str, key: str, plans: dict, population: str | None = None) -> 
 
 
 def planned(output: str, images: Sequence, families: Mapping, pools, seed: int,
-            settings: Mapping, population: str | None = None) -> dict[str, dict]:
-    """:func:`plan_tree_questions`'s plan, the stored one when its key is this plan's."""
+            settings: Mapping, population: str | None = None, workers: int = 1) -> dict[str, dict]:
+    """:func:`plan_tree_questions`'s plan (of ``population``, ``None``: every image's, per
+    split): the stored one when its key is this plan's, else planned — with a second
+    process when :func:`_planning_pool` gives one — and stored."""
     images = list(images)
     key = plan_key(images, families, pools, seed, settings, population)
     plans = load(output, key, population)
     if plans is None:
-        plans = plan_tree_questions(images, families, pools, seed, settings, population=population)
-        store(output, key, plans, population)
-    return plans
-
-
-def split_plans(output: str, images: Sequence, families: Mapping, pools, seed: int,
-                settings: Mapping, workers: int = 1) -> dict[str, dict]:
-    """The launcher's plan of every image (groups per split): the stored one when its key is
-    this plan's, else planned — with a second process when :func:`_planning_pool` gives one."""
-    images = list(images)
-    key = plan_key(images, families, pools, seed, settings, None)
-    plans = load(output, key)
-    if plans is None:
         try:
             with _planning_pool(workers, len(images)) as pool:
-                plans = plan_tree_questions(images, families, pools, seed, settings, pool=pool)
+                plans = plan_tree_questions(images, families, pools, seed, settings,
+                                            population=population, pool=pool)
         except BrokenProcessPool:  # its process died (out of memory, killed): all planned here
-            plans = plan_tree_questions(images, families, pools, seed, settings)
-        store(output, key, plans)
+            plans = plan_tree_questions(images, families, pools, seed, settings,
+                                        population=population)
+        store(output, key, plans, population)
     return plans
 
 
