@@ -165,6 +165,9 @@ def slice_boxes(
 ) -> list[dict]:
     """Boxes of every structure present on one display slice, sorted by label.
 
+    The per-slice reference: extraction calls :func:`plane_boxes`, which must give these
+    very boxes for every slice it is asked for (``tests/test_plane_boxes.py``).
+
     Each box: ``label, x_min, y_min, x_max, y_max, area_px, area_mm2,
     components, centroid_x, centroid_y`` (display pixels), ``centroid_lps``
     (``[x, y, z]`` mm) and ``laterality``.
