@@ -96,6 +96,57 @@ def test_good_png_passes():
     assert check_png(_idat_png(_GOOD_IDAT)) == (8, 8)
 
 
+def _outcome(data: bytes):
+    try:
+        return check_png(data, max_pixels=1_000_000)
+    except CaseError as err:
+        return err.reason, err.message
+
+
+_ROWS = bytes(range(72))
+_SPLIT = zlib.compress(_ROWS)
+
+
+@pytest.mark.parametrize("data", [
+    PNG, _idat_png(_GOOD_IDAT), _idat_png(_BAD_BLOCK), _idat_png(_BAD_ADLER),
+    _idat_png(_BAD_METHOD), _idat_png(zlib.compress(b"\0" * 200)), _idat_png(zlib.compress(b"\0" * 20)),
+    _idat_png(_GOOD_IDAT[:-4]),  # no Adler-32 trailer
+    _idat_png(_GOOD_IDAT[:-9]),  # the stream cut short
+    _idat_png(_GOOD_IDAT + b"\0\0\0"),  # bytes after the stream
+    _idat_png(zlib.compressobj(wbits=9).compress(_ROWS) + zlib.compressobj(wbits=9).flush()),
+    _idat_png(zlib.compressobj(wbits=9).compress(_ROWS)
+              + zlib.compressobj(wbits=9).flush())[:-13],
+    (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0))
+     + _chunk(b"IDAT", _SPLIT[:10]) + _chunk(b"IDAT", _SPLIT[10:]) + _chunk(b"IEND", b"")),
+    _bomb(),
+], ids=["good", "good-idat", "bad-block", "bad-adler", "bad-method", "long", "short", "no-adler",
+        "cut", "trailing", "small-window", "small-window-cut", "two-idat", "bomb"])
+def test_the_fast_inflate_changes_no_outcome(data, monkeypatch):
+    """libdeflate's way through (``_inflates_to``) accepts only what ISA-L's accepts, and
+    every fault is still named by the ISA-L path: the same result or the same error."""
+    import pipeline.inputs.layouts.tree as layout
+
+    fast = _outcome(data)
+    monkeypatch.setattr(layout, "_libdeflate_zlib", None)
+    assert _outcome(data) == fast
+
+
+def test_a_well_formed_png_is_checked_by_the_fast_inflate(monkeypatch):
+    import pipeline.inputs.layouts.tree as layout
+
+    if layout._libdeflate_zlib is None:
+        pytest.skip("deflate (libdeflate) not installed")
+
+    class Refused:
+        crc32 = staticmethod(zlib.crc32)
+
+        def decompressobj(self):
+            raise AssertionError("ISA-L's inflate used for a well-formed PNG")
+
+    monkeypatch.setattr(layout, "_zlib", Refused())
+    assert check_png(PNG) == (8, 8)
+
+
 def test_image_structs_and_the_sorted_payload_table():
     data = [PNG, b"", PNG[:20]]
     arr = image_array(data, ["a.png", "b.png", "c.png"])

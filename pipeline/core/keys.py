@@ -115,9 +115,25 @@ def stable_keys_under(*prefix: object, n: int = KEY_HEX_CHARS):
     def key(*parts: object) -> str:
         c = h.copy()
         for part in parts:
-            add_part(c, part)
+            if type(part) is str:  # its length prefix and bytes in one update
+                c.update(_FRAMED.get(part) or _framed(part))
+            else:
+                add_part(c, part)
         return c.hexdigest()[:n]
     return key
+
+
+#: :func:`add_part`'s bytes of a text part (length prefix + UTF-8), by text: the few names
+#: under which many keys are made (a question family's ``qa_id`` part, once per image).
+_FRAMED: dict[str, bytes] = {}
+
+
+def _framed(part: str) -> bytes:
+    data = part.encode("utf-8")
+    framed = len(data).to_bytes(8, "big") + data
+    if len(_FRAMED) < 4096:
+        _FRAMED[part] = framed
+    return framed
 
 
 def rng(seed: int, key: str, purpose: str) -> np.random.Generator:

@@ -83,12 +83,16 @@ def _conversations(humans: list[str], gpts: list[str]) -> pa.Array:
     return pa.ListArray.from_arrays(_arr(range(0, 2 * n + 1, 2), pa.int32()), turns)
 
 
-def _metadata(c: dict) -> pa.Array:
+def _metadata(c: dict, made: Mapping[str, pa.Array] | None = None) -> pa.Array:
+    """The ``metadata`` structs of columns ``c``; ``made``: arrays already built for some of
+    them (the same values in another column of the table: the task, the answer text, the id)."""
+    made = made or {}
+
+    def col(name, type=None):
+        return made[name] if name in made else _arr(c[name], type or pa.string())
     return pa.StructArray.from_arrays(
-        [_arr(c["m_content_type"], pa.string()), _arr(c["m_correct_text"], pa.string()),
-         _arr(c["m_is_abnormal"], pa.bool_()), _arr(c["m_location"], pa.string()),
-         _arr(c["m_modality"], pa.string()), _arr(c["m_pathology"], pa.string()),
-         _arr(c["m_question_id"], pa.string())],
+        [col("m_content_type"), col("m_correct_text"), col("m_is_abnormal", pa.bool_()),
+         col("m_location"), col("m_modality"), col("m_pathology"), col("m_question_id")],
         fields=list(METADATA),
     )
 
@@ -168,12 +172,14 @@ def render_tree_images(records: list[dict], images: pa.StructArray, ctx):
     tasks: Counter = Counter()
     captioned: list[int] = []
     families: list[str] = []  # each instruct row's (pipeline.kinds.tree_blocks)
+    per_image: list[tuple] = []  # the instruct columns that are the image's, by its index
     for i, record in enumerate(records):
         image_id, split, label, m = (record["image_id"], record["split"], record["label"],
                                      record["modality"])
         # the metadata that is the image's, not the question's: once per image
         image_meta = (pools.is_abnormal(label), pools.region_display(m, record["region"]),
                       pools.modality_metadata(m), pools.display(label))
+        per_image.append((image_id, split, *image_meta))
         for row in generate_questions(record, ctx.families, pools, seed=ctx.seed,
                                       settings=ctx.qa_settings):
             task, qtype, answer_text = row["task"], row["question_type"], row["answer_text"]
@@ -186,22 +192,25 @@ def render_tree_images(records: list[dict], images: pa.StructArray, ctx):
                               task, answer_text, *image_meta, row["qa_id"]))
             else:
                 families.append(row["family"])
-                inst.append((row["qa_id"], image_id, human, gpt, row["question"], _choices(row),
-                             row["answer"], answer_text, qtype, task, row["template_id"], split,
-                             task, answer_text, *image_meta, row["qa_id"]))
+                inst.append((row["qa_id"], human, gpt, row["question"], _choices(row),
+                             row["answer"], answer_text, qtype, task, row["template_id"], i))
     if captioned != list(range(len(records))):
         images = images.take(_arr(captioned, pa.int64()))
     return (_alignment_table(_transposed(align, _ALIGN_COLUMNS), images),
-            _instruct_table(_transposed(inst, _INSTRUCT_COLUMNS)), tasks, families)
+            _instruct_table(_transposed(inst, _INSTRUCT_COLUMNS),
+                            _transposed(per_image, _IMAGE_COLUMNS)), tasks, families)
 
 
 _META_COLUMNS = ("m_content_type", "m_correct_text", "m_is_abnormal", "m_location", "m_modality",
                  "m_pathology", "m_question_id")
 _ALIGN_COLUMNS = ("image_id", "human", "gpt", "modality", "region", "label", "split",
                   *_META_COLUMNS)
-_INSTRUCT_COLUMNS = ("qa_id", "image_id", "human", "gpt", "question", "choices", "answer",
-                     "answer_text", "question_type", "task", "template_id", "split",
-                     *_META_COLUMNS)
+#: an ``instruct`` row's own values and its image's index (``image``) in the records; the
+#: values that are its image's (:data:`_IMAGE_COLUMNS`, made once an image) are taken by it
+_INSTRUCT_COLUMNS = ("qa_id", "human", "gpt", "question", "choices", "answer", "answer_text",
+                     "question_type", "task", "template_id", "image")
+_IMAGE_COLUMNS = ("image_id", "split", "m_is_abnormal", "m_location", "m_modality",
+                  "m_pathology")
 
 
 def _empty(schema: pa.Schema) -> pa.Table:
@@ -225,17 +234,28 @@ def _alignment_table(cols: dict | None, images: pa.StructArray) -> pa.Table:
          _arr(cols["split"], s)], schema=ALIGNMENT_SCHEMA)
 
 
-def _instruct_table(cols: dict | None) -> pa.Table:
+def _instruct_table(cols: dict | None, per_image: dict | None) -> pa.Table:
+    """``cols``: the rows' own values (:data:`_INSTRUCT_COLUMNS`); ``per_image``: their
+    images' (:data:`_IMAGE_COLUMNS`), each image's once, repeated for its rows by Arrow."""
     if cols is None:
         return _empty(INSTRUCT_SCHEMA)
     s = pa.string()
+    at = _arr(cols["image"], pa.int64())
+
+    def of_image(name: str, type=None) -> pa.Array:
+        return _arr(per_image[name], type or s).take(at)
+    # the metadata's task, answer text and question id are the row's own: built once
+    qa_id, answer_text, task = (_arr(cols[c], s) for c in ("qa_id", "answer_text", "task"))
     return pa.Table.from_arrays(
-        [_arr(cols["qa_id"], s), _arr(cols["image_id"], s),
+        [qa_id, of_image("image_id"),
          _conversations(cols["human"], cols["gpt"]), _arr(cols["question"], s),
          _arr(cols["choices"], pa.list_(s)), _arr(cols["answer"], s),
-         _arr(cols["answer_text"], s), _arr(cols["question_type"], s),
-         _arr(cols["task"], s), _arr(cols["template_id"], s), _metadata(cols),
-         _arr(cols["split"], s)], schema=INSTRUCT_SCHEMA)
+         answer_text, _arr(cols["question_type"], s),
+         task, _arr(cols["template_id"], s),
+         _metadata(cols, {"m_content_type": task, "m_correct_text": answer_text,
+                          "m_question_id": qa_id, "m_is_abnormal": of_image("m_is_abnormal", pa.bool_()),
+                          **{c: of_image(c) for c in ("m_location", "m_modality", "m_pathology")}}),
+         of_image("split")], schema=INSTRUCT_SCHEMA)
 
 
 def benchmark_table(picked: list[tuple[dict, bytes]], assign, ctx) -> tuple[pa.Table, Counter]:

@@ -43,6 +43,11 @@ try:  # ISA-L (python-isal): inflate 1.3-1.4x and CRC-32 ~4x faster than zlib on
 except ImportError:  # pragma: no cover - isal is a dependency; zlib checks the same bytes
     _zlib = zlib
     _INFLATE_ERRORS = (zlib.error,)
+try:  # libdeflate (deflate): the check's inflate of a well-formed PNG in 3/4 of ISA-L's CPU
+    from deflate import DeflateError as _DeflateError
+    from deflate import zlib_decompress as _libdeflate_zlib
+except ImportError:  # pragma: no cover - deflate is a dependency; ISA-L checks the same bytes
+    _libdeflate_zlib = None
 
 from pipeline.core import keys
 from pipeline.errors import CaseError, ConfigError
@@ -266,9 +271,12 @@ def check_png(data: bytes | memoryview, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     row = 1 + math.ceil(width * channels * depth / 8)
     expected = row * height if not interlace else None
     limit = expected if expected is not None else 2 * row * height
-    try:
+    stream = idat[0] if len(idat) == 1 else b"".join(idat)
+    if expected is not None and _inflates_to(stream, expected):
+        return width, height
+    try:  # (also what names the fault of a stream the fast path refused, or accepts it)
         inflater = _zlib.decompressobj()
-        raw = inflater.decompress(idat[0] if len(idat) == 1 else b"".join(idat), limit + 1)
+        raw = inflater.decompress(stream, limit + 1)
     except _INFLATE_ERRORS as err:
         raise fail("image.unreadable", f"IDAT: cannot inflate: {err}", err) from err
     if expected is not None and len(raw) != expected:
@@ -277,3 +285,22 @@ def check_png(data: bytes | memoryview, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                    f"promises: inflated to {len(raw)} bytes, expected {expected} for {width}x{height}")
     return width, height
 
+
+
+def _inflates_to(stream, expected: int) -> bool:
+    """Whether the zlib ``stream`` (a PNG's joined IDAT data) inflates, by libdeflate, to
+    exactly ``expected`` bytes: a complete stream whose Adler-32 matches, never written past
+    ``expected`` bytes (libdeflate stops with an error at the end of its output buffer: the
+    decompression-bomb bound).  ``False`` sends :func:`check_png` to its ISA-L inflate, which
+    then names the fault (or accepts the stream as it always did: it is the rule, this only
+    the fast way through for what it accepts).  Only 32 KB windows (``CMF`` 0x78, what PNG
+    encoders write): libdeflate does not hold a stream to a smaller declared window.
+
+    Measured on the bench's 224 px PNGs (~47 KB, 50,400 bytes inflated): 97 µs of CPU an
+    image against 125 µs for ISA-L's ``decompressobj`` (zlib's: 175 µs)."""
+    if _libdeflate_zlib is None or not len(stream) or stream[0] != 0x78:
+        return False
+    try:
+        return len(_libdeflate_zlib(stream, expected)) == expected
+    except _DeflateError:
+        return False
