@@ -286,7 +286,6 @@ def check_png(data: bytes | memoryview, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     return width, height
 
 
-
 def _inflates_to(stream, expected: int) -> bool:
     """Whether the zlib ``stream`` (a PNG's joined IDAT data) inflates, by libdeflate, to
     exactly ``expected`` bytes: a complete stream whose Adler-32 matches, never written past
