@@ -53,12 +53,11 @@ from pipeline.schema.arrow import (
     OOD_SCHEMA,
     TREE_PAYLOAD_SCHEMA,
 )
-from pipeline.schema.layout import PLAN_DIR, UNITS_DIR
+from pipeline.schema.layout import BENCHMARK_RECEIPT, PLAN_DIR
 from pipeline.schema.records import CaseResult, FileReceipt
 
 TREE_VERSION = "4"  # 4: the benchmark's images dictionary-encoded (io/shards.WRITER)
 BENCHMARK_PLAN = f"{PLAN_DIR}/benchmark.json"
-BENCHMARK_RECEIPT = f"{UNITS_DIR}/benchmark.json"
 BENCHMARK_SHARD = "benchmark/test-00000-of-00001.parquet"
 _KEEP_CODE = tuple(Path(__file__).resolve().parent.parent / p for p in (  # alignment's code
     "kinds/tree.py", "kinds/tree_tables.py", "schema/arrow.py", "io/shards.py"))

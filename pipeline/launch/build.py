@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from pipeline.beam.preload import start_forkserver
 from pipeline.config import checked
 from pipeline.config.recipes import Recipe, load_recipe
 from pipeline.core import keys
@@ -73,6 +72,10 @@ def build(
     unchanged stat receipt (:mod:`pipeline.io.kept_files`)."""
     check_workers(workers, beam_args)
     if workers > 1:
+        # the forkserver's modules (multiprocessing's) are imported only for workers: a
+        # one-worker run (every regenerate in this process) never starts one
+        from pipeline.beam.preload import start_forkserver
+
         start_forkserver()
     with PlanningCollector() as collector:
         log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
