@@ -120,9 +120,9 @@ class TreeKind(BaseKind):
         stratified benchmark plan — all from the file list, independent of workers."""
         settings = dict(recipe.section("questions").get("settings") or {})
         # the plan of the last build into this output when made of the same (kinds/tree_plans)
-        plans = tree_plans.planned(output, cases, prep["families"], prep["pools"], seed,
-                                   settings, workers=prep.get("workers", 1))
-        extras = {"case_extras": plans}
+        key, plans = tree_plans.planned_with_key(output, cases, prep["families"], prep["pools"],
+                                                 seed, settings, workers=prep.get("workers", 1))
+        extras = {"case_extras": plans, tree_blocks.PLANS_KEY: key}  # (the key: tree_blocks)
         normal = prep["pools"].normal_label
         plan = select_benchmark(cases, int(recipe.section("benchmark").get("images", 1000)), seed,
                                 normal=normal)

@@ -84,14 +84,22 @@ def planned(output: str, images: Sequence, families: Mapping, pools, seed: int,
             settings: Mapping, population: str | None = None, workers: int = 1) -> dict[str, dict]:
     """:func:`plan_tree_questions`'s plan (of ``population``, ``None``: every image's, per
     split): the stored one when its key is this plan's, else planned — with a second
-    process when :func:`_planning_pool` gives one — and stored."""
+    process when :func:`_plan` takes one — and stored."""
+    return planned_with_key(output, images, families, pools, seed, settings, population, workers)[1]
+
+
+def planned_with_key(output: str, images: Sequence, families: Mapping, pools, seed: int,
+                     settings: Mapping, population: str | None = None,
+                     workers: int = 1) -> tuple[str, dict[str, dict]]:
+    """``(its key, the plan)`` of :func:`planned`: the key names the plan (every image's
+    choices) for whoever keeps what is made from it (:mod:`pipeline.kinds.tree_blocks`)."""
     images = list(images)
     key = plan_key(images, families, pools, seed, settings, population)
     plans = load(output, key, population)
     if plans is None:
         plans = _plan(images, families, pools, seed, settings, population, workers)
         store(output, key, plans, population)
-    return plans
+    return key, plans
 
 
 #: With ``--workers N`` (N > 1) and at least this many images, a process from the warm
