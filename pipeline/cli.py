@@ -11,7 +11,6 @@ import argparse
 import atexit
 import gc
 import logging
-import multiprocessing
 import os
 import sys
 import time
@@ -169,7 +168,8 @@ def _exit_without_teardown(code: int) -> None:
     teardown — clearing hundreds of modules and their objects — is skipped: 0.4 s of CPU of
     a 2.2 s regenerate of the sample (measured, ``os._exit`` against a normal exit, when the
     learned baseline still imported scikit-learn, SciPy and pandas).  Otherwise returns."""
-    if "apache_beam" in sys.modules or multiprocessing.active_children():
+    mp = sys.modules.get("multiprocessing")  # (imported only by a run that may fork)
+    if "apache_beam" in sys.modules or (mp is not None and mp.active_children()):
         return
     atexit._run_exitfuncs()  # logging's flush and the other registered handlers, as at exit
     sys.stdout.flush()

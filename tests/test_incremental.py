@@ -621,3 +621,49 @@ def test_the_rules_name_the_corpus_by_its_units_records_in_any_order():
     assert one.corpus == two.corpus and one.answers == two.answers == rules_from(answers).answers
     assert one.corpus != rules_from(units[:1] + answers).corpus
     assert not rules_from(units) and not Rules(corpus="x")  # no balancing rules: rows pass as generated
+
+
+
+@pytest.mark.parametrize("kind_name", ["slices", "tree"])
+def test_units_run_in_process_get_the_plans_their_plan_files_would_give(tmp_path, sample_input,
+                                                                          monkeypatch, kind_name):
+    """A regenerate runs its units in the launcher's process, which hands each unit its
+    plan in memory instead of writing plan files and reading them back: the plans are the
+    values the files give back (every case, fingerprint, stored location and planned
+    question choice), made afresh by each run (after a template edit, then a pool edit); the
+    corpus is a fresh build's."""
+    from pipeline.engine.units import read_plan
+    from pipeline.kinds.registry import get_kind
+    from pipeline.launch import build as B
+    from pipeline.launch.plan import write_plans
+
+    if kind_name == "tree":
+        inp, d = editable_tree_recipe(tmp_path, 120, seed=5)
+        template, edit = d / "tpl" / "abnormality_closed.yaml", ("Does this image appear normal?",
+                                                                "Does this image look normal?")
+        pool_edit = ("normal_display: no pathology seen", "normal_display: nothing abnormal seen")
+    else:
+        inp, d = sample_input, _recipe_dir(tmp_path)
+        template, edit = d / "tpl" / "existence_closed.yaml", ("Is the {{ structure }}",
+                                                              "Can you see the {{ structure }}")
+        pool_edit = ("display: spleen", "display: splenic organ")
+    out = tmp_path / "out"
+    build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    handed = []
+    real = B.run_in_process
+    monkeypatch.setattr(B, "run_in_process", lambda refs, ctx, kind, **kw: handed.append(
+        (list(refs), kw["plans"])) or real(refs, ctx, kind, **kw))
+    kind = get_kind(kind_name)
+    for path, (old, new) in ((template, edit), (d / "pool.yaml", pool_edit)):
+        _edit(path, old, new)
+        regenerate(str(out), **QUIET)
+        refs, plans = handed.pop()
+        assert sorted(plans) == sorted(r.unit_id for r in refs)
+        assert not list((out / layout.PLAN_DIR).glob("*.jsonl"))  # none written
+        write_plans(str(out), refs, plans, kind)
+        for ref in refs:
+            assert read_plan(str(out), ref, kind) == list(plans[ref.unit_id])
+        assert all(pc.stored for p in plans.values() for pc in p)
+        assert kind_name != "tree" or all(pc.extra for p in plans.values() for pc in p)
+        shutil.rmtree(out / layout.PLAN_DIR)
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, d, inp))

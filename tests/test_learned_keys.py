@@ -166,3 +166,58 @@ def test_build_with_worker_samples_missing_or_stale_gives_the_same_bytes(tmp_pat
     monkeypatch.setattr(learned_samples, "shard_sample", lambda *a: b"not a sample")
     build(str(recipe), str(tmp_path / "again"), input_dir=str(tree), log=lambda m: None)
     assert _corpus_files(tmp_path / "again") == first
+
+
+def _decoded_equal(a: dict, b: dict) -> bool:
+    return sorted(a) == sorted(b) and all(
+        a[k][0] == b[k][0] and np.array_equal(a[k][1], b[k][1]) and np.array_equal(a[k][2], b[k][2])
+        for k in a)
+
+
+@pytest.mark.parametrize("change", ["question", "qa_id", "split", "task", "question_type",
+                                    "config", "rows", "code"])
+def test_a_shard_written_again_keeps_its_sample_only_while_its_key_columns_are_the_same(
+        monkeypatch, change):
+    """A QA shard written again (a wording edit: new bytes, the same ``qa_id``s, splits, tasks
+    and question types) takes its earlier sample, restamped with the new sha256: the sample a
+    fresh drawing gives.  Any change of what the sample is drawn from — a key column, the
+    config, the rows, the sampling code — draws it again."""
+    table = _tables(n_shards=1)["qa/part-0.parquet"]
+    earlier = learned_samples.sample_bytes(table, "qa", "old")
+    config = "qa"
+    if change == "question":  # the wording: not a key column
+        table = table.set_column(table.schema.get_field_index("question"), "question",
+                                 pa.array([f"Now {q}" for q in table["question"].to_pylist()]))
+    elif change == "config":
+        config = "benchmark"
+    elif change == "rows":
+        table = table.slice(1)
+    elif change == "code":
+        monkeypatch.setattr(learned_keys, "_sampling_code", lambda: "other code")
+    else:
+        values = table[change].to_pylist()
+        values[3] = {"qa_id": "q-new", "split": "test" if values[3] != "test" else "train",
+                     "task": "other", "question_type": "open" if values[3] != "open" else "closed"}[change]
+        table = table.set_column(table.schema.get_field_index(change), change, pa.array(values, pa.string()))
+    drawn = learned_samples.sample_bytes(table, config, "new")  # no earlier sample: drawn here
+    calls = []
+    real = learned.sample_keys
+    monkeypatch.setattr(learned, "sample_keys", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = learned_samples.sample_bytes(table, config, "new", earlier)
+    assert bool(calls) == (change != "question")  # drawn again, or the earlier one restamped
+    assert learned_keys.decode(got, config, "old") is None
+    assert _decoded_equal(learned_keys.decode(got, config, "new"), learned_keys.decode(drawn, config, "new"))
+    assert learned_keys.restamped(b"not a sample", "x", "new") is None
+
+
+def test_the_key_columns_digest_is_of_their_values_alone():
+    """Equal values give equal digests whatever their buffers (chunks, slices, unset bits of a
+    null's validity), and each value counts."""
+    table = _tables(n_shards=1)["qa/part-0.parquet"]  # (its qa_id column has a null)
+    digest = learned_keys.columns_digest(table, "qa")
+    rebuilt = pa.concat_tables([table.slice(0, 7), table.slice(7)])
+    assert learned_keys.columns_digest(rebuilt, "qa") == digest
+    assert learned_keys.columns_digest(pa.Table.from_pylist(table.to_pylist()), "qa") == digest
+    assert learned_keys.columns_digest(table.slice(1), "qa") != digest
+    swapped = table.set_column(0, "qa_id", pa.array(table["qa_id"].to_pylist()[::-1], pa.string()))
+    assert learned_keys.columns_digest(swapped, "qa") != digest

@@ -28,7 +28,7 @@ from pipeline.inputs.sample_tree import write_tree
 from pipeline.io import shards
 from pipeline.kinds.base import load_questions
 from pipeline.kinds.tree import KIND, ImagesById
-from pipeline.kinds.tree_tables import image_array
+from pipeline.kinds.tree_tables import image_array, question_images
 from pipeline.launch.build import build
 from pipeline.qa.balance import assign_distractors
 from pipeline.qa.benchmark import capped_quotas, left_out_regions, select_benchmark
@@ -549,6 +549,33 @@ def test_a_local_shard_is_streamed_to_the_same_bytes_as_the_buffered_writer(tmp_
     with pytest.raises(OSError):
         shards.write_table(str(tmp_path), "instruct/train-00000-of-00001.parquet", table)
     assert not list((tmp_path / "instruct").iterdir())
+
+
+@pytest.mark.parametrize("distinct_kb", [16, 40], ids=["sliced", "joined"])
+def test_the_benchmarks_repeated_images_give_the_bytes_of_the_joined_column(monkeypatch, distinct_kb):
+    """The benchmark's image column (each image asked several questions, its rows together)
+    is built from one-row slices of its distinct images instead of their ~9x joined bytes:
+    the same Parquet bytes, row groups and dictionary included (here 1 MB row groups: the
+    table's 40 images span several), the same ``nbytes``; distinct images past the
+    dictionary's page limit are joined as before."""
+    monkeypatch.setitem(shards.WRITER, "row_group_bytes", 1 << 20)
+    ids = [f"{n:04d}" for n in range(40)]
+    pngs = {k: PNG + bytes([n]) * (distinct_kb << 10) for n, k in enumerate(ids)}
+    rows = [k for n, k in enumerate(ids) for _ in range(1 + n % 9)]
+    data, paths = [pngs[k] for k in rows], [f"{k}.png" for k in rows]
+    column = question_images(data, paths)
+    assert isinstance(column, pa.ChunkedArray) == (distinct_kb == 16)
+    joined = image_array(data, paths)
+    assert column.to_pylist() == joined.to_pylist()
+
+    def table(images):
+        return pa.table({"qa_id": [f"q{n}" for n in range(len(rows))], "image_id": rows,
+                         "image": images})
+    assert table(column).nbytes == table(joined).nbytes
+    got, want = shards.table_bytes(table(column)), shards.table_bytes(table(joined))
+    meta = pq.ParquetFile(pa.BufferReader(want)).metadata
+    assert meta.num_row_groups > 2 and got == want
+    assert "RLE_DICTIONARY" in meta.row_group(0).column(2).encodings
 
 
 def test_a_thread_never_shares_the_direct_writers_buffer(tmp_path, monkeypatch):

@@ -100,3 +100,44 @@ def test_regenerate_reuses_plans_and_alignment_stats_until_their_inputs_change(t
     regenerate(str(out), **QUIET)
     assert None in planned
     assert corpus_digest(out) == fresh("fresh1")
+
+
+def test_the_units_blocks_name_their_planned_choices_by_the_plans_key(tmp_path, monkeypatch):
+    """A unit's finished rows per family (pipeline/kinds/tree_blocks.py) are named by its
+    records and the key of the plan their choices come from: records that differ, or another
+    plan's key, give another name.  In a build: a wording edit generates its family alone; a
+    paraphrase added to a family (another plan: its variant choices) generates every family
+    again — each time the bytes of a fresh build."""
+    from pipeline.kinds import tree as tree_kind
+    from pipeline.kinds import tree_blocks, tree_tables
+
+    records = [{"image_id": f"i{n}", "case_key": f"i{n}", "split": "train", "modality": "MR",
+                "region": "knee", "label": "normal", "assign": {"f": {"variant": n % 2}}}
+               for n in range(6)]
+    named = tree_blocks.records_digest(records, "plan-a")
+    assert named == tree_blocks.records_digest([dict(r) for r in records], "plan-a")
+    assert named != tree_blocks.records_digest(records, "plan-b")
+    assert named != tree_blocks.records_digest([records[0] | {"label": "x"}, *records[1:]], "plan-a")
+    assert named != tree_blocks.records_digest(records[1:], "plan-a")
+    assert named != tree_blocks.records_digest(records)  # no key: the choices themselves
+    other = [records[0] | {"assign": {"f": {"variant": 1}}}, *records[1:]]
+    assert tree_blocks.records_digest(other) != tree_blocks.records_digest(records)
+
+    inp, d = editable_tree_recipe(tmp_path, 120, seed=6)
+    out = tmp_path / "out"
+    build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    generated: set[str] = set()
+    real = tree_tables.render_tree_images
+    monkeypatch.setattr(tree_kind, "render_tree_images", lambda records, images, ctx:
+                        generated.update(ctx.families) or real(records, images, ctx))
+    _edit(d / "tpl" / "pathology_open.yaml", "?", "? ")
+    regenerate(str(out), **QUIET)
+    assert generated == {"pathology_open"}
+    generated.clear()
+    _edit(d / "tpl" / "anatomy_closed_absent.yaml", "  - id: an_neg_v1\n",
+          "  - id: an_neg_v0\n    text: \"Is any {{ wrong_region }} here?\"\n  - id: an_neg_v1\n")
+    regenerate(str(out), **QUIET)
+    assert len(generated) == 9  # every family but the captions (their alignment shards stand)
+    fresh = tmp_path / "fresh"
+    build(str(d / "my.yaml"), str(fresh), input_dir=str(inp), **QUIET)
+    assert corpus_digest(out) == corpus_digest(fresh)

@@ -36,8 +36,10 @@ def test_the_cli_reports_a_conflict_with_exit_status_2(tmp_path, capsys):
 def test_the_forkserver_starts_before_the_recipe_is_even_loaded(tmp_path, monkeypatch):
     """Start-up off the critical path: the workers' imports begin before discovery and
     planning, not when the pipeline starts."""
-    order = []
-    monkeypatch.setattr(build_module, "start_forkserver", lambda: order.append("forkserver"))
+    from pipeline.beam import preload
+
+    order = []  # (the launcher imports the forkserver's module only for workers)
+    monkeypatch.setattr(preload, "start_forkserver", lambda: order.append("forkserver"))
 
     def load_recipe(name):
         order.append("recipe")

@@ -142,10 +142,10 @@ def read_stored(output: str, plan: Sequence[PlannedCase], kind, split: str):
 
 
 @_gc_frozen
-def extract_unit(ref: UnitRef, ctx: BuildContext, kind) -> Extracted:
-    """Extract one unit (see the module docstring); writes its pixel shards and the
-    extract receipt unless they are verified as kept."""
-    plan = read_plan(ctx.output, ref, kind)
+def extract_unit(ref: UnitRef, ctx: BuildContext, kind, plan=None) -> Extracted:
+    """Extract one unit (see the module docstring); writes its pixel shards and the extract
+    receipt unless they are verified as kept.  ``plan``: its planned cases, else its file's."""
+    plan = read_plan(ctx.output, ref, kind) if plan is None else plan
     digest = plan_digest(plan, kind)
     if ref.mode == "done":
         receipt = _read_receipt(ctx.output, ref.receipt)
@@ -345,9 +345,9 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
 
 
 @_gc_frozen
-def process_unit(ref: UnitRef, ctx: BuildContext, kind) -> tuple[dict, list[dict]]:
+def process_unit(ref: UnitRef, ctx: BuildContext, kind, plan=None) -> tuple[dict, list[dict]]:
     """Extract and render in one call (kinds without corpus-wide balancing)."""
-    extracted = extract_unit(ref, ctx, kind)
+    extracted = extract_unit(ref, ctx, kind, plan)
     report, dead = render_unit(ref, extracted, ctx, kind)
     return report, extracted.dead + dead
 
@@ -358,17 +358,18 @@ def process_unit(ref: UnitRef, ctx: BuildContext, kind) -> tuple[dict, list[dict
 RECORDS_KEPT_BYTES = 16 * 2**20
 
 
-def run_in_process(refs: Sequence[UnitRef], ctx: BuildContext, kind,
-                   reuse_blocks: bool = True) -> list[dict]:
+def run_in_process(refs: Sequence[UnitRef], ctx: BuildContext, kind, reuse_blocks: bool = True,
+                   plans: Mapping | None = None) -> list[dict]:
     """What ``pipeline.beam.transforms.BuildCorpus`` runs, in this process without Beam:
     every unit extracted (kept pixels verified), the corpus-wide balancing rules from all
-    units' candidates, every unit rendered, then the kind's finishing step.  The same
-    functions in the same per-unit order give the same files; the launcher uses it when
-    Beam would only add its start-up (see ``pipeline.launch.build``).  Returns receipts."""
+    units' candidates, every unit rendered, then the kind's finishing step: the same files.
+    The launcher uses it when Beam would only add its start-up (``pipeline.launch.build``),
+    handing over the units' ``plans`` by unit id (no plan files).  Returns receipts."""
+    plans = plans or {}  # (none: the plan files)
     if kind.balanced:
         extracted = []
         for ref in refs:
-            ex = extract_unit(ref, ctx, kind)
+            ex = extract_unit(ref, ctx, kind, plans.get(ref.unit_id))
             ex.payload = None  # as the DoFn does: rendering reads the shards
             extracted.append((ref, ex))
         rules = None  # every unit unchanged (its receipt stands): nothing renders, no rules
@@ -390,9 +391,9 @@ def run_in_process(refs: Sequence[UnitRef], ctx: BuildContext, kind,
         try:
             receipts = [render_unit(ref, ex, ctx, kind, rules, blocks)[0] for ref, ex in extracted]
         except qa_blocks.Unreadable:  # a stored block went missing: every family rendered again
-            return run_in_process(refs, ctx, kind, reuse_blocks=False)
+            return run_in_process(refs, ctx, kind, reuse_blocks=False, plans=plans)
     else:
-        receipts = [process_unit(ref, ctx, kind)[0] for ref in refs]
+        receipts = [process_unit(ref, ctx, kind, plans.get(ref.unit_id))[0] for ref in refs]
     if kind.finish is not None:
         kind.finish(ctx, receipts)
     return receipts

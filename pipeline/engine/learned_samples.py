@@ -29,9 +29,22 @@ def write(output: str, ref: UnitRef, tables: Mapping, files: Mapping[str, Mappin
     audited = {key.split(SEP, 1)[0] for key in audit or ()}
     for config, table in tables.items():
         if config in audited and isinstance(table, pa.Table):
-            rel = ref.shard(config)
-            shards.write_bytes(output, learned_keys_path(rel),
-                               shard_sample(table, config, files[rel]["sha256"]))
+            path = learned_keys_path(ref.shard(config))
+            try:  # the shard's last sample (sample_bytes)
+                earlier = shards.read_bytes(output, path)
+            except OSError:
+                earlier = None
+            shards.write_bytes(output, path, sample_bytes(
+                table, config, files[ref.shard(config)]["sha256"], earlier))
+
+
+def sample_bytes(table, config: str, sha256: str, earlier: bytes | None = None) -> bytes:
+    """The sample file of a QA shard (``table``, its file's ``sha256``): ``earlier``, the
+    shard's last one, restamped when it was drawn from the same key columns (a shard written
+    again after a wording edit, :func:`pipeline.qa.learned_keys.restamped`), else drawn."""
+    columns = learned_keys.columns_digest(table, config)
+    same = learned_keys.restamped(earlier, columns, sha256)
+    return same if same is not None else shard_sample(table, config, sha256, columns)
 
 
 def reader(output: str, files: Mapping[str, Mapping], audited: set[str]):

@@ -10,7 +10,8 @@ Contract (changing it changes how corpora are rebuilt, never their bytes):
   case an earlier build already extracted, where its rows are stored — to
   ``.radvqa/plan/<unit>.jsonl``; Beam only carries small :class:`UnitRef` descriptors.
   Plans name source files, so they are transient: the launcher deletes them when the
-  build is finalised.
+  build is finalised.  Units run in the launcher's own process (no Beam) take their plans
+  from it in memory, the same values (``pipeline.launch.plan.plan_units``).
 * A worker *extracts* a unit: the rows of the kind's pixel configs, for each case either
   extracted from its input files or copied from a stored shard (bytes passed through,
   never re-decoded; the stored file's sha256 is checked first).  It then *renders* the

@@ -53,12 +53,11 @@ from pipeline.schema.arrow import (
     OOD_SCHEMA,
     TREE_PAYLOAD_SCHEMA,
 )
-from pipeline.schema.layout import PLAN_DIR, UNITS_DIR
+from pipeline.schema.layout import BENCHMARK_RECEIPT, PLAN_DIR
 from pipeline.schema.records import CaseResult, FileReceipt
 
 TREE_VERSION = "4"  # 4: the benchmark's images dictionary-encoded (io/shards.WRITER)
 BENCHMARK_PLAN = f"{PLAN_DIR}/benchmark.json"
-BENCHMARK_RECEIPT = f"{UNITS_DIR}/benchmark.json"
 BENCHMARK_SHARD = "benchmark/test-00000-of-00001.parquet"
 _KEEP_CODE = tuple(Path(__file__).resolve().parent.parent / p for p in (  # alignment's code
     "kinds/tree.py", "kinds/tree_tables.py", "schema/arrow.py", "io/shards.py"))
@@ -121,9 +120,9 @@ class TreeKind(BaseKind):
         stratified benchmark plan — all from the file list, independent of workers."""
         settings = dict(recipe.section("questions").get("settings") or {})
         # the plan of the last build into this output when made of the same (kinds/tree_plans)
-        plans = tree_plans.planned(output, cases, prep["families"], prep["pools"], seed,
-                                   settings, workers=prep.get("workers", 1))
-        extras = {"case_extras": plans}
+        key, plans = tree_plans.planned_with_key(output, cases, prep["families"], prep["pools"],
+                                                 seed, settings, workers=prep.get("workers", 1))
+        extras = {"case_extras": plans, tree_blocks.PLANS_KEY: key}  # (the key: tree_blocks)
         normal = prep["pools"].normal_label
         plan = select_benchmark(cases, int(recipe.section("benchmark").get("images", 1000)), seed,
                                 normal=normal)

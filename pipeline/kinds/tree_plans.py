@@ -22,14 +22,10 @@ launcher), against about 27 s of planning saved by each regenerate that reads it
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
-import multiprocessing
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from pipeline.core import keys
@@ -88,20 +84,22 @@ def planned(output: str, images: Sequence, families: Mapping, pools, seed: int,
             settings: Mapping, population: str | None = None, workers: int = 1) -> dict[str, dict]:
     """:func:`plan_tree_questions`'s plan (of ``population``, ``None``: every image's, per
     split): the stored one when its key is this plan's, else planned — with a second
-    process when :func:`_planning_pool` gives one — and stored."""
+    process when :func:`_plan` takes one — and stored."""
+    return planned_with_key(output, images, families, pools, seed, settings, population, workers)[1]
+
+
+def planned_with_key(output: str, images: Sequence, families: Mapping, pools, seed: int,
+                     settings: Mapping, population: str | None = None,
+                     workers: int = 1) -> tuple[str, dict[str, dict]]:
+    """``(its key, the plan)`` of :func:`planned`: the key names the plan (every image's
+    choices) for whoever keeps what is made from it (:mod:`pipeline.kinds.tree_blocks`)."""
     images = list(images)
     key = plan_key(images, families, pools, seed, settings, population)
     plans = load(output, key, population)
     if plans is None:
-        try:
-            with _planning_pool(workers, len(images)) as pool:
-                plans = plan_tree_questions(images, families, pools, seed, settings,
-                                            population=population, pool=pool)
-        except BrokenProcessPool:  # its process died (out of memory, killed): all planned here
-            plans = plan_tree_questions(images, families, pools, seed, settings,
-                                        population=population)
+        plans = _plan(images, families, pools, seed, settings, population, workers)
         store(output, key, plans, population)
-    return plans
+    return key, plans
 
 
 #: With ``--workers N`` (N > 1) and at least this many images, a process from the warm
@@ -111,15 +109,24 @@ def planned(output: str, images: Sequence, families: Mapping, pools, seed: int,
 PLAN_POOL_MIN_IMAGES = 50_000
 
 
-@contextlib.contextmanager
-def _planning_pool(workers: int, n_images: int):
-    """A one-process pool for :func:`plan_tree_questions`, or ``None``; forkserver: forked
-    from the warm workers' server, never from the launcher itself."""
-    if workers < 2 or n_images < PLAN_POOL_MIN_IMAGES:
-        yield None
-        return
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
-        yield pool
+def _plan(images, families, pools, seed, settings, population, workers: int) -> dict:
+    """:func:`plan_tree_questions`, helped by a one-process pool when ``workers`` and the
+    images call for one (:data:`PLAN_POOL_MIN_IMAGES`); forkserver: forked from the warm
+    workers' server, never from the launcher itself."""
+    if workers < 2 or len(images) < PLAN_POOL_MIN_IMAGES:
+        return plan_tree_questions(images, families, pools, seed, settings, population=population)
+    # the pool's modules only here: multiprocessing and concurrent.futures
+    # cost ~8 ms of a regenerate's start-up, which never plans with a pool
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
+            return plan_tree_questions(images, families, pools, seed, settings,
+                                       population=population, pool=pool)
+    except BrokenProcessPool:  # its process died (out of memory, killed): all planned here
+        return plan_tree_questions(images, families, pools, seed, settings, population=population)
 
 
 def _rel(population: str | None) -> str:

@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from pipeline.beam.preload import start_forkserver
 from pipeline.config import checked
 from pipeline.config.recipes import Recipe, load_recipe
 from pipeline.core import keys
@@ -38,7 +37,13 @@ from pipeline.inputs.tree import InputTree
 from pipeline.io import shards
 from pipeline.kinds.registry import get_kind, kind_name
 from pipeline.launch.finalise import QA_VERSION, finalise, fingerprint
-from pipeline.launch.plan import PlanningCollector, clean_temporaries, log_plan, plan_units
+from pipeline.launch.plan import (
+    PlanningCollector,
+    clean_temporaries,
+    log_plan,
+    plan_units,
+    write_plans,
+)
 from pipeline.launch.summary import summary_table
 from pipeline.qa.stored_rows import family_digests
 from pipeline.schema.layout import CONFIG_CACHE, LAST_RUN, PLAN_DIR, PROGRESS_DIR
@@ -67,6 +72,10 @@ def build(
     unchanged stat receipt (:mod:`pipeline.io.kept_files`)."""
     check_workers(workers, beam_args)
     if workers > 1:
+        # the forkserver's modules (multiprocessing's) are imported only for workers: a
+        # one-worker run (every regenerate in this process) never starts one
+        from pipeline.beam.preload import start_forkserver
+
         start_forkserver()
     with PlanningCollector() as collector:
         log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -122,7 +131,7 @@ def build(
             # before each attempt: a worker of the one before, killed mid-write, leaves its
             # temporary file (never a final name) — it must not reach the corpus
             clean_temporaries(output, kind)
-            refs, n_stored, extras = plan_units(
+            refs, n_stored, extras, plans = plan_units(
                 output, kind, planned, fps, qa_fp,
                 lambda units: kind.before_run(output, recipe, seed, units, cases, prep), sizes)
             extras = extras | {"run_id": run_id, "ood": ood_settings(recipe.section("ood")),
@@ -137,8 +146,9 @@ def build(
             collector.planned()  # after the unit plans (the tree's balancing): the run's turn
             try:
                 if in_process(refs, output, beam_args, stored_all=n_stored == len(cases)):
-                    run_in_process(refs, ctx, kind)
+                    run_in_process(refs, ctx, kind, plans=plans)  # the plans handed over as they are
                 else:
+                    write_plans(output, refs, plans, kind)  # for the workers
                     # Apache Beam is imported here only: 1.0 s of CPU (measured), half a
                     # text-only regenerate of the sample; in_process() runs without it.
                     from pipeline.launch.runner import run_pipeline

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 
 from pipeline import __version__
 from pipeline.config.recipes import Recipe, pool_paths, template_paths
@@ -32,7 +29,6 @@ from pipeline.engine.units import UnitRef
 from pipeline.errors import BuildFailed
 from pipeline.io import shards
 from pipeline.io.corpus import Corpus
-from pipeline.kinds.tree import BENCHMARK_RECEIPT
 from pipeline.launch.card import render_card
 from pipeline.qa.audit import DEFAULTS as AUDIT_DEFAULTS
 from pipeline.qa.audit import SEP, audit, merge
@@ -40,6 +36,7 @@ from pipeline.qa.learned import learned_from_shards
 from pipeline.report import prepare_report, write_report
 from pipeline.schema.arrow import SCHEMA_VERSION
 from pipeline.schema.layout import (
+    BENCHMARK_RECEIPT,
     CARD,
     DEAD_UNITS_DIR,
     LEARNED_CACHE,
@@ -269,7 +266,13 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1, meanwh
     if workers > 1 and rows >= POOL_MIN_ROWS:
         # N - 1 processes fit the largest groups while this one fits the others; forkserver:
         # they start from the warm workers' server (its imports done), never from this
-        # process's threads (gRPC's, after a Beam run)
+        # process's threads (gRPC's, after a Beam run).  The pool's modules are imported
+        # here only: multiprocessing and concurrent.futures cost ~8 ms of a
+        # regenerate's start-up, which never has a pool
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
         context = multiprocessing.get_context("forkserver")
         try:
             with ProcessPoolExecutor(workers - 1, mp_context=context) as pool:

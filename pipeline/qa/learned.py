@@ -274,12 +274,12 @@ def _keep(groups: dict, key: tuple, got: list) -> None:
     groups[key] = _nsmallest(*got[:2], _cap(key[1]), *got[2:])
 
 
-
-def shard_sample(table, config: str, sha256: str) -> bytes:
+def shard_sample(table, config: str, sha256: str, columns: str = "") -> bytes:
     """A worker's :func:`sample_keys` of the QA shard it wrote (``table``, whose file has
-    ``sha256``), for the launcher to merge (:mod:`pipeline.qa.learned_keys`)."""
-    sizes: Counter = Counter()
-    return learned_keys.encode(sample_keys(table, config, None, sizes, shard=0), sizes, sha256)
+    ``sha256``; ``columns``: :func:`pipeline.qa.learned_keys.columns_digest`), for the
+    launcher to merge (:mod:`pipeline.qa.learned_keys`)."""
+    groups = sample_keys(table, config, None, sizes := Counter(), shard=0)
+    return learned_keys.encode(groups, sizes, sha256, columns)
 
 
 def _places(kept: Mapping[tuple, tuple], n_shards: int) -> list[np.ndarray]:

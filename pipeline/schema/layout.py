@@ -25,6 +25,8 @@ MANIFEST = "manifest.json"
 CARD = "README.md"
 STATE_DIR = ".radvqa"
 UNITS_DIR = f"{STATE_DIR}/units"
+#: the tree kind's ``benchmark`` step's receipt (written after every unit, read by finalise)
+BENCHMARK_RECEIPT = f"{UNITS_DIR}/benchmark.json"
 PLAN_DIR = f"{STATE_DIR}/plan"
 #: ``<unit>``: the number of the unit's cases extracted so far (build state, polled for progress)
 PROGRESS_DIR = f"{STATE_DIR}/progress"
