@@ -3,6 +3,8 @@ local modes is in tests/test_build.py, a killed warm worker in tests/test_increm
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from pipeline import cli
@@ -87,3 +89,15 @@ def test_spare_workers_forked_ahead_end_when_no_run_asks_for_them():
     pool.close_spares()
     assert not pool._spares
     assert not spares[1].is_alive() and spares[1].exitcode == 0
+
+
+def test_the_forkserver_preloads_every_kind_and_the_worker_shell():
+    """A kind's module left out of ``PRELOAD`` is imported by every warm worker on its first
+    unit, on the critical path (the registry imports kinds only when asked for)."""
+    from pipeline.beam.preload import PRELOAD
+    from pipeline.kinds.registry import KINDS
+
+    assert set(KINDS.values()) <= set(PRELOAD)
+    assert {"pipeline.beam.transforms", "apache_beam.runners.worker.sdk_worker"} <= set(PRELOAD)
+    for name in PRELOAD:
+        assert importlib.util.find_spec(name) is not None, name

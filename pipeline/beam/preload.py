@@ -12,12 +12,15 @@ import multiprocessing
 import multiprocessing.forkserver
 import threading
 
-#: Modules the forkserver imports before its first fork: Beam's SDK harness and radvqa's
-#: Beam shell (which imports the engine and every kind), and what extraction imports on
+#: Modules the forkserver imports before its first fork: Beam's SDK harness, radvqa's Beam
+#: shell (which imports the engine), every kind's module (``pipeline.kinds.registry.KINDS``,
+#: whose modules are imported only when asked for, so the shell does not bring them;
+#: ``tests/test_warm_workers.py`` checks the two lists agree), and what extraction imports on
 #: first use (SimpleITK): a worker forked per pipeline would otherwise import them on the
 #: critical path, once per worker and run.  (scipy.ndimage, 0.15-0.35 s, was preloaded for
 #: the slice boxes' components, which cc3d counts now.)
-PRELOAD = ("apache_beam.runners.worker.sdk_worker", "pipeline.beam.transforms", "SimpleITK")
+PRELOAD = ("apache_beam.runners.worker.sdk_worker", "pipeline.beam.transforms",
+           "pipeline.kinds.slices", "pipeline.kinds.tree", "pipeline.kinds.volumes", "SimpleITK")
 
 _lock = threading.Lock()
 
