@@ -47,7 +47,7 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check pipeline tests scripts bench setup.py
 
 ## Benchmarks, never tests: a table on stdout, raw timings in bench/results.json (see
-## bench/run.py).  Inputs are generated once into .cache/bench/.  About 12 min on 2 quiet cores
+## bench/run.py).  Inputs are generated once into .cache/bench/.  About 5 min on 2 quiet cores
 ## (totalseg included), plus about 2 min once to write the inputs.
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
