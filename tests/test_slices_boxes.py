@@ -281,10 +281,10 @@ def _midline_of_every_column(hu: np.ndarray) -> np.ndarray:
     return mid
 
 
-def test_ct_midline_scanned_from_the_edges_is_the_whole_volumes():
-    """A CT's body edges are searched from both sides a block of columns at a time, each
-    level only until found: the same midline as every column read, on volumes narrower and
-    wider than a block, flipped and in NIfTI's memory order, with levels without body."""
+def test_ct_midline_read_in_the_buffers_order_is_the_whole_volumes():
+    """A CT's body edges are read with every negatively strided axis flipped back to the
+    buffer's order: the same midline as every column read, on volumes of all sizes, flipped
+    on any axis, in NIfTI's memory order or permuted, with levels without body."""
     rng = np.random.default_rng(5)
     for trial in range(120):
         shape = tuple(int(n) for n in rng.integers(1, 90, 3))
@@ -293,10 +293,12 @@ def test_ct_midline_scanned_from_the_edges_is_the_whole_volumes():
             lo = [int(rng.integers(0, n)) for n in shape]
             hi = [int(rng.integers(a, n + 1)) for a, n in zip(lo, shape)]
             hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = rng.integers(-499, 1000)
-        if trial % 2:
-            hu = hu[::-1]
         if trial % 3 == 0:  # [k, j, i] in memory, as a NIfTI's buffer
             hu = np.ascontiguousarray(hu.transpose(2, 1, 0)).transpose(2, 1, 0)
+        elif trial % 3 == 1:  # another order in memory
+            hu = np.ascontiguousarray(hu.transpose(1, 2, 0)).transpose(2, 0, 1)
+        flips = rng.random(3) < 0.5  # a reoriented view: some strides negative
+        hu = hu[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
         assert np.array_equal(body_midline(hu, "CT"), _midline_of_every_column(hu)), trial
 
 
