@@ -125,35 +125,44 @@ def display_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
 #: Bytes of one gather of :func:`display_slices` (a plane's chosen slices taken in groups of
 #: at most this size: 4 MB is the 24 sagittal slices of a 1.5 mm TotalSegmentator case).
 GATHER_BYTES = 8 << 20
+#: Slices that a cache line of the buffer's rows must serve, on average, for
+#: :func:`display_slices` to gather them: the 24 sagittal slices of a 1.5 mm case lie in 5-6
+#: lines of a row (gathered: 2.4 instead of 6.1 ms), those of a 0.8 mm case in 9-10 (one at
+#: a time: 47 instead of 53 ms, with their window indices; measured).
+GATHER_SHARING = 3
 
 
 def display_slices(volume: np.ndarray, plane: str, indices) -> Iterator[np.ndarray]:
-    """:func:`display_slice` of each of ``indices`` in turn (the same pixels, possibly
-    strided views of a fresh array).
+    """:func:`display_slice` of each of ``indices`` in turn: the same pixels, as views of the
+    volume or as fresh arrays.
 
     A slice normal to the axis that is fastest in memory — a sagittal slice of a NIfTI's
-    buffer, i fastest — holds one voxel per cache line, so slices taken one at a time read
-    the volume about once each.  Those are gathered a group at a time instead
-    (:data:`GATHER_BYTES`), by one ``np.take`` along that axis of the buffer in its own
-    order (every negatively strided axis flipped back, indices ascending): each cache line
-    is read once for all the slices of a group.  The 24 sagittal slices of a 1.5 mm
-    TotalSegmentator case: 2.4 instead of 6.1 ms, with the window look-ups (measured)."""
+    buffer, i fastest — holds one voxel per cache line, so a view of it is slow to read and
+    each slice read alone reads the volume about once.  Those slices come as fresh arrays:
+    gathered a group at a time (:data:`GATHER_BYTES`) by one ``np.take`` along that axis of
+    the buffer in its own order (every negatively strided axis flipped back, indices
+    ascending) when each cache line of a row holds enough of them (:data:`GATHER_SHARING`),
+    so that a line is read once for all of them; else copied one at a time."""
     indices = [int(i) for i in indices]
     axis = PLANE_AXIS[plane]
     order = sorted(range(3), key=lambda a: -abs(volume.strides[a]))  # slowest first
-    flips = tuple(slice(None, None, -1) if st < 0 else slice(None) for st in volume.strides)
-    stored = np.transpose(volume[flips], order)  # the buffer's own order, if it is one
-    if (len(indices) < 2 or order[-1] != axis or not stored.flags.c_contiguous
-            or volume.shape[axis] < 2):
+    if order[-1] != axis or volume.shape[axis] < 2:  # the slices' rows are read in order
         for index in indices:
             yield display_slice(volume, plane, index)
         return
+    flips = tuple(slice(None, None, -1) if st < 0 else slice(None) for st in volume.strides)
+    stored = np.transpose(volume[flips], order)  # the buffer's own order, if it is one
     n = volume.shape[axis]
     at = [n - 1 - i if volume.strides[axis] < 0 else i for i in indices]  # along the buffer
-    per_group = max(1, GATHER_BYTES // max(1, volume.itemsize * volume.size // n))
+    per_group = max(1, GATHER_BYTES // (volume.itemsize * volume.size // n))
     back = tuple(order.index(a) for a in range(3))  # the buffer's axes back to the volume's
     for start in range(0, len(indices), per_group):
         group = sorted(set(at[start:start + per_group]))
+        lines = len({i * volume.itemsize // 64 for i in group})  # of a row, that it reads
+        if not stored.flags.c_contiguous or len(group) < GATHER_SHARING * lines:
+            for index in indices[start:start + per_group]:
+                yield np.ascontiguousarray(display_slice(volume, plane, index))
+            continue
         taken = np.transpose(np.take(stored, group, axis=2), back)
         taken = taken[flips[:axis] + (slice(None),) + flips[axis + 1:]]  # the volume's orientation
         for position in at[start:start + per_group]:
