@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from pipeline.core import slices
 from pipeline.core.boxes import (
     body_midline,
     count_components,
@@ -14,16 +15,19 @@ from pipeline.core.boxes import (
 from pipeline.core.geometry import Geometry
 from pipeline.core.imaging import encode_png, png_size
 from pipeline.core.slices import (
+    PLANE_AXIS,
     PLANES,
     Window,
     apply_window,
     apply_window_table,
     ct_window,
     display_slice,
+    display_slices,
     display_spacing,
     display_to_index,
     mr_window,
     select_slices,
+    window_indices,
     window_table,
 )
 from pipeline.engine.extract import SliceSettings, extract_case
@@ -281,10 +285,10 @@ def _midline_of_every_column(hu: np.ndarray) -> np.ndarray:
     return mid
 
 
-def test_ct_midline_scanned_from_the_edges_is_the_whole_volumes():
-    """A CT's body edges are searched from both sides a block of columns at a time, each
-    level only until found: the same midline as every column read, on volumes narrower and
-    wider than a block, flipped and in NIfTI's memory order, with levels without body."""
+def test_ct_midline_read_in_the_buffers_order_is_the_whole_volumes():
+    """A CT's body edges are read with every negatively strided axis flipped back to the
+    buffer's order: the same midline as every column read, on volumes of all sizes, flipped
+    on any axis, in NIfTI's memory order or permuted, with levels without body."""
     rng = np.random.default_rng(5)
     for trial in range(120):
         shape = tuple(int(n) for n in rng.integers(1, 90, 3))
@@ -293,10 +297,12 @@ def test_ct_midline_scanned_from_the_edges_is_the_whole_volumes():
             lo = [int(rng.integers(0, n)) for n in shape]
             hi = [int(rng.integers(a, n + 1)) for a, n in zip(lo, shape)]
             hu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = rng.integers(-499, 1000)
-        if trial % 2:
-            hu = hu[::-1]
         if trial % 3 == 0:  # [k, j, i] in memory, as a NIfTI's buffer
             hu = np.ascontiguousarray(hu.transpose(2, 1, 0)).transpose(2, 1, 0)
+        elif trial % 3 == 1:  # another order in memory
+            hu = np.ascontiguousarray(hu.transpose(1, 2, 0)).transpose(2, 0, 1)
+        flips = rng.random(3) < 0.5  # a reoriented view: some strides negative
+        hu = hu[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
         assert np.array_equal(body_midline(hu, "CT"), _midline_of_every_column(hu)), trial
 
 
@@ -312,6 +318,42 @@ def test_sagittal_windows_of_a_nifti_buffer_are_unchanged():
         table = window_table(ct_window(name), view.dtype)
         assert np.array_equal(apply_window_table(np.ascontiguousarray(view), table),
                               apply_window_table(view, table))
+
+
+@pytest.mark.parametrize("group_bytes", [1, 3000, 1 << 23])
+def test_display_slices_gathered_from_the_buffer_are_display_slice(monkeypatch, group_bytes):
+    """A plane's slices taken in groups along the buffer's fastest axis (a sagittal plane of
+    a NIfTI's buffer) are display_slice's pixels, slice by slice, in the order asked for:
+    every plane, memory order and flip, groups of one slice up to all of them."""
+    monkeypatch.setattr(slices, "GATHER_BYTES", group_bytes)
+    gathers, take = [], np.take
+    monkeypatch.setattr(np, "take", lambda a, i, axis=None, **kw: (
+        gathers.append(axis) if axis == 2 else None, take(a, i, axis=axis, **kw))[1])
+    rng = np.random.default_rng(9)
+    hu = rng.integers(-1024, 2000, (23, 17, 11)).astype(np.int16)
+    for trial in range(48):
+        volume = hu
+        if trial % 3 == 0:  # [k, j, i] in memory, as a NIfTI's buffer
+            volume = np.ascontiguousarray(hu.transpose(2, 1, 0)).transpose(2, 1, 0)
+        elif trial % 3 == 1:
+            volume = np.ascontiguousarray(hu.transpose(1, 0, 2)).transpose(1, 0, 2)
+        flips = [(trial >> b) & 1 for b in (2, 3, 4)]
+        volume = volume[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
+        if trial % 7 == 6:  # not a whole buffer: taken one slice at a time
+            volume = volume[1:-1, :, 1:]
+        for plane in PLANES:
+            n = volume.shape[PLANE_AXIS[plane]]
+            indices = sorted(rng.choice(n, size=int(rng.integers(1, n + 1)), replace=False).tolist())
+            got = list(display_slices(volume, plane, indices))
+            assert len(got) == len(indices)
+            for index, view in zip(indices, got):
+                assert np.array_equal(view, display_slice(volume, plane, index)), (trial, plane)
+                table = window_table(ct_window("lung"), view.dtype)
+                assert np.array_equal(np.take(table, window_indices(view)),
+                                      apply_window_table(display_slice(volume, plane, index), table))
+    # gathered (the buffer's fastest axis: sagittal for [k, j, i], else axial) unless the
+    # groups are of one slice
+    assert (len(gathers) > 10) == (group_bytes > 1)
 
 
 def test_a_box_centroid_point_is_display_to_index():

@@ -99,41 +99,22 @@ def body_midline(volume: np.ndarray, modality: str) -> np.ndarray:
     return mid
 
 
-#: Columns (``i``) of a CT scanned at a time from each side for the body's edges: 64 bytes
-#: of int16, one cache line of each row of a NIfTI's buffer.
-_EDGE_BLOCK = 32
-
-
 def _ct_body_columns(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(first, last)``: per axial level ``k``, the first and last column ``i`` holding a
     voxel of :func:`body_mask` (above -500 HU, at any ``j``); ``-1`` at a level without one.
 
-    Scanned from both sides inward, :data:`_EDGE_BLOCK` columns at a time, each level only
-    until its edge is found: the air beside the patient is read, the body itself only where
-    it begins (at 0.8 mm: about a quarter of the scan instead of all of it)."""
-    n_i, _, n_k = volume.shape
-    by_k = np.transpose(volume, (2, 1, 0))  # [k, j, i]: a NIfTI buffer's own order (i fastest)
-    edges = []
-    for step in (1, -1):
-        found = np.full(n_k, -1, dtype=np.int64)
-        open_ = np.ones(n_k, dtype=bool) if step == 1 else edges[0] >= 0  # a level without
-        for start in range(0, n_i, _EDGE_BLOCK):                          # body: no right edge
-            rows = np.flatnonzero(open_)
-            if not rows.size:
-                break
-            cols = np.arange(start, min(n_i, start + _EDGE_BLOCK))
-            if step == -1:
-                cols = n_i - 1 - cols
-            lo, hi = int(cols.min()), int(cols.max()) + 1
-            part = by_k[:, :, lo:hi] if rows.size == n_k else by_k[rows, :, lo:hi]
-            present = part.max(axis=1) > -500  # [rows, columns lo..hi)
-            if step == -1:
-                present = present[:, ::-1]
-            hit = present.any(axis=1)
-            found[rows[hit]] = cols[present[hit].argmax(axis=1)]
-            open_[rows[hit]] = False
-        edges.append(found)
-    return edges[0], edges[1]
+    The largest value along ``j`` of every ``(i, k)``, read in the buffer's own order (every
+    axis whose stride is negative — a reoriented NIfTI's — flipped back first): numpy then
+    reduces rows that lie end to end in memory.  At the 1.5 mm TotalSegmentator geometry
+    1.9 ms against 13-29 ms for the same maximum over the reoriented view, or for a scan of
+    32-column blocks from both edges inward (0.8 mm: 11 against 75-200 ms; measured)."""
+    n_i = volume.shape[0]
+    as_stored = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in volume.strides)
+    present = volume[as_stored].max(axis=1)[as_stored[0], as_stored[2]] > -500  # [i, k]
+    hit = present.any(axis=0)
+    first = np.where(hit, present.argmax(axis=0), -1)
+    last = np.where(hit, n_i - 1 - present[::-1].argmax(axis=0), -1)
+    return first, last
 
 
 def laterality(

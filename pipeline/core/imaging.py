@@ -36,6 +36,7 @@ for 2 of 1,296 PNGs between two builds of the same code and inputs, so it is not
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 
@@ -65,8 +66,8 @@ MEM_LEVEL = 9
 #: zlib's header for a ``Z_RLE`` stream (deflate, 32 KiB window, FLEVEL 0).
 _ZLIB_HEADER = b"\x78\x01"
 _IEND = _chunk(b"IEND", b"")
-#: The grey-ramp palette of a prompt (outline colours written over it).
-_RAMP = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+#: The grey-ramp palette of a prompt (outline colours written over it), as PLTE bytes.
+_RAMP_BYTES = bytes(np.repeat(np.arange(256, dtype=np.uint8), 3))
 
 
 def _up_rows(a: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -128,16 +129,25 @@ def _stored(raw: np.ndarray) -> bytes:
     return c.compress(raw) + c.flush()
 
 
+@functools.lru_cache(maxsize=64)
+def _head(w: int, h: int, color_type: int) -> bytes:
+    """The signature and IHDR chunk of a ``w`` x ``h`` 8-bit PNG (the same for every slice of
+    a plane: made once)."""
+    return _SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0))
+
+
+_IDAT_CRC = _rle_lib.crc32(b"IDAT")
+
+
 def _png_file(w: int, h: int, color_type: int, compressed: bytes | list[bytes],
               palette: bytes | None = None) -> bytes:
     """A PNG file of one IDAT chunk holding ``compressed`` (bytes, or pieces to join)."""
     pieces = [compressed] if isinstance(compressed, bytes) else compressed
-    crc = _rle_lib.crc32(b"IDAT")
+    crc = _IDAT_CRC
     for piece in pieces:
         crc = _rle_lib.crc32(piece, crc)
     return b"".join((
-        _SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)),
-        _chunk(b"PLTE", palette) if palette is not None else b"",
+        _head(w, h, color_type), _chunk(b"PLTE", palette) if palette is not None else b"",
         struct.pack(">I4s", sum(map(len, pieces)), b"IDAT"), *pieces,
         struct.pack(">I", crc & 0xFFFFFFFF), _IEND))
 
@@ -221,6 +231,7 @@ def strip_png_metadata(data: bytes) -> bytes:
 #: the others.  Pure hues, so a reader can name them.
 PROMPT_COLOURS = {"red": (255, 0, 0), "green": (0, 200, 0), "blue": (0, 100, 255),
                   "yellow": (255, 220, 0)}
+_COLOUR_BYTES = [bytes(c) for c in PROMPT_COLOURS.values()]
 
 
 def _prompt_outlines(target, others) -> list[tuple[dict, int]]:
@@ -232,7 +243,13 @@ def _prompt_outlines(target, others) -> list[tuple[dict, int]]:
 
 def _outline(canvas: np.ndarray, b, value, width: int) -> None:
     """Draw box ``b``'s outline, ``width`` pixels inside its edge, into ``canvas``."""
-    x0, y0, x1, y1 = int(b["x_min"]), int(b["y_min"]), int(b["x_max"]), int(b["y_max"])
+    _outline_box(canvas, (int(b["x_min"]), int(b["y_min"]), int(b["x_max"]), int(b["y_max"])),
+                 value, width)
+
+
+def _outline_box(canvas: np.ndarray, box: tuple[int, int, int, int], value, width: int) -> None:
+    """:func:`_outline` of ``box`` given as ``(x_min, y_min, x_max, y_max)``."""
+    x0, y0, x1, y1 = box
     t = max(1, min(width, (x1 - x0) // 2, (y1 - y0) // 2))
     canvas[y0:y0 + t, x0:x1] = value
     canvas[y1 - t:y1, x0:x1] = value
@@ -326,7 +343,7 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
         return plain, []
     top = int(g.max())
     free = None
-    colours = list(PROMPT_COLOURS.values())
+    edges = [(b.start, b.stop) for b in bands]
     out = []
     for (target, others), drawn in zip(prompts, outlines):
         used = sorted({c for _, c in drawn})
@@ -342,25 +359,29 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
         if slot is None or not all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h for x0, y0, x1, y1 in boxes):
             out.append(encode_png(draw_prompt(g, target, others, width), level, strategy))
             continue
-        palette = _RAMP[:max(top, *slot.values()) + 1].copy()
+        palette = bytearray(_RAMP_BYTES[:3 * (max(top, *slot.values()) + 1)])
         for c, v in slot.items():
-            palette[v] = colours[c]
+            palette[3 * v:3 * v + 3] = _COLOUR_BYTES[c]
+        palette = bytes(palette)
+        outlined = [(box, slot[c]) for box, (_, c) in zip(boxes, drawn)]
         index = g.copy()
-        for b, c in drawn:
-            _outline(index, b, slot[c], width)
+        for box, value in outlined:
+            _outline_box(index, box, value, width)
         if not level:
-            out.append(_png_file(w, h, 3, _stored(_up_rows(index, 0, h)), palette.tobytes()))
+            out.append(_png_file(w, h, 3, _stored(_up_rows(index, 0, h)), palette))
             continue
         # per band: the outlines that change its Up-filtered rows (a box's rows y0..y1)
-        keys = [(k, tuple((box, slot[c]) for box, (_, c) in zip(boxes, drawn)
-                          if box[1] < b.stop and box[3] >= b.start)) for k, b in enumerate(bands)]
-        new = [(key, _up_rows(index, bands[key[0]].start, bands[key[0]].stop))
-               for key in keys if key not in done]
-        for (key, r), seg in zip(new, _deflate([(r, bands[k].stop == h) for (k, _), r in new], level)):
+        keys = [(k, tuple(o for o in outlined if o[0][1] < stop and o[0][3] >= start))
+                for k, (start, stop) in enumerate(edges)]
+        new = [(key, _up_rows(index, *edges[key[0]])) for key in keys if key not in done]
+        for (key, r), seg in zip(new, _deflate([(r, edges[k][1] == h) for (k, _), r in new], level)):
             done[key] = (seg, _rle_lib.adler32(r), r.nbytes)
-        adler = 1
+        # the stream's Adler-32 from its bands' (zlib's adler32_combine, inlined)
+        a1, b1, pieces = 1, 0, []
         for key in keys:
-            adler = _adler32_combine(adler, done[key][1], done[key][2])
-        out.append(_png_file(w, h, 3, _zlib_stream([done[key][0] for key in keys], adler),
-                             palette.tobytes()))
+            seg, adler, n = done[key]
+            pieces.append(seg)
+            b1 = (b1 + (adler >> 16) + n * (a1 - 1)) % 65521
+            a1 = (a1 + (adler & 0xFFFF) - 1) % 65521
+        out.append(_png_file(w, h, 3, _zlib_stream(pieces, b1 << 16 | a1), palette))
     return plain, out

@@ -24,11 +24,12 @@ from pipeline.core.slices import (
     apply_window,
     apply_window_table,
     ct_window,
-    display_slice,
+    display_slices,
     display_spacing,
     mr_window,
     resample,
     select_slices,
+    window_indices,
     window_table,
 )
 from pipeline.errors import CaseError
@@ -189,20 +190,23 @@ def extract_case(
         )
         dx, dy = display_spacing(geometry.spacing, plane)
         boxes = plane_boxes(masks, plane, chosen, geometry, midline)
-        for index in chosen:
-            # one slice at a time: a plane's slices gathered and windowed whole were 15-60 MB
-            # of fresh memory a plane at 0.8 mm, whose page faults took 0.1-0.3 s of kernel
-            # time a case (measured); a slice's arrays are reused from the heap
-            view = display_slice(array, plane, index)
+        # one slice at a time (a sagittal plane of a NIfTI's buffer in groups of a few MB,
+        # display_slices): a plane's slices gathered and windowed whole were 15-60 MB of
+        # fresh memory a plane at 0.8 mm, whose page faults took 0.1-0.3 s of kernel time a
+        # case (measured); a slice's arrays are reused from the heap
+        for index, view in zip(chosen, display_slices(array, plane, chosen)):
+            indices = None  # the table indices of all the windows, when more than one
             if any(t is None for t in tables):  # float64 once for all the windows (not once per window)
                 view = np.asarray(view, dtype=np.float64)
-            elif len(tables) > 1 and view.strides[-1] != view.itemsize:
-                # a sagittal slice of a NIfTI's buffer (i fastest) gathers one voxel per
-                # cache line: gathered once, then looked up per window (3 windows at 1.5 mm:
-                # 0.39 instead of 1.1 ms a slice, measured)
-                view = np.ascontiguousarray(view)
+            elif len(tables) > 1:
+                indices = window_indices(view)  # np.take's index type, converted once
             for window, table in zip(windows, tables):
-                pixels = apply_window(view, window) if table is None else apply_window_table(view, table)
+                if table is None:
+                    pixels = apply_window(view, window)
+                elif indices is not None:
+                    pixels = np.take(table, indices)
+                else:
+                    pixels = apply_window_table(view, table)
                 images.append(
                     _image_row(case, split, volume, plane, index, window, pixels, boxes[index],
                                (dx, dy), case_labels, image_key,
