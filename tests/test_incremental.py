@@ -527,6 +527,11 @@ def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path, m
     real = tree_tables.render_tree_images
     monkeypatch.setattr(tree_kind, "render_tree_images", lambda records, images, ctx:
                         generated.update(ctx.families) or real(records, images, ctx))
+    payloads: list[list[str]] = []  # the kept shards' columns read: the records' own only
+    records = tree_kind.TreeKind.records
+    monkeypatch.setattr(tree_kind.TreeKind, "records", lambda self, payload, split, ctx=None:
+                        payloads.append(payload["alignment"].column_names)
+                        or records(self, payload, split, ctx))
     # a question's wording: every alignment shard (images + captions) kept as it is, and the
     # other families' rows and the ood shard
     _edit(d / "tpl" / "abnormality_closed.yaml", "Does this image appear normal?", "Does this image look normal?")
@@ -534,6 +539,7 @@ def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path, m
     assert b["cases_extracted"] == 0 and b["cases_copied_from_stored_shards"] > 0
     assert b["units_kept_text_shards"] == units and files() == before
     assert generated == {"abnormality_closed"}
+    assert payloads == [["image_id", "modality", "region", "label", "split"]] * len(units)
     now = {p.name: stat(p) for p in rows_dir.glob(f"*{qa_blocks.SUFFIX}")}
     assert len(now) == len(blocks)
     assert {n for n in now if blocks.get(n) != now[n]} == {n for n in now if ".abnormality_closed." in n}
