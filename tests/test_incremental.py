@@ -673,3 +673,43 @@ def test_units_run_in_process_get_the_plans_their_plan_files_would_give(tmp_path
         assert kind_name != "tree" or all(pc.extra for p in plans.values() for pc in p)
         shutil.rmtree(out / layout.PLAN_DIR)
     assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, d, inp))
+
+
+def test_units_written_behind_the_rendering_raise_their_failure_and_resume(tmp_path, monkeypatch):
+    """A regenerate in this process writes each unit's shards on a thread while the next unit
+    renders (execute.Behind): a write that fails there fails the regenerate, and the rerun
+    ends with a fresh build's bytes."""
+    import threading
+
+    inp, d = editable_tree_recipe(tmp_path, 120, seed=7)
+    out = tmp_path / "out"
+    build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    _edit(d / "tpl" / "abnormality_closed.yaml", "Does this image appear normal?",
+          "Does this image look normal?")
+    real, where = shards.write_table, []
+
+    def failing(root, rel, table):
+        where.append(threading.current_thread() is threading.main_thread())
+        if rel.startswith("instruct/"):
+            raise OSError(28, "No space left on device")
+        return real(root, rel, table)
+    monkeypatch.setattr(shards, "write_table", failing)
+    with pytest.raises(OSError, match="No space left"):
+        regenerate(str(out), **QUIET)
+    assert where and not where[0]  # the unit's shard: written on the thread behind
+    monkeypatch.setattr(shards, "write_table", real)
+    regenerate(str(out), **QUIET)
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, d, inp))
+
+
+def test_behind_writes_one_unit_at_a_time():
+    order = []
+    behind = execute.Behind()
+    for n in range(3):
+        behind.run(lambda n=n: (time.sleep(0.01 * (3 - n)), order.append(n)))
+    behind.join()
+    assert order == [0, 1, 2]
+    behind.run(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        behind.join()
+    behind.join()  # raised once
