@@ -501,9 +501,9 @@ def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path, m
     from pipeline.kinds import tree as tree_kind
     from pipeline.kinds import tree_tables
 
-    inp, d = editable_tree_recipe(tmp_path, 240, seed=3)
+    inp, d = editable_tree_recipe(tmp_path, 600, seed=3)  # (600: a benchmark is planned)
     out = tmp_path / "out"
-    build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    assert build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET).manifest["benchmark"]["rows"]
 
     def files():  # alignment shard -> (inode, mtime): a file written again gets new ones
         return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "alignment").glob("*")}
@@ -520,13 +520,20 @@ def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path, m
     assert len(units) >= 2
     rows_dir = out / layout.ROWS_DIR
     blocks = {p.name: stat(p) for p in rows_dir.glob(f"*{qa_blocks.SUFFIX}")}
-    assert len(blocks) == 9 * len(units)  # the nine question families (captions: alignment)
+    # the nine question families (captions: alignment), of each unit and of the benchmark
+    assert len(blocks) == 9 * (len(units) + 1)
     (ood_shard,) = (out / "ood").glob("*.parquet")
     ood_before = stat(ood_shard)
     generated: set[str] = set()  # the families the units render (the benchmark: all)
     real = tree_tables.render_tree_images
     monkeypatch.setattr(tree_kind, "render_tree_images", lambda records, images, ctx:
                         generated.update(ctx.families) or real(records, images, ctx))
+    from pipeline.kinds import tree_blocks
+
+    bench: list[set] = []  # the families the benchmark generates (the others: its blocks)
+    real_rows = tree_blocks.benchmark_rows
+    monkeypatch.setattr(tree_blocks, "benchmark_rows", lambda records, families, ctx:
+                        bench.append(set(families)) or real_rows(records, families, ctx))
     payloads: list[list[str]] = []  # the kept shards' columns read: the records' own only
     records = tree_kind.TreeKind.records
     monkeypatch.setattr(tree_kind.TreeKind, "records", lambda self, payload, split, ctx=None:
@@ -540,6 +547,7 @@ def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path, m
     assert b["units_kept_text_shards"] == units and files() == before
     assert generated == {"abnormality_closed"}
     assert payloads == [["image_id", "modality", "region", "label", "split"]] * len(units)
+    assert bench == [{"abnormality_closed"}]
     now = {p.name: stat(p) for p in rows_dir.glob(f"*{qa_blocks.SUFFIX}")}
     assert len(now) == len(blocks)
     assert {n for n in now if blocks.get(n) != now[n]} == {n for n in now if ".abnormality_closed." in n}
@@ -549,8 +557,12 @@ def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path, m
     _edit(d / "tpl" / "abnormality_closed.yaml", "Does this image look normal?", "Is this image normal?")
     cut = sorted(rows_dir.glob(f"*.anatomy_open.*{qa_blocks.SUFFIX}"))[0]
     cut.write_bytes(b"ARROW1 cut")
+    (bench_cut,) = rows_dir.glob(f"benchmark.anatomy_open.*{qa_blocks.SUFFIX}")
+    bench_cut.write_bytes(b"ARROW1 cut")
+    bench.clear()
     regenerate(str(out), **QUIET)
-    assert cut.read_bytes() != b"ARROW1 cut"
+    assert cut.read_bytes() != b"ARROW1 cut" and bench_cut.read_bytes() != b"ARROW1 cut"
+    assert len(bench) == 1 and len(bench[0]) == 9  # every family generated again
     assert corpus_digest(out) == fresh("fresh1")
     # a caption's wording: every alignment shard written again
     _edit(d / "tpl" / "caption.yaml", "Summarise what this image shows.", "Summarize what this image shows.")
