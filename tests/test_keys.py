@@ -39,6 +39,14 @@ def test_rng_depends_on_seed_key_and_purpose_only():
         assert not (a == other.integers(0, 1 << 30, 5)).all()
 
 
+@pytest.mark.parametrize("key", ["k", "radvqa-default-pseudonym-key", "x" * 100, "é-clé"])
+def test_pseudonyms_under_a_key_and_kind_are_pseudonyms(key):
+    name = keys.pseudonyms_under(key, "image")
+    for text in ("", "MR/knee/normal/1.png", "ünïcode/ä.png", "a" * 300):
+        assert name(text) == keys.pseudonym(key, "image", text)
+    assert keys.pseudonyms_under(key, "case", n=8)("x") == keys.pseudonym(key, "case", "x", n=8)
+
+
 def test_pseudonym_is_keyed():
     a = keys.pseudonym("key1", "case", "s0001")
     assert a == keys.pseudonym("key1", "case", "s0001")
