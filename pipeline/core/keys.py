@@ -106,6 +106,28 @@ def _header_version(lines) -> str | None:
     return None
 
 
+def _normalised(name: str) -> str:
+    """A distribution's name as importlib.metadata compares them (``Prepared.normalize``)."""
+    return re.sub(r"[-_.]+", "-", name).lower().replace("-", "_")
+
+
+@functools.cache
+def _listed(root: str) -> dict[str, list[str]]:
+    """The ``*.dist-info`` and ``*.egg-info`` entries of a folder by their normalised
+    distribution name (the part before the first ``-``), in listing order; listed once a
+    process, as importlib.metadata lists each ``sys.path`` folder once."""
+    out: dict[str, list[str]] = {}
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return out
+    for n in names:
+        low = n.lower()
+        if low.endswith((".dist-info", ".egg-info")):
+            out.setdefault(_normalised(low.rpartition(".")[0].partition("-")[0]), []).append(n)
+    return out
+
+
 def _metadata_file(dist: str) -> str | None:
     """The metadata file of the distribution ``importlib.metadata.distribution(dist)`` finds,
     found the way it searches: the first ``sys.path`` folder listing a ``*.dist-info`` or
@@ -117,17 +139,12 @@ def _metadata_file(dist: str) -> str | None:
     if any(hasattr(finder, "find_distributions") and getattr(finder, "__name__", "") != "PathFinder"
            and type(finder).__name__ != "PathFinder" for finder in sys.meta_path):
         return None
-    wanted = re.sub(r"[-_.]+", "-", dist).lower().replace("-", "_")
+    wanted = _normalised(dist)
     for entry in sys.path:
         root = entry or "."
         if os.path.isfile(root) or root.lower().rstrip("/").endswith(".egg"):
             return None  # a zip, or an egg's folder (its EGG-INFO): importlib.metadata's
-        try:
-            names = os.listdir(root)
-        except OSError:
-            continue
-        matches = [n for n in names if n.lower().endswith((".dist-info", ".egg-info")) and re.sub(
-            r"[-_.]+", "-", n.lower().rpartition(".")[0].partition("-")[0]).replace("-", "_") == wanted]
+        matches = _listed(root).get(wanted)
         if not matches:
             continue
         if len(matches) > 1:

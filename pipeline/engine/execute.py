@@ -349,11 +349,18 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
         full["files"] = dict(sorted(files.items()))
         full["stat"] = kept_files.identities(ctx.output, files)  # the next build trusts these
         shards.write_json(ctx.output, ref.receipt, full, compact=True)
-    if behind is None:
+    if behind is None or sum(t.nbytes for t in tables.values()
+                             if not isinstance(t, FileReceipt)) < BEHIND_MIN_BYTES:
         write()
     else:
         behind.run(write)
     return full, dead
+
+
+#: A unit's text tables of fewer bytes are written in the caller's thread, not behind it:
+#: the sample's units (~0.1 MB) gained nothing from a thread and cost 5-10 ms of CPU more
+#: in all (measured); a 10K-image tree unit's ``instruct`` table is ~30 MB.
+BEHIND_MIN_BYTES = 4 << 20
 
 
 class Behind:

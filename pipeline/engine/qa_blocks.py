@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import gzip
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -52,6 +53,9 @@ from pipeline.schema import pyarrays
 from pipeline.schema.layout import ROWS_DIR
 
 SUFFIX = ".qa.arrow"
+#: Smaller local blocks are read, not memory-mapped: mapping the sample's 77 small blocks
+#: cost ~10 ms of CPU more than reading them (measured).
+MAP_MIN_BYTES = 1 << 20
 _META = b"radvqa.block"
 #: the modules that turn a family's balanced rows into a unit's qa table
 _CODE = ("engine/qa_blocks.py", "engine/execute.py", "kinds/base.py", "kinds/slices.py",
@@ -128,12 +132,12 @@ class Blocks:
         return out
 
     def _source(self, name: str):
-        """A block's bytes: a local file memory-mapped (its pages read as the table's
+        """A block's bytes: a local file of :data:`MAP_MIN_BYTES` memory-mapped (its pages read as the table's
         columns are, not copied into a ``bytes`` first: a 10K-image unit's blocks, 29 MB,
         0.013-0.03 -> 0.002 s of CPU to open, measured; a block written again later is a
         new file, renamed over it, and the mapped one stays whole), a remote one read."""
         path = shards.join(self.output, f"{ROWS_DIR}/{name}")
-        if "://" in path:
+        if "://" in path or os.path.getsize(path) < MAP_MIN_BYTES:
             return pa.py_buffer(shards.read_bytes(self.output, f"{ROWS_DIR}/{name}"))
         return pa.memory_map(path)
 

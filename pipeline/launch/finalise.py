@@ -55,6 +55,10 @@ QA_VERSION = "3"  # issue 13: order-free options, visual prompts, new families
 #: (radimagenet-vqa at 100K images: 7 groups, two of them about 10 s each); below it a
 #: pool's start costs more than it saves.
 POOL_MIN_ROWS = 50_000
+#: Without a pool, with at least this many audited QA rows, the report's statistics are
+#: scanned on a thread beside the learned baseline's fit (:func:`learned_audit`); below it
+#: (the sample's ~5K rows) the thread cost more CPU than it saved time (measured).
+BESIDE_MIN_ROWS = 20_000
 
 
 # ------------------------------------------------------------------------ fingerprints
@@ -246,8 +250,8 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1, meanwh
     audited configs, read through :class:`~pipeline.io.corpus.Corpus` (text columns only);
     its groups fitted by ``workers`` processes when there are :data:`POOL_MIN_ROWS` rows.
     ``meanwhile()`` runs here once this process has fitted its groups, before it waits
-    for the pool's (:class:`_Meanwhile`); without a pool, on a thread beside the fit
-    (:class:`_Beside`).  Either way it has run when this returns."""
+    for the pool's (:class:`_Meanwhile`); without a pool and with :data:`BESIDE_MIN_ROWS`
+    rows, on a thread beside the fit (:class:`_Beside`); else never."""
     configs = {key.split(SEP, 1)[0] for key in merged}
     shards_ = []
     for rel in files:
@@ -288,7 +292,8 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1, meanwh
     if result is None:
         # no pool: ``meanwhile()`` runs on a thread beside the fit (reading the shards, its
         # work mostly Arrow's, with the GIL released), never after it
-        beside = _Beside(meanwhile) if meanwhile is not None and not pooled else None
+        beside = (_Beside(meanwhile) if meanwhile is not None and not pooled
+                  and rows >= BESIDE_MIN_ROWS else None)
         try:
             result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
                                          cache=cache, store=store, sampled=sampled)
