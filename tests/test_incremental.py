@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config.resources import resource_dir
-from pipeline.engine import execute, ood
+from pipeline.engine import execute, in_process, ood
 from pipeline.errors import BuildFailed, ConfigError
 from pipeline.inputs.sample import write_sample
 from pipeline.io import shards
@@ -689,7 +689,7 @@ def test_units_run_in_process_get_the_plans_their_plan_files_would_give(tmp_path
 
 def test_units_written_behind_the_rendering_raise_their_failure_and_resume(tmp_path, monkeypatch):
     """A regenerate in this process writes each unit's shards on a thread while the next unit
-    renders (execute.Behind): a write that fails there fails the regenerate, and the rerun
+    renders (in_process.Behind): a write that fails there fails the regenerate, and the rerun
     ends with a fresh build's bytes."""
     import threading
 
@@ -698,7 +698,7 @@ def test_units_written_behind_the_rendering_raise_their_failure_and_resume(tmp_p
     build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
     _edit(d / "tpl" / "abnormality_closed.yaml", "Does this image appear normal?",
           "Does this image look normal?")
-    monkeypatch.setattr(execute, "BEHIND_MIN_BYTES", 0)  # (these units' tables are small)
+    monkeypatch.setattr(in_process.Behind, "MIN_BYTES", 0)  # (these units' tables are small)
     real, where = shards.write_table, []
 
     def failing(root, rel, table):
@@ -717,7 +717,7 @@ def test_units_written_behind_the_rendering_raise_their_failure_and_resume(tmp_p
 
 def test_behind_writes_one_unit_at_a_time():
     order = []
-    behind = execute.Behind()
+    behind = in_process.Behind()
     for n in range(3):
         behind.run(lambda n=n: (time.sleep(0.01 * (3 - n)), order.append(n)))
     behind.join()

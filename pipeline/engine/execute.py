@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import os
-import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from pipeline.engine.units import BuildContext, PlannedCase, UnitRef, plan_diges
 from pipeline.errors import CaseError
 from pipeline.io import kept_files, shards
 from pipeline.qa import stored_rows
-from pipeline.qa.balance import Rules, rules_from
+from pipeline.qa.balance import Rules
 from pipeline.schema import pyarrays
 from pipeline.schema.records import FileReceipt
 
@@ -298,12 +297,12 @@ def unit_candidates(ref: UnitRef, report: Mapping, ctx: BuildContext, kind,
 @_gc_frozen
 def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
                 rules=None, blocks: qa_blocks.Blocks | None = None,
-                behind: Behind | None = None) -> tuple[dict, list[dict]]:
+                behind=None) -> tuple[dict, list[dict]]:
     """Render a unit's questions; writes its text shards, dead letters and receipt (and the
     finished rows of its families, ``blocks``: :mod:`pipeline.engine.qa_blocks`).
-    ``behind``: the text shards, their learned-baseline samples and the receipt are written
-    by its thread while the caller goes on; the receipt returned is complete once
-    ``behind.join()`` has returned."""
+    ``behind`` (:class:`pipeline.engine.in_process.Behind`): the text shards, their
+    learned-baseline samples and the receipt are written by its thread while the caller
+    goes on; the receipt returned is complete once ``behind.join()`` has returned."""
     if extracted.done is not None:
         return extracted.done, []
     report = extracted.report
@@ -350,114 +349,20 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
         full["stat"] = kept_files.identities(ctx.output, files)  # the next build trusts these
         shards.write_json(ctx.output, ref.receipt, full, compact=True)
     if behind is None or sum(t.nbytes for t in tables.values()
-                             if not isinstance(t, FileReceipt)) < BEHIND_MIN_BYTES:
+                             if not isinstance(t, FileReceipt)) < behind.MIN_BYTES:
         write()
     else:
         behind.run(write)
     return full, dead
 
 
-#: A unit's text tables of fewer bytes are written in the caller's thread, not behind it:
-#: the sample's units (~0.1 MB) gained nothing from a thread and cost 5-10 ms of CPU more
-#: in all (measured); a 10K-image tree unit's ``instruct`` table is ~30 MB.
-BEHIND_MIN_BYTES = 4 << 20
-
-
-class Behind:
-    """Units' writing done by one thread behind the caller's rendering (:func:`run_in_process`):
-    Arrow writes and compresses a shard with the GIL released, so the next unit renders
-    meanwhile (a 10K-image tree's regenerate: three ``instruct`` shards, 0.08 s of CPU).
-    One unit's writing at a time: :meth:`run` waits for the one before, so at most one
-    unit's tables wait to be written.  :meth:`join` waits for the last and raises what
-    failed in it."""
-
-    def __init__(self):
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def run(self, fn) -> None:
-        self.join()
-        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn) -> None:
-        try:
-            fn()
-        except BaseException as err:  # raised again in the caller's thread by join()
-            self._error = err
-
-    def join(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        err, self._error = self._error, None
-        if err is not None:
-            raise err
 
 
 @_gc_frozen
 def process_unit(ref: UnitRef, ctx: BuildContext, kind, plan=None,
-                 behind: Behind | None = None) -> tuple[dict, list[dict]]:
+                 behind=None) -> tuple[dict, list[dict]]:
     """Extract and render in one call (kinds without corpus-wide balancing); ``behind`` as
     for :func:`render_unit`."""
     extracted = extract_unit(ref, ctx, kind, plan)
     report, dead = render_unit(ref, extracted, ctx, kind, behind=behind)
     return report, extracted.dead + dead
-
-
-#: The records are kept between the in-process passes while their tables total at most
-#: this: as dicts they take 7x (radvuqa's 60 patients: 11 MB of Arrow, 77 MB of dicts,
-#: made again in 0.17 s; measured).
-RECORDS_KEPT_BYTES = 16 * 2**20
-
-
-def run_in_process(refs: Sequence[UnitRef], ctx: BuildContext, kind, reuse_blocks: bool = True,
-                   plans: Mapping | None = None) -> list[dict]:
-    """What ``pipeline.beam.transforms.BuildCorpus`` runs, in this process without Beam:
-    every unit extracted (kept pixels verified), the corpus-wide balancing rules from all
-    units' candidates, every unit rendered, then the kind's finishing step: the same files.
-    The launcher uses it when Beam would only add its start-up (``pipeline.launch.build``),
-    handing over the units' ``plans`` by unit id (no plan files).  Returns receipts."""
-    plans = plans or {}  # (none: the plan files)
-    if kind.balanced:
-        extracted = []
-        for ref in refs:
-            ex = extract_unit(ref, ctx, kind, plans.get(ref.unit_id))
-            ex.payload = None  # as the DoFn does: rendering reads the shards
-            extracted.append((ref, ex))
-        rules = None  # every unit unchanged (its receipt stands): nothing renders, no rules
-        blocks = qa_blocks.for_run(extracted, ctx, kind) if reuse_blocks else None
-        if any(ex.done is None for _, ex in extracted):
-            # families whose finished rows are stored for every unit are left out of the
-            # candidates and the rendering: their blocks are merged in (qa_blocks)
-            cctx = blocks.context(ctx) if blocks is not None else ctx
-            candidates, held = [], 0
-            for ref, ex in extracted:
-                # the tables without pixels, read once for both passes (what the rendering
-                # DoFn reads from the shards; 0.05 s of a sample's regenerate, measured)
-                ex.payload = read_payload(ctx.output, ex.report, kind)
-                records = kind.records(ex.payload, ref.split, ctx)
-                held += sum(t.nbytes for t in ex.payload.values())
-                ex.records = records if held <= RECORDS_KEPT_BYTES else None
-                candidates += unit_candidates(ref, ex.report, cctx, kind, records=records)
-            rules = rules_from(candidates, ctx.pools)
-        behind = Behind()
-        try:
-            receipts = [render_unit(ref, ex, ctx, kind, rules, blocks, behind)[0]
-                        for ref, ex in extracted]
-        except qa_blocks.Unreadable:  # a stored block went missing: every family rendered again
-            behind.join()
-            return run_in_process(refs, ctx, kind, reuse_blocks=False, plans=plans)
-        finally:
-            behind.join()  # every unit's files written (and what failed raised) before finish
-    else:
-        behind = Behind()
-        try:
-            receipts = [process_unit(ref, ctx, kind, plans.get(ref.unit_id), behind)[0]
-                        for ref in refs]
-        finally:
-            behind.join()
-    if kind.finish is not None:
-        kind.finish(ctx, receipts)
-    return receipts
-

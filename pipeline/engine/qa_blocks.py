@@ -192,7 +192,7 @@ def corpus_of(refs_reports: Iterable[tuple]) -> str:
 
 
 def for_run(extracted, ctx, kind) -> Blocks | None:
-    """The blocks usable by an in-process run (:func:`pipeline.engine.execute.run_in_process`):
+    """The blocks usable by an in-process run (:func:`pipeline.engine.in_process.run_in_process`):
     ``extracted`` is every unit's ``(ref, Extracted)``, whose reports give the corpus digest
     its candidates will; ``None`` for a kind without blocks or with planned per-case
     choices (``Extracted.extras``, not part of the digest)."""
