@@ -62,24 +62,22 @@ def run_in_process(refs: Sequence[UnitRef], ctx: BuildContext, kind, reuse_block
                 ex.records = records if held <= RECORDS_KEPT_BYTES else None
                 candidates += unit_candidates(ref, ex.report, cctx, kind, records=records)
             rules = rules_from(candidates, ctx.pools)
-        behind = Behind()
-        try:
-            receipts = [render_unit(ref, ex, ctx, kind, rules, blocks, behind)[0]
-                        for ref, ex in extracted]
-        except qa_blocks.Unreadable:  # a stored block went missing: every family rendered again
-            behind.join()
-            return run_in_process(refs, ctx, kind, reuse_blocks=False, plans=plans)
-        finally:
-            behind.join()  # every unit's files written (and what failed raised) before finish
-    else:
-        behind = Behind()
-        try:
+    behind = Behind()
+    try:
+        if kind.balanced:
+            try:
+                receipts = [render_unit(ref, ex, ctx, kind, rules, blocks, behind)[0]
+                            for ref, ex in extracted]
+            except qa_blocks.Unreadable:  # a stored block went missing: every family again
+                behind.join()
+                return run_in_process(refs, ctx, kind, reuse_blocks=False, plans=plans)
+        else:
             receipts = [process_unit(ref, ctx, kind, plans.get(ref.unit_id), behind)[0]
                         for ref in refs]
-        finally:
-            behind.join()
-    if kind.finish is not None:
-        kind.finish(ctx, receipts)
+        if kind.finish is not None:  # beside the last unit's writing: what it reads of the
+            kind.finish(ctx, receipts)  # receipts (their units and cases) is there already
+    finally:
+        behind.join()  # every unit's files written, and what failed raised
     return receipts
 
 
