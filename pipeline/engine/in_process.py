@@ -91,8 +91,8 @@ class Behind:
 
     #: A unit's text tables of fewer bytes are written in the caller's thread, not behind
     #: it: the sample's units (~0.1 MB) gained nothing from a thread and cost 5-10 ms of CPU
-    #: more in all (measured); a 10K-image tree unit's ``instruct`` table is ~30 MB.
-    MIN_BYTES = 4 << 20
+    #: more in all (measured); the 10K-image tree's units hold 3-25 MB.
+    MIN_BYTES = 1 << 20
 
     def __init__(self):
         self._thread: threading.Thread | None = None
