@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config.resources import resource_dir
-from pipeline.engine import execute, ood
+from pipeline.engine import execute, in_process, ood
 from pipeline.errors import BuildFailed, ConfigError
 from pipeline.inputs.sample import write_sample
 from pipeline.io import shards
@@ -501,9 +501,9 @@ def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path, m
     from pipeline.kinds import tree as tree_kind
     from pipeline.kinds import tree_tables
 
-    inp, d = editable_tree_recipe(tmp_path, 240, seed=3)
+    inp, d = editable_tree_recipe(tmp_path, 600, seed=3)  # (600: a benchmark is planned)
     out = tmp_path / "out"
-    build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    assert build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET).manifest["benchmark"]["rows"]
 
     def files():  # alignment shard -> (inode, mtime): a file written again gets new ones
         return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "alignment").glob("*")}
@@ -520,13 +520,25 @@ def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path, m
     assert len(units) >= 2
     rows_dir = out / layout.ROWS_DIR
     blocks = {p.name: stat(p) for p in rows_dir.glob(f"*{qa_blocks.SUFFIX}")}
-    assert len(blocks) == 9 * len(units)  # the nine question families (captions: alignment)
+    # the nine question families (captions: alignment), of each unit and of the benchmark
+    assert len(blocks) == 9 * (len(units) + 1)
     (ood_shard,) = (out / "ood").glob("*.parquet")
     ood_before = stat(ood_shard)
     generated: set[str] = set()  # the families the units render (the benchmark: all)
     real = tree_tables.render_tree_images
     monkeypatch.setattr(tree_kind, "render_tree_images", lambda records, images, ctx:
                         generated.update(ctx.families) or real(records, images, ctx))
+    from pipeline.kinds import tree_blocks
+
+    bench: list[set] = []  # the families the benchmark generates (the others: its blocks)
+    real_rows = tree_blocks.benchmark_rows
+    monkeypatch.setattr(tree_blocks, "benchmark_rows", lambda records, families, ctx:
+                        bench.append(set(families)) or real_rows(records, families, ctx))
+    payloads: list[list[str]] = []  # the kept shards' columns read: the records' own only
+    records = tree_kind.TreeKind.records
+    monkeypatch.setattr(tree_kind.TreeKind, "records", lambda self, payload, split, ctx=None:
+                        payloads.append(payload["alignment"].column_names)
+                        or records(self, payload, split, ctx))
     # a question's wording: every alignment shard (images + captions) kept as it is, and the
     # other families' rows and the ood shard
     _edit(d / "tpl" / "abnormality_closed.yaml", "Does this image appear normal?", "Does this image look normal?")
@@ -534,6 +546,8 @@ def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path, m
     assert b["cases_extracted"] == 0 and b["cases_copied_from_stored_shards"] > 0
     assert b["units_kept_text_shards"] == units and files() == before
     assert generated == {"abnormality_closed"}
+    assert payloads == [["image_id", "modality", "region", "label", "split"]] * len(units)
+    assert bench == [{"abnormality_closed"}]
     now = {p.name: stat(p) for p in rows_dir.glob(f"*{qa_blocks.SUFFIX}")}
     assert len(now) == len(blocks)
     assert {n for n in now if blocks.get(n) != now[n]} == {n for n in now if ".abnormality_closed." in n}
@@ -543,8 +557,12 @@ def test_tree_regenerate_after_a_template_edit_matches_a_fresh_build(tmp_path, m
     _edit(d / "tpl" / "abnormality_closed.yaml", "Does this image look normal?", "Is this image normal?")
     cut = sorted(rows_dir.glob(f"*.anatomy_open.*{qa_blocks.SUFFIX}"))[0]
     cut.write_bytes(b"ARROW1 cut")
+    (bench_cut,) = rows_dir.glob(f"benchmark.anatomy_open.*{qa_blocks.SUFFIX}")
+    bench_cut.write_bytes(b"ARROW1 cut")
+    bench.clear()
     regenerate(str(out), **QUIET)
-    assert cut.read_bytes() != b"ARROW1 cut"
+    assert cut.read_bytes() != b"ARROW1 cut" and bench_cut.read_bytes() != b"ARROW1 cut"
+    assert len(bench) == 1 and len(bench[0]) == 9  # every family generated again
     assert corpus_digest(out) == fresh("fresh1")
     # a caption's wording: every alignment shard written again
     _edit(d / "tpl" / "caption.yaml", "Summarise what this image shows.", "Summarize what this image shows.")
@@ -667,3 +685,44 @@ def test_units_run_in_process_get_the_plans_their_plan_files_would_give(tmp_path
         assert kind_name != "tree" or all(pc.extra for p in plans.values() for pc in p)
         shutil.rmtree(out / layout.PLAN_DIR)
     assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, d, inp))
+
+
+def test_units_written_behind_the_rendering_raise_their_failure_and_resume(tmp_path, monkeypatch):
+    """A regenerate in this process writes each unit's shards on a thread while the next unit
+    renders (in_process.Behind): a write that fails there fails the regenerate, and the rerun
+    ends with a fresh build's bytes."""
+    import threading
+
+    inp, d = editable_tree_recipe(tmp_path, 120, seed=7)
+    out = tmp_path / "out"
+    build(str(d / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    _edit(d / "tpl" / "abnormality_closed.yaml", "Does this image appear normal?",
+          "Does this image look normal?")
+    monkeypatch.setattr(in_process.Behind, "MIN_BYTES", 0)  # (these units' tables are small)
+    real, where = shards.write_table, []
+
+    def failing(root, rel, table):
+        where.append(threading.current_thread() is threading.main_thread())
+        if rel.startswith("instruct/"):
+            raise OSError(28, "No space left on device")
+        return real(root, rel, table)
+    monkeypatch.setattr(shards, "write_table", failing)
+    with pytest.raises(OSError, match="No space left"):
+        regenerate(str(out), **QUIET)
+    assert where and not where[0]  # the unit's shard: written on the thread behind
+    monkeypatch.setattr(shards, "write_table", real)
+    regenerate(str(out), **QUIET)
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, d, inp))
+
+
+def test_behind_writes_one_unit_at_a_time():
+    order = []
+    behind = in_process.Behind()
+    for n in range(3):
+        behind.run(lambda n=n: (time.sleep(0.01 * (3 - n)), order.append(n)))
+    behind.join()
+    assert order == [0, 1, 2]
+    behind.run(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        behind.join()
+    behind.join()  # raised once

@@ -39,6 +39,14 @@ def test_rng_depends_on_seed_key_and_purpose_only():
         assert not (a == other.integers(0, 1 << 30, 5)).all()
 
 
+@pytest.mark.parametrize("key", ["k", "radvqa-default-pseudonym-key", "x" * 100, "é-clé"])
+def test_pseudonyms_under_a_key_and_kind_are_pseudonyms(key):
+    name = keys.pseudonyms_under(key, "image")
+    for text in ("", "MR/knee/normal/1.png", "ünïcode/ä.png", "a" * 300):
+        assert name(text) == keys.pseudonym(key, "image", text)
+    assert keys.pseudonyms_under(key, "case", n=8)("x") == keys.pseudonym(key, "case", "x", n=8)
+
+
 def test_pseudonym_is_keyed():
     a = keys.pseudonym("key1", "case", "s0001")
     assert a == keys.pseudonym("key1", "case", "s0001")
@@ -119,3 +127,63 @@ def test_installed_version_is_importlib_metadatas():
         except metadata.PackageNotFoundError:
             expected = "missing"
         assert keys.installed_version(dist) == expected
+
+
+def _dist(folder, name: str, metadata_text: str | None, kind: str = "dist-info") -> None:
+    info = folder / f"{name}.{kind}"
+    info.mkdir(parents=True)
+    if metadata_text is not None:
+        (info / ("METADATA" if kind == "dist-info" else "PKG-INFO")).write_text(metadata_text)
+
+
+@pytest.mark.parametrize("layout, listed", [
+    # the first sys.path folder that has the distribution wins, whatever its spelling
+    ({"a": [("foo_bar-1.0", "Name: foo-bar\nVersion: 1.0\n\nbody")],
+      "b": [("Foo.Bar-2.0", "Name: Foo.Bar\nVersion: 2.0\n")]}, True),
+    ({"a": [], "b": [("FOO.BAR-2.0", "Metadata-Version: 2.1\nversion: 2.0\n")]}, True),
+    ({"a": [("foo_bar-1.0.egg-info", "Version: 1.5\n")], "b": []}, True),
+    ({"a": [("foo_bar-1.0", "Name: foo-bar\n\nVersion: 9\n")], "b": []}, True),  # not a header
+    ({"a": [("foo_bar-1.0", None)], "b": [("foo_bar-2.0", "Version: 2.0\n")]}, False),  # no METADATA
+    ({"a": [("foo_bar-1.0", "Version: 1.0\n"), ("foo_bar-3.0", "Version: 3.0\n")], "b": []}, False),
+    ({"a": [("FOO-BAR-2.0", "Version: 1.0\n")], "b": []}, False),  # "foo" (name-version)
+    ({"a": [("other-1.0", "Version: 1.0\n")], "b": []}, False),
+])
+def test_installed_version_finds_what_importlib_metadata_finds(tmp_path, monkeypatch, layout, listed):
+    """The metadata file found from the folder listings (importlib.metadata left unimported)
+    as importlib.metadata finds it; whatever the listings cannot settle (``listed`` false), and
+    a file without its version header, asked of importlib.metadata: the same version."""
+    from importlib import metadata
+
+    for folder, dists in layout.items():
+        (tmp_path / folder).mkdir()
+        for name, text in dists:
+            if name.endswith(".egg-info"):
+                _dist(tmp_path / folder, name.removesuffix(".egg-info"), text, "egg-info")
+            else:
+                _dist(tmp_path / folder, name, text)
+    monkeypatch.setattr("sys.path", [str(tmp_path / "a"), str(tmp_path / "b")])
+    keys.installed_version.cache_clear()
+    try:
+        try:
+            truth = metadata.version("foo-bar")
+        except metadata.PackageNotFoundError:
+            truth = "missing"
+        found = keys._metadata_file("foo-bar")
+        assert (found is not None) == listed, found
+        if listed:
+            assert found == str(metadata.distribution("foo-bar")._path / (
+                "PKG-INFO" if found.endswith("PKG-INFO") else "METADATA"))
+        assert keys.installed_version("foo-bar") == truth
+    finally:
+        keys.installed_version.cache_clear()
+
+
+def test_installed_versions_are_read_without_importing_importlib_metadata():
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline.core import keys; "
+            "from pipeline.launch.finalise import versions; versions(); "
+            "print('importlib.metadata' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -141,3 +141,56 @@ def test_the_units_blocks_name_their_planned_choices_by_the_plans_key(tmp_path, 
     fresh = tmp_path / "fresh"
     build(str(d / "my.yaml"), str(fresh), input_dir=str(inp), **QUIET)
     assert corpus_digest(out) == corpus_digest(fresh)
+
+
+def test_the_benchmarks_blocks_miss_when_its_records_plan_or_family_change(tmp_path, monkeypatch):
+    """The benchmark's rows per family (tree_blocks.benchmark) are read from their blocks only
+    while the family's digest, the picked records and the benchmark plan's key are those
+    they were made from; anything else generates the family again — and the table is the one
+    generating every family gives."""
+    import types
+
+    from pipeline.kinds import tree_blocks
+    from pipeline.kinds.tree_tables import image_record
+    from pipeline.qa.stored_rows import family_digests
+
+    families, pools = load_questions(load_recipe("radimagenet-vqa"),
+                                     pools_loader=lambda paths: load_label_pools(paths))
+    images = [i._replace(split="test") for i in _images(pools, 40, seed=9)]
+    assign = tree_plans.planned(str(tmp_path), images, families, pools, 7, {}, population="benchmark")
+    picked = [(image_record(i.key, "test", i.modality, i.region, i.label), i.key.encode() * 3)
+              for i in images]
+    generated: list[set] = []
+    real = tree_blocks.benchmark_rows
+    monkeypatch.setattr(tree_blocks, "benchmark_rows", lambda records, fams, ctx:
+                        generated.append(set(fams)) or real(records, fams, ctx))
+
+    def ctx_of(output, fams):
+        return types.SimpleNamespace(output=str(output), families=fams, pools=pools, seed=7,
+                                     qa_settings={}, extras={"qa_families": family_digests(
+                                         fams, pools, 7, {}, "v")})
+
+    fresh = iter(range(100))
+
+    def run(picked_, plans="plan-a", fams=families):
+        """The families generated for ``tmp_path/out``; its table checked against a fresh one."""
+        table, _ = tree_blocks.benchmark(picked_, assign, plans, ctx_of(tmp_path / "out", fams))
+        got = generated.pop()
+        whole, _ = tree_blocks.benchmark(picked_, assign, plans,
+                                         ctx_of(tmp_path / f"fresh{next(fresh)}", fams))
+        generated.clear()
+        assert table.equals(whole)
+        return got
+
+    questions = {n for n, f in families.items() if f.task != "caption"}
+    assert run(picked) == questions  # nothing stored yet
+    assert run(picked) == set()
+    assert run(picked, plans="plan-b") == questions  # another plan's choices
+    assert run(picked, plans="plan-b") == set()
+    first = picked[0][0]
+    other = next(lab for lab in pools.labels(first["modality"], first["region"]) if lab != first["label"])
+    assert run([(first | {"label": other}, picked[0][1]), *picked[1:]], plans="plan-b") == questions
+    name, fam = next((n, f) for n, f in sorted(families.items()) if f.task != "caption")
+    edited = families | {name: dataclasses.replace(fam, variants=tuple(reversed(fam.variants)))}
+    assert run([(first | {"label": other}, picked[0][1]), *picked[1:]], plans="plan-b",
+               fams=edited) == {name}  # a family's wording: that family only

@@ -31,7 +31,7 @@ from pipeline.engine.units import BuildContext, PlannedCase, UnitRef, plan_diges
 from pipeline.errors import CaseError
 from pipeline.io import kept_files, shards
 from pipeline.qa import stored_rows
-from pipeline.qa.balance import Rules, rules_from
+from pipeline.qa.balance import Rules
 from pipeline.schema import pyarrays
 from pipeline.schema.records import FileReceipt
 
@@ -296,9 +296,13 @@ def unit_candidates(ref: UnitRef, report: Mapping, ctx: BuildContext, kind,
 
 @_gc_frozen
 def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
-                rules=None, blocks: qa_blocks.Blocks | None = None) -> tuple[dict, list[dict]]:
+                rules=None, blocks: qa_blocks.Blocks | None = None,
+                behind=None) -> tuple[dict, list[dict]]:
     """Render a unit's questions; writes its text shards, dead letters and receipt (and the
-    finished rows of its families, ``blocks``: :mod:`pipeline.engine.qa_blocks`)."""
+    finished rows of its families, ``blocks``: :mod:`pipeline.engine.qa_blocks`).
+    ``behind`` (:class:`pipeline.engine.in_process.Behind`): the text shards, their
+    learned-baseline samples and the receipt are written by its thread while the caller
+    goes on; the receipt returned is complete once ``behind.join()`` has returned."""
     if extracted.done is not None:
         return extracted.done, []
     report = extracted.report
@@ -321,80 +325,44 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
     if blocks is not None and info.get("_blocks") is not None:
         blocks.write(ref.unit_id, tables["qa"], info["_blocks"])
     info.pop("_blocks", None)
-    files = dict(report["pixel_files"])
-    for config, table in tables.items():
-        # a FileReceipt: a stored shard kept as it is (its inputs did not change)
-        receipt = table if isinstance(table, FileReceipt) else shards.write_table(
-            ctx.output, ref.shard(config), table)
-        files[receipt.path] = receipt.as_dict()
-    learned_samples.write(ctx.output, ref, tables, files, info.get("audit"))  # for the audit
     dead = [d | {"unit": ref.unit_id} for d in dead]
     shards.write_bytes(ctx.output, ref.dead_part("qa"), jsonl(sort_dead(dead)))
     rejected = Counter(d["reason"] for d in dead)
     full = {k: v for k, v in report.items() if k != "kept"} | {
-        "files": dict(sorted(files.items())),
+        "files": {},  # below, once the shards are written
         "qa_fp": ctx.qa_fp,
         "counts": dict(report["counts"]) | {"qa": stage_counts(info.pop("records"), rejected)},
         "dead_letters": report["dead_letters"] + len(dead),
         "kept": bool(report.get("kept")),
         "run": ctx.extras.get("run_id"),
     } | info
-    full["stat"] = kept_files.identities(ctx.output, files)  # the next build trusts these
-    shards.write_json(ctx.output, ref.receipt, full, compact=True)
+
+    def write() -> None:
+        files = dict(report["pixel_files"])
+        for config, table in tables.items():
+            # a FileReceipt: a stored shard kept as it is (its inputs did not change)
+            receipt = table if isinstance(table, FileReceipt) else shards.write_table(
+                ctx.output, ref.shard(config), table)
+            files[receipt.path] = receipt.as_dict()
+        learned_samples.write(ctx.output, ref, tables, files, info.get("audit"))  # the audit's
+        full["files"] = dict(sorted(files.items()))
+        full["stat"] = kept_files.identities(ctx.output, files)  # the next build trusts these
+        shards.write_json(ctx.output, ref.receipt, full, compact=True)
+    if behind is None or sum(t.nbytes for t in tables.values()
+                             if not isinstance(t, FileReceipt)) < behind.MIN_BYTES:
+        write()
+    else:
+        behind.run(write)
     return full, dead
 
 
+
+
 @_gc_frozen
-def process_unit(ref: UnitRef, ctx: BuildContext, kind, plan=None) -> tuple[dict, list[dict]]:
-    """Extract and render in one call (kinds without corpus-wide balancing)."""
+def process_unit(ref: UnitRef, ctx: BuildContext, kind, plan=None,
+                 behind=None) -> tuple[dict, list[dict]]:
+    """Extract and render in one call (kinds without corpus-wide balancing); ``behind`` as
+    for :func:`render_unit`."""
     extracted = extract_unit(ref, ctx, kind, plan)
-    report, dead = render_unit(ref, extracted, ctx, kind)
+    report, dead = render_unit(ref, extracted, ctx, kind, behind=behind)
     return report, extracted.dead + dead
-
-
-#: The records are kept between the in-process passes while their tables total at most
-#: this: as dicts they take 7x (radvuqa's 60 patients: 11 MB of Arrow, 77 MB of dicts,
-#: made again in 0.17 s; measured).
-RECORDS_KEPT_BYTES = 16 * 2**20
-
-
-def run_in_process(refs: Sequence[UnitRef], ctx: BuildContext, kind, reuse_blocks: bool = True,
-                   plans: Mapping | None = None) -> list[dict]:
-    """What ``pipeline.beam.transforms.BuildCorpus`` runs, in this process without Beam:
-    every unit extracted (kept pixels verified), the corpus-wide balancing rules from all
-    units' candidates, every unit rendered, then the kind's finishing step: the same files.
-    The launcher uses it when Beam would only add its start-up (``pipeline.launch.build``),
-    handing over the units' ``plans`` by unit id (no plan files).  Returns receipts."""
-    plans = plans or {}  # (none: the plan files)
-    if kind.balanced:
-        extracted = []
-        for ref in refs:
-            ex = extract_unit(ref, ctx, kind, plans.get(ref.unit_id))
-            ex.payload = None  # as the DoFn does: rendering reads the shards
-            extracted.append((ref, ex))
-        rules = None  # every unit unchanged (its receipt stands): nothing renders, no rules
-        blocks = qa_blocks.for_run(extracted, ctx, kind) if reuse_blocks else None
-        if any(ex.done is None for _, ex in extracted):
-            # families whose finished rows are stored for every unit are left out of the
-            # candidates and the rendering: their blocks are merged in (qa_blocks)
-            cctx = blocks.context(ctx) if blocks is not None else ctx
-            candidates, held = [], 0
-            for ref, ex in extracted:
-                # the tables without pixels, read once for both passes (what the rendering
-                # DoFn reads from the shards; 0.05 s of a sample's regenerate, measured)
-                ex.payload = read_payload(ctx.output, ex.report, kind)
-                records = kind.records(ex.payload, ref.split, ctx)
-                held += sum(t.nbytes for t in ex.payload.values())
-                ex.records = records if held <= RECORDS_KEPT_BYTES else None
-                candidates += unit_candidates(ref, ex.report, cctx, kind, records=records)
-            rules = rules_from(candidates, ctx.pools)
-        try:
-            receipts = [render_unit(ref, ex, ctx, kind, rules, blocks)[0] for ref, ex in extracted]
-        except qa_blocks.Unreadable:  # a stored block went missing: every family rendered again
-            return run_in_process(refs, ctx, kind, reuse_blocks=False, plans=plans)
-    else:
-        receipts = [process_unit(ref, ctx, kind, plans.get(ref.unit_id))[0] for ref in refs]
-    if kind.finish is not None:
-        kind.finish(ctx, receipts)
-    return receipts
-

@@ -36,7 +36,6 @@ from pipeline.kinds.tree_benchmark import benchmark_images, plan_strata
 from pipeline.kinds.tree_tables import (
     CAPTION_TASK,
     ImagesById,
-    benchmark_table,
     image_array,
     image_record,
     read_buffer,
@@ -356,9 +355,10 @@ def run_benchmark(ctx, reports: list[dict]) -> dict:
     # its images (not the test split's), so they get ids of their own.
     population = [TreeImage(r["image_id"], "", r["modality"], r["region"], r["label"], "test")
                   for r, _ in picked]
-    assign = tree_plans.planned(ctx.output, population, ctx.families, ctx.pools, ctx.seed,
-                                ctx.qa_settings, population="benchmark")
-    table, composition = benchmark_table(picked, assign, ctx)
+    key, assign = tree_plans.planned_with_key(ctx.output, population, ctx.families, ctx.pools,
+                                              ctx.seed, ctx.qa_settings, population="benchmark")
+    # families whose rows are stored (as blocks) under the same makings are not generated
+    table, composition = tree_blocks.benchmark(picked, assign, key, ctx)
     skipped = sum(1 for a in assign.values() for p in a.values() if p.get("skip"))
     receipt = shards.write_table(ctx.output, BENCHMARK_SHARD, table)
     report = {

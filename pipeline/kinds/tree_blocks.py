@@ -32,7 +32,12 @@ import pyarrow.compute as pc
 
 from pipeline.core import keys
 from pipeline.engine import qa_blocks
-from pipeline.kinds.tree_tables import CAPTION_TASK
+from pipeline.kinds.tree_tables import (
+    BENCHMARK_ROWS_SCHEMA,
+    CAPTION_TASK,
+    benchmark_rows,
+    benchmark_table,
+)
 from pipeline.qa.audit import merge, partial_counts_columns
 from pipeline.qa.stored_rows import code_digest
 from pipeline.schema import pyarrays
@@ -138,3 +143,38 @@ def merged(inst: pa.Table, stored: list[tuple[pa.Table, dict]], tasks: Counter) 
         return inst
     table = pa.concat_tables([inst, *(t for t, _ in stored)])
     return table.sort_by([("image_id", "ascending"), ("qa_id", "ascending")]).combine_chunks()
+
+
+#: The benchmark's blocks are named as a unit's, under this name (``.radvqa/rows/benchmark.*``).
+BENCHMARK = "benchmark"
+
+
+def benchmark(picked: list[tuple[dict, bytes]], assign: dict, plans: str, ctx):
+    """:func:`~pipeline.kinds.tree_tables.benchmark_table` of the picked ``(record, PNG
+    bytes)`` (sorted by image id) with their planned ``assign`` (the benchmark population's
+    plan, named by its key ``plans``): ``(table, rows per question type)``.
+
+    The benchmark's rows of a family are named as a unit's are (the family's digest; the
+    picked records with their plan, :func:`records_digest`): a family whose block is
+    current is read, not generated; the others are generated and their blocks written.
+    The images are never in a block: the column is made from ``picked`` every time."""
+    records = [r | {"assign": assign.get(r["image_id"])} for r, _ in picked]
+    names = [n for n, f in sorted(ctx.families.items()) if f.task != CAPTION_TASK]
+    digests = ctx.extras.get("qa_families")
+    blocks = qa_blocks.Blocks(
+        ctx.output, {f: digests[f] for f in names if f in digests},
+        keys.digest(BENCHMARK, records_digest(records, plans)), [BENCHMARK]
+    ) if digests and records else None
+    stored = []
+    if blocks is not None and blocks.reused:
+        try:
+            stored = [t for t, _ in blocks.read(BENCHMARK, BENCHMARK_ROWS_SCHEMA)]
+        except qa_blocks.Unreadable:  # every family generated again
+            blocks.reused = frozenset()
+    todo = [n for n in names if blocks is None or n not in blocks.reused]
+    rows = benchmark_rows(records, {n: ctx.families[n] for n in todo}, ctx)
+    if blocks is not None:
+        blocks.write(BENCHMARK, rows, {f: {} for f in todo})
+    if stored:
+        rows = pa.concat_tables([rows, *(t.replace_schema_metadata(None) for t in stored)])
+    return benchmark_table(rows, {r["image_id"]: png for r, png in picked})

@@ -259,36 +259,56 @@ def _instruct_table(cols: dict | None, per_image: dict | None) -> pa.Table:
          of_image("split")], schema=INSTRUCT_SCHEMA)
 
 
-def benchmark_table(picked: list[tuple[dict, bytes]], assign, ctx) -> tuple[pa.Table, Counter]:
-    """The ``benchmark`` table of the picked ``(record, PNG bytes)`` (sorted by image id),
-    their questions planned by ``assign`` (no captions; ids of their own); and the count of
-    rows per question type."""
+#: The benchmark's question rows without their image (:func:`benchmark_rows`): each row's
+#: template family and, as ``order``, its question id in its image's own numbering (a
+#: unit's ``qa_id``), by which an image's rows are ordered (:func:`benchmark_table`).
+BENCHMARK_ROWS_SCHEMA = pa.schema([f for f in BENCHMARK_SCHEMA if f.name != "image"]
+                                  + [pa.field("family", pa.string()), pa.field("order", pa.string())])
+
+
+def benchmark_rows(records: list[dict], families: Mapping, ctx) -> pa.Table:
+    """The ``benchmark`` rows of ``families`` (no captions) for the picked images' ``records``
+    (sorted by image id, each with its planned ``assign``), in the benchmark's order (by
+    image, then ``order``), without their image (:data:`BENCHMARK_ROWS_SCHEMA`); their
+    question ids are their own (``stable_key("benchmark", …)``)."""
     c = Columns()
-    composition: Counter = Counter()
-    for record, png in picked:
-        record = record | {"assign": assign.get(record["image_id"])}
-        for row in generate_questions(record, ctx.families, ctx.pools, seed=ctx.seed,
+    for record in records:
+        for row in generate_questions(record, families, ctx.pools, seed=ctx.seed,
                                       settings=ctx.qa_settings):
             if row["task"] == CAPTION_TASK:
                 continue
-            row["qa_id"] = keys.stable_key("benchmark", row["qa_id"])
-            composition[row["question_type"]] += 1
-            c.add(qa_id=row["qa_id"], image_id=record["image_id"], image_bytes=png,
+            order = row["qa_id"]
+            row["qa_id"] = keys.stable_key("benchmark", order)
+            c.add(qa_id=row["qa_id"], image_id=record["image_id"],
                   question=row["question"], choices=_choices(row), answer=row["answer"],
                   question_type=row["question_type"], task=row["task"],
                   template_id=row["template_id"], split="test",
-                  **_meta_values(row, record, ctx.pools))
+                  **_meta_values(row, record, ctx.pools), family=row["family"], order=order)
     cols, s = c.cols, pa.string()
     if not len(c):
-        return _empty(BENCHMARK_SCHEMA), composition
-    table = pa.Table.from_arrays(
+        return _empty(BENCHMARK_ROWS_SCHEMA)
+    return pa.Table.from_arrays(
         [_arr(cols["qa_id"], s), _arr(cols["image_id"], s),
-         question_images(cols["image_bytes"], [f"{k}.png" for k in cols["image_id"]]),
          _arr(cols["question"], s), _arr(cols["choices"], pa.list_(s)),
          _arr(cols["answer"], s), _arr(cols["question_type"], s),
          _arr(cols["task"], s), _arr(cols["template_id"], s), _metadata(cols),
-         _arr(cols["split"], s)], schema=BENCHMARK_SCHEMA)
-    return table, composition
+         _arr(cols["split"], s), _arr(cols["family"], s), _arr(cols["order"], s)],
+        schema=BENCHMARK_ROWS_SCHEMA)
+
+
+def benchmark_table(rows: pa.Table, images: Mapping[str, bytes]) -> tuple[pa.Table, Counter]:
+    """The ``benchmark`` table of :func:`benchmark_rows`' ``rows`` (one table, or several
+    families' concatenated in any order: ordered here by image, then ``order``) with each row's image
+    (``images``: PNG bytes by image id); and the count of rows per question type."""
+    if not rows.num_rows:
+        return _empty(BENCHMARK_SCHEMA), Counter()
+    # the benchmark's order (each key pair is one row's: a stable sort or not, the same)
+    rows = rows.sort_by([("image_id", "ascending"), ("order", "ascending")]).combine_chunks()
+    ids = rows.column("image_id").to_pylist()
+    column = question_images([images[k] for k in ids], [f"{k}.png" for k in ids])
+    table = pa.Table.from_arrays([column if f.name == "image" else rows.column(f.name)
+                                  for f in BENCHMARK_SCHEMA], schema=BENCHMARK_SCHEMA)
+    return table, Counter(rows.column("question_type").to_pylist())
 
 
 def question_images(data: list, paths: list[str]):

@@ -29,7 +29,7 @@ from pipeline.config import checked
 from pipeline.config.recipes import Recipe, load_recipe
 from pipeline.core import keys
 from pipeline.engine import state
-from pipeline.engine.execute import run_in_process
+from pipeline.engine.in_process import run_in_process
 from pipeline.engine.ood import settings as ood_settings
 from pipeline.engine.units import BuildContext, case_fingerprints
 from pipeline.errors import BuildFailed, ConfigError

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections import Counter
 from collections.abc import Sequence
 
@@ -54,6 +55,10 @@ QA_VERSION = "3"  # issue 13: order-free options, visual prompts, new families
 #: (radimagenet-vqa at 100K images: 7 groups, two of them about 10 s each); below it a
 #: pool's start costs more than it saves.
 POOL_MIN_ROWS = 50_000
+#: Without a pool, with at least this many audited QA rows, the report's statistics are
+#: scanned on a thread beside the learned baseline's fit (:func:`learned_audit`); below it
+#: (the sample's ~5K rows) the thread cost more CPU than it saved time (measured).
+BESIDE_MIN_ROWS = 20_000
 
 
 # ------------------------------------------------------------------------ fingerprints
@@ -216,8 +221,8 @@ def finalise(output, recipe, kind, fp, seed, refs, rejects, stats, prep, ctx, de
         "build": _build_section(receipts, attempts, ctx.extras.get("run_id")),
         "files": dict(sorted(files.items())),
     }
-    # while a pool process fits the learned baseline's largest group, this one scans the
-    # shards for the report (the manifest so far lists them) instead of waiting
+    # while the learned baseline is fitted (by a pool process, or by this thread) the
+    # shards are scanned for the report (the manifest so far lists them) instead of after
     prepared = []
     audit_result = audit(merged, settings, learned_audit(
         output, files, merged, settings, workers,
@@ -245,7 +250,8 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1, meanwh
     audited configs, read through :class:`~pipeline.io.corpus.Corpus` (text columns only);
     its groups fitted by ``workers`` processes when there are :data:`POOL_MIN_ROWS` rows.
     ``meanwhile()`` runs here once this process has fitted its groups, before it waits
-    for the pool's (:class:`_Meanwhile`); never when no group goes to the pool."""
+    for the pool's (:class:`_Meanwhile`); without a pool and with :data:`BESIDE_MIN_ROWS`
+    rows, on a thread beside the fit (:class:`_Beside`); else never."""
     configs = {key.split(SEP, 1)[0] for key in merged}
     shards_ = []
     for rel in files:
@@ -263,7 +269,8 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1, meanwh
     rows = sum(files[rel].get("rows") or 0 for _, rel in shards_)
     sampled = learned_samples.reader(output, files, {rel for _, rel in shards_})  # workers'
     result = None
-    if workers > 1 and rows >= POOL_MIN_ROWS:
+    pooled = workers > 1 and rows >= POOL_MIN_ROWS
+    if pooled:
         # N - 1 processes fit the largest groups while this one fits the others; forkserver:
         # they start from the warm workers' server (its imports done), never from this
         # process's threads (gRPC's, after a Beam run).  The pool's modules are imported
@@ -283,10 +290,38 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1, meanwh
         except BrokenProcessPool:  # a pool process died (out of memory, killed): fit here
             store.clear()
     if result is None:
-        result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
-                                     cache=cache, store=store, sampled=sampled)
+        # no pool: ``meanwhile()`` runs on a thread beside the fit (reading the shards, its
+        # work mostly Arrow's, with the GIL released), never after it
+        beside = (_Beside(meanwhile) if meanwhile is not None and not pooled
+                  and rows >= BESIDE_MIN_ROWS else None)
+        try:
+            result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
+                                         cache=cache, store=store, sampled=sampled)
+        finally:
+            if beside is not None:
+                beside.join()
     shards.write_json(output, LEARNED_CACHE, {"groups": store})
     return result
+
+
+class _Beside:
+    """``work()`` on a thread of this process, started now, while the caller goes on; a
+    failure of it is dropped (what it prepares is then done later, as before: as
+    :class:`_Meanwhile`'s).  :meth:`join` waits for it."""
+
+    def __init__(self, work):
+        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _run(work) -> None:
+        try:
+            work()
+        except Exception:  # noqa: BLE001 — the report scans again and says why
+            pass
+
+    def join(self) -> None:
+        self._thread.join()
 
 
 class _Meanwhile:

@@ -197,24 +197,24 @@ def _baselines(train: Mapping | None, test: Mapping, qtype: str) -> dict:
         out["answer_position"] = test["positions"].get(letter, 0) / n_mc if letter else None
         out["longest_option"] = test["longest_correct"] / n_mc
         offered, correct = train["offered"], train["correct"]
+        # each option's rate of being correct when offered, once an option (0.0 unoffered)
+        rate = {o: correct.get(o, 0) / c for o, c in offered.items() if c}
         freq_hits = rate_hits = 0.0
         for k, v in test["option_sets"].items():
             *options, pos = k.split(SEP)
             pos = int(pos)
-            freq_hits += v * _pick_share(options, pos, lambda o: offered.get(o, 0))
-            rate_hits += v * _pick_share(
-                options, pos, lambda o: correct.get(o, 0) / offered[o] if offered.get(o) else 0.0)
+            freq_hits += v * _pick_share([offered.get(o, 0) for o in options], pos)
+            rate_hits += v * _pick_share([rate.get(o, 0.0) for o in options], pos)
         out["frequent_option"] = freq_hits / n_mc
         out["often_correct_option"] = rate_hits / n_mc
     return out
 
 
-def _pick_share(options, pos, score) -> float:
-    """Credit of picking the best-scoring option: 1/k when k options tie at the top."""
-    scores = [score(o) for o in options]
+def _pick_share(scores: list, pos: int) -> float:
+    """Credit of picking the best-scoring option (``scores``, one an option) when option
+    ``pos`` is correct: 1/k when k options tie at the top."""
     best = max(scores)
-    top = [i for i, s in enumerate(scores) if s == best]
-    return (pos in top) / len(top)
+    return (scores[pos] == best) / scores.count(best)
 
 
 def audit(merged: Mapping, settings: Mapping | None = None, learned: Mapping | None = None) -> dict:

@@ -165,7 +165,7 @@ def discover_tree(
             rels.append(rel)
             regions.append(region)
             labels.append(label)
-        image_keys = [keys.pseudonym(pseudonym_key, "image", rel) for rel in rels]
+        image_keys = list(map(keys.pseudonyms_under(pseudonym_key, "image"), rels))
         splits = ([split_table.get(_norm(rel)) for rel in rels] if split_table
                   else [None] * len(rels))
         hashed = [n for n, split in enumerate(splits) if split is None]
