@@ -280,6 +280,7 @@ def _stage_rows(res: dict, inputs: str, ceiling: float | None, decides: bool) ->
         sec = r["seconds"]
         rate = {k: r["items"] / v for k, v in sec.items()}
         ways = [k for k in ("plain loop", "1 worker", "2 workers", "2 warm workers") if k in rate]
+        loops = sec.get("two plain loops")
         rows.append(_row("stages", f"{inputs}: {stage}: {r['unit']}/s ({' | '.join(ways)})", "-",
                          " | ".join(f"{rate[k]:,.1f}" for k in ways),
                          note=f"{r['items']:,} {r['unit']}; loop {sec['plain loop']:.1f} s "
@@ -289,6 +290,8 @@ def _stage_rows(res: dict, inputs: str, ceiling: float | None, decides: bool) ->
                          f"{ratio:.2f}", ratio >= 0.85))
         bound = r.get("two_worker_bound")
         note = "" if bound is None else f"unit sizes allow at most {bound:.2f}x"
+        if loops:  # the work's own 2-process ceiling here, Beam left out
+            note += f"; two plain loops at once: {sec['plain loop'] / loops:.2f}x the loop"
         scale = sec["1 worker"] / sec["2 workers"] if "2 workers" in sec else None
         warm = sec["1 worker"] / sec["2 warm workers"] if "2 warm workers" in sec else None
         if stage == "slices" and warm is not None:

@@ -21,6 +21,10 @@ Stages, each timed over the same units (the recipe's shards) of the same phantom
 Each stage runs four ways, all calling the same functions in the same order:
 
 * ``plain loop``: one process, a ``for`` loop over the units (the practical limit);
+* ``two plain loops`` (``volumes`` and ``slices``): two such loops at once, forked from the
+  warmed-up bench process, each over its share of the units (largest first on the less
+  loaded): what two workers could get from this very work on this machine without Beam —
+  memory bandwidth and shared caches included, which the sha256 ceiling does not see;
 * ``1 worker``: a Beam pipeline, FnApiRunner ``in_memory``;
 * ``2 workers``: FnApiRunner ``multi_processing``, ``--direct_num_workers=2`` (Beam starts
   two new interpreters when the pipeline starts);
@@ -180,6 +184,41 @@ def _loop(refs, work, *args) -> tuple[float, float, dict, list[float]]:
     return time.perf_counter() - t0, time.process_time() - c0, totals, per_unit
 
 
+def _shares(refs, unit_seconds: list[float]) -> list[list]:
+    """``refs`` in two shares, largest first on the less loaded one (by the loop's CPU
+    seconds of each unit): what the workers' claims make of them."""
+    shares, loads = [[], []], [0.0, 0.0]
+    for t, ref in sorted(zip(unit_seconds, refs), key=lambda p: -p[0]):
+        i = loads.index(min(loads))
+        shares[i].append(ref)
+        loads[i] += t
+    return shares
+
+
+def two_loops(refs, unit_seconds: list[float], work, *args) -> float:
+    """Wall seconds of two plain loops at once, each over its share of ``refs``
+    (:func:`_shares`), forked from this warmed-up process — no Beam at all.  Against one
+    loop over every unit it is the most two workers can get from this very work on this
+    machine (memory bandwidth and shared caches included, which the sha256 ceiling of
+    ``run.parallel_ceiling`` does not see)."""
+    t0 = time.perf_counter()
+    pids = []
+    for share in _shares(refs, unit_seconds):
+        pid = os.fork()
+        if pid == 0:  # the child: its share, then out without the parent's teardown
+            code = 0
+            try:
+                _loop(share, work, *args)
+            except BaseException:  # noqa: BLE001 — reported by the exit status
+                code = 1
+            os._exit(code)
+        pids.append(pid)
+    failed = [pid for pid in pids if os.waitpid(pid, 0)[1] != 0]
+    if failed:
+        raise RuntimeError(f"two plain loops: {len(failed)} of them failed")
+    return time.perf_counter() - t0
+
+
 def two_worker_bound(unit_seconds: list[float]) -> float:
     """The best 2-worker speedup the units' sizes allow (no start-up cost): total work
     over the longer of two workers' shares, units placed largest first on the less loaded
@@ -261,6 +300,8 @@ def measure(launch: Launch, input_dir: Path, log, runners: dict | None = None,
     log("  stage volumes: plain loop")
     seconds, cpu, counts, per_unit = _loop(refs, load_volumes, ctx)
     runs = {"plain loop": seconds}
+    log("  stage volumes: two plain loops at once")
+    runs["two plain loops"] = two_loops(refs, per_unit, load_volumes, ctx)
     for name, args in runners.items():
         log(f"  stage volumes: {name}")
         runs[name] = _run_stage(refs, args, load_volumes, ctx)
@@ -274,6 +315,8 @@ def measure(launch: Launch, input_dir: Path, log, runners: dict | None = None,
     log("  stage slices: plain loop")
     seconds, cpu, counts, per_unit = _loop(refs, extract_slices, ctx, str(cache))
     runs = {"plain loop": seconds}
+    log("  stage slices: two plain loops at once")
+    runs["two plain loops"] = two_loops(refs, per_unit, extract_slices, ctx, str(cache))
     for name, args in runners.items():
         log(f"  stage slices: {name}")
         runs[name] = _run_stage(refs, args, extract_slices, ctx, str(cache))
