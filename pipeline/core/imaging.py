@@ -376,12 +376,9 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
         new = [(key, _up_rows(index, *edges[key[0]])) for key in keys if key not in done]
         for (key, r), seg in zip(new, _deflate([(r, edges[k][1] == h) for (k, _), r in new], level)):
             done[key] = (seg, _rle_lib.adler32(r), r.nbytes)
-        # the stream's Adler-32 from its bands' (zlib's adler32_combine, inlined)
-        a1, b1, pieces = 1, 0, []
+        adler = 1  # the stream's Adler-32, from its bands'
         for key in keys:
-            seg, adler, n = done[key]
-            pieces.append(seg)
-            b1 = (b1 + (adler >> 16) + n * (a1 - 1)) % 65521
-            a1 = (a1 + (adler & 0xFFFF) - 1) % 65521
-        out.append(_png_file(w, h, 3, _zlib_stream(pieces, b1 << 16 | a1), palette))
+            adler = _adler32_combine(adler, done[key][1], done[key][2])
+        out.append(_png_file(w, h, 3, _zlib_stream([done[key][0] for key in keys], adler),
+                             palette))
     return plain, out
