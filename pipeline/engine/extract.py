@@ -22,7 +22,6 @@ from pipeline.core.slices import (
     PLANES,
     Window,
     apply_window,
-    apply_window_table,
     ct_window,
     display_slices,
     display_spacing,
@@ -195,18 +194,14 @@ def extract_case(
         # fresh memory a plane at 0.8 mm, whose page faults took 0.1-0.3 s of kernel time a
         # case (measured); a slice's arrays are reused from the heap
         for index, view in zip(chosen, display_slices(array, plane, chosen)):
-            indices = None  # the table indices of all the windows, when more than one
-            if any(t is None for t in tables):  # float64 once for all the windows (not once per window)
+            # once for all the windows: float64 (no tables: not an integer type), else the
+            # tables' indices in np.take's index type
+            if any(t is None for t in tables):
                 view = np.asarray(view, dtype=np.float64)
-            elif len(tables) > 1:
-                indices = window_indices(view)  # np.take's index type, converted once
+            else:
+                indices = window_indices(view)
             for window, table in zip(windows, tables):
-                if table is None:
-                    pixels = apply_window(view, window)
-                elif indices is not None:
-                    pixels = np.take(table, indices)
-                else:
-                    pixels = apply_window_table(view, table)
+                pixels = apply_window(view, window) if table is None else np.take(table, indices)
                 images.append(
                     _image_row(case, split, volume, plane, index, window, pixels, boxes[index],
                                (dx, dy), case_labels, image_key,
