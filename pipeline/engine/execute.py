@@ -356,8 +356,6 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
     return full, dead
 
 
-
-
 @_gc_frozen
 def process_unit(ref: UnitRef, ctx: BuildContext, kind, plan=None,
                  behind=None) -> tuple[dict, list[dict]]:

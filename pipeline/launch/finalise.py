@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 from collections import Counter
 from collections.abc import Sequence
 
@@ -26,6 +25,7 @@ from pipeline.config.recipes import Recipe, pool_paths, template_paths
 from pipeline.core import keys
 from pipeline.engine import learned_samples, state
 from pipeline.engine.dead_letters import merge_dead_letters
+from pipeline.engine.in_process import Behind
 from pipeline.engine.units import UnitRef
 from pipeline.errors import BuildFailed
 from pipeline.io import shards
@@ -251,7 +251,7 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1, meanwh
     its groups fitted by ``workers`` processes when there are :data:`POOL_MIN_ROWS` rows.
     ``meanwhile()`` runs here once this process has fitted its groups, before it waits
     for the pool's (:class:`_Meanwhile`); without a pool and with :data:`BESIDE_MIN_ROWS`
-    rows, on a thread beside the fit (:class:`_Beside`); else never."""
+    rows, on a thread beside the fit (:class:`~pipeline.engine.in_process.Behind`); else never."""
     configs = {key.split(SEP, 1)[0] for key in merged}
     shards_ = []
     for rel in files:
@@ -292,8 +292,10 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1, meanwh
     if result is None:
         # no pool: ``meanwhile()`` runs on a thread beside the fit (reading the shards, its
         # work mostly Arrow's, with the GIL released), never after it
-        beside = (_Beside(meanwhile) if meanwhile is not None and not pooled
-                  and rows >= BESIDE_MIN_ROWS else None)
+        beside = None
+        if meanwhile is not None and not pooled and rows >= BESIDE_MIN_ROWS:
+            beside = Behind()
+            beside.run(lambda: _quietly(meanwhile))
         try:
             result = learned_from_shards(Corpus(output).read_columns, shards_, learn_from,
                                          cache=cache, store=store, sampled=sampled)
@@ -304,24 +306,13 @@ def learned_audit(output: str, files, merged, settings, workers: int = 1, meanwh
     return result
 
 
-class _Beside:
-    """``work()`` on a thread of this process, started now, while the caller goes on; a
-    failure of it is dropped (what it prepares is then done later, as before: as
-    :class:`_Meanwhile`'s).  :meth:`join` waits for it."""
-
-    def __init__(self, work):
-        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
-        self._thread.start()
-
-    @staticmethod
-    def _run(work) -> None:
-        try:
-            work()
-        except Exception:  # noqa: BLE001 — the report scans again and says why
-            pass
-
-    def join(self) -> None:
-        self._thread.join()
+def _quietly(work) -> None:
+    """``work()``, a failure of it dropped: what it prepares is then done later, as before
+    (the report scans again and says why)."""
+    try:
+        work()
+    except Exception:  # noqa: BLE001 — see above
+        pass
 
 
 class _Meanwhile:
@@ -339,10 +330,7 @@ class _Meanwhile:
             def result(self):
                 work, owner.work = owner.work, None
                 if work is not None:
-                    try:
-                        work()
-                    except Exception:  # noqa: BLE001 — the report scans again and says why
-                        pass
+                    _quietly(work)
                 return future.result()
         return Waiting()
 
