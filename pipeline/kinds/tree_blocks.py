@@ -103,15 +103,20 @@ def context(unit: str, records: list[dict], ctx, kept: bool):
 def read(blocks: qa_blocks.Blocks, unit: str) -> list[tuple[pa.Table, dict]]:
     """The reused families' ``(instruct rows, {"tasks": …})``; an unreadable block leaves
     every family to be rendered (``blocks.reused`` emptied)."""
+    return [(t.drop_columns([FAMILY]).replace_schema_metadata(INSTRUCT_SCHEMA.metadata), meta)
+            for t, meta in _read_or_forget(blocks, unit, SCHEMA)]
+
+
+def _read_or_forget(blocks: qa_blocks.Blocks, unit: str, schema: pa.Schema) -> list:
+    """``blocks.read(unit, schema)``; ``[]`` with ``blocks.reused`` emptied (every family to
+    be generated again) when a block is unreadable."""
     if not blocks.reused:
         return []
     try:
-        stored = blocks.read(unit, SCHEMA)
+        return blocks.read(unit, schema)
     except qa_blocks.Unreadable:
         blocks.reused = frozenset()
         return []
-    return [(t.drop_columns([FAMILY]).replace_schema_metadata(INSTRUCT_SCHEMA.metadata), meta)
-            for t, meta in stored]
 
 
 def write(blocks: qa_blocks.Blocks | None, unit: str, inst: pa.Table, families: list[str]) -> dict:
@@ -165,12 +170,8 @@ def benchmark(picked: list[tuple[dict, bytes]], assign: dict, plans: str, ctx):
         ctx.output, {f: digests[f] for f in names if f in digests},
         keys.digest(BENCHMARK, records_digest(records, plans)), [BENCHMARK]
     ) if digests and records else None
-    stored = []
-    if blocks is not None and blocks.reused:
-        try:
-            stored = [t for t, _ in blocks.read(BENCHMARK, BENCHMARK_ROWS_SCHEMA)]
-        except qa_blocks.Unreadable:  # every family generated again
-            blocks.reused = frozenset()
+    stored = ([t for t, _ in _read_or_forget(blocks, BENCHMARK, BENCHMARK_ROWS_SCHEMA)]
+              if blocks is not None else [])
     todo = [n for n in names if blocks is None or n not in blocks.reused]
     rows = benchmark_rows(records, {n: ctx.families[n] for n in todo}, ctx)
     if blocks is not None:
