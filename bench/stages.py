@@ -184,15 +184,16 @@ def _loop(refs, work, *args) -> tuple[float, float, dict, list[float]]:
     return time.perf_counter() - t0, time.process_time() - c0, totals, per_unit
 
 
-def _shares(refs, unit_seconds: list[float]) -> list[list]:
+def _shares(refs, unit_seconds: list[float]) -> tuple[list[list], list[float]]:
     """``refs`` in two shares, largest first on the less loaded one (by the loop's CPU
-    seconds of each unit): what the workers' claims make of them."""
+    seconds of each unit), and each share's seconds: what the workers' claims make of them
+    (``SpreadUnits``: a free worker claims the next unit, largest first)."""
     shares, loads = [[], []], [0.0, 0.0]
     for t, ref in sorted(zip(unit_seconds, refs), key=lambda p: -p[0]):
         i = loads.index(min(loads))
         shares[i].append(ref)
         loads[i] += t
-    return shares
+    return shares, loads
 
 
 def two_loops(refs, unit_seconds: list[float], work, *args) -> float:
@@ -203,7 +204,7 @@ def two_loops(refs, unit_seconds: list[float], work, *args) -> float:
     ``run.parallel_ceiling`` does not see)."""
     t0 = time.perf_counter()
     pids = []
-    for share in _shares(refs, unit_seconds):
+    for share in _shares(refs, unit_seconds)[0]:
         pid = os.fork()
         if pid == 0:  # the child: its share, then out without the parent's teardown
             code = 0
@@ -222,12 +223,9 @@ def two_loops(refs, unit_seconds: list[float], work, *args) -> float:
 def two_worker_bound(unit_seconds: list[float]) -> float:
     """The best 2-worker speedup the units' sizes allow (no start-up cost): total work
     over the longer of two workers' shares, units placed largest first on the less loaded
-    worker — what the workers' claims do when each unit costs what it did in the loop
-    (``SpreadUnits``: a free worker claims the next unit, largest first).  Uneven units
-    cap the scaling below 2x."""
-    loads = [0.0, 0.0]
-    for t in sorted(unit_seconds, reverse=True):
-        loads[loads.index(min(loads))] += t
+    worker (:func:`_shares`) — what the workers' claims do when each unit costs what it did
+    in the loop.  Uneven units cap the scaling below 2x."""
+    loads = _shares(unit_seconds, unit_seconds)[1]
     return sum(loads) / max(loads) if max(loads) else 0.0
 
 
