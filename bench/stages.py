@@ -9,8 +9,12 @@ Stages, each timed over the same units (the recipe's shards) of the same phantom
     select, window, encode PNG, boxes, and write the unit's ``images`` and ``structures``
     shards and extract receipt: :func:`pipeline.engine.execute.extract_unit` with the kind's
     per-case step replaced by :func:`pipeline.engine.extract.extract_case` on the case as
-    ``load_case`` returned it, unpickled from a cache written before timing (so the
-    volumes stage is not counted twice; unpickling is a memory copy).
+    ``load_case`` returned it, from a cache written before timing (so the volumes stage
+    is not counted twice): its arrays memory-mapped from ``.npy`` files, the rest
+    unpickled (:func:`read_loaded`).  Until ``read_loaded``, the whole case was unpickled:
+    a fresh 43 MB copy a 1.5 mm case, 10.5K page faults a unit that a real unit's
+    ``load_case`` does not make once its worker is warm (~350, measured), with the
+    kernel's page zeroing on both workers' critical paths.
 ``QA``
     render questions and write the ``qa`` shards: the real ``BuildCorpus`` transform of
     :mod:`pipeline.beam.transforms` over units whose pixel shards are stored (``keep``), so
@@ -47,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import statistics
 import time
 from pathlib import Path
 
@@ -72,10 +77,55 @@ STAGES = ("volumes", "slices", "QA")
 # ------------------------------------------------------------------------ stage work
 
 
+#: Arrays of at least this many bytes are kept beside a loaded case's pickle as ``.npy``
+#: files and memory-mapped when it is read (:func:`write_loaded`, :func:`read_loaded`).
+MAPPED_BYTES = 1 << 16
+#: The loaded-case cache's layout (in its stamp: a change writes the cache again).
+LOADED_LAYOUT = "pickle + memory-mapped npy arrays, 1"
+
+
+def write_loaded(loaded, folder: Path, key: str) -> None:
+    """``loaded`` (what ``load_case`` returns) as ``folder/<key>.pkl``, its arrays of
+    :data:`MAPPED_BYTES` or more as ``folder/<key>.<n>.npy`` beside it (``np.save`` keeps
+    a Fortran-ordered array Fortran-ordered, as pickle does)."""
+    import numpy as np
+
+    names: list[str] = []
+
+    class _Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if type(obj) is np.ndarray and obj.nbytes >= MAPPED_BYTES:
+                name = f"{key}.{len(names)}.npy"
+                np.save(folder / name, obj, allow_pickle=False)
+                names.append(name)
+                return name
+            return None
+
+    with open(folder / f"{key}.pkl", "wb") as f:
+        _Pickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(loaded)
+
+
+def read_loaded(folder: str, key: str):
+    """What :func:`write_loaded` wrote, its large arrays memory-mapped copy-on-write (as
+    writable as ``load_case``'s own, the file never changed): reading a case costs its
+    pages as the stage touches them, from the page cache, not a fresh copy of each array
+    that the kernel must fault in and zero — which a warm worker's real ``load_case``
+    does not pay either (its heap is reused: ~350 page faults a 1.5 mm case against the
+    10.5K of unpickling its 43 MB, measured)."""
+    import numpy as np
+
+    class _Unpickler(pickle.Unpickler):
+        def persistent_load(self, name):
+            return np.load(os.path.join(folder, name), mmap_mode="c").view(np.ndarray)
+
+    with open(os.path.join(folder, f"{key}.pkl"), "rb") as f:
+        return _Unpickler(f).load()
+
+
 def loaded_cases(launch: Launch, input_dir: Path) -> tuple[Path, float | None]:
-    """Every case as ``load_case`` returns it, pickled once under ``.cache/bench``: the
-    input of the isolated ``slices`` stage.  Written again when the input or any
-    ``pipeline`` module changes."""
+    """Every case as ``load_case`` returns it, stored once under ``.cache/bench``
+    (:func:`write_loaded`): the input of the isolated ``slices`` stage.  Written again when
+    the input, any ``pipeline`` module or :data:`LOADED_LAYOUT` changes."""
     from pipeline.engine.extract import load_case
     from pipeline.engine.units import read_plan
 
@@ -84,11 +134,10 @@ def loaded_cases(launch: Launch, input_dir: Path) -> tuple[Path, float | None]:
     def write(folder: Path) -> None:
         for ref in launch.refs:
             for pc in read_plan(ctx.output, ref, kind):
-                loaded = load_case(pc.case, ctx.input_root, ctx.settings.max_voxels)
-                with open(folder / f"{pc.case.key}.pkl", "wb") as f:
-                    pickle.dump(loaded, f, protocol=pickle.HIGHEST_PROTOCOL)
+                write_loaded(load_case(pc.case, ctx.input_root, ctx.settings.max_voxels),
+                             folder, pc.case.key)
 
-    stamp = (input_dir / ".bench-stamp").read_text() + ":" + source_digest(
+    stamp = (input_dir / ".bench-stamp").read_text() + ":" + LOADED_LAYOUT + ":" + source_digest(
         *sorted(p.relative_to(ROOT) for p in (ROOT / "pipeline").glob("*.py")))
     return cached_dir(f"loaded-{input_dir.name}", stamp, write)
 
@@ -111,8 +160,7 @@ class LoadedSlicesKind:
         from pipeline.engine.extract import extract_case
         from pipeline.schema.records import CaseResult
 
-        with open(os.path.join(self._cache, f"{case.key}.pkl"), "rb") as f:
-            volume, masks, digest, notes = pickle.load(f)
+        volume, masks, digest, notes = read_loaded(self._cache, case.key)
         images, structures = extract_case(case, split, volume, masks, ctx.settings)
         return CaseResult({"images": images, "structures": structures}, digest, notes)
 
@@ -272,10 +320,13 @@ def _same(what: str, found: int, loop: int) -> None:
 
 
 def measure(launch: Launch, input_dir: Path, log, runners: dict | None = None,
-            qa: bool = True) -> dict:
+            qa: bool = True, rounds: int = 1) -> dict:
     """Every stage (``QA`` only when ``qa``), as a plain loop and on every runner of
     ``runners`` (default :data:`bench.harness.RUNNERS`); returns raw seconds and counts per
-    stage and runner."""
+    stage and runner.  The ``slices`` stage's runners run ``rounds`` times, one after the
+    other in turn (1 worker, 2 warm workers, 1 worker, …): its ``seconds`` are each
+    runner's median, ``rounds`` each round's seconds, so a ratio of two runners can be
+    taken within each round, where the machine's state is the most alike."""
     from pipeline.launch.runner import run_pipeline
 
     runners = RUNNERS if runners is None else runners
@@ -315,13 +366,19 @@ def measure(launch: Launch, input_dir: Path, log, runners: dict | None = None,
     runs = {"plain loop": seconds}
     log("  stage slices: two plain loops at once")
     runs["two plain loops"] = two_loops(refs, per_unit, extract_slices, ctx, str(cache))
-    for name, args in runners.items():
-        log(f"  stage slices: {name}")
-        runs[name] = _run_stage(refs, args, extract_slices, ctx, str(cache))
-        _same(f"slices stage, {name}", slice_rows(ctx, refs), counts["slices"])
+    per_round = []
+    for n in range(rounds):
+        this = {}
+        for name, args in runners.items():
+            log(f"  stage slices: {name}" + (f" (round {n + 1} of {rounds})" if rounds > 1 else ""))
+            this[name] = _run_stage(refs, args, extract_slices, ctx, str(cache))
+            _same(f"slices stage, {name}", slice_rows(ctx, refs), counts["slices"])
+        per_round.append(this)
+    runs |= {name: statistics.median(r[name] for r in per_round) for name in runners}
     out["slices"] = {"items": counts["slices"], "unit": "slices", "seconds": runs,
                      "plain_loop_cpu_s": round(cpu, 3), "unit_cpu_s": per_unit,
-                     "two_worker_bound": round(two_worker_bound(per_unit), 3)}
+                     "two_worker_bound": round(two_worker_bound(per_unit), 3),
+                     "rounds": [{k: round(v, 3) for k, v in r.items()} for r in per_round]}
 
     if not qa:
         return _rounded(out, STAGES[:2])
