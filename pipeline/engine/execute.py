@@ -168,6 +168,7 @@ def extract_unit(ref: UnitRef, ctx: BuildContext, kind, plan=None) -> Extracted:
 
 
 def _build_unit(ref, ctx, kind, plan, digest) -> Extracted:
+    plan = rechecked(plan, kind, ctx)
     stored_tables, stored_keys = read_stored(ctx.output, plan, kind, ref.split)
     marker = ProgressMarker(ctx.output, ref.unit_id)
     rows: dict[str, list[dict]] = {c: [] for c in kind.payload_configs}
@@ -180,7 +181,7 @@ def _build_unit(ref, ctx, kind, plan, digest) -> Extracted:
     for pc in plan:
         key = kind.case_key(pc.case)
         if key in stored_keys:
-            cases[key] = [pc.fp, pc.content]
+            cases[key] = [pc.fp, pc.content, *([pc.loose] if pc.loose else ())]
             n_stored += 1
         else:
             todo.append(pc)
@@ -198,7 +199,7 @@ def _build_unit(ref, ctx, kind, plan, digest) -> Extracted:
             continue
         for config, config_rows in result.rows.items():
             rows[config].extend(config_rows)
-        cases[key] = [pc.fp, result.content]
+        cases[key] = [pc.fp, result.content, *([pc.loose] if pc.loose else ())]
         for name, values in sorted(result.notes.items()):
             notes[name] += len(values)
     payload = {}
@@ -234,6 +235,28 @@ def _build_unit(ref, ctx, kind, plan, digest) -> Extracted:
         shards.write_json(ctx.output, ref.extract_receipt, report, compact=True)
     extras = {kind.case_key(pc.case): pc.extra for pc in plan if pc.extra}
     return Extracted(report, dead, payload, extras=extras or None)
+
+
+def rechecked(plan: Sequence[PlannedCase], kind, ctx) -> Sequence[PlannedCase]:
+    """``plan`` with the stored rows of each ``recheck`` case (its fingerprint missed by its
+    files' modification times alone) kept only if its files still hold the content digest
+    the rows were extracted from (``kind.content_digest``: the files hashed, never decoded;
+    a TotalSegmentator case at 1.5 mm, 118 files, 32 MB: 0.03 s of CPU, its extraction
+    ~0.5 s); else the case is extracted again.  Its receipt then records the new
+    fingerprint, so the next build trusts the files' stat again."""
+    if not any(pc.recheck for pc in plan):
+        return plan
+    out = []
+    for pc in plan:
+        if pc.recheck and pc.stored:
+            try:
+                same = kind.content_digest(pc.case, ctx) == pc.content
+            except Exception:  # unreadable now: extracting it says why
+                same = False
+            if not same:
+                pc = pc._replace(stored=None)
+        out.append(pc)
+    return out
 
 
 def _extract_one(kind, case, split: str, ctx, marker, done: int):

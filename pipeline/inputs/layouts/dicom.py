@@ -10,6 +10,7 @@ from pipeline.inputs.layouts.base import (
     has_files,
     listed_files,
     rel,
+    segmentations_digests,
     segmentations_files,
     with_segmentations,
 )
@@ -44,6 +45,13 @@ class DicomLayout:
     def load(self, case, root: str, max_voxels: int) -> LoadedCase:
         volume = read_series(case, root, max_voxels)
         return with_segmentations(case, root, volume)
+
+    def content_digests(self, case, root: str) -> tuple[str, ...]:
+        """:meth:`load`'s digests from the files' bytes alone (nothing parsed)."""
+        files = list_files(root, case.file("dicom"))
+        if not files:
+            raise CaseError("read", "dicom.no_files", "found an empty dicom/ folder", case.file("dicom"))
+        return segmentations_digests(case, root, files, folder=True)
 
     fingerprint_paths = staticmethod(listed_files)
 

@@ -113,6 +113,11 @@ class Reader(Protocol):
         """Read ``files`` into a canonical :class:`Volume` (at most ``max_voxels`` voxels)."""
         ...
 
+    def content_digest(self, files: Files) -> str:
+        """The ``content_sha256`` :meth:`read` would give ``files``, from their bytes alone
+        (hashed, never decoded): how a case whose files' times changed is checked."""
+        ...
+
 
 class MaskReader(Protocol):
     """One format of segmentations: binary masks and label maps on an image's grid.

@@ -384,6 +384,10 @@ class ItkReader:
         path, rel = files[0]
         return read_volume(path, rel, modality, max_voxels=max_voxels)
 
+    def content_digest(self, files: Files) -> str:
+        """The ``content_sha256`` :meth:`read` gives the one file: its sha256."""
+        return file_sha256(files[0][0])
+
     def accepts_mask(self, path: str, rel: str) -> bool:
         """A file whose name ends with a volume suffix."""
         return is_volume_file(rel)
