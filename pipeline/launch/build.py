@@ -144,6 +144,9 @@ def build(
                 loose)
             extras = extras | {"run_id": run_id, "ood": ood_settings(recipe.section("ood")),
                                "verify_shards": verify_shards,
+                               # cases whose files' times alone changed are hashed on as many
+                               # threads (engine/execute.rechecked): in this process too
+                               "recheck_threads": workers,
                                "qa_families": family_digests(prep["families"], prep["pools"], seed,
                                                              qa_settings, QA_VERSION)}
             ctx = BuildContext(kind=kind.name, output=output, input_root=root,
@@ -154,9 +157,7 @@ def build(
             log_plan(refs, n_stored, log, n_recheck)
             collector.planned()  # after the unit plans (the tree's balancing): the run's turn
             try:
-                # cases to recheck hash their files: on the workers when there are several
-                stored_all = n_stored == len(cases) and (workers == 1 or not n_recheck)
-                if in_process(refs, output, beam_args, stored_all=stored_all):
+                if in_process(refs, output, beam_args, stored_all=n_stored == len(cases)):
                     run_in_process(refs, ctx, kind, plans=plans)  # the plans handed over as they are
                 else:
                     write_plans(output, refs, plans, kind)  # for the workers
