@@ -175,9 +175,15 @@ def segmentations_digests(case, root: str, image: list[tuple[str, str]], *,
     no reader takes raises as :meth:`Layout.load` would."""
     digests = [reader_for(image, folder=folder).content_digest(image)]
     for _, full, mrel in iter_mask_files(root, case.file("segmentations")):
-        mask_reader_for(full, mrel)
-        digests.append(file_sha256(full))
+        digests.append(mask_file_digest(full, mrel))
     return tuple(digests)
+
+
+def mask_file_digest(path: str, rel: str) -> str:
+    """The digest a mask reader gives the mask or label map file ``rel`` (absolute ``path``):
+    its sha256, whichever reader takes it (a file no reader takes raises, as reading it)."""
+    mask_reader_for(path, rel)
+    return file_sha256(path)
 
 
 def listed_files(case) -> list[str]:
