@@ -157,11 +157,9 @@ class Kind(Protocol):
     after ``n`` cases."""
 
     content_digest: Callable[[Any, BuildContext], str | None] | None
-    """Worker, optional (``None``): ``content_digest(case, ctx)``, the content digest
-    :meth:`extract_case` would record for the case, from its files' bytes alone (``None``:
-    cannot tell).  With it, a case whose fingerprint missed only by its files'
-    modification times keeps its stored rows when the digest is theirs; the launcher
-    plans that check only for kinds that have it."""
+    """Worker, optional: the content digest :meth:`extract_case` would record for a case,
+    from its files' bytes alone (``None``: cannot tell); checks a case whose files' times
+    alone changed (:func:`pipeline.engine.execute.rechecked`)."""
 
     def sort_table(self, config: str, table: pa.Table) -> pa.Table:
         """Worker: a unit's payload table (fresh and stored rows) in its shard order."""
@@ -305,11 +303,9 @@ class VolumeKind(BaseKind):
         return get_layout(case.layout).fingerprint_paths(case)
 
     def content_digest(self, case: CaseSource, ctx) -> str | None:
-        """The content digest :meth:`extract_case` records for ``case``, from its files'
+        """The content digest :meth:`extract_case` records for ``case`` from its files'
         bytes alone (hashed, never decoded: its layout's ``content_digests``), or ``None``
-        when its layout cannot tell.  A worker asks it of a case whose fingerprint missed
-        only by its files' modification times, to keep the case's stored rows when it is
-        the digest they were extracted from."""
+        when its layout has none."""
         layout = get_layout(case.layout)
         digests = getattr(layout, "content_digests", None)
         if digests is None:

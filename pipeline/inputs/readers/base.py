@@ -119,6 +119,13 @@ class Reader(Protocol):
         ...
 
 
+class OneFileDigest:
+    """:meth:`Reader.content_digest` of a reader whose volume is one file: its sha256."""
+
+    def content_digest(self, files: Files) -> str:
+        return file_sha256(files[0][0])
+
+
 class MaskReader(Protocol):
     """One format of segmentations: binary masks and label maps on an image's grid.
 
