@@ -12,10 +12,12 @@ import multiprocessing.forkserver
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -241,10 +243,115 @@ def test_an_edited_input_case_is_extracted_again_and_only_it(tmp_path, sample_in
     out = tmp_path / "out"
     build(str(recipe / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
     mask = inp / "s0002" / "segmentations" / "spleen.nii.gz"
-    os.utime(mask, ns=(mask.stat().st_atime_ns, mask.stat().st_mtime_ns + 10**9))
+    _same_size_edit(mask)
     again = build(str(recipe / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
     assert again.manifest["build"]["cases_extracted"] == 1
     assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, inp))
+
+
+def test_files_whose_times_alone_changed_keep_their_rows(tmp_path, sample_input):
+    """A case whose files' modification times changed but not their bytes (touched, restored
+    from a backup) is checked by content, not extracted again; the next build trusts the
+    new times as they are (every unit unchanged)."""
+    recipe = _recipe_dir(tmp_path)
+    inp = tmp_path / "in"
+    shutil.copytree(sample_input, inp)
+    out = tmp_path / "out"
+    build(str(recipe / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    for path in (inp / "s0002").rglob("*"):  # a whole totalseg case, and a dicom series file
+        _later(path)
+    _later(next(p for p in sorted((inp / "s0001" / "dicom").rglob("*")) if p.is_file()))
+    again = build(str(recipe / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    assert again.manifest["build"]["cases_extracted"] == 0
+    assert again.manifest["build"]["cases_copied_from_stored_shards"] > 0
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, inp))
+    third = build(str(recipe / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    assert third.manifest["build"]["cases_copied_from_stored_shards"] == 0
+    assert len(third.manifest["build"]["units_skipped"]) == sum(
+        s["shards"] for s in third.manifest["splits"].values())
+
+
+def _supported_copy(sample_input: Path, dst: Path) -> None:
+    """The sample without its multilabel case, whose class map (``labels.json``) is not in
+    the content digest its layout records, so it is extracted again whenever its times
+    change (its layout has no ``content_digests``)."""
+    shutil.copytree(sample_input, dst, ignore=lambda d, names: ["s0005"] if "s0005" in names else [])
+    meta = dst / "meta.csv"
+    meta.write_text("".join(line for line in meta.read_text().splitlines(keepends=True)
+                            if not line.startswith("s0005;")))
+
+
+def _copy_without_times(src: Path, dst: Path) -> None:
+    """``cp -r src dst``: the bytes copied, not the modification times (made certain to
+    differ: a coarse clock could repeat one)."""
+    shutil.copytree(src, dst, copy_function=shutil.copyfile)
+    for path in dst.rglob("*"):
+        _later(path)
+
+
+def _later(path: Path) -> None:
+    if path.is_file():
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
+def _same_size_edit(path: Path) -> None:
+    """Clear one voxel of the gzipped NIfTI mask ``path``, written back at exactly its old
+    size (the gzip header padded with a file name when the new stream is shorter): other
+    bytes and content, same name and size."""
+    data = path.read_bytes()
+    raw = bytearray(gzip.decompress(data))
+    vox_offset = int(struct.unpack("<f", raw[108:112])[0])
+    raw[vox_offset + raw[vox_offset:].rfind(b"\x01")] = 0
+    for level in range(9, 0, -1):
+        c = zlib.compressobj(level, zlib.DEFLATED, -15)
+        deflated = c.compress(bytes(raw)) + c.flush()
+        pad = len(data) - (18 + len(deflated))
+        if pad >= 0:
+            break
+    else:
+        raise AssertionError(f"{path}: the edited mask does not fit in its size")
+    name = b"x" * (pad - 1) + b"\0" if pad else b""
+    head = b"\x1f\x8b\x08" + (b"\x08" if pad else b"\x00") + b"\0\0\0\0\x02\xff" + name
+    edited = head + deflated + struct.pack("<II", zlib.crc32(raw), len(raw) & 0xFFFFFFFF)
+    assert len(edited) == len(data) and edited != data and gzip.decompress(edited) == bytes(raw)
+    path.write_bytes(edited)
+
+
+def test_an_input_copied_without_its_times_is_not_extracted_again(tmp_path, sample_input):
+    """`cp -r` of the input to a new folder (new modification times, the same bytes), then a
+    build into the same output: every case keeps its rows (checked by content), and the
+    corpus is a fresh build's."""
+    recipe = _recipe_dir(tmp_path)
+    inp, copied = tmp_path / "in", tmp_path / "copied"
+    _supported_copy(sample_input, inp)
+    out = tmp_path / "out"
+    first = build(str(recipe / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    assert first.manifest["build"]["cases_extracted"] == 5
+    _copy_without_times(inp, copied)
+    again = build(str(recipe / "my.yaml"), str(out), input_dir=str(copied), **QUIET)
+    assert again.manifest["build"]["cases_extracted"] == 0
+    assert again.manifest["build"]["cases_copied_from_stored_shards"] == 5
+    assert corpus_digest(out) == corpus_digest(_fresh(tmp_path, recipe, copied))
+
+
+def test_a_copied_input_with_one_file_edited_at_its_size_extracts_that_case(tmp_path, sample_input):
+    """The input copied without its times and one mask edited in place at the same size:
+    that case alone is extracted again (its bytes differ from its rows' content digest)."""
+    recipe = _recipe_dir(tmp_path)
+    inp, copied = tmp_path / "in", tmp_path / "copied"
+    _supported_copy(sample_input, inp)
+    out = tmp_path / "out"
+    build(str(recipe / "my.yaml"), str(out), input_dir=str(inp), **QUIET)
+    _copy_without_times(inp, copied)
+    _same_size_edit(copied / "s0002" / "segmentations" / "spleen.nii.gz")
+    again = build(str(recipe / "my.yaml"), str(out), input_dir=str(copied), **QUIET)
+    assert again.manifest["build"]["cases_extracted"] == 1
+    assert again.manifest["build"]["cases_copied_from_stored_shards"] == 4
+    fresh = _fresh(tmp_path, recipe, copied)
+    assert corpus_digest(out) == corpus_digest(fresh)
+    before = corpus_digest(_fresh(tmp_path, recipe, inp, name="before"))
+    assert {k for k in before if before[k] != corpus_digest(fresh)[k]} >= {"manifest.json"}
 
 
 def _fresh(tmp_path, recipe, inp, name="fresh"):

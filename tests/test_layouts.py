@@ -118,3 +118,30 @@ def test_the_unknown_layout_message_lists_every_layout():
         "CT-RATE volumes (<split>_<patient>_<scan>_<reconstruction>.nii.gz) + label table, "
         "ct/mri/mr volume + segmentations/, ct/mri/mr volume + segmentations.nii.gz (--ml), "
         "image + labels + labels.json, dicom/ + segmentations/, or dicom/ + a DICOM SEG *.dcm")
+
+
+def test_content_digests_are_the_digests_load_reads(tmp_path):
+    """A layout's ``content_digests`` (the files hashed, nothing decoded) equal the digests
+    its ``load`` returns — what a case whose files' times alone changed is checked against
+    (``pipeline.engine.execute.rechecked``) — also with a stray file beside a DICOM series
+    and a hidden file among the masks.  Only layouts whose digests cover every byte ``load``
+    reads have them (``multilabel``'s ``labels.json`` and ``modality.txt`` and CT-RATE's
+    label table are outside theirs)."""
+    from pipeline.inputs.discovery import discover_cases
+    from pipeline.inputs.sample import write_sample
+    from pipeline.inputs.tree import InputTree
+
+    write_sample(tmp_path, n_patients=6)
+    (tmp_path / "s0001" / "dicom" / "notes.txt").write_text("not a DICOM file")
+    (tmp_path / "s0002" / "segmentations" / ".hidden.nii.gz").write_bytes(b"not read")
+    cases, _ = discover_cases(InputTree(str(tmp_path)), pseudonym_key="k")
+    checked = set()
+    for case in cases:
+        layout = get_layout(case.layout)
+        if hasattr(layout, "content_digests"):
+            loaded = layout.load(case, str(tmp_path), 10**9)
+            assert layout.content_digests(case, str(tmp_path)) == loaded.digests, case.key
+            checked.add(case.layout)
+    assert checked == {"totalseg", "dicom"}  # (the release layouts: tests/test_ts_layouts.py)
+    assert {layout.name for layout in LAYOUTS if hasattr(layout, "content_digests")} == {
+        "totalseg", "dicom", "totalseg_ml", "dicom_seg"}

@@ -141,6 +141,21 @@ def test_every_layout_is_detected_per_case(tmp_path):
         "s0004": ("dicom_seg", "")}
 
 
+def test_content_digests_of_the_release_layouts_are_the_digests_load_reads(tmp_path):
+    """``content_digests`` (the files hashed, nothing decoded) equal ``load``'s digests for
+    the release layouts: what a case whose files' times alone changed is checked against."""
+    write_release_case(tmp_path / "s0001", "ct", _masks())
+    write_ml_case(tmp_path / "s0002", "ct", _label_map(), {1: "spleen", 3: "kidney_left", 5: "liver"})
+    write_ml_case(tmp_path / "s0003", "mri", _masks()["liver"].astype(np.uint8) * 5, None)
+    write_seg(tmp_path / "s0004" / "seg.dcm", _series(tmp_path / "s0004"), _masks())
+    cases, rejected = discover_cases(str(tmp_path), pseudonym_key="k")
+    assert rejected == [] and len(cases) == 4
+    for case in cases:
+        layout = get_layout(case.layout)
+        loaded = layout.load(case, str(tmp_path), 10**8)
+        assert layout.content_digests(case, str(tmp_path)) == loaded.digests, case.layout
+
+
 def test_an_image_named_twice_is_ambiguous(tmp_path):
     write_release_case(tmp_path / "s1", "ct", _masks())
     _image(tmp_path / "s1", "mri")

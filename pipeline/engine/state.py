@@ -1,7 +1,8 @@
 """Build state under ``OUTPUT/.radvqa``: what an earlier build left that this one can reuse.
 
 * ``units/<unit>.json`` — a unit's complete receipt (its cases with fingerprints and
-  content digests, every file it wrote with sha256, counts, audit counts);
+  content digests — and, for a kind with ``content_digest``, the fingerprint without
+  modification times — every file it wrote with sha256, counts, audit counts);
   ``units/<unit>.extract.json`` — written as soon as a unit's pixel shards are, so an
   interrupted build keeps them.
 * ``previous/`` — stored shards moved aside before a build that would overwrite them
@@ -36,6 +37,7 @@ class Stored:
     fp: str
     content: str
     locations: Mapping[str, tuple[str, str]]  # config -> (relative path, sha256)
+    loose: str = ""  # the fingerprint without modification times, when recorded
 
 
 def _match(output: str, pattern: str) -> list[str]:
@@ -76,8 +78,8 @@ class StoredIndex:
     def __init__(self, entries: Iterable[tuple[Mapping, Mapping]] = ()):
         self._by_key: dict[str, Stored] = {}
         for cases, locations in entries:
-            for key, (fp, content) in cases.items():
-                self._by_key.setdefault(key, Stored(fp, content, dict(locations)))
+            for key, (fp, content, *loose) in cases.items():
+                self._by_key.setdefault(key, Stored(fp, content, dict(locations), *loose[:1]))
 
     @classmethod
     def load(cls, output: str, receipts: Mapping[str, dict], configs) -> StoredIndex:
@@ -103,6 +105,12 @@ class StoredIndex:
     def lookup(self, key: str, fp: str) -> Stored | None:
         s = self._by_key.get(key)
         return s if s is not None and s.fp == fp else None
+
+    def lookup_loose(self, key: str, loose: str) -> Stored | None:
+        """The stored case ``key`` when its recorded fingerprint without modification times
+        is ``loose`` (and it has a content digest): valid if its files still hold it."""
+        s = self._by_key.get(key)
+        return s if s is not None and loose and s.loose == loose and s.content else None
 
     def __len__(self) -> int:
         return len(self._by_key)

@@ -20,7 +20,9 @@ Contract (changing it changes how corpora are rebuilt, never their bytes):
 * A case's *fingerprint* (:func:`case_fingerprint`) is the kind and its extraction
   version and settings, the case as planned (key, patient, study order, layout) and the
   size and modification time of each of its files.  A stored case is reused only under
-  the same fingerprint; a unit whose cases and fingerprints are those of its last
+  the same fingerprint, or — for a kind with ``content_digest`` — under the same *loose*
+  fingerprint (the same without modification times) when its files still hold the
+  content digest its rows were extracted from (``recheck``: the worker hashes them); a unit whose cases and fingerprints are those of its last
   receipt keeps its pixel shards (``keep``), and also its text shards when the question
   fingerprint is unchanged (``done``: resume).  Workers verify every reused file's
   sha256 and fall back to extracting when it does not match.
@@ -115,6 +117,11 @@ class PlannedCase(NamedTuple):
     stored: Mapping[str, tuple[str, str]] | None = None
     content: str = ""  # content digest recorded when the stored rows were extracted
     extra: Mapping | None = None  # planned question choices (the tree kind), not fingerprinted
+    # the fingerprint without the files' modification times (kinds with ``content_digest``)
+    loose: str = ""
+    # ``stored`` is valid only if the case's files still hold ``content`` (its fingerprint
+    # missed by modification times alone): the worker hashes them first
+    recheck: bool = False
 
 
 def plan_split_shards(items: Iterable, split_of, fractions: Sequence[str], per_shard: int, *,
@@ -304,8 +311,11 @@ def write_plan(output: str, ref: UnitRef, cases: Sequence[PlannedCase], kind) ->
     lines = []
     for pc in cases:
         stored = {c: list(v) for c, v in sorted(pc.stored.items())} if pc.stored else None
-        lines.append(_sorted_json({"case": kind.case_json(pc.case), "fp": pc.fp, "stored": stored,
-                                   "content": pc.content, "extra": pc.extra}))
+        line = {"case": kind.case_json(pc.case), "fp": pc.fp, "stored": stored,
+                "content": pc.content, "extra": pc.extra}
+        if pc.loose:
+            line |= {"loose": pc.loose, "recheck": pc.recheck}
+        lines.append(_sorted_json(line))
     shards.write_bytes(output, ref.plan, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
@@ -318,7 +328,7 @@ def read_plan(output: str, ref: UnitRef, kind) -> list[PlannedCase]:
         d = json.loads(line)
         stored = {c: tuple(v) for c, v in d["stored"].items()} if d["stored"] else None
         out.append(PlannedCase(kind.case_from_json(d["case"]), d["fp"], stored, d["content"],
-                               d.get("extra")))
+                               d.get("extra"), d.get("loose", ""), d.get("recheck", False)))
     return out
 
 

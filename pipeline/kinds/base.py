@@ -156,6 +156,11 @@ class Kind(Protocol):
     the case — or ``None`` to leave them to :meth:`extract_case` one by one; ``progress(n)``
     after ``n`` cases."""
 
+    content_digest: Callable[[Any, BuildContext], str | None] | None
+    """Worker, optional: the content digest :meth:`extract_case` would record for a case,
+    from its files' bytes alone (``None``: cannot tell); checks a case whose files' times
+    alone changed (:func:`pipeline.engine.execute.rechecked`)."""
+
     def sort_table(self, config: str, table: pa.Table) -> pa.Table:
         """Worker: a unit's payload table (fresh and stored rows) in its shard order."""
         ...
@@ -187,6 +192,7 @@ class BaseKind:
     finish = None
     finish_input = None
     extract_cases = None
+    content_digest = None  # (case, ctx) -> a case's content digest from its bytes (VolumeKind)
     keep_configs: ClassVar[tuple[str, ...]] = ()  # engine/kept_text.py
     schemas: ClassVar[Mapping[str, pa.Schema]]
 
@@ -295,6 +301,17 @@ class VolumeKind(BaseKind):
         """Input files and folders whose stat identity fingerprints the case (its layout's
         ``fingerprint_paths``)."""
         return get_layout(case.layout).fingerprint_paths(case)
+
+    def content_digest(self, case: CaseSource, ctx) -> str | None:
+        """The content digest :meth:`extract_case` records for ``case`` from its files'
+        bytes alone (hashed, never decoded: its layout's ``content_digests``), or ``None``
+        when its layout has none."""
+        layout = get_layout(case.layout)
+        digests = getattr(layout, "content_digests", None)
+        if digests is None:
+            return None
+        with InputTree(ctx.input_root).local(self.case_paths(case)) as root:
+            return keys.digest(*digests(case, root))
 
     # -- questions ---------------------------------------------------------------------
     def candidates(self, records: list[dict], ctx) -> list[tuple]:

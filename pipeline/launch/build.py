@@ -109,9 +109,16 @@ def build(
         # rebuild the shards (pixels and text) instead of keeping old-format files.
         sdigest = keys.digest(kind.settings_digest(prep["settings"]), shards.writer_digest())
         sizes: dict[str, int] = {}  # input bytes per case: the units' work estimate
+        # a kind that can digest a case from its bytes alone also fingerprints it without
+        # modification times: a case whose files' times alone changed (an input copied
+        # with `cp -r`) keeps its rows when its bytes are those they were extracted from
+        loose_ids: list | None = [] if kind.content_digest is not None else None
         fps = dict(zip(map(kind.case_key, cases), [fp[:32] for fp in case_fingerprints(
             kind.name, kind.version, sdigest, map(kind.case_json, cases),
-            _sized(cases, kind, tree, sizes))]))
+            _sized(cases, kind, tree, sizes, loose_ids))]))
+        loose = None if loose_ids is None else dict(zip(map(kind.case_key, cases), [
+            fp[:32] for fp in case_fingerprints(kind.name, kind.version, sdigest + ":loose",
+                                                map(kind.case_json, cases), loose_ids)]))
         fp = fingerprint(recipe, seed)
         qa_settings = dict(recipe.section("questions").get("settings") or {})
         qa_fp = keys.digest(fp, kind.name, json.dumps(sorted(fps.items())),
@@ -133,16 +140,21 @@ def build(
             clean_temporaries(output, kind)
             refs, n_stored, extras, plans = plan_units(
                 output, kind, planned, fps, qa_fp,
-                lambda units: kind.before_run(output, recipe, seed, units, cases, prep), sizes)
+                lambda units: kind.before_run(output, recipe, seed, units, cases, prep), sizes,
+                loose)
             extras = extras | {"run_id": run_id, "ood": ood_settings(recipe.section("ood")),
                                "verify_shards": verify_shards,
+                               # cases whose files' times alone changed are hashed on as many
+                               # threads (engine/execute.rechecked): in this process too
+                               "recheck_threads": workers,
                                "qa_families": family_digests(prep["families"], prep["pools"], seed,
                                                              qa_settings, QA_VERSION)}
             ctx = BuildContext(kind=kind.name, output=output, input_root=root,
                                settings=prep["settings"], families=prep["families"],
                                pools=prep["pools"], seed=seed, qa_settings=qa_settings,
                                qa_fp=qa_fp, extras=extras)
-            log_plan(refs, n_stored, log)
+            n_recheck = sum(pc.recheck for plan in plans.values() for pc in plan) if loose else 0
+            log_plan(refs, n_stored, log, n_recheck)
             collector.planned()  # after the unit plans (the tree's balancing): the run's turn
             try:
                 if in_process(refs, output, beam_args, stored_all=n_stored == len(cases)):
@@ -239,10 +251,13 @@ def _kind(recipe: Recipe) -> str:
         raise ConfigError(f"{recipe.path}: {err}") from err
 
 
-def _sized(cases, kind, tree: InputTree, sizes: dict[str, int]):
+def _sized(cases, kind, tree: InputTree, sizes: dict[str, int], loose: list | None = None):
     """Every case's stat identity (for its fingerprint), recording on the way the summed
-    size of its files in ``sizes`` under the case's key."""
+    size of its files in ``sizes`` under the case's key, and, into ``loose`` (unless
+    ``None``), the identity without modification times (the loose fingerprint's)."""
     for case in cases:
         identity = tree.identity(kind.case_paths(case))
         sizes[kind.case_key(case)] = sum(max(0, size) for _, size, _ in identity)
+        if loose is not None:
+            loose.append([(rel, size) for rel, size, _ in identity])
         yield identity

@@ -64,12 +64,16 @@ def clean_temporaries(output: str, kind) -> None:
             shards.delete(found)
 
 
-def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run, sizes=None):
+def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run, sizes=None, loose=None):
     """Refs (with proposed modes) and plans for every unit; sources that another unit
     would overwrite are moved aside first.  ``before_run(units)`` (the kind's launcher
     step) returns extras for the context, and per-case question choices under
     ``"case_extras"`` that go into the plan lines.  ``sizes``: input bytes per case key
     (each unit's ``input_bytes``, its weight when the units are dealt to workers).
+    ``loose``: each case's fingerprint without its files' modification times (kinds with
+    ``content_digest``): a case stored under another fingerprint but this loose one is
+    planned with its stored rows and ``recheck`` (the worker keeps them only if the case's
+    files still hold the content digest they were extracted from).
     Returns ``(refs, number of stored cases, extras, plans)``: ``plans`` maps each unit's
     id to its planned cases, which :func:`write_plans` writes for workers in other
     processes; a run in this process takes them as they are (the same values: the plan
@@ -83,9 +87,15 @@ def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run, sizes=No
         ref = UnitRef(split, i, n, len(members),
                       input_bytes=sum(sizes.get(k, 0) for k in case_keys) if sizes else 0)
         found = [index.lookup(key, fps[key]) for key in case_keys] if len(index) else ()
+        recheck = [False] * len(members)
+        if loose and found:
+            for n, key in enumerate(case_keys):
+                if found[n] is None:
+                    found[n] = index.lookup_loose(key, loose[key])
+                    recheck[n] = found[n] is not None
         stored = [dict(s.locations) if s else None for s in found] or [None] * len(members)
         contents = [s.content if s else "" for s in found] or [""] * len(members)
-        units.append((ref, members, case_keys, stored, contents))
+        units.append((ref, members, case_keys, stored, (contents, recheck)))
     # Which files does this run write?  Stored rows read from one of them by another unit
     # must be moved aside before the run.
     writes = {ref.shard(c): ref.unit_id for ref, *_ in units
@@ -112,9 +122,11 @@ def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run, sizes=No
     case_extras = extras.pop("case_extras", {})
     refs, plans = [], {}
     n_stored = sum(1 for *_, stored, _ in units for where in stored if where)
-    for ref, members, case_keys, stored, contents in units:
-        cases = [PlannedCase(c, fps[key], where, content, case_extras.get(key))
-                 for c, key, where, content in zip(members, case_keys, stored, contents)]
+    for ref, members, case_keys, stored, (contents, recheck) in units:
+        cases = [PlannedCase(c, fps[key], where, content, case_extras.get(key),
+                             loose[key] if loose else "", again)
+                 for c, key, where, content, again in zip(members, case_keys, stored, contents,
+                                                          recheck)]
         mode = _propose(ref, cases, receipts, kind, qa_fp)
         ref = dataclasses.replace(ref, mode=mode)
         plans[ref.unit_id] = cases
@@ -148,8 +160,10 @@ def _propose(ref: UnitRef, cases, receipts, kind, qa_fp: str) -> str:
     return "build"
 
 
-def log_plan(refs, n_stored: int, log) -> None:
+def log_plan(refs, n_stored: int, log, n_recheck: int = 0) -> None:
     """One line: how many units are built, keep their pixels, or are unchanged."""
     modes = Counter(r.mode for r in refs)
+    recheck = (f" ({n_recheck} whose files' times changed: kept if their bytes did not)"
+               if n_recheck else "")
     log(f"  units: {modes.get('build', 0)} to build, {modes.get('keep', 0)} with stored pixels, "
-        f"{modes.get('done', 0)} unchanged; {n_stored} case(s) stored by an earlier build")
+        f"{modes.get('done', 0)} unchanged; {n_stored} case(s) stored by an earlier build{recheck}")

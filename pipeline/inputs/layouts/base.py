@@ -8,7 +8,11 @@ A layout knows four things about a case folder whose files it recognises:
 * ``load``: the case's canonical image volume and masks (:class:`LoadedCase`), read through
   the reader registry (:func:`~pipeline.inputs.readers.reader_for`,
   :func:`~pipeline.inputs.readers.mask_reader_for`), never a format's reader directly;
-* ``fingerprint_paths``: the input files and folders whose stat identity fingerprints the case.
+* ``fingerprint_paths``: the input files and folders whose stat identity fingerprints the case;
+* optionally ``content_digests``: ``load``'s ``digests`` from the files' bytes alone (hashed,
+  never decoded), for a layout whose digests cover every byte ``load`` reads: a case whose
+  files' modification times changed while their paths and sizes did not keeps its rows
+  when these equal the digests its rows were extracted from (:func:`segmentations_digests`).
 
 Layouts are registered, in detection order, in :mod:`pipeline.inputs.layouts`.  A case is a
 planned :class:`~pipeline.inputs.discovery.CaseSource`; it is not imported here (discovery
@@ -29,6 +33,7 @@ from pipeline.errors import CaseError
 from pipeline.inputs.readers import (
     VOLUME_SUFFIXES,
     Volume,
+    file_sha256,
     is_volume_file,
     iter_mask_files,
     mask_reader_for,
@@ -159,6 +164,26 @@ def read_segmentations(case, root: str, volume: Volume, notes: dict | None = Non
         digests.append(digest)
         masks[name] = mask
     return masks, digests
+
+
+def segmentations_digests(case, root: str, image: list[tuple[str, str]], *,
+                          folder: bool = False) -> tuple[str, ...]:
+    """:func:`with_segmentations`'s ``LoadedCase.digests`` of ``case`` from its files' bytes
+    alone: the image's (``image``: its ``(absolute, relative)`` files, ``folder`` as
+    :func:`~pipeline.inputs.readers.reader_for`'s) as its reader digests it, then each
+    mask file's sha256 in reading order (every mask reader's digest is its file's).  A file
+    no reader takes raises as :meth:`Layout.load` would."""
+    digests = [reader_for(image, folder=folder).content_digest(image)]
+    for _, full, mrel in iter_mask_files(root, case.file("segmentations")):
+        digests.append(mask_file_digest(full, mrel))
+    return tuple(digests)
+
+
+def mask_file_digest(path: str, rel: str) -> str:
+    """The digest a mask reader gives the mask or label map file ``rel`` (absolute ``path``):
+    its sha256, whichever reader takes it (a file no reader takes raises, as reading it)."""
+    mask_reader_for(path, rel)
+    return file_sha256(path)
 
 
 def listed_files(case) -> list[str]:

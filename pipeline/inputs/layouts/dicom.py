@@ -10,6 +10,7 @@ from pipeline.inputs.layouts.base import (
     has_files,
     listed_files,
     rel,
+    segmentations_digests,
     segmentations_files,
     with_segmentations,
 )
@@ -20,11 +21,24 @@ from pipeline.inputs.tree import InputTree
 def read_series(case, root: str, max_voxels: int):
     """The case's ``dicom/`` folder read as one image volume: the whole folder goes to the
     reader that takes folders (every file; it skips the strays)."""
+    files = series_files(case, root)
+    return reader_for(files, folder=True).read(files, max_voxels=max_voxels)
+
+
+def series_files(case, root: str):
+    """Every file of the case's ``dicom/`` folder (``(absolute, relative)``, sorted)."""
     series = case.file("dicom")
     files = list_files(root, series)
     if not files:
         raise CaseError("read", "dicom.no_files", "found an empty dicom/ folder", series)
-    return reader_for(files, folder=True).read(files, max_voxels=max_voxels)
+    return files
+
+
+def series_digest(case, root: str) -> str:
+    """The ``content_sha256`` :func:`read_series` gives the case's volume, from the bytes
+    of its files alone."""
+    files = series_files(case, root)
+    return reader_for(files, folder=True).content_digest(files)
 
 class DicomLayout:
     """``dicom/`` + ``segmentations/`` (see the module docstring)."""
@@ -44,6 +58,10 @@ class DicomLayout:
     def load(self, case, root: str, max_voxels: int) -> LoadedCase:
         volume = read_series(case, root, max_voxels)
         return with_segmentations(case, root, volume)
+
+    def content_digests(self, case, root: str) -> tuple[str, ...]:
+        """:meth:`load`'s digests from the files' bytes alone (nothing parsed)."""
+        return segmentations_digests(case, root, series_files(case, root), folder=True)
 
     fingerprint_paths = staticmethod(listed_files)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 
 from pipeline.errors import CaseError
-from pipeline.inputs.layouts.base import LoadedCase, listed_files, rel
-from pipeline.inputs.layouts.dicom import dicom_folder, read_series
+from pipeline.inputs.layouts.base import LoadedCase, listed_files, mask_file_digest, rel
+from pipeline.inputs.layouts.dicom import dicom_folder, read_series, series_digest
 from pipeline.inputs.readers import mask_reader_for
 from pipeline.inputs.tree import InputTree
 
@@ -61,6 +61,11 @@ class DicomSegLayout:
         first = next(p for r, p in case.files if r == "seg")
         return LoadedCase(volume, masks, (volume.content_sha256, *digests), first,
                           dict(volume.notes))
+
+    def content_digests(self, case, root: str) -> tuple[str, ...]:
+        """:meth:`load`'s digests from the files' bytes alone (nothing parsed)."""
+        return (series_digest(case, root), *(mask_file_digest(os.path.join(root, p), p)
+                                             for r, p in case.files if r == "seg"))
 
     fingerprint_paths = staticmethod(listed_files)
 

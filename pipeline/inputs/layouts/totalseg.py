@@ -5,6 +5,8 @@ CT and MRI cases may sit side by side under one input root."""
 
 from __future__ import annotations
 
+import os
+
 from pipeline.errors import CaseError
 from pipeline.inputs.layouts.base import (
     LoadedCase,
@@ -12,6 +14,7 @@ from pipeline.inputs.layouts.base import (
     pick,
     read_image,
     rel,
+    segmentations_digests,
     segmentations_files,
     volume_stems,
     with_segmentations,
@@ -60,6 +63,11 @@ class TotalsegLayout:
     def load(self, case, root: str, max_voxels: int) -> LoadedCase:
         volume = read_image(case, root, max_voxels)
         return with_segmentations(case, root, volume)
+
+    def content_digests(self, case, root: str) -> tuple[str, ...]:
+        """:meth:`load`'s digests from the files' bytes alone (nothing decoded)."""
+        path = case.file("image")
+        return segmentations_digests(case, root, [(os.path.join(root, path), path)])
 
     fingerprint_paths = staticmethod(listed_files)
 

@@ -19,13 +19,14 @@ from pipeline.inputs.class_lists import builtin_labels
 from pipeline.inputs.layouts.base import (
     LoadedCase,
     listed_files,
+    mask_file_digest,
     pick,
     read_image,
     rel,
     volume_stems,
 )
 from pipeline.inputs.layouts.totalseg import IMAGE_STEMS, pick_image
-from pipeline.inputs.readers import mask_reader_for, read_label_table
+from pipeline.inputs.readers import mask_reader_for, read_label_table, reader_for
 from pipeline.inputs.tree import InputTree
 
 #: Stems of the multilabel file (``TotalSegmentator -o <name>.nii.gz --ml``), in order of preference.
@@ -70,6 +71,14 @@ class TotalsegMlLayout:
         masks, digest = mask_reader_for(map_path, map_rel).read_label_map(
             map_path, map_rel, volume.geometry, labels, notes)
         return LoadedCase(volume, masks, (volume.content_sha256, digest), map_rel, notes)
+
+    def content_digests(self, case, root: str) -> tuple[str, ...]:
+        """:meth:`load`'s digests from the files' bytes alone (the class map is the label
+        file's own header, or the built-in list: nothing else is read)."""
+        image, labels = case.file("image"), case.file("labels")
+        files = [(os.path.join(root, image), image)]
+        return (reader_for(files).content_digest(files),
+                mask_file_digest(os.path.join(root, labels), labels))
 
     fingerprint_paths = staticmethod(listed_files)
 

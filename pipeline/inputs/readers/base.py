@@ -113,6 +113,18 @@ class Reader(Protocol):
         """Read ``files`` into a canonical :class:`Volume` (at most ``max_voxels`` voxels)."""
         ...
 
+    def content_digest(self, files: Files) -> str:
+        """The ``content_sha256`` :meth:`read` would give ``files``, from their bytes alone
+        (hashed, never decoded): how a case whose files' times changed is checked."""
+        ...
+
+
+class OneFileDigest:
+    """:meth:`Reader.content_digest` of a reader whose volume is one file: its sha256."""
+
+    def content_digest(self, files: Files) -> str:
+        return file_sha256(files[0][0])
+
 
 class MaskReader(Protocol):
     """One format of segmentations: binary masks and label maps on an image's grid.

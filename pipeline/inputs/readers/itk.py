@@ -31,6 +31,7 @@ from pipeline.errors import CaseError
 from pipeline.inputs.readers.base import (
     VOLUME_SUFFIXES,
     Files,
+    OneFileDigest,
     Volume,
     check_3d,
     check_finite,
@@ -366,7 +367,7 @@ def read_label_map(
     return masks, sha
 
 
-class ItkReader:
+class ItkReader(OneFileDigest):
     """The :class:`~pipeline.inputs.readers.base.Reader` of one NIfTI, NRRD or MHA file, and
     the :class:`~pipeline.inputs.readers.base.MaskReader` of masks and label maps in them."""
 
@@ -374,8 +375,7 @@ class ItkReader:
     takes = "one NIfTI, NRRD or MHA file (" + ", ".join(VOLUME_SUFFIXES) + ")"
 
     def accepts(self, files: Files, *, folder: bool = False) -> bool:
-        """One file, named by a layout (not a folder's listing), whose name ends with a
-        volume suffix."""
+        """One file named by a layout (not a folder's listing) with a volume suffix."""
         return not folder and len(files) == 1 and is_volume_file(files[0][1])
 
     def read(self, files: Files, *, modality: str = "CT",
