@@ -68,3 +68,25 @@ def test_the_same_bytes_checked_against_another_schema_are_validated_again(tmp_p
     checked.use(json.loads(json.dumps(checked.cached())))
     with pytest.raises(ConfigError):  # a pool is not a recipe, cached or not
         checked.load_checked(path, "recipe")
+
+
+def test_an_unchanged_label_pool_comes_from_the_cache(tmp_path, monkeypatch):
+    """The tree kind's label pools (pipeline/qa/label_pools.py) are loaded through the same
+    cache as templates and distractor pools: unchanged, not parsed again; edited, parsed,
+    validated, and a bad edit fails naming the file and field."""
+    from pipeline.qa.label_pools import load_label_pools
+
+    path = tmp_path / "pool.yaml"
+    shutil.copy(resource_dir("distractor_pools") / "radimagenet.yaml", path)
+    first = load_label_pools([path])
+    state = json.loads(json.dumps(checked.cached()))  # as the launcher keeps it in .radvqa/
+    parsed = []
+    real = yaml_files.parse_config
+    monkeypatch.setattr(yaml_files, "parse_config", lambda raw, p: parsed.append(p) or real(raw, p))
+    checked.use(state)
+    assert load_label_pools([path]) == first and not parsed
+    good = path.read_text()
+    path.write_text(good.replace("normal_label: normal", "normal_label: [normal]", 1))
+    with pytest.raises(ConfigError, match=r"pool\.yaml: normal_label: \['normal'\] is not of type 'string'"):
+        load_label_pools([path])
+    assert parsed == [path]

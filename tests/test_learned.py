@@ -267,3 +267,30 @@ def test_shards_with_a_cache_fit_only_the_groups_whose_rows_changed(monkeypatch)
               if r["question_type"] == "closed" else r for r in rows + bench]
     assert run(edited, cache=cache, store={}) == run(edited)
     assert len(fitted) == 3  # the closed group with the cache; both groups without it
+
+
+def test_group_digest_is_a_function_of_the_values_alone():
+    """A group's cache digest (qa/learned_groups.py) hashes its rows' values: the groups are
+    slices of one take, and a slice's Arrow IPC stream also depends on where it lies in its
+    buffers (at offset 0 it carries the parent's whole text) — the same rows sliced, chunked
+    or built afresh give one digest; a changed value, a null for an empty text or list, or
+    one option moved into the next row, gives another."""
+    from pipeline.qa.learned_groups import _digest
+
+    rows = [{"question": "Is the liver shown?", "options": [], "answer": "yes"},
+            {"question": "Which organ?", "options": ["liver", "spleen"], "answer": "A"},
+            {"question": "", "options": None, "answer": None},
+            {"question": "Which side?", "options": ["left", "right"], "answer": "B"}]
+    schema = pa.schema([("question", pa.string()), ("options", pa.list_(pa.string())),
+                        ("answer", pa.string())])
+    fresh = pa.Table.from_pylist(rows, schema=schema)
+    twice = pa.Table.from_pylist(rows + rows, schema=schema)
+    chunked = pa.concat_tables([fresh.slice(0, 1), fresh.slice(1, 2), fresh.slice(3)])
+    digest = _digest(fresh)
+    assert _digest(twice.slice(0, 4)) == _digest(twice.slice(4, 4)) == _digest(chunked) == digest
+    changed = [rows[:2] + [rows[2] | {"question": None}] + rows[3:],
+               rows[:2] + [rows[2] | {"options": []}] + rows[3:],
+               rows[:1] + [rows[1] | {"options": ["liver"]}, rows[2] | {"options": ["spleen"]}] + rows[3:],
+               rows[:3] + [rows[3] | {"question": "Which side ?"}]]
+    digests = {_digest(pa.Table.from_pylist(r, schema=schema)) for r in changed}
+    assert len(digests) == len(changed) and digest not in digests

@@ -194,3 +194,35 @@ def test_the_benchmarks_blocks_miss_when_its_records_plan_or_family_change(tmp_p
     edited = families | {name: dataclasses.replace(fam, variants=tuple(reversed(fam.variants)))}
     assert run([(first | {"label": other}, picked[0][1]), *picked[1:]], plans="plan-b",
                fams=edited) == {name}  # a family's wording: that family only
+
+
+def test_a_stored_plan_is_marshal_behind_a_header_of_its_python_and_key(tmp_path, monkeypatch):
+    """The stored plan (pipeline/kinds/tree_plans.py) is :mod:`marshal`'s bytes behind a header
+    naming this Python, its marshal version and the key: another Python's, a damaged one or
+    one of another key is planned again; an earlier version's JSON plan is removed."""
+    import json
+    import marshal
+    import sys
+
+    families, pools = load_questions(load_recipe("radimagenet-vqa"),
+                                     pools_loader=lambda paths: load_label_pools(paths))
+    images = _images(pools, 120, seed=3)
+    out = str(tmp_path)
+    stale = tmp_path / ".radvqa" / "question-plans" / "splits.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"key": "an earlier version's", "plans": {}}))
+    got = tree_plans.planned(out, images, families, pools, 7, {})
+    key = tree_plans.plan_key(images, families, pools, 7, {}, None)
+    path = tmp_path / ".radvqa" / "question-plans" / "splits.marshal"
+    data = path.read_bytes()
+    head = f"radvqa question plan\0{sys.implementation.cache_tag}\0{marshal.version}\0{key}\n".encode()
+    assert data.startswith(head) and marshal.loads(data[len(head):]) == got
+    assert not stale.exists()
+    assert tree_plans.load(out, key) == got
+    monkeypatch.setattr(tree_plans.sys.implementation, "cache_tag", "cpython-399")
+    assert tree_plans.load(out, key) is None  # another Python
+    monkeypatch.undo()
+    path.write_bytes(data[:-100])
+    assert tree_plans.load(out, key) is None  # damaged
+    path.write_bytes(head + marshal.dumps(["not", "a", "plan"]))
+    assert tree_plans.load(out, key) is None

@@ -7,17 +7,21 @@ that plan: it is a function of the images (key, split, modality, region, label),
 families' generators and paraphrase counts (not their wording), the pools, the seed, the
 questions' settings, the population and the planning code.  :func:`plan_key` digests
 exactly these; :func:`load` returns the plan stored under the same key in
-``.radvqa/question-plans/<population>.json`` (``splits`` or ``benchmark``), else the
+``.radvqa/question-plans/<population>.marshal`` (``splits`` or ``benchmark``), else the
 caller plans and :func:`store` keeps it (:func:`planned` does both).
 
 Any change of those inputs gives another key — an image added, renamed, moved to another
 split or relabelled, a family added or its paraphrases counted differently, a pool or
 setting edited, the seed, or any byte of the planning code — and the plan is made again.
-The stored file holds its key; an unreadable or foreign one is planned again.  Cost,
-measured at 10K images: a one-line JSON file of 365 bytes an image (3.65 MB), written in
-0.035-0.043 s and read in 0.03-0.06 s of CPU; at RadImageNet's 750K images, linearly, about
-275 MB of build state and 3 s of CPU more for the full build that writes it (on the
-launcher), against about 27 s of planning saved by each regenerate that reads it.
+The stored file holds its key; an unreadable or foreign one is planned again.  It is the
+plan in :mod:`marshal`'s format behind a header naming the format, this Python's
+``marshal`` version and the key (:func:`_header`): another Python, or another plan, misses
+it without reading further.  Measured at 10K images: 1.9 MB, read in 0.020-0.021 s of
+CPU where its one-line JSON (3.65 MB) took 0.031-0.034 s, written in 0.005-0.007 s
+against 0.028-0.030 s; at RadImageNet's 750K images, linearly, about 140 MB of build
+state, against about 27 s of planning saved by each regenerate that reads it.  The plan
+holds plain values only (str, int, bool, lists, str-keyed dicts): :mod:`marshal` gives it
+back as it was planned.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import marshal
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline.core import keys
+from pipeline.core.collector import collector_paused
 from pipeline.io import shards
 from pipeline.qa.tree_balance import plan_tree_questions
 from pipeline.schema.layout import STATE_DIR
@@ -63,21 +70,40 @@ def plan_key(images: Sequence, families: Mapping, pools, seed: int, settings: Ma
 
 
 def load(output: str, key: str, population: str | None = None) -> dict[str, dict] | None:
-    """The plan stored under ``key`` (:func:`plan_key`), or ``None``."""
+    """The plan stored under ``key`` (:func:`plan_key`) by this Python, or ``None``."""
     try:
-        stored = json.loads(shards.read_bytes(output, _rel(population)))
-        if isinstance(stored, dict) and stored.get("key") == key:
-            return stored["plans"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
+        data = shards.read_bytes(output, _rel(population))
+    except OSError:
+        return None
+    head = _header(key)
+    if not data.startswith(head):
+        return None
+    try:
+        with collector_paused():  # 10K images: 0.3M objects, none of them in a cycle
+            plans = marshal.loads(memoryview(data)[len(head):])
+    except (ValueError, EOFError, TypeError):
+        return None
+    return plans if isinstance(plans, dict) else None
 
 
 def store(output: str, key: str, plans: dict, population: str | None = None) -> None:
-    """Keep ``plans`` under ``key``.  What JSON gives back equals the plan (plain str, int,
-    bool, lists, str-keyed dicts): the units' plan files carry it as JSON already."""
-    shards.write_bytes(output, _rel(population), json.dumps(
-        {"key": key, "plans": plans}, separators=(",", ":"), check_circular=False).encode("utf-8"))
+    """Keep ``plans`` under ``key`` (a plan of other than plain values is not kept: planned
+    again next time)."""
+    try:
+        body = marshal.dumps(plans)
+    except ValueError:
+        return
+    shards.write_bytes(output, _rel(population), _header(key) + body)
+    before = f"{PLANS_DIR}/{population or 'splits'}.json"  # an earlier version's, as JSON
+    if shards.exists(output, before):
+        shards.delete([shards.join(output, before)])
+
+
+def _header(key: str) -> bytes:
+    """What a stored plan's bytes start with: the format, this Python's and its
+    ``marshal``'s versions, and the plan's key."""
+    return (f"radvqa question plan\0{sys.implementation.cache_tag}\0{marshal.version}\0"
+            f"{key}\n").encode()
 
 
 def planned(output: str, images: Sequence, families: Mapping, pools, seed: int,
@@ -130,4 +156,4 @@ def _plan(images, families, pools, seed, settings, population, workers: int) -> 
 
 
 def _rel(population: str | None) -> str:
-    return f"{PLANS_DIR}/{population or 'splits'}.json"
+    return f"{PLANS_DIR}/{population or 'splits'}.marshal"

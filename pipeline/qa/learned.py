@@ -327,20 +327,20 @@ def _sample_shards(read, shards, sampled) -> tuple[dict, Counter]:
 
 def _learned_from_shards(read, shards, learn_from, cache, store, pool, pool_jobs, kept,
                          sizes) -> dict:
-    # the sampled rows taken by their places (each qa_id is a row's own), before Python
-    # objects; a row without a qa_id is never learned from (it has no identity to sample by)
-    taken = []
-    for (config, rel), places in zip(shards, _places(kept, len(shards))):
-        if len(places):
-            taken.append((config, read(rel, COLUMNS).take(pyarrays.from_numpy(places.astype(np.int64)))))
+    places = _places(kept, len(shards))
 
     def fit(parts) -> dict:
         rows = [r for config, t in parts for r in rows_from_table(config, t) if r["qa_id"] is not None]
         return learned_baseline(rows, rows, learn_from, pool=pool, pool_jobs=pool_jobs)
     if cache is None and store is None:
-        result = fit(taken)
+        # the sampled rows taken by their places (each qa_id is a row's own), before Python
+        # objects; a row without a qa_id is never learned from (it has no identity to sample by)
+        result = fit([(config, read(rel, COLUMNS).take(pyarrays.from_numpy(at.astype(np.int64))))
+                      for (config, rel), at in zip(shards, places) if len(at)])
     else:  # groups whose sampled rows are unchanged are taken from the cache, never made rows
-        result = learned_groups.cached(taken, kept, learn_from, cache or {}, store, _code_digest(), fit)
+        tables = [(config, read(rel, COLUMNS) if len(at) else None)
+                  for (config, rel), at in zip(shards, places)]
+        result = learned_groups.cached(tables, kept, learn_from, cache or {}, store, _code_digest(), fit)
     for key, g in result.items():
         g["n"] = sizes[key]  # the group's size, not the rows drawn from it
     return result

@@ -11,6 +11,13 @@ keyed-hash order) is taken from the shards' sampled rows, and its digest is the 
 its question, options and answer columns in that order (an Arrow IPC stream); only the
 groups whose digest the cache does not hold become rows and are fitted.  The results are
 :func:`pipeline.qa.learned.learned_baseline`'s over the same rows (``tests/test_learned.py``).
+
+Every group's sampled rows are taken from the shards' columns by one take, in group order,
+and each group is a slice of it (no copy): a take per shard, one again per group (28 at
+10K images) copied the sampled text three times — 0.07 -> 0.03 s of CPU of a 10K-image
+regenerate (measured).  A slice's Arrow IPC stream is not a function of its values alone
+(one at offset 0 carries its parent's whole text buffer), so a group's digest hashes its
+columns' values, lengths and validity themselves (:func:`_digest`).
 """
 
 from __future__ import annotations
@@ -30,40 +37,97 @@ _TEXT = ("question", "options", "answer")
 
 
 def _normalised(table: pa.Table) -> pa.Table:
-    """The sampled rows' columns under one schema (``choices`` named ``options``)."""
+    """The shard's columns under one schema (``choices`` named ``options``), chunked as read."""
     opt = "choices" if "choices" in table.column_names else "options"
-    cols = [table[c] if c in table.column_names else pa.nulls(table.num_rows, pa.string())
+    cols = [table[c] if c in table.column_names else pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
             for c in ("qa_id", "split", "task", "question_type", "question")]
     cols += [table[opt].cast(pa.list_(pa.string())), table["answer"]]
-    return pa.Table.from_arrays([c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
-                                 for c in cols], names=list(_COLUMNS))
+    return pa.Table.from_arrays(cols, names=list(_COLUMNS))
 
 
 def _digest(table: pa.Table) -> str:
-    sink = pa.BufferOutputStream()
-    part = table.select(list(_TEXT)).combine_chunks()
-    with pa.ipc.new_stream(sink, part.schema) as writer:
-        writer.write_table(part)
-    return hashlib.sha256(sink.getvalue()).hexdigest()
+    """The sha256 of the question, options and answer columns' values in row order: per
+    column, its rows' validity, their lengths and their text, each hashed on its own over
+    the column's chunks (an option list's lengths, then its options' as a text column's):
+    the same values give the same digest however they are chunked, sliced or buffered."""
+    h = hashlib.sha256(b"%d" % table.num_rows)
+    for name in _TEXT:
+        column = table[name]
+        chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+        if pa.types.is_list(column.type):
+            items = []
+            for chunk in chunks:
+                ends = _ends(chunk)
+                items.append(chunk.values.slice(int(ends[0]), int(ends[-1] - ends[0])))
+            _hash_column(h, chunks, _ends, None)
+            _hash_column(h, items, _text_ends, _text_bytes)
+        else:
+            _hash_column(h, chunks, _text_ends, _text_bytes)
+    return h.hexdigest()
 
 
-def cached(taken: Sequence[tuple[str, pa.Table]], kept: Mapping[tuple, tuple],
+def _hash_column(h, chunks: Sequence[pa.Array], ends, data) -> None:
+    """Into ``h``: the sha256 of the chunks' validity (a byte a row), of their values'
+    lengths (``ends(chunk)``: ``len + 1`` offsets) and of their bytes (``data(chunk, ends)``)."""
+    parts = [hashlib.sha256(), hashlib.sha256(), hashlib.sha256()]
+    for chunk in chunks:
+        if not len(chunk):
+            continue
+        if chunk.null_count:  # (the bitmap read as it lies: to_numpy() would import pandas)
+            bits = np.frombuffer(chunk.buffers()[0], np.uint8)
+            valid = np.unpackbits(bits, bitorder="little")[chunk.offset:chunk.offset + len(chunk)]
+        else:
+            valid = np.ones(len(chunk), np.uint8)
+        parts[0].update(valid.tobytes())
+        e = ends(chunk)
+        parts[1].update(np.diff(e).astype(np.int64).tobytes())
+        if data is not None:
+            parts[2].update(data(chunk, e))
+    h.update(b"".join(p.digest() for p in parts))
+
+
+def _ends(array: pa.Array) -> np.ndarray:
+    """A string or list array's ``len + 1`` offsets, as they lie in its buffer."""
+    return np.frombuffer(array.buffers()[1], np.int32, len(array) + 1, 4 * array.offset)
+
+
+def _text_ends(array: pa.Array) -> np.ndarray:
+    if pa.types.is_null(array.type):
+        return np.zeros(len(array) + 1, np.int64)
+    if not pa.types.is_string(array.type):
+        raise TypeError(f"learned groups: a text column of type {array.type}, expected string")
+    return _ends(array)
+
+
+def _text_bytes(array: pa.Array, ends: np.ndarray):
+    data = None if pa.types.is_null(array.type) else array.buffers()[2]
+    return b"" if data is None else memoryview(data)[int(ends[0]):int(ends[-1])]
+
+
+def cached(tables: Sequence[tuple[str, pa.Table | None]], kept: Mapping[tuple, tuple],
            learn_from: Mapping[str, str], cache: Mapping, store: dict | None, code: str,
            fit: Callable[[list], dict]) -> dict:
     """:func:`pipeline.qa.learned.learned_baseline`'s result over the sampled rows, each
     group's from ``cache`` when its digest is there, else from ``fit(parts)`` (``parts``:
-    ``[(config, rows table)]`` of the groups to fit).  ``taken``: per shard in shard order,
-    ``(config, its sampled rows in place order)``; ``kept``: ``sample_keys``' groups (their
-    third member the rows' places).  Every group's result goes into ``store``."""
-    if not taken:
+    ``[(config, rows table)]`` of the groups to fit).  ``tables``: per shard in shard order,
+    ``(config, its rows)`` — ``None`` for a shard none of whose rows was sampled; ``kept``:
+    ``sample_keys``' groups (their third member the rows' places, ``shard << 32 | row``).
+    Every group's result goes into ``store``."""
+    read = [t for _, t in tables if t is not None]
+    if not read or not kept:
         return {}
-    # in place order; one chunk a column: each group's take from it is 1.5x faster (0.07 ->
-    # 0.048 s of CPU for the 28 groups of a 10K-image tree, measured), the same rows
-    rows = pa.concat_tables([_normalised(t) for _, t in taken]).combine_chunks()
-    places = np.sort(np.concatenate([g[2] for g in kept.values()]))
+    starts = np.cumsum([0] + [0 if t is None else t.num_rows for _, t in tables])
+    order = sorted(kept)
+    where = np.concatenate([starts[kept[k][2] >> 32] + (kept[k][2] & 0xFFFFFFFF) for k in order])
+    # one take, in group order, from the shards' columns as they are (chunked): each group a
+    # slice of it (see the module docstring)
+    rows = pa.concat_tables([_normalised(t) for t in read]).take(
+        pyarrays.from_numpy(where.astype(np.int64)))
     groups: dict[tuple, pa.Table] = {}
-    for key in sorted(kept):
-        g = rows.take(pyarrays.from_numpy(np.searchsorted(places, kept[key][2]).astype(np.int64)))
+    start = 0
+    for key in order:
+        g = rows.slice(start, len(kept[key][2]))
+        start += g.num_rows
         if g["qa_id"].null_count:  # never learned from (no identity to sample by)
             g = g.filter(pc.is_valid(g["qa_id"]))
         if g.num_rows:
