@@ -198,8 +198,10 @@ def test_the_benchmarks_blocks_miss_when_its_records_plan_or_family_change(tmp_p
 
 def test_a_stored_plan_is_marshal_behind_a_header_of_its_python_and_key(tmp_path, monkeypatch):
     """The stored plan (pipeline/kinds/tree_plans.py) is :mod:`marshal`'s bytes behind a header
-    naming this Python, its marshal version and the key: another Python's, a damaged one or
-    one of another key is planned again; an earlier version's JSON plan is removed."""
+    naming this Python, its marshal version and the key, then its sha256: another Python's,
+    a cut-short or damaged one (never unmarshalled) or one of another key is planned again;
+    an earlier version's JSON plan is removed."""
+    import hashlib
     import json
     import marshal
     import sys
@@ -216,13 +218,20 @@ def test_a_stored_plan_is_marshal_behind_a_header_of_its_python_and_key(tmp_path
     path = tmp_path / ".radvqa" / "question-plans" / "splits.marshal"
     data = path.read_bytes()
     head = f"radvqa question plan\0{sys.implementation.cache_tag}\0{marshal.version}\0{key}\n".encode()
-    assert data.startswith(head) and marshal.loads(data[len(head):]) == got
+    body = data[len(head) + 32:]
+    assert data.startswith(head) and marshal.loads(body) == got
+    assert data[len(head):len(head) + 32] == hashlib.sha256(body).digest()
     assert not stale.exists()
     assert tree_plans.load(out, key) == got
     monkeypatch.setattr(tree_plans.sys.implementation, "cache_tag", "cpython-399")
     assert tree_plans.load(out, key) is None  # another Python
     monkeypatch.undo()
     path.write_bytes(data[:-100])
+    assert tree_plans.load(out, key) is None  # cut short
+    flipped = bytearray(data)
+    flipped[-7] ^= 0x20  # one bit of a string: marshal alone would read it as another plan
+    path.write_bytes(bytes(flipped))
     assert tree_plans.load(out, key) is None  # damaged
-    path.write_bytes(head + marshal.dumps(["not", "a", "plan"]))
+    other = marshal.dumps(["not", "a", "plan"])
+    path.write_bytes(head + hashlib.sha256(other).digest() + other)
     assert tree_plans.load(out, key) is None
