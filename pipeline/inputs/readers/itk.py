@@ -225,11 +225,13 @@ def read_volume(path: str, rel: str, modality: str, *, max_voxels: int | None = 
 def _on_image_grid(path: str, rel: str, image: Geometry, *, skip_zero: bool = False,
                    notes: dict | None = None):
     """Read a mask or label map whose grid is ``image``'s: ``(array, source_axis, flipped,
-    non-finite count, sha256)``, the array ``[i, j, k]`` in the file's own orientation and
-    sharing the reader's buffer (nothing is reoriented or copied here).
+    non-finite count, sha256, k_span)``, the array ``[i, j, k]`` in the file's own orientation
+    and sharing the reader's buffer (nothing is reoriented or copied here).
 
     A plain gzipped NIfTI is read by :func:`~pipeline.inputs.readers.nifti_raw.read_plain`
-    (``skip_zero``: ``None`` for an all-zero file), any other file by SimpleITK.  A grid
+    (``skip_zero``: the array is the file's slices ``k_span`` along k, every voxel outside
+    them zero, ``None`` for an all-zero file, and it holds them until the next such read on
+    this thread), any other file by SimpleITK (the whole array, ``k_span`` ``None``).  A grid
     read on an orthonormalised sform is noted in ``notes["nifti_sform_orthonormalised"]``."""
     plain = read_plain(path, rel, skip_zero=skip_zero, drift=True)
     k_span = None
@@ -254,19 +256,32 @@ def _on_image_grid(path: str, rel: str, image: Geometry, *, skip_zero: bool = Fa
     return array, source_axis, flipped, bad, sha, k_span
 
 
-def _cropped(array: np.ndarray, lo, hi, source_axis, flipped, value=None) -> Mask:
+def _cropped(array: np.ndarray, lo, hi, source_axis, flipped, value=None, *,
+             shape=None, k0: int = 0) -> Mask:
     """The :class:`Mask` of the non-zero voxels (or those equal to ``value``) of
-    ``array[lo:hi]`` (source ``[i, j, k]``), reoriented: only that box is copied."""
+    ``array[lo:hi]`` (source ``[i, j, k]``), reoriented: only that box is copied.
+
+    ``array`` is the whole grid, or (``shape``: the grid's canonical shape) its source
+    slices from ``k0`` on, ``lo``/``hi`` then counted within them."""
     box = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]  # compared in the buffer's order, then
     test = np.not_equal(box, 0) if value is None else np.equal(box, value)  # reordered: 15
     crop = np.ascontiguousarray(canonical_view(test, source_axis, flipped))  # not 34 ms (liver, 0.8 mm)
-    offset = canonical_offset(lo, hi, array.shape, source_axis, flipped)
-    shape = tuple(int(array.shape[source_axis[a]]) for a in range(3))
-    return Mask(shape, offset, crop)
+    if shape is None:
+        shape = tuple(int(array.shape[source_axis[a]]) for a in range(3))
+    source = [0, 0, 0]
+    for a in range(3):
+        source[source_axis[a]] = shape[a]
+    lo, hi = (lo[0], lo[1], lo[2] + k0), (hi[0], hi[1], hi[2] + k0)
+    offset = canonical_offset(lo, hi, source, source_axis, flipped)
+    return Mask(tuple(int(n) for n in shape), offset, crop)
 
 
-def _not_binary(array: np.ndarray, rel: str) -> CaseError:
+def _not_binary(array: np.ndarray, rel: str, zeros_beside: bool = False) -> CaseError:
+    """``mask.not_binary`` naming the values of ``array`` (and 0, ``zeros_beside``: the
+    voxels outside a slab ``array`` of the mask, all zero)."""
     values = np.unique(array)  # only on the way to an error: the whole array is read
+    if zeros_beside:
+        values = np.union1d(values, np.zeros(1, values.dtype))
     shown = ", ".join(f"{v:g}" for v in values[:8]) + (", …" if len(values) > 8 else "")
     return CaseError(
         "read", "mask.not_binary",
@@ -295,17 +310,16 @@ def read_mask(path: str, rel: str, image: Geometry, notes: dict | None = None
             rel,
         )
     # the buffer is [k, j, i] in memory: its extent is found there, then read as [i, j, k]
-    k0, k1 = k_span or (0, None)  # the slab of k that holds every non-zero voxel
-    found = None if array is None else nonzero_extent(np.transpose(array[:, :, k0:k1], (2, 1, 0)))
+    found = None if array is None else nonzero_extent(np.transpose(array, (2, 1, 0)))
     if found is None:
         return Mask(tuple(int(n) for n in image.shape)), sha
     lo, hi = found[0][::-1], found[1][::-1]
-    lo, hi = (lo[0], lo[1], lo[2] + k0), (hi[0], hi[1], hi[2] + k0)
     box = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     values = None if box.dtype.kind in "ub" and box.max() == 1 else box[box != 0]  # {0, 1}: a max
     if values is not None and not (values[0] in (1, 255) and np.all(values == values[0])):
-        raise _not_binary(array, rel)
-    return _cropped(array, lo, hi, source_axis, flipped), sha
+        raise _not_binary(array, rel, array.size < np.prod(image.shape))
+    return _cropped(array, lo, hi, source_axis, flipped, shape=image.shape,
+                    k0=k_span[0] if k_span else 0), sha
 
 
 def _label_boxes(array: np.ndarray) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
