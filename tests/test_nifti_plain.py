@@ -285,3 +285,37 @@ def test_small_pieces_give_the_same_masks(tmp_path, monkeypatch):
         mask, got_sha = read_mask(str(p), p.name, image)
         assert got_sha == sha and (mask.shape, mask.offset) == (ref.shape, ref.offset)
         assert np.array_equal(mask.crop, ref.crop)
+
+
+def test_masks_share_one_buffer_and_leave_nothing_behind(tmp_path, monkeypatch):
+    """Masks read one after another reuse one buffer (its pages mapped once, not a fresh
+    volume a mask) and hand back only the slices holding voxels; what an earlier, fuller
+    mask left in the buffer never shows in a later one: not in the zero pieces between its
+    voxels, not in the partial slices at its ends (many small pieces, as at real size)."""
+    shape = (64, 64, 12)
+    ct = save(tmp_path / "ct.nii.gz", np.zeros(shape, np.int16), LAS)
+    image = read_volume(str(ct), "ct.nii.gz", "CT").geometry
+    full = save(tmp_path / "full.nii.gz", np.ones(shape, np.uint8), LAS)
+    sparse = np.zeros(shape, np.uint8)
+    rng = np.random.default_rng(3)
+    sparse[:, 20:40, 2] = rng.integers(0, 2, (64, 20))  # two slices, six zero ones between
+    sparse[10:30, :, 9] = rng.integers(0, 2, (20, 64))
+    sparse_path = save(tmp_path / "sparse.nii.gz", sparse, LAS)
+    three = save(tmp_path / "three.nii.gz", sparse * 3, LAS)
+    monkeypatch.setattr("pipeline.inputs.readers.nifti_raw.PIECE", 4)
+    first = read_plain(str(full), "full.nii.gz", skip_zero=True)
+    assert first.k_span == (0, shape[2]) and first.array.shape == shape
+    second = read_plain(str(sparse_path), "sparse.nii.gz", skip_zero=True)
+    assert np.shares_memory(first.array, second.array)  # the same buffer
+    assert second.k_span == (2, 10) and second.array.shape == (*shape[:2], 8)
+    assert np.array_equal(second.array, sparse[:, :, 2:10])
+    read_plain(str(full), "full.nii.gz", skip_zero=True)
+    mask, _ = read_mask(str(sparse_path), "sparse.nii.gz", image)
+    read_plain(str(full), "full.nii.gz", skip_zero=True)
+    with pytest.raises(CaseError) as err:  # the values of the whole file, its zeros included
+        read_mask(str(three), "three.nii.gz", image)
+    assert err.value.reason == "mask.not_binary" and "found {0, 3}" in err.value.message
+    monkeypatch.setattr("pipeline.inputs.readers.itk.read_plain", lambda *a, **k: None)
+    ref, _ = read_mask(str(sparse_path), "sparse.nii.gz", image)  # the ITK road
+    assert (mask.shape, mask.offset) == (ref.shape, ref.offset) and mask.voxels() == sparse.sum()
+    assert np.array_equal(mask.crop, ref.crop)

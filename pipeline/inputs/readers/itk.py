@@ -226,16 +226,17 @@ def read_volume(path: str, rel: str, modality: str, *, max_voxels: int | None = 
 def _on_image_grid(path: str, rel: str, image: Geometry, *, skip_zero: bool = False,
                    notes: dict | None = None):
     """Read a mask or label map whose grid is ``image``'s: ``(array, source_axis, flipped,
-    non-finite count, sha256)``, the array ``[i, j, k]`` in the file's own orientation and
-    sharing the reader's buffer (nothing is reoriented or copied here).
+    non-finite count, sha256, k0)``, the array ``[i, j, k]`` in the file's own orientation and
+    sharing the reader's buffer (nothing is reoriented or copied here), from slice ``k0`` on.
 
     A plain gzipped NIfTI is read by :func:`~pipeline.inputs.readers.nifti_raw.read_plain`
-    (``skip_zero``: ``None`` for an all-zero file), any other file by SimpleITK.  A grid
-    read on an orthonormalised sform is noted in ``notes["nifti_sform_orthonormalised"]``."""
+    (``skip_zero``: the slices holding its voxels, until the next such read on this thread;
+    ``None`` if all zero), any other file by SimpleITK (whole, ``k0`` 0).  A grid read on an
+    orthonormalised sform is noted in ``notes["nifti_sform_orthonormalised"]``."""
     plain = read_plain(path, rel, skip_zero=skip_zero, drift=True)
-    k_span = None
+    k0 = plain.k_span[0] if plain is not None and plain.k_span else 0
     if plain is not None:
-        array, geometry, bad, sha, k_span = plain.array, plain.geometry, 0, plain.sha256, plain.k_span
+        array, geometry, bad, sha = plain.array, plain.geometry, 0, plain.sha256
         if plain.note and notes is not None:
             notes.setdefault("nifti_sform_orthonormalised", []).append(plain.note)
     else:
@@ -252,22 +253,24 @@ def _on_image_grid(path: str, rel: str, image: Geometry, *, skip_zero: bool = Fa
             f"grid: found {'; '.join(problems)}, expected the mask on the image's grid",
             rel,
         )
-    return array, source_axis, flipped, bad, sha, k_span
+    return array, source_axis, flipped, bad, sha, k0
 
 
-def _cropped(array: np.ndarray, lo, hi, source_axis, flipped, value=None) -> Mask:
+def _cropped(array, lo, hi, source_axis, flipped, value=None, *, shape=None, k0=0) -> Mask:
     """The :class:`Mask` of the non-zero voxels (or those equal to ``value``) of
-    ``array[lo:hi]`` (source ``[i, j, k]``), reoriented: only that box is copied."""
+    ``array[lo:hi]`` (source ``[i, j, k]``), reoriented: only that box is copied.  ``array``
+    is the whole grid, or its source slices from ``k0`` on of a grid of canonical ``shape``."""
     box = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]  # compared in the buffer's order, then
     test = np.not_equal(box, 0) if value is None else np.equal(box, value)  # reordered: 15
     crop = np.ascontiguousarray(canonical_view(test, source_axis, flipped))  # not 34 ms (liver, 0.8 mm)
-    offset = canonical_offset(lo, hi, array.shape, source_axis, flipped)
-    shape = tuple(int(array.shape[source_axis[a]]) for a in range(3))
-    return Mask(shape, offset, crop)
+    shape = tuple(int(n) for n in shape or [array.shape[source_axis[a]] for a in range(3)])
+    whole = [shape[list(source_axis).index(s)] for s in range(3)]  # the source grid's shape
+    lo, hi = (*lo[:2], lo[2] + k0), (*hi[:2], hi[2] + k0)
+    return Mask(shape, canonical_offset(lo, hi, whole, source_axis, flipped), crop)
 
 
-def _not_binary(array: np.ndarray, rel: str) -> CaseError:
-    values = np.unique(array)  # only on the way to an error: the whole array is read
+def _not_binary(array: np.ndarray, rel: str, zeros_beside: bool = False) -> CaseError:
+    values = np.union1d(array, np.zeros(int(zeros_beside), array.dtype))  # (on the way to an error)
     shown = ", ".join(f"{v:g}" for v in values[:8]) + (", …" if len(values) > 8 else "")
     return CaseError(
         "read", "mask.not_binary",
@@ -281,14 +284,13 @@ def read_mask(path: str, rel: str, image: Geometry, notes: dict | None = None
     """Read a binary mask on ``image``'s canonical grid; return ``(Mask, sha256)``; what
     was assumed (an orthonormalised sform) goes to ``notes``.
 
-    Accepted values are {0, 1} and {0, 255}; a mask whose grid differs from the
-    image's (after both are canonicalised) is rejected with every mismatching
-    field.  The voxels are scanned once in the file's own orientation for their extent;
-    an empty mask ends there, any other is checked and reoriented within that box only
-    (:class:`~pipeline.core.masks.Mask`).
-    """
-    array, source_axis, flipped, bad, sha, k_span = _on_image_grid(path, rel, image,
-                                                                   skip_zero=True, notes=notes)
+    Accepted values are {0, 1} and {0, 255}; a mask whose grid differs from the image's (after
+    both are canonicalised) is rejected with every mismatching field.  The voxels (of a plain
+    NIfTI, the slices holding them) are scanned once in the file's own orientation for their
+    extent; an empty mask ends there, any other is checked and reoriented within that box
+    only (:class:`~pipeline.core.masks.Mask`)."""
+    array, source_axis, flipped, bad, sha, k0 = _on_image_grid(path, rel, image, skip_zero=True,
+                                                               notes=notes)
     if bad:
         raise CaseError(
             "read", "mask.not_binary",
@@ -296,17 +298,15 @@ def read_mask(path: str, rel: str, image: Geometry, notes: dict | None = None
             rel,
         )
     # the buffer is [k, j, i] in memory: its extent is found there, then read as [i, j, k]
-    k0, k1 = k_span or (0, None)  # the slab of k that holds every non-zero voxel
-    found = None if array is None else nonzero_extent(np.transpose(array[:, :, k0:k1], (2, 1, 0)))
+    found = None if array is None else nonzero_extent(np.transpose(array, (2, 1, 0)))
     if found is None:
         return Mask(tuple(int(n) for n in image.shape)), sha
     lo, hi = found[0][::-1], found[1][::-1]
-    lo, hi = (lo[0], lo[1], lo[2] + k0), (hi[0], hi[1], hi[2] + k0)
     box = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     values = None if box.dtype.kind in "ub" and box.max() == 1 else box[box != 0]  # {0, 1}: a max
     if values is not None and not (values[0] in (1, 255) and np.all(values == values[0])):
-        raise _not_binary(array, rel)
-    return _cropped(array, lo, hi, source_axis, flipped), sha
+        raise _not_binary(array, rel, array.size < np.prod(image.shape))
+    return _cropped(array, lo, hi, source_axis, flipped, shape=image.shape, k0=k0), sha
 
 
 def _label_boxes(array: np.ndarray) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
