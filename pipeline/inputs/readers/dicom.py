@@ -128,14 +128,18 @@ def read_dicom_series(
                 for f in chosen if f.inferred_syntax]
     if inferred:
         notes["dicom_transfer_syntax_inferred"] = inferred
-    combined = hashlib.sha256("".join(digests).encode()).hexdigest()
-    return Volume(array, geometry, modality, header, combined, notes)
+    return Volume(array, geometry, modality, header, _series_sha256(digests), notes)
 
 
 def series_digest(files: Files) -> str:
     """:func:`read_dicom_series`'s ``content_sha256`` of ``files`` without parsing them (a
     case whose rows are kept when only its files' times changed is checked by it)."""
-    digests = [file_sha256(path) for path, _ in sorted(files, key=lambda p: p[1])]
+    return _series_sha256([file_sha256(path) for path, _ in sorted(files, key=lambda p: p[1])])
+
+
+def _series_sha256(digests: Sequence[str]) -> str:
+    """A series' ``content_sha256``: the sha256 of its files' sha256s (hex, in order of
+    relative path; every file, strays included) — one formula for the read and the check."""
     return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
