@@ -382,11 +382,10 @@ def render_unit(ref: UnitRef, extracted: Extracted, ctx: BuildContext, kind,
         full["files"] = dict(sorted(files.items()))
         full["stat"] = kept_files.identities(ctx.output, files)  # the next build trusts these
         shards.write_json(ctx.output, ref.receipt, full, compact=True)
-    if behind is None or sum(t.nbytes for t in tables.values()
-                             if not isinstance(t, FileReceipt)) < behind.MIN_BYTES:
+    if behind is None:
         write()
     else:
-        behind.run(write)
+        behind.run(write, sum(t.nbytes for t in tables.values() if not isinstance(t, FileReceipt)))
     return full, dead
 
 

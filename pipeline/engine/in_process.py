@@ -89,8 +89,8 @@ class Behind:
     unit's tables wait to be written.  :meth:`join` waits for the last and raises what
     failed in it."""
 
-    #: A unit's text tables of fewer bytes are written in the caller's thread, not behind
-    #: it: the sample's units (~0.1 MB) gained nothing from a thread and cost 5-10 ms of CPU
+    #: Writing of fewer bytes is done in the caller's thread, not behind it (:meth:`run`):
+    #: the sample's units (~0.1 MB) gained nothing from a thread and cost 5-10 ms of CPU
     #: more in all (measured); the 10K-image tree's units hold 3-25 MB.
     MIN_BYTES = 1 << 20
 
@@ -98,7 +98,12 @@ class Behind:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def run(self, fn) -> None:
+    def run(self, fn, nbytes: int | None = None) -> None:
+        """``fn()`` on the thread, once the one before has ended; here and now instead when
+        ``nbytes`` (what it writes) is given and under :data:`MIN_BYTES`."""
+        if nbytes is not None and nbytes < self.MIN_BYTES:
+            fn()
+            return
         self.join()
         self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
         self._thread.start()
