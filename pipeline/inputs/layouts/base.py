@@ -173,10 +173,17 @@ def segmentations_digests(case, root: str, image: list[tuple[str, str]], *,
     :func:`~pipeline.inputs.readers.reader_for`'s) as its reader digests it, then each
     mask file's sha256 in reading order (every mask reader's digest is its file's).  A file
     no reader takes raises as :meth:`Layout.load` would."""
-    digests = [reader_for(image, folder=folder).content_digest(image)]
+    digests = [image_digest(image, folder=folder)]
     for _, full, mrel in iter_mask_files(root, case.file("segmentations")):
         digests.append(mask_file_digest(full, mrel))
     return tuple(digests)
+
+
+def image_digest(files, *, folder: bool = False) -> str:
+    """The ``content_sha256`` the reader of the image ``files`` (``(absolute, relative)``,
+    ``folder`` as :func:`~pipeline.inputs.readers.reader_for`'s) gives their volume, from
+    their bytes alone (hashed, never decoded)."""
+    return reader_for(files, folder=folder).content_digest(files)
 
 
 def mask_file_digest(path: str, rel: str) -> str:

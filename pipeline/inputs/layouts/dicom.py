@@ -8,6 +8,7 @@ from pipeline.errors import CaseError
 from pipeline.inputs.layouts.base import (
     LoadedCase,
     has_files,
+    image_digest,
     listed_files,
     rel,
     segmentations_digests,
@@ -37,8 +38,7 @@ def series_files(case, root: str):
 def series_digest(case, root: str) -> str:
     """The ``content_sha256`` :func:`read_series` gives the case's volume, from the bytes
     of its files alone."""
-    files = series_files(case, root)
-    return reader_for(files, folder=True).content_digest(files)
+    return image_digest(series_files(case, root), folder=True)
 
 class DicomLayout:
     """``dicom/`` + ``segmentations/`` (see the module docstring)."""

@@ -18,6 +18,7 @@ from pipeline.errors import CaseError
 from pipeline.inputs.class_lists import builtin_labels
 from pipeline.inputs.layouts.base import (
     LoadedCase,
+    image_digest,
     listed_files,
     mask_file_digest,
     pick,
@@ -26,7 +27,7 @@ from pipeline.inputs.layouts.base import (
     volume_stems,
 )
 from pipeline.inputs.layouts.totalseg import IMAGE_STEMS, pick_image
-from pipeline.inputs.readers import mask_reader_for, read_label_table, reader_for
+from pipeline.inputs.readers import mask_reader_for, read_label_table
 from pipeline.inputs.tree import InputTree
 
 #: Stems of the multilabel file (``TotalSegmentator -o <name>.nii.gz --ml``), in order of preference.
@@ -76,8 +77,7 @@ class TotalsegMlLayout:
         """:meth:`load`'s digests from the files' bytes alone (the class map is the label
         file's own header, or the built-in list: nothing else is read)."""
         image, labels = case.file("image"), case.file("labels")
-        files = [(os.path.join(root, image), image)]
-        return (reader_for(files).content_digest(files),
+        return (image_digest([(os.path.join(root, image), image)]),
                 mask_file_digest(os.path.join(root, labels), labels))
 
     fingerprint_paths = staticmethod(listed_files)
