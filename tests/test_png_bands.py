@@ -147,3 +147,28 @@ def test_lowest_unused_levels_are_the_histograms_first_empty_bins():
         empty = np.flatnonzero(np.bincount(g.ravel(), minlength=256) == 0)
         for k in (1, 4):
             assert imaging._lowest_unused(g, k) == empty[:k].tolist()
+
+
+@pytest.mark.parametrize("prompts", [
+    [(TARGET, OTHERS), (TARGET, [])],  # bands shared between the prompts, a plain one between
+    [(box(0, 0, 150, 12), [box(10, 185, 60, 200)]), (box(0, 0, 150, 12), [])],  # top, bottom
+    [(box(30, 150, 90, 200), [box(5, 0, 40, 30)])],  # the bottom band crossed: its end
+], ids=["shared", "top-bottom", "last-band"])
+def test_prompt_scanlines_never_read_rows_outside_their_bands(prompts, monkeypatch):
+    """A prompt's outlined rows are copied only where its new bands read them: with every
+    other row of that copy garbage, its PNGs are still draw_prompt's pixels, in zlib's
+    bytes (the deflated bands of an image drawn whole)."""
+    g = slice_(120, seed=3)
+    before = encode_slice_pngs(g, prompts, level=6, strategy="rle")
+
+    def garbage_like(a, *args, **kwargs):
+        return np.full_like(a, 0xAB, *args, **kwargs)
+
+    monkeypatch.setattr(imaging.np, "empty_like", garbage_like)
+    plain, pngs = encode_slice_pngs(g, prompts, level=6, strategy="rle")
+    assert (plain, pngs) == before
+    for (target, others), png in zip(prompts, pngs):
+        mode, pixels = rgb(png)
+        assert mode == "P" and np.array_equal(pixels, draw_prompt(g, target, others))
+        index = np.asarray(Image.open(BytesIO(png)))
+        assert zlib.decompress(idat(png)) == imaging._up_rows(index, 0, 200).tobytes()

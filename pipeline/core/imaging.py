@@ -333,10 +333,10 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
         min(int(b["y_min"]) for b, _ in drawn), max(int(b["y_max"]) for b, _ in drawn) + 1)])
     if level:
         segments = _deflate([(raw[b], b.stop == h) for b in bands], level)
-        plain = _png_file(w, h, 0, _zlib_stream(segments, _rle_lib.adler32(raw)))
         #: (band, outlines crossing it) -> (deflated, Adler-32, bytes)
         done = {(k, ()): (seg, _rle_lib.adler32(raw[b]), raw[b].nbytes)
                 for k, (b, seg) in enumerate(zip(bands, segments))}
+        plain = _png_file(w, h, 0, _zlib_stream(segments, _stream_adler32(done, done)))  # (its bands)
     else:
         plain = _png_file(w, h, 0, _stored(raw))
     if not prompts:
@@ -364,21 +364,41 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
             palette[3 * v:3 * v + 3] = _COLOUR_BYTES[c]
         palette = bytes(palette)
         outlined = [(box, slot[c]) for box, (_, c) in zip(boxes, drawn)]
-        index = g.copy()
-        for box, value in outlined:
-            _outline_box(index, box, value, width)
         if not level:
-            out.append(_png_file(w, h, 3, _stored(_up_rows(index, 0, h)), palette))
+            out.append(_png_file(w, h, 3, _stored(_up_rows(_outlined(g, outlined, width, 0, h),
+                                                           0, h)), palette))
             continue
         # per band: the outlines that change its Up-filtered rows (a box's rows y0..y1)
         keys = [(k, tuple(o for o in outlined if o[0][1] < stop and o[0][3] >= start))
                 for k, (start, stop) in enumerate(edges)]
-        new = [(key, _up_rows(index, *edges[key[0]])) for key in keys if key not in done]
+        new = [key for key in keys if key not in done]
+        if new:  # their scanlines filtered at once, from the rows they span (keys: in order)
+            lo, hi = edges[new[0][0]][0], edges[new[-1][0]][1]
+            rows = _up_rows(_outlined(g, outlined, width, lo, hi), lo, hi)
+            new = [(key, rows[edges[key[0]][0] - lo:edges[key[0]][1] - lo]) for key in new]
         for (key, r), seg in zip(new, _deflate([(r, edges[k][1] == h) for (k, _), r in new], level)):
             done[key] = (seg, _rle_lib.adler32(r), r.nbytes)
-        adler = 1  # the stream's Adler-32, from its bands'
-        for key in keys:
-            adler = _adler32_combine(adler, done[key][1], done[key][2])
-        out.append(_png_file(w, h, 3, _zlib_stream([done[key][0] for key in keys], adler),
-                             palette))
+        out.append(_png_file(w, h, 3, _zlib_stream([done[key][0] for key in keys],
+                                                   _stream_adler32(done, keys)), palette))
     return plain, out
+
+
+def _outlined(g: np.ndarray, outlined, width: int, start: int, stop: int) -> np.ndarray:
+    """``g`` with each ``(box, value)`` of ``outlined`` drawn over it (:func:`_outline_box`),
+    for :func:`_up_rows` ``start:stop``: only the rows that those read (``start - 1`` to
+    ``stop - 1``) are the image's; the others are left as the allocation found them."""
+    index = np.empty_like(g)
+    above = max(start - 1, 0)
+    index[above:stop] = g[above:stop]
+    for box, value in outlined:
+        _outline_box(index, box, value, width)
+    return index
+
+
+def _stream_adler32(done, keys) -> int:
+    """The Adler-32 of the scanlines of the bands ``keys`` end to end, from each band's
+    ``(deflated, Adler-32, bytes)`` in ``done``."""
+    adler = 1
+    for key in keys:
+        adler = _adler32_combine(adler, done[key][1], done[key][2])
+    return adler
