@@ -336,7 +336,7 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
         #: (band, outlines crossing it) -> (deflated, Adler-32, bytes)
         done = {(k, ()): (seg, _rle_lib.adler32(raw[b]), raw[b].nbytes)
                 for k, (b, seg) in enumerate(zip(bands, segments))}
-        plain = _png_file(w, h, 0, _zlib_stream(segments, _stream_adler32(done, done)))  # (its bands)
+        plain = _png_file(w, h, 0, _band_stream(done, list(done)))
     else:
         plain = _png_file(w, h, 0, _stored(raw))
     if not prompts:
@@ -378,27 +378,23 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
             new = [(key, rows[edges[key[0]][0] - lo:edges[key[0]][1] - lo]) for key in new]
         for (key, r), seg in zip(new, _deflate([(r, edges[k][1] == h) for (k, _), r in new], level)):
             done[key] = (seg, _rle_lib.adler32(r), r.nbytes)
-        out.append(_png_file(w, h, 3, _zlib_stream([done[key][0] for key in keys],
-                                                   _stream_adler32(done, keys)), palette))
+        out.append(_png_file(w, h, 3, _band_stream(done, keys), palette))
     return plain, out
 
 
 def _outlined(g: np.ndarray, outlined, width: int, start: int, stop: int) -> np.ndarray:
-    """``g`` with each ``(box, value)`` of ``outlined`` drawn over it (:func:`_outline_box`),
-    for :func:`_up_rows` ``start:stop``: only the rows that those read (``start - 1`` to
-    ``stop - 1``) are the image's; the others are left as the allocation found them."""
-    index = np.empty_like(g)
-    above = max(start - 1, 0)
-    index[above:stop] = g[above:stop]
+    """``g`` with each ``(box, value)`` of ``outlined`` drawn (:func:`_outline_box`), for
+    :func:`_up_rows` ``start:stop``: only the rows it reads are ``g``'s, the rest as allocated."""
+    index, read = np.empty_like(g), slice(max(start - 1, 0), stop)
+    index[read] = g[read]
     for box, value in outlined:
         _outline_box(index, box, value, width)
     return index
 
 
-def _stream_adler32(done, keys) -> int:
-    """The Adler-32 of the scanlines of the bands ``keys`` end to end, from each band's
-    ``(deflated, Adler-32, bytes)`` in ``done``."""
+def _band_stream(done, keys) -> list[bytes]:
+    """:func:`_zlib_stream` of the bands ``keys``, ``(deflated, Adler-32, bytes)`` in ``done``."""
     adler = 1
     for key in keys:
         adler = _adler32_combine(adler, done[key][1], done[key][2])
-    return adler
+    return _zlib_stream([done[key][0] for key in keys], adler)
