@@ -96,3 +96,23 @@ def test_the_two_worker_verdict_is_the_median_of_the_rounds_own_ratios():
     # one round (the phantoms' stages): the runners' own seconds, as before
     row = _warm_row(_stage(4.0, 2.0, [{"1 worker": 4.0, "2 warm workers": 2.0}]))
     assert row["measured"] == "2.00x" and "rounds" not in row["note"]
+
+
+def test_a_totalseg_case_is_judged_on_the_median_of_its_rounds():
+    """bench.totalseg.case_row: each figure is its rounds' median and the ratio the median
+    of the rounds' own ratios, so one round with a slow read (the machine busy for it)
+    neither lowers nor raises the verdict; with one round it is that round's figures."""
+    from bench.totalseg import case_row
+
+    def t(read, load, extract):
+        return {"read": read, "load": load, "extract": extract, "shape": [4, 4, 4],
+                "non_empty_masks": 2, "empty_masks": 1, "images": 9}
+
+    rounds = [t(0.33, 0.34, 0.17), t(0.45, 0.35, 0.17), t(0.32, 0.33, 0.16)]
+    row = case_row("s0001", 4, rounds, read_sitk=0.5)
+    assert row["round_ratios"] == [1.545, 1.156, 1.531]
+    assert row["ratio"] == 1.531  # one slow read (1.156) does not carry the case under 1.5
+    assert (row["read_cpu_s"], row["load_cpu_s"], row["extract_cpu_s"]) == (0.33, 0.34, 0.17)
+    assert row["load_ratio"] == pytest.approx(1.03, abs=1e-3)
+    one = case_row("s0001", 4, rounds[1:2], read_sitk=0.5)
+    assert one["ratio"] == 1.156 and one["read_cpu_s"] == 0.45
