@@ -29,6 +29,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
+from pipeline.beam.sampling import shorten_state_sampling
 from pipeline.engine import execute
 from pipeline.engine import units as U
 from pipeline.kinds.registry import get_kind
@@ -36,6 +37,10 @@ from pipeline.qa.balance import rules_from
 
 DEAD = "dead_letters"
 NAMESPACE = "radvqa"
+
+# A bundle's end joins Beam's state-sampler thread, which sleeps up to 200 ms by default:
+# the end of every stage (pipeline.beam.sampling).
+shorten_state_sampling()
 
 
 class ExtractUnitFn(beam.DoFn):
