@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import inspect
 
+from apache_beam.runners.worker import statesampler
+
 #: The state sampler's period here (Beam's default is 200 ms): a bundle's end waits at
 #: most this long for the sampler thread.
 SAMPLING_PERIOD_MS = 10
@@ -36,8 +38,6 @@ def shorten_state_sampling(period_ms: int = SAMPLING_PERIOD_MS) -> bool:
     """Make ``period_ms`` the default sampling period of Beam's ``StateSampler``; ``True``
     when it is (now or already), ``False`` when Beam's sampler is not the one this knows
     (its ``__init__`` has no ``sampling_period_ms`` default of 200 or ``period_ms``)."""
-    from apache_beam.runners.worker import statesampler
-
     init = statesampler.StateSampler.__init__
     params = list(inspect.signature(init).parameters.values())
     if (not params or params[-1].name != "sampling_period_ms" or init.__defaults__ is None
