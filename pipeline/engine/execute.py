@@ -33,7 +33,7 @@ from pipeline.errors import CaseError
 from pipeline.io import kept_files, shards
 from pipeline.qa import stored_rows
 from pipeline.qa.balance import Rules
-from pipeline.schema import pyarrays
+from pipeline.schema import kernels, pyarrays
 from pipeline.schema.records import FileReceipt
 
 _FROZEN = [0]  # depth of the running unit calls (process_unit calls the other two)
@@ -117,8 +117,7 @@ def read_stored(output: str, plan: Sequence[PlannedCase], kind, split: str):
             continue
         col = kind.key_column[config]
         table = _read(data, kind.stored_columns.get(config))
-        mask = pa.compute.is_in(table[col], value_set=pyarrays.array(sorted(wanted_keys), pa.string()))
-        table = table.filter(mask)
+        table = kernels.filter(table, kernels.is_in(table[col], pyarrays.array(sorted(wanted_keys), pa.string())))
         if "split" in table.column_names:
             table = table.set_column(table.schema.get_field_index("split"), "split",
                                      pyarrays.array([split] * table.num_rows, pa.string()))
@@ -136,8 +135,8 @@ def read_stored(output: str, plan: Sequence[PlannedCase], kind, split: str):
     # found in the others' files are dropped (else written twice)
     lost = pyarrays.array(sorted(set().union(*ok.values()) - stored_keys), pa.string())
     if len(lost):
-        tables = {config: [t.filter(pa.compute.invert(pa.compute.is_in(
-            t[kind.key_column[config]], value_set=lost))) for t in parts]
+        tables = {config: [kernels.filter(t, kernels.invert(kernels.is_in(t[kind.key_column[config]], lost)))
+                           for t in parts]
             for config, parts in tables.items()}
     return tables, stored_keys
 
@@ -300,7 +299,7 @@ def read_pixels(output: str, report: Mapping, config: str, key_column: str, pixe
         if rel.split("/", 1)[0] != config:
             continue
         table = _read(shards.read_bytes(output, rel), [key_column, pixel_column])
-        table = table.filter(pa.compute.is_in(table[key_column], value_set=pyarrays.array(wanted, pa.string())))
+        table = kernels.filter(table, kernels.is_in(table[key_column], pyarrays.array(wanted, pa.string())))
         for key, value in zip(table[key_column].to_pylist(), table[pixel_column].to_pylist()):
             out[key] = value["bytes"] if isinstance(value, dict) else value
     return out

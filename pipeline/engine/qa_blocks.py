@@ -41,7 +41,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.core import keys
 from pipeline.engine.units import BuildContext, UnitRef
@@ -49,7 +48,7 @@ from pipeline.io import shards
 from pipeline.qa import stored_rows
 from pipeline.qa.balance import corpus_digest
 from pipeline.qa.stored_rows import code_digest
-from pipeline.schema import pyarrays
+from pipeline.schema import kernels, pyarrays
 from pipeline.schema.layout import ROWS_DIR
 
 SUFFIX = ".qa.arrow"
@@ -148,7 +147,7 @@ class Blocks:
         for f in sorted(meta):
             if f not in self.keys:
                 continue
-            part = table.filter(pc.equal(families, pyarrays.scalar(f, pa.string())))
+            part = kernels.filter(table, kernels.equal(families, pyarrays.scalar(f, pa.string())))
             part = part.replace_schema_metadata(
                 (part.schema.metadata or {}) | {_META: json.dumps(meta[f], sort_keys=True)})
             sink = pa.BufferOutputStream()
@@ -179,11 +178,11 @@ def merged(table: pa.Table, blocks, kept_ids, id_column: str, recount) -> tuple[
     tables, parts = [table], []
     for block, counts in blocks:
         if kept is not None:
-            block = block.filter(pc.is_in(block[id_column], value_set=kept))
+            block = kernels.filter(block, kernels.is_in(block[id_column], kept))
             counts = recount(block)
         tables.append(block)
         parts.append(counts)
-    return pa.concat_tables(tables).sort_by("qa_id").combine_chunks(), parts
+    return kernels.sort_by(pa.concat_tables(tables), "qa_id").combine_chunks(), parts
 
 
 def corpus_of(refs_reports: Iterable[tuple]) -> str:

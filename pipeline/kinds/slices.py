@@ -22,7 +22,7 @@ from pipeline.inputs.discovery import CaseSource
 from pipeline.inputs.tree import InputTree
 from pipeline.kinds.base import VolumeKind
 from pipeline.qa.audit import merge, partial_counts, partial_counts_columns
-from pipeline.schema import pyarrays
+from pipeline.schema import kernels, pyarrays
 from pipeline.schema.arrow import IMAGES_SCHEMA, OOD_SCHEMA, QA_SCHEMA, STRUCTURES_SCHEMA
 from pipeline.schema.records import CaseResult
 
@@ -68,7 +68,7 @@ class SlicesKind(VolumeKind):
     def sort_table(self, config: str, table: pa.Table) -> pa.Table:
         by = [("image_id", "ascending")] if config == "images" else [
             ("case_key", "ascending"), ("label", "ascending")]
-        return table.sort_by(by)
+        return kernels.sort_by(table, by)
 
     def records(self, payload: Mapping[str, pa.Table], split: str, ctx=None) -> list[dict]:
         return payload["images"].to_pylist()

@@ -45,6 +45,7 @@ from pipeline.kinds.tree_tables import (
 from pipeline.qa.audit import partial_counts_columns
 from pipeline.qa.benchmark import left_out_regions, select_benchmark
 from pipeline.qa.label_pools import load_label_pools
+from pipeline.schema import kernels
 from pipeline.schema.arrow import (
     ALIGNMENT_SCHEMA,
     BENCHMARK_SCHEMA,
@@ -265,7 +266,7 @@ class TreeKind(BaseKind):
         ids = table["image_id"]
         if ids.num_chunks == 1 and all(a < b for a, b in zip(ids.to_pylist(), ids[1:].to_pylist())):
             return table  # built sorted by :meth:`table`: no copy of the images
-        return table.sort_by([("image_id", "ascending")])
+        return kernels.sort_by(table, [("image_id", "ascending")])
 
     def records(self, payload: Mapping[str, pa.Table], split: str, ctx=None) -> list[dict]:
         t = payload["alignment"]

@@ -14,7 +14,6 @@ import io
 from collections.abc import Mapping
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.core import keys
@@ -22,7 +21,7 @@ from pipeline.core.imaging import strip_png_metadata
 from pipeline.inputs.tree import InputTree
 from pipeline.io import shards
 from pipeline.kinds.tree_tables import image_record
-from pipeline.schema import pyarrays
+from pipeline.schema import kernels, pyarrays
 from pipeline.schema.arrow import TREE_PAYLOAD_SCHEMA
 
 
@@ -82,8 +81,7 @@ def _from_shard(output: str, unit: str, wanted: set[str]) -> list[tuple[dict, by
     # (pq.ParquetFile: pq.read_table imports pyarrow.dataset and pandas, 0.2 s)
     table = pq.ParquetFile(io.BytesIO(shards.read_bytes(output, rel)) if "://" in path else path,
                            memory_map=True).read(list(TREE_PAYLOAD_SCHEMA.names))
-    table = table.filter(pc.is_in(table["image_id"], value_set=pyarrays.array(
-        sorted(wanted), pa.string())))
+    table = kernels.filter(table, kernels.is_in(table["image_id"], pyarrays.array(sorted(wanted), pa.string())))
     columns = [table[c].to_pylist() for c in ("image_id", "modality", "region", "label")]
     return [(image_record(key, "test", *fields), image["bytes"])
             for key, *fields, image in zip(*columns, table["image"].to_pylist())]

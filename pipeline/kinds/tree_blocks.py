@@ -28,7 +28,6 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.core import keys
 from pipeline.engine import qa_blocks
@@ -40,7 +39,7 @@ from pipeline.kinds.tree_tables import (
 )
 from pipeline.qa.audit import merge, partial_counts_columns
 from pipeline.qa.stored_rows import code_digest
-from pipeline.schema import pyarrays
+from pipeline.schema import kernels, pyarrays
 from pipeline.schema.arrow import INSTRUCT_SCHEMA
 
 FAMILY = "family"
@@ -125,7 +124,7 @@ def write(blocks: qa_blocks.Blocks | None, unit: str, inst: pa.Table, families: 
     names = pyarrays.array(families, pa.string())
     meta = {}
     for f in sorted(set(families)):
-        part = inst.filter(pc.equal(names, pyarrays.scalar(f, pa.string())))
+        part = kernels.filter(inst, kernels.equal(names, pyarrays.scalar(f, pa.string())))
         meta[f] = {"tasks": dict(sorted(Counter(part["task"].to_pylist()).items())),
                    "audit": partial_counts_columns("instruct", part)}
     if blocks is not None:
@@ -147,7 +146,7 @@ def merged(inst: pa.Table, stored: list[tuple[pa.Table, dict]], tasks: Counter) 
     if not stored:
         return inst
     table = pa.concat_tables([inst, *(t for t, _ in stored)])
-    return table.sort_by([("image_id", "ascending"), ("qa_id", "ascending")]).combine_chunks()
+    return kernels.sort_by(table, [("image_id", "ascending"), ("qa_id", "ascending")]).combine_chunks()
 
 
 #: The benchmark's blocks are named as a unit's, under this name (``.radvqa/rows/benchmark.*``).

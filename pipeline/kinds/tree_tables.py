@@ -21,7 +21,7 @@ from pipeline.core import keys
 from pipeline.io import shards
 from pipeline.qa.options import LETTERS
 from pipeline.qa.questions import generate_questions
-from pipeline.schema import pyarrays
+from pipeline.schema import kernels, pyarrays
 from pipeline.schema.arrow import (
     ALIGNMENT_SCHEMA,
     BENCHMARK_SCHEMA,
@@ -196,7 +196,7 @@ def render_tree_images(records: list[dict], images: pa.StructArray, ctx):
                 inst.append((row["qa_id"], human, gpt, row["question"], _choices(row),
                              row["answer"], answer_text, qtype, task, row["template_id"], i))
     if captioned != list(range(len(records))):
-        images = images.take(_arr(captioned, pa.int64()))
+        images = kernels.take(images, _arr(captioned, pa.int64()))
     return (_alignment_table(_transposed(align, _ALIGN_COLUMNS), images),
             _instruct_table(_transposed(inst, _INSTRUCT_COLUMNS),
                             _transposed(per_image, _IMAGE_COLUMNS)), tasks, families)
@@ -244,7 +244,7 @@ def _instruct_table(cols: dict | None, per_image: dict | None) -> pa.Table:
     at = _arr(cols["image"], pa.int64())
 
     def of_image(name: str, type=None) -> pa.Array:
-        return _arr(per_image[name], type or s).take(at)
+        return kernels.take(_arr(per_image[name], type or s), at)
     # the metadata's task, answer text and question id are the row's own: built once
     qa_id, answer_text, task = (_arr(cols[c], s) for c in ("qa_id", "answer_text", "task"))
     return pa.Table.from_arrays(
@@ -303,7 +303,7 @@ def benchmark_table(rows: pa.Table, images: Mapping[str, bytes]) -> tuple[pa.Tab
     if not rows.num_rows:
         return _empty(BENCHMARK_SCHEMA), Counter()
     # the benchmark's order (each key pair is one row's: a stable sort or not, the same)
-    rows = rows.sort_by([("image_id", "ascending"), ("order", "ascending")]).combine_chunks()
+    rows = kernels.sort_by(rows, [("image_id", "ascending"), ("order", "ascending")]).combine_chunks()
     ids = rows.column("image_id").to_pylist()
     column = question_images([images[k] for k in ids], [f"{k}.png" for k in ids])
     table = pa.Table.from_arrays([column if f.name == "image" else rows.column(f.name)

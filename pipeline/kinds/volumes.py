@@ -36,7 +36,7 @@ from pipeline.inputs.sample_ctrate import write_ctrate_sample
 from pipeline.inputs.tree import InputTree
 from pipeline.kinds.base import Planned, VolumeKind, phantom_input
 from pipeline.qa.audit import merge, partial_counts
-from pipeline.schema import pyarrays
+from pipeline.schema import kernels, pyarrays
 from pipeline.schema.arrow import OOD3D_SCHEMA, QA3D_SCHEMA, VOLUMES_SCHEMA
 from pipeline.schema.records import CaseResult
 
@@ -154,7 +154,7 @@ class VolumesKind(VolumeKind):
         return CaseResult({"volumes": [row]}, digest, notes)
 
     def sort_table(self, config: str, table: pa.Table) -> pa.Table:
-        return table.sort_by([("volume_id", "ascending")])
+        return kernels.sort_by(table, [("volume_id", "ascending")])
 
     def records(self, payload: Mapping[str, pa.Table], split: str, ctx=None) -> list[dict]:
         findings = tuple((ctx.qa_settings if ctx else {}).get("findings", ()))

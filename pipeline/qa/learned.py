@@ -49,14 +49,13 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.core import keys
 from pipeline.core.collector import collector_paused
 from pipeline.qa import learned_fit, learned_groups, learned_keys, logistic, text_features
 from pipeline.qa.learned_fit import TOP_ANSWERS, C, _letter, fit_group
-from pipeline.schema import pyarrays
+from pipeline.schema import kernels, pyarrays
 
 TRAIN_CAP = 30_000
 EVAL_CAP = 20_000
@@ -247,7 +246,7 @@ def sample_keys(table, config: str, kept: dict | None = None, sizes: Counter | N
         return groups
     codes, names = [], []
     for c in ("split", "task", "question_type"):
-        enc = pc.dictionary_encode(table[c]).combine_chunks()
+        enc = kernels.dictionary_encode(table[c]).combine_chunks()
         codes.append(pyarrays.to_numpy(enc.indices))
         names.append(enc.dictionary.to_pylist())
     shape = tuple(len(n) for n in names)

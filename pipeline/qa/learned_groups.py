@@ -28,9 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from pipeline.schema import pyarrays
+from pipeline.schema import kernels, pyarrays
 
 _COLUMNS = ("qa_id", "split", "task", "question_type", "question", "options", "answer")
 _TEXT = ("question", "options", "answer")
@@ -41,7 +40,7 @@ def _normalised(table: pa.Table) -> pa.Table:
     opt = "choices" if "choices" in table.column_names else "options"
     cols = [table[c] if c in table.column_names else pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
             for c in ("qa_id", "split", "task", "question_type", "question")]
-    cols += [table[opt].cast(pa.list_(pa.string())), table["answer"]]
+    cols += [kernels.cast(table[opt], pa.list_(pa.string())), table["answer"]]
     return pa.Table.from_arrays(cols, names=list(_COLUMNS))
 
 
@@ -121,15 +120,15 @@ def cached(tables: Sequence[tuple[str, pa.Table | None]], kept: Mapping[tuple, t
     where = np.concatenate([starts[kept[k][2] >> 32] + (kept[k][2] & 0xFFFFFFFF) for k in order])
     # one take, in group order, from the shards' columns as they are (chunked): each group a
     # slice of it (see the module docstring)
-    rows = pa.concat_tables([_normalised(t) for t in read]).take(
-        pyarrays.from_numpy(where.astype(np.int64)))
+    rows = kernels.take(pa.concat_tables([_normalised(t) for t in read]),
+                        pyarrays.from_numpy(where.astype(np.int64)))
     groups: dict[tuple, pa.Table] = {}
     start = 0
     for key in order:
         g = rows.slice(start, len(kept[key][2]))
         start += g.num_rows
         if g["qa_id"].null_count:  # never learned from (no identity to sample by)
-            g = g.filter(pc.is_valid(g["qa_id"]))
+            g = kernels.filter(g, kernels.is_valid(g["qa_id"]))
         if g.num_rows:
             groups[key] = g
     by_source: dict[tuple, list[tuple]] = {}

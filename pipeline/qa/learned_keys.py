@@ -36,10 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.core import keys
-from pipeline.schema import pyarrays
+from pipeline.schema import kernels, pyarrays
 
 VERSION = 1  # of the file's format
 #: The columns a shard's sample is drawn from (:func:`pipeline.qa.learned.sample_keys`).
@@ -108,7 +107,7 @@ def _value_bytes(column) -> list:
     _, offsets, data = arr.buffers()
     at = np.frombuffer(offsets, np.int32)[arr.offset:arr.offset + len(arr) + 1]
     chars = memoryview(data)[at[0]:at[-1]] if data is not None else b""
-    nulls = pyarrays.to_numpy(pc.is_null(arr).cast(pa.uint8())) if arr.null_count else np.zeros(0, bool)
+    nulls = pyarrays.to_numpy(kernels.cast(kernels.is_null(arr), pa.uint8())) if arr.null_count else np.zeros(0, bool)
     return [(at - at[0]).astype(np.int64).tobytes(), chars, nulls.tobytes()]
 
 

@@ -15,12 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.io.corpus import Corpus, present_columns
 from pipeline.report.contents import QTYPE_ORDER, image_config
-from pipeline.schema import pyarrays
+from pipeline.schema import kernels, pyarrays
 
 GALLERY_SIZE = 24  # questions shown in the gallery (2D corpora)
 GALLERY_VOLUMES = 4  # volumes shown in the gallery (3D corpora)
@@ -70,14 +69,14 @@ class GalleryPool:
 
     def collect(self, pf: pq.ParquetFile, t: pa.Table) -> None:
         """Add the questions of one shard (``t`` holds its id column) about pool images."""
-        mask = pc.is_in(t.column(self.id_col), value_set=pyarrays.array(sorted(self.where), pa.string()))
-        if not pc.any(mask).as_py():
+        mask = kernels.is_in(t.column(self.id_col), pyarrays.array(sorted(self.where), pa.string()))
+        if not kernels.any_true(mask):
             return
         rest = [c for c in present_columns(pf, QUESTION_COLUMNS) if c not in t.column_names]
         full = t
         for name, column in zip(rest, pf.read(columns=rest).columns):
             full = full.append_column(name, column)
-        self.questions.extend(full.filter(mask).to_pylist())
+        self.questions.extend(kernels.filter(full, mask).to_pylist())
         self.questions.sort(key=lambda r: r["qa_id"])
 
 
@@ -207,8 +206,8 @@ def attach_rows(items: list[GalleryItem], pool: GalleryPool) -> None:
     for rel in sorted(by_shard):
         head = pool.heads[rel]
         head = head.select([c for c in pool.columns if c in head.column_names])
-        mask = pc.is_in(head.column(pool.id_col), value_set=pyarrays.array(sorted(by_shard[rel]), pa.string()))
-        for r in head.filter(mask).to_pylist():
+        mask = kernels.is_in(head.column(pool.id_col), pyarrays.array(sorted(by_shard[rel]), pa.string()))
+        for r in kernels.filter(head, mask).to_pylist():
             rows[r[pool.id_col]] = r
     for item in items:
         item.row = rows.get(item.image_id)

@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.core.imaging import png_size
 from pipeline.io.corpus import Corpus, present_columns
 from pipeline.report.gallery import GalleryPool
-from pipeline.schema import pyarrays
+from pipeline.schema import kernels, pyarrays
 
 MAX_DISTINCT = 50_000  # answers tracked per group before the tail is pruned
 SIZE_SAMPLE = 1000  # PNG headers read per split for image sizes when not stored as columns
@@ -35,14 +34,14 @@ def top_items(counter: Mapping, n: int) -> list[tuple]:
 
 def _nested(table: pa.Table, column: str, field_name: str) -> pa.Array:
     """``table[column][field_name]`` for a struct column (nulls where the struct is null)."""
-    return pc.struct_field(table.column(column).combine_chunks(), field_name)
+    return kernels.struct_field(table.column(column).combine_chunks(), field_name)
 
 
 def _value_counts(arr) -> Counter:
     out: Counter = Counter()
     if len(arr) == 0:
         return out
-    for item in pc.value_counts(arr).to_pylist():
+    for item in kernels.value_counts(arr).to_pylist():
         out[item["values"]] += item["counts"]
     return out
 
@@ -58,7 +57,7 @@ def group_counts(table: pa.Table, keys: list[str]) -> Counter:
         return out
     values, codes = [], []
     for k in keys:
-        encoded = pc.dictionary_encode(table.column(k).combine_chunks(), null_encoding="encode")
+        encoded = kernels.dictionary_encode(table.column(k).combine_chunks(), null_encoding="encode")
         values.append(encoded.dictionary.to_pylist())
         codes.append(pyarrays.to_numpy(encoded.indices).astype(np.int64))
     if math.prod(max(1, len(v)) for v in values) < 2 ** 62:  # one mixed-radix code per row
@@ -161,11 +160,11 @@ def scan_images(corpus: Corpus, stats: Stats) -> None:
             stats.sizes[(w, h)] += n
         stats.size_rows += t.num_rows
         boxes = t.column("boxes").combine_chunks()
-        flat = pc.list_flatten(boxes)
-        stats.box_labels.update(_value_counts(pc.struct_field(flat, "label")))
-        area = pyarrays.to_numpy(pc.struct_field(flat, "area_px")).astype(np.float64)
-        lengths = pc.list_value_length(boxes)
-        lengths = pyarrays.to_numpy(pc.fill_null(lengths, pyarrays.scalar(0, lengths.type)))
+        flat = kernels.list_flatten(boxes)
+        stats.box_labels.update(_value_counts(kernels.struct_field(flat, "label")))
+        area = pyarrays.to_numpy(kernels.struct_field(flat, "area_px")).astype(np.float64)
+        lengths = kernels.list_value_length(boxes)
+        lengths = pyarrays.to_numpy(kernels.fill_null(lengths, pyarrays.scalar(0, lengths.type)))
         pixels = (pyarrays.to_numpy(t.column("width")).astype(np.float64)
                   * pyarrays.to_numpy(t.column("height")).astype(np.float64))
         frac = 100.0 * area / np.maximum(np.repeat(pixels, lengths), 1.0)
