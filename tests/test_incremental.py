@@ -97,12 +97,13 @@ def test_regenerate_after_template_and_pool_edits_matches_a_fresh_build(tmp_path
     # in-process and never imports Apache Beam, nor the readers' SimpleITK and pydicom, nor
     # scikit-learn or SciPy (the learned baseline's model is numpy only), nor pandas (its
     # Arrow arrays built by pipeline.schema.pyarrays; installed here by `datasets`), nor
-    # pyarrow.compute (its kernels called through pipeline.schema.kernels); a fresh build
-    # (Beam) below is the same bytes
+    # pyarrow.compute (its kernels called through pipeline.schema.kernels), nor the readers
+    # (no case read); a fresh build (Beam) below is the same bytes
     probe = ("import json, sys; from pipeline.launch.build import regenerate; "
              f"r = regenerate({str(out)!r}, log=lambda m: None); "
              "print(json.dumps([[m for m in ('apache_beam', 'SimpleITK', 'pydicom', 'sklearn', "
-             "'scipy', 'pandas', 'pyarrow.compute') if m in sys.modules], r.manifest['build']]))")
+             "'scipy', 'pandas', 'pyarrow.compute', 'pipeline.inputs.readers.registry') "
+             "if m in sys.modules], r.manifest['build']]))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)}, check=True)
     heavy_imported, b = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -30,14 +30,13 @@ import numpy as np
 
 from pipeline.core.masks import Mask
 from pipeline.errors import CaseError
+from pipeline.inputs import readers  # its reader_for/mask_reader_for imported when first called
 from pipeline.inputs.readers import (
     VOLUME_SUFFIXES,
     Volume,
     file_sha256,
     is_volume_file,
     iter_mask_files,
-    mask_reader_for,
-    reader_for,
     strip_volume_suffix,
 )
 from pipeline.inputs.tree import InputTree
@@ -148,7 +147,7 @@ def read_image(case, root: str, max_voxels: int) -> Volume:
     (modality from discovery, CT when unknown)."""
     path = case.file("image")
     files = [(os.path.join(root, path), path)]
-    return reader_for(files).read(files, modality=case.modality or "CT", max_voxels=max_voxels)
+    return readers.reader_for(files).read(files, modality=case.modality or "CT", max_voxels=max_voxels)
 
 
 def read_segmentations(case, root: str, volume: Volume, notes: dict | None = None
@@ -160,7 +159,7 @@ def read_segmentations(case, root: str, volume: Volume, notes: dict | None = Non
     masks: dict[str, Mask] = {}
     digests: list[str] = []
     for name, full, mrel in iter_mask_files(root, case.file("segmentations")):
-        mask, digest = mask_reader_for(full, mrel).read_mask(full, mrel, volume.geometry, notes)
+        mask, digest = readers.mask_reader_for(full, mrel).read_mask(full, mrel, volume.geometry, notes)
         digests.append(digest)
         masks[name] = mask
     return masks, digests
@@ -183,13 +182,13 @@ def image_digest(files, *, folder: bool = False) -> str:
     """The ``content_sha256`` the reader of the image ``files`` (``(absolute, relative)``,
     ``folder`` as :func:`~pipeline.inputs.readers.reader_for`'s) gives their volume, from
     their bytes alone (hashed, never decoded)."""
-    return reader_for(files, folder=folder).content_digest(files)
+    return readers.reader_for(files, folder=folder).content_digest(files)
 
 
 def mask_file_digest(path: str, rel: str) -> str:
     """The digest a mask reader gives the mask or label map file ``rel`` (absolute ``path``):
     its sha256, whichever reader takes it (a file no reader takes raises, as reading it)."""
-    mask_reader_for(path, rel)
+    readers.mask_reader_for(path, rel)
     return file_sha256(path)
 
 

@@ -5,6 +5,7 @@ series header gives the modality."""
 from __future__ import annotations
 
 from pipeline.errors import CaseError
+from pipeline.inputs import readers
 from pipeline.inputs.layouts.base import (
     LoadedCase,
     has_files,
@@ -15,7 +16,7 @@ from pipeline.inputs.layouts.base import (
     segmentations_files,
     with_segmentations,
 )
-from pipeline.inputs.readers import list_files, reader_for
+from pipeline.inputs.readers import list_files
 from pipeline.inputs.tree import InputTree
 
 
@@ -23,7 +24,7 @@ def read_series(case, root: str, max_voxels: int):
     """The case's ``dicom/`` folder read as one image volume: the whole folder goes to the
     reader that takes folders (every file; it skips the strays)."""
     files = series_files(case, root)
-    return reader_for(files, folder=True).read(files, max_voxels=max_voxels)
+    return readers.reader_for(files, folder=True).read(files, max_voxels=max_voxels)
 
 
 def series_files(case, root: str):

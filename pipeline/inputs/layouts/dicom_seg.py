@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 
 from pipeline.errors import CaseError
+from pipeline.inputs import readers
 from pipeline.inputs.layouts.base import LoadedCase, listed_files, mask_file_digest, rel
 from pipeline.inputs.layouts.dicom import dicom_folder, read_series, series_digest
-from pipeline.inputs.readers import mask_reader_for
 from pipeline.inputs.tree import InputTree
 
 
@@ -48,7 +48,7 @@ class DicomSegLayout:
             if role != "seg":
                 continue
             path = os.path.join(root, seg_rel)
-            segments, digest = mask_reader_for(path, seg_rel).read_label_map(
+            segments, digest = readers.mask_reader_for(path, seg_rel).read_label_map(
                 path, seg_rel, volume.geometry, {})
             digests.append(digest)
             for name, mask in segments.items():

@@ -10,8 +10,9 @@ import json
 import os
 
 from pipeline.errors import CaseError
+from pipeline.inputs import readers
 from pipeline.inputs.layouts.base import LoadedCase, pick, read_image, rel, volume_stems
-from pipeline.inputs.readers import Volume, mask_reader_for
+from pipeline.inputs.readers import Volume
 from pipeline.inputs.tree import InputTree
 
 MODALITY_HINT = "modality.txt"
@@ -52,7 +53,7 @@ class MultilabelLayout:
         labels = read_labels_json(os.path.join(root, labels_rel), labels_rel)
         map_rel = case.file("labels")
         map_path = os.path.join(root, map_rel)
-        masks, digest = mask_reader_for(map_path, map_rel).read_label_map(
+        masks, digest = readers.mask_reader_for(map_path, map_rel).read_label_map(
             map_path, map_rel, volume.geometry, labels, notes)
         absent = sorted(set(labels.values()) - set(masks))
         if absent:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 from pipeline.errors import CaseError
+from pipeline.inputs import readers
 from pipeline.inputs.class_lists import builtin_labels
 from pipeline.inputs.layouts.base import (
     LoadedCase,
@@ -27,7 +28,6 @@ from pipeline.inputs.layouts.base import (
     volume_stems,
 )
 from pipeline.inputs.layouts.totalseg import IMAGE_STEMS, pick_image
-from pipeline.inputs.readers import mask_reader_for, read_label_table
 from pipeline.inputs.tree import InputTree
 
 #: Stems of the multilabel file (``TotalSegmentator -o <name>.nii.gz --ml``), in order of preference.
@@ -63,13 +63,13 @@ class TotalsegMlLayout:
         notes = dict(volume.notes)
         map_rel = case.file("labels")
         map_path = os.path.join(root, map_rel)
-        labels = read_label_table(map_path, map_rel)
+        labels = readers.read_label_table(map_path, map_rel)
         if labels is None:
             labels = builtin_labels(volume.modality)
             notes["labels_from_builtin_class_list"] = [
                 f"{map_rel}: no class map in the header, named by TotalSegmentator's "
                 f"{volume.modality} class list"]
-        masks, digest = mask_reader_for(map_path, map_rel).read_label_map(
+        masks, digest = readers.mask_reader_for(map_path, map_rel).read_label_map(
             map_path, map_rel, volume.geometry, labels, notes)
         return LoadedCase(volume, masks, (volume.content_sha256, digest), map_rel, notes)
 
