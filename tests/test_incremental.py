@@ -32,6 +32,7 @@ from pipeline.launch.build import build, regenerate
 from pipeline.launch.runner import worker_processes
 from pipeline.qa import stored_rows
 from pipeline.schema import layout
+from tests.probe import python_probe
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = {"log": lambda m: None}
@@ -104,9 +105,7 @@ def test_regenerate_after_template_and_pool_edits_matches_a_fresh_build(tmp_path
              "print(json.dumps([[m for m in ('apache_beam', 'SimpleITK', 'pydicom', 'sklearn', "
              "'scipy', 'pandas', 'pyarrow.compute', 'pipeline.inputs.readers.registry') "
              "if m in sys.modules], r.manifest['build']]))")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)}, check=True)
-    heavy_imported, b = json.loads(proc.stdout.strip().splitlines()[-1])
+    heavy_imported, b = json.loads(python_probe(probe).splitlines()[-1])
     assert heavy_imported == []
     assert b["cases_extracted"] == 0 and b["cases_copied_from_stored_shards"] == 0
     unit_ids = sorted(p.split("/", 1)[1].removesuffix(".parquet")

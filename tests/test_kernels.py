@@ -3,9 +3,6 @@ without importing pyarrow.compute."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,6 +10,7 @@ import pyarrow.compute as pc
 import pytest
 
 from pipeline.schema import kernels
+from tests.probe import python_probe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,6 +72,4 @@ def test_kernels_do_not_import_pyarrow_compute():
              "t = pa.table({'a': pyarrays.array(['y', 'x', None], pa.string())}); "
              "kernels.filter(kernels.sort_by(t, 'a'), kernels.is_valid(t['a'])); "
              "print('pyarrow.compute' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                          cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)})
-    assert proc.stdout.strip() == "False"
+    assert python_probe(probe) == "False"

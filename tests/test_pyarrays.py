@@ -3,10 +3,7 @@ without importing pandas."""
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ import pytest
 from pipeline.io import shards
 from pipeline.schema import pyarrays
 from pipeline.schema.arrow import all_schemas
+from tests.probe import python_probe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,6 +122,4 @@ def test_nothing_here_imports_pandas():
         "pyarrays.to_numpy(pyarrays.array([1.0, 2.0], pa.float64())); "
         "import numpy as np; t.take(pyarrays.from_numpy(np.zeros(1, np.int64))); "
         "print('pandas' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT,
-                          env=os.environ | {"PYTHONPATH": str(ROOT)}, check=True)
-    assert proc.stdout.strip() == "False"
+    assert python_probe(probe) == "False"

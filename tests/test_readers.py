@@ -16,6 +16,7 @@ from pipeline.inputs.readers import (
     reader_for,
 )
 from tests.dicom_factory import as_pairs, ramp_volume, write_series
+from tests.probe import python_probe
 
 VOL = ramp_volume()
 
@@ -261,20 +262,12 @@ def test_mask_values_checked_by_one_maximum_or_in_full(tmp_path, dtype, values, 
 def test_layouts_import_the_readers_only_when_a_case_is_read():
     """Discovery (the layouts' detect and files) needs only the readers' file-name helpers:
     the registry and the readers behind it are imported by the first case read."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
     probe = ("import sys; import pipeline.inputs.layouts as L; "
              "lazy = [m for m in ('pipeline.inputs.readers.registry', 'pipeline.inputs.readers.itk', "
              "'pipeline.inputs.readers.dicom') if m in sys.modules]; "
              "from pipeline.inputs import readers; from pipeline.inputs.readers import reader_for; "
              "print(lazy, reader_for is readers.registry.reader_for, readers.READERS is readers.registry.READERS)")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                          cwd=root, env=os.environ | {"PYTHONPATH": str(root)})
-    assert proc.stdout.strip() == "[] True True"
+    assert python_probe(probe) == "[] True True"
     with pytest.raises(AttributeError, match="no attribute 'read_png'"):
         import pipeline.inputs.readers as readers
 
