@@ -11,6 +11,7 @@ from pipeline import cli
 from pipeline.errors import ConfigError
 from pipeline.launch import build as build_module
 from pipeline.launch.build import check_workers
+from tests.probe import python_probe
 
 
 @pytest.mark.parametrize("args", [["--runner=PortableRunner"], ["--runner=DataflowRunner"],
@@ -101,3 +102,29 @@ def test_the_forkserver_preloads_every_kind_and_the_worker_shell():
     assert {"pipeline.beam.transforms", "apache_beam.runners.worker.sdk_worker"} <= set(PRELOAD)
     for name in PRELOAD:
         assert importlib.util.find_spec(name) is not None, name
+
+
+def test_a_warm_workers_first_case_imports_nothing_of_ours_but_the_dicom_decoders(tmp_path):
+    """What a worker imports on its first case (read, masks, slices) is on the critical path
+    of every warm worker: after the forkserver's PRELOAD, reading and extracting a NIfTI
+    case of the built-in sample imports no module of ``pipeline``; a DICOM case then only
+    the DICOM reader's own modules, which bring pydicom (0.1 s of CPU, measured) and are
+    imported by the first DICOM case read on purpose (docs/architecture.md)."""
+    probe = (
+        "import sys, importlib; from pipeline.beam.preload import PRELOAD\n"
+        "for m in PRELOAD: importlib.import_module(m)\n"
+        "from pipeline.inputs.sample import write_sample; from pipeline.inputs.discovery import discover_cases\n"
+        "from pipeline.config.recipes import load_recipe\n"
+        f"write_sample({str(tmp_path)!r}, n_patients=2)\n"
+        f"found, _ = discover_cases({str(tmp_path)!r}, pseudonym_key='probe')\n"
+        "from pipeline.engine.extract import SliceSettings, extract_case, load_case\n"
+        "settings = SliceSettings.from_recipe(load_recipe('sample').section('slices'))\n"
+        "for case in sorted(found, key=lambda c: c.layout != 'totalseg'):\n"
+        "    before = set(sys.modules)\n"
+        f"    volume, masks, _, _ = load_case(case, {str(tmp_path)!r}, settings.max_voxels)\n"
+        "    extract_case(case, 'train', volume, masks, settings)\n"
+        "    print(case.layout, sorted(m for m in set(sys.modules) - before if m.startswith('pipeline')))")
+    assert python_probe(probe).splitlines()[-2:] == [
+        "totalseg []",
+        "dicom ['pipeline.inputs.readers.dicom_decode', 'pipeline.inputs.readers.dicom_files', "
+        "'pipeline.inputs.readers.dicom_series']"]

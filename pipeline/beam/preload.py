@@ -16,11 +16,13 @@ import threading
 #: shell (which imports the engine), every kind's module (``pipeline.kinds.registry.KINDS``,
 #: whose modules are imported only when asked for, so the shell does not bring them;
 #: ``tests/test_warm_workers.py`` checks the two lists agree), and what extraction imports on
-#: first use (SimpleITK): a worker forked per pipeline would otherwise import them on the
-#: critical path, once per worker and run.  (scipy.ndimage, 0.15-0.35 s, was preloaded for
-#: the slice boxes' components, which cc3d counts now.)
+#: first use (SimpleITK; the readers, which ``pipeline.inputs.readers`` imports when a case is
+#: first read): a worker forked per pipeline would otherwise import them on the critical
+#: path, once per worker and run.  (scipy.ndimage, 0.15-0.35 s, was preloaded for the slice
+#: boxes' components, which cc3d counts now.)
 PRELOAD = ("apache_beam.runners.worker.sdk_worker", "pipeline.beam.transforms",
-           "pipeline.kinds.slices", "pipeline.kinds.tree", "pipeline.kinds.volumes", "SimpleITK")
+           "pipeline.kinds.slices", "pipeline.kinds.tree", "pipeline.kinds.volumes",
+           "pipeline.inputs.readers.registry", "SimpleITK")
 
 _lock = threading.Lock()
 
