@@ -142,10 +142,12 @@ def _time_once(case, root: Path, files: list[str], max_voxels: int, settings) ->
 def per_case(root: Path, recipe: str, max_voxels: int | None, log,
              rounds: int = ROUNDS) -> list[dict]:
     from pipeline.config.recipes import load_recipe
+    from pipeline.core.heap import keep_freed_memory
     from pipeline.engine.extract import SliceSettings
     from pipeline.inputs.discovery import discover_cases
 
     settings = SliceSettings.from_recipe(load_recipe(recipe).section("slices"))
+    keep_freed_memory()  # as every unit's process has it (pipeline.engine.execute)
     found, rejected = discover_cases(str(root), pseudonym_key="bench")
     if rejected:
         raise RuntimeError(f"generated cases rejected: {rejected}")
