@@ -16,9 +16,10 @@ and 0.22-0.25 s, first units 0.27-0.28 s.  Ten 1 MB arrays made and freed ten ti
 (:data:`MMAP_THRESHOLD`, :data:`TRIM_THRESHOLD`): blocks under 32 MB come from the heap,
 and up to 64 MB of freed heap is kept per arena for the next allocation.  A process's
 peak RSS can grow by what it keeps (``make bench`` reports each build's).  The setting
-is process state and lives through ``fork``: set in the launcher (``radvqa``) and in every
-process that imports the Beam shell (:mod:`pipeline.beam.transforms`: warm workers'
-forkserver, Beam's worker processes).  Anything but glibc (musl, macOS): left alone.
+is process state: every process that runs a unit sets it as the unit starts
+(:func:`pipeline.engine.execute`'s unit wrapper) — the launcher when units run in it,
+warm workers, Beam's worker processes on any runner.  Anything but glibc (musl, macOS):
+left alone.
 """
 
 from __future__ import annotations
