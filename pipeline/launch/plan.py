@@ -89,10 +89,10 @@ def plan_units(output: str, kind, planned, fps, qa_fp: str, before_run, sizes=No
         found = [index.lookup(key, fps[key]) for key in case_keys] if len(index) else ()
         recheck = [False] * len(members)
         if loose and found:
-            for n, key in enumerate(case_keys):
-                if found[n] is None:
-                    found[n] = index.lookup_loose(key, loose[key])
-                    recheck[n] = found[n] is not None
+            for j, key in enumerate(case_keys):
+                if found[j] is None:
+                    found[j] = index.lookup_loose(key, loose[key])
+                    recheck[j] = found[j] is not None
         stored = [dict(s.locations) if s else None for s in found] or [None] * len(members)
         contents = [s.content if s else "" for s in found] or [""] * len(members)
         units.append((ref, members, case_keys, stored, (contents, recheck)))
