@@ -183,7 +183,7 @@ def _build_unit(ref, ctx, kind, plan, digest) -> Extracted:
     for pc in plan:
         key = kind.case_key(pc.case)
         if key in stored_keys:
-            cases[key] = [pc.fp, pc.content, *([pc.loose] if pc.loose else ())]
+            cases[key] = pc.receipt(pc.content)
             n_stored += 1
         else:
             todo.append(pc)
@@ -201,7 +201,7 @@ def _build_unit(ref, ctx, kind, plan, digest) -> Extracted:
             continue
         for config, config_rows in result.rows.items():
             rows[config].extend(config_rows)
-        cases[key] = [pc.fp, result.content, *([pc.loose] if pc.loose else ())]
+        cases[key] = pc.receipt(result.content)
         for name, values in sorted(result.notes.items()):
             notes[name] += len(values)
     payload = {}

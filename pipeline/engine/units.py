@@ -22,9 +22,10 @@ Contract (changing it changes how corpora are rebuilt, never their bytes):
   size and modification time of each of its files.  A stored case is reused only under
   the same fingerprint, or — for a kind with ``content_digest`` — under the same *loose*
   fingerprint (the same without modification times) when its files still hold the
-  content digest its rows were extracted from (``recheck``: the worker hashes them); a unit whose cases and fingerprints are those of its last
-  receipt keeps its pixel shards (``keep``), and also its text shards when the question
-  fingerprint is unchanged (``done``: resume).  Workers verify every reused file's
+  content digest its rows were extracted from (``recheck``: the worker hashes them); a
+  unit whose cases and fingerprints are those of its last receipt keeps its pixel shards
+  (``keep``), and also its text shards when the question fingerprint is unchanged
+  (``done``: resume).  Workers verify every reused file's
   sha256 and fall back to extracting when it does not match.
 * Dead letters: each unit writes its own to ``dead_letters/units/<unit>.<stage>.jsonl``
   (the operator-only folder); the launcher merges them (:mod:`pipeline.engine.dead_letters`).
@@ -122,6 +123,12 @@ class PlannedCase(NamedTuple):
     # ``stored`` is valid only if the case's files still hold ``content`` (its fingerprint
     # missed by modification times alone): the worker hashes them first
     recheck: bool = False
+
+    def receipt(self, content: str) -> list:
+        """The case's entry in its unit's receipt (read back by ``state.StoredIndex``): its
+        fingerprint, the content digest its rows came from and, when the kind records
+        one, its fingerprint without modification times."""
+        return [self.fp, content, *([self.loose] if self.loose else ())]
 
 
 def plan_split_shards(items: Iterable, split_of, fractions: Sequence[str], per_shard: int, *,
