@@ -127,11 +127,11 @@ _IDAT_CRC = _rle_lib.crc32(b"IDAT")
 
 
 @functools.lru_cache(maxsize=1024)
-def _palette(size: int, slots: tuple[tuple[int, int], ...]) -> bytes:
-    """The PLTE chunk of a prompt: the grey ramp's first ``size`` levels, each ``(colour,
-    level)`` of ``slots`` holding that :data:`PROMPT_COLOURS` colour (made once a kind)."""
+def _palette(size: int, levels: tuple[int, ...]) -> bytes:
+    """The PLTE chunk of a prompt: the grey ramp's first ``size`` levels, ``levels[c]``
+    holding :data:`PROMPT_COLOURS`' colour ``c`` (made once a kind)."""
     palette = bytearray(_RAMP_BYTES[:3 * size])
-    for c, v in slots:
+    for c, v in enumerate(levels):
         palette[3 * v:3 * v + 3] = _COLOUR_BYTES[c]
     return _chunk(b"PLTE", bytes(palette))
 
@@ -342,21 +342,21 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
     top, free = int(g.max()), None
     done, out = {}, []  # a prompt band: (band, outlines crossing) -> (deflated, 1, Adler-32, bytes)
     for (target, others), boxes, (y_lo, y_hi) in zip(prompts, drawn, spans):
-        used = sorted({c for _, c in boxes})
-        if top + len(used) <= 255:  # outline colours above the slice's highest level
-            slot = {c: top + 1 + n for n, c in enumerate(used)}
+        k = len(boxes)  # its colours: 0 .. k - 1 (_prompt_outlines)
+        if top + k <= 255:  # outline colours above the slice's highest level
+            levels = tuple(range(top + 1, top + 1 + k))
         else:  # else at its lowest unused levels, if it leaves enough
             if free is None:  # (all below the slice's lowest level, when there are enough)
                 low = int(g.min())
                 free = (np.arange(low) if low >= len(PROMPT_COLOURS)
                         else _lowest_unused(g, len(PROMPT_COLOURS)))
-            slot = {c: int(free[n]) for n, c in enumerate(used)} if len(used) <= len(free) else None
-        if slot is None or not all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
-                                   for (x0, y0, x1, y1), _ in boxes):
+            levels = tuple(int(v) for v in free[:k]) if k <= len(free) else None
+        if levels is None or not all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+                                     for (x0, y0, x1, y1), _ in boxes):
             out.append(encode_png(draw_prompt(g, target, others, width), level, strategy))
             continue
-        palette = _palette(max(top, *slot.values()) + 1, tuple(slot.items()))
-        outlined = [(box, slot[c]) for box, c in boxes]
+        palette = _palette(max(top, *levels) + 1, levels)
+        outlined = [(box, levels[c]) for box, c in boxes]
         if not level:
             out.append(_png_file(w, h, 3, _stored(_up_rows(_outlined(g, outlined, width, 0, h),
                                                            0, h)), palette))
