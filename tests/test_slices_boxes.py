@@ -30,7 +30,7 @@ from pipeline.core.slices import (
     window_indices,
     window_table,
 )
-from pipeline.engine.extract import SliceSettings, extract_case, prompt_boxes, slice_prompts
+from pipeline.engine.extract import SliceSettings, extract_case, plane_prompts, prompt_boxes
 from pipeline.inputs.discovery import CaseSource
 from pipeline.inputs.readers import Volume
 
@@ -392,21 +392,25 @@ def _prompt_boxes_one_at_a_time(image_id, boxes, min_area_px):
     return target, sorted((b for b in boxes if b["label"] != target["label"]), key=nearness)[:3]
 
 
-def test_a_slices_prompts_are_each_images_prompt_boxes():
-    """slice_prompts (a slice's windows at once) draws and orders as prompt_boxes of each
-    image alone did: the same target, the same neighbours in the same order — ties in
-    distance broken by label, then by the slice's order (boxes at the same place, labels
-    repeated), areas under the threshold never drawn."""
+def test_a_planes_prompts_are_each_images_prompt_boxes():
+    """plane_prompts (a plane's slices and windows at once) draws and orders as prompt_boxes
+    of each image alone did: the same target, the same neighbours in the same order — ties
+    in distance broken by label, then by the slice's order (boxes at the same place, labels
+    repeated), areas under the threshold never drawn, slices without one left unprompted."""
     rng = np.random.default_rng(3)
-    for n in range(300):
-        count = int(rng.integers(0, 9))
-        boxes = []
-        for _ in range(count):
-            x0, y0 = (int(v) for v in rng.integers(0, 6, 2) * 4)  # few places: equal distances
-            boxes.append({"label": f"s{int(rng.integers(0, count + 1))}", "x_min": x0, "y_min": y0,
-                          "x_max": x0 + int(rng.integers(1, 9)), "y_max": y0 + int(rng.integers(1, 9)),
-                          "area_px": int(rng.integers(0, 100))})
-        ids = [f"case{n}/{window}" for window in ("soft_tissue", "lung", "bone", "brain")]
-        expected = [_prompt_boxes_one_at_a_time(i, boxes, 50) for i in ids]
-        assert slice_prompts(ids, boxes, 50) == expected
-        assert [prompt_boxes(i, boxes, 50) for i in ids] == expected
+    for plane in range(30):
+        ids, boxes = [], []
+        for n in range(int(rng.integers(0, 12))):
+            count = int(rng.integers(0, 9))
+            slice_boxes_ = []
+            for _ in range(count):
+                x0, y0 = (int(v) for v in rng.integers(0, 6, 2) * 4)  # few places: equal distances
+                slice_boxes_.append({"label": f"s{int(rng.integers(0, count + 1))}", "x_min": x0,
+                                     "y_min": y0, "x_max": x0 + int(rng.integers(1, 9)),
+                                     "y_max": y0 + int(rng.integers(1, 9)),
+                                     "area_px": int(rng.integers(0, 100))})
+            ids.append([f"plane{plane}/{n}/{w}" for w in ("soft_tissue", "lung", "bone")])
+            boxes.append(slice_boxes_)
+        expected = [[_prompt_boxes_one_at_a_time(i, b, 50) for i in row] for row, b in zip(ids, boxes)]
+        assert plane_prompts(ids, boxes, 50) == expected
+        assert [[prompt_boxes(i, b, 50) for i in row] for row, b in zip(ids, boxes)] == expected

@@ -190,14 +190,14 @@ def extract_case(
         )
         dx, dy = display_spacing(geometry.spacing, plane)
         boxes = plane_boxes(masks, plane, chosen, geometry, midline)
-        # every image's id and visual prompt first, in one loop: drawn between the slices'
-        # deflates, which leave the caches cold, they took 5-6 ms more CPU a 1.5 mm case
-        # (measured)
-        labelled = {}
-        for index in chosen:
-            ids = [image_key(plane, index, window.name) for window in windows]
-            for window, label in zip(windows, _image_labels(ids, boxes[index], prompt_min_area)):
-                labelled[index, window.name] = label
+        # every image's id and visual prompt first, the plane's at once: drawn between the
+        # slices' deflates, which leave the caches cold, they took 5-6 ms more CPU a 1.5 mm
+        # case (measured)
+        ids = [[image_key(plane, index, window.name) for window in windows] for index in chosen]
+        prompts = (plane_prompts(ids, [boxes[index] for index in chosen], prompt_min_area)
+                   if prompt_min_area else [[None] * len(windows) for _ in chosen])
+        labelled = {(index, window.name): label for index, row_ids, row_prompts in zip(chosen, ids, prompts)
+                    for window, label in zip(windows, zip(row_ids, row_prompts))}
         # one slice at a time (a sagittal plane of a NIfTI's buffer in groups of a few MB,
         # display_slices): a plane's slices gathered and windowed whole were 15-60 MB of
         # fresh memory a plane at 0.8 mm, whose page faults took 0.1-0.3 s of kernel time a
@@ -238,42 +238,44 @@ def prompt_boxes(image_id: str, boxes: list[dict], min_area_px: int) -> tuple[di
     structures whose box centres lie nearest the target's — the structures a reader could
     confuse with it, so the other outlines never point at the answer by elimination.
     """
-    return slice_prompts([image_id], boxes, min_area_px)[0]
+    return plane_prompts([[image_id]], [boxes], min_area_px)[0][0]
 
 
-def slice_prompts(image_ids, boxes: list[dict], min_area_px: int) -> list[tuple | None]:
-    """:func:`prompt_boxes` of each of ``image_ids``, images of one slice (its windows): the
-    eligible boxes sorted and the centres computed once, a target's others once a target."""
-    eligible = sorted((b for b in boxes if b["area_px"] >= min_area_px), key=lambda b: b["label"])
-    if not eligible:
-        return [None] * len(image_ids)
-    centres = [((b["x_min"] + b["x_max"]) / 2.0, (b["y_min"] + b["y_max"]) / 2.0) for b in boxes]
-    prompts, made = [], {}
-    for image_id in image_ids:
-        n = int(keys.rng(0, image_id, "prompt").integers(len(eligible)))
-        if n not in made:
-            target = eligible[n]
-            tx, ty = ((target["x_min"] + target["x_max"]) / 2.0, (target["y_min"] + target["y_max"]) / 2.0)
-            # nearest first, then by label (then in the slice's order, as a stable sort)
-            near = sorted(((cx - tx) ** 2 + (cy - ty) ** 2, b["label"], i)
-                          for i, (b, (cx, cy)) in enumerate(zip(boxes, centres))
-                          if b["label"] != target["label"])
-            made[n] = (target, [boxes[i] for _, _, i in near[:3]])
-        prompts.append(made[n])
-    return prompts
-
-
-def _image_labels(image_ids: list[str], boxes: list[dict], prompt_min_area: int) -> list[tuple]:
-    """``(image_id, prompt)`` of each image of one slice: its visual prompt
-    (:func:`slice_prompts`) when ``prompt_min_area`` (the recipe's ``slices.boxed``), else
-    ``None``."""
-    prompts = slice_prompts(image_ids, boxes, prompt_min_area) if prompt_min_area else [None] * len(image_ids)
-    return list(zip(image_ids, prompts))
+def plane_prompts(image_ids: list[list[str]], boxes: list[list[dict]],
+                  min_area_px: int) -> list[list[tuple | None]]:
+    """:func:`prompt_boxes` of each image of a plane's slices, ``image_ids[s]`` (a slice's
+    windows) over ``boxes[s]``: every target of the plane drawn at once
+    (:func:`keys.rng_integers`: its generators' integers), a slice's eligible boxes sorted
+    and centres computed once, a drawn target's nearest others once a target."""
+    eligible = [sorted((b for b in bs if b["area_px"] >= min_area_px), key=lambda b: b["label"])
+                for bs in boxes]
+    drawing = [(i, len(e)) for ids, e in zip(image_ids, eligible) if e for i in ids]
+    drawn = iter(keys.rng_integers(0, [i for i, _ in drawing], "prompt", [n for _, n in drawing]))
+    out = []
+    for ids, bs, e in zip(image_ids, boxes, eligible):
+        if not e:
+            out.append([None] * len(ids))
+            continue
+        centres = [((b["x_min"] + b["x_max"]) / 2.0, (b["y_min"] + b["y_max"]) / 2.0) for b in bs]
+        prompts, made = [], {}
+        for _ in ids:
+            n = next(drawn)
+            if n not in made:
+                target = e[n]
+                tx, ty = (target["x_min"] + target["x_max"]) / 2.0, (target["y_min"] + target["y_max"]) / 2.0
+                # nearest first, then by label (then in the slice's order, as a stable sort)
+                near = sorted(((cx - tx) ** 2 + (cy - ty) ** 2, b["label"], i)
+                              for i, (b, (cx, cy)) in enumerate(zip(bs, centres))
+                              if b["label"] != target["label"])
+                made[n] = (target, [bs[i] for _, _, i in near[:3]])
+            prompts.append(made[n])
+        out.append(prompts)
+    return out
 
 
 def _image_row(case, split, volume, plane, index, window: Window, pixels, boxes, spacing,
                case_labels, image_id: str, prompt, png: tuple[int, str]) -> dict:
-    """One image row; with a ``prompt`` (:func:`_image_labels`) also its visual prompt:
+    """One image row; with a ``prompt`` (:func:`plane_prompts`) also its visual prompt:
     ``image_boxed`` (the target in red beside its nearest structures in green, blue and
     yellow), ``image_boxed_easy`` (the red box alone), ``prompt_label``; ``png``: the zlib
     level and strategy (:mod:`pipeline.core.imaging`)."""
