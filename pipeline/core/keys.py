@@ -6,6 +6,7 @@ Contract (changing anything here changes every corpus ever built):
   or the machine.  All digests are SHA-256 (``hashlib``) or HMAC-SHA256.
 * :func:`rng` returns a fresh ``numpy.random.Generator`` seeded from
   ``(seed, key, purpose)``; every random choice in radvqa uses its own one.
+  :func:`rng_integers` gives the integers those generators draw, many keys at once.
 * :func:`pseudonym` maps identifying text (a source-relative path, a patient
   id) to a keyed HMAC-SHA256 digest, so the corpus never carries the text.
 * :func:`assign_split` maps a patient key to a split by thresholding a keyed
