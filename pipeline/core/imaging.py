@@ -105,8 +105,9 @@ def _adler32_extend(adler: int, before: int, after: int, size: int) -> int:
     """The Adler-32 of bytes whose Adler-32 is ``adler`` followed by ``size`` bytes that take
     a string's from ``before`` to ``after`` (zlib's adler32_combine when ``before`` is 1,
     the empty string's)."""
-    a1, b1, a0, b0, a2, b2 = adler & 0xFFFF, adler >> 16, before & 0xFFFF, before >> 16, after & 0xFFFF, after >> 16
-    return (b1 - b0 + b2 + size * (a1 - a0)) % 65521 << 16 | (a1 - a0 + a2) % 65521
+    a1, a0, a2 = adler & 0xFFFF, before & 0xFFFF, after & 0xFFFF
+    b = (adler >> 16) - (before >> 16) + (after >> 16) + size * (a1 - a0)
+    return b % 65521 << 16 | (a1 - a0 + a2) % 65521
 
 
 def _stored(raw: np.ndarray) -> bytes:

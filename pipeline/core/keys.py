@@ -228,8 +228,8 @@ def rng_integers(seed: int, keys: Sequence[str], purpose: str, highs: Sequence[i
         r = (u(0xCA01F9DD) * pool[dst] - u(0x4973F715) * _hashmix(pool[src], x, m)) & u(0xFFFFFFFF)
         pool[dst] = r ^ r >> u(16)
     state = _hashmix(np.stack(pool, 1)[:, [0, 1, 2, 3, 0, 1, 2, 3]], *_SS_OUT)
-    out = []
-    for key, high, (s0, s1, s2, s3) in zip(keys, highs, (state[:, 1::2] << u(32) | state[:, 0::2]).tolist()):
+    seeds, out = (state[:, 1::2] << u(32) | state[:, 0::2]).tolist(), []  # PCG64's 4 uint64
+    for key, high, (s0, s1, s2, s3) in zip(keys, highs, seeds):
         if not 1 <= high < 1 << 32:
             out.append(int(rng(seed, key, purpose).integers(high)))
             continue

@@ -196,7 +196,8 @@ def extract_case(
         ids = [[image_key(plane, index, window.name) for window in windows] for index in chosen]
         prompts = (plane_prompts(ids, [boxes[index] for index in chosen], prompt_min_area)
                    if prompt_min_area else [[None] * len(windows) for _ in chosen])
-        labelled = {(index, window.name): label for index, row_ids, row_prompts in zip(chosen, ids, prompts)
+        labelled = {(index, window.name): label
+                    for index, row_ids, row_prompts in zip(chosen, ids, prompts)
                     for window, label in zip(windows, zip(row_ids, row_prompts))}
         # one slice at a time (a sagittal plane of a NIfTI's buffer in groups of a few MB,
         # display_slices): a plane's slices gathered and windowed whole were 15-60 MB of
@@ -262,7 +263,8 @@ def plane_prompts(image_ids: list[list[str]], boxes: list[list[dict]],
             n = next(drawn)
             if n not in made:
                 target = e[n]
-                tx, ty = (target["x_min"] + target["x_max"]) / 2.0, (target["y_min"] + target["y_max"]) / 2.0
+                tx = (target["x_min"] + target["x_max"]) / 2.0
+                ty = (target["y_min"] + target["y_max"]) / 2.0
                 # nearest first, then by label (then in the slice's order, as a stable sort)
                 near = sorted(((cx - tx) ** 2 + (cy - ty) ** 2, b["label"], i)
                               for i, (b, (cx, cy)) in enumerate(zip(bs, centres))
