@@ -39,6 +39,31 @@ def test_rng_depends_on_seed_key_and_purpose_only():
         assert not (a == other.integers(0, 1 << 30, 5)).all()
 
 
+@pytest.mark.parametrize("highs", [
+    [1, 2, 3, 7, 9, 24, 117],  # a slice's eligible boxes: one draw, never rejected in practice
+    [3_000_000_000],  # Lemire's rejection a third of the time: the high half, then the generator
+    [2**31 + 1, 2**32 - 1],  # the threshold's extremes
+    [2**32, 2**40, 0],  # beyond 32 bits (and none): left to the generator, its answer or error
+], ids=["small", "rejections", "edges", "beyond-32-bits"])
+def test_rng_integers_are_the_generators_integers(highs):
+    """keys.rng_integers draws, for many keys at once, what each key's own generator draws:
+    for 6,000 keys and seeds 0 and 7, every value, in every path of numpy's bounded draw."""
+    ks = [f"{'abcdef0123456789abcd'[i % 20:]}/{i}/é" for i in range(6000)]
+    for seed in (0, 7):
+        want = []
+        for i, key in enumerate(ks):
+            try:
+                want.append(int(keys.rng(seed, key, "prompt").integers(highs[i % len(highs)])))
+            except ValueError:
+                want.append(ValueError)
+        if ValueError in want:  # integers(0): the generator's error, as before
+            with pytest.raises(ValueError):
+                keys.rng_integers(seed, ks, "prompt", [highs[i % len(highs)] for i in range(len(ks))])
+            continue
+        assert keys.rng_integers(seed, ks, "prompt", [highs[i % len(highs)] for i in range(len(ks))]) == want
+    assert keys.rng_integers(0, [], "prompt", []) == []
+
+
 @pytest.mark.parametrize("key", ["k", "radvqa-default-pseudonym-key", "x" * 100, "é-clé"])
 def test_pseudonyms_under_a_key_and_kind_are_pseudonyms(key):
     name = keys.pseudonyms_under(key, "image")

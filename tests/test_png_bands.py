@@ -130,13 +130,61 @@ def test_every_level_and_shape_decodes(level):
             assert np.array_equal(rgb(png)[1], draw_prompt(g, target, others))
 
 
-def test_adler32_combine_is_zlibs():
+def test_adler32_extend_is_zlibs_adler32_of_the_whole():
+    """From a prefix's Adler-32, a part's alone (before = 1: zlib's adler32_combine) or the
+    Adler-32s of any string before and after that part: the whole's, at every length."""
     rng = np.random.default_rng(5)
     data = rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes()
-    for cut in (0, 1, 65_520, 65_521, 65_522, 131_042, 199_999, 200_000):
+    other = rng.integers(0, 256, 70_000, dtype=np.uint8).tobytes()
+    cuts = (0, 1, 65_520, 65_521, 65_522, 131_042, 199_999, 200_000)
+    for cut in cuts:
         a, b = data[:cut], data[cut:]
-        assert imaging._adler32_combine(zlib.adler32(a), zlib.adler32(b), len(b)) == zlib.adler32(data)
+        assert imaging._adler32_extend(zlib.adler32(a), 1, zlib.adler32(b), len(b)) == zlib.adler32(data)
+        for end in (cut, min(cut + 65_521, 200_000), 200_000):
+            part = data[cut:end]
+            for before in (b"", other, data[:cut]):  # the part after anything
+                assert imaging._adler32_extend(zlib.adler32(a), zlib.adler32(before),
+                                               zlib.adler32(before + part), len(part)) \
+                    == zlib.adler32(data[:end])
 
+
+def _bands_deflated_apart(png: bytes, edges: list[int]) -> bytes:
+    """The IDAT a PNG of the slice must hold: its own Up-filtered rows (decoded from it),
+    each band deflated by a compressor of its own, zlib's header and their Adler-32."""
+    index = np.asarray(Image.open(BytesIO(png)))
+    raw = imaging._up_rows(index, 0, index.shape[0])
+    out = b"\x78\x01"
+    for a, z in zip(edges, edges[1:]):
+        c = zlib.compressobj(6, zlib.DEFLATED, -15, imaging.MEM_LEVEL, zlib.Z_RLE)
+        out += c.compress(raw[a:z]) + c.flush(zlib.Z_FINISH if z == len(raw) else zlib.Z_FULL_FLUSH)
+    return out + struct.pack(">I", zlib.adler32(raw.tobytes()))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_png_is_its_own_rows_deflated_in_the_slices_bands(seed):
+    """Whatever the prompts' boxes (overlapping, apart, at the edges, a band between two
+    prompts crossed by neither), each PNG's IDAT is its own scanlines deflated band by band
+    and its own Adler-32: the shared bands and the Adler-32s made from the plain image's
+    prefixes are the bytes an encoder of that PNG alone would write."""
+    rng = np.random.default_rng(seed)
+    g = slice_(120, seed)
+
+    def random_box():
+        x0, y0 = int(rng.integers(0, 140)), int(rng.integers(0, 190))
+        return box(x0, y0, int(rng.integers(x0 + 1, 151)), int(rng.integers(y0 + 1, 201)))
+
+    for _ in range(10):
+        target = random_box()
+        prompts = [(target, [random_box() for _ in range(int(rng.integers(0, 4)))]), (target, []),
+                   (random_box(), [random_box()])]
+        plain, pngs = encode_slice_pngs(g, prompts, level=6, strategy="rle")
+        cuts = {0, 200} | {e for t, o in prompts for e in (
+            min(b["y_min"] for b in (t, *o)), max(b["y_max"] for b in (t, *o)) + 1) if e < 200}
+        edges = sorted(cuts)
+        for png, drawn in zip((plain, *pngs), (None, *prompts)):
+            assert idat(png) == _bands_deflated_apart(png, edges)
+            if drawn:
+                assert np.array_equal(rgb(png)[1], draw_prompt(g, *drawn))
 
 
 def test_lowest_unused_levels_are_the_histograms_first_empty_bins():

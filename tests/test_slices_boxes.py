@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.core import slices
+from pipeline.core import keys, slices
 from pipeline.core.boxes import (
     body_midline,
     count_components,
@@ -30,7 +30,7 @@ from pipeline.core.slices import (
     window_indices,
     window_table,
 )
-from pipeline.engine.extract import SliceSettings, extract_case
+from pipeline.engine.extract import SliceSettings, extract_case, plane_prompts, prompt_boxes
 from pipeline.inputs.discovery import CaseSource
 from pipeline.inputs.readers import Volume
 
@@ -370,3 +370,47 @@ def test_a_box_centroid_point_is_display_to_index():
             assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
     with pytest.raises(ValueError):
         _display_point("oblique", 0, 0.0, 0.0, 3)
+
+
+def _prompt_boxes_one_at_a_time(image_id, boxes, min_area_px):
+    """The visual prompt as ``prompt_boxes`` defined it before ``slice_prompts``: each image
+    sorting and measuring the slice's boxes on its own."""
+    eligible = sorted((b for b in boxes if b["area_px"] >= min_area_px), key=lambda b: b["label"])
+    if not eligible:
+        return None
+    target = eligible[int(keys.rng(0, image_id, "prompt").integers(len(eligible)))]
+
+    def centre(b):
+        return ((b["x_min"] + b["x_max"]) / 2.0, (b["y_min"] + b["y_max"]) / 2.0)
+
+    tx, ty = centre(target)
+
+    def nearness(b):
+        cx, cy = centre(b)
+        return (cx - tx) ** 2 + (cy - ty) ** 2, b["label"]
+
+    return target, sorted((b for b in boxes if b["label"] != target["label"]), key=nearness)[:3]
+
+
+def test_a_planes_prompts_are_each_images_prompt_boxes():
+    """plane_prompts (a plane's slices and windows at once) draws and orders as prompt_boxes
+    of each image alone did: the same target, the same neighbours in the same order — ties
+    in distance broken by label, then by the slice's order (boxes at the same place, labels
+    repeated), areas under the threshold never drawn, slices without one left unprompted."""
+    rng = np.random.default_rng(3)
+    for plane in range(30):
+        ids, boxes = [], []
+        for n in range(int(rng.integers(0, 12))):
+            count = int(rng.integers(0, 9))
+            slice_boxes_ = []
+            for _ in range(count):
+                x0, y0 = (int(v) for v in rng.integers(0, 6, 2) * 4)  # few places: equal distances
+                slice_boxes_.append({"label": f"s{int(rng.integers(0, count + 1))}", "x_min": x0,
+                                     "y_min": y0, "x_max": x0 + int(rng.integers(1, 9)),
+                                     "y_max": y0 + int(rng.integers(1, 9)),
+                                     "area_px": int(rng.integers(0, 100))})
+            ids.append([f"plane{plane}/{n}/{w}" for w in ("soft_tissue", "lung", "bone")])
+            boxes.append(slice_boxes_)
+        expected = [[_prompt_boxes_one_at_a_time(i, b, 50) for i in row] for row, b in zip(ids, boxes)]
+        assert plane_prompts(ids, boxes, 50) == expected
+        assert [[prompt_boxes(i, b, 50) for i in row] for row, b in zip(ids, boxes)] == expected

@@ -65,6 +65,8 @@ RLE_RGB_LEVEL = 3
 MEM_LEVEL = 9
 #: zlib's header for a ``Z_RLE`` stream (deflate, 32 KiB window, FLEVEL 0).
 _ZLIB_HEADER = b"\x78\x01"
+#: The flush ending a band: a full flush, or the stream's end after an image's last band.
+_FLUSH = (zlib.Z_FULL_FLUSH, zlib.Z_FINISH)
 _IEND = _chunk(b"IEND", b"")
 #: The grey-ramp palette of a prompt (outline colours written over it), as PLTE bytes.
 _RAMP_BYTES = bytes(np.repeat(np.arange(256, dtype=np.uint8), 3))
@@ -83,17 +85,6 @@ def _up_rows(a: np.ndarray, start: int, stop: int) -> np.ndarray:
     return raw
 
 
-def _rows(a: np.ndarray, up: bool) -> np.ndarray:
-    """PNG scanlines of ``a`` (``[rows, bytes]``): filter byte 0 (None) or 2 (Up) per row,
-    as a C-contiguous ``uint8`` array (deflated as it is: no copy into bytes)."""
-    if up:
-        return _up_rows(a, 0, a.shape[0])
-    raw = np.empty((a.shape[0], 1 + a.shape[1]), dtype=np.uint8)
-    raw[:, 0] = 0
-    raw[:, 1:] = a
-    return raw
-
-
 def _deflate(bands, level: int) -> list[bytes]:
     """Raw deflate of each ``(scanlines, last)`` of ``bands`` (consecutive or not), ``Z_RLE``
     at ``level`` (> 0): each ended by a full flush (byte-aligned; nothing after it refers
@@ -104,22 +95,19 @@ def _deflate(bands, level: int) -> list[bytes]:
             for rows, last in bands]
 
 
-def _band_slices(h: int, cuts=()) -> list[slice]:
-    """The bands of ``h`` rows cut at ``cuts`` (rows; those outside ``1..h-1`` ignored)."""
-    edges = sorted({0, h, *(c for c in cuts if 0 < c < h)})
-    return [slice(a, b) for a, b in zip(edges, edges[1:])]
-
-
 def _zlib_stream(segments: list[bytes], adler: int) -> list[bytes]:
     """The pieces of a zlib stream of the deflate ``segments`` of scanlines whose Adler-32
     is ``adler`` (joined only into the PNG file, one copy)."""
     return [_ZLIB_HEADER, *segments, struct.pack(">I", adler & 0xFFFFFFFF)]
 
 
-def _adler32_combine(first: int, second: int, second_len: int) -> int:
-    """The Adler-32 of two byte strings end to end, from theirs (zlib's adler32_combine)."""
-    a1, b1, a2, b2 = first & 0xFFFF, first >> 16, second & 0xFFFF, second >> 16
-    return ((b1 + b2 + second_len * (a1 - 1)) % 65521) << 16 | (a1 + a2 - 1) % 65521
+def _adler32_extend(adler: int, before: int, after: int, size: int) -> int:
+    """The Adler-32 of bytes whose Adler-32 is ``adler`` followed by ``size`` bytes that take
+    a string's from ``before`` to ``after`` (zlib's adler32_combine when ``before`` is 1,
+    the empty string's)."""
+    a1, a0, a2 = adler & 0xFFFF, before & 0xFFFF, after & 0xFFFF
+    b = (adler >> 16) - (before >> 16) + (after >> 16) + size * (a1 - a0)
+    return b % 65521 << 16 | (a1 - a0 + a2) % 65521
 
 
 def _stored(raw: np.ndarray) -> bytes:
@@ -139,15 +127,25 @@ def _head(w: int, h: int, color_type: int) -> bytes:
 _IDAT_CRC = _rle_lib.crc32(b"IDAT")
 
 
+@functools.lru_cache(maxsize=1024)
+def _palette(size: int, levels: tuple[int, ...]) -> bytes:
+    """The PLTE chunk of a prompt: the grey ramp's first ``size`` levels, ``levels[c]``
+    holding :data:`PROMPT_COLOURS`' colour ``c`` (made once a kind)."""
+    palette = bytearray(_RAMP_BYTES[:3 * size])
+    for c, v in enumerate(levels):
+        palette[3 * v:3 * v + 3] = _COLOUR_BYTES[c]
+    return _chunk(b"PLTE", bytes(palette))
+
+
 def _png_file(w: int, h: int, color_type: int, compressed: bytes | list[bytes],
-              palette: bytes | None = None) -> bytes:
-    """A PNG file of one IDAT chunk holding ``compressed`` (bytes, or pieces to join)."""
+              plte: bytes = b"") -> bytes:
+    """A PNG file: ``plte`` (:func:`_palette`, or none), one IDAT of ``compressed`` (pieces)."""
     pieces = [compressed] if isinstance(compressed, bytes) else compressed
     crc = _IDAT_CRC
     for piece in pieces:
         crc = _rle_lib.crc32(piece, crc)
     return b"".join((
-        _head(w, h, color_type), _chunk(b"PLTE", palette) if palette is not None else b"",
+        _head(w, h, color_type), plte,
         struct.pack(">I4s", sum(map(len, pieces)), b"IDAT"), *pieces,
         struct.pack(">I", crc & 0xFFFFFFFF), _IEND))
 
@@ -157,8 +155,9 @@ def _png(pixels: np.ndarray, color_type: int, level: int, strategy: str) -> byte
     if strategy not in PNG_STRATEGIES:
         raise ValueError(f"PNG strategy must be one of {PNG_STRATEGIES}, got {strategy!r}")
     h, w = pixels.shape[:2]
-    rle = strategy == "rle"
-    data = _rows(pixels.reshape(h, -1), up=rle)
+    rle, rows = strategy == "rle", pixels.reshape(h, -1)
+    # scanlines, filter byte 2 (Up) or 0 (None), as a C-contiguous array: deflated as it is
+    data = _up_rows(rows, 0, h) if rle else np.concatenate((np.zeros((h, 1), np.uint8), rows), 1)
     if not rle:
         compressed = zlib.compress(data, level)
     elif color_type == 2:
@@ -234,21 +233,18 @@ PROMPT_COLOURS = {"red": (255, 0, 0), "green": (0, 200, 0), "blue": (0, 100, 255
 _COLOUR_BYTES = [bytes(c) for c in PROMPT_COLOURS.values()]
 
 
-def _prompt_outlines(target, others) -> list[tuple[dict, int]]:
-    """``(box, index into PROMPT_COLOURS)`` in drawing order: the others, then the target."""
+def _prompt_outlines(target, others) -> list[tuple[tuple[int, int, int, int], int]]:
+    """``((x_min, y_min, x_max, y_max), index into PROMPT_COLOURS)`` of each box in drawing
+    order: the others, then the target."""
     if len(others) > len(PROMPT_COLOURS) - 1:
         raise ValueError(f"draw_prompt: at most {len(PROMPT_COLOURS) - 1} other boxes, got {len(others)}")
-    return [*zip(others, range(1, len(PROMPT_COLOURS))), (target, 0)]
-
-
-def _outline(canvas: np.ndarray, b, value, width: int) -> None:
-    """Draw box ``b``'s outline, ``width`` pixels inside its edge, into ``canvas``."""
-    _outline_box(canvas, (int(b["x_min"]), int(b["y_min"]), int(b["x_max"]), int(b["y_max"])),
-                 value, width)
+    return [((int(b["x_min"]), int(b["y_min"]), int(b["x_max"]), int(b["y_max"])), c)
+            for b, c in [*zip(others, range(1, len(PROMPT_COLOURS))), (target, 0)]]
 
 
 def _outline_box(canvas: np.ndarray, box: tuple[int, int, int, int], value, width: int) -> None:
-    """:func:`_outline` of ``box`` given as ``(x_min, y_min, x_max, y_max)``."""
+    """Draw the outline of ``box`` (``(x_min, y_min, x_max, y_max)``), ``width`` pixels
+    inside its edge, into ``canvas``."""
     x0, y0, x1, y1 = box
     t = max(1, min(width, (x1 - x0) // 2, (y1 - y0) // 2))
     canvas[y0:y0 + t, x0:x1] = value
@@ -272,8 +268,8 @@ def draw_prompt(gray: np.ndarray, target, others=(), width: int = 2) -> np.ndarr
     g = _grey(gray, "draw_prompt")
     rgb = np.repeat(g[:, :, None], 3, axis=2)
     colours = list(PROMPT_COLOURS.values())
-    for b, c in _prompt_outlines(target, others):
-        _outline(rgb, b, colours[c], width)
+    for box, c in _prompt_outlines(target, others):
+        _outline_box(rgb, box, colours[c], width)
     return rgb
 
 
@@ -321,7 +317,7 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
     h, w = g.shape
     if h < 1 or w < 1:
         raise ValueError(f"encode_prompt_png: empty image {g.shape}")
-    outlines = [_prompt_outlines(target, others) for target, others in prompts]
+    drawn = [_prompt_outlines(target, others) for target, others in prompts]
     if strategy != "rle":
         return (encode_png(g, level, strategy),
                 [encode_png(draw_prompt(g, t, o, width), level, strategy) for t, o in prompts])
@@ -329,56 +325,68 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
     raw = _up_rows(g, 0, h)
     # bands cut where each prompt's outlines begin and end (the first row and the row below
     # the last that it changes): fewer blocks than a cut at every box's edges, the same CPU
-    bands = _band_slices(h, [e for drawn in outlines for e in (
-        min(int(b["y_min"]) for b, _ in drawn), max(int(b["y_max"]) for b, _ in drawn) + 1)])
-    if level:
-        segments = _deflate([(raw[b], b.stop == h) for b in bands], level)
-        #: (band, outlines crossing it) -> (deflated, Adler-32, bytes)
-        done = {(k, ()): (seg, _rle_lib.adler32(raw[b]), raw[b].nbytes)
-                for k, (b, seg) in enumerate(zip(bands, segments))}
-        plain = _png_file(w, h, 0, _band_stream(done, list(done)))
+    spans = [(min(box[1] for box, _ in d), max(box[3] for box, _ in d) + 1) for d in drawn]
+    edges = sorted({0, h, *(e for span in spans for e in span if 0 < e < h)})
+    last = len(edges) - 2  # the last band
+    if level:  # prefix[k]: the Adler-32 of the scanlines above band k (and of all, at the end)
+        c = _rle_lib.compressobj(level, zlib.DEFLATED, -15, MEM_LEVEL, zlib.Z_RLE)
+        segments, prefix = [], [1]
+        for k in range(last + 1):
+            rows = raw[edges[k]:edges[k + 1]]
+            segments.append(c.compress(rows) + c.flush(_FLUSH[k == last]))
+            prefix.append(_rle_lib.adler32(rows, prefix[-1]))
+        plain = _png_file(w, h, 0, _zlib_stream(segments, prefix[-1]))
     else:
         plain = _png_file(w, h, 0, _stored(raw))
     if not prompts:
         return plain, []
-    top = int(g.max())
-    free = None
-    edges = [(b.start, b.stop) for b in bands]
-    out = []
-    for (target, others), drawn in zip(prompts, outlines):
-        used = sorted({c for _, c in drawn})
-        if top + len(used) <= 255:  # outline colours above the slice's highest level
-            slot = {c: top + 1 + n for n, c in enumerate(used)}
+    top, free = int(g.max()), None
+    done, out = {}, []  # a prompt band: (band, outlines crossing) -> (deflated, 1, Adler-32, bytes)
+    for (target, others), boxes, (y_lo, y_hi) in zip(prompts, drawn, spans):
+        k = len(boxes)  # its colours: 0 .. k - 1 (_prompt_outlines)
+        if top + k <= 255:  # outline colours above the slice's highest level
+            levels = tuple(range(top + 1, top + 1 + k))
         else:  # else at its lowest unused levels, if it leaves enough
             if free is None:  # (all below the slice's lowest level, when there are enough)
                 low = int(g.min())
                 free = (np.arange(low) if low >= len(PROMPT_COLOURS)
                         else _lowest_unused(g, len(PROMPT_COLOURS)))
-            slot = {c: int(free[n]) for n, c in enumerate(used)} if len(used) <= len(free) else None
-        boxes = [(int(b["x_min"]), int(b["y_min"]), int(b["x_max"]), int(b["y_max"])) for b, _ in drawn]
-        if slot is None or not all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h for x0, y0, x1, y1 in boxes):
+            levels = tuple(int(v) for v in free[:k]) if k <= len(free) else None
+        if levels is None or not all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+                                     for (x0, y0, x1, y1), _ in boxes):
             out.append(encode_png(draw_prompt(g, target, others, width), level, strategy))
             continue
-        palette = bytearray(_RAMP_BYTES[:3 * (max(top, *slot.values()) + 1)])
-        for c, v in slot.items():
-            palette[3 * v:3 * v + 3] = _COLOUR_BYTES[c]
-        palette = bytes(palette)
-        outlined = [(box, slot[c]) for box, (_, c) in zip(boxes, drawn)]
+        palette = _palette(max(top, *levels) + 1, levels)
+        outlined = [(box, levels[c]) for box, c in boxes]
         if not level:
             out.append(_png_file(w, h, 3, _stored(_up_rows(_outlined(g, outlined, width, 0, h),
                                                            0, h)), palette))
             continue
-        # per band: the outlines that change its Up-filtered rows (a box's rows y0..y1)
-        keys = [(k, tuple(o for o in outlined if o[0][1] < stop and o[0][3] >= start))
-                for k, (start, stop) in enumerate(edges)]
-        new = [key for key in keys if key not in done]
+        # its bands: those its outlines span (the rest are the plain image's), each keyed by
+        # the outlines that change its Up-filtered rows (a box's rows y0..y1)
+        k0, k1 = edges.index(y_lo), edges.index(min(y_hi, h))
+        keys = [(k, tuple([o for o in outlined if o[0][1] < edges[k + 1] and o[0][3] >= edges[k]]))
+                for k in range(k0, k1)]
+        new = [key for key in keys if key[1] and key not in done]
         if new:  # their scanlines filtered at once, from the rows they span (keys: in order)
-            lo, hi = edges[new[0][0]][0], edges[new[-1][0]][1]
+            lo, hi = edges[new[0][0]], edges[new[-1][0] + 1]
             rows = _up_rows(_outlined(g, outlined, width, lo, hi), lo, hi)
-            new = [(key, rows[edges[key[0]][0] - lo:edges[key[0]][1] - lo]) for key in new]
-        for (key, r), seg in zip(new, _deflate([(r, edges[k][1] == h) for (k, _), r in new], level)):
-            done[key] = (seg, _rle_lib.adler32(r), r.nbytes)
-        out.append(_png_file(w, h, 3, _band_stream(done, keys), palette))
+            c = _rle_lib.compressobj(level, zlib.DEFLATED, -15, MEM_LEVEL, zlib.Z_RLE)
+            for key in new:
+                band = rows[edges[key[0]] - lo:edges[key[0] + 1] - lo]
+                done[key] = (c.compress(band) + c.flush(_FLUSH[key[0] == last]), 1,
+                             _rle_lib.adler32(band), band.nbytes)
+        # its Adler-32: the plain scanlines' above band k0, then its bands', then the plain
+        # scanlines' from band k1 on (from the plain prefixes: no byte summed again)
+        adler, bands = prefix[k0], []
+        for k, crossing in keys:  # (a band crossed by none of them: the plain image's)
+            seg, before, after, size = done[k, crossing] if crossing else (
+                segments[k], prefix[k], prefix[k + 1], (edges[k + 1] - edges[k]) * (w + 1))
+            adler = _adler32_extend(adler, before, after, size)
+            bands.append(seg)
+        adler = _adler32_extend(adler, prefix[k1], prefix[-1], (h - edges[k1]) * (w + 1))
+        out.append(_png_file(w, h, 3, _zlib_stream([*segments[:k0], *bands, *segments[k1:]], adler),
+                             palette))
     return plain, out
 
 
@@ -390,11 +398,3 @@ def _outlined(g: np.ndarray, outlined, width: int, start: int, stop: int) -> np.
     for box, value in outlined:
         _outline_box(index, box, value, width)
     return index
-
-
-def _band_stream(done, keys) -> list[bytes]:
-    """:func:`_zlib_stream` of the bands ``keys``, ``(deflated, Adler-32, bytes)`` in ``done``."""
-    adler = 1
-    for key in keys:
-        adler = _adler32_combine(adler, done[key][1], done[key][2])
-    return _zlib_stream([done[key][0] for key in keys], adler)

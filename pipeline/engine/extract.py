@@ -190,14 +190,15 @@ def extract_case(
         )
         dx, dy = display_spacing(geometry.spacing, plane)
         boxes = plane_boxes(masks, plane, chosen, geometry, midline)
-        # every image's id and visual prompt first, in one loop: drawn between the slices'
-        # deflates, which leave the caches cold, they took 5-6 ms more CPU a 1.5 mm case
-        # (measured)
-        labelled = {
-            (index, window.name): _image_label(image_key(plane, index, window.name),
-                                               boxes[index], prompt_min_area)
-            for index in chosen for window in windows
-        }
+        # every image's id and visual prompt first, the plane's at once: drawn between the
+        # slices' deflates, which leave the caches cold, they took 5-6 ms more CPU a 1.5 mm
+        # case (measured)
+        ids = [[image_key(plane, index, window.name) for window in windows] for index in chosen]
+        prompts = (plane_prompts(ids, [boxes[index] for index in chosen], prompt_min_area)
+                   if prompt_min_area else [[None] * len(windows) for _ in chosen])
+        labelled = {(index, window.name): label
+                    for index, row_ids, row_prompts in zip(chosen, ids, prompts)
+                    for window, label in zip(windows, zip(row_ids, row_prompts))}
         # one slice at a time (a sagittal plane of a NIfTI's buffer in groups of a few MB,
         # display_slices): a plane's slices gathered and windowed whole were 15-60 MB of
         # fresh memory a plane at 0.8 mm, whose page faults took 0.1-0.3 s of kernel time a
@@ -238,33 +239,45 @@ def prompt_boxes(image_id: str, boxes: list[dict], min_area_px: int) -> tuple[di
     structures whose box centres lie nearest the target's — the structures a reader could
     confuse with it, so the other outlines never point at the answer by elimination.
     """
-    eligible = sorted((b for b in boxes if b["area_px"] >= min_area_px), key=lambda b: b["label"])
-    if not eligible:
-        return None
-    target = eligible[int(keys.rng(0, image_id, "prompt").integers(len(eligible)))]
-
-    def centre(b):
-        return ((b["x_min"] + b["x_max"]) / 2.0, (b["y_min"] + b["y_max"]) / 2.0)
-
-    tx, ty = centre(target)
-
-    def nearness(b):
-        cx, cy = centre(b)
-        return (cx - tx) ** 2 + (cy - ty) ** 2, b["label"]
-
-    others = sorted((b for b in boxes if b["label"] != target["label"]), key=nearness)
-    return target, others[:3]
+    return plane_prompts([[image_id]], [boxes], min_area_px)[0][0]
 
 
-def _image_label(image_id: str, boxes: list[dict], prompt_min_area: int) -> tuple[str, tuple | None]:
-    """``(image_id, prompt)``: the image's visual prompt (:func:`prompt_boxes`) when
-    ``prompt_min_area`` (the recipe's ``slices.boxed``), else ``None``."""
-    return image_id, prompt_boxes(image_id, boxes, prompt_min_area) if prompt_min_area else None
+def plane_prompts(image_ids: list[list[str]], boxes: list[list[dict]],
+                  min_area_px: int) -> list[list[tuple | None]]:
+    """:func:`prompt_boxes` of each image of a plane's slices, ``image_ids[s]`` (a slice's
+    windows) over ``boxes[s]``: every target of the plane drawn at once
+    (:func:`keys.rng_integers`: its generators' integers), a slice's eligible boxes sorted
+    and centres computed once, a drawn target's nearest others once a target."""
+    eligible = [sorted((b for b in bs if b["area_px"] >= min_area_px), key=lambda b: b["label"])
+                for bs in boxes]
+    drawing = [(i, len(e)) for ids, e in zip(image_ids, eligible) if e for i in ids]
+    drawn = iter(keys.rng_integers(0, [i for i, _ in drawing], "prompt", [n for _, n in drawing]))
+    out = []
+    for ids, bs, e in zip(image_ids, boxes, eligible):
+        if not e:
+            out.append([None] * len(ids))
+            continue
+        centres = [((b["x_min"] + b["x_max"]) / 2.0, (b["y_min"] + b["y_max"]) / 2.0) for b in bs]
+        prompts, made = [], {}
+        for _ in ids:
+            n = next(drawn)
+            if n not in made:
+                target = e[n]
+                tx = (target["x_min"] + target["x_max"]) / 2.0
+                ty = (target["y_min"] + target["y_max"]) / 2.0
+                # nearest first, then by label (then in the slice's order, as a stable sort)
+                near = sorted(((cx - tx) ** 2 + (cy - ty) ** 2, b["label"], i)
+                              for i, (b, (cx, cy)) in enumerate(zip(bs, centres))
+                              if b["label"] != target["label"])
+                made[n] = (target, [bs[i] for _, _, i in near[:3]])
+            prompts.append(made[n])
+        out.append(prompts)
+    return out
 
 
 def _image_row(case, split, volume, plane, index, window: Window, pixels, boxes, spacing,
                case_labels, image_id: str, prompt, png: tuple[int, str]) -> dict:
-    """One image row; with a ``prompt`` (:func:`_image_label`) also its visual prompt:
+    """One image row; with a ``prompt`` (:func:`plane_prompts`) also its visual prompt:
     ``image_boxed`` (the target in red beside its nearest structures in green, blue and
     yellow), ``image_boxed_easy`` (the red box alone), ``prompt_label``; ``png``: the zlib
     level and strategy (:mod:`pipeline.core.imaging`)."""
