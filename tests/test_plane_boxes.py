@@ -9,14 +9,13 @@ import pytest
 
 from pipeline.core.boxes import (
     _index_points_to_lps,
-    count_components,
     lateralities,
     laterality,
     plane_boxes,
     rounded,
     slice_boxes,
-    slice_components,
 )
+from pipeline.core.components import count_components, slice_components
 from pipeline.core.geometry import Geometry
 from pipeline.core.masks import Mask
 from pipeline.core.slices import PLANES
