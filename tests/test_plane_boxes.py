@@ -127,7 +127,7 @@ def test_slice_components_edges(shape):
 def test_rounded_is_pythons_round():
     rng = np.random.default_rng(5)
     values = [0.0, -0.0, 0.5, -0.5, 0.00005, -0.00005, 0.00004999, 1.23445, 2.5e-5, -2.5e-5,
-              1e15, -1e15, 1e300, 5e-324, math.inf, -math.inf, math.nan, 123.45675]
+              1e15, -1e15, 1e300, 1.7e308, 5e-324, math.inf, -math.inf, math.nan, 123.45675]
     values += [k / 1e4 + 5e-5 for k in range(-3000, 3000)]  # near ties, every one
     values += [k / 2 ** 14 for k in range(-3000, 3000)]  # exact binary ties and neighbours
     values += (rng.normal(size=20000) * 10.0 ** rng.integers(-6, 6, size=20000)).tolist()
@@ -139,7 +139,12 @@ def test_rounded_is_pythons_round():
         want = round(v, 4)
         assert type(g) is float
         assert g.hex() == want.hex() or (math.isnan(g) and math.isnan(want)), (v, g, want)
-    assert [r.hex() for r in rounded(array, 2)] == [round(v, 2).hex() for v in values]
+    finite = array[np.isfinite(array)]
+    for digits in (0, 2, 7):
+        assert [r.hex() for r in rounded(finite, digits)] == [round(v, digits).hex()
+                                                              for v in finite.tolist()]
+    with pytest.raises(ValueError, match="digits must be 0 to 22"):
+        rounded(array, -1)
 
 
 def test_lateralities_are_laterality():

@@ -145,12 +145,15 @@ def rounded(values: np.ndarray, digits: int = 4) -> list[float]:
     product's own rounding error cannot carry it across a half-integer (its distance to the
     nearest one exceeds twice that error's bound), the division of an exact integer by an
     exact power of ten being correctly rounded.  The few values too near a half-integer
-    (ties included), too large, or not finite take Python's ``round`` (``tests/test_plane_boxes.py``)."""
+    (ties included), too large, or not finite take Python's ``round``; ``digits`` from 0 to 22,
+    whose powers of ten float64 holds exactly (``tests/test_plane_boxes.py``)."""
+    if not 0 <= digits <= 22:
+        raise ValueError(f"rounded: digits must be 0 to 22 (exact powers of ten), got {digits}")
     scale = 10.0 ** digits
-    scaled = values * scale
-    whole = np.rint(scaled)
-    magnitude = np.abs(scaled)
-    with np.errstate(invalid="ignore"):  # (infinities: not sure)
+    with np.errstate(over="ignore", invalid="ignore"):  # (infinities: not sure)
+        scaled = values * scale
+        whole = np.rint(scaled)
+        magnitude = np.abs(scaled)
         sure = (0.5 - np.abs(scaled - whole) > magnitude * 2.0 ** -52) & (magnitude < 2.0 ** 52)
     out = (whole / scale).tolist()
     if not sure.all():
