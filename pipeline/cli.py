@@ -24,8 +24,9 @@ _NOT_EXPORT = ("build", "regenerate", "sample", "lint", "report")
 #: user set it: numpy's OpenBLAS starts a thread per core at import, and they spin while idle —
 #: `import numpy` took 0.20 s of CPU against 0.085 s with one thread (measured on a 2-core
 #: VM), 0.13 s of a 0.6 s text-only regenerate of the sample.  Nothing here gives BLAS more
-#: than a few columns (3x3 geometry; pipeline.qa.logistic avoids BLAS by design), so no
-#: work is lost, and no result changes (same bytes, tested by the sample builds).
+#: than a few hundred columns (3x3 geometry; core.boxes' pixel counts of a slice's rows and
+#: columns, exact in any order; pipeline.qa.logistic avoids BLAS by design), so no work is
+#: lost, and no result changes (same bytes, tested by the sample builds).
 BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "1")
 
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import cc3d
 import numpy as np
 
+from pipeline.core.components import count_components, slice_components
 from pipeline.core.geometry import Geometry
 from pipeline.core.masks import Mask, as_mask
 from pipeline.core.slices import PLANE_AXIS, display_crop, display_spacing, display_to_index
@@ -50,22 +50,6 @@ def mask_box(mask: np.ndarray) -> tuple[int, ...] | None:
     if mask.ndim == 2:
         return lo[1], lo[0], hi[1], hi[0]
     return tuple(lo + hi)
-
-
-def count_components(mask: np.ndarray, *, fully_connected: bool = True) -> int:
-    """Number of connected components (8-/26-connectivity by default; 4-/6- without
-    ``fully_connected``), by connected-components-3d (``cc3d``): at the 1.5 mm release
-    geometry about 570 slice crops and 22 whole structures a case, 0.04 s in all against
-    SimpleITK's filter (3D) and scipy's ``ndimage.label`` (2D) 0.05 s, at 0.8 mm 0.06
-    against 0.13 s (measured; the same counts, ``tests/test_nifti_plain.py``)."""
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim not in (2, 3):
-        raise ValueError(f"count_components: expected a 2D or 3D mask, got shape {mask.shape}")
-    if mask.ndim == 2:  # (an empty mask: cc3d counts 0)
-        connectivity = 8 if fully_connected else 4
-    else:
-        connectivity = 26 if fully_connected else 6
-    return int(cc3d.connected_components(mask, connectivity=connectivity, return_N=True)[1])
 
 
 def body_mask(volume: np.ndarray, modality: str) -> np.ndarray:
@@ -135,6 +119,56 @@ def laterality(
     if min(left_part, right_part) >= width / 4.0:
         return "midline"
     return "left" if centroid_i > midline_i else "right"
+
+
+def lateralities(
+    i_min: np.ndarray, i_max: np.ndarray, centroid_i: np.ndarray, midline_i: np.ndarray,
+    spacing_i: float, *, margin_mm: float = MIDLINE_MARGIN_MM,
+) -> list[str]:
+    """:func:`laterality` of each element of float64 arrays: its very operations, element by
+    element, so the very sides (``tests/test_plane_boxes.py``)."""
+    near = np.abs(centroid_i - midline_i) * spacing_i < margin_mm
+    width = np.maximum(i_max - i_min, 1.0)
+    right_part = midline_i - (i_min - 0.5)
+    left_part = (i_max - 0.5) - midline_i
+    spans = np.minimum(left_part, right_part) >= width / 4.0
+    sides = np.where(centroid_i > midline_i, "left", "right").astype(object)
+    sides[near | spans] = "midline"
+    return sides.tolist()
+
+
+def rounded(values: np.ndarray, digits: int = 4) -> list[float]:
+    """``[round(v, digits) for v in values]`` of a float64 array: the very floats, bit for bit.
+
+    Python rounds the exact binary value half to even and returns the float nearest that
+    decimal; ``rint(v * 10**digits) / 10**digits`` gives that same float whenever the
+    product's own rounding error cannot carry it across a half-integer (its distance to the
+    nearest one exceeds twice that error's bound), the division of an exact integer by an
+    exact power of ten being correctly rounded.  The few values too near a half-integer
+    (ties included), too large, or not finite take Python's ``round``; ``digits`` from 0 to 22,
+    whose powers of ten float64 holds exactly (``tests/test_plane_boxes.py``)."""
+    if not 0 <= digits <= 22:
+        raise ValueError(f"rounded: digits must be 0 to 22 (exact powers of ten), got {digits}")
+    scale = 10.0 ** digits
+    with np.errstate(over="ignore", invalid="ignore"):  # (infinities: not sure)
+        scaled = values * scale
+        whole = np.rint(scaled)
+        magnitude = np.abs(scaled)
+        sure = (0.5 - np.abs(scaled - whole) > magnitude * 2.0 ** -52) & (magnitude < 2.0 ** 52)
+    out = (whole / scale).tolist()
+    if not sure.all():
+        for i in np.flatnonzero(~sure).tolist():
+            out[i] = round(float(values[i]), digits)
+    return out
+
+
+def _index_points_to_lps(geometry: Geometry, ijk: np.ndarray) -> np.ndarray:
+    """:meth:`Geometry.index_to_lps` of each row of ``ijk`` (``[n, 3]``) as of that one point:
+    a vector-matrix product per point (numpy's matmul takes each of a stack of ``[1, 3]``
+    rows by the single-vector route), not one matrix product over the ``n`` points, whose
+    BLAS kernel may sum the terms otherwise (``tests/test_plane_boxes.py``)."""
+    scaled = (ijk * np.asarray(geometry.spacing))[:, None, :]
+    return np.asarray(geometry.origin) + (scaled @ geometry.matrix.T)[:, 0, :]
 
 
 def slice_boxes(
@@ -208,17 +242,19 @@ def plane_boxes(
     midline: np.ndarray,
 ) -> dict[int, list[dict]]:
     """:func:`slice_boxes` of every slice of ``indices`` of ``plane``, keyed by index: the
-    very same boxes (``tests/test_plane_boxes.py``), from one gather and two axis sums per
-    structure over all its chosen slices instead of a crop, two sums and their scans per
-    slice (at the 1.5 mm release geometry about 570 boxes a case over 72 slices)."""
+    very same boxes (``tests/test_plane_boxes.py``), from one gather, two axis sums and one
+    component count (:func:`slice_components`) per structure over all its chosen slices,
+    then the centroids, sides and positions of all the plane's boxes at once, instead of a
+    crop, two sums, their scans and a count per slice (at the 1.5 mm release geometry about
+    570 boxes a case over 72 slices)."""
     dx, dy = display_spacing(geometry.spacing, plane)
-    si, nk = geometry.spacing[0], geometry.shape[2]
+    nk = geometry.shape[2]
     axis = PLANE_AXIS[plane]
     wanted = np.asarray(sorted({int(i) for i in indices}), dtype=np.int64)
     out: dict[int, list[dict]] = {int(i): [] for i in wanted.tolist()}
-    # Geometry.index_to_lps's very operations, its arrays made once
-    origin, scale, to_lps = (np.asarray(geometry.origin), np.asarray(geometry.spacing),
-                             geometry.matrix.T)
+    others = [a for a in range(3) if a != axis]
+    order = (axis, *others)
+    present, parts, starts = [], [], []  # the structures with slices here, their columns
     for label in sorted(masks):
         mask = as_mask(masks[label])
         if not mask.any():
@@ -229,53 +265,74 @@ def plane_boxes(
             continue
         # [slice, x, y] in crop axes: x is the first of the other two axes, y the second
         # (display rows run from superior down on coronal and sagittal slices: reversed)
-        stack = np.ascontiguousarray(np.moveaxis(np.take(mask.crop, sel - o, axis=axis), axis, 0))
-        ones = stack.view(np.uint8)  # bool bytes are 0 and 1: sums are counts
-        per_x = ones.sum(axis=2, dtype=np.int64)  # [slice, x]
-        per_y = ones.sum(axis=1, dtype=np.int64)  # [slice, y]
-        others = [a for a in range(3) if a != axis]
+        stack = np.ascontiguousarray(np.take(mask.crop, sel - o, axis=axis).transpose(order))
+        # pixel counts per column and per row as float32 matrix-vector products (exact below
+        # 2**24): 0.7 ms a case against numpy's integer axis sums' 2.2 ms (measured)
+        ones = stack.astype(np.float32)
+        per_x = (ones @ np.ones(ones.shape[2], dtype=np.float32)).astype(np.int64)  # [slice, x]
+        per_y = (np.ones(ones.shape[1], dtype=np.float32) @ ones).astype(np.int64)  # [slice, y]
         x0 = mask.offset[others[0]]
         if plane == "axial":
             y0 = mask.offset[others[1]]
         else:
             per_y = per_y[:, ::-1]
             y0 = mask.shape[2] - (mask.offset[2] + mask.crop.shape[2])
-        area = per_x.sum(axis=1)
-        sum_x = per_x @ np.arange(per_x.shape[1], dtype=np.int64)  # integers: exact
-        sum_y = per_y @ np.arange(per_y.shape[1], dtype=np.int64)
         has_x, has_y = per_x > 0, per_y > 0
-        lo_x, lo_y = has_x.argmax(axis=1), has_y.argmax(axis=1)
-        hi_x = per_x.shape[1] - has_x[:, ::-1].argmax(axis=1)
-        hi_y = per_y.shape[1] - has_y[:, ::-1].argmax(axis=1)
-        for s, (index, a, sx, sy, xa, xb, ya, yb) in enumerate(zip(
-                sel.tolist(), area.tolist(), sum_x.tolist(), sum_y.tolist(), lo_x.tolist(),
-                hi_x.tolist(), lo_y.tolist(), hi_y.tolist())):
-            if a == 0:
-                continue
-            x_min, x_max, y_min, y_max = xa + x0, xb + x0, ya + y0, yb + y0
-            cx = float(sx + x0 * a) / a
-            cy = float(sy + y0 * a) / a
-            ijk = _display_point(plane, index, cx, cy, nk)
-            k_level = min(max(round(float(ijk[2])), 0), nk - 1)
-            if plane == "sagittal":
-                i_lo, i_hi = float(index), float(index + 1)
-            else:
-                i_lo, i_hi = float(x_min), float(x_max)
-            out[index].append({
-                "label": label,
-                "x_min": x_min,
-                "y_min": y_min,
-                "x_max": x_max,
-                "y_max": y_max,
-                "area_px": a,
-                "area_mm2": round(a * dx * dy, 4),
-                # a slice's components: transposed and flipped, the same count
-                "components": count_components(stack[s]),
-                "centroid_x": round(cx, 4),
-                "centroid_y": round(cy, 4),
-                "centroid_lps": [round(v, 4) for v in (origin + (ijk * scale) @ to_lps).tolist()],
-                "laterality": laterality(i_lo, i_hi, float(ijk[0]), float(midline[k_level]), si),
-            })
+        # a slice's components: transposed and flipped, the same count
+        parts.append((
+            sel, per_x.sum(axis=1),
+            per_x @ np.arange(per_x.shape[1], dtype=np.int64),  # integers: exact
+            per_y @ np.arange(per_y.shape[1], dtype=np.int64),
+            has_x.argmax(axis=1) + x0, per_x.shape[1] - has_x[:, ::-1].argmax(axis=1) + x0,
+            has_y.argmax(axis=1) + y0, per_y.shape[1] - has_y[:, ::-1].argmax(axis=1) + y0,
+            slice_components(stack),
+        ))
+        present.append(label)
+        starts.append((sel.size, x0, y0))
+    if not parts:
+        return out
+    keep = np.concatenate([p[1] for p in parts]) > 0  # (a plane of the crop may be empty)
+    index, a, sx, sy, x_min, x_max, y_min, y_max, components = (
+        np.concatenate(column)[keep] for column in zip(*parts))
+    counts, x0, y0 = np.array(starts, dtype=np.int64).T
+    x0, y0, which = (np.repeat(v, counts)[keep] for v in (x0, y0, np.arange(len(present))))
+    # the per-slice reference's float64 operations, element by element
+    cx = (sx + x0 * a) / a
+    cy = (sy + y0 * a) / a
+    at = index.astype(np.float64)
+    if plane == "axial":  # (_display_point's points; an unknown plane raised above)
+        ijk = np.stack([cx, cy, at], axis=1)
+    elif plane == "coronal":
+        ijk = np.stack([cx, at, nk - 1 - cy], axis=1)
+    else:
+        ijk = np.stack([at, cx, nk - 1 - cy], axis=1)
+    k_level = np.clip(np.rint(ijk[:, 2]), 0, nk - 1).astype(np.int64)
+    if plane == "sagittal":
+        i_lo, i_hi = at, at + 1.0
+    else:
+        i_lo, i_hi = x_min.astype(np.float64), x_max.astype(np.float64)
+    sides = lateralities(i_lo, i_hi, ijk[:, 0], np.asarray(midline, dtype=np.float64)[k_level],
+                         geometry.spacing[0])
+    lps = _index_points_to_lps(geometry, ijk).T
+    for (at, area, xa, ya, xb, yb, mm2, count, px, py, lx, ly, lz, side, w) in zip(
+            index.tolist(), a.tolist(), x_min.tolist(), y_min.tolist(), x_max.tolist(),
+            y_max.tolist(), rounded(a * dx * dy), components.tolist(), rounded(cx),
+            rounded(cy), rounded(lps[0]), rounded(lps[1]), rounded(lps[2]), sides,
+            which.tolist()):
+        out[at].append({
+            "label": present[w],
+            "x_min": xa,
+            "y_min": ya,
+            "x_max": xb,
+            "y_max": yb,
+            "area_px": area,
+            "area_mm2": mm2,
+            "components": count,
+            "centroid_x": px,
+            "centroid_y": py,
+            "centroid_lps": [lx, ly, lz],
+            "laterality": side,
+        })
     return out
 
 
