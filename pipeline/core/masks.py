@@ -39,16 +39,21 @@ def _nonzero_along(array: np.ndarray, axis) -> np.ndarray:
     return (array != 0).any(axis=axis)
 
 
-def nonzero_extent(array: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+def nonzero_extent(array: np.ndarray, plane: np.ndarray | None = None
+                   ) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
     """``(lo, hi)``: the box ``[lo, hi)`` of the non-zero elements of a 3D array, or ``None``.
 
     One reduction over axis 0 (the outermost axis of a C-contiguous array, so contiguous
     rows are combined) gives the extents along axes 1 and 2, then one over that band gives
-    axis 0's.
+    axis 0's.  ``plane``: that first reduction, ``(array != 0).any(axis=0)``, when the
+    caller has it already.
     """
     if array.ndim != 3 or array.size == 0:
         raise ValueError(f"nonzero_extent: expected a non-empty 3D array, got shape {array.shape}")
-    plane = _nonzero_along(array, 0)
+    if plane is None:
+        plane = _nonzero_along(array, 0)
+    elif plane.shape != array.shape[1:]:
+        raise ValueError(f"nonzero_extent: plane {plane.shape} for an array {array.shape}")
     rows = np.flatnonzero(plane.any(axis=1))
     if rows.size == 0:
         return None

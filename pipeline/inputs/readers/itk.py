@@ -262,11 +262,32 @@ def _cropped(array, lo, hi, source_axis, flipped, value=None, *, shape=None, k0=
     is the whole grid, or its source slices from ``k0`` on of a grid of canonical ``shape``."""
     box = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]  # compared in the buffer's order, then
     test = np.not_equal(box, 0) if value is None else np.equal(box, value)  # reordered: 15
-    crop = np.ascontiguousarray(canonical_view(test, source_axis, flipped))  # not 34 ms (liver, 0.8 mm)
+    if source_axis[2] == 2:  # not 34 ms (liver, 0.8 mm)
+        test = _k_fastest(test)
+    crop = np.ascontiguousarray(canonical_view(test, source_axis, flipped))
     shape = tuple(int(n) for n in shape or [array.shape[source_axis[a]] for a in range(3)])
     whole = [shape[list(source_axis).index(s)] for s in range(3)]  # the source grid's shape
     lo, hi = (*lo[:2], lo[2] + k0), (*hi[:2], hi[2] + k0)
     return Mask(shape, canonical_offset(lo, hi, whole, source_axis, flipped), crop)
+
+
+def _k_fastest(test: np.ndarray) -> np.ndarray:
+    """``test`` (``[i, j, k]``) with the same values laid out k fastest in memory, when it is
+    laid out i fastest (``F`` order: a NIfTI's and ITK's buffer order, kept by the comparison
+    in :func:`_cropped`); else ``test`` itself.
+
+    A crop's canonical ``[i, j, k]`` is C-contiguous (k fastest): copied from i-fastest
+    memory in one go, its innermost loop reads one byte per ``i x j`` plane and finds those
+    planes' cache lines evicted before it comes back for the next ``i`` (3.8 ms of a 1.5 mm
+    case's 22 non-empty masks, measured).  Here the ``[k, (j, i)]`` rows are transposed as
+    one 2D array, whose consecutive rows reuse the same ``k`` lines, then the ``i`` and ``j``
+    axes swapped as whole k-rows: 2.7 ms for the same crops.
+    """
+    if not test.flags.f_contiguous:
+        return test
+    ni, nj, nk = test.shape
+    rows = np.ascontiguousarray(test.T.reshape(nk, nj * ni).T)  # [(j, i), k]
+    return rows.reshape(nj, ni, nk).transpose(1, 0, 2)
 
 
 def _not_binary(array: np.ndarray, rel: str, zeros_beside: bool = False) -> CaseError:
@@ -297,13 +318,17 @@ def read_mask(path: str, rel: str, image: Geometry, notes: dict | None = None
             f"values: found {bad} NaN/inf values, expected {{0, 1}} (or {{0, 255}})",
             rel,
         )
-    # the buffer is [k, j, i] in memory: its extent is found there, then read as [i, j, k]
-    found = None if array is None else nonzero_extent(np.transpose(array, (2, 1, 0)))
+    # the buffer is [k, j, i] in memory: its extent is found there, then read as [i, j, k];
+    # unsigned voxels' largest values along k give the extent's (j, i) plane and the mask's
+    # largest value ({0, 1} masks: no other scan of their values)
+    kji = None if array is None else np.transpose(array, (2, 1, 0))
+    peaks = kji.max(axis=0) if kji is not None and kji.dtype.kind in "ub" else None
+    found = None if kji is None else nonzero_extent(kji, None if peaks is None else peaks != 0)
     if found is None:
         return Mask(tuple(int(n) for n in image.shape)), sha
     lo, hi = found[0][::-1], found[1][::-1]
     box = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    values = None if box.dtype.kind in "ub" and box.max() == 1 else box[box != 0]  # {0, 1}: a max
+    values = None if peaks is not None and peaks.max() == 1 else box[box != 0]  # {0, 1}
     if values is not None and not (values[0] in (1, 255) and np.all(values == values[0])):
         raise _not_binary(array, rel, array.size < np.prod(image.shape))
     return _cropped(array, lo, hi, source_axis, flipped, shape=image.shape, k0=k0), sha
