@@ -226,15 +226,19 @@ def read_volume(path: str, rel: str, modality: str, *, max_voxels: int | None = 
 def _on_image_grid(path: str, rel: str, image: Geometry, *, skip_zero: bool = False,
                    notes: dict | None = None):
     """Read a mask or label map whose grid is ``image``'s: ``(array, source_axis, flipped,
-    non-finite count, sha256, k0)``, the array ``[i, j, k]`` in the file's own orientation and
-    sharing the reader's buffer (nothing is reoriented or copied here), from slice ``k0`` on.
+    non-finite count, sha256, k0, peaks)``, the array ``[i, j, k]`` in the file's own
+    orientation and sharing the reader's buffer (nothing is reoriented or copied here), from
+    slice ``k0`` on.
 
     A plain gzipped NIfTI is read by :func:`~pipeline.inputs.readers.nifti_raw.read_plain`
     (``skip_zero``: the slices holding its voxels, until the next such read on this thread;
-    ``None`` if all zero), any other file by SimpleITK (whole, ``k0`` 0).  A grid read on an
-    orthonormalised sform is noted in ``notes["nifti_sform_orthonormalised"]``."""
-    plain = read_plain(path, rel, skip_zero=skip_zero, drift=True)
+    ``None`` if all zero; and, for ``uint8`` voxels, their largest value along k of each
+    ``(i, j)``, ``peaks``), any other file by SimpleITK (whole, ``k0`` 0, ``peaks`` None).
+    A grid read on an orthonormalised sform is noted in
+    ``notes["nifti_sform_orthonormalised"]``."""
+    plain = read_plain(path, rel, skip_zero=skip_zero, drift=True, peaks=skip_zero)
     k0 = plain.k_span[0] if plain is not None and plain.k_span else 0
+    peaks = None if plain is None else plain.peaks
     if plain is not None:
         array, geometry, bad, sha = plain.array, plain.geometry, 0, plain.sha256
         if plain.note and notes is not None:
@@ -253,7 +257,7 @@ def _on_image_grid(path: str, rel: str, image: Geometry, *, skip_zero: bool = Fa
             f"grid: found {'; '.join(problems)}, expected the mask on the image's grid",
             rel,
         )
-    return array, source_axis, flipped, bad, sha, k0
+    return array, source_axis, flipped, bad, sha, k0, peaks
 
 
 def _cropped(array, lo, hi, source_axis, flipped, value=None, *, shape=None, k0=0) -> Mask:
@@ -310,8 +314,8 @@ def read_mask(path: str, rel: str, image: Geometry, notes: dict | None = None
     NIfTI, the slices holding them) are scanned once in the file's own orientation for their
     extent; an empty mask ends there, any other is checked and reoriented within that box
     only (:class:`~pipeline.core.masks.Mask`)."""
-    array, source_axis, flipped, bad, sha, k0 = _on_image_grid(path, rel, image, skip_zero=True,
-                                                               notes=notes)
+    array, source_axis, flipped, bad, sha, k0, peaks = _on_image_grid(
+        path, rel, image, skip_zero=True, notes=notes)
     if bad:
         raise CaseError(
             "read", "mask.not_binary",
@@ -319,10 +323,14 @@ def read_mask(path: str, rel: str, image: Geometry, notes: dict | None = None
             rel,
         )
     # the buffer is [k, j, i] in memory: its extent is found there, then read as [i, j, k];
-    # unsigned voxels' largest values along k give the extent's (j, i) plane and the mask's
-    # largest value ({0, 1} masks: no other scan of their values)
+    # unsigned voxels' largest values along k (folded by the reader as it wrote them, or
+    # found here) give the extent's (j, i) plane and the mask's largest value ({0, 1}
+    # masks: no other scan of their values)
     kji = None if array is None else np.transpose(array, (2, 1, 0))
-    peaks = kji.max(axis=0) if kji is not None and kji.dtype.kind in "ub" else None
+    if peaks is not None:
+        peaks = peaks.T
+    elif kji is not None and kji.dtype.kind in "ub":
+        peaks = kji.max(axis=0)
     found = None if kji is None else nonzero_extent(kji, None if peaks is None else peaks != 0)
     if found is None:
         return Mask(tuple(int(n) for n in image.shape)), sha
@@ -362,7 +370,7 @@ def read_label_map(
     The values' range is checked first; the extents of all labels come from one pass, then
     each label is compared and reoriented within its own box only.
     """
-    array, source_axis, flipped, bad, sha, _ = _on_image_grid(path, rel, image, notes=notes)
+    array, source_axis, flipped, bad, sha, _, _ = _on_image_grid(path, rel, image, notes=notes)
     integer = np.issubdtype(array.dtype, np.integer)
     if bad or not (integer or np.array_equal(array, np.round(array))):
         raise CaseError(
