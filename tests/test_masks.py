@@ -50,6 +50,24 @@ def test_nonzero_extent_takes_the_callers_first_reduction():
         nonzero_extent(np.ones((2, 3, 4), np.uint8), np.ones((4, 3), bool))
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, bool, np.uint16, np.int8, np.int16, np.float32])
+def test_nonzero_extent_is_the_box_of_the_nonzero_elements(dtype):
+    # byte planes with rows of a multiple of 8 are read a word at a time: every type and row
+    # length gives the box np.nonzero gives
+    rng = np.random.default_rng(3)
+    for shape in [(5, 16, 24), (3, 8, 8), (4, 7, 9), (2, 1, 8), (6, 24, 1)]:
+        for density in (0.0, 0.002, 0.05, 1.0):
+            a = ((rng.random(shape) < density) * rng.integers(1, 3, shape)).astype(dtype)
+            if dtype is not bool and np.issubdtype(dtype, np.signedinteger):
+                a *= -1
+            where = np.nonzero(a)
+            expected = None if not a.any() else (
+                tuple(int(w.min()) for w in where), tuple(int(w.max()) + 1 for w in where))
+            assert nonzero_extent(a) == expected
+            if a.dtype.kind in "ub":
+                assert nonzero_extent(a, a.max(axis=0)) == expected
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_boxes_areas_and_stats_equal_those_of_the_whole_volume(seed):
     dense = {"a": blob(seed), "b": blob(seed + 10)}

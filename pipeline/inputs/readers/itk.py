@@ -331,7 +331,7 @@ def read_mask(path: str, rel: str, image: Geometry, notes: dict | None = None
         peaks = peaks.T
     elif kji is not None and kji.dtype.kind in "ub":
         peaks = kji.max(axis=0)
-    found = None if kji is None else nonzero_extent(kji, None if peaks is None else peaks != 0)
+    found = None if kji is None else nonzero_extent(kji, peaks)
     if found is None:
         return Mask(tuple(int(n) for n in image.shape)), sha
     lo, hi = found[0][::-1], found[1][::-1]
