@@ -8,11 +8,10 @@ import pytest
 
 from pipeline.core.boxes import slice_boxes, structure_stats
 from pipeline.core.geometry import Geometry, canonical_grid, canonical_offset, canonicalise
-from pipeline.core.masks import Mask, as_mask, nonzero_extent
+from pipeline.core.masks import Mask, as_mask, mask_from_source_box, nonzero_extent
 from pipeline.core.slices import PLANES, select_slices, structure_areas
 from pipeline.core.volume_facts import lesion_facts
 from pipeline.inputs.readers import read_label_map, read_mask, read_volume
-from pipeline.inputs.readers.itk import _cropped
 
 SHAPE = (13, 11, 9)
 GEOM = Geometry(SHAPE, (0.8, 0.9, 2.0), (-10.0, 5.0, 30.0))
@@ -157,7 +156,7 @@ def test_axis_counts_are_the_planes_voxel_counts():
 @pytest.mark.parametrize("flips", [(), (0,), (1,), (0, 2), (0, 1, 2)])
 @pytest.mark.parametrize("order", ["F", "C"])
 def test_cropped_masks_equal_the_canonicalised_whole_volume(perm, flips, order):
-    """itk._cropped: a box of the reader's array (i fastest in memory, as a NIfTI's or
+    """mask_from_source_box: a box of the reader's array (i fastest in memory, as a NIfTI's or
     ITK's buffer, or not), compared and reordered to a tight C-contiguous canonical crop —
     the voxels of the canonicalised whole volume, for every signed axis permutation (k
     fastest by one 2D transpose when canonical k is the source's k)."""
@@ -174,9 +173,9 @@ def test_cropped_masks_equal_the_canonicalised_whole_volume(perm, flips, order):
     assert np.array_equal(canonicalise(source, geom)[0], canon)
     found = nonzero_extent(source)
     source_axis, flipped, cgeom = canonical_grid(geom)
-    mask = _cropped(source, *found, source_axis, flipped)
+    mask = mask_from_source_box(source, *found, source_axis, flipped)
     assert mask.crop.flags.c_contiguous and mask.shape == SHAPE == cgeom.shape
     assert np.array_equal(mask.dense(), canon != 0)
     assert mask.offset == canonical_offset(*found, shape, source_axis, flipped)
-    labels = _cropped(source, *found, source_axis, flipped, 255)
+    labels = mask_from_source_box(source, *found, source_axis, flipped, 255)
     assert np.array_equal(labels.dense(), canon == 255)

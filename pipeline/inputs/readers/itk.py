@@ -20,13 +20,12 @@ import numpy as np
 from pipeline.core.geometry import (
     Geometry,
     canonical_grid,
-    canonical_offset,
     canonical_view,
     geometry_mismatches,
     is_orthonormal,
     orthonormalise,
 )
-from pipeline.core.masks import Mask, nonzero_extent
+from pipeline.core.masks import Mask, mask_from_source_box, nonzero_extent
 from pipeline.errors import CaseError
 from pipeline.inputs.readers.base import (
     VOLUME_SUFFIXES,
@@ -260,40 +259,6 @@ def _on_image_grid(path: str, rel: str, image: Geometry, *, skip_zero: bool = Fa
     return array, source_axis, flipped, bad, sha, k0, peaks
 
 
-def _cropped(array, lo, hi, source_axis, flipped, value=None, *, shape=None, k0=0) -> Mask:
-    """The :class:`Mask` of the non-zero voxels (or those equal to ``value``) of
-    ``array[lo:hi]`` (source ``[i, j, k]``), reoriented: only that box is copied.  ``array``
-    is the whole grid, or its source slices from ``k0`` on of a grid of canonical ``shape``."""
-    box = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]  # compared in the buffer's order, then
-    test = np.not_equal(box, 0) if value is None else np.equal(box, value)  # reordered: 15
-    if source_axis[2] == 2:  # not 34 ms (liver, 0.8 mm)
-        test = _k_fastest(test)
-    crop = np.ascontiguousarray(canonical_view(test, source_axis, flipped))
-    shape = tuple(int(n) for n in shape or [array.shape[source_axis[a]] for a in range(3)])
-    whole = [shape[list(source_axis).index(s)] for s in range(3)]  # the source grid's shape
-    lo, hi = (*lo[:2], lo[2] + k0), (*hi[:2], hi[2] + k0)
-    return Mask(shape, canonical_offset(lo, hi, whole, source_axis, flipped), crop)
-
-
-def _k_fastest(test: np.ndarray) -> np.ndarray:
-    """``test`` (``[i, j, k]``) with the same values laid out k fastest in memory, when it is
-    laid out i fastest (``F`` order: a NIfTI's and ITK's buffer order, kept by the comparison
-    in :func:`_cropped`); else ``test`` itself.
-
-    A crop's canonical ``[i, j, k]`` is C-contiguous (k fastest): copied from i-fastest
-    memory in one go, its innermost loop reads one byte per ``i x j`` plane and finds those
-    planes' cache lines evicted before it comes back for the next ``i`` (3.8 ms of a 1.5 mm
-    case's 22 non-empty masks, measured).  Here the ``[k, (j, i)]`` rows are transposed as
-    one 2D array, whose consecutive rows reuse the same ``k`` lines, then the ``i`` and ``j``
-    axes swapped as whole k-rows: 2.7 ms for the same crops.
-    """
-    if not test.flags.f_contiguous:
-        return test
-    ni, nj, nk = test.shape
-    rows = np.ascontiguousarray(test.T.reshape(nk, nj * ni).T)  # [(j, i), k]
-    return rows.reshape(nj, ni, nk).transpose(1, 0, 2)
-
-
 def _not_binary(array: np.ndarray, rel: str, zeros_beside: bool = False) -> CaseError:
     values = np.union1d(array, np.zeros(int(zeros_beside), array.dtype))  # (on the way to an error)
     shown = ", ".join(f"{v:g}" for v in values[:8]) + (", …" if len(values) > 8 else "")
@@ -339,7 +304,7 @@ def read_mask(path: str, rel: str, image: Geometry, notes: dict | None = None
     values = None if peaks is not None and peaks.max() == 1 else box[box != 0]  # {0, 1}
     if values is not None and not (values[0] in (1, 255) and np.all(values == values[0])):
         raise _not_binary(array, rel, array.size < np.prod(image.shape))
-    return _cropped(array, lo, hi, source_axis, flipped, shape=image.shape, k0=k0), sha
+    return mask_from_source_box(array, lo, hi, source_axis, flipped, shape=image.shape, k0=k0), sha
 
 
 def _label_boxes(array: np.ndarray) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -395,7 +360,7 @@ def read_label_map(
             f"expected only {sorted(labels)}",
             rel,
         )
-    masks = {name: _cropped(array, *boxes[value], source_axis, flipped, value)
+    masks = {name: mask_from_source_box(array, *boxes[value], source_axis, flipped, value)
              for value, name in sorted(labels.items()) if value in boxes}
     return masks, sha
 
