@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline.core.boxes import slice_boxes, structure_stats
-from pipeline.core.geometry import Geometry
-from pipeline.core.masks import Mask, as_mask, nonzero_extent
+from pipeline.core.geometry import Geometry, canonical_grid, canonical_offset, canonicalise
+from pipeline.core.masks import Mask, as_mask, mask_from_source_box, nonzero_extent
 from pipeline.core.slices import PLANES, select_slices, structure_areas
 from pipeline.core.volume_facts import lesion_facts
 from pipeline.inputs.readers import read_label_map, read_mask, read_volume
@@ -36,6 +36,35 @@ def test_nonzero_extent_and_empty():
     assert not empty.any() and empty.box is None and empty.voxels() == 0
     with pytest.raises(ValueError, match="tight"):
         Mask(SHAPE, (0, 0, 0), np.ones((2, 2, 2), bool) & (np.arange(2) > 0))
+
+
+def test_nonzero_extent_takes_the_callers_first_reduction():
+    # read_mask has the (j, i) plane of a mask's largest values already: the extent uses it
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        a = (rng.random(tuple(int(n) for n in rng.integers(1, 9, 3))) < 0.05).astype(np.uint8)
+        a *= np.uint8(rng.choice([1, 255]))
+        assert nonzero_extent(a, a.max(axis=0) != 0) == nonzero_extent(a)
+    with pytest.raises(ValueError, match="plane"):
+        nonzero_extent(np.ones((2, 3, 4), np.uint8), np.ones((4, 3), bool))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, bool, np.uint16, np.int8, np.int16, np.float32])
+def test_nonzero_extent_is_the_box_of_the_nonzero_elements(dtype):
+    # byte planes with rows of a multiple of 8 are read a word at a time: every type and row
+    # length gives the box np.nonzero gives
+    rng = np.random.default_rng(3)
+    for shape in [(5, 16, 24), (3, 8, 8), (4, 7, 9), (2, 1, 8), (6, 24, 1)]:
+        for density in (0.0, 0.002, 0.05, 1.0):
+            a = ((rng.random(shape) < density) * rng.integers(1, 3, shape)).astype(dtype)
+            if dtype is not bool and np.issubdtype(dtype, np.signedinteger):
+                a *= -1
+            where = np.nonzero(a)
+            expected = None if not a.any() else (
+                tuple(int(w.min()) for w in where), tuple(int(w.max()) + 1 for w in where))
+            assert nonzero_extent(a) == expected
+            if a.dtype.kind in "ub":
+                assert nonzero_extent(a, a.max(axis=0)) == expected
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -121,3 +150,32 @@ def test_axis_counts_are_the_planes_voxel_counts():
             assert np.array_equal(mask.axis_counts(axis), mask.crop.sum(axis=other))
             assert mask.axis_counts(axis).dtype == np.int64
     assert all(Mask((3, 4, 5)).axis_counts(a).size == 0 for a in range(3))
+
+
+@pytest.mark.parametrize("perm", list(itertools.permutations(range(3))))
+@pytest.mark.parametrize("flips", [(), (0,), (1,), (0, 2), (0, 1, 2)])
+@pytest.mark.parametrize("order", ["F", "C"])
+def test_cropped_masks_equal_the_canonicalised_whole_volume(perm, flips, order):
+    """mask_from_source_box: a box of the reader's array (i fastest in memory, as a NIfTI's or
+    ITK's buffer, or not), compared and reordered to a tight C-contiguous canonical crop —
+    the voxels of the canonicalised whole volume, for every signed axis permutation (k
+    fastest by one 2D transpose when canonical k is the source's k)."""
+    canon = blob(11).astype(np.uint8) * 255
+    # the source grid this canonical volume was stored on: direction = signed permutation
+    direction = np.zeros((3, 3))
+    for a, s in enumerate(perm):  # canonical axis a is source axis s
+        direction[a, s] = -1.0 if a in flips else 1.0
+    shape = tuple(SHAPE[perm.index(s)] for s in range(3))
+    geom = Geometry(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(direction.ravel()))
+    source = np.empty(shape, np.uint8, order=order)
+    view = np.transpose(source, perm)
+    view[...] = np.flip(canon, axis=flips) if flips else canon  # source voxels, canonical order
+    assert np.array_equal(canonicalise(source, geom)[0], canon)
+    found = nonzero_extent(source)
+    source_axis, flipped, cgeom = canonical_grid(geom)
+    mask = mask_from_source_box(source, *found, source_axis, flipped)
+    assert mask.crop.flags.c_contiguous and mask.shape == SHAPE == cgeom.shape
+    assert np.array_equal(mask.dense(), canon != 0)
+    assert mask.offset == canonical_offset(*found, shape, source_axis, flipped)
+    labels = mask_from_source_box(source, *found, source_axis, flipped, 255)
+    assert np.array_equal(labels.dense(), canon == 255)

@@ -319,3 +319,40 @@ def test_masks_share_one_buffer_and_leave_nothing_behind(tmp_path, monkeypatch):
     ref, _ = read_mask(str(sparse_path), "sparse.nii.gz", image)  # the ITK road
     assert (mask.shape, mask.offset) == (ref.shape, ref.offset) and mask.voxels() == sparse.sum()
     assert np.array_equal(mask.crop, ref.crop)
+
+
+@pytest.mark.parametrize("fold", [1, 4096, 1 << 20], ids=["every-piece", "some-slices", "at-end"])
+def test_peaks_are_the_largest_voxels_along_k_folded_as_written(tmp_path, monkeypatch, fold):
+    """``peaks``: the largest voxel along k of each (i, j) over the slices read, folded from
+    the buffer as its whole slices are written (every piece, every few slices, or once at
+    the end) — never from what an earlier, fuller mask left in the buffer; read_mask reads
+    the same crops with them as without (the ITK road)."""
+    shape = (64, 64, 12)
+    ct = save(tmp_path / "ct.nii.gz", np.zeros(shape, np.int16), LAS)
+    image = read_volume(str(ct), "ct.nii.gz", "CT").geometry
+    full = save(tmp_path / "full.nii.gz", np.full(shape, 255, np.uint8), LAS)
+    rng = np.random.default_rng(8)
+    sparse = np.zeros(shape, np.uint8)
+    sparse[:, 20:40, 2] = rng.integers(0, 2, (64, 20))
+    sparse[10:30, 5:9, 5] = 1  # a slice between zero ones
+    sparse[10:30, :, 9] = rng.integers(0, 2, (20, 64))
+    paths = [save(tmp_path / "sparse.nii.gz", sparse, LAS),
+             save(tmp_path / "one.nii.gz", mask_data(), LAS),
+             save(tmp_path / "mixed.nii.gz", sparse * rng.integers(1, 200, shape, np.uint8), LAS)]
+    monkeypatch.setattr("pipeline.inputs.readers.nifti_raw.PIECE", 16)
+    monkeypatch.setattr("pipeline.inputs.readers.nifti_raw.FOLD", fold)
+    for path in paths:
+        read_plain(str(full), "full.nii.gz", skip_zero=True)  # the buffer full of 255
+        plain = read_plain(str(path), path.name, skip_zero=True, peaks=True)
+        assert plain.peaks.shape == plain.array.shape[:2]
+        assert np.array_equal(plain.peaks, plain.array.max(axis=2))
+        assert np.array_equal(plain.peaks, nibabel.load(path).get_fdata().max(axis=2))
+    assert read_plain(str(paths[0]), "s", skip_zero=True).peaks is None  # asked for only
+    int16 = save(tmp_path / "int16.nii.gz", sparse.astype(np.int16), LAS)
+    assert read_plain(str(int16), "i", skip_zero=True, peaks=True).peaks is None  # uint8 only
+    read_plain(str(full), "full.nii.gz", skip_zero=True)
+    folded, _ = read_mask(str(paths[0]), "sparse.nii.gz", image)
+    monkeypatch.setattr("pipeline.inputs.readers.itk.read_plain", lambda *a, **k: None)
+    ref, _ = read_mask(str(paths[0]), "sparse.nii.gz", image)  # the ITK road
+    assert (folded.shape, folded.offset) == (ref.shape, ref.offset)
+    assert np.array_equal(folded.crop, ref.crop)

@@ -272,3 +272,28 @@ def test_layouts_import_the_readers_only_when_a_case_is_read():
         import pipeline.inputs.readers as readers
 
         readers.read_png  # noqa: B018
+
+
+@pytest.mark.parametrize("sub", ["case/segmentations", "./case/segmentations/", "case", "."])
+def test_list_files_gives_each_file_its_path_relative_to_the_root(tmp_path, monkeypatch, sub):
+    # each folder's relative path is worked out once: the pairs are still os.path.relpath's
+    import os
+    for name in ("segmentations/b.nii.gz", "segmentations/a.nii.gz", "segmentations/.hidden",
+                 "segmentations/deep/er/c.nii.gz", "ct.nii.gz"):
+        path = tmp_path / "case" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    for root in (str(tmp_path), str(tmp_path) + "/", "."):
+        if root == ".":
+            monkeypatch.chdir(tmp_path)
+        found = list_files(root, sub)
+        walked = sorted(
+            os.path.join(d, n) for d, _, names in os.walk(os.path.join(root, sub))
+            for n in names if not n.startswith(".")
+        )
+        assert sorted(full for full, _ in found) == walked
+        assert [rel for _, rel in found] == [os.path.relpath(full, root) for full, _ in found]
+    assert [rel for _, rel in list_files(str(tmp_path), "case/segmentations")] == [
+        "case/segmentations/a.nii.gz", "case/segmentations/b.nii.gz",
+        "case/segmentations/deep/er/c.nii.gz",
+    ]

@@ -18,7 +18,8 @@ bit-identical to the same computation on a whole boolean volume.
 
 :func:`nonzero_extent` finds the box of the non-zero voxels of any 3D array (a view of a
 reader's buffer included) in about one pass over it, without a whole-volume temporary for
-unsigned and boolean arrays.
+unsigned and boolean arrays; :func:`mask_from_source_box` makes the :class:`Mask` of such a
+box of a reader's array, reoriented to the canonical grid.
 """
 
 from __future__ import annotations
@@ -28,32 +29,52 @@ from functools import cached_property
 
 import numpy as np
 
+from pipeline.core.geometry import canonical_offset, canonical_view
+
 _EMPTY = np.zeros((0, 0, 0), dtype=bool)
 _EMPTY.setflags(write=False)
 
 
 def _nonzero_along(array: np.ndarray, axis) -> np.ndarray:
-    """``(array != 0).any(axis)``; by a maximum for unsigned and boolean arrays (no temporary)."""
+    """An array non-zero exactly where ``(array != 0).any(axis)`` is true: for unsigned and
+    boolean arrays their maximum along ``axis`` (no temporary), else that boolean."""
     if array.dtype.kind in "ub":
-        return array.max(axis=axis) != 0
+        return array.max(axis=axis)
     return (array != 0).any(axis=axis)
 
 
-def nonzero_extent(array: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+def _nonzero_rows(plane: np.ndarray) -> np.ndarray:
+    """The rows (axis 0) of a 2D array that hold a non-zero element; a C-contiguous byte
+    plane's rows are read 8 bytes a word (a 256 x 256 plane: 4 us, not 13)."""
+    if (plane.dtype.kind in "ub" and plane.dtype.itemsize == 1 and plane.flags.c_contiguous
+            and plane.shape[1] % 8 == 0):
+        return np.flatnonzero(plane.view(np.uint64).max(axis=1))
+    return np.flatnonzero(plane.any(axis=1))
+
+
+def nonzero_extent(array: np.ndarray, plane: np.ndarray | None = None
+                   ) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
     """``(lo, hi)``: the box ``[lo, hi)`` of the non-zero elements of a 3D array, or ``None``.
 
     One reduction over axis 0 (the outermost axis of a C-contiguous array, so contiguous
     rows are combined) gives the extents along axes 1 and 2, then one over that band gives
-    axis 0's.
+    axis 0's.  ``plane``: that first reduction when the caller has it already, any 2D array
+    non-zero exactly where ``(array != 0).any(axis=0)`` is (an unsigned array's maxima along
+    axis 0).
     """
     if array.ndim != 3 or array.size == 0:
         raise ValueError(f"nonzero_extent: expected a non-empty 3D array, got shape {array.shape}")
-    plane = _nonzero_along(array, 0)
-    rows = np.flatnonzero(plane.any(axis=1))
+    if plane is None:
+        plane = _nonzero_along(array, 0)
+    elif plane.shape != array.shape[1:]:
+        raise ValueError(f"nonzero_extent: plane {plane.shape} for an array {array.shape}")
+    rows = _nonzero_rows(plane)
     if rows.size == 0:
         return None
-    cols = np.flatnonzero(plane.any(axis=0))
-    lo1, hi1, lo2, hi2 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    lo1, hi1 = int(rows[0]), int(rows[-1]) + 1
+    band = plane[lo1:hi1]  # the columns of the rows holding the voxels only
+    cols = np.flatnonzero(band.max(axis=0) if band.dtype.kind in "ub" else band.any(axis=0))
+    lo2, hi2 = int(cols[0]), int(cols[-1]) + 1
     line = np.flatnonzero(_nonzero_along(array[:, lo1:hi1, lo2:hi2], (1, 2)))
     return (int(line[0]), lo1, lo2), (int(line[-1]) + 1, hi1, hi2)
 
@@ -163,3 +184,39 @@ def as_mask(mask) -> Mask:
     """``mask`` itself if it is a :class:`Mask`, else the :class:`Mask` of a 3D array's
     non-zero voxels (masks handed in whole by callers and older layouts)."""
     return mask if isinstance(mask, Mask) else Mask.from_array(np.asarray(mask))
+
+
+def mask_from_source_box(array, lo, hi, source_axis, flipped, value=None, *, shape=None,
+                         k0=0) -> Mask:
+    """The :class:`Mask` of the non-zero voxels (or those equal to ``value``) of
+    ``array[lo:hi]`` (source ``[i, j, k]``), reoriented (``source_axis``, ``flipped``: see
+    :func:`~pipeline.core.geometry.canonical_grid`): only that box is copied.  ``array`` is
+    the whole grid, or its source slices from ``k0`` on of a grid of canonical ``shape``."""
+    box = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]  # compared in the buffer's order, then
+    test = np.not_equal(box, 0) if value is None else np.equal(box, value)  # reordered: 15
+    if source_axis[2] == 2:  # not 34 ms (liver, 0.8 mm)
+        test = _k_fastest(test)
+    crop = np.ascontiguousarray(canonical_view(test, source_axis, flipped))
+    shape = tuple(int(n) for n in shape or [array.shape[source_axis[a]] for a in range(3)])
+    whole = [shape[list(source_axis).index(s)] for s in range(3)]  # the source grid's shape
+    lo, hi = (*lo[:2], lo[2] + k0), (*hi[:2], hi[2] + k0)
+    return Mask(shape, canonical_offset(lo, hi, whole, source_axis, flipped), crop)
+
+
+def _k_fastest(test: np.ndarray) -> np.ndarray:
+    """``test`` (``[i, j, k]``) with the same values laid out k fastest in memory, when it is
+    laid out i fastest (``F`` order: a NIfTI's and ITK's buffer order, kept by the comparison
+    in :func:`mask_from_source_box`); else ``test`` itself.
+
+    A crop's canonical ``[i, j, k]`` is C-contiguous (k fastest): copied from i-fastest
+    memory in one go, its innermost loop reads one byte per ``i x j`` plane and finds those
+    planes' cache lines evicted before it comes back for the next ``i`` (3.8 ms of a 1.5 mm
+    case's 22 non-empty masks, 31 ms of a 0.8 mm case's, measured).  Here the ``[k, (j, i)]``
+    rows are transposed as one 2D array, whose consecutive rows reuse the same ``k`` lines,
+    then the ``i`` and ``j`` axes swapped as whole k-rows: 2.7 and 21 ms for the same crops.
+    """
+    if not test.flags.f_contiguous:
+        return test
+    ni, nj, nk = test.shape
+    rows = np.ascontiguousarray(test.T.reshape(nk, nj * ni).T)  # [(j, i), k]
+    return rows.reshape(nj, ni, nk).transpose(1, 0, 2)

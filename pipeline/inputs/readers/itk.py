@@ -20,13 +20,12 @@ import numpy as np
 from pipeline.core.geometry import (
     Geometry,
     canonical_grid,
-    canonical_offset,
     canonical_view,
     geometry_mismatches,
     is_orthonormal,
     orthonormalise,
 )
-from pipeline.core.masks import Mask, nonzero_extent
+from pipeline.core.masks import Mask, mask_from_source_box, nonzero_extent
 from pipeline.errors import CaseError
 from pipeline.inputs.readers.base import (
     VOLUME_SUFFIXES,
@@ -226,15 +225,19 @@ def read_volume(path: str, rel: str, modality: str, *, max_voxels: int | None = 
 def _on_image_grid(path: str, rel: str, image: Geometry, *, skip_zero: bool = False,
                    notes: dict | None = None):
     """Read a mask or label map whose grid is ``image``'s: ``(array, source_axis, flipped,
-    non-finite count, sha256, k0)``, the array ``[i, j, k]`` in the file's own orientation and
-    sharing the reader's buffer (nothing is reoriented or copied here), from slice ``k0`` on.
+    non-finite count, sha256, k0, peaks)``, the array ``[i, j, k]`` in the file's own
+    orientation and sharing the reader's buffer (nothing is reoriented or copied here), from
+    slice ``k0`` on.
 
     A plain gzipped NIfTI is read by :func:`~pipeline.inputs.readers.nifti_raw.read_plain`
     (``skip_zero``: the slices holding its voxels, until the next such read on this thread;
-    ``None`` if all zero), any other file by SimpleITK (whole, ``k0`` 0).  A grid read on an
-    orthonormalised sform is noted in ``notes["nifti_sform_orthonormalised"]``."""
-    plain = read_plain(path, rel, skip_zero=skip_zero, drift=True)
+    ``None`` if all zero; and, for ``uint8`` voxels, their largest value along k of each
+    ``(i, j)``, ``peaks``), any other file by SimpleITK (whole, ``k0`` 0, ``peaks`` None).
+    A grid read on an orthonormalised sform is noted in
+    ``notes["nifti_sform_orthonormalised"]``."""
+    plain = read_plain(path, rel, skip_zero=skip_zero, drift=True, peaks=skip_zero)
     k0 = plain.k_span[0] if plain is not None and plain.k_span else 0
+    peaks = None if plain is None else plain.peaks
     if plain is not None:
         array, geometry, bad, sha = plain.array, plain.geometry, 0, plain.sha256
         if plain.note and notes is not None:
@@ -253,20 +256,7 @@ def _on_image_grid(path: str, rel: str, image: Geometry, *, skip_zero: bool = Fa
             f"grid: found {'; '.join(problems)}, expected the mask on the image's grid",
             rel,
         )
-    return array, source_axis, flipped, bad, sha, k0
-
-
-def _cropped(array, lo, hi, source_axis, flipped, value=None, *, shape=None, k0=0) -> Mask:
-    """The :class:`Mask` of the non-zero voxels (or those equal to ``value``) of
-    ``array[lo:hi]`` (source ``[i, j, k]``), reoriented: only that box is copied.  ``array``
-    is the whole grid, or its source slices from ``k0`` on of a grid of canonical ``shape``."""
-    box = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]  # compared in the buffer's order, then
-    test = np.not_equal(box, 0) if value is None else np.equal(box, value)  # reordered: 15
-    crop = np.ascontiguousarray(canonical_view(test, source_axis, flipped))  # not 34 ms (liver, 0.8 mm)
-    shape = tuple(int(n) for n in shape or [array.shape[source_axis[a]] for a in range(3)])
-    whole = [shape[list(source_axis).index(s)] for s in range(3)]  # the source grid's shape
-    lo, hi = (*lo[:2], lo[2] + k0), (*hi[:2], hi[2] + k0)
-    return Mask(shape, canonical_offset(lo, hi, whole, source_axis, flipped), crop)
+    return array, source_axis, flipped, bad, sha, k0, peaks
 
 
 def _not_binary(array: np.ndarray, rel: str, zeros_beside: bool = False) -> CaseError:
@@ -289,24 +279,32 @@ def read_mask(path: str, rel: str, image: Geometry, notes: dict | None = None
     NIfTI, the slices holding them) are scanned once in the file's own orientation for their
     extent; an empty mask ends there, any other is checked and reoriented within that box
     only (:class:`~pipeline.core.masks.Mask`)."""
-    array, source_axis, flipped, bad, sha, k0 = _on_image_grid(path, rel, image, skip_zero=True,
-                                                               notes=notes)
+    array, source_axis, flipped, bad, sha, k0, peaks = _on_image_grid(
+        path, rel, image, skip_zero=True, notes=notes)
     if bad:
         raise CaseError(
             "read", "mask.not_binary",
             f"values: found {bad} NaN/inf values, expected {{0, 1}} (or {{0, 255}})",
             rel,
         )
-    # the buffer is [k, j, i] in memory: its extent is found there, then read as [i, j, k]
-    found = None if array is None else nonzero_extent(np.transpose(array, (2, 1, 0)))
+    # the buffer is [k, j, i] in memory: its extent is found there, then read as [i, j, k];
+    # unsigned voxels' largest values along k (folded by the reader as it wrote them, or
+    # found here) give the extent's (j, i) plane and the mask's largest value ({0, 1}
+    # masks: no other scan of their values)
+    kji = None if array is None else np.transpose(array, (2, 1, 0))
+    if peaks is not None:
+        peaks = peaks.T
+    elif kji is not None and kji.dtype.kind in "ub":
+        peaks = kji.max(axis=0)
+    found = None if kji is None else nonzero_extent(kji, peaks)
     if found is None:
         return Mask(tuple(int(n) for n in image.shape)), sha
     lo, hi = found[0][::-1], found[1][::-1]
     box = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    values = None if box.dtype.kind in "ub" and box.max() == 1 else box[box != 0]  # {0, 1}: a max
+    values = None if peaks is not None and peaks.max() == 1 else box[box != 0]  # {0, 1}
     if values is not None and not (values[0] in (1, 255) and np.all(values == values[0])):
         raise _not_binary(array, rel, array.size < np.prod(image.shape))
-    return _cropped(array, lo, hi, source_axis, flipped, shape=image.shape, k0=k0), sha
+    return mask_from_source_box(array, lo, hi, source_axis, flipped, shape=image.shape, k0=k0), sha
 
 
 def _label_boxes(array: np.ndarray) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -337,7 +335,7 @@ def read_label_map(
     The values' range is checked first; the extents of all labels come from one pass, then
     each label is compared and reoriented within its own box only.
     """
-    array, source_axis, flipped, bad, sha, _ = _on_image_grid(path, rel, image, notes=notes)
+    array, source_axis, flipped, bad, sha, _, _ = _on_image_grid(path, rel, image, notes=notes)
     integer = np.issubdtype(array.dtype, np.integer)
     if bad or not (integer or np.array_equal(array, np.round(array))):
         raise CaseError(
@@ -362,7 +360,7 @@ def read_label_map(
             f"expected only {sorted(labels)}",
             rel,
         )
-    masks = {name: _cropped(array, *boxes[value], source_axis, flipped, value)
+    masks = {name: mask_from_source_box(array, *boxes[value], source_axis, flipped, value)
              for value, name in sorted(labels.items()) if value in boxes}
     return masks, sha
 
