@@ -67,7 +67,7 @@ def test_prompts_share_the_plain_pngs_bands_and_decode_to_draw_prompts_pixels(le
         assert zlib.decompress(idat(png))  # a whole zlib stream, its Adler-32 right
     # the plain PNG's stream is its five bands' deflated bytes; the easy prompt reuses all
     # but the middle one, the boxed prompt the first and the last
-    raw = imaging._up_rows(g, 0, g.shape[0])
+    raw = imaging._up_rows(g)
     bands = [(0, 10), (10, 70), (70, 111), (111, 172), (172, 200)]
     seg = imaging._deflate([(raw[a:z], z == 200) for a, z in bands], 6)
     head = b"\x78\x01"
@@ -152,7 +152,7 @@ def _bands_deflated_apart(png: bytes, edges: list[int]) -> bytes:
     """The IDAT a PNG of the slice must hold: its own Up-filtered rows (decoded from it),
     each band deflated by a compressor of its own, zlib's header and their Adler-32."""
     index = np.asarray(Image.open(BytesIO(png)))
-    raw = imaging._up_rows(index, 0, index.shape[0])
+    raw = imaging._up_rows(index)
     out = b"\x78\x01"
     for a, z in zip(edges, edges[1:]):
         c = zlib.compressobj(6, zlib.DEFLATED, -15, imaging.MEM_LEVEL, zlib.Z_RLE)
@@ -219,4 +219,4 @@ def test_prompt_scanlines_never_read_rows_outside_their_bands(prompts, monkeypat
         mode, pixels = rgb(png)
         assert mode == "P" and np.array_equal(pixels, draw_prompt(g, target, others))
         index = np.asarray(Image.open(BytesIO(png)))
-        assert zlib.decompress(idat(png)) == imaging._up_rows(index, 0, 200).tobytes()
+        assert zlib.decompress(idat(png)) == imaging._up_rows(index).tobytes()

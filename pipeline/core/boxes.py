@@ -313,11 +313,12 @@ def plane_boxes(
         i_lo, i_hi = x_min.astype(np.float64), x_max.astype(np.float64)
     sides = lateralities(i_lo, i_hi, ijk[:, 0], np.asarray(midline, dtype=np.float64)[k_level],
                          geometry.spacing[0])
-    lps = _index_points_to_lps(geometry, ijk).T
+    n = a.size  # the areas in mm2, centroids and positions rounded at once: one array
+    floats = rounded(np.concatenate([a * dx * dy, cx, cy, _index_points_to_lps(geometry, ijk).T.ravel()]))
     for (at, area, xa, ya, xb, yb, mm2, count, px, py, lx, ly, lz, side, w) in zip(
             index.tolist(), a.tolist(), x_min.tolist(), y_min.tolist(), x_max.tolist(),
-            y_max.tolist(), rounded(a * dx * dy), components.tolist(), rounded(cx),
-            rounded(cy), rounded(lps[0]), rounded(lps[1]), rounded(lps[2]), sides,
+            y_max.tolist(), floats[:n], components.tolist(), floats[n:2 * n],
+            floats[2 * n:3 * n], floats[3 * n:4 * n], floats[4 * n:5 * n], floats[5 * n:], sides,
             which.tolist()):
         out[at].append({
             "label": present[w],
@@ -372,13 +373,13 @@ def structure_stats(
     if box is None:
         return None
     centroid, voxels = _centroid(mask)
-    k_level = int(np.clip(round(float(centroid[2])), 0, geometry.shape[2] - 1))
+    k_level = min(max(round(float(centroid[2])), 0), geometry.shape[2] - 1)
     return {
         "label": label,
         "box3d": [int(v) for v in box],
         "voxels": voxels,
         "volume_ml": round(voxels * geometry.voxel_volume_mm3 / 1000.0, 6),
-        "centroid_lps": [round(float(v), 4) for v in geometry.index_to_lps(centroid)],
+        "centroid_lps": [round(v, 4) for v in geometry.index_to_lps(centroid).tolist()],
         "components": count_components(mask.crop),
         "laterality": laterality(
             float(box[0]), float(box[3]), float(centroid[0]), float(midline[k_level]),

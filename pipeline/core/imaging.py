@@ -72,55 +72,58 @@ _IEND = _chunk(b"IEND", b"")
 _RAMP_BYTES = bytes(np.repeat(np.arange(256, dtype=np.uint8), 3))
 
 
-def _up_rows(a: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """PNG scanlines ``start:stop`` of ``a`` filtered with Up (filter byte 2; the first row
-    against the row above it, or unfiltered at the top), a C-contiguous ``uint8`` array."""
-    raw = np.empty((stop - start, 1 + a.shape[1]), dtype=np.uint8)
-    raw[:, 0] = 2
-    if start:
-        np.subtract(a[start], a[start - 1], out=raw[0, 1:])
-    else:
-        raw[0, 1:] = a[0]
-    np.subtract(a[start + 1:stop], a[start:stop - 1], out=raw[1:, 1:])  # modulo 256, as PNG's
-    return raw
+def _up_rows(a: np.ndarray) -> np.ndarray:
+    """The PNG scanlines of ``a`` (2D ``uint8``) filtered with Up (filter byte 2; the first
+    row unfiltered), a C-contiguous ``uint8`` array: one subtraction in :func:`_padded`."""
+    pad = _padded(a)
+    return np.subtract(pad[1:], pad[:-1])  # modulo 256, as PNG's
+
+
+@functools.lru_cache(maxsize=64)
+def _filter_column(h: int) -> np.ndarray:
+    """``2 * row`` modulo 256 for rows ``0 .. h``: differences of 2, Up's filter byte."""
+    return (np.arange(h + 1, dtype=np.int64) * 2).astype(np.uint8)
+
+
+def _padded(a: np.ndarray) -> np.ndarray:
+    """``a`` in a ``[h + 1, w + 1]`` buffer below a row of zeros (what Up subtracts from the
+    first row) beside :func:`_filter_column`: each row minus the one above is a scanline."""
+    pad = np.empty((a.shape[0] + 1, a.shape[1] + 1), dtype=np.uint8)
+    pad[:, 0], pad[0, 1:], pad[1:, 1:] = _filter_column(a.shape[0]), 0, a
+    return pad
 
 
 def _deflate(bands, level: int) -> list[bytes]:
-    """Raw deflate of each ``(scanlines, last)`` of ``bands`` (consecutive or not), ``Z_RLE``
-    at ``level`` (> 0): each ended by a full flush (byte-aligned; nothing after it refers
-    back), an image's last band by the end of the stream — so a band's bytes may stand in
-    for the same scanlines in another image's stream."""
+    """Raw deflate of each ``(scanlines, last)`` of ``bands`` (consecutive or not), ``Z_RLE`` at
+    ``level`` (> 0), each ended by a full flush (byte-aligned; nothing after it refers back),
+    an image's last band by the stream's end: its bytes may stand in another image's stream."""
     c = _rle_lib.compressobj(level, zlib.DEFLATED, -15, MEM_LEVEL, zlib.Z_RLE)
     return [c.compress(rows) + c.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
             for rows, last in bands]
 
 
 def _zlib_stream(segments: list[bytes], adler: int) -> list[bytes]:
-    """The pieces of a zlib stream of the deflate ``segments`` of scanlines whose Adler-32
-    is ``adler`` (joined only into the PNG file, one copy)."""
+    """The pieces of a zlib stream of deflate ``segments`` of scanlines of Adler-32 ``adler``."""
     return [_ZLIB_HEADER, *segments, struct.pack(">I", adler & 0xFFFFFFFF)]
 
 
 def _adler32_extend(adler: int, before: int, after: int, size: int) -> int:
-    """The Adler-32 of bytes whose Adler-32 is ``adler`` followed by ``size`` bytes that take
-    a string's from ``before`` to ``after`` (zlib's adler32_combine when ``before`` is 1,
-    the empty string's)."""
+    """The Adler-32 of bytes whose Adler-32 is ``adler`` followed by ``size`` bytes taking a
+    string's from ``before`` to ``after`` (zlib's adler32_combine when ``before`` is 1)."""
     a1, a0, a2 = adler & 0xFFFF, before & 0xFFFF, after & 0xFFFF
     b = (adler >> 16) - (before >> 16) + (after >> 16) + size * (a1 - a0)
     return b % 65521 << 16 | (a1 - a0 + a2) % 65521
 
 
 def _stored(raw: np.ndarray) -> bytes:
-    """``rle`` at level 0: the scanlines stored (by zlib: zlib-ng splits stored blocks
-    differently)."""
+    """``rle`` at level 0: the scanlines stored (by zlib: zlib-ng splits stored blocks apart)."""
     c = zlib.compressobj(0, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
     return c.compress(raw) + c.flush()
 
 
 @functools.lru_cache(maxsize=64)
 def _head(w: int, h: int, color_type: int) -> bytes:
-    """The signature and IHDR chunk of a ``w`` x ``h`` 8-bit PNG (the same for every slice of
-    a plane: made once)."""
+    """The signature and IHDR chunk of a ``w`` x ``h`` 8-bit PNG (made once a plane)."""
     return _SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0))
 
 
@@ -157,7 +160,7 @@ def _png(pixels: np.ndarray, color_type: int, level: int, strategy: str) -> byte
     h, w = pixels.shape[:2]
     rle, rows = strategy == "rle", pixels.reshape(h, -1)
     # scanlines, filter byte 2 (Up) or 0 (None), as a C-contiguous array: deflated as it is
-    data = _up_rows(rows, 0, h) if rle else np.concatenate((np.zeros((h, 1), np.uint8), rows), 1)
+    data = _up_rows(rows) if rle else np.concatenate((np.zeros((h, 1), np.uint8), rows), 1)
     if not rle:
         compressed = zlib.compress(data, level)
     elif color_type == 2:
@@ -234,8 +237,7 @@ _COLOUR_BYTES = [bytes(c) for c in PROMPT_COLOURS.values()]
 
 
 def _prompt_outlines(target, others) -> list[tuple[tuple[int, int, int, int], int]]:
-    """``((x_min, y_min, x_max, y_max), index into PROMPT_COLOURS)`` of each box in drawing
-    order: the others, then the target."""
+    """``((x_min, y_min, x_max, y_max), index into PROMPT_COLOURS)`` of each box, others first."""
     if len(others) > len(PROMPT_COLOURS) - 1:
         raise ValueError(f"draw_prompt: at most {len(PROMPT_COLOURS) - 1} other boxes, got {len(others)}")
     return [((int(b["x_min"]), int(b["y_min"]), int(b["x_max"]), int(b["y_max"])), c)
@@ -243,8 +245,7 @@ def _prompt_outlines(target, others) -> list[tuple[tuple[int, int, int, int], in
 
 
 def _outline_box(canvas: np.ndarray, box: tuple[int, int, int, int], value, width: int) -> None:
-    """Draw the outline of ``box`` (``(x_min, y_min, x_max, y_max)``), ``width`` pixels
-    inside its edge, into ``canvas``."""
+    """Draw ``box``'s (``(x_min, y_min, x_max, y_max)``) outline, ``width`` px inside its edge."""
     x0, y0, x1, y1 = box
     t = max(1, min(width, (x1 - x0) // 2, (y1 - y0) // 2))
     canvas[y0:y0 + t, x0:x1] = value
@@ -276,11 +277,9 @@ def draw_prompt(gray: np.ndarray, target, others=(), width: int = 2) -> np.ndarr
 def encode_prompt_png(gray: np.ndarray, target, others=(), width: int = 2, *,
                       level: int = 6, strategy: str = "default") -> bytes:
     """The PNG of :func:`draw_prompt` ``(gray, target, others, width)`` — the same pixels.
-
     ``default``: an RGB PNG.  ``rle``: indexed colour on a grey-ramp palette (index = grey
     level; the outline colours at the lowest levels the slice does not use) when there are
-    enough unused levels, compressed as a grey image is; an RGB PNG otherwise.
-    """
+    enough unused levels, compressed as a grey image is; an RGB PNG otherwise."""
     return encode_prompt_pngs(gray, [(target, others)], width, level=level, strategy=strategy)[0]
 
 
@@ -321,8 +320,8 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
     if strategy != "rle":
         return (encode_png(g, level, strategy),
                 [encode_png(draw_prompt(g, t, o, width), level, strategy) for t, o in prompts])
-    g = np.ascontiguousarray(g)
-    raw = _up_rows(g, 0, h)
+    pad = _padded(g)  # (the prompts draw in it)
+    raw = np.subtract(pad[1:], pad[:-1])
     # bands cut where each prompt's outlines begin and end (the first row and the row below
     # the last that it changes): fewer blocks than a cut at every box's edges, the same CPU
     spans = [(min(box[1] for box, _ in d), max(box[3] for box, _ in d) + 1) for d in drawn]
@@ -340,7 +339,7 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
         plain = _png_file(w, h, 0, _stored(raw))
     if not prompts:
         return plain, []
-    top, free = int(g.max()), None
+    top, free, fresh = int(g.max()), None, True  # (fresh: pad still holds g)
     done, out = {}, []  # a prompt band: (band, outlines crossing) -> (deflated, 1, Adler-32, bytes)
     for (target, others), boxes, (y_lo, y_hi) in zip(prompts, drawn, spans):
         k = len(boxes)  # its colours: 0 .. k - 1 (_prompt_outlines)
@@ -359,8 +358,8 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
         palette = _palette(max(top, *levels) + 1, levels)
         outlined = [(box, levels[c]) for box, c in boxes]
         if not level:
-            out.append(_png_file(w, h, 3, _stored(_up_rows(_outlined(g, outlined, width, 0, h),
-                                                           0, h)), palette))
+            rows, fresh = _outlined_rows(pad, None if fresh else g, outlined, width, 0, h), False
+            out.append(_png_file(w, h, 3, _stored(rows), palette))
             continue
         # its bands: those its outlines span (the rest are the plain image's), each keyed by
         # the outlines that change its Up-filtered rows (a box's rows y0..y1)
@@ -370,7 +369,7 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
         new = [key for key in keys if key[1] and key not in done]
         if new:  # their scanlines filtered at once, from the rows they span (keys: in order)
             lo, hi = edges[new[0][0]], edges[new[-1][0] + 1]
-            rows = _up_rows(_outlined(g, outlined, width, lo, hi), lo, hi)
+            rows, fresh = _outlined_rows(pad, None if fresh else g, outlined, width, lo, hi), False
             c = _rle_lib.compressobj(level, zlib.DEFLATED, -15, MEM_LEVEL, zlib.Z_RLE)
             for key in new:
                 band = rows[edges[key[0]] - lo:edges[key[0] + 1] - lo]
@@ -390,11 +389,12 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
     return plain, out
 
 
-def _outlined(g: np.ndarray, outlined, width: int, start: int, stop: int) -> np.ndarray:
-    """``g`` with each ``(box, value)`` of ``outlined`` drawn (:func:`_outline_box`), for
-    :func:`_up_rows` ``start:stop``: only the rows it reads are ``g``'s, the rest as allocated."""
-    index, read = np.empty_like(g), slice(max(start - 1, 0), stop)
-    index[read] = g[read]
+def _outlined_rows(pad: np.ndarray, g, outlined, width: int, start: int, stop: int):
+    """Scanlines ``start:stop`` (:func:`_up_rows`) of :func:`_padded` ``pad`` with each ``(box,
+    value)`` of ``outlined`` drawn, the rows read restored from ``g`` first (unless None)."""
+    if g is not None:
+        pad[max(start, 1):stop + 1, 1:] = g[max(start - 1, 0):stop]
+    canvas = pad[1:, 1:]
     for box, value in outlined:
-        _outline_box(index, box, value, width)
-    return index
+        _outline_box(canvas, box, value, width)
+    return np.subtract(pad[start + 1:stop + 1], pad[start:stop])
