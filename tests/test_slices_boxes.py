@@ -337,6 +337,31 @@ def test_ct_midline_read_in_the_buffers_order_is_the_whole_volumes():
         assert np.array_equal(body_midline(hu, "CT"), _midline_of_every_column(hu)), trial
 
 
+def test_ct_midline_read_at_the_edges_is_the_whole_volumes():
+    """A NIfTI buffer's edges are read first, then wider, then whole levels: the same
+    midline as every column read, with body inside, at and beyond the first edge blocks,
+    levels without body, odd and even row counts, flipped axes and unsigned voxels."""
+    rng = np.random.default_rng(21)
+    for trial in range(40):
+        shape = (int(rng.integers(250, 560)), int(rng.integers(2, 30)), int(rng.integers(1, 150)))
+        hu = np.full(shape[::-1], -1000, np.int16)  # [k, j, i] in memory
+        for k in range(shape[2]):
+            if rng.random() < 0.15:
+                continue  # a level without body
+            margin = int(rng.choice([0, 5, 31, 32, 33, 63, 64, 70, 127, 128, shape[0] // 2 - 1]))
+            lo = min(margin + int(rng.integers(0, 3)), shape[0] - 1)
+            hi = max(shape[0] - 1 - margin - int(rng.integers(0, 3)), lo)
+            for col in (lo, hi, *rng.integers(lo, hi + 1, 3)):
+                hu[k, int(rng.integers(0, shape[1])), col] = rng.integers(-499, 1000)
+        hu = hu.transpose(2, 1, 0)
+        flips = rng.random(3) < 0.5
+        hu = hu[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
+        assert np.array_equal(body_midline(hu, "CT"), _midline_of_every_column(hu)), trial
+        if trial % 4 == 0:  # unsigned: every voxel above -500
+            u = (hu.astype(np.int32) + 1000).astype(np.uint16)
+            assert np.array_equal(body_midline(u, "CT"), _midline_of_every_column(u)), trial
+
+
 def test_sagittal_windows_of_a_nifti_buffer_are_unchanged():
     """A sagittal slice of a buffer with i fastest is gathered once for all the windows:
     the same pixels as each window's lookup on the strided view."""

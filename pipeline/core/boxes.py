@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from pipeline.core.body import ct_body_columns
 from pipeline.core.components import count_components, slice_components
 from pipeline.core.geometry import Geometry
 from pipeline.core.masks import Mask, as_mask
@@ -69,7 +70,7 @@ def body_midline(volume: np.ndarray, modality: str) -> np.ndarray:
     median over the levels with body (or the volume's centre).
     """
     if modality == "CT":
-        first, last = _ct_body_columns(volume)
+        first, last = ct_body_columns(volume)
         mid = np.where(first >= 0, (first + last) / 2.0, np.nan)
     else:
         present = body_mask(volume, modality).any(axis=1)  # [i, k]
@@ -81,24 +82,6 @@ def body_midline(volume: np.ndarray, modality: str) -> np.ndarray:
     fill = float(np.nanmedian(mid)) if np.isfinite(mid).any() else (volume.shape[0] - 1) / 2.0
     mid[~np.isfinite(mid)] = fill
     return mid
-
-
-def _ct_body_columns(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(first, last)``: per axial level ``k``, the first and last column ``i`` holding a
-    voxel of :func:`body_mask` (above -500 HU, at any ``j``); ``-1`` at a level without one.
-
-    The largest value along ``j`` of every ``(i, k)``, read in the buffer's own order (every
-    axis whose stride is negative — a reoriented NIfTI's — flipped back first): numpy then
-    reduces rows that lie end to end in memory.  At the 1.5 mm TotalSegmentator geometry
-    1.9 ms against 13-29 ms for the same maximum over the reoriented view, or for a scan of
-    32-column blocks from both edges inward (0.8 mm: 11 against 75-200 ms; measured)."""
-    n_i = volume.shape[0]
-    as_stored = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in volume.strides)
-    present = volume[as_stored].max(axis=1)[as_stored[0], as_stored[2]] > -500  # [i, k]
-    hit = present.any(axis=0)
-    first = np.where(hit, present.argmax(axis=0), -1)
-    last = np.where(hit, n_i - 1 - present[::-1].argmax(axis=0), -1)
-    return first, last
 
 
 def laterality(

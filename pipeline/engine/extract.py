@@ -20,7 +20,6 @@ from pipeline.core.imaging import PNG_STRATEGIES, encode_slice_pngs
 from pipeline.core.masks import Mask, as_mask
 from pipeline.core.slices import (
     PLANES,
-    Window,
     apply_window,
     ct_window,
     display_slices,
@@ -160,6 +159,11 @@ def extract_case(
         windows = [mr_window(array, *settings.mr_percentiles)]
     tables = [window_table(w, array.dtype) for w in windows]  # None unless integers
     case_labels = sorted(masks)
+    # an image row's entries that are the case's, a window's or a plane's: made once, one
+    # object for all its rows (read only; 0.1-0.2 ms a 1.5 mm case, measured)
+    shared = (volume.modality, volume.header.get("BodyPartExamined", ""), list(case_labels),
+              (settings.png_level, settings.png_strategy))
+    window_dicts = [w.as_dict() for w in windows]
     image_key = keys.stable_keys_under("image", case.key)  # (plane, index, window name)
     prompt_min_area = settings.boxed and settings.min_area_px
     structures = []
@@ -189,6 +193,7 @@ def extract_case(
             structures=settings.structures,
         )
         dx, dy = display_spacing(geometry.spacing, plane)
+        spacing_mm = [float(dx), float(dy)]
         boxes = plane_boxes(masks, plane, chosen, geometry, midline)
         # every image's id and visual prompt first, the plane's at once: drawn between the
         # slices' deflates, which leave the caches cold, they took 5-6 ms more CPU a 1.5 mm
@@ -210,12 +215,11 @@ def extract_case(
                 view = np.asarray(view, dtype=np.float64)
             else:
                 indices = window_indices(view)
-            for window, table in zip(windows, tables):
+            for window, window_dict, table in zip(windows, window_dicts, tables):
                 pixels = apply_window(view, window) if table is None else np.take(table, indices)
                 images.append(
-                    _image_row(case, split, volume, plane, index, window, pixels, boxes[index],
-                               (dx, dy), case_labels, *labelled[index, window.name],
-                               (settings.png_level, settings.png_strategy))
+                    _image_row(case, split, shared, plane, index, window_dict, pixels,
+                               boxes[index], spacing_mm, *labelled[index, window.name])
                 )
     if not images:
         raise CaseError(
@@ -275,13 +279,15 @@ def plane_prompts(image_ids: list[list[str]], boxes: list[list[dict]],
     return out
 
 
-def _image_row(case, split, volume, plane, index, window: Window, pixels, boxes, spacing,
-               case_labels, image_id: str, prompt, png: tuple[int, str]) -> dict:
+def _image_row(case, split, shared: tuple, plane, index, window: dict, pixels, boxes,
+               spacing_mm: list, image_id: str, prompt) -> dict:
     """One image row; with a ``prompt`` (:func:`plane_prompts`) also its visual prompt:
     ``image_boxed`` (the target in red beside its nearest structures in green, blue and
-    yellow), ``image_boxed_easy`` (the red box alone), ``prompt_label``; ``png``: the zlib
-    level and strategy (:mod:`pipeline.core.imaging`)."""
-    level, strategy = png
+    yellow), ``image_boxed_easy`` (the red box alone), ``prompt_label``; ``shared``: the
+    case's modality, body part, labels and PNG zlib level and strategy
+    (:mod:`pipeline.core.imaging`); ``window`` (:meth:`Window.as_dict`), ``spacing_mm`` and
+    these are the same objects in every row that has them."""
+    modality, body_part, case_labels, (level, strategy) = shared
     drawn = easy = label = None
     prompts = [] if prompt is None else [prompt, (prompt[0], ())]
     plain_png, prompt_pngs = encode_slice_pngs(pixels, prompts, level=level, strategy=strategy)
@@ -297,14 +303,14 @@ def _image_row(case, split, volume, plane, index, window: Window, pixels, boxes,
         "prompt_label": label,
         "width": int(pixels.shape[1]),
         "height": int(pixels.shape[0]),
-        "modality": volume.modality,
-        "body_part": volume.header.get("BodyPartExamined", ""),
+        "modality": modality,
+        "body_part": body_part,
         "plane": plane,
         "slice_index": int(index),
-        "window": window.as_dict(),
-        "spacing_mm": [float(spacing[0]), float(spacing[1])],
+        "window": window,
+        "spacing_mm": spacing_mm,
         "boxes": boxes,
-        "case_labels": list(case_labels),
+        "case_labels": case_labels,
         "case_key": case.key,
         "patient_key": case.patient_key,
         "split": split,
