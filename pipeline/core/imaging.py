@@ -98,8 +98,7 @@ def _deflate(bands, level: int) -> list[bytes]:
     ``level`` (> 0), each ended by a full flush (byte-aligned; nothing after it refers back),
     an image's last band by the stream's end: its bytes may stand in another image's stream."""
     c = _rle_lib.compressobj(level, zlib.DEFLATED, -15, MEM_LEVEL, zlib.Z_RLE)
-    return [c.compress(rows) + c.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
-            for rows, last in bands]
+    return [c.compress(rows) + c.flush(_FLUSH[last]) for rows, last in bands]
 
 
 def _zlib_stream(segments: list[bytes], adler: int) -> list[bytes]:
@@ -328,11 +327,10 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
     edges = sorted({0, h, *(e for span in spans for e in span if 0 < e < h)})
     last = len(edges) - 2  # the last band
     if level:  # prefix[k]: the Adler-32 of the scanlines above band k (and of all, at the end)
-        c = _rle_lib.compressobj(level, zlib.DEFLATED, -15, MEM_LEVEL, zlib.Z_RLE)
-        segments, prefix = [], [1]
-        for k in range(last + 1):
-            rows = raw[edges[k]:edges[k + 1]]
-            segments.append(c.compress(rows) + c.flush(_FLUSH[k == last]))
+        scanlines = [raw[edges[k]:edges[k + 1]] for k in range(last + 1)]
+        segments = _deflate([(rows, k == last) for k, rows in enumerate(scanlines)], level)
+        prefix = [1]
+        for rows in scanlines:
             prefix.append(_rle_lib.adler32(rows, prefix[-1]))
         plain = _png_file(w, h, 0, _zlib_stream(segments, prefix[-1]))
     else:
@@ -370,11 +368,10 @@ def encode_slice_pngs(gray: np.ndarray, prompts, width: int = 2, *, level: int =
         if new:  # their scanlines filtered at once, from the rows they span (keys: in order)
             lo, hi = edges[new[0][0]], edges[new[-1][0] + 1]
             rows, fresh = _outlined_rows(pad, None if fresh else g, outlined, width, lo, hi), False
-            c = _rle_lib.compressobj(level, zlib.DEFLATED, -15, MEM_LEVEL, zlib.Z_RLE)
-            for key in new:
-                band = rows[edges[key[0]] - lo:edges[key[0] + 1] - lo]
-                done[key] = (c.compress(band) + c.flush(_FLUSH[key[0] == last]), 1,
-                             _rle_lib.adler32(band), band.nbytes)
+            scanlines = [rows[edges[k] - lo:edges[k + 1] - lo] for k, _ in new]
+            segs = _deflate([(band, key[0] == last) for key, band in zip(new, scanlines)], level)
+            for key, band, seg in zip(new, scanlines, segs):
+                done[key] = (seg, 1, _rle_lib.adler32(band), band.nbytes)
         # its Adler-32: the plain scanlines' above band k0, then its bands', then the plain
         # scanlines' from band k1 on (from the plain prefixes: no byte summed again)
         adler, bands = prefix[k0], []
