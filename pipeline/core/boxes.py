@@ -282,16 +282,11 @@ def plane_boxes(
     # the per-slice reference's float64 operations, element by element
     cx = (sx + x0 * a) / a
     cy = (sy + y0 * a) / a
-    at = index.astype(np.float64)
-    if plane == "axial":  # (_display_point's points; an unknown plane raised above)
-        ijk = np.stack([cx, cy, at], axis=1)
-    elif plane == "coronal":
-        ijk = np.stack([cx, at, nk - 1 - cy], axis=1)
-    else:
-        ijk = np.stack([at, cx, nk - 1 - cy], axis=1)
+    ijk = display_to_index(plane, index, cx, cy, geometry.shape)  # [n, 3]
     k_level = np.clip(np.rint(ijk[:, 2]), 0, nk - 1).astype(np.int64)
     if plane == "sagittal":
-        i_lo, i_hi = at, at + 1.0
+        i_lo = index.astype(np.float64)
+        i_hi = i_lo + 1.0
     else:
         i_lo, i_hi = x_min.astype(np.float64), x_max.astype(np.float64)
     sides = lateralities(i_lo, i_hi, ijk[:, 0], np.asarray(midline, dtype=np.float64)[k_level],
@@ -321,8 +316,8 @@ def plane_boxes(
 
 
 def _display_point(plane: str, index: int, x: float, y: float, nk: int) -> np.ndarray:
-    """:func:`~pipeline.core.slices.display_to_index` of one point, without its array
-    broadcasting (about 600 points a TotalSegmentator case): the same float64 values."""
+    """:func:`~pipeline.core.slices.display_to_index` of one point (the per-slice reference,
+    :func:`slice_boxes`), without its array broadcasting: the same float64 values."""
     if plane == "axial":
         return np.array([x, y, float(index)])
     if plane == "coronal":

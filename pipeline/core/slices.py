@@ -196,15 +196,16 @@ def display_spacing(spacing: Sequence[float], plane: str) -> tuple[float, float]
     return {"axial": (si, sj), "coronal": (si, sk), "sagittal": (sj, sk)}[plane]
 
 
-def display_to_index(plane: str, index: int, x, y, shape: Sequence[int]) -> np.ndarray:
+def display_to_index(plane: str, index, x, y, shape: Sequence[int]) -> np.ndarray:
     """Canonical voxel indices ``(i, j, k)`` of display pixel coordinates ``(x, y)``.
 
-    ``x``/``y`` may be fractional (e.g. centroids); returns ``[..., 3]`` floats.
+    ``x``/``y`` may be fractional (e.g. centroids), ``index`` a slice index or an array of
+    them (one a point: a plane's points at once); returns ``[..., 3]`` floats.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     nk = shape[2]
-    c = np.full_like(x, float(index))
+    c = np.broadcast_to(np.asarray(index, dtype=np.float64), x.shape)
     if plane == "axial":
         return np.stack([x, y, c], axis=-1)
     if plane == "coronal":
